@@ -1,8 +1,15 @@
-"""Block taxonomy (blocks.md): the 26-slot vector, the 12/17/20/26 formats, layer → block."""
+"""Block taxonomy (blocks.md): the 26-slot vector, the 12/17/20/26 formats, layer → block.
+
+Slots: 0 BASE (text encoders), 1-12 IN00-IN11, 13 M00, 14-25 OUT00-OUT11.  A weight list's format is
+decided by its length only; `expand` turns it into 26 slots with every unlisted slot at 0 (LBW behaviour).
+"""
 
 from __future__ import annotations
 
 import re
+from typing import Iterable, Sequence
+
+from .errors import SyntaxProblem
 
 # 0 BASE, 1-12 IN00-IN11, 13 M00, 14-25 OUT00-OUT11
 BLOCK_NAMES = ["BASE"] + [f"IN{i:02d}" for i in range(12)] + ["M00"] + [f"OUT{i:02d}" for i in range(12)]
@@ -22,6 +29,11 @@ FORMATS: dict[int, tuple[int, ...]] = {
     20: _slots("BASE " + " ".join(f"IN{i:02d}" for i in range(9)) + " M00 " + " ".join(f"OUT{i:02d}" for i in range(9))),
 }
 FORMAT_LABELS = {12: "SDXL LoRA", 17: "SD1/SD2 LoRA", 20: "SDXL full", 26: "SD1/SD2 full"}
+ACCEPTED_COUNTS = (12, 17, 20, 26)
+# Formats made for each LoRA family: (attention-only, full).
+ARCH_FORMATS = {"sd1": (17, 26), "sd2": (17, 26), "sdxl": (12, 20)}
+ARCH_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+FLUX_COUNT = 61
 
 _UNET = "model.diffusion_model."
 _TE_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
@@ -41,4 +53,98 @@ def slot_of_layer(layer: str) -> int | None:
     if m:
         n = int(m.group(2))
         return (1 if m.group(1) == "input_blocks" else 14) + n
+    return None
+
+
+def count_message(count: int, name: str | None = None) -> str:
+    """The one-line wrong-count message of prompt_syntax.md §5."""
+    head = f"`{name}`: " if name else ""
+    msg = (f"{head}{count} block weights given; accepted counts are 12 (SDXL LoRA), 17 (SD1/SD2 LoRA), "
+           f"20 (SDXL full), 26 (SD1/SD2 full)")
+    if count == FLUX_COUNT:
+        msg += ". Flux is not supported"
+    return msg
+
+
+def expand(values: Sequence[float], name: str | None = None) -> tuple[list[float], list[bool]]:
+    """Expand a 12/17/20/26-value list to (26 slot weights, which slots the format lists).
+
+    Unlisted slots get 0 (LBW compatibility, blocks.md §2.3).  Any other count raises SyntaxProblem;
+    `name` (the LoRA) prefixes the message when given.
+    """
+    order = FORMATS.get(len(values))
+    if order is None:
+        raise SyntaxProblem(count_message(len(values), name))
+    vec = [0.0] * 26
+    listed = [False] * 26
+    for slot, v in zip(order, values):
+        vec[slot] = float(v)
+        listed[slot] = True
+    return vec, listed
+
+
+def compress(vec26: Sequence[float], count: int) -> list[float]:
+    """Inverse of `expand` for the listed slots: the `count`-value list a 26-slot vector reads as."""
+    if count not in FORMATS:
+        raise SyntaxProblem(count_message(count))
+    return [float(vec26[s]) for s in FORMATS[count]]
+
+
+def format_names(count: int) -> list[str]:
+    """Block names of a format, in order (e.g. for UI sliders and messages)."""
+    return [BLOCK_NAMES[s] for s in FORMATS[count]]
+
+
+def unlisted_warning(lora_name: str, lora_arch: str | None, count: int, used_slots: Iterable[int | None],
+                     listed: Sequence[bool]) -> str | None:
+    """blocks.md §2.5: warn when the LoRA has modules in slots the format did not list (so they became 0).
+
+    `used_slots` are the slots of the LoRA's modules (None = outside the table, ignored); `listed` comes
+    from `expand`.  Returns None when nothing was silently zeroed.
+    """
+    hit = sorted({s for s in used_slots if s is not None and 0 <= s < 26 and not listed[s]})
+    if not hit:
+        return None
+    arch = (lora_arch or "").lower()
+    label = ARCH_LABELS.get(arch)
+    who = f"LoRA '{lora_name}'" + (f" ({label})" if label else "")
+    blocks = ", ".join(BLOCK_NAMES[s] for s in hit)
+    msg = (f"{who} has weights in {blocks}, which the {count}-value format does not list; "
+           f"they were set to 0.")
+    if arch in ARCH_FORMATS:
+        small, full = ARCH_FORMATS[arch]
+        fam = "SDXL" if arch == "sdxl" else "SD1/SD2"
+        used = {s for s in used_slots if s is not None}
+        if used <= set(FORMATS[small]):
+            msg += f" Use a {small}- or {full}-value list for {fam} LoRAs."
+        else:  # the LoRA has conv/ResBlock-only blocks the short format cannot address
+            msg += f" Use a {full}-value list for this {fam} LoRA (it has weights outside the {small}-value blocks)."
+    else:
+        msg += " Use a 26-value list, which lists every block."
+    return msg
+
+
+_CK_UNET = re.compile(r"model\.diffusion_model\.(input_blocks|output_blocks)\.(\d+)\.")
+
+
+def checkpoint_key_slot(key: str, arch: str | None) -> int | None:
+    """Slot of a checkpoint key for block-weighted merges (blocks.md §4); None = not merged (take from A).
+
+    time_embed/label_emb → IN00, `out.` → last OUT block (OUT11 SD1/SD2, OUT08 SDXL), text encoders,
+    VAE and any other key containing "model" → BASE; keys without "model" (betas, alphas_cumprod...) → None.
+    """
+    m = _CK_UNET.match(key)
+    if m:
+        return (1 if m.group(1) == "input_blocks" else 14) + int(m.group(2))
+    if key.startswith("model.diffusion_model."):
+        rest = key[len("model.diffusion_model."):]
+        if rest.startswith("middle_block."):
+            return SLOT["M00"]
+        if rest.startswith(("time_embed.", "label_emb.")):
+            return SLOT["IN00"]
+        if rest.startswith("out."):
+            return SLOT["OUT08"] if (arch or "").lower() == "sdxl" else SLOT["OUT11"]
+        return 0
+    if "model" in key:
+        return 0
     return None
