@@ -148,3 +148,34 @@ def checkpoint_key_slot(key: str, arch: str | None) -> int | None:
     if "model" in key:
         return 0
     return None
+
+
+# Weight tokens in lists and presets: a finite number, or R / U / X / X+n / X-n (blocks.md §7).
+_X_RE = re.compile(r"^X(?:\s*([+-])\s*(\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)?$")
+
+
+def weight_token_problem(token: str) -> str | None:
+    """None when `token` is a valid weight token, else a short reason."""
+    t = token.strip()
+    if not t:
+        return "empty value"
+    if t in ("R", "U") or _X_RE.match(t):
+        return None
+    try:
+        v = float(t)
+    except ValueError:
+        return f"'{t}' is not a number nor R, U, X, X+n, X-n"
+    if v != v or v in (float("inf"), float("-inf")):
+        return f"'{t}' is not a finite number"
+    return None
+
+
+def x_offset(token: str) -> float | None:
+    """Offset of an X token (`X` → 0.0, `X-0.3` → -0.3); None when the token is not an X token."""
+    t = token.strip()
+    m = _X_RE.match(t)
+    if not m:
+        return None
+    if m.group(1) is None:
+        return 0.0
+    return float(t[1:].replace(" ", ""))

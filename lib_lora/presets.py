@@ -1,0 +1,319 @@
+"""Block-weight presets: LBW line format, shipped + user files, arch-aware lookup (blocks.md §7).
+
+File format (same files LBW and supermerger read): one `NAME:w1,w2,...` per line, split at the first `:`;
+lines whose first non-blank character is `#` are comments; blank lines are ignored; 12/17/20/26 values,
+each a number or R, U, X, X+n, X-n.  Bad lines are skipped with a warning naming file, line and reason
+(LBW drops them silently).  A later duplicate replaces the earlier one, with a warning.
+
+Two files: the shipped `lib_lora/data/presets.txt` (read only, never rewritten) and an optional user file
+(`set`/`delete`/`import_text` change it in memory, `save` writes it atomically).  User presets override
+shipped ones of the same name.
+
+SDXL variants: a preset `NAME_XL` with 12 or 20 values is the SDXL variant of `NAME`.  `get(NAME,
+arch="sdxl")` returns `NAME_XL` when it exists, so `ALL` on an SDXL model is the 12-value `ALL_XL`, never
+the 17-value `ALL` (which would zero OUT00-OUT02).  Exception: when the user file redefines `NAME` but not
+`NAME_XL`, the user's `NAME` wins over the shipped variant.  This convention keeps the file readable by LBW
+(every line is an ordinary preset there).
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from .blocks import ACCEPTED_COUNTS, FORMATS, weight_token_problem
+from .errors import LoraStudioError
+
+DEFAULT_BUILTIN = Path(__file__).resolve().parent / "data" / "presets.txt"
+XL_SUFFIX = "_XL"
+SDXL_COUNTS = (12, 20)
+_BAD_NAME_CHARS = ",=<>:#"
+
+USER_HEADER = ("# LoRA Studio user presets (LBW format NAME:w1,...,wN; counts 12/17/20/26).\n"
+               "# Written by LoRA Studio; these override shipped presets of the same name.\n"
+               "# NAME_XL (12 or 20 values) is used for NAME when the model is SDXL.\n")
+
+
+class PresetError(LoraStudioError):
+    """A preset that cannot be stored: bad name, bad values, or a shipped preset that cannot be deleted."""
+
+
+@dataclass
+class Preset:
+    name: str
+    tokens: list[str]
+    origin: str        # "builtin" or "user"
+    where: str = ""    # "file:line" for messages
+
+
+@dataclass
+class PresetHit:
+    """Result of a lookup: `name` is the entry used (may differ from the query by case or `_XL`)."""
+    name: str
+    tokens: list[str]
+    origin: str
+    note: str | None = None   # e.g. case-insensitive match
+    variant: bool = False     # the SDXL `_XL` variant was chosen
+
+
+def _is_number(s: str) -> bool:
+    try:
+        float(s)
+    except ValueError:
+        return False
+    return True
+
+
+def name_problem(name: str) -> str | None:
+    """None when `name` can be a preset name, else the reason."""
+    if not name:
+        return "empty name"
+    if name != name.strip():
+        return "name has surrounding spaces"
+    if _is_number(name):
+        return f"name '{name}' is a number (it would be read as a weight)"
+    bad = [c for c in _BAD_NAME_CHARS if c in name]
+    if bad:
+        return f"name '{name}' contains '{bad[0]}' (not allowed: {' '.join(_BAD_NAME_CHARS)})"
+    return None
+
+
+def tokens_problem(tokens: Sequence[str]) -> str | None:
+    """None when the value list is valid for a preset, else the reason."""
+    for i, t in enumerate(tokens, 1):
+        p = weight_token_problem(t)
+        if p:
+            return f"value {i}: {p}"
+    if len(tokens) not in FORMATS:
+        extra = "; Flux (61) is not supported" if len(tokens) == 61 else ""
+        return (f"{len(tokens)} values; accepted counts are "
+                f"{', '.join(str(c) for c in ACCEPTED_COUNTS)}{extra}")
+    return None
+
+
+def normalise_values(values: str | Iterable[object]) -> list[str]:
+    """'1, 0.5,R' or [1, 0.5, 'R'] → ['1', '0.5', 'R'] (numbers written in their shortest exact form)."""
+    items = values.split(",") if isinstance(values, str) else list(values)
+    out = []
+    for v in items:
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append(format_number(float(v)))
+        else:
+            out.append(str(v).strip())
+    return out
+
+
+def format_number(v: float) -> str:
+    """Shortest text that float() reads back exactly; integers without '.0'."""
+    if v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return repr(v)
+
+
+def parse_preset_text(text: str, origin: str, where: str) -> tuple[list[Preset], list[str]]:
+    """Parse LBW preset text.  Returns (presets in file order incl. duplicates, warnings)."""
+    presets: list[Preset] = []
+    warnings: list[str] = []
+    seen: dict[str, int] = {}
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    for no, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        at = f"{where}:{no}"
+
+        def skip(reason: str) -> None:
+            warnings.append(f"preset file {at}: {reason}; line skipped")
+
+        if "#" in line:  # LBW would ignore the whole line; say so instead of guessing
+            skip("'#' inside a line (comments must be on their own line; LBW ignores such lines)")
+            continue
+        if ":" not in line:
+            skip("no ':' between name and values (expected NAME:w1,w2,...)")
+            continue
+        name, _, rest = line.partition(":")
+        name = name.strip()
+        problem = name_problem(name)
+        if problem:
+            skip(problem)
+            continue
+        tokens = [t.strip() for t in rest.split(",")]
+        problem = tokens_problem(tokens)
+        if problem:
+            skip(f"preset '{name}': {problem}")
+            continue
+        if name in seen:
+            warnings.append(f"preset file {at}: preset '{name}' defined again (first at line {seen[name]}); "
+                            f"the later one is used")
+        seen[name] = no
+        presets.append(Preset(name, tokens, origin, at))
+    return presets, warnings
+
+
+def _read(path: Path | None, origin: str) -> tuple[dict[str, Preset], list[str]]:
+    if path is None or not path.exists():
+        return {}, []
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        return {}, [f"preset file {path}: cannot be read ({e}); its presets are not available"]
+    items, warnings = parse_preset_text(text, origin, str(path))
+    out: dict[str, Preset] = {}
+    for p in items:
+        out.pop(p.name, None)  # a redefinition moves to its new position
+        out[p.name] = p
+    return out, warnings
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+class PresetStore:
+    """Shipped + user presets.  `warnings` holds every problem met while reading or importing."""
+
+    def __init__(self, builtin_path: str | os.PathLike | None = DEFAULT_BUILTIN,
+                 user_path: str | os.PathLike | None = None):
+        self.builtin_path = Path(builtin_path) if builtin_path else None
+        self.user_path = Path(user_path) if user_path else None
+        self.warnings: list[str] = []
+        self._builtin: dict[str, Preset] = {}
+        self._user: dict[str, Preset] = {}
+        self.reload()
+
+    # ---- reading -------------------------------------------------------------------------------
+    def reload(self) -> None:
+        """Re-read both files (drops unsaved edits), so file edits take effect without a restart."""
+        self._builtin, w1 = _read(self.builtin_path, "builtin")
+        self._user, w2 = _read(self.user_path, "user")
+        self.warnings = w1 + w2
+
+    def _merged(self) -> dict[str, Preset]:
+        merged = dict(self._builtin)
+        merged.update(self._user)
+        return merged
+
+    def names(self) -> list[str]:
+        """All preset names: shipped order first, then user-only names."""
+        return list(self._merged())
+
+    def user_names(self) -> list[str]:
+        return list(self._user)
+
+    def origin(self, name: str) -> str | None:
+        """'user', 'builtin' or None, for the exact name."""
+        return "user" if name in self._user else "builtin" if name in self._builtin else None
+
+    def _find(self, name: str) -> tuple[Preset | None, str | None]:
+        merged = self._merged()
+        if name in merged:
+            return merged[name], None
+        low = name.lower()
+        cands = [n for n in merged if n.lower() == low]
+        if len(cands) == 1:
+            return merged[cands[0]], f"preset '{name}' matched '{cands[0]}' (case differs)"
+        return None, None
+
+    def lookup(self, name: str, arch: str | None = None) -> PresetHit | None:
+        """Exact name, else a unique case-insensitive match (with a note); SDXL prefers `NAME_XL`."""
+        name = name.strip()
+        entry, note = self._find(name)
+        if entry is None:
+            return None
+        if (arch or "").lower() == "sdxl" and len(entry.tokens) not in SDXL_COUNTS:
+            var, _ = self._find(entry.name + XL_SUFFIX)
+            if (var is not None and len(var.tokens) in SDXL_COUNTS
+                    and not (entry.origin == "user" and var.origin == "builtin")):
+                return PresetHit(var.name, list(var.tokens), var.origin, note, True)
+        return PresetHit(entry.name, list(entry.tokens), entry.origin, note, False)
+
+    def get(self, name: str, arch: str | None = None) -> list[str] | None:
+        """Tokens of a preset (see `lookup`), or None when unknown."""
+        hit = self.lookup(name, arch)
+        return hit.tokens if hit else None
+
+    def close_matches(self, name: str, n: int = 3, cutoff: float = 0.6) -> list[str]:
+        """Up to `n` preset names similar to `name` (case-insensitive difflib ratio ≥ cutoff)."""
+        names = self.names()
+        by_low: dict[str, list[str]] = {}
+        for x in names:
+            by_low.setdefault(x.lower(), []).append(x)
+        out: list[str] = []
+        for low in difflib.get_close_matches(name.strip().lower(), list(by_low), n=n, cutoff=cutoff):
+            out.extend(by_low[low])
+        return out[:n]
+
+    # ---- editing -------------------------------------------------------------------------------
+    def set(self, name: str, values: str | Iterable[object]) -> None:
+        """Create or replace a user preset (in memory; `save()` writes it)."""
+        name = str(name).strip()
+        problem = name_problem(name)
+        if problem:
+            raise PresetError(f"Preset not saved: {problem}. Use letters, digits, '_', '-', '.' or spaces.")
+        tokens = normalise_values(values)
+        problem = tokens_problem(tokens)
+        if problem:
+            raise PresetError(f"Preset '{name}' not saved: {problem}.")
+        self._user.pop(name, None)
+        self._user[name] = Preset(name, tokens, "user", "edited")
+
+    def delete(self, name: str) -> None:
+        """Delete a user preset (a shipped preset it shadowed becomes visible again)."""
+        name = name.strip()
+        if name in self._user:
+            del self._user[name]
+            return
+        if name in self._builtin:
+            raise PresetError(f"Preset '{name}' is shipped with LoRA Studio and cannot be deleted; "
+                              f"save a user preset of the same name to override it.")
+        raise PresetError(f"No preset named '{name}'.")
+
+    def save(self) -> Path:
+        """Write the user presets atomically (temp file + rename); the shipped file is never written."""
+        if self.user_path is None:
+            raise PresetError("No user preset file configured; presets can only be saved to a user file.")
+        _atomic_write(self.user_path, USER_HEADER + self._lines(self._user.values()))
+        return self.user_path
+
+    # ---- import / export -----------------------------------------------------------------------
+    @staticmethod
+    def _lines(presets: Iterable[Preset]) -> str:
+        return "".join(f"{p.name}:{','.join(p.tokens)}\n" for p in presets)
+
+    def export_text(self, user_only: bool = False, names: Iterable[str] | None = None) -> str:
+        """Presets as LBW-format text (all merged presets, or only user ones, or the given names)."""
+        merged = self._user if user_only else self._merged()
+        chosen = list(merged.values()) if names is None else [merged[n] for n in names if n in merged]
+        return "# LoRA Studio presets (LBW format NAME:w1,...,wN)\n" + self._lines(chosen)
+
+    def import_text(self, text: str, source: str = "import") -> tuple[list[str], list[str]]:
+        """Add presets from LBW-format text as user presets (in memory).  Returns (names, warnings)."""
+        items, warnings = parse_preset_text(text, "user", source)
+        names: list[str] = []
+        for p in items:
+            if p.name in self._user and p.name not in names:
+                warnings.append(f"{p.where}: user preset '{p.name}' replaced by the imported one")
+            self._user.pop(p.name, None)
+            self._user[p.name] = p
+            if p.name not in names:
+                names.append(p.name)
+        self.warnings.extend(warnings)
+        return names, warnings
