@@ -1,0 +1,345 @@
+"""`<lora:...>` / `<lyco:...>` tag parsing and block-weight resolution (prompt_syntax.md, blocks.md §7).
+
+Nothing here raises on user input: problems become `tag.errors` (that LoRA is skipped) or `tag.warnings`
+(applied anyway).  Messages start with the LoRA name in backticks.
+
+Steps are counted two ways, stated everywhere they appear:
+- `start=` / `stop=` / `step=A-B` in a tag are 1-based sampling steps (the first step is step 1);
+- `unet_active(tag, step)` takes the 0-based step index A1111 reports (`params.sampling_step`).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Sequence
+
+from .blocks import FORMATS, count_message, expand, weight_token_problem, x_offset
+from .presets import format_number
+
+LORA_KINDS = ("lora", "lyco")
+_TAG_RE = re.compile(r"<(\w+):([^>]+)>")  # A1111's extra-network regex
+_INT_RE = re.compile(r"^[+-]?\d+$")
+_STEP_RE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
+KNOWN_KEYS = ("te", "unet", "dyn", "lbw", "w", "start", "stop", "step", "x")
+
+
+@dataclass
+class LoraTag:
+    name: str = ""
+    te: float = 1.0
+    unet: float | None = None          # None → same as te
+    dyn: int | None = None
+    blocks: str | None = None          # preset name or comma list (spaces around values removed)
+    x: float = 1.0
+    start: int | None = None           # 1-based: U-Net delta on from this step
+    stop: int | None = None            # 1-based: U-Net delta off from this step
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    kind: str = "lora"
+    text: str = ""                     # the tag as written (parse_prompt only)
+    span: tuple[int, int] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    @property
+    def unet_multiplier(self) -> float:
+        return self.te if self.unet is None else self.unet
+
+    @property
+    def blocks_is_list(self) -> bool:
+        return self.blocks is not None and "," in self.blocks
+
+
+@dataclass
+class ResolvedBlocks:
+    vector: list[float] | None = None  # 26 slots; None = no block weights (all 1)
+    count: int | None = None           # format used (12/17/20/26)
+    values: list[float] | None = None  # the list as given, letters replaced by their values
+    source: str | None = None          # "preset NAME" or "list"
+    randomised: bool = False           # R or U was drawn
+    listed: list[bool] | None = None   # slots the format lists (for blocks.unlisted_warning)
+    warnings: list[str] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+
+
+def _number(s: str) -> float | None:
+    try:
+        v = float(s)
+    except ValueError:
+        return None
+    return v if v == v and v not in (float("inf"), float("-inf")) else None
+
+
+def _list_problem(label: str, tokens: Sequence[str]) -> str | None:
+    for i, t in enumerate(tokens, 1):
+        p = weight_token_problem(t)
+        if p:
+            return f"`{label}`: block weight {i} {p}"
+    if len(tokens) not in FORMATS:
+        return count_message(len(tokens), label)
+    return None
+
+
+def _parse_blocks(label: str, value: str, errs: list[str]) -> str | None:
+    """A list (contains ',') is validated here; a preset name is checked later by resolve_blocks."""
+    if "," in value or _number(value) is not None:  # a lone number is a 1-value list
+        tokens = [t.strip() for t in value.split(",")]
+        p = _list_problem(label, tokens)
+        if p:
+            errs.append(p)
+        return ",".join(tokens)
+    return value
+
+
+def _parse_dyn(label: str, value: str, warns: list[str]) -> int | None:
+    if _INT_RE.match(value) and int(value) > 0:
+        return int(value)
+    warns.append(f"`{label}`: dyn '{value}' is not a positive integer; ignored")
+    return None
+
+
+def _parse_step(label: str, key: str, value: str, warns: list[str]) -> int | None:
+    if _INT_RE.match(value) and int(value) >= 1:
+        return int(value)
+    warns.append(f"`{label}`: {key}={value} is not a step number (1 = first step); ignored")
+    return None
+
+
+def parse_params(positional: Sequence[str], named: Mapping[str, str], kind: str = "lora") -> LoraTag:
+    """Interpret one tag's items (prompt_syntax.md §2 decision table, §5 bad input).  Never raises."""
+    pos = [str(p).strip() for p in positional]
+    nam = {str(k).strip().lower(): str(v).strip() for k, v in named.items()}
+    tag = LoraTag(kind=kind)
+    tag.name = pos[0] if pos else ""
+    label = tag.name or "?"
+    W = tag.warnings
+    if not tag.name:
+        hint = " (an item with '=' is a key, not a name)" if named and not pos else ""
+        tag.errors.append(f"LoRA tag without a name{hint}: write <{kind}:NAME:weight>")
+    # errors per field, so that a valid named key can replace a bad positional value
+    ferr: dict[str, str] = {}
+    blocks_err: list[str] = []
+    mode = None  # what position 2 held: "num" or "blocks"
+    for i, item in enumerate(pos[1:], 1):
+        if not item:
+            W.append(f"`{label}`: empty item {i} ignored")
+            continue
+        num = _number(item)
+        if i == 1:
+            if num is None:
+                hint = " (block weights go after the weight: <lora:NAME:1:face>)" if "," in item else ""
+                ferr["te"] = f"`{label}`: weight '{item}' is not a number{hint}"
+            else:
+                tag.te = num
+        elif i == 2:
+            if num is not None:
+                tag.unet, mode = num, "num"
+            else:
+                tag.blocks, mode = _parse_blocks(label, item, blocks_err), "blocks"
+        elif i == 3 and mode != "blocks":
+            if _INT_RE.match(item):
+                tag.dyn = _parse_dyn(label, item, W)
+            elif num is not None:
+                W.append(f"`{label}`: dyn '{item}' is not a positive integer; ignored")
+            else:
+                tag.blocks = _parse_blocks(label, item, blocks_err)
+        elif i == 3:
+            if num is None:
+                W.append(f"`{label}`: item 4 '{item}' after the block weights is not a number (x); ignored "
+                         f"(LBW's elemental lbwe syntax is not supported)")
+            else:
+                tag.x = num
+        else:
+            W.append(f"`{label}`: extra item {i + 1} '{item}' ignored")
+    # named keys override positional values
+    for key in ("te", "unet", "x"):
+        if key in nam:
+            num = _number(nam[key])
+            if num is None:
+                ferr[key] = f"`{label}`: {key}='{nam[key]}' is not a number"
+            else:
+                ferr.pop(key, None)
+                setattr(tag, key, num)
+    if "dyn" in nam:
+        tag.dyn = _parse_dyn(label, nam["dyn"], W)
+    lbw_key = "lbw" if "lbw" in nam else "w" if "w" in nam else None
+    if "lbw" in nam and "w" in nam:
+        W.append(f"`{label}`: both lbw= and w= given; lbw= used")
+    if lbw_key:
+        if nam[lbw_key]:
+            blocks_err = []
+            tag.blocks = _parse_blocks(label, nam[lbw_key], blocks_err)
+        else:
+            W.append(f"`{label}`: {lbw_key}= is empty; ignored")
+    _parse_schedule(tag, nam, label)
+    for key in nam:
+        if key not in KNOWN_KEYS:
+            W.append(f"`{label}`: unknown key '{key}=' ignored"
+                     + (" (LBW's elemental lbwe= is not supported)" if key == "lbwe" else ""))
+    if tag.x != 1 and tag.blocks is None:
+        W.append(f"`{label}`: x= has no effect without block weights")
+    tag.errors.extend(ferr.values())
+    tag.errors.extend(blocks_err)
+    return tag
+
+
+def _parse_schedule(tag: LoraTag, nam: Mapping[str, str], label: str) -> None:
+    W = tag.warnings
+    start = stop = None
+    if "step" in nam:
+        m = _STEP_RE.match(nam["step"])
+        if m and int(m.group(1)) >= 1:
+            start, stop = int(m.group(1)), int(m.group(2))
+        else:
+            W.append(f"`{label}`: step={nam['step']} is not A-B with 1-based steps (e.g. step=5-20); ignored")
+        if "start" in nam or "stop" in nam:
+            W.append(f"`{label}`: step= and start=/stop= both given; start=/stop= used")
+    if "start" in nam:
+        start = _parse_step(label, "start", nam["start"], W)
+    if "stop" in nam:
+        stop = _parse_step(label, "stop", nam["stop"], W)
+    if start is not None and stop is not None and start >= stop:
+        W.append(f"`{label}`: start {start} is not before stop {stop}; both ignored")
+        start = stop = None
+    tag.start, tag.stop = start, stop
+
+
+def split_items(args: str) -> tuple[list[str], dict[str, str], list[str]]:
+    """A1111's item split: ':' separates items; `split('=', 2)` giving 2 parts → named."""
+    positional: list[str] = []
+    named: dict[str, str] = {}
+    dups: list[str] = []
+    for item in args.split(":"):
+        parts = item.split("=", 2)
+        if len(parts) == 2:
+            key = parts[0].strip().lower()
+            if key in named:
+                dups.append(key)
+            named[key] = parts[1]
+        else:
+            positional.append(item)
+    return positional, named, dups
+
+
+def parse_prompt(text: str, kinds: Sequence[str] = LORA_KINDS) -> list[LoraTag]:
+    """Every `<lora:...>` / `<lyco:...>` tag of a prompt, in order (other extra networks are skipped)."""
+    tags: list[LoraTag] = []
+    for m in _TAG_RE.finditer(text or ""):
+        if m.group(1) not in kinds:
+            continue
+        positional, named, dups = split_items(m.group(2))
+        tag = parse_params(positional, named, kind=m.group(1))
+        for key in dups:
+            tag.warnings.append(f"`{tag.name or '?'}`: {key}= given twice; the last one is used")
+        tag.text, tag.span = m.group(0), m.span()
+        tags.append(tag)
+    counts: dict[str, int] = {}
+    for tag in tags:
+        if tag.name:
+            counts[tag.name] = counts.get(tag.name, 0) + 1
+            if counts[tag.name] == 2:
+                tag.warnings.append(f"`{tag.name}` appears more than once in the prompt; "
+                                    f"every occurrence is applied and their effects add")
+    return tags
+
+
+def rewrite_prompt(text: str, fn: Callable[[LoraTag], str | None]) -> str:
+    """Replace each LoRA tag by fn(tag); None keeps the tag as written (infotext paste, X/Y/Z)."""
+    out, last = [], 0
+    for tag in parse_prompt(text):
+        a, b = tag.span
+        new = fn(tag)
+        out.append(text[last:a])
+        out.append(tag.text if new is None else new)
+        last = b
+    out.append(text[last:])
+    return "".join(out)
+
+
+def resolve_blocks(tag: LoraTag, presets, arch: str | None = None, seed: int = 0) -> ResolvedBlocks:
+    """Turn `tag.blocks` into a 26-slot vector.  R/U come from random.Random(seed) (reproducible);
+    X is `tag.x`.  `presets` is a PresetStore (or None).  `arch` picks SDXL `_XL` preset variants."""
+    res = ResolvedBlocks()
+    label = tag.name or "?"
+    if tag.blocks is None:
+        return res
+    if tag.blocks_is_list or _number(tag.blocks) is not None:
+        tokens = [t.strip() for t in tag.blocks.split(",")]
+        res.source = "list"
+    else:
+        hit = presets.lookup(tag.blocks, arch) if presets is not None else None
+        if hit is None:
+            close = presets.close_matches(tag.blocks) if presets is not None else []
+            near = f" (close: {', '.join(close)})" if close else ""
+            res.warnings.append(f"`{label}`: unknown preset '{tag.blocks}'{near}; "
+                                f"applied without block weights (all 1)")
+            return res
+        if hit.note:
+            res.warnings.append(f"`{label}`: {hit.note}")
+        tokens, res.source = hit.tokens, f"preset {hit.name}"
+    problem = _list_problem(label, tokens)
+    if problem:
+        res.errors.append(problem)
+        return res
+    rng = random.Random(seed)
+    values: list[float] = []
+    for t in tokens:
+        if t == "R":
+            values.append(round(rng.random(), 3))
+            res.randomised = True
+        elif t == "U":
+            values.append(round(rng.uniform(-0.5, 1.5), 3))
+            res.randomised = True
+        else:
+            off = x_offset(t)
+            # X+n: round away float noise (0.1+0.2) so infotext stays readable
+            if off is None:
+                values.append(float(t))
+            else:
+                values.append(tag.x if off == 0 else round(tag.x + off, 9))
+    res.values, res.count = values, len(values)
+    res.vector, res.listed = expand(values, label)
+    return res
+
+
+def format_tag(tag: LoraTag, resolved: ResolvedBlocks | None = None) -> str:
+    """Canonical named form, defaults omitted: `<lora:name:te=0.8:unet=0.6:lbw=1,0,...>`.
+
+    With `resolved` (and a resolved vector) the block list is written as resolved numbers, so presets,
+    R/U and X are frozen for infotext; otherwise `tag.blocks` is written as given.
+    """
+    items = [tag.name]
+    if tag.te != 1:
+        items.append(f"te={format_number(tag.te)}")
+    if tag.unet is not None and tag.unet != tag.te:
+        items.append(f"unet={format_number(tag.unet)}")
+    if tag.dyn is not None:
+        items.append(f"dyn={tag.dyn}")
+    frozen = resolved is not None and resolved.values is not None
+    if frozen:
+        items.append("lbw=" + ",".join(format_number(v) for v in resolved.values))
+    elif tag.blocks is not None:
+        items.append(f"lbw={tag.blocks}")
+    if tag.x != 1 and not frozen:
+        items.append(f"x={format_number(tag.x)}")
+    if tag.start is not None:
+        items.append(f"start={tag.start}")
+    if tag.stop is not None:
+        items.append(f"stop={tag.stop}")
+    return f"<{tag.kind}:{':'.join(items)}>"
+
+
+def unet_active(tag, step: int) -> bool:
+    """Whether the U-Net delta is on at 0-based sampling step `step` (LBW rule, prompt_syntax.md §2):
+    on when step > start-2 and not step > stop-2, i.e. 1-based steps start … stop-1.  Each sampling
+    pass (first pass, hires pass) counts its own steps from 0.  Works for any object with .start/.stop."""
+    start, stop = getattr(tag, "start", None), getattr(tag, "stop", None)
+    if start is not None and not step > start - 2:
+        return False
+    if stop is not None and step > stop - 2:
+        return False
+    return True
