@@ -109,6 +109,8 @@ def normalise_values(values: str | Iterable[object]) -> list[str]:
 
 def format_number(v: float) -> str:
     """Shortest text that float() reads back exactly; integers without '.0'."""
+    if v != v or v in (float("inf"), float("-inf")):
+        return str(v)  # rejected later by the token check with a clear message
     if v == int(v) and abs(v) < 1e15:
         return str(int(v))
     return repr(v)
