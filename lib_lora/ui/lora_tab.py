@@ -1,0 +1,156 @@
+"""LoRAs tab: list the LoRA files of the configured folders, inspect one (per-block bar chart + metadata).
+
+Also holds the helpers the Presets tab shares: file listing, inspect adapter, the SVG bar chart.
+The chart is plain SVG in an gr.HTML: no plotting dependency, identical in Gradio 3 and 4.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from pathlib import Path
+
+from lib_lora.blocks import BLOCK_NAMES
+from lib_lora.errors import LoraStudioError
+
+LORA_SUFFIXES = (".safetensors",)   # pickle files are never loaded from the UI
+
+
+def list_loras(ctx) -> list[str]:
+    """Names (relative to their folder, '/'-separated) of every LoRA file; the first folder wins a clash."""
+    seen: dict[str, None] = {}
+    for root in ctx.lora_dirs:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for p in sorted(root.rglob("*")):
+            if p.suffix.lower() in LORA_SUFFIXES and p.is_file():
+                seen.setdefault(p.relative_to(root).as_posix(), None)
+    return sorted(seen, key=str.lower)
+
+
+def lora_path(ctx, name: str) -> Path:
+    if not name:
+        raise LoraStudioError("Pick a LoRA file first.")
+    path = ctx.resolve_inside(name, list(ctx.lora_dirs))
+    if path.suffix.lower() not in LORA_SUFFIXES:
+        raise LoraStudioError(f"'{name}' is not a .safetensors file.")
+    return path
+
+
+def inspect_lora(ctx, name: str) -> dict:
+    from lib_lora.inspect import inspect_file   # lazy: torch import only when a LoRA is inspected
+    return inspect_file(str(lora_path(ctx, name)))
+
+
+def block_norms(report: dict) -> list[float] | None:
+    """The 26-slot weight-norm vector of an inspect report (None where a slot has no module)."""
+    raw = None
+    for key in ("block_norms", "norms", "per_block"):
+        if report.get(key) is not None:
+            raw = report[key]
+            break
+    if raw is None:
+        return None
+    vec: list[float | None] = [None] * 26
+    if isinstance(raw, dict):
+        for k, v in raw.items():
+            if k in BLOCK_NAMES and v is not None:
+                vec[BLOCK_NAMES.index(k)] = float(v)
+            elif isinstance(k, int) and 0 <= k < 26 and v is not None:
+                vec[k] = float(v)
+    else:
+        for i, v in enumerate(list(raw)[:26]):
+            vec[i] = None if v is None else float(v)
+    return vec
+
+
+def render_bars(norms, weights=None, title: str = "") -> str:
+    """SVG bar chart of the 26 block norms; `weights` (26 floats or None) are drawn as markers.
+
+    Bars are scaled to the largest norm; blocks without any module are drawn as a thin grey stub.
+    """
+    w, h, left, top, bottom = 780, 230, 44, 24, 46
+    n = len(BLOCK_NAMES)
+    step = (w - left - 8) / n
+    vals = [v for v in (norms or []) if v is not None and math.isfinite(v)]
+    vmax = max(vals) if vals and max(vals) > 0 else 1.0
+    plot_h = h - top - bottom
+    parts = [f'<svg class="lora-studio-bars" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" '
+             f'width="100%" style="max-width:{w}px;font:11px sans-serif">']
+    if title:
+        parts.append(f'<text x="{left}" y="14" font-weight="bold">{html.escape(title)}</text>')
+    parts.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{w - 8}" y2="{top + plot_h}" stroke="#888"/>')
+    parts.append(f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" fill="#666">{vmax:.3g}</text>')
+    parts.append(f'<text x="{left - 4}" y="{top + plot_h}" text-anchor="end" fill="#666">0</text>')
+    for i, name in enumerate(BLOCK_NAMES):
+        x = left + i * step
+        v = None if not norms or i >= len(norms) else norms[i]
+        if v is None or not math.isfinite(v):
+            parts.append(f'<rect class="bar empty" data-block="{name}" data-norm="" x="{x + 2:.1f}" '
+                         f'y="{top + plot_h - 2}" width="{step - 4:.1f}" height="2" fill="#ccc"/>')
+        else:
+            bh = max(1.0, plot_h * v / vmax) if v > 0 else 0.0
+            parts.append(f'<rect class="bar" data-block="{name}" data-norm="{v:.6g}" x="{x + 2:.1f}" '
+                         f'y="{top + plot_h - bh:.1f}" width="{step - 4:.1f}" height="{bh:.1f}" fill="#4a7bd0">'
+                         f'<title>{name}: {v:.4g}</title></rect>')
+        if weights is not None and i < len(weights) and weights[i] is not None:
+            wy = top + plot_h - plot_h * max(0.0, min(1.5, weights[i])) / 1.5
+            parts.append(f'<rect class="weight" data-block="{name}" data-weight="{weights[i]:g}" '
+                         f'x="{x + 1:.1f}" y="{wy - 1.5:.1f}" width="{step - 2:.1f}" height="3" fill="#e0603a">'
+                         f'<title>{name} weight {weights[i]:g}</title></rect>')
+        lx, ly = x + step / 2, top + plot_h + 8
+        parts.append(f'<text x="{lx:.1f}" y="{ly}" transform="rotate(60 {lx:.1f} {ly})" fill="#444">{name}</text>')
+    if weights is not None:
+        parts.append(f'<text x="{w - 8}" y="14" text-anchor="end" fill="#e0603a">— preset weight (0…1.5)</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def summary_markdown(name: str, report: dict) -> str:
+    """A few headline facts of an inspect report; tolerant of missing fields."""
+    rows = [("file", name)]
+    for key, label in (("arch", "architecture"), ("algos", "algorithm(s)"), ("algo", "algorithm"),
+                       ("ranks", "rank(s)"), ("rank", "rank"), ("alphas", "alpha(s)"), ("alpha", "alpha"),
+                       ("modules", "modules"), ("module_count", "modules")):
+        v = report.get(key)
+        if v is None or (label == "modules" and any(r[0] == "modules" for r in rows)):
+            continue
+        if isinstance(v, (list, tuple, set)):
+            v = ", ".join(map(str, v))
+        elif isinstance(v, dict):
+            v = ", ".join(f"{k}: {val}" for k, val in v.items()) if len(v) < 12 else f"{len(v)} entries"
+        rows.append((label, v))
+    return "\n".join(f"- **{k}**: {html.escape(str(v))}" for k, v in rows)
+
+
+def show_lora(ctx, name: str):
+    """Callback: (chart html, summary markdown, metadata json text)."""
+    try:
+        report = inspect_lora(ctx, name)
+    except ImportError as exc:
+        return "", f"Inspect is unavailable: {exc}", ""
+    except LoraStudioError as exc:
+        return "", f"⚠ {exc}", ""
+    chart = render_bars(block_norms(report), title=f"{Path(name).stem}: weight norm per block")
+    meta = report.get("metadata") or {}
+    return chart, summary_markdown(name, report), json.dumps(meta, indent=1, ensure_ascii=False, default=str)
+
+
+def build(ctx) -> None:
+    import gradio as gr
+    from lib_lora.ui import compat
+
+    names = list_loras(ctx)
+    folders = ", ".join(str(d) for d in ctx.lora_dirs)
+    gr.Markdown(f"LoRA files in {html.escape(folders)}.")
+    with gr.Row():
+        pick = gr.Dropdown(choices=names, value=None, label="LoRA", elem_id="lora_studio_inspect_pick", scale=4)
+        refresh = gr.Button("Refresh list", elem_id="lora_studio_inspect_refresh", scale=1)
+    chart = gr.HTML(elem_id="lora_studio_inspect_chart")
+    summary = gr.Markdown(elem_id="lora_studio_inspect_summary")
+    with gr.Accordion("Metadata", open=False):
+        meta = gr.Code(language="json", label="metadata", elem_id="lora_studio_inspect_meta")
+    refresh.click(lambda: compat.update(choices=list_loras(ctx)), inputs=[], outputs=[pick])
+    pick.change(lambda n: show_lora(ctx, n) if n else ("", "", ""), inputs=[pick], outputs=[chart, summary, meta])

@@ -1,0 +1,374 @@
+"""Presets tab: table editor for block-weight presets, LBW file import/export, LoRA bars and "copy tag".
+
+Every callback is a plain function of (ctx, inputs) so it is unit-tested without a browser; `build`
+only wires them to components. Edits are kept in the table until "Save", which writes the user
+presets file (ctx.check_writes first) and reloads the store, so prompts use them without a restart.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from pathlib import Path
+
+from lib_lora.blocks import FORMAT_LABELS, FORMATS, expand, format_names
+from lib_lora.errors import LoraStudioError
+from lib_lora.ui import lora_tab
+
+FORMAT_ORDER = (17, 26, 12, 20)
+FORMAT_CHOICES = [f"{n} · {FORMAT_LABELS[n]}" for n in FORMAT_ORDER]
+MAX_IMPORT_BYTES = 1 << 20
+_NUMBER_RE = re.compile(r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$")
+
+
+def count_of(label) -> int:
+    try:
+        n = int(str(label).split("·")[0].strip())
+    except ValueError:
+        n = 0
+    if n not in FORMATS:
+        raise LoraStudioError(f"Unknown format '{label}'; pick one of {', '.join(FORMAT_CHOICES)}.")
+    return n
+
+
+def columns(count: int) -> list[str]:
+    return ["name"] + format_names(count)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        return f"{v:g}"
+    return str(v).strip()
+
+
+def preset_values(store, name: str) -> list[str]:
+    """The stored values of a preset as strings (letters kept), whatever shape the store returns."""
+    v = store.get(name)
+    v = getattr(v, "values", v)
+    if isinstance(v, str):
+        v = v.split(",")
+    return [_fmt(x) for x in (v or [])]
+
+
+def preset_rows(store, count: int) -> list[list[str]]:
+    rows = []
+    for name in store.names():
+        vals = preset_values(store, name)
+        if len(vals) == count:
+            rows.append([name] + vals)
+    return rows
+
+
+def _frame(rows: list[list[str]], count: int):
+    import pandas as pd
+    return pd.DataFrame([list(map(str, r)) for r in rows], columns=columns(count))
+
+
+def _need_store(ctx):
+    store = getattr(ctx, "presets", None)
+    if store is None:
+        reason = getattr(ctx, "presets_problem", None) or "no presets store configured"
+        raise LoraStudioError(f"Presets are unavailable: {reason}.")
+    return store
+
+
+def validate_row(row, count: int) -> tuple[str, list[str]]:
+    """A table row → (name, values) or LoraStudioError naming the row and the fix."""
+    from lib_lora.presets import name_problem, normalise_values, tokens_problem
+    cells = ["" if c is None else str(c).strip() for c in row]
+    cells = (cells + [""] * (count + 1))[:count + 1]   # tolerate short rows from the grid
+    name, vals = cells[0], cells[1:]
+    if not name:
+        raise LoraStudioError("A row has no name; type a name in the first column or delete the row.")
+    problem = name_problem(name)
+    if problem:
+        raise LoraStudioError(f"Preset name not allowed: {problem}.")
+    missing = [format_names(count)[i] for i, v in enumerate(vals) if v == ""]
+    if missing:
+        raise LoraStudioError(f"Preset '{name}': no value for {', '.join(missing)}; fill every block.")
+    vals = normalise_values([v.replace(" ", "") for v in vals])
+    problem = tokens_problem(vals)
+    if problem:
+        raise LoraStudioError(f"Preset '{name}': {problem}.")
+    return name, vals
+
+
+def parse_values_text(text: str) -> list[str]:
+    return [v.strip() for v in str(text or "").split(",") if v.strip() != ""]
+
+
+# ---- callbacks: table editor ------------------------------------------------------------------------
+
+
+def load_table(ctx, label):
+    """(table, original names, status) for a format."""
+    count = count_of(label)
+    try:
+        store = _need_store(ctx)
+    except LoraStudioError as exc:
+        return _frame([], count), [], f"⚠ {exc}"
+    rows = preset_rows(store, count)
+    return _frame(rows, count), [r[0] for r in rows], f"{len(rows)} presets with {count} values."
+
+
+def set_row(table, label, name: str, values_text: str):
+    """Add or replace the row `name` in the (unsaved) table from a comma-separated values text."""
+    from lib_lora.ui.compat import dataframe_rows
+    count = count_of(label)
+    rows = [r for r in dataframe_rows(table) if any(str(c).strip() for c in r)]
+    vals = parse_values_text(values_text)
+    if len(vals) != count:
+        return _frame(rows, count), (f"⚠ '{name or '?'}' has {len(vals)} values; this table needs {count} "
+                                     f"({', '.join(format_names(count))}).")
+    try:
+        name, vals = validate_row([name] + vals, count)
+    except LoraStudioError as exc:
+        return _frame(rows, count), f"⚠ {exc}"
+    for r in rows:
+        if str(r[0]).strip() == name:
+            r[:] = [name] + vals
+            break
+    else:
+        rows.append([name] + vals)
+    return _frame(rows, count), f"Row '{name}' set; press Save to write the presets file."
+
+
+def delete_row(table, label, name: str):
+    from lib_lora.ui.compat import dataframe_rows
+    count = count_of(label)
+    rows = dataframe_rows(table)
+    kept = [r for r in rows if str(r[0]).strip() != (name or "").strip()]
+    if len(kept) == len(rows):
+        return _frame(rows, count), f"⚠ No row named '{name}' in the table."
+    return _frame(kept, count), f"Row '{name}' removed; press Save to write the presets file."
+
+
+def save_table(ctx, table, label, original_names):
+    """Write the table's changes (new, edited, removed rows of this format) and reload the store.
+
+    Returns (table, original names, status). Only rows that differ from the store are set, so the
+    shipped presets are not copied into the user file.
+    """
+    from lib_lora.ui.compat import dataframe_rows
+    count = count_of(label)
+    rows = [r for r in dataframe_rows(table) if any(str(c).strip() for c in r if c is not None)]
+    try:
+        ctx.check_writes()
+        store = _need_store(ctx)
+        parsed = [validate_row(r, count) for r in rows]
+        names = [n for n, _ in parsed]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise LoraStudioError(f"Preset name(s) {', '.join(dup)} appear twice; keep one row each.")
+        existing = set(store.names())
+        removed = [n for n in (original_names or []) if n not in names and n in existing]
+        shipped = [n for n in removed if store.origin(n) == "builtin"]
+        if shipped:
+            raise LoraStudioError(f"'{shipped[0]}' is a shipped preset and cannot be deleted; "
+                                  "edit its values instead (that saves a user preset overriding it).")
+        changed = [(n, v) for n, v in parsed if n not in existing or preset_values(store, n) != v]
+        try:
+            for name, vals in changed:
+                store.set(name, vals)
+            for name in removed:
+                store.delete(name)
+            store.save()
+        finally:
+            store.reload()   # unsaved in-memory edits must not leak into generation on failure
+    except LoraStudioError as exc:
+        return _frame(rows, count), original_names, f"⚠ {exc}"
+    new_rows = preset_rows(store, count)
+    path = getattr(ctx, "presets_path", None) or store.user_path
+    return (_frame(new_rows, count), [r[0] for r in new_rows],
+            f"Saved: {len(changed)} changed, {len(removed)} removed → {path}. In use now, no restart needed.")
+
+
+def reload_store(ctx, label):
+    try:
+        _need_store(ctx).reload()
+    except LoraStudioError as exc:
+        return _frame([], count_of(label)), [], f"⚠ {exc}"
+    table, names, status = load_table(ctx, label)
+    return table, names, "Reloaded from the presets files. " + status
+
+
+# ---- callbacks: import / export ---------------------------------------------------------------------
+
+
+def import_file(ctx, file_value) -> str:
+    """Merge an LBW presets file (uploaded) into the user presets and save."""
+    from lib_lora.ui.compat import file_path
+    path = file_path(file_value)
+    try:
+        if not path:
+            raise LoraStudioError("Choose a presets file (lbwpresets.txt) to import first.")
+        ctx.check_writes()
+        store = _need_store(ctx)
+        if os.path.getsize(path) > MAX_IMPORT_BYTES:
+            raise LoraStudioError("That file is over 1 MB; a presets file is a small text file.")
+        try:
+            text = Path(path).read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError:
+            raise LoraStudioError("That file is not UTF-8 text; save it as UTF-8 and import again.") from None
+        try:
+            names, warnings = store.import_text(text, source=Path(path).name)
+            store.save()
+        finally:
+            store.reload()
+    except LoraStudioError as exc:
+        return f"⚠ {exc}"
+    shown = ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
+    msg = f"Imported {len(names)} presets ({shown}) into {store.user_path}."
+    return msg + (" Skipped/notes: " + "; ".join(warnings) if warnings else "")
+
+
+def export_file(ctx):
+    """Write the LBW-format text of every preset to a temp file for download: (path, status)."""
+    try:
+        text = _need_store(ctx).export_text()
+    except LoraStudioError as exc:
+        return None, f"⚠ {exc}"
+    folder = tempfile.mkdtemp(prefix="lora_studio_export_")
+    path = os.path.join(folder, "lbwpresets.txt")
+    with open(path, "w", encoding="utf-8", newline="\n") as f:
+        f.write(text)
+    n = len([ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")])
+    return path, f"Exported {n} presets (LoRA Block Weight format)."
+
+
+# ---- callbacks: LoRA bars and tag -------------------------------------------------------------------
+
+
+def make_tag(lora_name: str, weight, preset: str) -> str:
+    """`<lora:NAME:W:PRESET>`; NAME is the file name without folder and extension (as the WebUI uses)."""
+    if not lora_name:
+        raise LoraStudioError("Pick a LoRA file first.")
+    stem = Path(lora_name).stem
+    w = f"{round(float(weight), 4):g}"
+    preset = (preset or "").strip()
+    return f"<lora:{stem}:{w}:{preset}>" if preset else f"<lora:{stem}:{w}>"
+
+
+def tag_callback(lora_name, weight, preset):
+    try:
+        return make_tag(lora_name, weight, preset), ""
+    except LoraStudioError as exc:
+        return "", f"⚠ {exc}"
+
+
+def preset_weights(ctx, preset: str, arch: str | None):
+    """26 slot weights of a preset as the LoRA's arch resolves it (R/U/X letters → None), or None."""
+    store = getattr(ctx, "presets", None)
+    if store is None or not preset:
+        return None
+    vals = store.get(preset, arch if arch in ("sd1", "sd2", "sdxl") else None)
+    if not vals or len(vals) not in FORMATS:
+        return None
+    nums = [float(x) if _NUMBER_RE.match(x) else 0.0 for x in vals]
+    vec, _listed = expand(nums)
+    letters = {slot for slot, x in zip(FORMATS[len(vals)], vals) if not _NUMBER_RE.match(x)}
+    return [None if i in letters else vec[i] for i in range(26)]
+
+
+def lora_chart(ctx, lora_name: str, preset: str):
+    """(bar chart html, summary) for the picked LoRA with the chosen preset's weights overlaid."""
+    if not lora_name:
+        return "", ""
+    try:
+        report = lora_tab.inspect_lora(ctx, lora_name)
+    except ImportError as exc:
+        return "", f"Inspect is unavailable: {exc}"
+    except LoraStudioError as exc:
+        return "", f"⚠ {exc}"
+    weights = preset_weights(ctx, preset, report.get("arch"))
+    title = f"{Path(lora_name).stem}: weight norm per block" + (f", preset {preset}" if preset else "")
+    return (lora_tab.render_bars(lora_tab.block_norms(report), weights, title),
+            lora_tab.summary_markdown(lora_name, report))
+
+
+# ---- layout -----------------------------------------------------------------------------------------
+
+# Copies the tag to the clipboard; falls back to a hidden textarea where navigator.clipboard is refused
+# (plain http on a LAN address is not a secure context). Returns the tag unchanged.
+COPY_JS = """(tag) => {
+  window.loraStudioLastCopied = tag;
+  const fallback = () => { const t = document.createElement('textarea'); t.value = tag;
+    document.body.appendChild(t); t.select(); try { document.execCommand('copy'); } catch (e) {} t.remove(); };
+  if (tag) { if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(tag).catch(fallback);
+             else fallback(); }
+  return [tag];
+}"""
+
+
+def build(ctx) -> None:
+    import gradio as gr
+    from lib_lora.ui import compat
+
+    store = getattr(ctx, "presets", None)
+    names = list(store.names()) if store is not None else []
+    table0, orig0, status0 = load_table(ctx, FORMAT_CHOICES[0])
+    where = getattr(ctx, "presets_path", None) or getattr(store, "user_path", None)
+    gr.Markdown("Block-weight presets: edit a row or the table, then **Save**; prompts use the change at once."
+                + (f" User presets file: `{where}`." if where else ""))
+    with gr.Row():
+        with gr.Column(scale=3):
+            fmt = gr.Dropdown(choices=FORMAT_CHOICES, value=FORMAT_CHOICES[0], label="Format (value count)",
+                              elem_id="lora_studio_presets_format")
+            table = gr.Dataframe(value=table0, headers=columns(17), datatype="str", type="array",
+                                 row_count=(max(1, len(table0)), "dynamic"), interactive=True,
+                                 label="Presets", elem_id="lora_studio_presets_table")
+            with gr.Row():
+                row_name = gr.Textbox(label="Preset name", elem_id="lora_studio_presets_row_name", scale=1)
+                row_values = gr.Textbox(label="Values (comma-separated)", scale=3,
+                                        elem_id="lora_studio_presets_row_values")
+            with gr.Row():
+                set_btn = gr.Button("Set row", elem_id="lora_studio_presets_set")
+                del_btn = gr.Button("Delete row", elem_id="lora_studio_presets_delete")
+                save_btn = gr.Button("Save", variant="primary", elem_id="lora_studio_presets_save")
+                reload_btn = gr.Button("Reload from file", elem_id="lora_studio_presets_reload")
+            status = gr.Markdown(status0, elem_id="lora_studio_presets_status")
+            with gr.Accordion("Import / export (LoRA Block Weight presets file)", open=False):
+                with gr.Row():
+                    up = gr.File(label="Import lbwpresets.txt", file_types=[".txt"],
+                                 elem_id="lora_studio_presets_import_file")
+                    down = gr.File(label="Exported file", interactive=False,
+                                   elem_id="lora_studio_presets_export_file")
+                with gr.Row():
+                    import_btn = gr.Button("Import", elem_id="lora_studio_presets_import")
+                    export_btn = gr.Button("Export", elem_id="lora_studio_presets_export")
+        with gr.Column(scale=2):
+            with gr.Row():
+                lora = gr.Dropdown(choices=lora_tab.list_loras(ctx), label="LoRA", scale=4,
+                                   elem_id="lora_studio_presets_lora")
+                refresh = gr.Button("Refresh", scale=1, elem_id="lora_studio_presets_lora_refresh")
+            chart = gr.HTML(elem_id="lora_studio_presets_chart")
+            summary = gr.Markdown(elem_id="lora_studio_presets_lora_summary")
+            weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="Weight", elem_id="lora_studio_presets_weight")
+            preset = gr.Dropdown(choices=[""] + names, value="", label="Preset",
+                                 elem_id="lora_studio_presets_preset")
+            copy_btn = gr.Button("Copy tag", variant="primary", elem_id="lora_studio_presets_copy")
+            tag = gr.Textbox(label="Tag", interactive=True, elem_id="lora_studio_presets_tag")
+            tag_status = gr.Markdown(elem_id="lora_studio_presets_tag_status")
+    orig = gr.State(orig0)
+
+    def preset_choices():
+        s = getattr(ctx, "presets", None)
+        return compat.update(choices=[""] + (list(s.names()) if s is not None else []))
+
+    fmt.change(lambda f: load_table(ctx, f), inputs=[fmt], outputs=[table, orig, status])
+    set_btn.click(set_row, inputs=[table, fmt, row_name, row_values], outputs=[table, status])
+    del_btn.click(delete_row, inputs=[table, fmt, row_name], outputs=[table, status])
+    save_btn.click(lambda t, f, o: save_table(ctx, t, f, o), inputs=[table, fmt, orig],
+                   outputs=[table, orig, status]).then(preset_choices, inputs=[], outputs=[preset])
+    reload_btn.click(lambda f: reload_store(ctx, f), inputs=[fmt], outputs=[table, orig, status]) \
+        .then(preset_choices, inputs=[], outputs=[preset])
+    import_btn.click(lambda u: import_file(ctx, u), inputs=[up], outputs=[status]) \
+        .then(lambda f: load_table(ctx, f)[:2], inputs=[fmt], outputs=[table, orig]) \
+        .then(preset_choices, inputs=[], outputs=[preset])
+    export_btn.click(lambda: export_file(ctx), inputs=[], outputs=[down, status])
+    refresh.click(lambda: compat.update(choices=lora_tab.list_loras(ctx)), inputs=[], outputs=[lora])
+    for trigger in (lora.change, preset.change):
+        trigger(lambda n, p: lora_chart(ctx, n, p), inputs=[lora, preset], outputs=[chart, summary])
+    copy_btn.click(tag_callback, inputs=[lora, weight, preset], outputs=[tag, tag_status]) \
+        .then(None, inputs=[tag], outputs=[tag], **compat.js_kwargs(COPY_JS))
