@@ -1,0 +1,83 @@
+"""A read-only status route: what the last activation applied (names, multipliers, block vectors,
+module counts) and, on request, a checksum of the model's current weights — to verify LoRA application
+from outside. A1111 attaches no authentication to extension routes, so we check --api-auth ourselves.
+It returns no paths, settings or command-line options.
+"""
+
+from __future__ import annotations
+
+import base64
+import secrets
+
+from . import env
+from .engine import ENGINE
+
+ROUTE = "/lora-studio/v1/status"
+
+
+def _credentials() -> list[tuple[str, str]]:
+    raw = env.cmd_opt("api_auth", None)
+    if not raw:
+        return []
+    out = []
+    for cred in str(raw).strip().split(","):
+        if ":" in cred:
+            u, pw = cred.strip().split(":", 1)
+            out.append((u, pw))
+    return out
+
+
+def authorized(header: str | None) -> bool:
+    creds = _credentials()
+    if not creds:
+        return True
+    if not header or not header.lower().startswith("basic "):
+        return False
+    try:
+        user, _, pw = base64.b64decode(header[6:].strip()).decode("utf-8").partition(":")
+    except Exception:
+        return False
+    return any(secrets.compare_digest(user, u) and secrets.compare_digest(pw, p) for u, p in creds)
+
+
+def status(with_checksum: bool = False) -> dict:
+    last = ENGINE.last
+    out = {
+        "applied": [{"name": a.name, "te": a.te, "unet": a.unet, "blocks": a.blocks, "source": a.source,
+                     "start": a.start, "stop": a.stop, "modules": a.modules} for a in last.applied],
+        "warnings": list(last.warnings),
+        "seconds": last.seconds,
+        "report": _report(last.report),
+    }
+    if with_checksum:
+        model = ENGINE.host_model or env.loaded_model()
+        out["checksum"] = ENGINE.checksum() if model is not None else None
+    return out
+
+
+def _report(report) -> dict | None:
+    if report is None:
+        return None
+    fields = {}
+    for k, v in vars(report).items() if hasattr(report, "__dict__") else []:
+        if isinstance(v, (int, float, str, bool)) or v is None:
+            fields[k] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, str)) for x in v):
+            fields[k] = list(v)
+        elif isinstance(v, dict) and all(isinstance(x, (int, float, str)) for x in v.values()):
+            fields[k] = {str(a): b for a, b in v.items()}
+    return fields
+
+
+def on_app_started(demo, app) -> None:
+    from fastapi import HTTPException, Request
+
+    if any(getattr(r, "path", None) == ROUTE for r in getattr(app, "routes", [])):
+        return
+
+    @app.get(ROUTE)
+    def lora_studio_status(request: Request, checksum: bool = False):
+        if not authorized(request.headers.get("authorization")):
+            raise HTTPException(status_code=401, detail="Unauthorized", headers={"WWW-Authenticate": "Basic"})
+        with ENGINE.lock:
+            return status(checksum)

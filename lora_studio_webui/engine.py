@@ -1,0 +1,283 @@
+"""What a generation needs from the core: tags → loaded networks → one Patcher per loaded model.
+
+Coexistence with the built-in Lora (a1111_integration.md §4 a–f):
+(a) we own the tag, so the built-in's `loaded_networks` stays empty and its patched forwards do nothing;
+(b) if the built-in holds networks anyway (another extension called it), we refuse and say so;
+    before our first patch we make it put back any weights it merged earlier, so its backups never hold our delta
+    and it never restores over our weights;
+(c)/(e)/(f) are the Patcher's job (exact backups, per-layer keys incl. the block vector, fp32 deltas);
+(d) `forget()` runs from on_model_loaded: weights may have been reloaded in place, our backups are stale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+import zlib
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from lib_lora.errors import LoraStudioError
+
+from . import env, tags as tagtext
+from .library import Library, LoraFile
+
+FIELD_BLOCKS = "LoRA Studio blocks"      # infotext: resolved block weights per LoRA
+FIELD_HASHES = "Lora hashes"             # same key and format as the built-in, so its paste handler works
+
+
+@dataclass
+class Applied:
+    """One LoRA as applied in the last activation (for logs, the debug route and tests)."""
+    name: str
+    path: str
+    te: float
+    unet: float
+    blocks: list | None
+    values: list | None
+    source: str | None
+    start: int | None = None
+    stop: int | None = None
+    modules: int = 0
+
+
+@dataclass
+class Activation:
+    applied: list = field(default_factory=list)
+    warnings: list = field(default_factory=list)
+    report: object = None
+    seconds: float = 0.0
+    entries: list = field(default_factory=list)     # (LoraTag, ResolvedBlocks, LoraFile) per applied tag
+
+
+class NetworkStore:
+    """Loaded LoRA files kept by (path, mtime, size); a few are enough for epoch axes and A/B grids."""
+
+    def __init__(self, keep: int = 8):
+        self.keep = keep
+        self._items: OrderedDict = OrderedDict()
+
+    def get(self, entry: LoraFile, allow_pickle: bool):
+        from lib_lora.network import load_network
+        st = entry.path.stat()
+        key = (str(entry.path), st.st_mtime_ns, st.st_size)
+        net = self._items.get(key)
+        if net is None:
+            net = load_network(entry.path, allow_pickle=allow_pickle)
+            self._items[key] = net
+            while len(self._items) > self.keep:
+                self._items.popitem(last=False)
+        else:
+            self._items.move_to_end(key)
+        return net
+
+    def clear(self):
+        self._items.clear()
+
+
+def batch_seed(p) -> int:
+    """Seed of the current batch: random letters are drawn once per batch and the hires pass
+    (same batch, same seeds) draws the very same values."""
+    seeds = getattr(p, "seeds", None) or getattr(p, "all_seeds", None) or [getattr(p, "seed", 0)]
+    try:
+        return int(seeds[0])
+    except (TypeError, ValueError, IndexError):
+        return 0
+
+
+def tag_seed(seed: int, index: int, name: str) -> int:
+    return (seed * 1_000_003 + zlib.crc32(f"{index}:{name}".encode())) & 0xFFFF_FFFF
+
+
+class Engine:
+    def __init__(self):
+        self.lock = threading.RLock()
+        self.library = Library(env.lora_dirs)
+        self.networks = NetworkStore()
+        self._presets = None
+        self._presets_path = None
+        self.patcher = None
+        self.host_model = None             # the sd_model the patcher's Host was built from
+        self.last = Activation()
+        self.active = []                   # ActiveLora list currently applied
+        self.has_schedule = False
+        self._step_state = None
+
+    # -- shared state ---------------------------------------------------------------------------
+    def presets(self):
+        from lib_lora.presets import PresetStore
+        path = str(env.opt(env.PREFIX + "presets_file", "") or "") or str(default_presets_path())
+        if self._presets is None or self._presets_path != path:
+            self._presets = PresetStore(user_path=path)
+            self._presets_path = path
+        return self._presets
+
+    def _patcher_for(self, sd_model):
+        from lib_lora.host import Host
+        from lib_lora.patcher import Patcher
+        if self.patcher is None or self.host_model is not sd_model:
+            if self.patcher is not None:
+                self.restore()
+            mb = int(env.opt(env.PREFIX + "cache_mb", 1024) or 0)
+            self.patcher = Patcher(Host.from_a1111(sd_model), mb * 1024 * 1024)
+            self.host_model = sd_model
+        return self.patcher
+
+    def forget(self, *_):
+        """on_model_loaded: the model's weights were (re)loaded; our backups and layer map are stale."""
+        with self.lock:
+            if self.patcher is not None and hasattr(self.patcher, "forget"):
+                try:
+                    self.patcher.forget()
+                except Exception:
+                    pass
+            self.patcher, self.host_model, self.active, self.has_schedule = None, None, [], False
+
+    def restore(self):
+        with self.lock:
+            if self.patcher is not None:
+                self.patcher.restore()
+            self.active, self.has_schedule, self._step_state = [], False, None
+            self.last = Activation()
+
+    # -- the built-in Lora (coexistence) ------------------------------------------------------
+    def flush_builtin(self, sd_model, clear_loaded: bool = False) -> str | None:
+        """Make the built-in put back weights it merged earlier. Returns a conflict message or None."""
+        nets = env.builtin_lora()
+        if nets is None:
+            return None
+        if clear_loaded:
+            nets.loaded_networks.clear()
+        if nets.loaded_networks:
+            names = ", ".join(getattr(n, "name", "?") for n in nets.loaded_networks)
+            return (f"the built-in Lora extension holds networks ({names}), loaded by another extension; "
+                    f"LoRA Studio applied nothing so that no LoRA is applied twice. Remove those tags or "
+                    f"disable the other extension.")
+        for mod in sd_model.modules() if hasattr(sd_model, "modules") else []:
+            if getattr(mod, "network_current_names", ()) != ():
+                nets.network_restore_weights_from_backup(mod)
+                mod.network_current_names = ()
+        return None
+
+    # -- activation ---------------------------------------------------------------------------------
+    def activate(self, p, params_list) -> Activation:
+        from lib_lora import syntax
+        from lib_lora.patcher import ActiveLora
+
+        t0 = time.perf_counter()
+        act = Activation()
+        sd_model = getattr(p, "sd_model", None) or env.shared().sd_model
+        with self.lock:
+            if not params_list:
+                if self.patcher is not None and (self.active or self.host_model is not sd_model):
+                    self.restore()
+                self.last = act
+                return act
+            conflict = self.flush_builtin(sd_model)
+            if conflict:
+                act.warnings.append(conflict)
+                if self.patcher is not None:
+                    self.restore()
+                self.last = act
+                return act
+            patcher = self._patcher_for(sd_model)
+            model_arch = getattr(patcher.host, "arch", None)
+            presets = self.presets()
+            allow_pickle = bool(env.opt(env.PREFIX + "allow_pickle", False))
+            seed = batch_seed(p)
+            actives = []
+            for index, params in enumerate(params_list):
+                positional, named = tagtext.split_params(params.items)
+                tag = syntax.parse_params(positional, named)
+                act.warnings += tag.warnings
+                if tag.errors:
+                    act.warnings += [f"{e} (skipped)" for e in tag.errors]
+                    continue
+                entry = self.library.find(tag.name)
+                if entry is None:
+                    act.warnings.append(self.library.not_found_message(tag.name))
+                    continue
+                try:
+                    net = self.networks.get(entry, allow_pickle)
+                except LoraStudioError as e:
+                    act.warnings.append(f"`{tag.name}`: {e} (skipped)")
+                    continue
+                except Exception as e:                     # never let a broken file stop the others
+                    act.warnings.append(f"`{tag.name}`: cannot be loaded ({type(e).__name__}: {e}); skipped")
+                    continue
+                lora_arch = getattr(net, "arch", "unknown")
+                if model_arch and lora_arch not in (None, "unknown") and model_arch not in (None, "unknown") \
+                        and lora_arch != model_arch:
+                    act.warnings.append(f"LoRA `{tag.name}` is {lora_arch.upper()}, the model is "
+                                        f"{model_arch.upper()}; skipped")
+                    continue
+                rb = syntax.resolve_blocks(tag, presets, model_arch, tag_seed(seed, index, tag.name))
+                act.warnings += rb.warnings
+                if rb.errors:
+                    act.warnings += [f"{e} (skipped)" for e in rb.errors]
+                    continue
+                if rb.vector is not None and rb.listed is not None:
+                    msg = unlisted(net, tag.name, rb)
+                    if msg:
+                        act.warnings.append(msg)
+                actives.append(ActiveLora(network=net, te=tag.te, unet=tag.unet_multiplier, blocks=rb.vector,
+                                          dyn=tag.dyn, start=tag.start, stop=tag.stop))
+                act.applied.append(Applied(tag.name, str(entry.path), tag.te, tag.unet_multiplier, rb.vector,
+                                           rb.values, rb.source, tag.start, tag.stop,
+                                           modules=len(getattr(net, "modules", {}))))
+                act.entries.append((tag, rb, entry))
+            act.report = patcher.apply(actives)
+            act.warnings += list(getattr(act.report, "warnings", []) or [])
+            self.active = actives
+            self.has_schedule = any(a.start is not None or a.stop is not None for a in actives)
+            self._step_state = None
+            act.seconds = time.perf_counter() - t0
+            self.last = act
+            return act
+
+    def set_step(self, step: int) -> None:
+        """on_cfg_denoiser: switch start=/stop= gated U-Net deltas (only when a tag asked for it)."""
+        if not self.has_schedule or self.patcher is None:
+            return
+        with self.lock:
+            if self._step_state == step:
+                return
+            self._step_state = step
+            self.patcher.set_step(step)
+
+    def checksum(self) -> dict:
+        """Sum and a short digest over the weights of every layer the patcher may touch (debug/verification)."""
+        sd_model = self.host_model or env.shared().sd_model
+        return weights_checksum(sd_model)
+
+
+def unlisted(net, name: str, rb) -> str | None:
+    """blocks.md §2.5 warning when modules sit in slots the format does not list."""
+    from lib_lora import blocks
+    used = [getattr(m, "slot", None) for m in getattr(net, "modules", {}).values()]
+    return blocks.unlisted_warning(name, getattr(net, "arch", None), rb.count, used, rb.listed)
+
+
+def weights_checksum(sd_model) -> dict:
+    import torch
+    total = 0.0
+    h = hashlib.sha256()
+    n = 0
+    with torch.no_grad():
+        for name, t in sd_model.state_dict().items():
+            if not (name.startswith("model.diffusion_model.") or name.startswith("cond_stage_model.")
+                    or name.startswith("conditioner.")) or not t.is_floating_point():
+                continue
+            s = float(t.double().sum())
+            total += s
+            h.update(f"{name}:{s:.10e}".encode())
+            n += 1
+    return {"tensors": n, "sum": total, "digest": h.hexdigest()[:16]}
+
+
+def default_presets_path():
+    return env.data_path() / "lora_studio" / "presets.txt"
+
+
+ENGINE = Engine()

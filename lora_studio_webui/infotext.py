@@ -1,0 +1,103 @@
+"""Infotext: `Lora hashes` (built-in's key and format) and our resolved block weights, and pasting them back.
+
+`LoRA Studio blocks: "name=v1,v2,…; other=…"` is written for every LoRA whose block weights came from a preset
+or from the letters R/U/X, so a pasted prompt reproduces the image even after the preset file changed or with
+random letters (prompt_syntax.md §6).
+"""
+
+from __future__ import annotations
+
+from . import env
+from .engine import FIELD_BLOCKS, FIELD_HASHES
+
+_REMOVE = str.maketrans("", "", ":,;=")
+
+
+def _fmt(v: float) -> str:
+    return f"{float(v):.6g}"
+
+
+def needs_record(tag, rb) -> bool:
+    if rb is None or rb.values is None:
+        return False
+    if rb.randomised or (rb.source or "").startswith("preset"):
+        return True
+    return any(t.strip().upper().startswith("X") for t in (tag.blocks or "").split(","))
+
+
+def record(p, act) -> None:
+    """Write our infotext fields for this activation into p.extra_generation_params (copy-on-write:
+    X/Y/Z cells share that dict through a shallow copy)."""
+    params = dict(getattr(p, "extra_generation_params", None) or {})
+    hr = bool(getattr(p, "is_hr_pass", False))
+    state = getattr(p, "_lora_studio_infotext", None)
+    if state is None or not hr:
+        state = {"hashes": {}, "blocks": []}
+    if env.opt("lora_add_hashes_to_infotext", True):
+        for tag, rb, entry in act.entries:
+            h = entry.shorthash()
+            if h:
+                state["hashes"][tag.name.translate(_REMOVE)] = h
+    seen = {b.split("=", 1)[0] for b in state["blocks"]} if hr else set()
+    for tag, rb, entry in act.entries:
+        if needs_record(tag, rb) and tag.name not in seen:
+            state["blocks"].append(f"{tag.name.translate(_REMOVE)}={','.join(_fmt(v) for v in rb.values)}")
+    p._lora_studio_infotext = state
+    for key in (FIELD_HASHES, FIELD_BLOCKS):
+        params.pop(key, None) if not hr else None
+    if state["hashes"]:
+        params[FIELD_HASHES] = ", ".join(f"{k}: {v}" for k, v in state["hashes"].items())
+    if state["blocks"]:
+        params[FIELD_BLOCKS] = "; ".join(state["blocks"])
+    p.extra_generation_params = params
+
+
+def clear(p) -> None:
+    params = getattr(p, "extra_generation_params", None)
+    if params and (FIELD_BLOCKS in params or FIELD_HASHES in params) and not getattr(p, "is_hr_pass", False):
+        params = dict(params)
+        params.pop(FIELD_BLOCKS, None)
+        if getattr(p, "_lora_studio_infotext", None):
+            params.pop(FIELD_HASHES, None)
+        p.extra_generation_params = params
+    if not getattr(p, "is_hr_pass", False):
+        p._lora_studio_infotext = None
+
+
+def parse_field(text: str) -> list[tuple[str, list[float]]]:
+    out = []
+    for part in (text or "").split(";"):
+        if "=" not in part:
+            continue
+        name, vals = part.rsplit("=", 1)
+        try:
+            out.append((name.strip(), [float(v) for v in vals.split(",") if v.strip()]))
+        except ValueError:
+            continue
+    return out
+
+
+def restore_prompt(prompt: str, records: list[tuple[str, list[float]]]) -> str:
+    """Replace the block weights of each recorded LoRA (in order of appearance) by the recorded values."""
+    from lib_lora import syntax
+    queues: dict[str, list[list[float]]] = {}
+    for name, values in records:
+        queues.setdefault(name, []).append(values)
+
+    def fn(tag):
+        key = tag.name.translate(_REMOVE)
+        if tag.blocks is None or not queues.get(key):
+            return None
+        values = queues[key].pop(0)
+        return syntax.format_tag(tag, syntax.ResolvedBlocks(values=values, count=len(values)))
+
+    return syntax.rewrite_prompt(prompt, fn)
+
+
+def on_infotext_pasted(infotext: str, params: dict) -> None:
+    records = parse_field(params.get(FIELD_BLOCKS, ""))
+    if not records:
+        return
+    for key in ("Prompt", "Hires prompt"):
+        if params.get(key):
+            params[key] = restore_prompt(params[key], records)

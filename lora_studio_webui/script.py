@@ -1,0 +1,28 @@
+"""The AlwaysVisible script: checks at every generation that `<lora>` still reaches LoRA Studio."""
+
+from __future__ import annotations
+
+from modules import scripts
+
+from . import env
+
+
+class LoraStudioScript(scripts.Script):
+    def title(self):
+        return "LoRA Studio"
+
+    def show(self, is_img2img):
+        return scripts.AlwaysVisible
+
+    def ui(self, is_img2img):
+        return []
+
+    def process(self, p, *args):
+        from . import forge
+        if forge.active():
+            return
+        from . import handler
+        try:
+            handler.verify(p)
+        except Exception as e:          # never block a generation
+            env.emit(p, f"could not check the `lora` registration: {e}")

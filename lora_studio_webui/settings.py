@@ -1,0 +1,34 @@
+"""Settings section "LoRA Studio" (keys prefixed `lora_studio_`, never the built-in's `lora_*` keys)."""
+
+from __future__ import annotations
+
+from . import env
+
+SECTION = ("lora_studio", "LoRA Studio")
+
+
+def options():
+    import gradio as gr
+    from modules import shared
+    from .engine import default_presets_path
+    O = shared.OptionInfo
+    return {
+        env.PREFIX + "take_over": O(True, "Handle <lora:…> and <lyco:…> tags with LoRA Studio (block weights, presets)")
+        .info("off: the built-in Lora extension handles them, without block weights").needs_reload_ui(),
+        env.PREFIX + "extra_dirs": O("", "Extra LoRA folders, besides --lora-dir and --lyco-dir-backcompat",
+                                     gr.Textbox, {"lines": 2}).info("one folder per line"),
+        env.PREFIX + "cache_mb": O(1024, "Delta cache size (MB)", gr.Number, {"precision": 0})
+        .info("computed LoRA deltas kept in RAM, so weight/preset changes and X/Y/Z grids reapply quickly"),
+        env.PREFIX + "presets_file": O("", "User presets file (LoRA Block Weight format)", gr.Textbox)
+        .info(f"empty: {default_presets_path()}"),
+        env.PREFIX + "allow_pickle": O(False, "Allow loading .pt/.ckpt LoRA files (pickle can run code)"),
+        env.PREFIX + "ui_warnings": O(False, "Show LoRA Studio warnings as pop-ups in the web UI")
+        .info("they always go to the console and under the generated image"),
+    }
+
+
+def on_ui_settings():
+    from modules import shared
+    for key, info in options().items():
+        info.section = SECTION
+        shared.opts.add_option(key, info)

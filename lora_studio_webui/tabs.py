@@ -1,0 +1,64 @@
+"""on_ui_tabs: one "LoRA Studio" tab holding every lib_lora.ui tab, built over a UiContext from the WebUI's
+options and command line (file writes follow --disable-extension-access, GPU actions take the queue lock)."""
+
+from __future__ import annotations
+
+import importlib
+import traceback
+from pathlib import Path
+
+from . import env
+
+WEBUI_WRITES_BLOCKED = (
+    "Writing files is disabled because the WebUI listens on the network (--listen/--share/--server-name); "
+    "start it with --enable-insecure-extension-access to allow saving from LoRA Studio."
+)
+
+
+def tab_list():
+    try:
+        from lib_lora.ui.app import TABS
+        return list(TABS)
+    except Exception:
+        return [("Presets", "lib_lora.ui.presets_tab", "lora_studio_tab_presets"),
+                ("Tagger", "lib_lora.ui.tagger_tab", "lora_studio_tab_tagger")]
+
+
+def build_context():
+    from lib_lora.ui.context import UiContext
+    from .engine import ENGINE
+    ckpt = env.cmd_opt("ckpt_dir") or str(env.data_path() / "models" / "Stable-diffusion")
+    try:
+        from modules import call_queue
+        wrap = call_queue.wrap_gradio_gpu_call
+    except Exception:
+        wrap = lambda fn: fn  # noqa: E731
+    ctx = UiContext(
+        lora_dirs=[Path(d) for d in env.lora_dirs()],
+        checkpoint_dirs=[Path(ckpt)],
+        tagger_models_dir=env.data_path() / "models" / "lora_studio_tagger",
+        writes_allowed=not bool(env.cmd_opt("disable_extension_access", False)),
+        writes_blocked_reason=WEBUI_WRITES_BLOCKED,
+        wrap_gpu_call=wrap,
+    )
+    try:
+        ctx.presets = ENGINE.presets()      # the same store generation uses: edits apply without restart
+        ctx.presets_path = ENGINE.presets().user_path
+    except Exception as e:
+        ctx.presets_problem = str(e)
+    return ctx
+
+
+def on_ui_tabs():
+    import gradio as gr
+    ctx = build_context()
+    with gr.Blocks(analytics_enabled=False) as block:
+        with gr.Tabs(elem_id="lora_studio_tabs"):
+            for label, module, elem_id in tab_list():
+                with gr.Tab(label, elem_id=elem_id):
+                    try:
+                        importlib.import_module(module).build(ctx)
+                    except Exception as e:
+                        traceback.print_exc()
+                        gr.Markdown(f"**{label} is unavailable:** {type(e).__name__}: {e}")
+    return [(block, "LoRA Studio", "lora_studio")]

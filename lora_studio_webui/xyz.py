@@ -1,0 +1,161 @@
+"""Axes for the WebUI's own X/Y/Z plot script (a1111_integration.md §9).
+
+Every axis rewrites the `<lora:…>` tag text in the prompt (and a non-empty hires prompt): A1111 caches
+conditioning by prompt text, so changing the LoRA any other way would reuse stale text-encoder output.
+The weight, blocks and x= axes act on the first LoRA tag of the prompt; the epoch axis on every tag of the
+chosen LoRA's family (`name-000004`, …, `name`).
+"""
+
+from __future__ import annotations
+
+from . import tags as tagtext
+from .engine import ENGINE
+
+LABEL_PREFIX = "[LoRA Studio] "
+NO_LORA = "no LoRA"
+PROMPT_FIELDS = ("prompt", "hr_prompt")
+
+
+def find_xyz_module():
+    from modules import scripts
+    for data in getattr(scripts, "scripts_data", []):
+        if data.script_class.__module__ == "xyz_grid.py" and hasattr(data.module, "AxisOption"):
+            return data.module
+    for data in getattr(scripts, "scripts_data", []):    # some forks load it under another module name
+        if str(getattr(data, "path", "")).replace("\\", "/").endswith("/xyz_grid.py") and hasattr(data.module, "AxisOption"):
+            return data.module
+    return None
+
+
+def _rewrite(p, fn, select) -> int:
+    total = 0
+    for attr in PROMPT_FIELDS:
+        text = getattr(p, attr, None)
+        if isinstance(text, str) and text:
+            new, n = tagtext.rewrite(text, fn, select)
+            if n:
+                setattr(p, attr, new)
+                total += n if attr == "prompt" else 0
+    return total
+
+
+def _first(i, items):
+    return i == 0
+
+
+def _require_tag(p, what):
+    if not tagtext.find_all(getattr(p, "prompt", "")):
+        raise RuntimeError(f"{LABEL_PREFIX}{what}: the prompt has no <lora:…> tag to vary; add one.")
+
+
+# -- weight / blocks / x ------------------------------------------------------------------------------
+def apply_weight(p, x, xs):
+    _rewrite(p, lambda items: tagtext.set_weight(items, float(x)), _first)
+
+
+def apply_blocks(p, x, xs):
+    value = str(x).strip()
+    _rewrite(p, lambda items: tagtext.set_blocks(items, value), _first)
+
+
+def apply_x(p, x, xs):
+    _rewrite(p, lambda items: tagtext.set_named(items, "x", tagtext.format_number(float(x))), _first)
+
+
+def confirm_weight(p, xs):
+    _require_tag(p, "LoRA weight")
+
+
+def confirm_blocks(p, xs):
+    _require_tag(p, "LoRA block weights")
+    from lib_lora import syntax
+    presets = ENGINE.presets()
+    for v in xs:
+        tag = syntax.parse_params(["probe", "1"], {"lbw": str(v)})
+        if tag.errors:
+            raise RuntimeError(f"{LABEL_PREFIX}LoRA block weights: {'; '.join(tag.errors)}")
+        if not tag.blocks_is_list and syntax._number(tag.blocks) is None and presets.lookup(tag.blocks) is None:
+            close = presets.close_matches(tag.blocks)
+            raise RuntimeError(f"{LABEL_PREFIX}LoRA block weights: unknown preset '{v}'"
+                               + (f" (close: {', '.join(close)})" if close else ""))
+
+
+def choices_blocks():
+    try:
+        return ENGINE.presets().names()
+    except Exception:
+        return []
+
+
+# -- epoch --------------------------------------------------------------------------------------------
+def _family_of(name: str):
+    entry = ENGINE.library.find(name)
+    return entry.family if entry is not None else None
+
+
+def apply_epoch(p, x, xs):
+    fams = {_family_of(v) for v in xs if v != NO_LORA} - {None}
+
+    def in_family(i, items):
+        if not fams:
+            return True
+        return _family_of(tagtext.tag_name(items)) in fams
+
+    if x == NO_LORA:
+        _rewrite(p, lambda items: None, in_family)
+    else:
+        _rewrite(p, lambda items: tagtext.set_name(items, str(x)), in_family)
+
+
+def confirm_epoch(p, xs):
+    _require_tag(p, "LoRA epoch")
+    present = {_family_of(tagtext.tag_name(items)) for items in tagtext.find_all(p.prompt)}
+    for v in xs:
+        if v == NO_LORA:
+            continue
+        fam = _family_of(v)
+        if fam is None:
+            raise RuntimeError(f"{LABEL_PREFIX}LoRA epoch: {ENGINE.library.not_found_message(v)}")
+        if fam not in present:
+            raise RuntimeError(f"{LABEL_PREFIX}LoRA epoch: '{v}' belongs to '{fam}', which is not in the prompt; "
+                               f"add <lora:{fam}:1> (or one of its epochs) to the prompt.")
+
+
+def choices_epoch():
+    ENGINE.library.scan()
+    out = [NO_LORA]
+    for fam in ENGINE.library.families_with_epochs():
+        members = [f for f in ENGINE.library.all() if f.family == fam]
+        members.sort(key=lambda f: (f.epoch is None, f.epoch or 0))
+        out += [f.name for f in members]
+    return out
+
+
+def format_label(p, opt, x):
+    if isinstance(x, float):
+        x = round(x, 8)
+    return f"{opt.label[len(LABEL_PREFIX):]}: {x}"
+
+
+def axes(xyz):
+    A = xyz.AxisOption
+    return [
+        A(LABEL_PREFIX + "LoRA epoch", str, apply_epoch, format_value=format_label, confirm=confirm_epoch,
+          cost=0.5, choices=choices_epoch),
+        A(LABEL_PREFIX + "LoRA weight", float, apply_weight, format_value=format_label, confirm=confirm_weight),
+        A(LABEL_PREFIX + "LoRA block weights", str, apply_blocks, format_value=format_label,
+          confirm=confirm_blocks, choices=choices_blocks),
+        A(LABEL_PREFIX + "LoRA x=", float, apply_x, format_value=format_label, confirm=confirm_weight),
+    ]
+
+
+def register() -> int:
+    """Append our axes once (guard: a label with our prefix already there). Returns how many were added."""
+    xyz = find_xyz_module()
+    if xyz is None:
+        return 0
+    if any(str(getattr(o, "label", "")).startswith(LABEL_PREFIX) for o in xyz.axis_options):
+        return 0
+    new = axes(xyz)
+    xyz.axis_options.extend(new)
+    return len(new)
