@@ -225,16 +225,30 @@ def split_items(args: str) -> tuple[list[str], dict[str, str], list[str]]:
     return positional, named, dups
 
 
+def parse_items(items: Sequence[str], kind: str = "lora") -> LoraTag:
+    """Parse A1111's raw item list (`ExtraNetworkParams.items`): like parse_params, plus the checks
+    only the raw order allows (a first item with '=' is not a name; a key given twice)."""
+    items = [str(i) for i in items]
+    positional, named, dups = split_items(":".join(items))
+    first = items[0] if items else ""
+    if len(first.split("=", 2)) == 2:  # A1111 would take the next positional item as the name
+        tag = parse_params([""], named, kind=kind)
+        tag.errors[:] = [f"LoRA tag whose first item '{first.strip()}' contains '=': the first item must be "
+                         f"the LoRA name, e.g. <{kind}:NAME:0.8>"]
+        return tag
+    tag = parse_params(positional, named, kind=kind)
+    for key in dups:
+        tag.warnings.append(f"`{tag.name or '?'}`: {key}= given twice; the last one is used")
+    return tag
+
+
 def parse_prompt(text: str, kinds: Sequence[str] = LORA_KINDS) -> list[LoraTag]:
     """Every `<lora:...>` / `<lyco:...>` tag of a prompt, in order (other extra networks are skipped)."""
     tags: list[LoraTag] = []
     for m in _TAG_RE.finditer(text or ""):
         if m.group(1) not in kinds:
             continue
-        positional, named, dups = split_items(m.group(2))
-        tag = parse_params(positional, named, kind=m.group(1))
-        for key in dups:
-            tag.warnings.append(f"`{tag.name or '?'}`: {key}= given twice; the last one is used")
+        tag = parse_items(m.group(2).split(":"), kind=m.group(1))
         tag.text, tag.span = m.group(0), m.span()
         tags.append(tag)
     counts: dict[str, int] = {}
