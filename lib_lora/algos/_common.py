@@ -1,0 +1,106 @@
+"""Helpers shared by the algorithm files: fp32 upcast, scale rule, shape checks."""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import torch
+
+from ..errors import LoraStudioError
+
+
+class UnsupportedModule(LoraStudioError):
+    """A module this project deliberately does not apply (e.g. conv IA3); the caller skips and reports it."""
+
+
+def f32(t: torch.Tensor, device) -> torch.Tensor:
+    """fp32 on `device`; no copy when it already is."""
+    return t.to(device=device, dtype=torch.float32)
+
+
+def need(module, suffix: str) -> torch.Tensor:
+    t = module.tensors.get(suffix)
+    if t is None:
+        raise LoraStudioError(
+            f"{module.key}: tensor '{suffix}' is missing for algorithm '{module.algo}'; the file is incomplete, re-export it"
+        )
+    return t
+
+
+def first(module, *suffixes: str) -> Optional[torch.Tensor]:
+    for s in suffixes:
+        t = module.tensors.get(s)
+        if t is not None:
+            return t
+    return None
+
+
+def _num(x) -> Optional[float]:
+    if x is None:
+        return None
+    if isinstance(x, torch.Tensor):
+        return float(x.float().item())
+    return float(x)
+
+
+def rank_scale(module, rank: Optional[int]) -> float:
+    """alpha / rank; an explicit `scale` wins; missing or 0 alpha means alpha = rank (scale 1)."""
+    scale = _num(getattr(module, "scale", None))
+    if scale is not None:
+        return scale
+    alpha = _num(module.alpha)
+    if alpha is None or alpha == 0 or not rank:
+        return 1.0
+    return alpha / rank
+
+
+def mat(t: torch.Tensor) -> torch.Tensor:
+    """View as (rows, everything else): 4-D (…,1,1) factors and flattened conv factors alike."""
+    return t.reshape(t.shape[0], -1)
+
+
+def mismatch(key: str, what: Sequence[int], target: Sequence[int]) -> LoraStudioError:
+    return LoraStudioError(
+        f"{key}: LoRA shape {tuple(what)} does not fit the model weight {tuple(target)}; "
+        "the LoRA was made for another model (SD1/SD2/SDXL) — use it with a matching checkpoint"
+    )
+
+
+def check_inner(key: str, left: torch.Tensor, right: torch.Tensor, names: str) -> None:
+    """left (a, r) · right (r, b) must agree on r; say which factors disagree."""
+    if left.shape[1] != right.shape[0]:
+        raise LoraStudioError(
+            f"{key}: factors {names} have incompatible shapes {tuple(left.shape)} and {tuple(right.shape)}; the file is corrupt"
+        )
+
+
+def fit(key: str, delta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """Reshape a delta to the target weight shape (the 2-D ↔ (…,1,1) and flattened-conv cases)."""
+    shape = tuple(shape)
+    if tuple(delta.shape) == shape:
+        return delta
+    if not shape or delta.shape[0] != shape[0] or delta.numel() != math.prod(shape):
+        raise mismatch(key, delta.shape, shape)
+    return delta.reshape(shape)
+
+
+def tucker(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    """W[p,q,h,w] = Σ_ij t[i,j,h,w]·wa[i,p]·wb[j,q] (LoHa/LoKr Tucker chain)."""
+    r1, r2 = t.shape[0], t.shape[1]
+    wa, wb = mat(wa), mat(wb)
+    if wa.shape[0] != r1 or wb.shape[0] != r2:
+        raise LoraStudioError(
+            f"Tucker core {tuple(t.shape)} does not match its factors {tuple(wa.shape)} and {tuple(wb.shape)}; the file is corrupt"
+        )
+    k = t.shape[2:]
+    # contract the smaller rank axis first: (i,j,k) → (p,j,k) → (p,q,k)
+    tp = (wa.t() @ t.reshape(r1, -1)).reshape(wa.shape[1], r2, -1)  # (p, j, K)
+    out = torch.einsum("pjk,jq->pqk", tp, wb)
+    return out.reshape(wa.shape[1], wb.shape[1], *k)
+
+
+def dora_tensor(module) -> Optional[torch.Tensor]:
+    d = getattr(module, "dora_scale", None)
+    if d is None:
+        d = module.tensors.get("dora_scale")
+    return d
