@@ -1,0 +1,195 @@
+"""Model families: the canonical layer names of SD1/SD2/SDXL (generated) and LoRA architecture detection.
+
+The layer generator replaces shipping key lists: it is checked against real checkpoint key lists in tests.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+
+ARCHS = ("sd1", "sd2", "sdxl")
+ARCH_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "unknown": "unknown"}
+
+UNET = "model.diffusion_model."
+
+# Per-arch U-Net layout: channels and transformer depth per level, transformer depth in the middle block.
+_UNET_LAYOUT = {
+    "sd1": ((320, 640, 1280, 1280), (1, 1, 1, 0), 1, False),
+    "sd2": ((320, 640, 1280, 1280), (1, 1, 1, 0), 1, False),
+    "sdxl": ((320, 640, 1280), (0, 2, 10), 10, True),  # last flag: has label_emb (size conditioning)
+}
+
+# Text encoders: component -> (base path, kind, number of layers). Component names follow the kohya prefixes.
+TE_COMPONENTS = {
+    "sd1": {"te": ("cond_stage_model.transformer", "clip", 12)},
+    "sd2": {"te": ("cond_stage_model.model", "openclip", 24)},
+    "sdxl": {"te1": ("conditioner.embedders.0.transformer", "clip", 12),
+             "te2": ("conditioner.embedders.1.model", "openclip", 32)},
+}
+
+_RES = ("in_layers.0", "in_layers.2", "emb_layers.1", "out_layers.0", "out_layers.3")
+_TB = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v",
+       "attn2.to_out.0", "ff.net.0.proj", "ff.net.2", "norm1", "norm2", "norm3")
+_CLIP_LAYER = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.out_proj", "layer_norm1",
+               "mlp.fc1", "mlp.fc2", "layer_norm2")
+_OPENCLIP_LAYER = ("ln_1", "attn", "attn.out_proj", "ln_2", "mlp.c_fc", "mlp.c_proj")
+
+
+def _res(prefix: str, skip: bool) -> list[str]:
+    return [f"{prefix}.{c}" for c in _RES] + ([f"{prefix}.skip_connection"] if skip else [])
+
+
+def _attn(prefix: str, depth: int) -> list[str]:
+    out = [f"{prefix}.norm", f"{prefix}.proj_in", f"{prefix}.proj_out"]
+    for t in range(depth):
+        out += [f"{prefix}.transformer_blocks.{t}.{c}" for c in _TB]
+    return out
+
+
+@functools.lru_cache(maxsize=None)
+def unet_layers(arch: str) -> tuple[str, ...]:
+    """U-Net layer names relative to `model.diffusion_model.` (every module with a weight)."""
+    chans, depths, mid_depth, label = _UNET_LAYOUT[arch]
+    n = len(chans)
+    out = ["time_embed.0", "time_embed.2"] + (["label_emb.0.0", "label_emb.0.2"] if label else [])
+    out.append("input_blocks.0.0")
+    for lvl in range(n):
+        for j in range(2):
+            idx = 1 + 3 * lvl + j
+            out += _res(f"input_blocks.{idx}.0", skip=(j == 0 and lvl > 0 and chans[lvl] != chans[lvl - 1]))
+            if depths[lvl]:
+                out += _attn(f"input_blocks.{idx}.1", depths[lvl])
+        if lvl < n - 1:
+            out.append(f"input_blocks.{3 + 3 * lvl}.0.op")
+    out += _res("middle_block.0", False) + _attn("middle_block.1", mid_depth) + _res("middle_block.2", False)
+    for i in range(n):  # output level i mirrors input level n-1-i
+        depth = depths[n - 1 - i]
+        for j in range(3):
+            idx = 3 * i + j
+            out += _res(f"output_blocks.{idx}.0", skip=True)
+            if depth:
+                out += _attn(f"output_blocks.{idx}.1", depth)
+        if i < n - 1:
+            out.append(f"output_blocks.{3 * i + 2}.{2 if depth else 1}.conv")
+    out += ["out.0", "out.2"]
+    return tuple(out)
+
+
+def te_layers(arch: str, component: str) -> tuple[str, ...]:
+    """Canonical layer names of one text encoder (full paths)."""
+    base, kind, count = TE_COMPONENTS[arch][component]
+    if kind == "clip":
+        names = ["text_model.embeddings.token_embedding", "text_model.embeddings.position_embedding"]
+        for i in range(count):
+            names += [f"text_model.encoder.layers.{i}.{c}" for c in _CLIP_LAYER]
+        names.append("text_model.final_layer_norm")
+    else:
+        names = ["token_embedding"]
+        for i in range(count):
+            names += [f"transformer.resblocks.{i}.{c}" for c in _OPENCLIP_LAYER]
+        names.append("ln_final")
+    return tuple(f"{base}.{n}" for n in names)
+
+
+@functools.lru_cache(maxsize=None)
+def canonical_layers(arch: str) -> frozenset:
+    """Every canonical layer name of an architecture (U-Net and text encoders; no VAE)."""
+    names = {UNET + n for n in unet_layers(arch)}
+    for comp in TE_COMPONENTS[arch]:
+        names.update(te_layers(arch, comp))
+    return frozenset(names)
+
+
+# ---------------------------------------------------------------- detection (formats.md §3.5)
+
+def arch_from_metadata(metadata: dict | None) -> str | None:
+    md = metadata or {}
+    base = str(md.get("ss_base_model_version", "")).lower()
+    if base.startswith("sdxl"):
+        return "sdxl"
+    if base.startswith("sd_v2"):
+        return "sd2"
+    if base.startswith("sd_v1"):
+        return "sd1"
+    spec = str(md.get("modelspec.architecture", "")).lower()
+    if spec.startswith("stable-diffusion-xl-v1"):
+        return "sdxl"
+    if spec.startswith("stable-diffusion-v2"):
+        return "sd2"
+    if spec.startswith("stable-diffusion-v1"):
+        return "sd1"
+    if str(md.get("ss_v2", "")).lower() == "true":
+        return "sd2"
+    return None
+
+
+_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+_TE_WIDTH = {768: "sd1", 1024: "sd2", 1280: "sdxl"}
+_IN_SUFFIXES = ("lora_down.weight", "lora_A.weight", "down.weight", "hada_w1_b", "diff")
+_SDXL_PREFIXES = ("lora_te1_", "lora_te2_", "text_encoder_2.")
+_COMPVIS_UNET = re.compile(r"^(lora_unet_|oft_unet_)(input_blocks|middle_block|output_blocks)_")
+_DEEP_TB = re.compile(r"transformer_blocks[._][1-9]")
+
+
+def _in_features(key: str, sd: dict) -> int | None:
+    """Input width of the layer a key belongs to, from the down-side factor."""
+    t = sd[key]
+    if key.endswith(_IN_SUFFIXES) and t.dim() >= 2:
+        return int(t.shape[1])  # (r, in[, kh, kw]); LoHa Tucker w1_b is (r, in) too
+    if key.endswith(("lokr_w1", "lokr_w1_b")) and t.dim() == 2:
+        stem = key.rsplit("lokr_w1", 1)[0]
+        w2 = sd.get(stem + "lokr_w2", sd.get(stem + "lokr_w2_b"))
+        if w2 is not None and w2.dim() >= 2:
+            return int(t.shape[1]) * int(w2.shape[1])  # in = c * d
+    return None
+
+
+def detect_arch_raw(state_dict: dict, metadata: dict | None = None) -> str:
+    """Architecture from raw keys and shapes (before grouping), first conclusive rule wins."""
+    by_meta = arch_from_metadata(metadata)
+    if by_meta:
+        return by_meta
+    keys = list(state_dict)
+    if any(k.startswith(_SDXL_PREFIXES) for k in keys):
+        return "sdxl"
+    for k in keys:  # cross-attention context width settles SD1/SD2/SDXL
+        if "attn2" in k and ("to_k" in k or "to_v" in k):
+            arch = _CONTEXT.get(_in_features(k, state_dict) or 0)
+            if arch:
+                return arch
+    for k in keys:  # text-encoder width
+        if ("q_proj" in k or "fc1" in k) and ("lora_te" in k or k.startswith("text_encoder.")):
+            w = _in_features(k, state_dict)
+            if w in _TE_WIDTH:
+                return _TE_WIDTH[w]
+    if any(_DEEP_TB.search(k) for k in keys):
+        return "sdxl"  # SD1/SD2 have one transformer block per attention
+    for k in keys:  # SD1 proj_in is a 1x1 conv
+        if "proj_in" in k and k.endswith(("lora_down.weight", "lora_A.weight")) and state_dict[k].dim() == 4:
+            return "sd1"
+    if any(_COMPVIS_UNET.match(k) for k in keys):
+        return "sdxl"
+    if any(re.search(r"down_blocks[._]3[._]|down_blocks[._]0[._]attentions", k) for k in keys):
+        return "sd1"  # SDXL has 3 levels and no attention in the first; SD1 vs SD2 undecided, SD1 far more common
+    return "unknown"
+
+
+def detect_lora_arch(modules: dict, metadata: dict | None = None) -> str:
+    """Architecture of grouped modules ("sd1" | "sd2" | "sdxl" | "unknown")."""
+    by_meta = arch_from_metadata(metadata)
+    if by_meta:
+        return by_meta
+    flat = {}
+    for m in modules.values():
+        for suffix, t in m.tensors.items():
+            flat[f"{m.key}.{suffix}"] = t
+    arch = detect_arch_raw(flat, None)
+    if arch != "unknown":
+        return arch
+    layers = [m.layer for m in modules.values()]
+    if any(layer.startswith("conditioner.") for layer in layers):
+        return "sdxl"
+    if any(layer.startswith("cond_stage_model.model.") for layer in layers):
+        return "sd2"
+    return "unknown"

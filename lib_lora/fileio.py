@@ -1,0 +1,205 @@
+"""Reading and writing tensor files: safetensors (preferred), gated pickle, atomic writes, hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+
+import torch
+
+from lib_lora.errors import LoraFileError
+
+PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
+_MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
+_CHUNK = 1 << 20
+
+
+def _name(path) -> str:
+    return os.fspath(path)
+
+
+def read_safetensors_header(path) -> tuple[int, dict]:
+    """(header length N, parsed header) after checking the file is a complete safetensors file.
+
+    Done by hand so that empty, truncated and foreign files give one clear line instead of a Rust panic text.
+    """
+    name = _name(path)
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if size == 0:
+                raise LoraFileError(f"'{name}' is empty (0 bytes); download or copy it again")
+            if len(head) < 8:
+                raise LoraFileError(f"'{name}' is not a safetensors file (only {size} bytes); download it again")
+            (n,) = struct.unpack("<Q", head)
+            if n > _MAX_HEADER or 8 + n > size:
+                raise LoraFileError(f"'{name}' is truncated or not a safetensors file (header says {n} bytes, "
+                                    f"file has {size}); download it again")
+            raw = f.read(n)
+    except OSError as exc:
+        raise LoraFileError(f"cannot read '{name}': {exc.strerror or exc}") from exc
+    try:
+        header = json.loads(raw.decode("utf-8"))
+        if not isinstance(header, dict):
+            raise ValueError("header is not an object")
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise LoraFileError(f"'{name}' is not a safetensors file (unreadable header); "
+                            f"check that it is a LoRA/model file and download it again") from exc
+    body = size - 8 - n
+    end = 0
+    for key, info in header.items():
+        if key == "__metadata__":
+            continue
+        try:
+            end = max(end, int(info["data_offsets"][1]))
+        except (TypeError, KeyError, IndexError, ValueError) as exc:
+            raise LoraFileError(f"'{name}' is corrupt (bad entry for tensor '{key}'); download it again") from exc
+    if end > body:
+        raise LoraFileError(f"'{name}' is truncated ({body} data bytes, {end} expected); download it again")
+    return n, header
+
+
+def read_metadata(path) -> dict[str, str]:
+    """Only the `__metadata__` of a safetensors file (cheap: no tensor is read)."""
+    _, header = read_safetensors_header(path)
+    meta = header.get("__metadata__") or {}
+    return {str(k): str(v) for k, v in meta.items()}
+
+
+def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """All tensors (on CPU) and the string metadata of a LoRA/checkpoint file."""
+    name = _name(path)
+    if not os.path.exists(path):
+        raise LoraFileError(f"file not found: '{name}'")
+    if name.lower().endswith(PICKLE_SUFFIXES):
+        return _read_pickle(path, allow_pickle)
+    _, header = read_safetensors_header(path)
+    from safetensors import safe_open
+
+    try:
+        tensors = {}
+        with safe_open(name, framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            for key in f.keys():
+                tensors[key] = f.get_tensor(key)
+    except LoraFileError:
+        raise
+    except Exception as exc:  # the Rust side raises a generic SafetensorError
+        raise LoraFileError(f"'{name}' is corrupt ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
+                            f"download it again") from exc
+    return tensors, {str(k): str(v) for k, v in meta.items()}
+
+
+def _read_pickle(path, allow_pickle: bool):
+    name = _name(path)
+    if not allow_pickle:
+        raise LoraFileError(f"'{name}' is a pickle file and pickle loading is disabled; convert it to .safetensors "
+                            f"or enable 'allow pickle files' (CLI: --allow-pickle)")
+    try:
+        obj = torch.load(name, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise LoraFileError(f"'{name}' cannot be loaded as a weights-only pickle ({first[:200]}); "
+                            f"convert it to .safetensors") from exc
+    if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise LoraFileError(f"'{name}' holds a {type(obj).__name__}, not a dictionary of tensors")
+    tensors = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise LoraFileError(f"'{name}' contains no tensors")
+    return tensors, {}
+
+
+def _temp_path(path: str) -> str:
+    d = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    os.close(fd)
+    return tmp
+
+
+def _check_target(path: str, overwrite: bool) -> None:
+    if os.path.exists(path) and not overwrite:
+        raise LoraFileError(f"'{path}' already exists; choose another name or pass --overwrite to replace it")
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise LoraFileError(f"folder '{d}' does not exist; create it first")
+
+
+def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, overwrite: bool = False) -> str:
+    """Write to a temporary file in the target folder, then rename: readers never see a partial file."""
+    from safetensors.torch import save_file
+
+    path = _name(path)
+    _check_target(path, overwrite)
+    seen: set[int] = set()
+    clean = {}
+    for k, t in tensors.items():
+        t = t.detach().to("cpu").contiguous()
+        ptr = t.untyped_storage().data_ptr() if t.numel() else None
+        if ptr is not None and ptr in seen:  # safetensors refuses shared storage
+            t = t.clone()
+        elif ptr is not None:
+            seen.add(ptr)
+        clean[k] = t
+    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    tmp = _temp_path(path)
+    try:
+        save_file(clean, tmp, metadata=meta)
+        if os.path.exists(path) and not overwrite:  # appeared while we were writing
+            raise LoraFileError(f"'{path}' already exists; choose another name or pass --overwrite to replace it")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def atomic_write_text(path, text: str, overwrite: bool = True, encoding: str = "utf-8") -> str:
+    path = _name(path)
+    _check_target(path, overwrite)
+    tmp = _temp_path(path)
+    try:
+        with open(tmp, "w", encoding=encoding, newline="") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def model_hash(path, trust_metadata: bool = False) -> str:
+    """sha256 (hex) of the safetensors body after the header: A1111's "Lora hashes" value (first 12 hex shown).
+
+    With trust_metadata, a `sshs_model_hash` written by the trainer is returned instead (what A1111 does).
+    Pickle files hash the whole file.
+    """
+    name = _name(path)
+    start = 0
+    if not name.lower().endswith(PICKLE_SUFFIXES):
+        n, header = read_safetensors_header(path)
+        if trust_metadata:
+            h = (header.get("__metadata__") or {}).get("sshs_model_hash")
+            if h:
+                return str(h).lower()
+        start = 8 + n
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        f.seek(start)
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def legacy_hash(path) -> str:
+    """Old kohya/A1111 short hash: first 8 hex of sha256 over 64 KiB at offset 1 MiB of the whole file."""
+    with open(path, "rb") as f:
+        f.seek(0x100000)
+        return hashlib.sha256(f.read(0x10000)).hexdigest()[:8]

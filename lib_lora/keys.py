@@ -1,0 +1,422 @@
+"""LoRA key families → `LoraModule`s named by canonical (compvis/SGM) layer names (formats.md §3).
+
+Underscore-joined kohya names are never split by guessing: each arch has a dictionary from
+`path.replace('.', '_')` to the canonical layer, built from the generated layer list (arch.py).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+
+from lib_lora import arch as _arch
+from lib_lora.blocks import slot_of_layer
+
+UNET = _arch.UNET
+TE_PREFIXES = ("cond_stage_model.", "conditioner.")
+
+
+@dataclass
+class LoraModule:
+    key: str                              # module key as in the file (for messages)
+    layer: str                            # canonical layer name
+    qkv: Optional[int]                    # slice of a fused OpenCLIP in_proj, else None
+    algo: str                             # lora | loha | lokr | ia3 | full | norm | glora | oft | boft
+    tensors: dict = field(default_factory=dict)  # suffix -> tensor; alpha/scale/dora_scale removed
+    alpha: Optional[float] = None         # None when absent or 0 (=> scale 1); OFT/BOFT: constraint, 0 kept
+    scale: Optional[float] = None         # explicit `scale` tensor, overrides alpha/rank
+    dora_scale: Optional[torch.Tensor] = None
+    slot: Optional[int] = None
+    is_te: bool = False
+    peft_dora: bool = False               # magnitude came from PEFT: reshaped to output axis (out,1[,1,1])
+
+
+# ---------------------------------------------------------------- diffusers U-Net path -> compvis
+
+_RES_CHILD = (("norm1", "in_layers.0"), ("conv1", "in_layers.2"), ("time_emb_proj", "emb_layers.1"),
+              ("norm2", "out_layers.0"), ("conv2", "out_layers.3"), ("conv_shortcut", "skip_connection"))
+
+
+def _child(kind: str, rest: str, sep: str) -> str:
+    if kind == "resnets":
+        for old, new in _RES_CHILD:
+            if rest == old or rest.startswith(old + sep):
+                return new.replace(".", sep) + rest[len(old):]
+    return rest
+
+
+@functools.lru_cache(maxsize=64)
+def _unet_rules(sep: str):
+    s = re.escape(sep)
+    return [
+        ("down", re.compile(rf"down_blocks{s}(\d+){s}(attentions|resnets){s}(\d+){s}(.+)")),
+        ("downsample", re.compile(rf"down_blocks{s}(\d+){s}downsamplers{s}0{s}conv(.*)")),
+        ("mid", re.compile(rf"mid_block{s}(attentions|resnets){s}(\d+){s}(.+)")),
+        ("up", re.compile(rf"up_blocks{s}(\d+){s}(attentions|resnets){s}(\d+){s}(.+)")),
+        ("upsample", re.compile(rf"up_blocks{s}(\d+){s}upsamplers{s}0{s}conv(.*)")),
+        ("time", re.compile(rf"time_embedding{s}linear_(\d)(.*)")),
+        ("add", re.compile(rf"add_embedding{s}linear_(\d)(.*)")),
+        ("simple", re.compile(rf"(conv_in|conv_norm_out|conv_out)((?:{s}.*)?)")),
+    ]
+
+
+def _translate_unet(path: str, sep: str, arch: str) -> str | None:
+    """diffusers U-Net path → compvis path relative to model.diffusion_model, in the same separator."""
+    j = sep.join
+    for kind, rx in _unet_rules(sep):
+        m = rx.fullmatch(path)
+        if not m:
+            continue
+        g = m.groups()
+        if kind == "down":
+            i, what, k, rest = int(g[0]), g[1], int(g[2]), g[3]
+            return j(["input_blocks", str(1 + 3 * i + k), "1" if what == "attentions" else "0", _child(what, rest, sep)])
+        if kind == "downsample":
+            return j(["input_blocks", str(3 + 3 * int(g[0])), "0", "op"]) + g[1]
+        if kind == "mid":
+            what, k, rest = g
+            return j(["middle_block", "1" if what == "attentions" else str(2 * int(k)), _child(what, rest, sep)])
+        if kind == "up":
+            i, what, k, rest = int(g[0]), g[1], int(g[2]), g[3]
+            return j(["output_blocks", str(3 * i + k), "1" if what == "attentions" else "0", _child(what, rest, sep)])
+        if kind == "upsample":
+            i = int(g[0])
+            # the upsampler follows the attention when the up block has one: SD1 up_blocks.0 has none, SDXL's has
+            sub = "2" if (arch == "sdxl" or i > 0) else "1"
+            return j(["output_blocks", str(3 * i + 2), sub, "conv"]) + g[1]
+        if kind == "time":
+            return j(["time_embed", str(2 * int(g[0]) - 2)]) + g[1]
+        if kind == "add":
+            return j(["label_emb", "0", str(2 * int(g[0]) - 2)]) + g[1]
+        if kind == "simple":
+            return {"conv_in": j(["input_blocks", "0", "0"]), "conv_norm_out": j(["out", "0"]),
+                    "conv_out": j(["out", "2"])}[g[0]] + g[1]
+    return None
+
+
+def diffusers_to_compvis(path: str, arch: str = "sd1") -> str | None:
+    """`down_blocks.1.attentions.0.proj_in` → `model.diffusion_model.input_blocks.4.1.proj_in` (None if no rule).
+
+    Pure: accepts an optional `unet.` prefix and trailing `.weight`/`.bias`; SDXL differs only in the
+    up_blocks.0 upsampler (output_blocks.2.2.conv instead of .2.1.conv).
+    """
+    if path.startswith("unet."):
+        path = path[5:]
+    rel = _translate_unet(path, ".", arch)
+    return None if rel is None else UNET + rel
+
+
+# ---------------------------------------------------------------- per-arch name index
+
+_OPENCLIP_FROM_HF = (("self_attn.q_proj", "attn", 0), ("self_attn.k_proj", "attn", 1), ("self_attn.v_proj", "attn", 2),
+                     ("self_attn.out_proj", "attn.out_proj", None), ("mlp.fc1", "mlp.c_fc", None),
+                     ("mlp.fc2", "mlp.c_proj", None), ("layer_norm1", "ln_1", None), ("layer_norm2", "ln_2", None))
+
+
+def _flat(path: str) -> str:
+    return path.replace(".", "_")
+
+
+@functools.lru_cache(maxsize=None)
+def _index(arch: str):
+    """(unet: flat rel → layer, te: component → {flat name → (layer, qkv)})."""
+    unet = {_flat(n): UNET + n for n in _arch.unet_layers(arch)}
+    te = {}
+    for comp, (base, kind, count) in _arch.TE_COMPONENTS[arch].items():
+        names = {}
+        for layer in _arch.te_layers(arch, comp):
+            names[_flat(layer[len(base) + 1:])] = (layer, None)  # native names relative to the base
+        if kind == "openclip":  # HF CLIP names used by kohya/diffusers for OpenCLIP weights
+            for i in range(count):
+                for hf, oc, qkv in _OPENCLIP_FROM_HF:
+                    names[_flat(f"text_model.encoder.layers.{i}.{hf}")] = (f"{base}.transformer.resblocks.{i}.{oc}", qkv)
+            names["text_model_final_layer_norm"] = (f"{base}.ln_final", None)
+            names["text_model_embeddings_token_embedding"] = (f"{base}.token_embedding", None)
+        te[comp] = names
+    return unet, te
+
+
+def _te_component(arch: str, comp: str) -> str | None:
+    comps = _arch.TE_COMPONENTS[arch]
+    if comp in comps:
+        return comp
+    if comp in ("te", "te1"):  # lora_te_ on SDXL = TE1; lora_te1_ on SD1/SD2 = the only TE
+        return "te1" if "te1" in comps else "te"
+    return None
+
+
+def resolve(component: str, path: str, arch: str):
+    """(layer, qkv) for a component ('unet' | 'te' | 'te1' | 'te2' | 'compvis') and a dotted or flat path."""
+    if arch not in _arch.ARCHS:
+        return None
+    unet, te = _index(arch)
+    flat = _flat(path)
+    if component == "unet":
+        if flat in unet:
+            return unet[flat], None
+        rel = _translate_unet(flat, "_", arch)
+        return (unet[rel], None) if rel in unet else None
+    if component == "compvis":
+        layers = _arch.canonical_layers(arch)
+        if path in layers:
+            return path, None
+        for base in ("cond_stage_model.transformer.", "conditioner.embedders.0.transformer."):
+            if path.startswith(base + "encoder.") or path.startswith(base + "final_layer_norm"):
+                fixed = base + "text_model." + path[len(base):]  # old SD1 form without `text_model.`
+                return (fixed, None) if fixed in layers else None
+        return None
+    comp = _te_component(arch, component)
+    if comp is None:
+        return None
+    return te[comp].get(flat)
+
+
+# ---------------------------------------------------------------- splitting keys into module + suffix
+
+KOHYA_PREFIXES = (("lora_unet_", "unet"), ("lora_te1_", "te1"), ("lora_te2_", "te2"), ("lora_te_", "te"),
+                  ("oft_unet_", "unet"))
+
+_KNOWN_SUFFIX = (r"lora_down\.weight|lora_up\.weight|lora_mid\.weight|alpha|scale|dora_scale|hada_w[12]_[ab]|"
+                 r"hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t[12]|on_input|diff|diff_b|w_norm|b_norm|oft_blocks|"
+                 r"oft_diag|rescale|(?:a1|a2|b1|b2|bm)\.weight")
+_ATTN_OLD = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
+_TE_OLD = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
+
+_DOTTED = [
+    ("proc", re.compile(r"(.+)\.processor\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight")),
+    ("proc", re.compile(r"(.+)\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight")),
+    ("plain", re.compile(r"(.+)\.lora_linear_layer\.(down|up)\.weight")),
+    ("plain", re.compile(r"(.+)\.lora\.(down|up)\.weight")),
+    ("peft", re.compile(r"(.+)\.lora_(A|B)(?:\.[A-Za-z_][\w-]*)?\.weight")),
+    ("mag", re.compile(r"(.+)\.lora_magnitude_vector(?:\.[A-Za-z_][\w-]*)?(?:\.weight)?")),
+    ("known", re.compile(rf"(.+)\.({_KNOWN_SUFFIX})")),
+]
+
+
+def split_key(key: str):
+    """(component, module key, path, suffix) or None. Suffixes are normalised to kohya names."""
+    for prefix, comp in KOHYA_PREFIXES:
+        if key.startswith(prefix):
+            module, _, suffix = key.partition(".")
+            suffix = {"lora_A.weight": "lora_down.weight", "lora_B.weight": "lora_up.weight"}.get(suffix, suffix)
+            return comp, module, module[len(prefix):], suffix
+    for kind, rx in _DOTTED:
+        m = rx.fullmatch(key)
+        if not m:
+            continue
+        g = m.groups()
+        if kind == "proc":
+            parent = g[0]
+            te_like = parent.endswith("self_attn")
+            module = f"{parent}.{(_TE_OLD if te_like else _ATTN_OLD)[g[1]]}"
+            suffix = f"lora_{g[2]}.weight"
+        elif kind == "plain":
+            module, suffix = g[0], f"lora_{g[1]}.weight"
+        elif kind == "peft":
+            module, suffix = g[0], "lora_down.weight" if g[1] == "A" else "lora_up.weight"
+        elif kind == "mag":
+            module, suffix = g[0], "lora_magnitude_vector"
+        else:
+            module, suffix = g[0], g[1]
+        comp, path = _component_of(module)
+        return (comp, module, path, suffix) if comp else None
+    return None
+
+
+_UNET_HEADS = ("down_blocks.", "mid_block.", "up_blocks.", "conv_in", "conv_out", "conv_norm_out", "time_embedding.",
+               "add_embedding.")
+_COMPVIS_HEADS = ("input_blocks.", "middle_block.", "output_blocks.", "time_embed.", "label_emb.", "out.")
+
+
+def _component_of(module: str):
+    for strip in ("base_model.model.", "model.base_model.model."):
+        if module.startswith(strip):
+            module = module[len(strip):]
+    if module.startswith("unet."):
+        return "unet", module[5:]
+    if module.startswith("text_encoder_2."):
+        return "te2", module[15:]
+    if module.startswith("text_encoder."):
+        return "te", module[13:]
+    if module.startswith(UNET):
+        return "unet", module[len(UNET):]
+    if module.startswith(TE_PREFIXES):
+        return "compvis", module
+    if module.startswith(_UNET_HEADS) or module.startswith(_COMPVIS_HEADS):
+        return "unet", module
+    if module.startswith("text_model."):
+        return "te", module
+    return None, None
+
+
+# ---------------------------------------------------------------- algorithm detection
+
+def _fallback_detect_algo(suffixes) -> str | None:
+    """formats.md §2 detection order (used until/unless lib_lora.algos provides detect_algo)."""
+    s = set(suffixes)
+    if s & {"lora_up.weight", "lora_down.weight"}:
+        return "lora"
+    if "hada_w1_a" in s:
+        return "loha"
+    if "on_input" in s:
+        return "ia3"
+    if s & {"lokr_w1", "lokr_w1_a"}:
+        return "lokr"
+    if "diff" in s:
+        return "full"
+    if s & {"w_norm", "b_norm"}:
+        return "norm"
+    if s & {"oft_blocks", "oft_diag"}:
+        return "oft"
+    if "a1.weight" in s:
+        return "glora"
+    return None
+
+
+def detect_algo(tensors: dict) -> str | None:
+    """Algorithm of one module from its (suffix → tensor) dict; BOFT told apart by its 4-D oft_blocks."""
+    try:
+        from lib_lora.algos import detect_algo as algos_detect  # owned by the algorithms engineer
+        algo = algos_detect(tensors)  # a dict works as a suffix collection and also carries shapes
+    except ImportError:
+        algo = _fallback_detect_algo(tensors)
+    if algo == "oft" and "oft_blocks" in tensors and tensors["oft_blocks"].dim() == 4:
+        algo = "boft"
+    return algo
+
+
+# ---------------------------------------------------------------- diffusers/PEFT adapter metadata
+
+def _peft_config(metadata: dict) -> dict:
+    raw = (metadata or {}).get("lora_adapter_metadata")
+    if not raw:
+        return {}
+    try:
+        cfg = json.loads(raw)
+    except ValueError:
+        return {}
+    return cfg if isinstance(cfg, dict) else {}
+
+
+_PEFT_COMPONENT = {"unet": "unet", "te": "text_encoder", "te1": "text_encoder", "te2": "text_encoder_2"}
+
+
+def _peft_alpha(cfg: dict, component: str, path: str, rank: int | None) -> float | None:
+    """lora_alpha for one module from a diffusers LoraConfig dump (keys plain or prefixed per component)."""
+    if not cfg:
+        return None
+    pre = _PEFT_COMPONENT.get(component, "unet") + "."
+
+    def get(name):
+        return cfg.get(pre + name, cfg.get(name))
+
+    alpha = get("lora_alpha")
+    for pattern, value in (get("alpha_pattern") or {}).items():
+        try:
+            if re.match(rf"(.*\.)?({pattern})$", path):  # PEFT's module-name rule
+                alpha = value
+                break
+        except re.error:
+            continue
+    if alpha is None:
+        return None
+    alpha = float(alpha)
+    if get("use_rslora") and rank:
+        alpha *= math.sqrt(rank)  # scale alpha/sqrt(r) expressed as alpha'/r
+    return alpha
+
+
+# ---------------------------------------------------------------- grouping
+
+def _rank(tensors: dict) -> int | None:
+    t = tensors.get("lora_down.weight")
+    return int(t.shape[0]) if t is not None else None
+
+
+def _peft_magnitude(mag: torch.Tensor) -> torch.Tensor:
+    """PEFT magnitudes are always per output channel: Linear (out,), Conv (1,out,1,1) → (out,1[,1,1])."""
+    if mag.dim() == 4:
+        return mag.reshape(-1, 1, 1, 1)
+    return mag.reshape(-1, 1)
+
+
+def _group(state_dict: dict, metadata: dict, arch: str):
+    raw: dict[str, dict] = {}
+    where: dict[str, tuple[str, str]] = {}
+    owners: dict[str, list[str]] = {}
+    loose: list[str] = []
+    skipped: list[tuple[str, str]] = []
+    for key, tensor in state_dict.items():
+        parts = split_key(key)
+        if parts is None:
+            loose.append(key)
+            continue
+        comp, module, path, suffix = parts
+        raw.setdefault(module, {})[suffix] = tensor
+        where[module] = (comp, path)
+        owners.setdefault(module, []).append(key)
+    for key in loose:  # dotted IA3 `<module>.weight` is only recognisable next to its on_input
+        stem = key[:-7] if key.endswith(".weight") else None
+        if stem in raw and "on_input" in raw[stem]:
+            raw[stem]["weight"] = state_dict[key]
+            owners[stem].append(key)
+        else:
+            skipped.append((key, "not a LoRA/LyCORIS key"))
+
+    cfg = _peft_config(metadata)
+    modules: dict[str, LoraModule] = {}
+    label = _arch.ARCH_LABELS.get(arch, arch)
+    for module, tensors in raw.items():
+        comp, path = where[module]
+        hit = resolve(comp, path, arch)
+        if hit is None:
+            skipped += [(k, f"no matching {label} layer") for k in owners[module]]
+            continue
+        tensors = dict(tensors)
+        alpha_t = tensors.pop("alpha", None)
+        scale_t = tensors.pop("scale", None)
+        dora = tensors.pop("dora_scale", None)
+        mag = tensors.pop("lora_magnitude_vector", None)
+        algo = detect_algo(tensors)
+        if algo is None:
+            what = ", ".join(sorted(tensors)) or "no weights"
+            skipped += [(k, f"unknown algorithm ({what})") for k in owners[module]]
+            continue
+        alpha = float(alpha_t.float().item()) if alpha_t is not None and alpha_t.numel() == 1 else None
+        if alpha is None and not module.startswith(("lora_", "oft_")):
+            alpha = _peft_alpha(cfg, comp, path, _rank(tensors))
+        if alpha == 0 and algo not in ("oft", "boft"):
+            alpha = None  # 0 means "unset" (scale 1); for OFT it is a real constraint value
+        layer, qkv = hit
+        modules[module] = LoraModule(
+            key=module, layer=layer, qkv=qkv, algo=algo, tensors=tensors, alpha=alpha,
+            scale=float(scale_t.float().item()) if scale_t is not None and scale_t.numel() == 1 else None,
+            dora_scale=_peft_magnitude(mag) if mag is not None else dora,
+            slot=slot_of_layer(layer), is_te=layer.startswith(TE_PREFIXES), peft_dora=mag is not None)
+    return modules, skipped
+
+
+def group_modules_with_arch(state_dict: dict, metadata: dict | None = None, arch_hint: str | None = None):
+    """(modules, skipped, arch used for names). Unknown arch: the arch whose names match most keys."""
+    metadata = metadata or {}
+    arch = arch_hint if arch_hint in _arch.ARCHS else _arch.detect_arch_raw(state_dict, metadata)
+    if arch in _arch.ARCHS:
+        return (*_group(state_dict, metadata, arch), arch)
+    best = None
+    for cand in ("sd1", "sdxl", "sd2"):
+        mods, skipped = _group(state_dict, metadata, cand)
+        if best is None or len(skipped) < len(best[1]):
+            best = (mods, skipped, cand)
+    return best
+
+
+def group_modules(state_dict: dict, metadata: dict | None = None, arch_hint: str | None = None):
+    """(dict module key → LoraModule, list of (key, reason) not loaded)."""
+    modules, skipped, _ = group_modules_with_arch(state_dict, metadata, arch_hint)
+    return modules, skipped
