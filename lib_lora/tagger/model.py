@@ -1,0 +1,265 @@
+"""WD14 models: where the two files come from (local folder, HF cache, download) and the ONNX session
+(provider chosen and verified, input name/size/batch read from the model, unload)."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lib_lora.errors import LoraStudioError
+from lib_lora.tagger import runtime
+from lib_lora.tagger.tags import TagSet, load_tags
+
+MODEL_FILE, TAGS_FILE = "model.onnx", "selected_tags.csv"
+
+
+@dataclass(frozen=True)
+class KnownModel:
+    repo: str
+    revision: str          # pinned: v3 `main` was replaced by new weights on 2024-03-16
+    threshold_hint: float | None   # the card's P=R threshold (shown as a hint; defaults stay 0.35/0.85)
+
+
+# v2 repos are pinned to their `v2.0` tag; v3 repos to `v2.0` (the "Model v2.0" weights). Override with revision=.
+KNOWN_MODELS = {
+    "wd-eva02-large-tagger-v3": KnownModel("SmilingWolf/wd-eva02-large-tagger-v3", "v2.0", 0.5296),
+    "wd-vit-large-tagger-v3": KnownModel("SmilingWolf/wd-vit-large-tagger-v3", "v2.0", None),
+    "wd-vit-tagger-v3": KnownModel("SmilingWolf/wd-vit-tagger-v3", "v2.0", None),
+    "wd-convnext-tagger-v3": KnownModel("SmilingWolf/wd-convnext-tagger-v3", "v2.0", 0.2682),
+    "wd-swinv2-tagger-v3": KnownModel("SmilingWolf/wd-swinv2-tagger-v3", "v2.0", 0.2653),
+    "wd-v1-4-moat-tagger-v2": KnownModel("SmilingWolf/wd-v1-4-moat-tagger-v2", "v2.0", None),
+    "wd-v1-4-swinv2-tagger-v2": KnownModel("SmilingWolf/wd-v1-4-swinv2-tagger-v2", "v2.0", 0.3771),
+    "wd-v1-4-convnextv2-tagger-v2": KnownModel("SmilingWolf/wd-v1-4-convnextv2-tagger-v2", "v2.0", 0.3710),
+    "wd-v1-4-convnext-tagger-v2": KnownModel("SmilingWolf/wd-v1-4-convnext-tagger-v2", "v2.0", 0.3685),
+    "wd-v1-4-vit-tagger-v2": KnownModel("SmilingWolf/wd-v1-4-vit-tagger-v2", "v2.0", 0.3537),
+}
+DEFAULT_MODEL = "wd-vit-tagger-v3"
+
+
+class ModelNotFound(LoraStudioError):
+    """The model files are not on this computer and cannot be downloaded."""
+
+
+class ModelFormatError(LoraStudioError):
+    """model.onnx is not a WD14-style tagger."""
+
+
+@dataclass
+class ModelFiles:
+    name: str
+    onnx: Path
+    tags: Path
+    source: str            # "local folder", "HF cache", "downloaded"
+    threshold_hint: float | None = None
+
+
+def _pair(folder: Path) -> tuple[Path, Path] | None:
+    onnx, tags = folder / MODEL_FILE, folder / TAGS_FILE
+    if onnx.is_file() and tags.is_file():
+        return onnx, tags
+    if onnx.is_file() or tags.is_file():
+        missing = TAGS_FILE if onnx.is_file() else MODEL_FILE
+        raise ModelNotFound(f"{folder} has only one of the two model files: put {missing} there too.")
+    return None
+
+
+def list_local_models(models_dir) -> list[str]:
+    """Sub-folders of the models folder that hold both files, plus the known names."""
+    found = []
+    d = Path(models_dir)
+    if d.is_dir():
+        for sub in sorted(d.iterdir()):
+            if (sub / MODEL_FILE).is_file() and (sub / TAGS_FILE).is_file():
+                found.append(sub.name)
+    return found + [n for n in KNOWN_MODELS if n not in found]
+
+
+def _hub_errors():
+    import huggingface_hub
+    mod = getattr(huggingface_hub, "errors", None) or huggingface_hub.utils
+    get = lambda n: getattr(mod, n, None) or getattr(huggingface_hub.utils, n, None) or ()  # noqa: E731
+    return get("RepositoryNotFoundError"), get("RevisionNotFoundError"), get("EntryNotFoundError")
+
+
+def resolve_model(spec: str, models_dir, allow_download: bool = True, revision: str | None = None,
+                  log=print) -> ModelFiles:
+    """A folder (or its model.onnx) → used as is. A known name or `owner/repo` → `<models_dir>/<name>/`,
+    then the HF cache without network, then a download into `<models_dir>/<name>/` (visible, not the
+    system-drive cache) when allowed."""
+    spec = str(spec).strip()
+    if not spec:
+        raise ModelNotFound("no tagger model given: pass a folder with model.onnx + selected_tags.csv or a model name.")
+    p = Path(spec).expanduser()
+    if p.is_file() and p.suffix.lower() == ".onnx":
+        tags = p.with_name(TAGS_FILE)
+        if not tags.is_file():
+            raise ModelNotFound(f"{tags} is missing: put the model's {TAGS_FILE} next to {p.name}.")
+        return ModelFiles(p.parent.name, p, tags, "local folder")
+    if p.is_dir():
+        pair = _pair(p)
+        if pair is None:
+            raise ModelNotFound(f"{p} holds neither {MODEL_FILE} nor {TAGS_FILE}: put both files there.")
+        return ModelFiles(p.name, *pair, "local folder")
+    known = KNOWN_MODELS.get(spec) or next((k for k in KNOWN_MODELS.values() if k.repo == spec), None)
+    if known is None and spec.count("/") != 1:
+        raise ModelNotFound(f"'{spec}' is neither a folder nor a known model; known: {', '.join(KNOWN_MODELS)}.")
+    repo = known.repo if known else spec
+    name = repo.split("/")[-1]
+    hint = known.threshold_hint if known else None
+    rev = revision or (known.revision if known else "main")
+    target = Path(models_dir) / name
+    pair = _pair(target) if target.is_dir() else None
+    if pair:
+        return ModelFiles(name, *pair, "local folder", hint)
+    where = f"put {MODEL_FILE} and {TAGS_FILE} from https://huggingface.co/{repo} into {target}"
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError:
+        raise ModelNotFound(f"Tagger model {name} is not on this computer and huggingface_hub is not installed: "
+                            f"{where}.") from None
+    try:  # the HF cache first, without touching the network (hf_hub_download otherwise hangs offline)
+        files = [Path(hf_hub_download(repo, f, revision=rev, local_files_only=True)) for f in (MODEL_FILE, TAGS_FILE)]
+        return ModelFiles(name, files[0], files[1], "HF cache", hint)
+    except Exception:  # noqa: BLE001 — any miss means "not cached"
+        pass
+    if not allow_download:
+        raise ModelNotFound(f"Tagger model {name} is not on this computer and downloads are off: {where}.")
+    repo_missing, rev_missing, entry_missing = _hub_errors()
+    log(f"[tagger] downloading {repo}@{rev} into {target} ...")
+    try:
+        files = [Path(hf_hub_download(repo, f, revision=rev, local_dir=str(target))) for f in (TAGS_FILE, MODEL_FILE)]
+    except Exception as exc:  # noqa: BLE001
+        if rev_missing and isinstance(exc, rev_missing):
+            raise ModelNotFound(f"{repo} has no revision '{rev}': pass another revision (e.g. main).") from None
+        if repo_missing and isinstance(exc, repo_missing):
+            raise ModelNotFound(f"Hugging Face repo {repo} does not exist (or is private): check the name.") from None
+        if entry_missing and isinstance(exc, entry_missing):
+            raise ModelNotFound(f"{repo}@{rev} has no {MODEL_FILE}/{TAGS_FILE}: it is not an ONNX WD14 tagger.") from None
+        raise ModelNotFound(f"Tagger model {name} is not on this computer and could not be downloaded "
+                            f"(offline? {type(exc).__name__}): {where}.") from None
+    return ModelFiles(name, files[1], files[0], "downloaded", hint)
+
+
+class Tagger:
+    """One ONNX session plus its labels. Everything about the input is read from the model."""
+
+    def __init__(self, files: ModelFiles, provider: str = "auto", threads: int = 0):
+        ort = runtime.import_ort()
+        runtime.check_runtime(files.onnx, ort.__version__)
+        self.files, self.name = files, files.name
+        self.tagset: TagSet = load_tags(files.tags)
+        requested, strict = runtime.plan_providers(provider, ort.get_available_providers())
+        opts = ort.SessionOptions()
+        if threads > 0:
+            opts.intra_op_num_threads = threads
+        try:
+            sess = ort.InferenceSession(str(files.onnx), opts, providers=requested)
+        except Exception as exc:  # noqa: BLE001 — onnxruntime raises its own exception types
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "opset" in text.lower():
+                raise runtime.RuntimeTooOld(
+                    f"{files.onnx}: onnxruntime {ort.__version__} cannot load this model ({text}); "
+                    f"WD14 v3 models need onnxruntime ≥ 1.17: upgrade it.") from None
+            raise ModelFormatError(f"{files.onnx} cannot be loaded by onnxruntime ({text}); "
+                                   "re-download the model.") from None
+        self.warning = runtime.verify_providers(requested, sess.get_providers(), strict)
+        self.provider = sess.get_providers()[0]
+        self._read_io(sess)
+        self._session = sess
+
+    def _read_io(self, sess) -> None:
+        ins, outs = sess.get_inputs(), sess.get_outputs()
+        if len(ins) != 1 or len(outs) < 1:
+            raise ModelFormatError(f"{self.files.onnx} has {len(ins)} inputs: a WD14 tagger has one image input.")
+        inp, out = ins[0], outs[0]
+        shape = list(inp.shape)
+        if len(shape) != 4 or shape[3] != 3 or not isinstance(shape[1], int) or shape[1] != shape[2]:
+            raise ModelFormatError(f"{self.files.onnx} takes input {shape}; a WD14 tagger takes "
+                                   "[batch, size, size, 3] (NHWC, BGR).")
+        if "float" not in str(inp.type):
+            raise ModelFormatError(f"{self.files.onnx} takes {inp.type}; a WD14 tagger takes float32 pixels.")
+        self.input_name, self.output_name = inp.name, out.name
+        self.size = int(shape[1])
+        # An int batch dim is fixed (v2 exports are tied to 1 inside the graph); a string/None is dynamic.
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) and shape[0] > 0 else None
+        width = out.shape[-1] if out.shape else None
+        if isinstance(width, int) and width != len(self.tagset):
+            raise ModelFormatError(f"{self.files.onnx} outputs {width} scores but {self.files.tags} lists "
+                                   f"{len(self.tagset)} tags: the two files are from different models.")
+
+    @property
+    def loaded(self) -> bool:
+        return self._session is not None
+
+    @property
+    def provider_label(self) -> str:
+        return runtime.short_name(self.provider)
+
+    @property
+    def is_gpu(self) -> bool:
+        return self.provider != runtime.CPU
+
+    def batch_size(self, requested: int) -> int:
+        """Clamp to a fixed batch dimension; dynamic models take what is asked."""
+        requested = max(1, int(requested))
+        return self.fixed_batch if self.fixed_batch else requested
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """[n, size, size, 3] float32 BGR → [n, tags] probabilities (the graph already applies sigmoid)."""
+        sess = self._session
+        if sess is None:
+            raise LoraStudioError("the tagger model was unloaded; load it again.")
+        batch = np.ascontiguousarray(batch, dtype=np.float32)
+        n = batch.shape[0]
+        step = self.fixed_batch or n
+        outs = []
+        for i in range(0, n, step):
+            chunk = batch[i:i + step]
+            pad = step - chunk.shape[0]
+            if pad:  # a fixed batch > 1 with a short last chunk: pad, then drop the padding's scores
+                chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, axis=0)])
+            outs.append(sess.run([self.output_name], {self.input_name: chunk})[0][:step - pad])
+        return np.concatenate(outs).reshape(n, -1)
+
+    def unload(self) -> None:
+        self._session = None
+
+    def describe(self) -> str:
+        batch = f"fixed batch {self.fixed_batch}" if self.fixed_batch else "dynamic batch"
+        return (f"{self.name} ({self.files.source}), {len(self.tagset)} tags, input {self.size}x{self.size} "
+                f"'{self.input_name}', {batch}, running on {self.provider_label}")
+
+
+# One session per (model, provider), reused across calls; the UI and CLI share it.
+_cache: dict[tuple, Tagger] = {}
+_cache_lock = threading.Lock()
+
+
+def get_tagger(spec: str, models_dir, provider: str = "auto", allow_download: bool = True,
+               revision: str | None = None, threads: int = 0, log=print) -> Tagger:
+    files = resolve_model(spec, models_dir, allow_download, revision, log)
+    key = (str(Path(files.onnx).resolve()), provider, threads)
+    with _cache_lock:
+        t = _cache.get(key)
+        if t is None or not t.loaded:
+            t = Tagger(files, provider, threads)
+            _cache[key] = t
+            log(f"[tagger] loaded {t.describe()}")
+            if t.warning:
+                log(f"[tagger] {t.warning}")
+        return t
+
+
+def unload_all() -> int:
+    """Drop every session (frees the GPU memory onnxruntime holds); returns how many were loaded."""
+    with _cache_lock:
+        n = sum(1 for t in _cache.values() if t.loaded)
+        for t in _cache.values():
+            t.unload()
+        _cache.clear()
+    import gc
+    gc.collect()
+    return n
