@@ -59,12 +59,11 @@ class NetworkStore:
         self._items: OrderedDict = OrderedDict()
 
     def get(self, entry: LoraFile, allow_pickle: bool):
-        from lib_lora.network import load_network
         st = entry.path.stat()
         key = (str(entry.path), st.st_mtime_ns, st.st_size)
         net = self._items.get(key)
         if net is None:
-            net = load_network(entry.path, allow_pickle=allow_pickle)
+            net = _load_network(entry.path, allow_pickle)
             self._items[key] = net
             while len(self._items) > self.keep:
                 self._items.popitem(last=False)
@@ -74,6 +73,21 @@ class NetworkStore:
 
     def clear(self):
         self._items.clear()
+
+
+def _load_network(path, allow_pickle: bool):
+    try:
+        from lib_lora.network import load_network
+    except ImportError:                      # shim until lib_lora.network lands: same modules via keys.py
+        from types import SimpleNamespace
+
+        from lib_lora.fileio import read_tensors
+        from lib_lora.keys import group_modules_with_arch
+        sd, md = read_tensors(path, allow_pickle=allow_pickle)
+        modules, skipped, arch = group_modules_with_arch(sd, md)
+        return SimpleNamespace(name=path.stem, path=str(path), arch=arch, metadata=md, modules=modules,
+                               skipped=skipped)
+    return load_network(path, allow_pickle=allow_pickle)
 
 
 def batch_seed(p) -> int:
@@ -222,13 +236,23 @@ class Engine:
                     if msg:
                         act.warnings.append(msg)
                 actives.append(ActiveLora(network=net, te=tag.te, unet=tag.unet_multiplier, blocks=rb.vector,
-                                          dyn=tag.dyn, start=tag.start, stop=tag.stop))
+                                          dyn=tag.dyn, start=tag.start, stop=tag.stop, listed=rb.listed))
                 act.applied.append(Applied(tag.name, str(entry.path), tag.te, tag.unet_multiplier, rb.vector,
                                            rb.values, rb.source, tag.start, tag.stop,
                                            modules=len(getattr(net, "modules", {}))))
                 act.entries.append((tag, rb, entry))
             act.report = patcher.apply(actives)
-            act.warnings += list(getattr(act.report, "warnings", []) or [])
+            for applied, lr in zip(act.applied, getattr(act.report, "loras", [])):
+                applied.modules = lr.applied
+                if lr.error:
+                    act.warnings.append(lr.error)
+                elif lr.skipped:
+                    reason = lr.skipped[0][1]
+                    msg = f"`{applied.name}`: {len(lr.skipped)} module(s) not applied (e.g. {reason})"
+                    if lr.applied == 0 and lr.zero == 0:
+                        act.warnings.append(msg)
+                    else:
+                        env.log.info(msg)
             self.active = actives
             self.has_schedule = any(a.start is not None or a.stop is not None for a in actives)
             self._step_state = None
@@ -245,6 +269,18 @@ class Engine:
                 return
             self._step_state = step
             self.patcher.set_step(step)
+
+    def patched_sum(self) -> float:
+        """float64 sum of every weight the patcher currently holds patched (cheap: only those layers)."""
+        if self.patcher is None:
+            return 0.0
+        total = 0.0
+        for layer in self.patcher.patched_layers:
+            ref = self.patcher.host.get(layer)
+            if ref is not None:
+                for w, _ in ref.part_tensors():
+                    total += float(w.detach().double().sum())
+        return total
 
     def checksum(self) -> dict:
         """Sum and a short digest over the weights of every layer the patcher may touch (debug/verification)."""

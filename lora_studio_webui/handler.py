@@ -36,14 +36,15 @@ class LoraStudioNetwork(extra_networks.ExtraNetwork):
             env.emit(p, w)
         if act.entries:
             infotext.record(p, act)
-            report = act.report
-            parts = [f"{a.name} (te {a.te:g}, unet {a.unet:g}" + (f", blocks {a.source}" if a.source else "") + ")"
-                     for a in act.applied]
-            extra = ""
-            if report is not None:
-                n = getattr(report, "layers_patched", None) or getattr(report, "layers", None)
-                extra = f"; {n} layers patched" if n is not None else ""
-            print(f"[LoRA Studio] applied {', '.join(parts)}{extra} in {act.seconds:.2f}s"
+            parts = [f"{a.name} ({a.modules} modules, te {a.te:g}, unet {a.unet:g}"
+                     + (f", blocks {a.source}" if a.source else "") + ")" for a in act.applied]
+            rep = act.report
+            stats = ""
+            if rep is not None:
+                stats = (f"; layers written {rep.layers_written}, kept {rep.layers_kept}, restored "
+                         f"{rep.layers_restored}, deltas computed {rep.deltas_computed}, cache hits {rep.cache_hits}")
+            print(f"[LoRA Studio] applied {', '.join(parts)}{stats}; patched-weights sum "
+                  f"{ENGINE.patched_sum():.6e} in {act.seconds:.2f}s"
                   + (" (hires pass)" if getattr(p, "is_hr_pass", False) else ""))
         else:
             infotext.clear(p)

@@ -1,0 +1,77 @@
+"""Fake of the generation loop (process_images_inner order of A1111 v1.10.1, no real sampling)."""
+from modules import extra_networks, script_callbacks, shared
+from modules.infotext_utils import quote
+
+
+class Processing:
+    def __init__(self, prompt="", negative_prompt="", seed=1, n_iter=1, batch_size=1, steps=3, enable_hr=False,
+                 hr_prompt="", hr_second_pass_steps=2, scripts=None):
+        self.prompt, self.negative_prompt, self.seed = prompt, negative_prompt, seed
+        self.n_iter, self.batch_size, self.steps = n_iter, batch_size, steps
+        self.enable_hr, self.hr_prompt, self.hr_second_pass_steps = enable_hr, hr_prompt, hr_second_pass_steps
+        self.scripts = scripts
+        self.extra_generation_params = {}
+        self.comments = {}
+        self.disable_extra_networks = False
+        self.is_hr_pass = False
+        self.observer = None            # observer(p, pass_name, step) during "sampling"
+
+    @property
+    def sd_model(self):
+        return shared.sd_model
+
+    def comment(self, text):
+        self.comments[text] = 1
+
+
+class Processed:
+    def __init__(self, infotexts, trace):
+        self.infotexts, self.trace = infotexts, trace
+
+
+def _sample(p, steps, pass_name, trace):
+    for step in range(steps):
+        script_callbacks.cfg_denoiser_callback(script_callbacks.CFGDenoiserParams(step, steps))
+        if p.observer is not None:
+            trace.append((p.iteration, pass_name, step, p.observer(p)))
+
+
+def create_infotext(p, index):
+    params = {"Steps": p.steps, "Seed": p.all_seeds[index], "Size": "64x64", **p.extra_generation_params}
+    text = ", ".join(f"{k}: {quote(v)}" for k, v in params.items() if v is not None)
+    return f"{p.all_prompts[index]}\n{text}"
+
+
+def process_images(p):
+    if p.scripts is not None:
+        p.scripts.before_process(p)
+    total = p.n_iter * p.batch_size
+    p.all_prompts = [p.prompt] * total
+    p.all_hr_prompts = [p.hr_prompt or p.prompt] * total
+    p.all_seeds = [int(p.seed) + i for i in range(total)]
+    if p.scripts is not None:
+        p.scripts.process(p)
+    infotexts, trace = [], []
+    for n in range(p.n_iter):
+        p.iteration = n
+        sl = slice(n * p.batch_size, (n + 1) * p.batch_size)
+        p.prompts, p.seeds = p.all_prompts[sl], p.all_seeds[sl]
+        if p.scripts is not None:
+            p.scripts.before_process_batch(p, batch_number=n, prompts=p.prompts, seeds=p.seeds)
+        p.prompts, p.extra_network_data = extra_networks.parse_prompts(p.prompts)
+        if p.enable_hr:
+            p.hr_prompts, p.hr_extra_network_data = extra_networks.parse_prompts(p.all_hr_prompts[sl])
+        if not p.disable_extra_networks:
+            extra_networks.activate(p, p.extra_network_data)
+        _sample(p, p.steps, "first", trace)
+        if p.enable_hr:
+            p.is_hr_pass = True
+            if not p.disable_extra_networks:
+                extra_networks.activate(p, p.hr_extra_network_data)
+            _sample(p, p.hr_second_pass_steps, "hires", trace)
+            p.is_hr_pass = False
+        for i in range(p.batch_size):
+            infotexts.append(create_infotext(p, n * p.batch_size + i))
+    if not p.disable_extra_networks and p.extra_network_data:
+        extra_networks.deactivate(p, p.extra_network_data)
+    return Processed(infotexts, trace)

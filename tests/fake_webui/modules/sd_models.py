@@ -1,0 +1,5 @@
+class _ModelData:
+    sd_model = None
+
+
+model_data = _ModelData()
