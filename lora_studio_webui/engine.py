@@ -111,6 +111,7 @@ class Engine:
         self.networks = NetworkStore()
         self._presets = None
         self._presets_path = None
+        self._presets_mtime = None
         self.patcher = None
         self.host_model = None             # the sd_model the patcher's Host was built from
         self.last = Activation()
@@ -122,9 +123,13 @@ class Engine:
     def presets(self):
         from lib_lora.presets import PresetStore
         path = str(env.opt(env.PREFIX + "presets_file", "") or "") or str(default_presets_path())
+        mtime = _mtime(path)
         if self._presets is None or self._presets_path != path:
             self._presets = PresetStore(user_path=path)
             self._presets_path = path
+        elif mtime != self._presets_mtime and mtime is not None:
+            self._presets.reload()          # edited outside (another tool, LBW file): pick it up, no restart
+        self._presets_mtime = mtime
         return self._presets
 
     def _patcher_for(self, sd_model):
@@ -310,6 +315,14 @@ def weights_checksum(sd_model) -> dict:
             h.update(f"{name}:{s:.10e}".encode())
             n += 1
     return {"tensors": n, "sum": total, "digest": h.hexdigest()[:16]}
+
+
+def _mtime(path):
+    try:
+        import os
+        return os.stat(path).st_mtime_ns
+    except OSError:
+        return None
 
 
 def default_presets_path():

@@ -1,0 +1,72 @@
+"""Pieces of the WebUI layer that need no WebUI: tag text rewriting, library lookup, status route auth."""
+
+from __future__ import annotations
+
+import base64
+import types
+
+import pytest
+
+from lora_studio_webui import tags
+
+
+@pytest.mark.parametrize("tag,idx", [
+    ("foo:1:face", 2), ("foo:1:0.5:face", 3), ("foo:1:0.5:4", None), ("foo:1:lbw=ALL", 2), ("foo:1:w=1,0", 2),
+    ("foo:1:1,0,1", 2), ("foo:1", None), ("foo:te=1:unet=2", None),
+])
+def test_block_item_index(tag, idx):
+    assert tags.block_item_index(tag.split(":")) == idx
+
+
+def test_rewrites():
+    assert tags.set_weight(["foo"], 0.5) == ["foo", "0.5"]
+    assert tags.set_weight(["foo", "1", "0.5", "face"], 2) == ["foo", "2", "2", "face"]
+    assert tags.set_weight(["foo", "1", "te=0.3", "unet=0.2"], 0.7) == ["foo", "0.7", "te=0.7", "unet=0.7"]
+    assert tags.set_blocks(["foo", "1", "face", "0.3"], "ALL") == ["foo", "1", "0.3", "lbw=ALL"]
+    assert tags.set_blocks(["foo", "1", "w=face", "x=0.2"], "1,0,X") == ["foo", "1", "x=0.2", "lbw=1,0,X"]
+    assert tags.set_blocks(["foo", "1", "w=face", "x=0.2"], "OUTALL") == ["foo", "1", "lbw=OUTALL"]
+    text, n = tags.rewrite("a <lora:x:1> b <lyco:y:2> <hypernet:z:1>", lambda it: None)
+    assert (text, n) == ("a  b  <hypernet:z:1>", 2)
+    text, n = tags.rewrite("<lora:x:1><lora:y:1>", lambda it: tags.set_name(it, "q"), lambda i, it: i == 1)
+    assert text == "<lora:x:1><lora:q:1>" and n == 1
+    assert tags.split_params([" foo ", " 0.5", "lbw = face ", "a=b=c"]) == (["foo", "0.5", "a=b=c"], {"lbw": "face"})
+
+
+def test_library_lookup(tmp_path):
+    from safetensors.torch import save_file
+    import torch
+    from lora_studio_webui.library import Library
+    (tmp_path / "a").mkdir()
+    t = {"w": torch.zeros(1)}
+    save_file(t, str(tmp_path / "a" / "StyleOne.safetensors"), metadata={"ss_output_name": "style_one"})
+    save_file(t, str(tmp_path / "Two.safetensors"), metadata={"ss_output_name": "dup"})
+    save_file(t, str(tmp_path / "Three.safetensors"), metadata={"ss_output_name": "dup"})
+    save_file(t, str(tmp_path / "Three-000002.safetensors"))
+    lib = Library(lambda: [tmp_path])
+    assert lib.find("StyleOne").name == "StyleOne"
+    assert lib.find("style_one").name == "StyleOne"            # alias
+    assert lib.find("styleone").name == "StyleOne"             # unique case-insensitive stem
+    assert lib.find("dup") is None                             # ambiguous alias: only stems resolve it
+    assert "'StyleOne'" in lib.not_found_message("StyleOn")
+    assert [f.name for f in lib.epoch_siblings(lib.find("Three"))] == ["Three-000002", "Three"]
+    save_file(t, str(tmp_path / "Late.safetensors"))           # appears after the first scan: rescan once
+    assert lib.find("Late").name == "Late"
+
+
+def test_status_route_auth(monkeypatch):
+    from lora_studio_webui import api, env
+    monkeypatch.setattr(env, "cmd_opt", lambda k, d=None: "u:p,v:q" if k == "api_auth" else d)
+    ok = "Basic " + base64.b64encode(b"v:q").decode()
+    bad = "Basic " + base64.b64encode(b"v:x").decode()
+    assert api.authorized(ok) and not api.authorized(bad) and not api.authorized(None)
+    monkeypatch.setattr(env, "cmd_opt", lambda k, d=None: d)
+    assert api.authorized(None)
+
+
+def test_status_reports_last_activation():
+    from lora_studio_webui import api
+    from lora_studio_webui.engine import ENGINE, Activation, Applied
+    ENGINE.last = Activation(applied=[Applied("foo", "/x", 1.0, 0.5, [1.0] * 26, None, "preset face", modules=7)])
+    out = api.status()
+    assert out["applied"][0]["modules"] == 7 and "path" not in out["applied"][0]
+    ENGINE.last = Activation()
