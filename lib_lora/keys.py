@@ -291,6 +291,14 @@ def detect_algo(tensors: dict) -> str | None:
     return algo
 
 
+def _unknown_suffixes(algo: str, tensors: dict) -> set:
+    try:
+        from lib_lora.algos import unknown_suffixes
+    except ImportError:
+        return set()
+    return set(unknown_suffixes(algo, tensors))
+
+
 # ---------------------------------------------------------------- diffusers/PEFT adapter metadata
 
 def _peft_config(metadata: dict) -> dict:
@@ -387,6 +395,11 @@ def _group(state_dict: dict, metadata: dict, arch: str):
         if algo is None:
             what = ", ".join(sorted(tensors)) or "no weights"
             skipped += [(k, f"unknown algorithm ({what})") for k in owners[module]]
+            continue
+        extra = _unknown_suffixes(algo, tensors)
+        if extra:  # e.g. T-LoRA's lambda_layer: applying the rest would give a wrong delta
+            skipped += [(k, f"{algo} module with unsupported tensors ({', '.join(sorted(extra))})")
+                        for k in owners[module]]
             continue
         alpha = float(alpha_t.float().item()) if alpha_t is not None and alpha_t.numel() == 1 else None
         if alpha is None and not module.startswith(("lora_", "oft_")):

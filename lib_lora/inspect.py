@@ -1,0 +1,201 @@
+"""Per-file report: algorithms, architecture, ranks/alphas, per-block ΔW norms, metadata, skipped keys."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections import Counter
+from typing import Optional
+
+import torch
+
+from lib_lora import fileio
+from lib_lora.blocks import BLOCK_NAMES
+from lib_lora.network import load_network
+
+# Algorithms whose ΔW depends on the model weight: no norm without the checkpoint.
+WEIGHT_DEPENDENT = ("ia3", "glora", "oft", "boft")
+
+
+def _mat(t: torch.Tensor) -> torch.Tensor:
+    return t.float().reshape(t.shape[0], -1)
+
+
+def _scale(module, rank: Optional[int]) -> float:
+    if module.scale is not None:
+        return float(module.scale)
+    if module.alpha is None or not rank:
+        return 1.0
+    return float(module.alpha) / rank
+
+
+def _lora_norm(m) -> float:
+    """‖scale·up·down‖_F via r×r Gram matrices: ‖UD‖² = Σ (UᵀU) ⊙ (DDᵀ), never forming the full ΔW."""
+    down, up = m.tensors["lora_down.weight"], m.tensors["lora_up.weight"]
+    mid = m.tensors.get("lora_mid.weight")
+    r = down.shape[0]
+    d = _mat(down)
+    if mid is not None:  # Tucker: fold the core into the down factor, (r, in·kh·kw)
+        d = torch.einsum("abhw,bi->aihw", mid.float(), d).reshape(mid.shape[0], -1)
+    u = _mat(up)
+    sq = float(((u.T @ u) * (d @ d.T)).sum().clamp_min(0))
+    return _scale(m, r) * math.sqrt(sq)
+
+
+def _tucker(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ijhw,ip,jq->pqhw", t.float(), wa.float(), wb.float())
+
+
+def _loha_norm(m) -> float:
+    t = m.tensors
+    r = t["hada_w1_b"].shape[0]
+    if "hada_t1" in t:
+        w1 = _tucker(t["hada_t1"], t["hada_w1_a"], t["hada_w1_b"])
+        w2 = _tucker(t["hada_t2"], t["hada_w2_a"], t["hada_w2_b"])
+    else:
+        w1 = _mat(t["hada_w1_a"]) @ _mat(t["hada_w1_b"])
+        w2 = _mat(t["hada_w2_a"]) @ _mat(t["hada_w2_b"])
+    return _scale(m, r) * float(torch.linalg.vector_norm(w1 * w2))
+
+
+def _lokr_norm(m) -> float:
+    """‖kron(A, B)‖_F = ‖A‖_F·‖B‖_F."""
+    t = m.tensors
+    w1 = t["lokr_w1"].float() if "lokr_w1" in t else _mat(t["lokr_w1_a"]) @ _mat(t["lokr_w1_b"])
+    if "lokr_w2" in t:
+        w2 = t["lokr_w2"].float()
+    elif "lokr_t2" in t:
+        w2 = _tucker(t["lokr_t2"], t["lokr_w2_a"], t["lokr_w2_b"])
+    else:
+        w2 = _mat(t["lokr_w2_a"]) @ _mat(t["lokr_w2_b"])
+    rank = t["lokr_w1_b"].shape[0] if "lokr_w1_b" in t else (t["lokr_w2_b"].shape[0] if "lokr_w2_b" in t else None)
+    return _scale(m, rank) * float(torch.linalg.vector_norm(w1)) * float(torch.linalg.vector_norm(w2))
+
+
+def delta_norm(module) -> Optional[float]:
+    """Frobenius norm of a module's ΔW at multiplier 1, or None when it needs the model weight."""
+    if module.algo in WEIGHT_DEPENDENT or module.dora_scale is not None:
+        return None
+    t = module.tensors
+    if module.algo == "lora":
+        return _lora_norm(module)
+    if module.algo == "loha":
+        return _loha_norm(module)
+    if module.algo == "lokr":
+        return _lokr_norm(module)
+    if module.algo == "full":
+        return float(torch.linalg.vector_norm(t["diff"].float()))
+    if module.algo == "norm":
+        w = t.get("w_norm")
+        return float(torch.linalg.vector_norm(w.float())) if w is not None else 0.0
+    return None
+
+
+def _rank(module) -> Optional[int]:
+    try:
+        from lib_lora.algos import rank_of
+        return rank_of(module)
+    except ImportError:
+        down = module.tensors.get("lora_down.weight")
+        return int(down.shape[0]) if down is not None else None
+
+
+def _fmt_num(x) -> str:
+    if x is None:
+        return "none"
+    return f"{x:g}"
+
+
+def inspect_network(net, compute_norms: bool = True) -> dict:
+    algos = Counter(m.algo for m in net.modules.values())
+    ranks = Counter(_rank(m) for m in net.modules.values())
+    alphas = Counter(m.alpha for m in net.modules.values())
+    sq = {name: 0.0 for name in BLOCK_NAMES + ["other"]}
+    counts = {name: 0 for name in sq}
+    have = {name: 0 for name in sq}
+    missing = Counter()
+    for m in net.modules.values():
+        block = BLOCK_NAMES[m.slot] if m.slot is not None else "other"
+        counts[block] += 1
+        n = delta_norm(m) if compute_norms else None
+        if n is None:
+            missing["dora" if m.dora_scale is not None else m.algo] += 1
+        else:
+            sq[block] += n * n
+            have[block] += 1
+    notes = []
+    if missing and compute_norms:
+        what = ", ".join(f"{k} ×{v}" for k, v in sorted(missing.items()))
+        notes.append(f"norms leave out {sum(missing.values())} module(s) whose ΔW depends on the model weight ({what})")
+    meta = {k: v for k, v in sorted(net.metadata.items()) if k.startswith(("ss_", "modelspec.", "sshs_"))}
+    return {
+        "file": net.path,
+        "name": net.name,
+        "alias": net.alias,
+        "size_bytes": net.size,
+        "arch": net.arch,
+        "arch_label": net.arch_label,
+        "algorithms": dict(sorted(algos.items())),
+        "module_count": len(net.modules),
+        "te_modules": sum(1 for m in net.modules.values() if m.is_te),
+        "unet_modules": sum(1 for m in net.modules.values() if not m.is_te),
+        "dora_modules": sum(1 for m in net.modules.values() if m.dora_scale is not None),
+        "ranks": {_fmt_num(k): v for k, v in sorted(ranks.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))},
+        "alphas": {_fmt_num(k): v for k, v in sorted(alphas.items(), key=lambda kv: (kv[0] is None, kv[0] or 0))},
+        "block_norms": {k: (math.sqrt(v) if have[k] else None) for k, v in sq.items()},
+        "block_modules": counts,
+        "notes": notes,
+        "metadata": meta,
+        "metadata_other_keys": sorted(k for k in net.metadata if k not in meta),
+        "skipped": [list(s) for s in net.skipped],
+    }
+
+
+def inspect_file(path, allow_pickle: bool = False, compute_norms: bool = True, with_hash: bool = True) -> dict:
+    """Report on one LoRA/LyCORIS file (JSON-serialisable dict)."""
+    net = load_network(path, allow_pickle=allow_pickle, allow_empty=True)
+    report = inspect_network(net, compute_norms=compute_norms)
+    if with_hash:
+        report["hash"] = fileio.model_hash(os.fspath(path))
+        report["hash_short"] = report["hash"][:12]
+        report["sshs_model_hash"] = net.metadata.get("sshs_model_hash")
+    return report
+
+
+def format_report(r: dict) -> str:
+    """Human-readable table of an inspect_file report."""
+    lines = [f"File:        {r['file']} ({r['size_bytes'] / 1e6:.1f} MB)"]
+    if r.get("hash"):
+        lines.append(f"Hash:        {r['hash_short']} (sha256 of the body: {r['hash']})")
+    lines.append(f"Arch:        {r['arch_label']}" + (f"    Alias: {r['alias']}" if r.get("alias") else ""))
+    algos = ", ".join(f"{k} ×{v}" for k, v in r["algorithms"].items()) or "none"
+    lines.append(f"Algorithms:  {algos}" + (f"  (DoRA on {r['dora_modules']})" if r["dora_modules"] else ""))
+    lines.append(f"Modules:     {r['module_count']} (text encoder {r['te_modules']}, U-Net {r['unet_modules']})")
+    lines.append("Ranks:       " + (", ".join(f"{k} ×{v}" for k, v in r["ranks"].items()) or "-"))
+    lines.append("Alphas:      " + (", ".join(f"{k} ×{v}" for k, v in r["alphas"].items()) or "-"))
+    lines.append(f"Skipped:     {len(r['skipped'])} key(s)")
+    for key, reason in r["skipped"][:10]:
+        lines.append(f"  {key}: {reason}")
+    if len(r["skipped"]) > 10:
+        lines.append(f"  … {len(r['skipped']) - 10} more (use --json for all)")
+    norms = {k: v for k, v in r["block_norms"].items() if r["block_modules"][k]}
+    if norms:
+        top = max((v for v in norms.values() if v), default=0.0) or 1.0
+        lines.append("Block norms (Frobenius norm of ΔW at multiplier 1):")
+        for k, v in norms.items():
+            bar = "#" * int(round(30 * (v or 0.0) / top))
+            val = "n/a" if v is None else f"{v:.4g}"
+            lines.append(f"  {k:<6} {val:>10}  {r['block_modules'][k]:>4} mod  {bar}")
+    for note in r["notes"]:
+        lines.append(f"Note: {note}")
+    if r["metadata"]:
+        lines.append("Metadata:")
+        for k, v in r["metadata"].items():
+            v = v if len(v) <= 100 else v[:97] + "..."
+            lines.append(f"  {k} = {v}")
+    if r["metadata_other_keys"]:
+        lines.append(f"Other metadata keys: {', '.join(r['metadata_other_keys'])}")
+    return "\n".join(lines)
+
+
+__all__ = ["inspect_file", "inspect_network", "format_report", "delta_norm"]

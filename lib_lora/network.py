@@ -1,0 +1,124 @@
+"""One loaded LoRA/LyCORIS file (`LoraNetwork`), loading with an architecture check, and a small file cache."""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Optional
+
+from lib_lora import arch as _arch
+from lib_lora import fileio
+from lib_lora.errors import ArchitectureMismatch, LoraFileError
+from lib_lora.keys import group_modules_with_arch
+
+
+@dataclass
+class LoraNetwork:
+    name: str                         # file stem, what `<lora:name:…>` refers to
+    path: str
+    arch: str                         # "sd1" | "sd2" | "sdxl" | "unknown"
+    metadata: dict = field(default_factory=dict)
+    modules: dict = field(default_factory=dict)   # module key → LoraModule
+    skipped: list = field(default_factory=list)   # (key, reason) not loaded
+    alias: Optional[str] = None       # metadata ss_output_name (A1111 "alias")
+    mtime: float = 0.0
+    size: int = 0
+    _hash: Optional[str] = field(default=None, repr=False)
+
+    @property
+    def hash(self) -> str:
+        """Full sha256 of the safetensors body (trainer's `sshs_model_hash` when present); computed once."""
+        if self._hash is None:
+            self._hash = fileio.model_hash(self.path, trust_metadata=True)
+        return self._hash
+
+    @property
+    def short_hash(self) -> str:
+        return self.hash[:12]  # what A1111 writes in "Lora hashes"
+
+    @property
+    def arch_label(self) -> str:
+        return _arch.ARCH_LABELS.get(self.arch, self.arch)
+
+    @property
+    def algos(self) -> dict:
+        """algorithm → module count, e.g. {"lora": 264, "loha": 10}."""
+        out: dict = {}
+        for m in self.modules.values():
+            out[m.algo] = out.get(m.algo, 0) + 1
+        return dict(sorted(out.items()))
+
+    def check_arch(self, expected_arch: Optional[str]) -> None:
+        if expected_arch and self.arch in _arch.ARCHS and expected_arch in _arch.ARCHS and self.arch != expected_arch:
+            raise ArchitectureMismatch(mismatch_message(self.name, self.arch, expected_arch))
+
+
+def mismatch_message(name: str, lora_arch: str, model_arch: str) -> str:
+    lab = _arch.ARCH_LABELS
+    return (f"LoRA '{name}' is {lab.get(lora_arch, lora_arch)}, the model is {lab.get(model_arch, model_arch)}; "
+            f"use a {lab.get(model_arch, model_arch)} LoRA or switch the checkpoint")
+
+
+def load_network(path, allow_pickle: bool = False, expected_arch: Optional[str] = None,
+                 allow_empty: bool = False) -> LoraNetwork:
+    """Read a file and normalise its keys. Raises ArchitectureMismatch when the LoRA's known arch differs
+    from expected_arch, LoraFileError when nothing in it can be applied (unless allow_empty)."""
+    path = os.fspath(path)
+    name = os.path.splitext(os.path.basename(path))[0]
+    st = os.stat(path) if os.path.exists(path) else None
+    tensors, metadata = fileio.read_tensors(path, allow_pickle=allow_pickle)
+    raw_arch = _arch.detect_arch_raw(tensors, metadata)
+    if expected_arch and raw_arch in _arch.ARCHS and expected_arch in _arch.ARCHS and raw_arch != expected_arch:
+        raise ArchitectureMismatch(mismatch_message(name, raw_arch, expected_arch))
+    hint = raw_arch if raw_arch in _arch.ARCHS else expected_arch
+    modules, skipped, _ = group_modules_with_arch(tensors, metadata, arch_hint=hint)
+    arch = raw_arch if raw_arch in _arch.ARCHS else _arch.detect_lora_arch(modules, metadata)
+    if not modules and not allow_empty:
+        example = f" (e.g. '{skipped[0][0]}': {skipped[0][1]})" if skipped else ""
+        raise LoraFileError(f"LoRA '{name}' has no layer this tool can apply to SD1/SD2/SDXL{example}; "
+                            f"it may be made for another model family")
+    net = LoraNetwork(name=name, path=path, arch=arch, metadata=metadata, modules=modules, skipped=skipped,
+                      alias=metadata.get("ss_output_name") or None,
+                      mtime=st.st_mtime if st else 0.0, size=st.st_size if st else 0)
+    net.check_arch(expected_arch)
+    return net
+
+
+class NetworkCache:
+    """LRU of loaded networks keyed by (path, mtime, size): X/Y/Z sweeps reload the same files many times."""
+
+    def __init__(self, max_items: int = 8):
+        self.max_items = max(0, int(max_items))
+        self._items: collections.OrderedDict = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, path, allow_pickle: bool = False, expected_arch: Optional[str] = None) -> LoraNetwork:
+        path = os.path.abspath(os.fspath(path))
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise LoraFileError(f"file not found: '{path}'") from exc
+        key = (path, st.st_mtime_ns, st.st_size, bool(allow_pickle))
+        with self._lock:
+            net = self._items.get(key)
+            if net is not None:
+                self._items.move_to_end(key)
+        if net is None:
+            net = load_network(path, allow_pickle=allow_pickle)
+            with self._lock:
+                for old in [k for k in self._items if k[0] == path]:  # a changed file replaces its old entry
+                    del self._items[old]
+                self._items[key] = net
+                while len(self._items) > self.max_items:
+                    self._items.popitem(last=False)
+        net.check_arch(expected_arch)
+        return net
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+    def __len__(self) -> int:
+        return len(self._items)

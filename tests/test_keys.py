@@ -1,0 +1,279 @@
+"""keys/arch: layer generator == fixtures, diffusers→compvis, every key family → canonical layers."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from lib_lora import arch
+from lib_lora.blocks import slot_of_layer
+from lib_lora.keys import _fallback_detect_algo, diffusers_to_compvis, group_modules, split_key
+from tests.factory import FIXTURES, compvis_to_diffusers, fixture_layers, make_lora_with_targets
+
+MODEL_ARCH = {"sd15": "sd1", "sdxl": "sdxl"}
+
+
+@pytest.mark.parametrize("model", ["sd15", "sdxl"])
+def test_generator_matches_fixture_layers(model):
+    fx = set(fixture_layers(model))
+    gen = set(arch.canonical_layers(MODEL_ARCH[model]))
+    assert fx - gen == set()
+    assert gen - fx == set()
+    assert len(gen) == {"sd15": 490, "sdxl": 1343}[model]
+
+
+def test_sd2_generator_shares_sd1_unet_and_has_openclip_te():
+    assert arch.unet_layers("sd2") == arch.unet_layers("sd1")
+    te = arch.te_layers("sd2", "te")
+    assert "cond_stage_model.model.transformer.resblocks.23.attn" in te
+    assert "cond_stage_model.model.transformer.resblocks.0.mlp.c_proj" in te
+
+
+@pytest.mark.parametrize("model", ["sd15", "sdxl"])
+def test_diffusers_to_compvis_is_a_shape_preserving_bijection(model):
+    with open(f"{FIXTURES}/{model}_unet_diffusers.json") as f:
+        diff = json.load(f)["keys"]
+    with open(f"{FIXTURES}/{model}_checkpoint_compvis.json") as f:
+        comp = {k: v for k, v in json.load(f)["keys"].items() if k.startswith("model.diffusion_model.")}
+    mapped = {}
+    for key, shape in diff.items():
+        stem, _, param = key.rpartition(".")
+        target = diffusers_to_compvis(stem, MODEL_ARCH[model])
+        assert target is not None, key
+        mapped[f"{target}.{param}"] = shape
+        assert comp[f"{target}.{param}"] == shape, key
+    assert set(mapped) == set(comp)
+
+
+def test_diffusers_to_compvis_known_names():
+    f = diffusers_to_compvis
+    assert f("up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_k") == \
+        "model.diffusion_model.output_blocks.5.1.transformer_blocks.0.attn2.to_k"
+    assert f("up_blocks.0.upsamplers.0.conv", "sd1") == "model.diffusion_model.output_blocks.2.1.conv"
+    assert f("up_blocks.0.upsamplers.0.conv", "sdxl") == "model.diffusion_model.output_blocks.2.2.conv"
+    assert f("up_blocks.1.upsamplers.0.conv", "sd1") == "model.diffusion_model.output_blocks.5.2.conv"
+    assert f("unet.down_blocks.2.downsamplers.0.conv") == "model.diffusion_model.input_blocks.9.0.op"
+    assert f("down_blocks.1.resnets.0.conv_shortcut") == "model.diffusion_model.input_blocks.4.0.skip_connection"
+    assert f("mid_block.resnets.1.time_emb_proj") == "model.diffusion_model.middle_block.2.emb_layers.1"
+    assert f("mid_block.attentions.0.proj_in") == "model.diffusion_model.middle_block.1.proj_in"
+    assert f("time_embedding.linear_2") == "model.diffusion_model.time_embed.2"
+    assert f("add_embedding.linear_1", "sdxl") == "model.diffusion_model.label_emb.0.0"
+    assert f("conv_out.weight") == "model.diffusion_model.out.2.weight"
+    assert f("down_blocks.0.resnets.1.norm2.bias") == "model.diffusion_model.input_blocks.2.0.out_layers.0.bias"
+    assert f("text_model.encoder.layers.0.mlp.fc1") is None
+
+
+# ---------------------------------------------------------------- round trips through every family
+
+def _check_round_trip(model, family, algo, layers):
+    sd, md, targets = make_lora_with_targets(model, family=family, algo=algo, layers=layers)
+    assert targets, "factory produced no module"
+    modules, skipped = group_modules(sd, md)
+    assert skipped == []
+    got = {k: (m.layer, m.qkv) for k, m in modules.items()}
+    assert got == targets
+    want_algo = {"locon": "lora", "dora": "lora"}.get(algo, algo)
+    for m in modules.values():
+        assert m.algo == want_algo
+        assert m.is_te == m.layer.startswith(("cond_stage_model.", "conditioner."))
+        assert m.slot == slot_of_layer(m.layer) and (m.slot == 0) == m.is_te
+        assert "alpha" not in m.tensors and "dora_scale" not in m.tensors
+    return modules
+
+
+FULL = [("sd15", "kohya", "locon"), ("sdxl", "kohya", "locon"), ("sd15", "peft", "lora"), ("sdxl", "peft", "lora"),
+        ("sd15", "diffusers_old", "lora"), ("sdxl", "diffusers_old", "lora"), ("sd15", "lycoris", "norm"),
+        ("sdxl", "lycoris", "norm")]
+
+
+@pytest.mark.parametrize("model,family,algo", FULL)
+def test_every_layer_round_trips(model, family, algo):
+    """All layers an algorithm can target (attention, ff, proj, resnet convs, samplers, time/label emb, TE)."""
+    modules = _check_round_trip(model, family, algo, "all")
+    layers = {m.layer for m in modules.values()}
+    if algo == "locon":
+        assert "model.diffusion_model.input_blocks.0.0" in layers  # conv_in
+        assert "model.diffusion_model.out.2" in layers
+        assert "model.diffusion_model.time_embed.0" in layers
+        assert "model.diffusion_model.output_blocks.2.{}.conv".format(2 if model == "sdxl" else 1) in layers
+        assert "model.diffusion_model.input_blocks.3.0.op" in layers
+
+
+@pytest.mark.parametrize("model", ["sd15", "sdxl"])
+@pytest.mark.parametrize("family,algo", [("kohya", "lora"), ("kohya", "dora"), ("kohya", "oft"), ("lycoris", "loha"),
+                                         ("lycoris", "lokr"), ("lycoris", "ia3"), ("lycoris", "full"),
+                                         ("lycoris", "glora"), ("lycoris", "oft"), ("lycoris", "boft"),
+                                         ("lycoris", "dora"), ("peft", "dora")])
+def test_algorithms_round_trip(model, family, algo):
+    _check_round_trip(model, family, algo, None if algo == "full" else 40)
+
+
+def test_te2_qkv_slices_and_openclip_names():
+    sd, md, targets = make_lora_with_targets("sdxl", family="kohya", layers=lambda l: "resblocks.7." in l)
+    modules, skipped = group_modules(sd, md)
+    assert not skipped
+    base = "conditioner.embedders.1.model.transformer.resblocks.7."
+    want = {
+        "lora_te2_text_model_encoder_layers_7_self_attn_q_proj": (base + "attn", 0),
+        "lora_te2_text_model_encoder_layers_7_self_attn_k_proj": (base + "attn", 1),
+        "lora_te2_text_model_encoder_layers_7_self_attn_v_proj": (base + "attn", 2),
+        "lora_te2_text_model_encoder_layers_7_self_attn_out_proj": (base + "attn.out_proj", None),
+        "lora_te2_text_model_encoder_layers_7_mlp_fc1": (base + "mlp.c_fc", None),
+        "lora_te2_text_model_encoder_layers_7_mlp_fc2": (base + "mlp.c_proj", None),
+    }
+    assert {k: (m.layer, m.qkv) for k, m in modules.items()} == want
+    peft = {k.replace("lora_te2_text_model_encoder_layers_7_", "text_encoder_2.text_model.encoder.layers.7.")
+            .replace("self_attn_", "self_attn.").replace("mlp_", "mlp.") + ".lora_A.weight": torch.zeros(4, 1280)
+            for k in want}
+    peft.update({k.replace("lora_A", "lora_B"): torch.zeros(1280, 4) for k in peft})
+    pm, skipped = group_modules(peft, {})
+    assert not skipped
+    assert sorted((m.layer, m.qkv) for m in pm.values()) == sorted(want.values())
+
+
+def _lora(sd, module, out_f, in_f, rank=4, alpha=None):
+    sd[f"{module}.lora_down.weight"] = torch.randn(rank, in_f)
+    sd[f"{module}.lora_up.weight"] = torch.randn(out_f, rank)
+    if alpha is not None:
+        sd[f"{module}.alpha"] = torch.tensor(alpha)
+
+
+def test_sd2_text_encoder_goes_to_openclip_resblocks():
+    sd = {}
+    _lora(sd, "lora_te_text_model_encoder_layers_5_self_attn_k_proj", 1024, 1024)
+    _lora(sd, "lora_te_text_model_encoder_layers_5_mlp_fc1", 4096, 1024)
+    _lora(sd, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k", 320, 1024)
+    assert arch.detect_arch_raw(sd) == "sd2"
+    modules, skipped = group_modules(sd, {})
+    assert not skipped
+    got = {k: (m.layer, m.qkv) for k, m in modules.items()}
+    assert got["lora_te_text_model_encoder_layers_5_self_attn_k_proj"] == \
+        ("cond_stage_model.model.transformer.resblocks.5.attn", 1)
+    assert got["lora_te_text_model_encoder_layers_5_mlp_fc1"] == ("cond_stage_model.model.transformer.resblocks.5.mlp.c_fc", None)
+    assert got["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn2_to_k"][0] == \
+        "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k"
+
+
+def test_compvis_and_bare_paths():
+    sd = {}
+    _lora(sd, "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q", 320, 320)
+    _lora(sd, "cond_stage_model.transformer.encoder.layers.0.self_attn.q_proj", 768, 768)  # old SD1 form
+    sd["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_A.weight"] = torch.randn(4, 768)
+    sd["down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.lora_B.weight"] = torch.randn(320, 4)
+    sd["base_model.model.up_blocks.1.attentions.0.proj_out.lora_A.weight"] = torch.randn(4, 1280, 1, 1)
+    sd["base_model.model.up_blocks.1.attentions.0.proj_out.lora_B.weight"] = torch.randn(1280, 4, 1, 1)
+    modules, skipped = group_modules(sd, {})
+    assert not skipped
+    layers = {m.layer for m in modules.values()}
+    assert layers == {"model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q",
+                      "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj",
+                      "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn2.to_k",
+                      "model.diffusion_model.output_blocks.3.1.proj_out"}
+
+
+def test_block_slots_worked_example():
+    sd = {}
+    _lora(sd, "lora_unet_up_blocks_1_attentions_2_transformer_blocks_0_attn2_to_k", 1280, 768)
+    _lora(sd, "lora_unet_time_embedding_linear_2", 1280, 1280)
+    modules, _ = group_modules(sd, {})
+    m = modules["lora_unet_up_blocks_1_attentions_2_transformer_blocks_0_attn2_to_k"]
+    assert m.layer == "model.diffusion_model.output_blocks.5.1.transformer_blocks.0.attn2.to_k" and m.slot == 19
+    assert modules["lora_unet_time_embedding_linear_2"].slot is None
+
+
+def test_alpha_scale_and_dora_fields():
+    sd = {}
+    _lora(sd, "lora_te_text_model_encoder_layers_0_mlp_fc1", 3072, 768, alpha=8.0)
+    _lora(sd, "lora_te_text_model_encoder_layers_0_mlp_fc2", 768, 3072, alpha=0.0)
+    _lora(sd, "lora_te_text_model_encoder_layers_1_mlp_fc2", 768, 3072)
+    sd["lora_te_text_model_encoder_layers_1_mlp_fc2.scale"] = torch.tensor(0.25, dtype=torch.float16)
+    sd["lora_te_text_model_encoder_layers_1_mlp_fc2.dora_scale"] = torch.ones(768, 1)
+    sd["lora_unet_down_blocks_0_attentions_0_proj_in.oft_blocks"] = torch.zeros(80, 4, 4)
+    sd["lora_unet_down_blocks_0_attentions_0_proj_in.alpha"] = torch.tensor(0.0)
+    sd["oft_unet_down_blocks_0_attentions_0_proj_out.oft_blocks"] = torch.zeros(80, 4, 4)
+    sd["oft_unet_down_blocks_0_attentions_0_proj_out.alpha"] = torch.tensor(1e-3)
+    modules, skipped = group_modules(sd, {"ss_base_model_version": "sd_v1"})
+    assert not skipped
+    m = modules["lora_te_text_model_encoder_layers_0_mlp_fc1"]
+    assert isinstance(m.alpha, float) and m.alpha == 8.0 and m.scale is None and m.dora_scale is None
+    assert modules["lora_te_text_model_encoder_layers_0_mlp_fc2"].alpha is None  # 0 ⇒ unset
+    m = modules["lora_te_text_model_encoder_layers_1_mlp_fc2"]
+    assert m.alpha is None and m.scale == 0.25 and m.dora_scale.shape == (768, 1) and not m.peft_dora
+    assert modules["lora_unet_down_blocks_0_attentions_0_proj_in"].alpha == 0.0  # OFT: 0 = no constraint
+    oft = modules["oft_unet_down_blocks_0_attentions_0_proj_out"]
+    assert oft.algo == "oft" and oft.alpha == pytest.approx(1e-3)
+    assert oft.layer == "model.diffusion_model.input_blocks.1.1.proj_out"
+
+
+def test_peft_alpha_from_adapter_metadata_and_magnitude():
+    sd, md, _ = make_lora_with_targets("sd15", family="peft", algo="dora", rank=8, alpha=4)
+    cfg = json.loads(md["lora_adapter_metadata"])
+    assert cfg["unet.lora_alpha"] == 4
+    modules, skipped = group_modules(sd, md)
+    assert not skipped
+    for m in modules.values():
+        assert m.alpha == 4.0 and m.peft_dora
+        out = m.tensors["lora_up.weight"].shape[0]
+        assert m.dora_scale.shape[0] == out and m.dora_scale.numel() == out  # reshaped to output axis
+        assert "lora_magnitude_vector" not in m.tensors
+    conv = [m for m in modules.values() if m.tensors["lora_down.weight"].dim() == 4]
+    assert conv and all(m.dora_scale.shape[1:] == (1, 1, 1) for m in conv)
+    # plain keys, alpha_pattern and rsLoRA
+    md2 = {"lora_adapter_metadata": json.dumps({"r": 8, "lora_alpha": 16, "use_rslora": True,
+                                                "alpha_pattern": {"attn2.to_k": 2}})}
+    modules, _ = group_modules(sd, md2)
+    for k, m in modules.items():
+        base = 2 if k.endswith("attn2.to_k") else 16
+        assert m.alpha == pytest.approx(base * math.sqrt(8))
+    # no metadata ⇒ scale 1 (alpha None)
+    modules, _ = group_modules(sd, {})
+    assert all(m.alpha is None for m in modules.values())
+
+
+def test_old_diffusers_formats_names():
+    sd, md, targets = make_lora_with_targets("sd15", family="diffusers_old")
+    keys = set(sd)
+    assert any(".processor.to_k_lora.down.weight" in k for k in keys)
+    assert any(k.startswith("text_encoder.") and ".self_attn.to_q_lora.up.weight" in k for k in keys)
+    assert any(".mlp.fc1.lora_linear_layer.down.weight" in k for k in keys)
+    assert any(k.endswith(".proj_in.lora.down.weight") for k in keys)
+    assert split_key("unet.mid_block.attentions.0.transformer_blocks.0.attn1.processor.to_out_lora.up.weight")[1] == \
+        "unet.mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0"
+
+
+def test_unknown_keys_are_reported_not_guessed():
+    sd = {}
+    _lora(sd, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q", 320, 320)
+    _lora(sd, "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn9_to_q", 320, 320)  # no such layer
+    sd["lora_unet_down_blocks_0_attentions_0_proj_in.lambda_layer"] = torch.ones(4)  # T-LoRA extra
+    _lora(sd, "lora_unet_down_blocks_0_attentions_0_proj_in", 320, 320)
+    sd["lora_unet_down_blocks_0_attentions_0_proj_out.weird_thing"] = torch.ones(1)
+    sd["model_ema.decay"] = torch.tensor(0.9)
+    modules, skipped = group_modules(sd, {"ss_base_model_version": "sd_v1"})
+    assert list(modules) == ["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"]
+    reasons = dict(skipped)
+    assert "no matching SD1 layer" in reasons["lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn9_to_q.lora_up.weight"]
+    assert "lambda_layer" in reasons["lora_unet_down_blocks_0_attentions_0_proj_in.lora_down.weight"]
+    assert "unknown algorithm" in reasons["lora_unet_down_blocks_0_attentions_0_proj_out.weird_thing"]
+    assert "not a LoRA" in reasons["model_ema.decay"]
+
+
+def test_fallback_detection_agrees_with_algos():
+    from lib_lora.algos import detect_algo
+
+    cases = [{"lora_up.weight", "lora_down.weight"}, {"hada_w1_a", "hada_w1_b"}, {"weight", "on_input"},
+             {"lokr_w1", "lokr_w2"}, {"lokr_w1_a", "lokr_w1_b", "lokr_w2"}, {"diff", "diff_b"}, {"w_norm"},
+             {"b_norm"}, {"oft_blocks"}, {"oft_diag"}, {"a1.weight", "a2.weight"}, {"foo"},
+             {"lora_up.weight", "hada_w1_a"}]
+    for c in cases:
+        assert _fallback_detect_algo(c) == detect_algo(c), c
+
+
+def test_unknown_arch_resolves_with_best_matching_names():
+    sd = {}
+    _lora(sd, "lora_unet_mid_block_resnets_0_conv1", 1280, 1280)  # no arch clue in names or widths
+    assert arch.detect_arch_raw(sd) == "unknown"
+    modules, skipped = group_modules(sd, {})
+    assert not skipped
+    assert modules["lora_unet_mid_block_resnets_0_conv1"].layer == "model.diffusion_model.middle_block.0.in_layers.2"
