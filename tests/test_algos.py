@@ -90,6 +90,7 @@ LORA_CASES = {
     "linear_4d_factors": ((12, 10), (4, 10, 1, 1), (12, 4, 1, 1), None),
     "conv3x3": ((12, 10, 3, 3), (4, 10, 3, 3), (12, 4, 1, 1), None),
     "conv3x3_tucker": ((12, 10, 3, 3), (4, 10, 1, 1), (12, 4, 1, 1), (4, 4, 3, 3)),
+    "conv3x3_flat_down": ((12, 10, 3, 3), (4, 90), (12, 4), None),
 }
 
 
@@ -487,6 +488,15 @@ def test_missing_tensor_and_unknown_algo():
                       torch.zeros(4, 3))
     with pytest.raises(UnsupportedModule, match="tlora"):
         compute_delta(mk("tlora", {"lambda_layer": rnd(4)}), torch.zeros(4, 3))
+
+
+def test_glora_layout_mismatch_and_lokr_t1():
+    t = {"a1.weight": rnd(10, 2), "a2.weight": rnd(2, 10), "b1.weight": rnd(12, 2), "b2.weight": rnd(2, 10)}
+    with pytest.raises(LoraStudioError, match="neither GLoRA layout"):
+        compute_delta(mk("glora", t, alpha=1.0), torch.zeros(12, 768))
+    t = {"lokr_w1": rnd(3, 2), "lokr_t1": rnd(2, 2, 3, 3), "lokr_w2": rnd(4, 5, 3, 3)}
+    with pytest.raises(UnsupportedModule, match="lokr_t1"):
+        compute_delta(mk("lokr", t), torch.zeros(12, 10, 3, 3))
 
 
 def test_qkv_slice_base_weight():

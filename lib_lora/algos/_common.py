@@ -92,11 +92,7 @@ def tucker(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
         raise LoraStudioError(
             f"Tucker core {tuple(t.shape)} does not match its factors {tuple(wa.shape)} and {tuple(wb.shape)}; the file is corrupt"
         )
-    k = t.shape[2:]
-    # contract the smaller rank axis first: (i,j,k) → (p,j,k) → (p,q,k)
-    tp = (wa.t() @ t.reshape(r1, -1)).reshape(wa.shape[1], r2, -1)  # (p, j, K)
-    out = torch.einsum("pjk,jq->pqk", tp, wb)
-    return out.reshape(wa.shape[1], wb.shape[1], *k)
+    return torch.einsum("ij...,ip,jq->pq...", t, wa, wb)
 
 
 def dora_tensor(module) -> Optional[torch.Tensor]:

@@ -72,9 +72,10 @@ def delta(module, base_weight: torch.Tensor, base_bias=None, dyn=None):
     else:
         r = cayley(skew(blocks, _num(module.alpha), out_dim, is_kohya(module)))
     W = f32(base_weight, dev)
-    wb = W.reshape(n, bs, -1)
-    new = torch.matmul(r.transpose(1, 2), wb).reshape(W.shape)
+    eye = torch.eye(bs, device=dev, dtype=torch.float32)
+    # ΔW = (R − I)ᵀ·W blockwise: no W-sized subtraction, and exact for tiny rotations
+    d = torch.matmul((r - eye).transpose(1, 2), W.reshape(n, bs, -1)).reshape(W.shape)
     s = _rescale(module, dev, out_dim, W.dim())
     if s is not None:
-        new.mul_(s)
-    return new.sub_(W), None
+        d.mul_(s).add_(W * (s - 1))  # s·RᵀW − W
+    return d, None
