@@ -1,0 +1,293 @@
+"""The loaded model as seen by the patcher: canonical layer name → live tensors (ARCHITECTURE.md).
+
+One mapping layer for every source (A1111 `sd_model`, diffusers + transformers objects, a checkpoint
+state dict). Everything downstream speaks canonical compvis names only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+_UNET = "model.diffusion_model."
+_TE_ROOTS = ("cond_stage_model.", "conditioner.embedders.")
+_ROOTS = (_UNET,) + _TE_ROOTS
+_LEAF_TYPES = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
+# Old SD1 checkpoints (and A1111's hijacked CLIP) lack the `text_model.` segment.
+_TEXT_MODEL_FIX = re.compile(r"^((?:cond_stage_model|conditioner\.embedders\.\d+)\.transformer\.)"
+                             r"(?!text_model\.)(encoder\.|embeddings\.|final_layer_norm)")
+
+
+@dataclass
+class LayerRef:
+    """Live tensors of one canonical layer; the patcher writes into them in place.
+
+    `weight`/`bias` are the tensors themselves (Parameters or state-dict tensors). A fused OpenCLIP
+    attention keeps `in_proj_weight` as `weight`; a split one (diffusers/transformers CLIP) has
+    `weight` None and three (weight, bias) pairs in `parts` (q, k, v).
+    """
+
+    name: str
+    weight: torch.Tensor | None
+    bias: torch.Tensor | None = None
+    fused: bool = False
+    parts: list = field(default_factory=list)
+
+    # -- the patcher's view: a layer is one or more "parts", each a live weight (+ bias) ---------
+    def part_tensors(self) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+        if self.parts:
+            return list(self.parts)
+        return [(self.weight, self.bias)]
+
+    @property
+    def is_qkv(self) -> bool:
+        return self.fused or bool(self.parts)
+
+    def qkv_width(self) -> int:
+        if self.parts:
+            return self.parts[0][0].shape[0]
+        return self.weight.shape[0] // 3
+
+    def locate(self, qkv: int | None) -> list[tuple[int, slice, slice]]:
+        """Where a module's delta lands: [(part index, rows in the part, rows in the delta)]."""
+        full = slice(None)
+        if qkv is None:
+            if self.parts:  # a whole-in_proj delta split over q, k, v
+                c = self.qkv_width()
+                return [(i, full, slice(i * c, (i + 1) * c)) for i in range(3)]
+            return [(0, full, full)]
+        if not self.is_qkv:
+            raise ValueError(f"layer {self.name} has no q/k/v slices")
+        if self.parts:
+            return [(qkv, full, full)]
+        c = self.qkv_width()
+        return [(0, slice(qkv * c, (qkv + 1) * c), full)]
+
+    def qkv_rows(self, i: int) -> torch.Tensor:
+        """Live rows of q (0), k (1) or v (2): a view of `in_proj_weight` or the separate Linear."""
+        part, rows, _ = self.locate(i)[0]
+        return self.part_tensors()[part][0][rows]
+
+    def qkv_bias(self, i: int) -> torch.Tensor | None:
+        part, rows, _ = self.locate(i)[0]
+        b = self.part_tensors()[part][1]
+        return None if b is None else b[rows]
+
+    def target_shape(self, qkv: int | None) -> torch.Size:
+        if qkv is None:
+            if self.parts:
+                w = self.parts[0][0]
+                return torch.Size((3 * w.shape[0],) + tuple(w.shape[1:]))
+            return self.weight.shape
+        return self.qkv_rows(qkv).shape
+
+
+class Host:
+    """Canonical layer name → LayerRef, plus the model family (`arch`)."""
+
+    def __init__(self, layers: dict[str, LayerRef], arch: str | None = None):
+        self.layers = layers
+        self.arch = arch or detect_host_arch(layers)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.layers
+
+    def __getitem__(self, name: str) -> LayerRef:
+        return self.layers[name]
+
+    def get(self, name: str) -> LayerRef | None:
+        return self.layers.get(name)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def _first(self) -> torch.Tensor | None:
+        for ref in self.layers.values():
+            return ref.part_tensors()[0][0]
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        t = self._first()
+        return t.device if t is not None else torch.device("cpu")
+
+    @property
+    def dtype(self) -> torch.dtype:
+        t = self._first()
+        return t.dtype if t is not None else torch.float32
+
+    # -- constructors ---------------------------------------------------------------------------
+    @classmethod
+    def from_named_modules(cls, pairs, arch: str | None = None) -> "Host":
+        """From `(name, module)` pairs with A1111 module names (`.wrapped` segments allowed)."""
+        layers: dict[str, LayerRef] = {}
+        for name, mod in pairs:
+            canon = canonical_name(name)
+            if canon is None:
+                continue
+            ref = _ref_of_module(canon, mod)
+            if ref is not None and canon not in layers:
+                layers[canon] = ref
+        return cls(layers, arch)
+
+    @classmethod
+    def from_a1111(cls, sd_model) -> "Host":
+        """From a loaded A1111/ldm/sgm `sd_model` (U-Net, cond_stage_model or conditioner)."""
+        return cls.from_named_modules(sd_model.named_modules())
+
+    @classmethod
+    def from_diffusers(cls, unet=None, text_encoders=(), arch: str | None = None) -> "Host":
+        """From a diffusers UNet2DConditionModel and transformers CLIPTextModel(WithProjection)s."""
+        from lib_lora.keys import diffusers_to_compvis
+
+        arch = arch or _diffusers_arch(unet, text_encoders)
+        layers: dict[str, LayerRef] = {}
+        if unet is not None:
+            for name, mod in unet.named_modules():
+                if not isinstance(mod, _LEAF_TYPES):
+                    continue
+                path = _compvis_unet_path(diffusers_to_compvis, name, arch)
+                ref = _ref_of_module(path, mod) if path else None
+                if ref is not None:
+                    layers[path] = ref
+        for i, te in enumerate(text_encoders):
+            if te is None:
+                continue
+            openclip = arch == "sd2" or (arch == "sdxl" and i == 1)
+            if arch == "sdxl":
+                root = f"conditioner.embedders.{i}."
+            else:
+                root = "cond_stage_model."
+            if openclip:
+                layers.update(_openclip_from_hf(te, root + "model.transformer.resblocks."))
+            else:
+                for name, mod in te.named_modules():
+                    if isinstance(mod, _LEAF_TYPES) and name.startswith("text_model."):
+                        canon = root + "transformer." + name
+                        layers[canon] = _ref_of_module(canon, mod)
+        return cls(layers, arch)
+
+    @classmethod
+    def from_state_dict(cls, sd: dict[str, torch.Tensor], arch: str | None = None) -> "Host":
+        """From a checkpoint state dict (`<layer>.weight`, fused `<layer>.in_proj_weight`).
+
+        The LayerRefs hold the dict's own tensors, so patching edits the dict in place.
+        """
+        layers: dict[str, LayerRef] = {}
+        for key, t in sd.items():
+            if not key.startswith(_ROOTS) or not torch.is_tensor(t) or not t.is_floating_point():
+                continue
+            if key.endswith(".in_proj_weight"):
+                base = key[: -len(".in_proj_weight")]
+                layers[_fix_text_model(base)] = LayerRef(_fix_text_model(base), t,
+                                                         sd.get(base + ".in_proj_bias"), fused=True)
+            elif key.endswith(".weight"):
+                base = key[: -len(".weight")]
+                canon = _fix_text_model(base)
+                layers[canon] = LayerRef(canon, t, sd.get(base + ".bias"))
+        return cls(layers, arch)
+
+
+# -- names ----------------------------------------------------------------------------------------
+def _fix_text_model(name: str) -> str:
+    return _TEXT_MODEL_FIX.sub(r"\1text_model.\2", name)
+
+
+def canonical_name(name: str) -> str | None:
+    """A1111 module name → canonical layer name, or None when it is not a U-Net/TE layer."""
+    parts = [p for p in name.split(".") if p != "wrapped"]
+    name = ".".join(parts)
+    if not name.startswith(_ROOTS):
+        return None
+    return _fix_text_model(name)
+
+
+def _ref_of_module(canon: str, mod) -> LayerRef | None:
+    if isinstance(mod, torch.nn.MultiheadAttention):
+        if mod.in_proj_weight is None:  # kdim != embed_dim: separate q/k/v weights (never in SD)
+            return None
+        return LayerRef(canon, mod.in_proj_weight, mod.in_proj_bias, fused=True)
+    if isinstance(mod, _LEAF_TYPES):
+        if getattr(mod, "weight", None) is None:
+            return None
+        return LayerRef(canon, mod.weight, getattr(mod, "bias", None))
+    return None
+
+
+def _compvis_unet_path(convert, name: str, arch: str) -> str | None:
+    try:
+        path = convert(name) if arch is None else _call_convert(convert, name, arch)
+    except (KeyError, ValueError):
+        return None
+    if not path:
+        return None
+    return path if path.startswith(_UNET) else _UNET + path
+
+
+def _call_convert(convert, name, arch):
+    try:
+        return convert(name, arch=arch)
+    except TypeError:  # converter without an arch argument
+        return convert(name)
+
+
+_HF_TO_OPENCLIP = {"self_attn.out_proj": "attn.out_proj", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
+                   "layer_norm1": "ln_1", "layer_norm2": "ln_2"}
+
+
+def _openclip_from_hf(te, root: str) -> dict[str, LayerRef]:
+    """transformers CLIP with OpenCLIP weights → canonical resblocks; q/k/v become the fused layer."""
+    layers: dict[str, LayerRef] = {}
+    mods = dict(te.named_modules())
+    pat = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.(.+)$")
+    for name, mod in mods.items():
+        m = pat.match(name)
+        if not m or not isinstance(mod, _LEAF_TYPES):
+            continue
+        n, rest = m.group(1), m.group(2)
+        if rest in _HF_TO_OPENCLIP:
+            canon = f"{root}{n}.{_HF_TO_OPENCLIP[rest]}"
+            layers[canon] = LayerRef(canon, mod.weight, mod.bias)
+        elif rest == "self_attn.q_proj":
+            pre = f"text_model.encoder.layers.{n}.self_attn."
+            qkv = [mods[pre + p] for p in ("q_proj", "k_proj", "v_proj")]
+            canon = f"{root}{n}.attn"
+            layers[canon] = LayerRef(canon, None, None, parts=[(x.weight, x.bias) for x in qkv])
+    return layers
+
+
+# -- architecture ---------------------------------------------------------------------------------
+_CONTEXT_ARCH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+
+
+def detect_host_arch(layers: dict[str, LayerRef]) -> str:
+    """"sd1" / "sd2" / "sdxl" / "unknown" from the layers present."""
+    names = layers.keys()
+    if any(n.startswith("conditioner.embedders.") for n in names):
+        return "sdxl"
+    if any(n.startswith("cond_stage_model.model.transformer.") for n in names):
+        return "sd2"
+    if any(n.startswith("cond_stage_model.transformer.") for n in names):
+        return "sd1"
+    for n, ref in layers.items():  # U-Net only: cross-attention width settles it
+        if n.endswith(".attn2.to_k") and ref.weight is not None:
+            return _CONTEXT_ARCH.get(ref.weight.shape[1], "unknown")
+    if any(n.startswith(_UNET + "label_emb.") for n in names):
+        return "sdxl"
+    return "unknown"
+
+
+def _diffusers_arch(unet, text_encoders) -> str:
+    if unet is not None:
+        for name, mod in unet.named_modules():
+            if name.endswith("attn2.to_k") and isinstance(mod, torch.nn.Linear):
+                return _CONTEXT_ARCH.get(mod.in_features, "unknown")
+    tes = [t for t in text_encoders if t is not None]
+    if len(tes) == 2:
+        return "sdxl"
+    if tes:
+        width = getattr(getattr(tes[0], "config", None), "hidden_size", 768)
+        return "sd2" if width == 1024 else "sd1"
+    return "unknown"

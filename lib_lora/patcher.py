@@ -1,0 +1,307 @@
+"""Merge LoRA deltas into the live weights, exactly reversibly (a1111_integration.md §4 rules c–f).
+
+Every touched layer holds W0 + Σ mᵢ·ΔWᵢ, computed in fp32 on the weight's device from the exact backup W0
+and written with one cast. A layer is rewritten only when its contribution set (network, module, dyn,
+effective multiplier — which folds te/unet, block vector and start/stop gate) changed; a layer that is
+no longer touched gets its backup copied back (never subtracted). No forward hooks: sampling runs on
+plain weights.
+
+Backups are exact clones (same dtype) on `backup_device`, by default the CPU: they are needed only when
+a layer changes, and on a GPU they would cost as much memory as the touched weights (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from lib_lora.delta_cache import DeltaCache, network_identity
+from lib_lora.errors import ArchitectureMismatch
+
+ARCH_LABEL = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
+DEFAULT_CACHE_BYTES = 1 << 30
+
+
+@dataclass
+class ActiveLora:
+    network: object
+    te: float = 1.0
+    unet: float = 1.0
+    blocks: list | None = None     # 26 slots, None = all 1
+    dyn: int | None = None
+    start: int | None = None       # 1-based sampling steps, prompt_syntax.md §2
+    stop: int | None = None
+    listed: list | None = None     # 26 bools: slots the user's weight format listed (blocks.md §2.5)
+
+    @property
+    def gated(self) -> bool:
+        return self.start is not None or self.stop is not None
+
+
+@dataclass
+class LoraReport:
+    name: str
+    applied: int = 0                # modules merged with a non-zero multiplier
+    zero: int = 0                   # modules at multiplier 0 (block weight 0 or gated off)
+    outside: int = 0                # U-Net modules outside the block table (unet multiplier only)
+    skipped: list = field(default_factory=list)   # (module key, reason)
+    slots_used: set = field(default_factory=set)
+    unlisted: list = field(default_factory=list)  # used slots the weight format did not list
+    notes: list = field(default_factory=list)     # (module key, note): applied, with a caveat
+    error: str | None = None
+
+
+@dataclass
+class ApplyReport:
+    loras: list = field(default_factory=list)
+    layers_written: int = 0
+    layers_restored: int = 0
+    layers_kept: int = 0
+    deltas_computed: int = 0
+    cache_hits: int = 0
+    seconds: dict = field(default_factory=dict)
+
+    @property
+    def errors(self) -> list[str]:
+        return [r.error for r in self.loras if r.error]
+
+
+def gated_off(active: ActiveLora, step: int | None) -> bool:
+    """LBW rule on the 0-based sampling step: off while step ≤ start−2, and once step > stop−2."""
+    if step is None:
+        return False
+    if active.start is not None and step <= active.start - 2:
+        return True
+    return active.stop is not None and step > active.stop - 2
+
+
+def effective_multiplier(active: ActiveLora, module, step: int | None = None) -> float:
+    """prompt_syntax.md §3: te×w[BASE] for the text encoder, unet×w[block] in the table, unet outside."""
+    slot = _slot(module)
+    if _is_te(module):
+        return float(active.te) * (1.0 if active.blocks is None else float(active.blocks[0]))
+    if gated_off(active, step):
+        return 0.0
+    if slot is None or active.blocks is None:
+        return float(active.unet)
+    return float(active.unet) * float(active.blocks[slot])
+
+
+def _slot(module):
+    slot = getattr(module, "slot", None)
+    if slot is None and not hasattr(module, "slot"):
+        from lib_lora.blocks import slot_of_layer
+        slot = slot_of_layer(module.layer)
+    return slot
+
+
+def _is_te(module) -> bool:
+    is_te = getattr(module, "is_te", None)
+    if is_te is None:
+        return module.layer.startswith(("cond_stage_model.", "conditioner."))
+    return bool(is_te)
+
+
+class Patcher:
+    def __init__(self, host, cache_bytes: int = DEFAULT_CACHE_BYTES, backup_device="cpu", compute=None):
+        self.host = host
+        self.cache = DeltaCache(cache_bytes)
+        self.backup_device = torch.device(backup_device) if backup_device is not None else None
+        self._compute = compute
+        self._backups: dict[str, list] = {}     # layer → [(w0, b0)] per part, exact clones
+        self._current: dict[str, tuple] = {}    # layer → signature of what it holds now
+        self._failed: dict[tuple, str] = {}     # (network id, module key, dyn) → reason
+        self._actives: list = []
+        self._step: int | None = None
+
+    # -- public -----------------------------------------------------------------------------------
+    def apply(self, actives, step: int | None = None) -> ApplyReport:
+        """Make the model hold exactly `actives` (replaces the previous state). `step`: 0-based
+        sampling step for start=/stop= gating; None = ungated (bake, conditioning)."""
+        t0 = time.perf_counter()
+        rep = ApplyReport()
+        plan = self._plan(list(actives), step, rep)
+        t1 = time.perf_counter()
+        compute_s = [0.0]
+        with torch.no_grad():
+            for layer in [n for n in self._current if n not in plan]:
+                self._restore_layer(layer)
+                rep.layers_restored += 1
+            t2 = time.perf_counter()
+            for layer, contribs in plan.items():
+                sig = tuple(c[:5] for c in contribs)
+                if self._current.get(layer) == sig:
+                    rep.layers_kept += 1
+                    continue
+                self._write_layer(layer, contribs, rep, compute_s)
+                self._current[layer] = sig
+                rep.layers_written += 1
+        t3 = time.perf_counter()
+        self._actives, self._step = list(actives), step
+        rep.seconds = {"plan": t1 - t0, "restore": t2 - t1, "deltas": compute_s[0],
+                       "write": t3 - t2 - compute_s[0], "total": t3 - t0}
+        return rep
+
+    def set_step(self, step: int) -> ApplyReport | None:
+        """Switch U-Net deltas of start=/stop= LoRAs; only layers whose multiplier changes are touched."""
+        if step == self._step or not any(a.gated for a in self._actives):
+            self._step = step
+            return None
+        return self.apply(self._actives, step=step)
+
+    def restore(self) -> None:
+        """Bit-exact originals everywhere (backups kept for the next apply)."""
+        with torch.no_grad():
+            for layer in list(self._current):
+                self._restore_layer(layer)
+        self._actives, self._step = [], None
+
+    def forget(self, host=None) -> None:
+        """The model was (re)loaded: drop backups, state and deltas without touching weights."""
+        self._backups.clear()
+        self._current.clear()
+        self._failed.clear()
+        self.cache.clear()
+        self._actives, self._step = [], None
+        if host is not None:
+            self.host = host
+
+    @property
+    def patched_layers(self) -> list[str]:
+        return list(self._current)
+
+    # -- planning ---------------------------------------------------------------------------------
+    def _plan(self, actives, step, rep: ApplyReport) -> dict[str, list]:
+        plan: dict[str, list] = {}
+        host_arch = getattr(self.host, "arch", "unknown")
+        for active in actives:
+            net = active.network
+            lr = LoraReport(getattr(net, "name", "?"))
+            rep.loras.append(lr)
+            net_arch = getattr(net, "arch", "unknown") or "unknown"
+            if net_arch != "unknown" and host_arch not in (None, "unknown") and net_arch != host_arch:
+                lr.error = str(ArchitectureMismatch(
+                    f"LoRA `{lr.name}` is {ARCH_LABEL.get(net_arch, net_arch)}, the model is "
+                    f"{ARCH_LABEL.get(host_arch, host_arch)}; use a LoRA made for this model family"))
+                continue
+            ident = network_identity(net)
+            for key, mod in net.modules.items():
+                ref = self.host.get(mod.layer)
+                if ref is None:
+                    lr.skipped.append((key, f"layer {mod.layer} is not in the model"))
+                    continue
+                qkv = getattr(mod, "qkv", None)
+                if qkv is not None and not ref.is_qkv:
+                    lr.skipped.append((key, f"layer {mod.layer} has no fused q/k/v"))
+                    continue
+                fail = self._failed.get((ident, key, active.dyn))
+                if fail:
+                    lr.skipped.append((key, fail))
+                    continue
+                slot = _slot(mod)
+                if slot is None:
+                    lr.outside += 1
+                else:
+                    lr.slots_used.add(slot)
+                m = effective_multiplier(active, mod, step)
+                if m == 0.0:
+                    lr.zero += 1
+                    continue
+                plan.setdefault(mod.layer, []).append((ident, key, qkv, active.dyn, m, mod, lr))
+                lr.applied += 1
+            if active.listed is not None:
+                lr.unlisted = sorted(s for s in lr.slots_used if not active.listed[s])
+        return plan
+
+    # -- writing ----------------------------------------------------------------------------------
+    def _backup(self, layer: str, ref) -> list:
+        b = self._backups.get(layer)
+        if b is None:
+            dev = self.backup_device
+            b = [(w.detach().to(dev if dev is not None else w.device, copy=True),
+                  None if bias is None else bias.detach().to(dev if dev is not None else bias.device, copy=True))
+                 for w, bias in ref.part_tensors()]
+            self._backups[layer] = b
+        return b
+
+    def _restore_layer(self, layer: str) -> None:
+        ref = self.host.get(layer)
+        backups = self._backups.get(layer)
+        if ref is not None and backups is not None:
+            for (w, bias), (w0, b0) in zip(ref.part_tensors(), backups):
+                w.copy_(w0)
+                if bias is not None and b0 is not None:
+                    bias.copy_(b0)
+        self._current.pop(layer, None)
+
+    def _write_layer(self, layer: str, contribs: list, rep: ApplyReport, compute_s: list) -> None:
+        ref = self.host[layer]
+        parts = ref.part_tensors()
+        backups = self._backup(layer, ref)
+        # fp32 working copies of W0 on the weight's device; they double as the algos' base weight.
+        acc_w = [w0.to(w.device, torch.float32, copy=True) for (w, _), (w0, _) in zip(parts, backups)]
+        acc_b = [None if b0 is None else b0.to(b.device, torch.float32, copy=True)
+                 for (_, b), (_, b0) in zip(parts, backups)]
+        deltas = []
+        for ident, key, qkv, dyn, m, mod, lr in contribs:
+            t = time.perf_counter()
+            delta = self._delta(ident, key, dyn, mod, ref, qkv, acc_w, acc_b, rep, lr)
+            compute_s[0] += time.perf_counter() - t
+            if delta is not None:
+                deltas.append((qkv, m, delta))
+        for qkv, m, delta in deltas:  # one fp32 accumulation per layer ...
+            for part, rows, drows in ref.locate(qkv):
+                if delta.weight is not None:
+                    acc_w[part][rows].add_(delta.weight[drows], alpha=m)
+                if delta.bias is not None and acc_b[part] is not None:
+                    acc_b[part][rows].add_(delta.bias[drows], alpha=m)
+        for (w, b), aw, ab in zip(parts, acc_w, acc_b):  # ... and one cast
+            w.copy_(aw)
+            if b is not None and ab is not None:
+                b.copy_(ab)
+
+    def _delta(self, ident, key, dyn, mod, ref, qkv, acc_w, acc_b, rep, lr):
+        ckey = (ident, key, dyn)
+        delta = self.cache.get(ckey)
+        if delta is not None:
+            rep.cache_hits += 1
+            return delta
+        if qkv is None and not ref.parts:
+            base_w, base_b = acc_w[0], acc_b[0]
+        else:
+            pieces = ref.locate(qkv)
+            base_w = torch.cat([acc_w[p][r] for p, r, _ in pieces]) if len(pieces) > 1 else acc_w[pieces[0][0]][pieces[0][1]]
+            bs = [acc_b[p] for p, _, _ in pieces]
+            base_b = None if any(b is None for b in bs) else (
+                torch.cat([b[r] for b, (_, r, _) in zip(bs, pieces)]) if len(pieces) > 1 else bs[0][pieces[0][1]])
+        try:
+            delta = self._compute_fn()(mod, base_w, base_b, dyn=dyn)
+            if delta.bias is not None and base_b is None:
+                # A1111 would add a bias Parameter; we never change the module structure.
+                delta = type(delta)(delta.weight, None)
+                lr.notes.append((key, "bias difference ignored: the layer has no bias"))
+            _check_shape(delta, base_w, base_b)
+        except Exception as exc:  # one bad module never stops the others
+            reason = f"cannot apply: {exc}"
+            self._failed[ckey] = reason
+            lr.skipped.append((key, reason))
+            lr.applied -= 1
+            return None
+        rep.deltas_computed += 1
+        self.cache.put(ckey, delta)
+        return delta
+
+    def _compute_fn(self):
+        if self._compute is None:
+            from lib_lora.algos import compute_delta
+            self._compute = compute_delta
+        return self._compute
+
+
+def _check_shape(delta, base_w, base_b) -> None:
+    if delta.weight is not None and tuple(delta.weight.shape) != tuple(base_w.shape):
+        raise ValueError(f"delta shape {tuple(delta.weight.shape)} does not match weight {tuple(base_w.shape)}")
+    if delta.bias is not None and (base_b is None or tuple(delta.bias.shape) != tuple(base_b.shape)):
+        raise ValueError("bias delta does not match the layer's bias")

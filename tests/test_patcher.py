@@ -1,0 +1,233 @@
+"""Patcher: exact restore, reference equality, cache rescale, fused q/k/v, arch refusal, gating."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from lib_lora.host import Host
+from lib_lora.patcher import ActiveLora, Patcher
+from tests.engine_helpers import SD15_LAYERS, make_net, reference_weights, snapshot, tol
+from tests.models import bits, build_model, model_state, same_state
+
+ALGO_SPECS = [  # (name, factory kwargs)
+    ("lora", dict(algo="lora", rank=8)),
+    ("locon", dict(algo="locon", rank=4, family="lycoris")),
+    ("loha", dict(algo="loha", rank=4, family="lycoris")),
+    ("lokr", dict(algo="lokr", rank=4, family="lycoris")),
+    ("ia3", dict(algo="ia3", family="lycoris")),
+    ("full", dict(algo="full", family="lycoris")),
+    ("norm", dict(algo="norm", family="lycoris")),
+    ("dora", dict(algo="dora", rank=4, family="lycoris")),
+    ("glora", dict(algo="glora", rank=4, family="lycoris")),
+    ("oft", dict(algo="oft", rank=8, family="lycoris")),
+    ("boft", dict(algo="boft", rank=8, family="lycoris")),
+    ("peft", dict(algo="lora", rank=4, family="peft")),
+]
+
+
+@pytest.fixture(scope="module")
+def nets(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("nets")
+    layers = set(SD15_LAYERS)
+    out = {}
+    for i, (name, kw) in enumerate(ALGO_SPECS):
+        out[name] = make_net(tmp, name, layers=lambda layer: layer in layers, seed=i, **kw)
+        assert out[name].modules, name
+    return out
+
+
+def _model(dtype):
+    root = build_model("sd15", include=SD15_LAYERS, dtype=dtype, seed=1)
+    return root, Host.from_named_modules(root.named_modules())
+
+
+def _random_active(rng: random.Random, nets) -> ActiveLora:
+    name = rng.choice(sorted(nets))
+    te = rng.choice([0.0, 1.0, rng.uniform(-1.5, 2.0)])
+    unet = rng.choice([te, 1.0, rng.uniform(-1.5, 2.0)])
+    blocks = None if rng.random() < 0.4 else [rng.choice([0.0, 1.0, round(rng.uniform(-1, 2), 3)]) for _ in range(26)]
+    dyn = rng.choice([None, None, 2]) if name in ("lora", "locon") else None
+    start = rng.choice([None, None, 2, 5])
+    stop = rng.choice([None, None, 4, 9])
+    return ActiveLora(nets[name], te=te, unet=unet, blocks=blocks, dyn=dyn, start=start, stop=stop)
+
+
+def _check_reference(host, originals, actives, step, dtype):
+    ref = reference_weights(originals, actives, step)
+    for layer, (w0, b0) in originals.items():
+        live = host[layer]
+        want_w, want_b = ref.get(layer, (w0, b0))
+        torch.testing.assert_close(live.weight.float(), want_w.float(), **tol(dtype), msg=layer)
+        if b0 is not None:
+            torch.testing.assert_close(live.bias.float(), want_b.float(), **tol(dtype), msg=layer)
+        if layer not in ref:  # untouched layers are bit-exact originals
+            assert torch.equal(bits(live.weight), bits(w0)), layer
+
+
+@pytest.mark.parametrize("dtype,cycles", [(torch.float32, 1000), (torch.float16, 1000), (torch.bfloat16, 1000)])
+def test_random_cycles_end_bit_exact(nets, dtype, cycles):
+    root, host = _model(dtype)
+    original = model_state(root)
+    originals = snapshot(host)
+    patcher = Patcher(host, cache_bytes=64 << 20)
+    rng = random.Random(int(dtype.itemsize) * 7 + 3)
+    actives: list = []
+    for cycle in range(cycles):
+        op = rng.random()
+        if op < 0.3 and actives:
+            actives.pop(rng.randrange(len(actives)))                 # remove one
+        elif op < 0.6 and actives:
+            actives[rng.randrange(len(actives))] = _random_active(rng, nets)  # change one
+        elif op < 0.95:
+            if len(actives) < 4:
+                actives.append(_random_active(rng, nets))           # add one
+        else:
+            patcher.restore()
+            actives = []
+            assert same_state(model_state(root), original), f"restore not exact at cycle {cycle}"
+        step = rng.choice([None, 0, 1, 3, 4, 8, 12])
+        rep = patcher.apply(actives, step=step)
+        assert not rep.errors
+        if cycle % 97 == 0 or cycle == cycles - 1:
+            _check_reference(host, originals, actives, step, dtype)
+    patcher.restore()
+    assert same_state(model_state(root), original)
+
+
+def test_weights_match_reference_every_algo(nets):
+    root, host = _model(torch.float32)
+    originals = snapshot(host)
+    actives = [ActiveLora(n, te=0.7, unet=-1.3) for n in nets.values()]
+    rep = Patcher(host).apply(actives)
+    assert not rep.errors and all(r.applied > 0 for r in rep.loras)
+    assert all(not r.skipped for r in rep.loras), [r.skipped for r in rep.loras if r.skipped]
+    _check_reference(host, originals, actives, None, torch.float32)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rescale_from_cache_equals_recompute(nets, dtype):
+    blocks_a = [1.0] * 26
+    blocks_b = [0.5 if i % 2 else 1.5 for i in range(26)]
+    r1, h1 = _model(dtype)
+    p1 = Patcher(h1)
+    first = p1.apply([ActiveLora(nets["lora"], 0.6, 0.6, blocks_a), ActiveLora(nets["dora"], 1.0, 0.8)])
+    assert first.deltas_computed > 0
+    again = p1.apply([ActiveLora(nets["lora"], 1.1, -0.4, blocks_b), ActiveLora(nets["dora"], 0.3, 1.7)])
+    assert again.deltas_computed == 0 and again.cache_hits > 0     # rescaled, not recomputed
+    r2, h2 = _model(dtype)
+    fresh = Patcher(h2).apply([ActiveLora(nets["lora"], 1.1, -0.4, blocks_b), ActiveLora(nets["dora"], 0.3, 1.7)])
+    assert fresh.deltas_computed > 0
+    assert same_state(model_state(r1), model_state(r2))
+
+
+def test_only_changed_layers_are_rewritten_and_removed_layers_restored_by_copy(nets):
+    root, host = _model(torch.float16)
+    original = model_state(root)
+    p = Patcher(host)
+    p.apply([ActiveLora(nets["locon"]), ActiveLora(nets["norm"])])
+    norm_layers = {m.layer for m in nets["norm"].modules.values()}
+    locon_layers = {m.layer for m in nets["locon"].modules.values()}
+    # A block change that only concerns OUT11 rewrites only the OUT11 layers.
+    blocks = [1.0] * 26
+    blocks[25] = 0.25
+    rep = p.apply([ActiveLora(nets["locon"], blocks=blocks), ActiveLora(nets["norm"])])
+    out11 = {m.layer for m in nets["locon"].modules.values() if m.slot == 25}
+    assert out11 and rep.layers_written == len(out11) and rep.layers_restored == 0
+    # Dropping the norm LoRA copies the exact originals back into its layers only.
+    rep = p.apply([ActiveLora(nets["locon"], blocks=blocks)])
+    assert rep.layers_restored == len(norm_layers - locon_layers) and rep.layers_written == len(norm_layers & locon_layers)
+    state = model_state(root)
+    for layer in norm_layers - locon_layers:
+        for k in (layer + ".weight", layer + ".bias"):
+            assert torch.equal(bits(state[k]), bits(original[k]))
+    p.restore()
+    assert same_state(model_state(root), original)
+
+
+def test_architecture_mismatch_refused_and_others_still_apply(tmp_path, nets):
+    root, host = _model(torch.float32)
+    xl = make_net(tmp_path, "xl", model="sdxl", algo="lora")
+    assert xl.arch == "sdxl" and host.arch == "sd1"
+    before = model_state(root)
+    rep = Patcher(host).apply([ActiveLora(xl)])
+    assert rep.errors == ["LoRA `xl` is SDXL, the model is SD1; use a LoRA made for this model family"]
+    assert rep.layers_written == 0 and same_state(model_state(root), before)
+    rep = Patcher(host).apply([ActiveLora(xl), ActiveLora(nets["lora"])])
+    assert len(rep.errors) == 1 and rep.loras[1].applied == len(nets["lora"].modules)
+
+
+def test_layers_missing_from_model_are_reported_not_fatal(tmp_path):
+    root, host = _model(torch.float32)
+    net = make_net(tmp_path, "wide", algo="lora")  # default factory pick: many layers this model lacks
+    rep = Patcher(host).apply([ActiveLora(net)])
+    r = rep.loras[0]
+    present = [m for m in net.modules.values() if m.layer in host]
+    assert r.applied == len(present) and len(r.skipped) == len(net.modules) - len(present) > 0
+    assert all("is not in the model" in why for _, why in r.skipped)
+
+
+def test_start_stop_switches_only_gated_unet_layers(nets):
+    root, host = _model(torch.float32)
+    originals = snapshot(host)
+    gated = ActiveLora(nets["lora"], te=1.0, unet=1.0, start=3)
+    plain = ActiveLora(nets["loha"], te=0.5, unet=0.5)
+    p = Patcher(host)
+    p.apply([gated, plain], step=0)
+    unet_layers = {m.layer for m in nets["lora"].modules.values() if not m.is_te}
+    te_layers = {m.layer for m in nets["lora"].modules.values() if m.is_te}
+    _check_reference(host, originals, [gated, plain], 0, torch.float32)
+    rep = p.set_step(1)                                                # 1-based step 2: still off
+    assert rep.layers_written == 0 and rep.layers_restored == 0
+    rep = p.set_step(2)                                                # 1-based step 3: on
+    assert rep.layers_written == len(unet_layers) and rep.layers_restored == 0
+    _check_reference(host, originals, [gated, plain], 2, torch.float32)
+    assert te_layers  # text-encoder part never gated
+    p.apply([ActiveLora(nets["lora"], stop=4)], step=2)
+    rep = p.set_step(3)                                                # 1-based step 4: off again
+    loha_only = {m.layer for m in nets["loha"].modules.values()}
+    assert rep.layers_written + rep.layers_restored == len(unet_layers)
+    _check_reference(host, originals, [ActiveLora(nets["lora"], stop=4)], 3, torch.float32)
+    assert loha_only
+
+
+def test_no_forward_hooks_and_forward_uses_plain_weights(nets):
+    root, host = _model(torch.float32)
+    Patcher(host).apply([ActiveLora(n) for n in nets.values()])
+    for _, mod in root.named_modules():
+        assert not mod._forward_hooks and not mod._forward_pre_hooks
+    assert not torch.nn.modules.module._global_forward_hooks
+    lin = root.get_submodule(SD15_LAYERS[0])
+    x = torch.randn(2, lin.in_features)
+    assert torch.equal(lin(x), torch.nn.functional.linear(x, lin.weight, lin.bias))
+
+
+def test_fused_qkv_slices_and_split_host_agree(tmp_path):
+    pick = ("conditioner.embedders.1.model.transformer.resblocks.0.attn",
+            "conditioner.embedders.1.model.transformer.resblocks.0.mlp.c_fc")
+    net = make_net(tmp_path, "te2", model="sdxl", algo="lora", layers=lambda l: l in pick)
+    assert sorted(m.qkv for m in net.modules.values() if m.qkv is not None) == [0, 1, 2]
+    root = build_model("sdxl", include=pick, seed=2)
+    host = Host.from_named_modules(root.named_modules())
+    assert host[pick[0]].fused and host.arch == "sdxl"
+    originals = snapshot(host)
+    a = ActiveLora(net, te=0.9)
+    Patcher(host).apply([a])
+    _check_reference(host, originals, [a], None, torch.float32)
+    # Only k: q and v rows stay bit-exact.
+    k_only = type(net)(**{**vars(net), "modules": {k: m for k, m in net.modules.items() if m.qkv in (1, None)}}) \
+        if hasattr(net, "__dataclass_fields__") else None
+    if k_only is None:
+        import copy
+        k_only = copy.copy(net)
+        k_only.modules = {k: m for k, m in net.modules.items() if m.qkv in (1, None)}
+    root2 = build_model("sdxl", include=pick, seed=2)
+    host2 = Host.from_named_modules(root2.named_modules())
+    Patcher(host2).apply([ActiveLora(k_only, te=0.9)])
+    w0 = originals[pick[0]][0]
+    live = host2[pick[0]].weight
+    assert torch.equal(live[:1280], w0[:1280]) and torch.equal(live[2560:], w0[2560:])
+    assert not torch.equal(live[1280:2560], w0[1280:2560])
+    torch.testing.assert_close(live[1280:2560], host[pick[0]].weight[1280:2560])
