@@ -49,9 +49,13 @@ def build_context():
     return ctx
 
 
+FAILED: dict = {}      # tab label → reason, for the last build (shown in the tab, kept for tests/logs)
+
+
 def on_ui_tabs():
     import gradio as gr
     ctx = build_context()
+    FAILED.clear()
     with gr.Blocks(analytics_enabled=False) as block:
         with gr.Tabs(elem_id="lora_studio_tabs"):
             for label, module, elem_id in tab_list():
@@ -60,5 +64,6 @@ def on_ui_tabs():
                         importlib.import_module(module).build(ctx)
                     except Exception as e:
                         traceback.print_exc()
+                        FAILED[label] = f"{type(e).__name__}: {e}"
                         gr.Markdown(f"**{label} is unavailable:** {type(e).__name__}: {e}")
     return [(block, "LoRA Studio", "lora_studio")]

@@ -70,3 +70,21 @@ def test_status_reports_last_activation():
     out = api.status()
     assert out["applied"][0]["modules"] == 7 and "path" not in out["applied"][0]
     ENGINE.last = Activation()
+
+
+def test_ui_tabs_build_inside_webui(tmp_path):
+    from tests.fake_webui.harness import FakeWebui
+    w = FakeWebui(tmp_path).start()
+    try:
+        from modules import script_callbacks, shared
+        shared.cmd_opts.disable_extension_access = True
+        tabs = script_callbacks.ui_tabs_callback()
+        assert [(t[1], t[2]) for t in tabs] == [("LoRA Studio", "lora_studio")]
+        from lora_studio_webui.tabs import FAILED
+        assert "Presets" not in FAILED, FAILED
+        from lora_studio_webui.tabs import build_context
+        ctx = build_context()
+        assert ctx.writes_allowed is False and ctx.presets is not None
+        assert ctx.lora_dirs[0] == w.lora_dir
+    finally:
+        w.close()

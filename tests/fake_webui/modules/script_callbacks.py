@@ -62,3 +62,10 @@ class CFGDenoiserParams:
 def cfg_denoiser_callback(params):
     for fn in list(callback_map["cfg_denoiser"]):
         fn(params)
+
+
+def ui_tabs_callback():
+    res = []
+    for fn in list(callback_map["ui_tabs"]):
+        res += fn() or []
+    return res
