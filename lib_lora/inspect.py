@@ -18,7 +18,7 @@ WEIGHT_DEPENDENT = ("ia3", "glora", "oft", "boft")
 
 
 def _mat(t: torch.Tensor) -> torch.Tensor:
-    return t.float().reshape(t.shape[0], -1)
+    return t.double().reshape(t.shape[0], -1)
 
 
 def _scale(module, rank: Optional[int]) -> float:
@@ -36,14 +36,14 @@ def _lora_norm(m) -> float:
     r = down.shape[0]
     d = _mat(down)
     if mid is not None:  # Tucker: fold the core into the down factor, (r, in·kh·kw)
-        d = torch.einsum("abhw,bi->aihw", mid.float(), d).reshape(mid.shape[0], -1)
+        d = torch.einsum("abhw,bi->aihw", mid.double(), d).reshape(mid.shape[0], -1)
     u = _mat(up)
     sq = float(((u.T @ u) * (d @ d.T)).sum().clamp_min(0))
     return _scale(m, r) * math.sqrt(sq)
 
 
 def _tucker(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("ijhw,ip,jq->pqhw", t.float(), wa.float(), wb.float())
+    return torch.einsum("ijhw,ip,jq->pqhw", t.double(), wa.double(), wb.double())
 
 
 def _loha_norm(m) -> float:
@@ -61,9 +61,9 @@ def _loha_norm(m) -> float:
 def _lokr_norm(m) -> float:
     """‖kron(A, B)‖_F = ‖A‖_F·‖B‖_F."""
     t = m.tensors
-    w1 = t["lokr_w1"].float() if "lokr_w1" in t else _mat(t["lokr_w1_a"]) @ _mat(t["lokr_w1_b"])
+    w1 = t["lokr_w1"].double() if "lokr_w1" in t else _mat(t["lokr_w1_a"]) @ _mat(t["lokr_w1_b"])
     if "lokr_w2" in t:
-        w2 = t["lokr_w2"].float()
+        w2 = t["lokr_w2"].double()
     elif "lokr_t2" in t:
         w2 = _tucker(t["lokr_t2"], t["lokr_w2_a"], t["lokr_w2_b"])
     else:
@@ -73,7 +73,7 @@ def _lokr_norm(m) -> float:
 
 
 def delta_norm(module) -> Optional[float]:
-    """Frobenius norm of a module's ΔW at multiplier 1, or None when it needs the model weight."""
+    """Frobenius norm of a module's ΔW at multiplier 1 (float64: fp32 sums drift ~1e-4 on big layers), None if it needs W."""
     if module.algo in WEIGHT_DEPENDENT or module.dora_scale is not None:
         return None
     t = module.tensors
@@ -84,10 +84,10 @@ def delta_norm(module) -> Optional[float]:
     if module.algo == "lokr":
         return _lokr_norm(module)
     if module.algo == "full":
-        return float(torch.linalg.vector_norm(t["diff"].float()))
+        return float(torch.linalg.vector_norm(t["diff"].double()))
     if module.algo == "norm":
         w = t.get("w_norm")
-        return float(torch.linalg.vector_norm(w.float())) if w is not None else 0.0
+        return float(torch.linalg.vector_norm(w.double())) if w is not None else 0.0
     return None
 
 
