@@ -115,6 +115,7 @@ class Patcher:
         self._failed: dict[tuple, str] = {}     # (network id, module key, dyn) → reason
         self._actives: list = []
         self._step: int | None = None
+        self._scratch_buf: torch.Tensor | None = None
 
     # -- public -----------------------------------------------------------------------------------
     def apply(self, actives, step: int | None = None) -> ApplyReport:
@@ -164,6 +165,7 @@ class Patcher:
         self._current.clear()
         self._failed.clear()
         self.cache.clear()
+        self._scratch_buf = None
         self._actives, self._step = [], None
         if host is not None:
             self.host = host
@@ -240,42 +242,52 @@ class Patcher:
         ref = self.host[layer]
         parts = ref.part_tensors()
         backups = self._backup(layer, ref)
-        # fp32 working copies of W0 on the weight's device; they double as the algos' base weight.
-        acc_w = [w0.to(w.device, torch.float32, copy=True) for (w, _), (w0, _) in zip(parts, backups)]
-        acc_b = [None if b0 is None else b0.to(b.device, torch.float32, copy=True)
-                 for (_, b), (_, b0) in zip(parts, backups)]
         deltas = []
+        bases = _Bases(parts, backups)
         for ident, key, qkv, dyn, m, mod, lr in contribs:
             t = time.perf_counter()
-            delta = self._delta(ident, key, dyn, mod, ref, qkv, acc_w, acc_b, rep, lr)
+            delta = self._delta(ident, key, dyn, mod, ref, qkv, bases, rep, lr)
             compute_s[0] += time.perf_counter() - t
             if delta is not None:
                 deltas.append((qkv, m, delta))
-        for qkv, m, delta in deltas:  # one fp32 accumulation per layer ...
+        per_part: list[list] = [[] for _ in parts]  # (rows, delta rows, m, delta) per part
+        for qkv, m, delta in deltas:
             for part, rows, drows in ref.locate(qkv):
-                if delta.weight is not None:
-                    acc_w[part][rows].add_(delta.weight[drows], alpha=m)
-                if delta.bias is not None and acc_b[part] is not None:
-                    acc_b[part][rows].add_(delta.bias[drows], alpha=m)
-        for (w, b), aw, ab in zip(parts, acc_w, acc_b):  # ... and one cast
-            w.copy_(aw)
-            if b is not None and ab is not None:
-                b.copy_(ab)
+                per_part[part].append((rows, drows, m, delta))
+        for (w, b), (w0, b0), items in zip(parts, backups, per_part):
+            self._write_tensor(w, w0, [(r, d.weight[dr], m) for r, dr, m, d in items if d.weight is not None])
+            if b is not None and b0 is not None:
+                self._write_tensor(b, b0, [(r, d.bias[dr], m) for r, dr, m, d in items if d.bias is not None])
 
-    def _delta(self, ident, key, dyn, mod, ref, qkv, acc_w, acc_b, rep, lr):
+    def _write_tensor(self, live, w0, adds) -> None:
+        """live ← W0 + Σ m·Δ, accumulated in fp32 and cast once, with as few memory passes as possible."""
+        fp32 = live.dtype == torch.float32
+        # fp32 weights accumulate in place; others in a reused fp32 scratch (no fresh pages per layer).
+        acc = live if fp32 else self._scratch(live.numel(), live.device).view(live.shape)
+        src = w0 if w0.device == live.device else w0.to(live.device)
+        if adds and adds[0][0] == slice(None):  # first delta covers the tensor: W0 + m·Δ in one pass
+            torch.add(src, adds[0][1], alpha=adds[0][2], out=acc)
+            adds = adds[1:]
+        else:
+            acc.copy_(src)
+        for rows, d, m in adds:
+            acc[rows].add_(d, alpha=m)
+        if not fp32:
+            live.copy_(acc)
+
+    def _scratch(self, numel: int, device) -> torch.Tensor:
+        buf = self._scratch_buf
+        if buf is None or buf.numel() < numel or buf.device != torch.device(device):
+            buf = self._scratch_buf = torch.empty(numel, dtype=torch.float32, device=device)
+        return buf[:numel]
+
+    def _delta(self, ident, key, dyn, mod, ref, qkv, bases, rep, lr):
         ckey = (ident, key, dyn)
         delta = self.cache.get(ckey)
         if delta is not None:
             rep.cache_hits += 1
             return delta
-        if qkv is None and not ref.parts:
-            base_w, base_b = acc_w[0], acc_b[0]
-        else:
-            pieces = ref.locate(qkv)
-            base_w = torch.cat([acc_w[p][r] for p, r, _ in pieces]) if len(pieces) > 1 else acc_w[pieces[0][0]][pieces[0][1]]
-            bs = [acc_b[p] for p, _, _ in pieces]
-            base_b = None if any(b is None for b in bs) else (
-                torch.cat([b[r] for b, (_, r, _) in zip(bs, pieces)]) if len(pieces) > 1 else bs[0][pieces[0][1]])
+        base_w, base_b = bases.get(ref, qkv)
         try:
             delta = self._compute_fn()(mod, base_w, base_b, dyn=dyn)
             if delta.bias is not None and base_b is None:
@@ -298,6 +310,30 @@ class Patcher:
             from lib_lora.algos import compute_delta
             self._compute = compute_delta
         return self._compute
+
+
+class _Bases:
+    """Original weights in fp32 on the weight's device, made only when an algorithm needs one."""
+
+    def __init__(self, parts, backups):
+        self.parts, self.backups = parts, backups
+        self._w: dict = {}
+
+    def _part(self, i):
+        if i not in self._w:
+            (w, b), (w0, b0) = self.parts[i], self.backups[i]
+            self._w[i] = (w0.to(w.device, torch.float32),
+                          None if b0 is None or b is None else b0.to(b.device, torch.float32))
+        return self._w[i]
+
+    def get(self, ref, qkv):
+        pieces = ref.locate(qkv)
+        ws = [self._part(p)[0][r] for p, r, _ in pieces]
+        bs = [self._part(p)[1] for p, _, _ in pieces]
+        base_b = None if any(b is None for b in bs) else [b[r] for b, (_, r, _) in zip(bs, pieces)]
+        if len(pieces) == 1:
+            return ws[0], None if base_b is None else base_b[0]
+        return torch.cat(ws), None if base_b is None else torch.cat(base_b)
 
 
 def _check_shape(delta, base_w, base_b) -> None:

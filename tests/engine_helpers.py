@@ -22,11 +22,11 @@ SD15_LAYERS = (
     "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.norm1",
     "model.diffusion_model.output_blocks.11.1.transformer_blocks.0.attn1.to_out.0",
     "model.diffusion_model.output_blocks.9.1.transformer_blocks.0.ff.net.2",
-    "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_v",
+    "model.diffusion_model.middle_block.1.norm",
+    "model.diffusion_model.output_blocks.4.1.transformer_blocks.0.attn2.to_k",
     "model.diffusion_model.time_embed.0",
     "model.diffusion_model.out.2",
     "cond_stage_model.transformer.text_model.encoder.layers.0.self_attn.q_proj",
-    "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc2",
     "cond_stage_model.transformer.text_model.encoder.layers.0.layer_norm1",
 )
 
