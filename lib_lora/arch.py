@@ -128,7 +128,7 @@ _CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
 _TE_WIDTH = {768: "sd1", 1024: "sd2", 1280: "sdxl"}
 _IN_SUFFIXES = ("lora_down.weight", "lora_A.weight", "down.weight", "hada_w1_b", "diff")
 _SDXL_PREFIXES = ("lora_te1_", "lora_te2_", "text_encoder_2.")
-_COMPVIS_UNET = re.compile(r"^(lora_unet_|oft_unet_)(input_blocks|middle_block|output_blocks)_")
+_COMPVIS_UNET = re.compile(r"^(lora_unet_|oft_unet_|lycoris_)(input_blocks|middle_block|output_blocks)_")
 _DEEP_TB = re.compile(r"transformer_blocks[._][1-9]")
 
 

@@ -180,7 +180,7 @@ def resolve(component: str, path: str, arch: str):
 # ---------------------------------------------------------------- splitting keys into module + suffix
 
 KOHYA_PREFIXES = (("lora_unet_", "unet"), ("lora_te1_", "te1"), ("lora_te2_", "te2"), ("lora_te_", "te"),
-                  ("oft_unet_", "unet"))
+                  ("oft_unet_", "unet"), ("lycoris_", "unet"))  # lycoris_: LyCORIS' own wrapper on a diffusers U-Net
 
 _KNOWN_SUFFIX = (r"lora_down\.weight|lora_up\.weight|lora_mid\.weight|alpha|scale|dora_scale|hada_w[12]_[ab]|"
                  r"hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t[12]|on_input|diff|diff_b|w_norm|b_norm|oft_blocks|"
@@ -402,7 +402,7 @@ def _group(state_dict: dict, metadata: dict, arch: str):
                         for k in owners[module]]
             continue
         alpha = float(alpha_t.float().item()) if alpha_t is not None and alpha_t.numel() == 1 else None
-        if alpha is None and not module.startswith(("lora_", "oft_")):
+        if alpha is None and not module.startswith(("lora_", "oft_", "lycoris_")):
             alpha = _peft_alpha(cfg, comp, path, _rank(tensors))
         if alpha == 0 and algo not in ("oft", "boft"):
             alpha = None  # 0 means "unset" (scale 1); for OFT it is a real constraint value

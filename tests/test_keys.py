@@ -277,3 +277,69 @@ def test_unknown_arch_resolves_with_best_matching_names():
     modules, skipped = group_modules(sd, {})
     assert not skipped
     assert modules["lora_unet_mid_block_resnets_0_conv1"].layer == "model.diffusion_model.middle_block.0.in_layers.2"
+
+
+# ---------------------------------------------------------------- state dicts written by the real LyCORIS library
+
+def _toy_model(spec):
+    """A module tree whose named_modules() paths are the given names (what LyCORIS derives keys from)."""
+    import torch.nn as nn
+
+    root = nn.Module()
+    for path, mod in spec.items():
+        cur = root
+        for part in path.split(".")[:-1]:
+            if not hasattr(cur, part):
+                cur.add_module(part, nn.Module())
+            cur = getattr(cur, part)
+        cur.add_module(path.split(".")[-1], mod)
+    return root
+
+
+_LYCORIS_ALGOS = [("lora", {}), ("loha", {}), ("lokr", {}), ("ia3", {}), ("full", {}), ("diag-oft", {}), ("glora", {}),
+                  ("lora", {"dora_wd": True}), ("lokr", {"train_norm": True})]
+
+
+@pytest.mark.parametrize("naming,algo,kwargs", [("sgm",) + a for a in _LYCORIS_ALGOS] + [
+    ("diffusers", "lora", {}), ("diffusers", "loha", {"train_norm": True}), ("lycoris_prefix", "lokr", {})])
+def test_real_lycoris_state_dicts(naming, algo, kwargs, monkeypatch):
+    monkeypatch.setenv("LYCORIS_KERNEL_BACKEND", "torch")
+    import torch.nn as nn
+    from lycoris import LycorisNetwork, create_lycoris
+
+    if naming == "sgm":  # kohya's SDXL U-Net uses SGM module names
+        spec = {"input_blocks.4.1.transformer_blocks.1.attn2.to_k": nn.Linear(2048, 640, bias=False),
+                "input_blocks.4.0.in_layers.2": nn.Conv2d(320, 640, 3, padding=1),
+                "input_blocks.4.0.in_layers.0": nn.GroupNorm(32, 320),
+                "output_blocks.2.2.conv": nn.Conv2d(1280, 1280, 3, padding=1)}
+        want = {n: "model.diffusion_model." + n for n in spec}
+        prefix, md = "lora_unet", {"ss_base_model_version": "sdxl_base_v1-0"}
+    else:  # SD1 as a diffusers UNet2DConditionModel
+        spec = {"down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k": nn.Linear(768, 640, bias=False),
+                "down_blocks.1.resnets.0.conv1": nn.Conv2d(320, 640, 3, padding=1),
+                "down_blocks.1.resnets.0.norm1": nn.GroupNorm(32, 320),
+                "up_blocks.0.upsamplers.0.conv": nn.Conv2d(1280, 1280, 3, padding=1)}
+        want = {"down_blocks.1.attentions.0.transformer_blocks.0.attn2.to_k":
+                "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k",
+                "down_blocks.1.resnets.0.conv1": "model.diffusion_model.input_blocks.4.0.in_layers.2",
+                "down_blocks.1.resnets.0.norm1": "model.diffusion_model.input_blocks.4.0.in_layers.0",
+                "up_blocks.0.upsamplers.0.conv": "model.diffusion_model.output_blocks.2.1.conv"}
+        prefix = "lycoris" if naming == "lycoris_prefix" else "lora_unet"
+        md = {"ss_base_model_version": "sd_v1"}
+    # class-level preset: monkeypatch restores it so other tests see LyCORIS defaults
+    monkeypatch.setattr(LycorisNetwork, "LORA_PREFIX", prefix)
+    monkeypatch.setattr(LycorisNetwork, "TARGET_REPLACE_MODULE", ["Linear", "Conv2d", "GroupNorm"])
+    net = create_lycoris(_toy_model(spec), 1.0, linear_dim=4, linear_alpha=2, algo=algo, **kwargs)
+    net.apply_to()
+    sd = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    modules, skipped = group_modules(sd, md)
+    assert skipped == []
+    expect = {f"{prefix}_{n.replace('.', '_')}": layer for n, layer in want.items()}
+    got = {k: m.layer for k, m in modules.items()}
+    assert got == {k: v for k, v in expect.items() if k in got}
+    assert len(got) >= 3
+    name = {"diag-oft": "oft"}.get(algo, algo)
+    algos = {m.algo for m in modules.values()}
+    assert name in algos and algos <= {name, "norm"}
+    if kwargs.get("dora_wd"):
+        assert all(m.dora_scale is not None for m in modules.values())
