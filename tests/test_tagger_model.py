@@ -1,0 +1,98 @@
+"""Model files, ONNX sessions on small real models, provider verification, runtime checks, unload."""
+
+import numpy as np
+import pytest
+
+from lib_lora.errors import LoraStudioError
+from lib_lora.tagger import model as tm
+from lib_lora.tagger import runtime
+from tests.tagger_models import NAMES, make_model_dir, reference_probs
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("taggers")
+    return {k: make_model_dir(root / k, k) for k in ("v3", "v2")}
+
+
+def test_reads_io_from_the_model(models):
+    v3 = tm.Tagger(tm.resolve_model(str(models["v3"]), models["v3"].parent))
+    v2 = tm.Tagger(tm.resolve_model(str(models["v2"] / "model.onnx"), models["v2"].parent))
+    assert (v3.input_name, v3.output_name, v3.size, v3.fixed_batch) == ("input", "output", 32, None)
+    assert (v2.input_name, v2.output_name, v2.size, v2.fixed_batch) == ("input_1:0", "predictions_sigmoid", 32, 1)
+    assert v3.batch_size(8) == 8 and v2.batch_size(8) == 1
+    assert v3.provider == "CPUExecutionProvider" and "running on CPU" in v3.describe()
+    x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(v3.infer(x), reference_probs(x), atol=1e-5)
+    np.testing.assert_allclose(v2.infer(x), v3.infer(x), atol=1e-5)   # v2 runs the batch one by one
+    assert v3.infer(x).shape == (3, len(NAMES))
+
+
+def test_requested_gpu_that_is_absent_is_an_error(models):
+    files = tm.resolve_model(str(models["v3"]), models["v3"].parent)
+    with pytest.raises(runtime.ProviderError, match="CUDAExecutionProvider was requested.*choose provider"):
+        tm.Tagger(files, provider="cuda")
+    with pytest.raises(runtime.ProviderError, match="unknown"):
+        tm.Tagger(files, provider="tpu")
+    assert tm.Tagger(files, provider="cpu").provider_label == "CPU"
+
+
+def test_fallback_detection_on_a_real_session(models):
+    t = tm.Tagger(tm.resolve_model(str(models["v3"]), models["v3"].parent))
+    active = t._session.get_providers()
+    asked = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    with pytest.raises(runtime.ProviderError, match="fell back to CPUExecutionProvider"):
+        runtime.verify_providers(asked, active, strict=True)
+    assert runtime.verify_providers(asked, active, strict=False).startswith("WARNING: CUDAExecutionProvider")
+    assert runtime.verify_providers(["CPUExecutionProvider"], active, strict=True) is None
+
+
+def test_runtime_version_check_reads_opsets(models):
+    assert runtime.read_opsets(models["v3"] / "model.onnx") == {"ai.onnx": 17, "ai.onnx.ml": 4}
+    with pytest.raises(runtime.RuntimeTooOld, match="needs onnxruntime ≥ 1.17 .*1.16.3"):
+        runtime.check_runtime(models["v3"] / "model.onnx", "1.16.3")
+    runtime.check_runtime(models["v2"] / "model.onnx", "1.16.3")       # v2 loads on old runtimes
+    runtime.check_runtime(models["v3"] / "model.onnx", "1.17.0")
+
+
+def test_model_lookup_and_messages(models, tmp_path):
+    root = tmp_path / "TaggerModels"
+    make_model_dir(root / "wd-vit-tagger-v3", "v3")
+    f = tm.resolve_model("wd-vit-tagger-v3", root, allow_download=False)
+    assert f.source == "local folder" and f.onnx == root / "wd-vit-tagger-v3" / "model.onnx"
+    f = tm.resolve_model("SmilingWolf/wd-vit-tagger-v3", root, allow_download=False)
+    assert f.onnx.parent.name == "wd-vit-tagger-v3"
+    with pytest.raises(tm.ModelNotFound, match=r"put model.onnx and selected_tags.csv from https://huggingface.co/"
+                                               r"SmilingWolf/wd-convnext-tagger-v3 into .*wd-convnext-tagger-v3"):
+        tm.resolve_model("wd-convnext-tagger-v3", root, allow_download=False)
+    half = tmp_path / "half"
+    half.mkdir()
+    (half / "model.onnx").write_bytes((models["v3"] / "model.onnx").read_bytes())
+    with pytest.raises(tm.ModelNotFound, match="put selected_tags.csv there too"):
+        tm.resolve_model(str(half), root)
+    with pytest.raises(tm.ModelNotFound, match="neither a folder nor a known model"):
+        tm.resolve_model("no-such-model", root)
+    assert "wd-vit-tagger-v3" in tm.list_local_models(root)
+
+
+def test_mismatched_files_and_non_tagger(models, tmp_path):
+    d = tmp_path / "mix"
+    d.mkdir()
+    (d / "model.onnx").write_bytes((models["v3"] / "model.onnx").read_bytes())
+    (d / "selected_tags.csv").write_text("tag_id,name,category,count\n1,a,0,1\n")
+    with pytest.raises(tm.ModelFormatError, match="from different models"):
+        tm.Tagger(tm.resolve_model(str(d), tmp_path))
+    (d / "model.onnx").write_bytes(b"\x08\x07garbage")
+    with pytest.raises(tm.ModelFormatError, match="cannot be loaded"):
+        tm.Tagger(tm.resolve_model(str(d), tmp_path))
+
+
+def test_session_cache_and_unload(models):
+    a = tm.get_tagger(str(models["v3"]), models["v3"].parent, log=lambda m: None)
+    assert tm.get_tagger(str(models["v3"]), models["v3"].parent, log=lambda m: None) is a
+    assert tm.unload_all() >= 1 and not a.loaded
+    with pytest.raises(LoraStudioError, match="unloaded"):
+        a.infer(np.zeros((1, 32, 32, 3), np.float32))
+    b = tm.get_tagger(str(models["v3"]), models["v3"].parent, log=lambda m: None)
+    assert b is not a and b.loaded
+    tm.unload_all()
