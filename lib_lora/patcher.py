@@ -89,6 +89,14 @@ def effective_multiplier(active: ActiveLora, module, step: int | None = None) ->
     return float(active.unet) * float(active.blocks[slot])
 
 
+def _mismatch(name: str, lora_arch: str, model_arch: str) -> str:
+    try:
+        from lib_lora.network import mismatch_message
+    except ImportError:  # keep the patcher importable on its own
+        return f"LoRA '{name}' is {ARCH_LABEL.get(lora_arch, lora_arch)}, the model is {ARCH_LABEL.get(model_arch, model_arch)}"
+    return mismatch_message(name, lora_arch, model_arch)
+
+
 def _slot(module):
     slot = getattr(module, "slot", None)
     if slot is None and not hasattr(module, "slot"):
@@ -105,8 +113,11 @@ def _is_te(module) -> bool:
 
 
 class Patcher:
-    def __init__(self, host, cache_bytes: int = DEFAULT_CACHE_BYTES, backup_device="cpu", compute=None):
+    def __init__(self, host, cache_bytes: int = DEFAULT_CACHE_BYTES, backup_device="cpu", compute=None,
+                 one_shot: bool = False):
+        """`one_shot`: apply once and never restore (bake): no backup outlives its layer's write."""
         self.host = host
+        self.one_shot = one_shot
         self.cache = DeltaCache(cache_bytes)
         self.backup_device = torch.device(backup_device) if backup_device is not None else None
         self._compute = compute
@@ -184,9 +195,7 @@ class Patcher:
             rep.loras.append(lr)
             net_arch = getattr(net, "arch", "unknown") or "unknown"
             if net_arch != "unknown" and host_arch not in (None, "unknown") and net_arch != host_arch:
-                lr.error = str(ArchitectureMismatch(
-                    f"LoRA `{lr.name}` is {ARCH_LABEL.get(net_arch, net_arch)}, the model is "
-                    f"{ARCH_LABEL.get(host_arch, host_arch)}; use a LoRA made for this model family"))
+                lr.error = str(ArchitectureMismatch(_mismatch(lr.name, net_arch, host_arch)))
                 continue
             ident = network_identity(net)
             for key, mod in net.modules.items():
@@ -220,6 +229,11 @@ class Patcher:
     # -- writing ----------------------------------------------------------------------------------
     def _backup(self, layer: str, ref) -> list:
         b = self._backups.get(layer)
+        if b is None and self.one_shot:
+            # No copy: every delta of the layer is computed before its first write, so the live
+            # tensors still hold W0 whenever they are read as W0.
+            b = self._backups[layer] = [(w.detach(), None if bias is None else bias.detach())
+                                        for w, bias in ref.part_tensors()]
         if b is None:
             dev = self.backup_device
             b = [(w.detach().to(dev if dev is not None else w.device, copy=True),
@@ -258,6 +272,8 @@ class Patcher:
             self._write_tensor(w, w0, [(r, d.weight[dr], m) for r, dr, m, d in items if d.weight is not None])
             if b is not None and b0 is not None:
                 self._write_tensor(b, b0, [(r, d.bias[dr], m) for r, dr, m, d in items if d.bias is not None])
+        if self.one_shot:
+            del self._backups[layer]
 
     def _write_tensor(self, live, w0, adds) -> None:
         """live ← W0 + Σ m·Δ, accumulated in fp32 and cast once, with as few memory passes as possible."""
