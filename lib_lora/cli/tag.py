@@ -82,13 +82,15 @@ class ProgressBar:
     def __init__(self, stream=sys.stderr):
         self.stream, self.tty = stream, stream.isatty()
         self.last = 0.0
+        self.unshown = None
 
     def __call__(self, p) -> None:
         now = time.monotonic()
         final = p.total is not None and p.done >= p.total
         if not final and now - self.last < (0.25 if self.tty else 10.0):
+            self.unshown = p
             return
-        self.last = now
+        self.last, self.unshown = now, None
         total = "?" if p.total is None else str(p.total)
         frac = (p.done / p.total) if p.total else 0.0
         bar = "#" * int(frac * 24) + "." * (24 - int(frac * 24))
@@ -98,6 +100,9 @@ class ProgressBar:
         self.stream.flush()
 
     def close(self) -> None:
+        if self.unshown is not None:
+            self.last = 0.0
+            self(self.unshown)
         if self.tty and self.last:
             self.stream.write("\n")
             self.stream.flush()

@@ -81,7 +81,8 @@ def _hub_errors():
     import huggingface_hub
     mod = getattr(huggingface_hub, "errors", None) or huggingface_hub.utils
     get = lambda n: getattr(mod, n, None) or getattr(huggingface_hub.utils, n, None) or ()  # noqa: E731
-    return get("RepositoryNotFoundError"), get("RevisionNotFoundError"), get("EntryNotFoundError")
+    return (get("RepositoryNotFoundError"), get("RevisionNotFoundError"), get("EntryNotFoundError"),
+            get("LocalEntryNotFoundError"))
 
 
 def resolve_model(spec: str, models_dir, allow_download: bool = True, revision: str | None = None,
@@ -127,17 +128,20 @@ def resolve_model(spec: str, models_dir, allow_download: bool = True, revision: 
         pass
     if not allow_download:
         raise ModelNotFound(f"Tagger model {name} is not on this computer and downloads are off: {where}.")
-    repo_missing, rev_missing, entry_missing = _hub_errors()
+    repo_missing, rev_missing, entry_missing, not_local = _hub_errors()
     log(f"[tagger] downloading {repo}@{rev} into {target} ...")
     try:
         files = [Path(hf_hub_download(repo, f, revision=rev, local_dir=str(target))) for f in (TAGS_FILE, MODEL_FILE)]
     except Exception as exc:  # noqa: BLE001
-        if rev_missing and isinstance(exc, rev_missing):
-            raise ModelNotFound(f"{repo} has no revision '{rev}': pass another revision (e.g. main).") from None
-        if repo_missing and isinstance(exc, repo_missing):
-            raise ModelNotFound(f"Hugging Face repo {repo} does not exist (or is private): check the name.") from None
-        if entry_missing and isinstance(exc, entry_missing):
-            raise ModelNotFound(f"{repo}@{rev} has no {MODEL_FILE}/{TAGS_FILE}: it is not an ONNX WD14 tagger.") from None
+        # LocalEntryNotFoundError (offline, nothing cached) subclasses EntryNotFoundError: test it first.
+        if not (not_local and isinstance(exc, not_local)):
+            if rev_missing and isinstance(exc, rev_missing):
+                raise ModelNotFound(f"{repo} has no revision '{rev}': pass another revision (e.g. main).") from None
+            if repo_missing and isinstance(exc, repo_missing):
+                raise ModelNotFound(f"Hugging Face repo {repo} does not exist (or is private): check the name.") from None
+            if entry_missing and isinstance(exc, entry_missing):
+                raise ModelNotFound(f"{repo}@{rev} has no {MODEL_FILE}/{TAGS_FILE}: it is not an ONNX WD14 "
+                                    "tagger.") from None
         raise ModelNotFound(f"Tagger model {name} is not on this computer and could not be downloaded "
                             f"(offline? {type(exc).__name__}): {where}.") from None
     return ModelFiles(name, files[1], files[0], "downloaded", hint)

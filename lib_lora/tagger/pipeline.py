@@ -225,6 +225,9 @@ def run_folder(tagger: Tagger, job: FolderJob, progress: Callable[[Progress], No
             elif window or report.failed:
                 emit("")
         report.cancelled = cancel.is_set() and bool(window)
+        if not report.cancelled:   # everything is listed and done: the total is now exact
+            counted["total"] = report.inferred + len(report.failed)
+            emit("")
     finally:
         stop_count.set()
         for _, fut in window:

@@ -1,0 +1,118 @@
+"""`python -m lib_lora tag` run as a user would: real processes, argument lists, a hard kill mid-write."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from lib_lora.tagger import captions
+from tests.tagger_models import make_model_dir
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(args, env=None, **kw):
+    e = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_DISABLE_TELEMETRY="1")
+    e.update(env or {})
+    return subprocess.run([sys.executable, "-m", "lib_lora", "tag", *map(str, args)], cwd=ROOT, env=e,
+                          capture_output=True, text=True, timeout=120, **kw)
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("m") / "tiny-tagger", "v3")
+
+
+def images(d, n=6):
+    d.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        Image.new("RGB", (24, 16), (255, 0, 0) if i % 2 else (0, 0, 255)).save(d / f"{i:02d}.png")
+    return d
+
+
+def test_cli_tags_a_folder_with_progress_and_summary(model, tmp_path):
+    d = images(tmp_path / "imgs")
+    (d / "sub").mkdir()
+    Image.new("RGB", (8, 8), (0, 255, 255)).save(d / "sub" / "m.jpg")
+    (d / "bad.png").write_bytes(b"nope")
+    r = run([d, "--model-dir", model, "--recursive", "--batch-size", "4", "--prepend", "trig",
+             "--general-threshold", "0.5", "--frequency", "3", "--frequency-file", tmp_path / "freq.txt"])
+    assert r.returncode == 0, r.stderr
+    assert (d / "01.txt").read_text().startswith("trig, red theme, white background")
+    assert "long hair" not in (d / "01.txt").read_text()                      # p = 0.45, threshold 0.5
+    assert (d / "sub" / "m.txt").read_text().startswith("trig, hatsune miku")
+    assert "8/8" in r.stderr and "img/s" in r.stderr and "running on CPU" in r.stderr
+    assert "bad.png" in r.stderr and "1 unreadable" in r.stderr
+    assert r.stdout.splitlines() == ["trig: 7", "white background: 7", "^_^: 7"]
+    assert (tmp_path / "freq.txt").read_text().splitlines()[0] == "trig: 7"
+    r = run([d, "--model-dir", model, "--recursive", "--quiet"])               # re-run: all kept
+    assert r.returncode == 0 and "0 images tagged" in r.stderr and "7 kept existing" in r.stderr
+
+
+def test_cli_errors_are_one_line(model, tmp_path):
+    d = images(tmp_path / "imgs", 1)
+    r = run([d, "--model-dir", "wd-vit-tagger-v3", "--models-root", tmp_path / "TM"],
+            env={"HF_HOME": str(tmp_path / "hf")})
+    assert r.returncode == 2
+    line = r.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: Tagger model wd-vit-tagger-v3 is not on this computer")
+    assert f"into {tmp_path / 'TM' / 'wd-vit-tagger-v3'}" in line and "model.onnx and selected_tags.csv" in line
+    r = run([d, "--model-dir", model, "--provider", "cuda"])
+    assert r.returncode == 2 and "CUDAExecutionProvider was requested" in r.stderr
+    r = run([tmp_path / "nope", "--model-dir", model])
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    r = run([d, "--model-dir", model, "--existing", "merge"])
+    assert r.returncode == 2 and "invalid choice" in r.stderr
+
+
+def test_hf_cache_is_used_offline(model, tmp_path):
+    """A model already in the HF cache (at the pinned revision) loads with the network disabled."""
+    hub = tmp_path / "hf" / "hub" / "models--SmilingWolf--wd-vit-tagger-v3"
+    snap = hub / "snapshots" / ("a" * 40)
+    snap.mkdir(parents=True)
+    (hub / "refs").mkdir()
+    (hub / "refs" / "v2.0").write_text("a" * 40)
+    for f in ("model.onnx", "selected_tags.csv"):
+        (snap / f).write_bytes((model / f).read_bytes())
+    d = images(tmp_path / "imgs", 2)
+    r = run([d, "--model-dir", "wd-vit-tagger-v3", "--models-root", tmp_path / "TM", "--quiet"],
+            env={"HF_HOME": str(tmp_path / "hf")})
+    assert r.returncode == 0, r.stderr
+    assert "(HF cache)" in r.stderr and (d / "00.txt").exists()
+
+
+KILLER = r"""
+import os, signal, sys
+from lib_lora.tagger import captions
+real, n = os.replace, [0]
+def replace(src, dst):
+    n[0] += 1
+    if n[0] == 4:                    # the 4th caption is fully written to its temporary, then: power cut
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(src, dst)
+captions.os = type(sys)("os_shim")
+captions.os.__dict__.update(os.__dict__)
+captions.os.replace = replace
+from lib_lora.__main__ import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_hard_kill_mid_write_leaves_no_partial_caption_and_rerun_resumes(model, tmp_path):
+    d = images(tmp_path / "imgs", 8)
+    ref = images(tmp_path / "ref", 8)
+    assert run([ref, "--model-dir", model, "--quiet"]).returncode == 0
+    p = subprocess.run([sys.executable, "-c", KILLER, "tag", str(d), "--model-dir", str(model), "--batch-size", "2",
+                        "--quiet"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == -9
+    done = sorted(x.name for x in d.glob("*.txt"))
+    assert done == ["00.txt", "01.txt", "02.txt"]                                   # the 4th never appeared
+    assert all((d / n).read_text() == (ref / n).read_text() for n in done)          # and none is partial
+    leftovers = [x for x in d.iterdir() if x.name.endswith(captions.TMP_SUFFIX)]
+    assert len(leftovers) == 1 and leftovers[0].name.startswith(".03.txt.")         # hidden, trainers ignore it
+    r = run([d, "--model-dir", model, "--quiet"])
+    assert r.returncode == 0 and "5 images tagged" in r.stderr and "3 kept existing" in r.stderr
+    assert {x.name: x.read_text() for x in d.glob("*.txt")} == {x.name: x.read_text() for x in ref.glob("*.txt")}
