@@ -84,13 +84,13 @@ def fit(key: str, delta: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
     return delta.reshape(shape)
 
 
-def tucker(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
+def tucker(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, key: str = "module") -> torch.Tensor:
     """W[p,q,h,w] = Σ_ij t[i,j,h,w]·wa[i,p]·wb[j,q] (LoHa/LoKr Tucker chain)."""
     r1, r2 = t.shape[0], t.shape[1]
     wa, wb = mat(wa), mat(wb)
     if wa.shape[0] != r1 or wb.shape[0] != r2:
         raise LoraStudioError(
-            f"Tucker core {tuple(t.shape)} does not match its factors {tuple(wa.shape)} and {tuple(wb.shape)}; the file is corrupt"
+            f"{key}: Tucker core {tuple(t.shape)} does not match its factors {tuple(wa.shape)} and {tuple(wb.shape)}; the file is corrupt"
         )
     return torch.einsum("ij...,ip,jq->pq...", t, wa, wb)
 

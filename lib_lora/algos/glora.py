@@ -69,7 +69,7 @@ def delta(module, base_weight: torch.Tensor, base_bias=None, dyn=None):
     bm = t.get("bm.weight")
     if bm is not None:
         # Tucker B path (no reference loader supports it): same chain as LoCon Tucker
-        wb = tucker(f32(bm, dev), (b_l * scale).t(), b_r)
+        wb = tucker(f32(bm, dev), (b_l * scale).t(), b_r, module.key)
     else:
         check_inner(module.key, b_l, b_r, f"{lb}/{rb}")
         wb = (b_l * scale) @ b_r

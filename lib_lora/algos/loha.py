@@ -24,8 +24,8 @@ def delta(module, base_weight: torch.Tensor, base_bias=None, dyn=None):
     if (t1 is None) != (t2 is None):
         need(module, "hada_t2" if t2 is None else "hada_t1")
     if t1 is not None:
-        w1 = tucker(f32(t1, dev), w1a, w1b)
-        w2 = tucker(f32(t2, dev), w2a, w2b)
+        w1 = tucker(f32(t1, dev), w1a, w1b, key)
+        w2 = tucker(f32(t2, dev), w2a, w2b, key)
     else:
         a1, b1, a2, b2 = mat(w1a), mat(w1b), mat(w2a), mat(w2b)
         check_inner(key, a1, b1, "hada_w1_a/hada_w1_b")

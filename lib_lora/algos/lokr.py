@@ -41,7 +41,7 @@ def _factor2(module, dev) -> torch.Tensor:
     a, b = f32(need(module, "lokr_w2_a"), dev), f32(need(module, "lokr_w2_b"), dev)
     t2 = module.tensors.get("lokr_t2")
     if t2 is not None:
-        return mat(tucker(f32(t2, dev), a, b))
+        return mat(tucker(f32(t2, dev), a, b, module.key))
     a, b = mat(a), mat(b)
     check_inner(module.key, a, b, "lokr_w2_a/lokr_w2_b")
     return a @ b

@@ -43,5 +43,5 @@ def delta(module, base_weight: torch.Tensor, base_bias=None, dyn: Optional[int] 
     if mid is None:
         w = (u * scale) @ d
     else:
-        w = tucker(f32(mid, dev), (u * scale).t(), d)
+        w = tucker(f32(mid, dev), (u * scale).t(), d, module.key)
     return fit(module.key, w, base_weight.shape), None
