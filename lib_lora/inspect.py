@@ -18,7 +18,13 @@ WEIGHT_DEPENDENT = ("ia3", "glora", "oft", "boft")
 
 
 def _mat(t: torch.Tensor) -> torch.Tensor:
-    return t.double().reshape(t.shape[0], -1)
+    return t.float().reshape(t.shape[0], -1)
+
+
+def _fro(t: torch.Tensor) -> float:
+    """Frobenius norm with a float64 accumulator (a plain fp32 norm drifts ~1e-4 on 6M-element layers)."""
+    t = t.float()
+    return math.sqrt(float(torch.sum(t * t, dtype=torch.float64)))
 
 
 def _scale(module, rank: Optional[int]) -> float:
@@ -36,14 +42,15 @@ def _lora_norm(m) -> float:
     r = down.shape[0]
     d = _mat(down)
     if mid is not None:  # Tucker: fold the core into the down factor, (r, in·kh·kw)
-        d = torch.einsum("abhw,bi->aihw", mid.double(), d).reshape(mid.shape[0], -1)
+        d = torch.einsum("abhw,bi->aihw", mid.float(), d).reshape(mid.shape[0], -1)
     u = _mat(up)
-    sq = float(((u.T @ u) * (d @ d.T)).sum().clamp_min(0))
+    # r×r Gram products in fp32 (short sums), their contraction in float64
+    sq = max(float(torch.sum((u.T @ u).double() * (d @ d.T).double())), 0.0)
     return _scale(m, r) * math.sqrt(sq)
 
 
 def _tucker(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("ijhw,ip,jq->pqhw", t.double(), wa.double(), wb.double())
+    return torch.einsum("ijhw,ip,jq->pqhw", t.float(), wa.float(), wb.float())
 
 
 def _loha_norm(m) -> float:
@@ -55,25 +62,25 @@ def _loha_norm(m) -> float:
     else:
         w1 = _mat(t["hada_w1_a"]) @ _mat(t["hada_w1_b"])
         w2 = _mat(t["hada_w2_a"]) @ _mat(t["hada_w2_b"])
-    return _scale(m, r) * float(torch.linalg.vector_norm(w1 * w2))
+    return _scale(m, r) * _fro(w1 * w2)
 
 
 def _lokr_norm(m) -> float:
     """‖kron(A, B)‖_F = ‖A‖_F·‖B‖_F."""
     t = m.tensors
-    w1 = t["lokr_w1"].double() if "lokr_w1" in t else _mat(t["lokr_w1_a"]) @ _mat(t["lokr_w1_b"])
+    w1 = t["lokr_w1"].float() if "lokr_w1" in t else _mat(t["lokr_w1_a"]) @ _mat(t["lokr_w1_b"])
     if "lokr_w2" in t:
-        w2 = t["lokr_w2"].double()
+        w2 = t["lokr_w2"].float()
     elif "lokr_t2" in t:
         w2 = _tucker(t["lokr_t2"], t["lokr_w2_a"], t["lokr_w2_b"])
     else:
         w2 = _mat(t["lokr_w2_a"]) @ _mat(t["lokr_w2_b"])
     rank = t["lokr_w1_b"].shape[0] if "lokr_w1_b" in t else (t["lokr_w2_b"].shape[0] if "lokr_w2_b" in t else None)
-    return _scale(m, rank) * float(torch.linalg.vector_norm(w1)) * float(torch.linalg.vector_norm(w2))
+    return _scale(m, rank) * _fro(w1) * _fro(w2)
 
 
 def delta_norm(module) -> Optional[float]:
-    """Frobenius norm of a module's ΔW at multiplier 1 (float64: fp32 sums drift ~1e-4 on big layers), None if it needs W."""
+    """Frobenius norm of a module's ΔW at multiplier 1 or None when it needs the model weight."""
     if module.algo in WEIGHT_DEPENDENT or module.dora_scale is not None:
         return None
     t = module.tensors
@@ -84,10 +91,10 @@ def delta_norm(module) -> Optional[float]:
     if module.algo == "lokr":
         return _lokr_norm(module)
     if module.algo == "full":
-        return float(torch.linalg.vector_norm(t["diff"].double()))
+        return _fro(t["diff"])
     if module.algo == "norm":
         w = t.get("w_norm")
-        return float(torch.linalg.vector_norm(w.double())) if w is not None else 0.0
+        return _fro(w) if w is not None else 0.0
     return None
 
 

@@ -375,7 +375,7 @@ def _group(state_dict: dict, metadata: dict, arch: str):
             raw[stem]["weight"] = state_dict[key]
             owners[stem].append(key)
         else:
-            skipped.append((key, "not a LoRA/LyCORIS key"))
+            skipped.append((key, "not a LoRA/LyCORIS key for SD1/SD2/SDXL"))
 
     cfg = _peft_config(metadata)
     modules: dict[str, LoraModule] = {}

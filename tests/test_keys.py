@@ -343,3 +343,24 @@ def test_real_lycoris_state_dicts(naming, algo, kwargs, monkeypatch):
     assert name in algos and algos <= {name, "norm"}
     if kwargs.get("dora_wd"):
         assert all(m.dora_scale is not None for m in modules.values())
+
+
+def test_sdxl_file_with_diffusers_style_kohya_names():
+    sd = {}
+    _lora(sd, "lora_unet_down_blocks_1_attentions_0_transformer_blocks_1_attn2_to_k", 640, 2048)
+    _lora(sd, "lora_unet_mid_block_attentions_0_transformer_blocks_9_ff_net_0_proj", 10240, 1280)
+    sd["lora_unet_up_blocks_0_upsamplers_0_conv.lora_down.weight"] = torch.randn(4, 1280, 3, 3)
+    sd["lora_unet_up_blocks_0_upsamplers_0_conv.lora_up.weight"] = torch.randn(1280, 4, 1, 1)
+    _lora(sd, "lora_unet_add_embedding_linear_1", 1280, 2816)
+    assert arch.detect_arch_raw(sd) == "sdxl"
+    modules, skipped = group_modules(sd, {})
+    assert not skipped
+    assert {k: m.layer for k, m in modules.items()} == {
+        "lora_unet_down_blocks_1_attentions_0_transformer_blocks_1_attn2_to_k":
+            "model.diffusion_model.input_blocks.4.1.transformer_blocks.1.attn2.to_k",
+        "lora_unet_mid_block_attentions_0_transformer_blocks_9_ff_net_0_proj":
+            "model.diffusion_model.middle_block.1.transformer_blocks.9.ff.net.0.proj",
+        "lora_unet_up_blocks_0_upsamplers_0_conv": "model.diffusion_model.output_blocks.2.2.conv",
+        "lora_unet_add_embedding_linear_1": "model.diffusion_model.label_emb.0.0"}
+    assert modules["lora_unet_up_blocks_0_upsamplers_0_conv"].slot == 16  # OUT02
+    assert modules["lora_unet_add_embedding_linear_1"].slot is None
