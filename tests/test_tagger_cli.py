@@ -46,8 +46,9 @@ def test_cli_tags_a_folder_with_progress_and_summary(model, tmp_path):
     assert (d / "sub" / "m.txt").read_text().startswith("trig, hatsune miku")
     assert "8/8" in r.stderr and "img/s" in r.stderr and "running on CPU" in r.stderr
     assert "bad.png" in r.stderr and "1 unreadable" in r.stderr
-    assert r.stdout.splitlines() == ["trig: 7", "white background: 7", "^_^: 7"]
-    assert (tmp_path / "freq.txt").read_text().splitlines()[0] == "trig: 7"
+    assert r.stdout.splitlines() == ["(o)_(o): 7", "^_^: 7", 'don\'t say "lazy": 7']     # ties alphabetical
+    freq = (tmp_path / "freq.txt").read_text().splitlines()
+    assert "trig: 7" in freq and "white background: 6" in freq and "hatsune miku: 1" in freq
     r = run([d, "--model-dir", model, "--recursive", "--quiet"])               # re-run: all kept
     assert r.returncode == 0 and "0 images tagged" in r.stderr and "7 kept existing" in r.stderr
 
