@@ -38,3 +38,18 @@ def dataframe_rows(value) -> list[list]:
     if isinstance(value, dict) and "data" in value:
         return [list(r) for r in value["data"]]
     return [list(r) for r in value]
+
+
+def with_select_index(fn, n_inputs: int):
+    """`fn(*inputs, index)` as a `.select` listener. Gradio injects the event by a `gr.SelectData`
+    annotation, which must be a real class: string annotations (`from __future__`) are not resolved."""
+    import inspect
+
+    def select(*args):
+        return fn(*args[:-1], getattr(args[-1], "index", None))
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter(f"arg{i}", kind) for i in range(n_inputs)]
+    select.__signature__ = inspect.Signature(params + [inspect.Parameter("evt", kind, annotation=gr.SelectData)])
+    select.__annotations__ = {"evt": gr.SelectData}
+    return select

@@ -39,9 +39,9 @@ def lora_path(ctx, name: str) -> Path:
     return path
 
 
-def inspect_lora(ctx, name: str) -> dict:
+def inspect_lora(ctx, name: str, with_hash: bool = False) -> dict:
     from lib_lora.inspect import inspect_file   # lazy: torch import only when a LoRA is inspected
-    return inspect_file(str(lora_path(ctx, name)))
+    return inspect_file(str(lora_path(ctx, name)), with_hash=with_hash)
 
 
 def block_norms(report: dict) -> list[float] | None:
@@ -108,27 +108,35 @@ def render_bars(norms, weights=None, title: str = "") -> str:
     return "".join(parts)
 
 
+def _counts(v) -> str:
+    """{"4": 10, "8": 2} → "4 (×10), 8 (×2)"; other values as text."""
+    if isinstance(v, dict):
+        return ", ".join(f"{k} (×{n})" for k, n in v.items())
+    if isinstance(v, (list, tuple, set)):
+        return ", ".join(map(str, v))
+    return str(v)
+
+
 def summary_markdown(name: str, report: dict) -> str:
-    """A few headline facts of an inspect report; tolerant of missing fields."""
+    """Headline facts of an inspect report (inspect.inspect_network fields; missing ones are left out)."""
     rows = [("file", name)]
-    for key, label in (("arch", "architecture"), ("algos", "algorithm(s)"), ("algo", "algorithm"),
-                       ("ranks", "rank(s)"), ("rank", "rank"), ("alphas", "alpha(s)"), ("alpha", "alpha"),
-                       ("modules", "modules"), ("module_count", "modules")):
+    for key, label in (("arch_label", "architecture"), ("algorithms", "algorithm"), ("module_count", "modules"),
+                       ("ranks", "rank"), ("alphas", "alpha"), ("hash_short", "hash")):
         v = report.get(key)
-        if v is None or (label == "modules" and any(r[0] == "modules" for r in rows)):
-            continue
-        if isinstance(v, (list, tuple, set)):
-            v = ", ".join(map(str, v))
-        elif isinstance(v, dict):
-            v = ", ".join(f"{k}: {val}" for k, val in v.items()) if len(v) < 12 else f"{len(v)} entries"
-        rows.append((label, v))
+        if v not in (None, {}, []):
+            rows.append((label, _counts(v)))
+    other = (report.get("block_norms") or {}).get("other")
+    if other:
+        rows.append(("outside the block table", f"norm {other:.4g} (time embedding, conv_in/out...)"))
+    for note in report.get("notes") or []:
+        rows.append(("note", note))
     return "\n".join(f"- **{k}**: {html.escape(str(v))}" for k, v in rows)
 
 
 def show_lora(ctx, name: str):
     """Callback: (chart html, summary markdown, metadata json text)."""
     try:
-        report = inspect_lora(ctx, name)
+        report = inspect_lora(ctx, name, with_hash=True)
     except ImportError as exc:
         return "", f"Inspect is unavailable: {exc}", ""
     except LoraStudioError as exc:

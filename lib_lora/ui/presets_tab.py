@@ -134,6 +134,17 @@ def set_row(table, label, name: str, values_text: str):
     return _frame(rows, count), f"Row '{name}' set; press Save to write the presets file."
 
 
+def row_at(table, index) -> tuple[str, str]:
+    """(name, comma-separated values) of the table row at `index` (a row number or [row, col])."""
+    from lib_lora.ui.compat import dataframe_rows
+    rows = dataframe_rows(table)
+    i = index[0] if isinstance(index, (list, tuple)) else index
+    if i is None or not 0 <= int(i) < len(rows):
+        return "", ""
+    row = ["" if c is None else str(c).strip() for c in rows[int(i)]]
+    return row[0], ",".join(row[1:])
+
+
 def delete_row(table, label, name: str):
     from lib_lora.ui.compat import dataframe_rows
     count = count_of(label)
@@ -309,47 +320,45 @@ def build(ctx) -> None:
     names = list(store.names()) if store is not None else []
     table0, orig0, status0 = load_table(ctx, FORMAT_CHOICES[0])
     where = getattr(ctx, "presets_path", None) or getattr(store, "user_path", None)
-    gr.Markdown("Block-weight presets: edit a row or the table, then **Save**; prompts use the change at once."
-                + (f" User presets file: `{where}`." if where else ""))
+    gr.Markdown("Block-weight presets: click a row to edit it (or edit cells), **Set row**, then **Save**; "
+                "prompts use the change at once." + (f" User presets file: `{where}`." if where else ""))
+    with gr.Row():
+        fmt = gr.Dropdown(choices=FORMAT_CHOICES, value=FORMAT_CHOICES[0], label="Format (value count)",
+                          elem_id="lora_studio_presets_format", scale=1)
+        row_name = gr.Textbox(label="Preset name", elem_id="lora_studio_presets_row_name", scale=1)
+        row_values = gr.Textbox(label="Values (comma-separated)", scale=3, elem_id="lora_studio_presets_row_values")
+    with gr.Row():
+        set_btn = gr.Button("Set row", elem_id="lora_studio_presets_set")
+        del_btn = gr.Button("Delete row", elem_id="lora_studio_presets_delete")
+        save_btn = gr.Button("Save", variant="primary", elem_id="lora_studio_presets_save")
+        reload_btn = gr.Button("Reload from file", elem_id="lora_studio_presets_reload")
+    status = gr.Markdown(status0, elem_id="lora_studio_presets_status")
+    table = gr.Dataframe(value=table0, headers=columns(17), datatype="str", type="array", height=360,
+                         row_count=(max(1, len(table0)), "dynamic"), interactive=True,
+                         label="Presets", elem_id="lora_studio_presets_table")
+    with gr.Accordion("Import / export (LoRA Block Weight presets file)", open=False):
+        with gr.Row():
+            up = gr.File(label="Import lbwpresets.txt", file_types=[".txt"], elem_id="lora_studio_presets_import_file")
+            down = gr.File(label="Exported file", interactive=False, elem_id="lora_studio_presets_export_file")
+        with gr.Row():
+            import_btn = gr.Button("Import", elem_id="lora_studio_presets_import")
+            export_btn = gr.Button("Export", elem_id="lora_studio_presets_export")
+    gr.Markdown("### LoRA blocks and tag")
     with gr.Row():
         with gr.Column(scale=3):
-            fmt = gr.Dropdown(choices=FORMAT_CHOICES, value=FORMAT_CHOICES[0], label="Format (value count)",
-                              elem_id="lora_studio_presets_format")
-            table = gr.Dataframe(value=table0, headers=columns(17), datatype="str", type="array",
-                                 row_count=(max(1, len(table0)), "dynamic"), interactive=True,
-                                 label="Presets", elem_id="lora_studio_presets_table")
-            with gr.Row():
-                row_name = gr.Textbox(label="Preset name", elem_id="lora_studio_presets_row_name", scale=1)
-                row_values = gr.Textbox(label="Values (comma-separated)", scale=3,
-                                        elem_id="lora_studio_presets_row_values")
-            with gr.Row():
-                set_btn = gr.Button("Set row", elem_id="lora_studio_presets_set")
-                del_btn = gr.Button("Delete row", elem_id="lora_studio_presets_delete")
-                save_btn = gr.Button("Save", variant="primary", elem_id="lora_studio_presets_save")
-                reload_btn = gr.Button("Reload from file", elem_id="lora_studio_presets_reload")
-            status = gr.Markdown(status0, elem_id="lora_studio_presets_status")
-            with gr.Accordion("Import / export (LoRA Block Weight presets file)", open=False):
-                with gr.Row():
-                    up = gr.File(label="Import lbwpresets.txt", file_types=[".txt"],
-                                 elem_id="lora_studio_presets_import_file")
-                    down = gr.File(label="Exported file", interactive=False,
-                                   elem_id="lora_studio_presets_export_file")
-                with gr.Row():
-                    import_btn = gr.Button("Import", elem_id="lora_studio_presets_import")
-                    export_btn = gr.Button("Export", elem_id="lora_studio_presets_export")
-        with gr.Column(scale=2):
             with gr.Row():
                 lora = gr.Dropdown(choices=lora_tab.list_loras(ctx), label="LoRA", scale=4,
                                    elem_id="lora_studio_presets_lora")
                 refresh = gr.Button("Refresh", scale=1, elem_id="lora_studio_presets_lora_refresh")
             chart = gr.HTML(elem_id="lora_studio_presets_chart")
-            summary = gr.Markdown(elem_id="lora_studio_presets_lora_summary")
+        with gr.Column(scale=2):
             weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="Weight", elem_id="lora_studio_presets_weight")
             preset = gr.Dropdown(choices=[""] + names, value="", label="Preset",
                                  elem_id="lora_studio_presets_preset")
             copy_btn = gr.Button("Copy tag", variant="primary", elem_id="lora_studio_presets_copy")
             tag = gr.Textbox(label="Tag", interactive=True, elem_id="lora_studio_presets_tag")
             tag_status = gr.Markdown(elem_id="lora_studio_presets_tag_status")
+            summary = gr.Markdown(elem_id="lora_studio_presets_lora_summary")
     orig = gr.State(orig0)
 
     def preset_choices():
@@ -357,6 +366,7 @@ def build(ctx) -> None:
         return compat.update(choices=[""] + (list(s.names()) if s is not None else []))
 
     fmt.change(lambda f: load_table(ctx, f), inputs=[fmt], outputs=[table, orig, status])
+    table.select(compat.with_select_index(row_at, 1), inputs=[table], outputs=[row_name, row_values])
     set_btn.click(set_row, inputs=[table, fmt, row_name, row_values], outputs=[table, status])
     del_btn.click(delete_row, inputs=[table, fmt, row_name], outputs=[table, status])
     save_btn.click(lambda t, f, o: save_table(ctx, t, f, o), inputs=[table, fmt, orig],

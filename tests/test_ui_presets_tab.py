@@ -1,0 +1,190 @@
+"""The Python callbacks behind the Presets and LoRAs tabs, without a browser (real files, real store)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio")
+
+from lib_lora.errors import LoraStudioError  # noqa: E402
+from lib_lora.presets import PresetStore  # noqa: E402
+from lib_lora.ui import app, lora_tab  # noqa: E402
+from lib_lora.ui import presets_tab as pt  # noqa: E402
+from tests.browser import write_block_lora  # noqa: E402
+
+F17 = pt.FORMAT_CHOICES[0]
+F12 = next(c for c in pt.FORMAT_CHOICES if c.startswith("12"))
+FACE = ["1", "0", "0", "0", "0", "0", "0", "0", "0.8", "1", "1", "0.2", "0", "0", "0", "0", "0"]
+
+
+def make_ctx(tmp_path: Path, **kw):
+    return app.build_context([tmp_path / "lora"], [tmp_path / "ckpt"], tmp_path / "tagger",
+                             presets_file=tmp_path / "user_presets.txt", **kw)
+
+
+@pytest.fixture
+def ctx(tmp_path):
+    return make_ctx(tmp_path)
+
+
+def preset_lines(path: Path) -> list[str]:
+    return [ln for ln in path.read_text().splitlines() if ln and not ln.startswith("#")]
+
+
+def test_table_lists_presets_of_the_chosen_format(ctx):
+    df, names, status = pt.load_table(ctx, F17)
+    assert list(df.columns)[:3] == ["name", "BASE", "IN01"] and len(df.columns) == 18
+    assert df[df["name"] == "face"].values.tolist()[0][1:] == FACE
+    assert "ALL_XL" not in names and "face" in names and "17 values" in status
+    df12, names12, _ = pt.load_table(ctx, F12)
+    assert len(df12.columns) == 13 and "ALL_XL" in names12 and "face" not in names12
+    assert df12[df12["name"] == "ALL_XL"].values.tolist()[0][1:] == ["1"] * 12
+
+
+def test_set_row_adds_replaces_and_validates(ctx):
+    df, _, _ = pt.load_table(ctx, F17)
+    n0 = len(df)
+    df2, msg = pt.set_row(df.values.tolist(), F17, "mine", ",".join(["0.5"] * 17))
+    assert len(df2) == n0 + 1 and df2.values.tolist()[-1] == ["mine"] + ["0.5"] * 17 and "Save" in msg
+    df3, _ = pt.set_row(df2.values.tolist(), F17, "mine", ",".join(["R"] * 17))
+    assert len(df3) == n0 + 1 and df3.values.tolist()[-1][1:] == ["R"] * 17
+    _, msg = pt.set_row(df.values.tolist(), F17, "short", "1,1,1")
+    assert msg.startswith("⚠") and "3 values" in msg and "needs 17" in msg
+    _, msg = pt.set_row(df.values.tolist(), F17, "0.5", ",".join(["1"] * 17))
+    assert msg.startswith("⚠") and "number" in msg
+    _, msg = pt.set_row(df.values.tolist(), F17, "bad", ",".join(["1"] * 16 + ["abc"]))
+    assert msg.startswith("⚠") and "abc" in msg
+
+
+def test_row_at_fills_the_form_from_a_click(ctx):
+    df, _, _ = pt.load_table(ctx, F17)
+    i = df["name"].tolist().index("face")
+    assert pt.row_at(df.values.tolist(), [i, 4]) == ("face", ",".join(FACE))
+    assert pt.row_at(df.values.tolist(), [999, 0]) == ("", "")
+
+
+def test_save_writes_only_changes_and_takes_effect_at_once(ctx, tmp_path):
+    df, names, _ = pt.load_table(ctx, F17)
+    rows = df.values.tolist()
+    for r in rows:
+        if r[0] == "face":
+            r[9] = "0.9"           # OUT03
+    rows.append(["mine"] + ["1"] * 8 + ["0"] * 9)
+    df2, names2, msg = pt.save_table(ctx, rows, F17, names)
+    assert not msg.startswith("⚠"), msg
+    assert "2 changed" in msg and "mine" in names2
+    user = tmp_path / "user_presets.txt"
+    assert sorted(preset_lines(user)) == sorted([
+        "face:1,0,0,0,0,0,0,0,0.9,1,1,0.2,0,0,0,0,0", "mine:" + ",".join(["1"] * 8 + ["0"] * 9)])
+    assert ctx.presets.get("face")[8] == "0.9" and ctx.presets.get("mine") == ["1"] * 8 + ["0"] * 9
+    # a fresh store (another process, the WebUI) reads the same
+    fresh = PresetStore(app.BUILTIN_PRESETS, user)
+    assert fresh.get("mine") == ["1"] * 8 + ["0"] * 9 and fresh.get("face")[8] == "0.9"
+    # removing the user row deletes it; the shipped face comes back once its override row is gone
+    rows2 = [r for r in df2.values.tolist() if r[0] != "mine"]
+    _, names3, msg = pt.save_table(ctx, rows2, F17, names2)
+    assert "1 removed" in msg and "mine" not in names3 and ctx.presets.get("mine") is None
+    assert preset_lines(user) == ["face:1,0,0,0,0,0,0,0,0.9,1,1,0.2,0,0,0,0,0"]
+
+
+def test_save_refuses_to_delete_a_shipped_preset_and_changes_nothing(ctx, tmp_path):
+    df, names, _ = pt.load_table(ctx, F17)
+    rows = [r for r in df.values.tolist() if r[0] != "face"]
+    rows.append(["new1"] + ["1"] * 17)
+    _, names2, msg = pt.save_table(ctx, rows, F17, names)
+    assert msg.startswith("⚠") and "'face' is a shipped preset" in msg
+    assert names2 == names and not (tmp_path / "user_presets.txt").exists()
+    assert ctx.presets.get("new1") is None and ctx.presets.get("face") == FACE
+
+
+def test_save_reports_bad_rows_and_duplicates(ctx, tmp_path):
+    df, names, _ = pt.load_table(ctx, F17)
+    rows = df.values.tolist() + [["dup"] + ["1"] * 17, ["dup"] + ["0"] * 17]
+    assert "appear twice" in pt.save_table(ctx, rows, F17, names)[2]
+    rows = df.values.tolist() + [["holes"] + ["1"] * 15 + ["", ""]]
+    msg = pt.save_table(ctx, rows, F17, names)[2]
+    assert "holes" in msg and "OUT10, OUT11" in msg
+    assert not (tmp_path / "user_presets.txt").exists()
+
+
+def test_listen_without_allow_writes_refuses_every_write(tmp_path):
+    ctx = make_ctx(tmp_path, listen=True, allow_writes=False)
+    df, names, _ = pt.load_table(ctx, F17)
+    msg = pt.save_table(ctx, df.values.tolist() + [["x1"] + ["1"] * 17], F17, names)[2]
+    assert msg.startswith("⚠") and "--allow-writes" in msg and "--listen" in msg
+    lbw = tmp_path / "lbw.txt"
+    lbw.write_text("imp:" + ",".join(["1"] * 17) + "\n")
+    assert "--allow-writes" in pt.import_file(ctx, str(lbw))
+    assert not (tmp_path / "user_presets.txt").exists() and ctx.presets.get("x1") is None
+    ok = make_ctx(tmp_path, listen=True, allow_writes=True)
+    assert not pt.import_file(ok, str(lbw)).startswith("⚠")
+    assert preset_lines(tmp_path / "user_presets.txt") == ["imp:" + ",".join(["1"] * 17)]
+
+
+def test_import_and_export_lbw_file(ctx, tmp_path):
+    lbw = tmp_path / "lbwpresets.txt"
+    lbw.write_text("# comment\nAAA:" + ",".join(["1"] * 17) + "\nBBB:" + ",".join(["0.5"] * 12)
+                   + "\nbroken:1,2,3\n", encoding="utf-8")
+    msg = pt.import_file(ctx, str(lbw))
+    assert "Imported 2 presets (AAA, BBB)" in msg and "broken" in msg and ":4" in msg
+    assert ctx.presets.get("BBB") == ["0.5"] * 12
+    assert sorted(preset_lines(tmp_path / "user_presets.txt")) == sorted(
+        ["AAA:" + ",".join(["1"] * 17), "BBB:" + ",".join(["0.5"] * 12)])
+    path, msg = pt.export_file(ctx)
+    text = Path(path).read_text()
+    assert Path(path).name == "lbwpresets.txt" and "AAA:" + ",".join(["1"] * 17) in text
+    assert "face:" + ",".join(FACE) in text and f"Exported {len(ctx.presets.names())} presets" in msg
+    assert pt.import_file(ctx, None).startswith("⚠")
+
+
+def test_make_tag():
+    assert pt.make_tag("sub/my_lora.safetensors", 0.75, "face") == "<lora:my_lora:0.75:face>"
+    assert pt.make_tag("x.safetensors", 1.0, "") == "<lora:x:1>"
+    assert pt.make_tag("x.safetensors", 0.30000000000000004, "ALL") == "<lora:x:0.3:ALL>"
+    assert pt.make_tag("x.safetensors", -1, None) == "<lora:x:-1>"
+    assert pt.tag_callback("", 1, "face")[1].startswith("⚠")
+
+
+def test_lora_listing_and_path_safety(ctx, tmp_path):
+    (tmp_path / "lora" / "sub").mkdir()
+    write_block_lora(tmp_path / "lora" / "sub" / "b.safetensors")
+    (tmp_path / "lora" / "notes.txt").write_text("x")
+    (tmp_path / "secret.safetensors").write_bytes(b"x")
+    assert lora_tab.list_loras(ctx) == ["sub/b.safetensors"]
+    for bad in ("../secret.safetensors", str(tmp_path / "secret.safetensors"), "notes.txt"):
+        with pytest.raises(LoraStudioError):
+            lora_tab.lora_path(ctx, bad)
+
+
+def test_chart_shows_the_loras_block_norms_and_preset_weights(ctx, tmp_path):
+    expected = write_block_lora(tmp_path / "lora" / "blocky.safetensors")
+    html, summary = pt.lora_chart(ctx, "blocky.safetensors", "face")
+    bars = dict(re.findall(r'class="bar" data-block="(\w+)" data-norm="([^"]+)"', html))
+    assert set(bars) == set(expected)
+    for block, norm in expected.items():
+        assert float(bars[block]) == pytest.approx(norm, rel=1e-4)
+    assert max(bars, key=lambda b: float(bars[b])) == "OUT03"
+    weights = dict(re.findall(r'class="weight" data-block="(\w+)" data-weight="([^"]+)"', html))
+    assert weights["OUT03"] == "0.8" and weights["BASE"] == "1" and weights["M00"] == "0" and len(weights) == 26
+    assert "SD1" in summary and "blocky.safetensors" in summary
+    html2, _ = pt.lora_chart(ctx, "blocky.safetensors", "")
+    assert 'class="weight"' not in html2 and 'class="bar"' in html2
+    assert pt.lora_chart(ctx, "missing.safetensors", "")[1].startswith("⚠")
+
+
+def test_letters_in_a_preset_are_not_drawn_as_weights(ctx):
+    ctx.presets.set("rnd", ["R"] + ["1"] * 16)
+    w = pt.preset_weights(ctx, "rnd", "sd1")
+    assert w[0] is None and w[2] == 1.0 and w[1] == 0.0   # IN00 is not in the 17 format → 0
+    assert pt.preset_weights(ctx, "ALL", "sdxl")[14] == 1.0  # SDXL resolves ALL → ALL_XL (OUT00 listed)
+    assert pt.preset_weights(ctx, "ALL", "sd1")[14] == 0.0   # the 17-value ALL leaves OUT00 out
+
+
+def test_inspect_tab_callback(ctx, tmp_path):
+    write_block_lora(tmp_path / "lora" / "blocky.safetensors")
+    html, summary, meta = lora_tab.show_lora(ctx, "blocky.safetensors")
+    assert 'data-block="OUT03"' in html and "hash" in summary and "ss_network_dim" in meta
+    assert lora_tab.show_lora(ctx, "../x.safetensors")[1].startswith("⚠")
