@@ -68,12 +68,13 @@ class LayerRef:
     def qkv_rows(self, i: int) -> torch.Tensor:
         """Live rows of q (0), k (1) or v (2): a view of `in_proj_weight` or the separate Linear."""
         part, rows, _ = self.locate(i)[0]
-        return self.part_tensors()[part][0][rows]
+        w = self.part_tensors()[part][0]
+        return w if rows == slice(None) else w[rows]
 
     def qkv_bias(self, i: int) -> torch.Tensor | None:
         part, rows, _ = self.locate(i)[0]
         b = self.part_tensors()[part][1]
-        return None if b is None else b[rows]
+        return b if b is None or rows == slice(None) else b[rows]
 
     def target_shape(self, qkv: int | None) -> torch.Size:
         if qkv is None:
@@ -163,7 +164,7 @@ class Host:
             if openclip:
                 layers.update(_openclip_from_hf(te, root + "model.transformer.resblocks."))
             else:
-                for name, mod in te.named_modules():
+                for name, mod in _hf_clip_modules(te):
                     if isinstance(mod, _LEAF_TYPES) and name.startswith("text_model."):
                         canon = root + "transformer." + name
                         layers[canon] = _ref_of_module(canon, mod)
@@ -233,6 +234,14 @@ def _call_convert(convert, name, arch):
         return convert(name)
 
 
+def _hf_clip_modules(te):
+    """named_modules() with the `text_model.` head (transformers 5 dropped it from CLIPTextModel)."""
+    for name, mod in te.named_modules():
+        if name.startswith(("embeddings", "encoder", "final_layer_norm")):
+            name = "text_model." + name
+        yield name, mod
+
+
 _HF_TO_OPENCLIP = {"self_attn.out_proj": "attn.out_proj", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
                    "layer_norm1": "ln_1", "layer_norm2": "ln_2"}
 
@@ -240,7 +249,7 @@ _HF_TO_OPENCLIP = {"self_attn.out_proj": "attn.out_proj", "mlp.fc1": "mlp.c_fc",
 def _openclip_from_hf(te, root: str) -> dict[str, LayerRef]:
     """transformers CLIP with OpenCLIP weights → canonical resblocks; q/k/v become the fused layer."""
     layers: dict[str, LayerRef] = {}
-    mods = dict(te.named_modules())
+    mods = dict(_hf_clip_modules(te))
     pat = re.compile(r"^text_model\.encoder\.layers\.(\d+)\.(.+)$")
     for name, mod in mods.items():
         m = pat.match(name)
