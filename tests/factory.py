@@ -279,8 +279,8 @@ def make_lora_with_targets(model: str = "sd15", family: str = "kohya", algo: str
     md = {}
     if metadata:
         if family in ("kohya", "lycoris"):
-            md = {"ss_network_module": "lycoris.kohya" if family == "lycoris" else
-                  ("networks.oft" if algo == "oft" else "networks.lora"),
+            kohya_module = {"oft": "networks.oft", "lora": "networks.lora", "locon": "networks.lora"}.get(algo)
+            md = {"ss_network_module": kohya_module if family == "kohya" and kohya_module else "lycoris.kohya",
                   "ss_network_dim": str(rank), "ss_network_alpha": str(alpha),
                   "ss_base_model_version": "sdxl_base_v1-0" if model == "sdxl" else "sd_v1",
                   "ss_output_name": f"test_{model}_{algo}"}
