@@ -104,6 +104,12 @@ def resolve_model(spec: str, models_dir, allow_download: bool = True, revision: 
         if pair is None:
             raise ModelNotFound(f"{p} holds neither {MODEL_FILE} nor {TAGS_FILE}: put both files there.")
         return ModelFiles(p.name, *pair, "local folder")
+    local = Path(models_dir) / spec
+    if "/" not in spec and "\\" not in spec and local.is_dir():   # a sub-folder of the models folder, by name
+        pair = _pair(local)
+        if pair:
+            return ModelFiles(spec, *pair, "local folder",
+                              KNOWN_MODELS[spec].threshold_hint if spec in KNOWN_MODELS else None)
     known = KNOWN_MODELS.get(spec) or next((k for k in KNOWN_MODELS.values() if k.repo == spec), None)
     if known is None and spec.count("/") != 1:
         raise ModelNotFound(f"'{spec}' is neither a folder nor a known model; known: {', '.join(KNOWN_MODELS)}.")

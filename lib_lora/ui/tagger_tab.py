@@ -1,0 +1,278 @@
+"""Tagger tab: WD14 tags for one image (confidence bars, ratings) or a whole folder (progress with
+images/s and ETA, cancel, tag-frequency table), model load/unload with the running provider shown.
+
+Callbacks are plain functions of (ctx, values) so they are tested without a browser; `build` wires them.
+GPU work runs under ctx.wrap_gpu_call (the WebUI queue lock); CPU tagging never blocks generation.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+from lib_lora.errors import LoraStudioError
+
+PROVIDERS = ("auto", "cpu", "cuda", "directml", "coreml", "rocm", "openvino")
+EXISTING = ("skip", "overwrite", "append", "prepend")
+_ACTIVE: dict[int, threading.Event] = {}       # running folder jobs → their cancel events
+_ACTIVE_LOCK = threading.Lock()
+
+# The option components, in order; `options_from` turns their values into TagOptions.
+OPTION_FIELDS = ("general_threshold", "character_threshold", "general_mcut", "character_mcut",
+                 "include_characters", "characters_first", "sort", "replace_underscores", "escape_brackets",
+                 "rating", "max_tags", "exclude", "prepend", "append")
+
+
+def _split(text) -> list[str]:
+    return [t.strip() for t in str(text or "").split(",") if t.strip()]
+
+
+def options_from(values) -> "TagOptions":  # noqa: F821
+    from lib_lora.tagger.postprocess import TagOptions
+    v = dict(zip(OPTION_FIELDS, values))
+    return TagOptions(
+        general_threshold=float(v["general_threshold"]), character_threshold=float(v["character_threshold"]),
+        general_mcut=bool(v["general_mcut"]), character_mcut=bool(v["character_mcut"]),
+        include_characters=bool(v["include_characters"]), characters_first=bool(v["characters_first"]),
+        sort=v["sort"], replace_underscores=bool(v["replace_underscores"]),
+        escape_brackets=bool(v["escape_brackets"]), rating=v["rating"], max_tags=int(v["max_tags"] or 0),
+        exclude=_split(v["exclude"]), prepend=_split(v["prepend"]), append=_split(v["append"])).validate()
+
+
+def model_choices(ctx) -> list[str]:
+    from lib_lora.tagger.model import list_local_models
+    return list_local_models(ctx.tagger_models_dir)
+
+
+def threshold_hint(model: str) -> str:
+    from lib_lora.tagger.model import KNOWN_MODELS
+    k = KNOWN_MODELS.get(str(model or ""))
+    if k and k.threshold_hint:
+        return f"Model card P=R threshold for {model}: {k.threshold_hint:.4f} (the default stays 0.35)."
+    return ""
+
+
+def load(ctx, model: str, provider: str, allow_download: bool, log=print):
+    from lib_lora.tagger.model import get_tagger
+    if not model:
+        raise LoraStudioError("Pick a tagger model (or type a folder holding model.onnx + selected_tags.csv).")
+    # Downloading writes files: only when writes are allowed.
+    return get_tagger(model, ctx.tagger_models_dir, provider or "auto",
+                      allow_download=bool(allow_download) and ctx.writes_allowed, log=log)
+
+
+def status_text(tagger) -> str:
+    text = f"Loaded: {tagger.describe()}."
+    if tagger.warning:
+        text += f"\n\n**{tagger.warning}**"
+    return text
+
+
+def gpu_section(ctx, tagger, fn):
+    """Run `fn` under the WebUI queue lock when a GPU is used. The WebUI wrapper may add outputs and
+    swallow exceptions, so the result and any error travel through a closure."""
+    if not tagger.is_gpu:
+        return fn()
+    box: dict = {}
+
+    def work(*_):
+        try:
+            box["result"] = fn()
+        except BaseException as exc:  # noqa: BLE001 — re-raised below, outside the wrapper
+            box["error"] = exc
+        return ()
+
+    ctx.wrap_gpu_call(work)()
+    if "error" in box:
+        raise box["error"]
+    if "result" not in box:
+        raise LoraStudioError("the tagging job did not run; see the console.")
+    return box["result"]
+
+
+def tag_single(ctx, image, model, provider, allow_download, *option_values):
+    """→ (caption, general {tag: p}, characters {tag: p}, ratings {name: p}, status)."""
+    from lib_lora.tagger.pipeline import tag_image
+    try:
+        if image is None:
+            raise LoraStudioError("Drop an image first.")
+        opts = options_from(option_values)
+        tagger = load(ctx, model, provider, allow_download)
+        r = gpu_section(ctx, tagger, lambda: tag_image(tagger, image, opts))
+        return (r.caption(), dict(r.general), dict(r.characters), r.ratings, status_text(tagger))
+    except LoraStudioError as exc:
+        return ("", {}, {}, {}, f"**Error:** {exc}")
+
+
+def unload() -> str:
+    from lib_lora.tagger.model import unload_all
+    n = unload_all()
+    return f"Unloaded {n} model{'s' if n != 1 else ''}; memory released." if n else "No model was loaded."
+
+
+def cancel_all() -> str:
+    with _ACTIVE_LOCK:
+        events = list(_ACTIVE.values())
+    for e in events:
+        e.set()
+    return "Cancelling after the current batch…" if events else "Nothing is running."
+
+
+def frequency_rows(counts, limit: int = 500) -> list[list]:
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return [[t, n] for t, n in items[:limit]] or [["", 0]]
+
+
+def progress_text(p) -> str:
+    if p is None:
+        return "Starting…"
+    total = "?" if p.total is None else p.total
+    eta = "–" if p.eta_s is None else time.strftime("%H:%M:%S", time.gmtime(p.eta_s))
+    return (f"**{p.done} / {total}** images · {p.images_per_s:.2f} images/s · ETA {eta} · "
+            f"written {p.written} · skipped {p.skipped} · unreadable {p.failed}")
+
+
+def run_folder_ui(ctx, model, provider, allow_download, folder, recursive, existing, caption_ext, output_dir,
+                  batch_size, json_sidecar, unload_after, *option_values):
+    """Generator for Gradio: yields (progress markdown, frequency rows, log text) while the job runs."""
+    from lib_lora.tagger.pipeline import FolderJob, run_folder, summary_lines
+    logs: list[str] = []
+    try:
+        ctx.check_writes()
+        if not folder or not Path(str(folder)).expanduser().is_dir():
+            raise LoraStudioError(f"Folder '{folder}' does not exist; type the path of a folder of images.")
+        opts = options_from(option_values)
+        tagger = load(ctx, model, provider, allow_download, log=logs.append)
+        job = FolderJob(input_dir=Path(str(folder)).expanduser(), recursive=bool(recursive), existing=existing,
+                        caption_ext=caption_ext or ".txt", batch_size=int(batch_size or 1),
+                        output_dir=Path(str(output_dir)).expanduser() if output_dir else None,
+                        json_sidecar=bool(json_sidecar), tag_options=opts)
+    except LoraStudioError as exc:
+        yield f"**Error:** {exc}", frequency_rows({}), ""
+        return
+    cancel, state = threading.Event(), {"progress": None, "report": None, "error": None}
+
+    def worker():
+        try:
+            state["report"] = gpu_section(ctx, tagger, lambda: run_folder(
+                tagger, job, progress=lambda p: state.__setitem__("progress", p), cancel=cancel, log=logs.append))
+        except BaseException as exc:  # noqa: BLE001 — shown in the tab
+            state["error"] = exc
+
+    with _ACTIVE_LOCK:
+        _ACTIVE[id(cancel)] = cancel
+    thread = threading.Thread(target=worker, name="tagger-folder", daemon=True)
+    thread.start()
+    try:
+        while thread.is_alive():
+            thread.join(0.5)
+            yield progress_text(state["progress"]), frequency_rows({}), "\n".join(logs[-200:])
+    finally:
+        cancel.set()     # the browser went away: stop the job too
+        with _ACTIVE_LOCK:
+            _ACTIVE.pop(id(cancel), None)
+    if unload_after:
+        logs.append(unload())
+    err, report = state["error"], state["report"]
+    if err is not None:
+        msg = str(err) if isinstance(err, LoraStudioError) else f"{type(err).__name__}: {err}"
+        yield f"**Error:** {msg}", frequency_rows({}), "\n".join(logs[-200:])
+        return
+    head = summary_lines(report)[0]
+    yield (f"**Done:** {head}. {status_text(tagger) if not unload_after else ''}",
+           frequency_rows(report.frequencies), "\n".join(logs[-200:]))
+
+
+def build(ctx) -> None:
+    import gradio as gr
+    from lib_lora.ui import compat
+
+    choices = model_choices(ctx)
+    gr.Markdown(f"WD14 tagger. Models: a folder with `model.onnx` + `selected_tags.csv` in "
+                f"`{ctx.tagger_models_dir}`, any folder path, or a known model (downloaded there when allowed).")
+    with gr.Row():
+        model = gr.Dropdown(choices=choices, value=choices[0] if choices else None, label="Model",
+                            allow_custom_value=True, elem_id="lora_studio_tagger_model", scale=4)
+        provider = gr.Dropdown(choices=list(PROVIDERS), value="auto", label="Provider",
+                               elem_id="lora_studio_tagger_provider", scale=1)
+        allow_dl = gr.Checkbox(value=True, label="Download if missing", elem_id="lora_studio_tagger_download")
+    with gr.Row():
+        load_btn = gr.Button("Load model", elem_id="lora_studio_tagger_load")
+        unload_btn = gr.Button("Unload model", elem_id="lora_studio_tagger_unload")
+        refresh = gr.Button("Refresh list", elem_id="lora_studio_tagger_refresh")
+    status = gr.Markdown("No model loaded.", elem_id="lora_studio_tagger_status")
+    hint = gr.Markdown(threshold_hint(choices[0] if choices else ""), elem_id="lora_studio_tagger_hint")
+    with gr.Row():
+        g_thr = gr.Slider(0, 1, value=0.35, step=0.01, label="General threshold (keep p >)",
+                          elem_id="lora_studio_tagger_gthr")
+        c_thr = gr.Slider(0, 1.01, value=0.85, step=0.01, label="Character threshold (> 1 disables)",
+                          elem_id="lora_studio_tagger_cthr")
+    with gr.Accordion("Tag options", open=False):
+        with gr.Row():
+            g_mcut = gr.Checkbox(False, label="MCut for general tags")
+            c_mcut = gr.Checkbox(False, label="MCut for characters")
+            inc_chars = gr.Checkbox(True, label="Include characters")
+            chars_first = gr.Checkbox(False, label="Characters first")
+        with gr.Row():
+            sort = gr.Dropdown(["confidence", "alphabetical", "model"], value="confidence", label="Order")
+            spaces = gr.Checkbox(True, label="Underscores → spaces (not emoticons)")
+            escape = gr.Checkbox(False, label="Escape brackets \\( \\)")
+            rating = gr.Dropdown(["none", "first", "last"], value="none", label="Write rating tag")
+            max_tags = gr.Number(value=0, precision=0, label="Max tags (0 = all)")
+        with gr.Row():
+            exclude = gr.Textbox(label="Exclude tags (comma-separated; any case, _ or space)")
+            prepend = gr.Textbox(label="Prepend tags (e.g. trigger word)")
+            append = gr.Textbox(label="Append tags")
+    opt_inputs = [g_thr, c_thr, g_mcut, c_mcut, inc_chars, chars_first, sort, spaces, escape, rating, max_tags,
+                  exclude, prepend, append]
+    with gr.Tabs():
+        with gr.Tab("Single image"):
+            with gr.Row():
+                image = gr.Image(type="pil", label="Image", elem_id="lora_studio_tagger_image")
+                with gr.Column():
+                    tag_btn = gr.Button("Tag image", variant="primary", elem_id="lora_studio_tagger_tag")
+                    caption = gr.Textbox(label="Caption", lines=4, elem_id="lora_studio_tagger_caption")
+                    ratings = gr.Label(label="Rating", elem_id="lora_studio_tagger_ratings")
+            with gr.Row():
+                chars = gr.Label(label="Characters", num_top_classes=20, elem_id="lora_studio_tagger_chars")
+                general = gr.Label(label="General tags", num_top_classes=200, elem_id="lora_studio_tagger_general")
+        with gr.Tab("Folder"):
+            with gr.Row():
+                folder = gr.Textbox(label="Image folder", elem_id="lora_studio_tagger_folder", scale=4)
+                recursive = gr.Checkbox(False, label="Include sub-folders")
+            with gr.Row():
+                existing = gr.Radio(list(EXISTING), value="skip", label="Existing caption files")
+                cap_ext = gr.Dropdown([".txt", ".caption"], value=".txt", label="Caption extension")
+                out_dir = gr.Textbox(label="Output folder (empty = beside the images)")
+            with gr.Row():
+                batch = gr.Number(value=8, precision=0, label="Batch size (fixed-batch models use 1)")
+                sidecar = gr.Checkbox(False, label="JSON with confidences")
+                unload_after = gr.Checkbox(False, label="Unload model after the run")
+            with gr.Row():
+                start = gr.Button("Tag folder", variant="primary", elem_id="lora_studio_tagger_start")
+                stop = gr.Button("Cancel", elem_id="lora_studio_tagger_cancel")
+            progress = gr.Markdown(elem_id="lora_studio_tagger_progress")
+            table = gr.Dataframe(headers=["tag", "count"], datatype=["str", "number"], value=[["", 0]],
+                                 label="Tag frequencies", interactive=False, elem_id="lora_studio_tagger_table")
+            log = gr.Textbox(label="Log", lines=6, max_lines=12, elem_id="lora_studio_tagger_log")
+
+    def do_load(m, p, dl):
+        try:
+            return status_text(load(ctx, m, p, dl))
+        except LoraStudioError as exc:
+            return f"**Error:** {exc}"
+
+    load_btn.click(do_load, inputs=[model, provider, allow_dl], outputs=[status])
+    unload_btn.click(unload, inputs=[], outputs=[status])
+    refresh.click(lambda: compat.update(choices=model_choices(ctx)), inputs=[], outputs=[model])
+    model.change(threshold_hint, inputs=[model], outputs=[hint])
+    tag_btn.click(lambda *a: tag_single(ctx, *a), inputs=[image, model, provider, allow_dl] + opt_inputs,
+                  outputs=[caption, general, chars, ratings, status])
+
+    def folder_gen(*a):
+        yield from run_folder_ui(ctx, *a)
+
+    start.click(folder_gen, inputs=[model, provider, allow_dl, folder, recursive, existing, cap_ext, out_dir,
+                                    batch, sidecar, unload_after] + opt_inputs, outputs=[progress, table, log])
+    stop.click(cancel_all, inputs=[], outputs=[progress])
