@@ -6,6 +6,7 @@ a plain dict (last wins).  We therefore register again in on_app_started and che
 
 from __future__ import annotations
 
+import os
 import traceback
 
 from modules import extra_networks
@@ -43,8 +44,9 @@ class LoraStudioNetwork(extra_networks.ExtraNetwork):
             if rep is not None:
                 stats = (f"; layers written {rep.layers_written}, kept {rep.layers_kept}, restored "
                          f"{rep.layers_restored}, deltas computed {rep.deltas_computed}, cache hits {rep.cache_hits}")
-            print(f"[LoRA Studio] applied {', '.join(parts)}{stats}; patched-weights sum "
-                  f"{ENGINE.patched_sum():.6e} in {act.seconds:.2f}s"
+            # A checksum of the patched weights costs a pass over them: only for verification runs.
+            check = f"; patched-weights sum {ENGINE.patched_sum():.6e}" if os.environ.get("LORA_STUDIO_CHECKSUM") else ""
+            print(f"[LoRA Studio] applied {', '.join(parts)}{stats}{check} in {act.seconds:.2f}s"
                   + (" (hires pass)" if getattr(p, "is_hr_pass", False) else ""))
         else:
             infotext.clear(p)

@@ -55,7 +55,7 @@ def a1111_param(model, layer: str) -> torch.nn.Parameter:
 
 
 class FakeWebui:
-    def __init__(self, tmp_path: Path, builtin: bool = True, seed: int = 0):
+    def __init__(self, tmp_path: Path, builtin: bool = True, seed: int = 0, layers=LAYERS):
         from tests.models import build_model
         _purge()
         self._path = list(sys.path)
@@ -67,7 +67,10 @@ class FakeWebui:
         shared.cmd_opts.lora_dir = str(self.lora_dir)
         shared.cmd_opts.lyco_dir_backcompat = str(tmp_path / "LyCORIS")
         shared.opts.data["lora_studio_presets_file"] = str(tmp_path / "user_presets.txt")
-        self.model = build_model("sd15", include=lambda layer: layer in LAYERS, a1111=True, seed=seed)
+        self.layers = set(layers) if not callable(layers) else None
+        include = layers if callable(layers) else (lambda layer: layer in self.layers)
+        self.include = include
+        self.model = build_model("sd15", include=include, a1111=True, seed=seed)
         shared.sd_model = self.model
         sd_models.model_data.sd_model = self.model
         self.app = None
@@ -122,7 +125,7 @@ def write_lora(webui: FakeWebui, name: str, seed: int = 1, subdir: str = "", **m
 
     from tests.factory import make_lora
     sd, md = make_lora("sd15", family="kohya", algo="lora", rank=4, seed=seed,
-                       layers=lambda layer: layer in LAYERS, metadata=dict(meta) if meta else True)
+                       layers=webui.include, metadata=dict(meta) if meta else True)
     if "ss_output_name" not in meta:
         md["ss_output_name"] = name
     folder = webui.lora_dir / subdir
