@@ -28,7 +28,7 @@ def register() -> None:
     script_callbacks.on_app_started(_safe(handler.on_app_started))
     script_callbacks.on_app_started(_safe(api.on_app_started))
     script_callbacks.on_before_ui(_safe(cards.on_before_ui))
-    script_callbacks.on_model_loaded(_safe(ENGINE.forget))
+    script_callbacks.on_model_loaded(_safe(ENGINE.on_model_loaded))
     script_callbacks.on_infotext_pasted(_safe(infotext.on_infotext_pasted))
     script_callbacks.on_cfg_denoiser(_safe(lambda params: ENGINE.set_step(int(params.sampling_step))))
     script_callbacks.on_script_unloaded(_safe(_unloaded))

@@ -118,6 +118,7 @@ class Engine:
         self.active = []                   # ActiveLora list currently applied
         self.has_schedule = False
         self._step_state = None
+        self._stamps = None
 
     # -- shared state ---------------------------------------------------------------------------
     def presets(self):
@@ -143,9 +144,24 @@ class Engine:
             self.host_model = sd_model
         return self.patcher
 
-    def forget(self, *_):
-        """on_model_loaded: the model's weights were (re)loaded; our backups and layer map are stale."""
+    def _stamp(self) -> None:
+        """Remember each layer tensor's identity and in-place version counter after our own writes."""
+        self._stamps = _stamps(self.patcher.host) if self.patcher is not None else None
+
+    def on_model_loaded(self, sd_model) -> None:
+        """A1111 also fires this after a VAE reload, when U-Net/TE weights (maybe patched by us) are untouched:
+        keep our backups then. Anything else (new model, weights loaded in place) → forget."""
         with self.lock:
+            if self.patcher is not None and sd_model is self.host_model and self._stamps is not None:
+                from lib_lora.host import Host
+                if _stamps(Host.from_a1111(sd_model)) == self._stamps:
+                    return
+            self.forget()
+
+    def forget(self, *_):
+        """The model's weights were (re)loaded: our backups and layer map are stale (never restore them)."""
+        with self.lock:
+            self._stamps = None
             if self.patcher is not None and hasattr(self.patcher, "forget"):
                 try:
                     self.patcher.forget()
@@ -157,6 +173,7 @@ class Engine:
         with self.lock:
             if self.patcher is not None:
                 self.patcher.restore()
+                self._stamp()
             self.active, self.has_schedule, self._step_state = [], False, None
             self.last = Activation()
 
@@ -258,6 +275,7 @@ class Engine:
                         act.warnings.append(msg)
                     else:
                         env.log.info(msg)
+            self._stamp()
             self.active = actives
             self.has_schedule = any(a.start is not None or a.stop is not None for a in actives)
             self._step_state = None
@@ -274,6 +292,7 @@ class Engine:
                 return
             self._step_state = step
             self.patcher.set_step(step)
+            self._stamp()
 
     def patched_sum(self) -> float:
         """float64 sum of every weight the patcher currently holds patched (cheap: only those layers)."""
@@ -291,6 +310,14 @@ class Engine:
         """Sum and a short digest over the weights of every layer the patcher may touch (debug/verification)."""
         sd_model = self.host_model or env.shared().sd_model
         return weights_checksum(sd_model)
+
+
+def _stamps(host) -> tuple:
+    out = []
+    for name, ref in host.layers.items():
+        for w, _ in ref.part_tensors():
+            out.append((name, id(w), w._version))
+    return tuple(out)
 
 
 def unlisted(net, name: str, rb) -> str | None:

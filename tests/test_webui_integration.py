@@ -257,3 +257,24 @@ def test_take_over_off_leaves_builtin(tmp_path):
         assert getattr(reg["lora"], "marker", None) is None
     finally:
         w.close()
+
+
+def test_model_loaded_keeps_state_on_vae_reload_and_forgets_on_weight_reload(webui):
+    from modules import script_callbacks
+    base = webui.weights()
+    webui.generate("x <lora:foo:1>")
+    patched = webui.weights()
+    script_callbacks.model_loaded_callback(webui.model)          # VAE reload: U-Net/TE untouched
+    webui.generate("x")
+    assert all(torch.equal(webui.weight(k), base[k]) for k in LAYERS)   # our backups were kept
+    webui.generate("x <lora:foo:1>")
+    # weights reloaded in place from the checkpoint (load_state_dict copies in place), then model_loaded
+    with torch.no_grad():
+        for k in LAYERS:
+            from tests.fake_webui.harness import a1111_param
+            a1111_param(webui.model, k).copy_(base[k] * 2)
+    script_callbacks.model_loaded_callback(webui.model)
+    webui.generate("x")                                          # nothing to restore: backups were dropped
+    assert all(torch.equal(webui.weight(k), base[k] * 2) for k in LAYERS)
+    webui.generate("x <lora:foo:1>")
+    assert all(torch.allclose(webui.weight(k) - base[k] * 2, patched[k] - base[k], atol=1e-4) for k in LAYERS)
