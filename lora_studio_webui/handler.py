@@ -111,8 +111,24 @@ def on_app_started(demo=None, app=None):
     register(clear_builtin=True)
 
 
+def hand_back() -> bool:
+    """Setting turned off at run time: give `lora`/`lyco` back to the built-in (it keeps its handler object)."""
+    nets = env.builtin_lora()
+    builtin = getattr(nets, "extra_network_lora", None) if nets is not None else None
+    if builtin is None or not is_ours(extra_networks.extra_network_registry.get("lora")):
+        return False
+    ENGINE.restore()                 # our weights out before the built-in takes its first backup
+    extra_networks.register_extra_network(builtin)
+    extra_networks.register_extra_network_alias(builtin, "lyco")
+    print("[LoRA Studio] `lora` handed back to the built-in Lora (setting lora_studio_take_over is off).")
+    return True
+
+
 def verify(p=None) -> None:
-    """Called from Script.process: re-register when another extension replaced us since start-up."""
-    if take_over() and register():
-        print("[LoRA Studio] the `lora` extra network had been replaced by another extension; "
-              "LoRA Studio registered it again.")
+    """Called from Script.process: re-register when another extension replaced us since start-up,
+    or hand the tags back when the take-over setting was switched off."""
+    if not take_over():
+        hand_back()
+    elif register():
+        print("[LoRA Studio] `lora` was not LoRA Studio's handler (replaced by another extension or the setting "
+              "was switched on); registered it again.")

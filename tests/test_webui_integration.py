@@ -278,3 +278,20 @@ def test_model_loaded_keeps_state_on_vae_reload_and_forgets_on_weight_reload(web
     assert all(torch.equal(webui.weight(k), base[k] * 2) for k in LAYERS)
     webui.generate("x <lora:foo:1>")
     assert all(torch.allclose(webui.weight(k) - base[k] * 2, patched[k] - base[k], atol=1e-4) for k in LAYERS)
+
+
+def test_take_over_switched_off_and_on_at_run_time(webui):
+    import extra_networks_lora
+    import networks
+    from modules import shared
+    base = webui.weights()
+    webui.generate("x <lora:foo:1>")
+    shared.opts.data["lora_studio_take_over"] = False
+    webui.generate("x <lora:foo:0.5>")
+    assert extra_networks_lora.calls[-1] == [["foo", "0.5"]]     # the built-in got the tag
+    assert all(torch.equal(webui.weight(k), base[k]) for k in LAYERS)   # ours were taken out first
+    assert [n.name for n in networks.loaded_networks] == ["foo"]
+    shared.opts.data["lora_studio_take_over"] = True
+    webui.generate("x <lora:foo:1:face>")
+    assert networks.loaded_networks == []                        # stale built-in state dropped
+    assert getattr(registry()[0]["lora"], "marker", None) == "lora_studio"
