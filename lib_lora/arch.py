@@ -147,32 +147,38 @@ def _in_features(key: str, sd: dict) -> int | None:
 
 def detect_arch_raw(state_dict: dict, metadata: dict | None = None) -> str:
     """Architecture from raw keys and shapes (before grouping), first conclusive rule wins."""
+    return detect_arch_raw_detail(state_dict, metadata)[0]
+
+
+def detect_arch_raw_detail(state_dict: dict, metadata: dict | None = None) -> tuple[str, bool]:
+    """(arch, conclusive). Weak answers come from name hints only: "sd1" = SD1 or SD2 (never SDXL),
+    "sdxl" from SGM-style U-Net names (SD1 files written with compvis names exist too)."""
     by_meta = arch_from_metadata(metadata)
     if by_meta:
-        return by_meta
+        return by_meta, True
     keys = list(state_dict)
     if any(k.startswith(_SDXL_PREFIXES) for k in keys):
-        return "sdxl"
+        return "sdxl", True
     for k in keys:  # cross-attention context width settles SD1/SD2/SDXL
         if "attn2" in k and ("to_k" in k or "to_v" in k):
             arch = _CONTEXT.get(_in_features(k, state_dict) or 0)
             if arch:
-                return arch
+                return arch, True
     for k in keys:  # text-encoder width
         if ("q_proj" in k or "fc1" in k) and ("lora_te" in k or k.startswith("text_encoder.")):
             w = _in_features(k, state_dict)
             if w in _TE_WIDTH:
-                return _TE_WIDTH[w]
+                return _TE_WIDTH[w], True
     if any(_DEEP_TB.search(k) for k in keys):
-        return "sdxl"  # SD1/SD2 have one transformer block per attention
-    for k in keys:  # SD1 proj_in is a 1x1 conv
+        return "sdxl", True  # SD1/SD2 have one transformer block per attention
+    for k in keys:  # SD1 proj_in is a 1x1 conv (SD2 and SDXL use Linear)
         if "proj_in" in k and k.endswith(("lora_down.weight", "lora_A.weight")) and state_dict[k].dim() == 4:
-            return "sd1"
+            return "sd1", True
     if any(_COMPVIS_UNET.match(k) for k in keys):
-        return "sdxl"
+        return "sdxl", False
     if any(re.search(r"down_blocks[._]3[._]|down_blocks[._]0[._]attentions", k) for k in keys):
-        return "sd1"  # SDXL has 3 levels and no attention in the first; SD1 vs SD2 undecided, SD1 far more common
-    return "unknown"
+        return "sd1", False  # SDXL has 3 levels and no attention in the first; SD1 vs SD2 undecided
+    return "unknown", False
 
 
 def detect_lora_arch(modules: dict, metadata: dict | None = None) -> str:

@@ -69,7 +69,10 @@ def load_network(path, allow_pickle: bool = False, expected_arch: Optional[str] 
     name = os.path.splitext(os.path.basename(path))[0]
     st = os.stat(path) if os.path.exists(path) else None
     tensors, metadata = fileio.read_tensors(path, allow_pickle=allow_pickle)
-    raw_arch = _arch.detect_arch_raw(tensors, metadata)
+    raw_arch, conclusive = _arch.detect_arch_raw_detail(tensors, metadata)
+    if not conclusive and expected_arch in _arch.ARCHS and raw_arch in _arch.ARCHS:
+        # a name hint never blocks a LoRA: follow the model, shape checks catch a real mismatch later
+        raw_arch = expected_arch
     if expected_arch and raw_arch in _arch.ARCHS and expected_arch in _arch.ARCHS and raw_arch != expected_arch:
         raise ArchitectureMismatch(mismatch_message(name, raw_arch, expected_arch))
     hint = raw_arch if raw_arch in _arch.ARCHS else expected_arch

@@ -147,3 +147,21 @@ def test_network_cache(tmp_path):
     assert nb2 is not nb and nb2.arch == "sdxl"
     with pytest.raises(LoraFileError, match="not found"):
         cache.get(tmp_path / "missing.safetensors")
+
+
+def test_weak_name_hints_follow_the_model(tmp_path):
+    """attn1-only SD1/SD2 U-Net LoRA without metadata: names say "not SDXL" but cannot tell SD1 from SD2."""
+    sd, _ = make_lora("sd15", include_te=False, metadata=False,
+                      layers=lambda l: l.endswith("attn1.to_q") and "input_blocks.1." in l)
+    assert arch.detect_arch_raw_detail(sd) == ("sd1", False)
+    p = tmp_path / "w.safetensors"
+    save_file(sd, str(p))
+    assert load_network(p).arch == "sd1"
+    net = load_network(p, expected_arch="sd2")
+    assert net.arch == "sd2" and len(net.modules) == 1
+    # conclusive evidence still raises
+    sd2, _ = make_lora("sd15", include_te=False, metadata=False, layers=lambda l: l.endswith("attn2.to_k"))
+    q = tmp_path / "c.safetensors"
+    save_file(sd2, str(q))
+    with pytest.raises(ArchitectureMismatch):
+        load_network(q, expected_arch="sd2")
