@@ -103,20 +103,20 @@ class NetworkCache:
             st = os.stat(path)
         except OSError as exc:
             raise LoraFileError(f"file not found: '{path}'") from exc
-        key = (path, st.st_mtime_ns, st.st_size, bool(allow_pickle))
+        # expected_arch is part of the key: it decides how files without a conclusive arch are named
+        key = (path, st.st_mtime_ns, st.st_size, bool(allow_pickle), expected_arch)
         with self._lock:
             net = self._items.get(key)
             if net is not None:
                 self._items.move_to_end(key)
-        if net is None:
-            net = load_network(path, allow_pickle=allow_pickle)
-            with self._lock:
-                for old in [k for k in self._items if k[0] == path]:  # a changed file replaces its old entry
-                    del self._items[old]
-                self._items[key] = net
-                while len(self._items) > self.max_items:
-                    self._items.popitem(last=False)
-        net.check_arch(expected_arch)
+                return net
+        net = load_network(path, allow_pickle=allow_pickle, expected_arch=expected_arch)
+        with self._lock:
+            for old in [k for k in self._items if k[0] == path and k[1:3] != key[1:3]]:
+                del self._items[old]  # the file changed: drop what was loaded from its old content
+            self._items[key] = net
+            while len(self._items) > self.max_items:
+                self._items.popitem(last=False)
         return net
 
     def clear(self) -> None:
