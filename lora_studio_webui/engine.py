@@ -223,6 +223,7 @@ class Engine:
             allow_pickle = bool(env.opt(env.PREFIX + "allow_pickle", False))
             seed = batch_seed(p)
             actives = []
+            seen_paths = set()
             for index, params in enumerate(params_list):
                 positional, named = tagtext.split_params(params.items)
                 tag = syntax.parse_params(positional, named)
@@ -234,6 +235,10 @@ class Engine:
                 if entry is None:
                     act.warnings.append(self.library.not_found_message(tag.name))
                     continue
+                if entry.path in seen_paths:
+                    act.warnings.append(f"`{tag.name}` appears more than once; every occurrence is applied and "
+                                        f"their effects add up")
+                seen_paths.add(entry.path)
                 try:
                     net = self.networks.get(entry, allow_pickle)
                 except LoraStudioError as e:

@@ -295,3 +295,12 @@ def test_take_over_switched_off_and_on_at_run_time(webui):
     webui.generate("x <lora:foo:1:face>")
     assert networks.loaded_networks == []                        # stale built-in state dropped
     assert getattr(registry()[0]["lora"], "marker", None) == "lora_studio"
+
+
+def test_same_lora_twice_warns_and_adds(webui):
+    base = webui.weights()
+    webui.generate("x <lora:foo:0.5>")
+    half = {k: webui.weight(k) - base[k] for k in LAYERS}
+    p, _ = webui.generate("x <lora:foo:0.25> <lora:foo:0.25>")
+    assert any("appears more than once" in c for c in p.comments)
+    assert all(torch.allclose(webui.weight(k) - base[k], half[k], atol=1e-5) for k in LAYERS)
