@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import threading
 import traceback
 from pathlib import Path
 
@@ -118,10 +119,19 @@ def create_app(ctx: UiContext, tabs=TABS):
     return demo
 
 
+def _warm_up() -> None:
+    try:
+        importlib.import_module("lib_lora.inspect")
+    except Exception:  # reported when the user actually inspects
+        pass
+
+
 def launch(ctx: UiContext, port: int = 7870, listen: bool = False, open_browser: bool = True,
            block: bool = True):
     demo = create_app(ctx)
     demo.queue()
+    # Import the torch-side modules while the server starts, so the first "inspect" click is quick.
+    threading.Thread(target=_warm_up, name="lora-studio-warm-up", daemon=True).start()
     # Headless machine (no display): never try to open a browser.
     has_display = os.name == "nt" or bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")) \
         or os.uname().sysname == "Darwin"

@@ -53,3 +53,15 @@ def with_select_index(fn, n_inputs: int):
     select.__signature__ = inspect.Signature(params + [inspect.Parameter("evt", kind, annotation=gr.SelectData)])
     select.__annotations__ = {"evt": gr.SelectData}
     return select
+
+
+def on_page_load(fn, outputs) -> bool:
+    """Run `fn` on every page load (values given at build time are frozen): registered on the root
+    Blocks being built (the app, or the WebUI's tab Blocks, whose events it merges). False if none."""
+    from gradio.context import Context
+
+    root = Context.root_block
+    if root is None:
+        return False
+    root.load(fn, inputs=None, outputs=outputs)
+    return True

@@ -88,7 +88,7 @@ def render_bars(norms, weights=None, title: str = "") -> str:
         x = left + i * step
         v = None if not norms or i >= len(norms) else norms[i]
         if v is None or not math.isfinite(v):
-            parts.append(f'<rect class="bar empty" data-block="{name}" data-norm="" x="{x + 2:.1f}" '
+            parts.append(f'<rect class="bar-empty" data-block="{name}" data-norm="" x="{x + 2:.1f}" '
                          f'y="{top + plot_h - 2}" width="{step - 4:.1f}" height="2" fill="#ccc"/>')
         else:
             bh = max(1.0, plot_h * v / vmax) if v > 0 else 0.0
@@ -155,7 +155,8 @@ def build(ctx) -> None:
     gr.Markdown(f"LoRA files in {html.escape(folders)}.")
     with gr.Row():
         pick = gr.Dropdown(choices=names, value=None, label="LoRA", elem_id="lora_studio_inspect_pick", scale=4)
-        refresh = gr.Button("Refresh list", elem_id="lora_studio_inspect_refresh", scale=1)
+        refresh = gr.Button("Refresh list", elem_id="lora_studio_inspect_refresh", scale=1, size="sm",
+                            min_width=80)
     chart = gr.HTML(elem_id="lora_studio_inspect_chart")
     summary = gr.Markdown(elem_id="lora_studio_inspect_summary")
     with gr.Accordion("Metadata", open=False):

@@ -312,6 +312,14 @@ COPY_JS = """(tag) => {
 }"""
 
 
+# Compact cells so a 26-column table fits; no sort buttons (a sorted view would not match row indexes).
+TABLE_CSS = """<style>
+#lora_studio_presets_table table { font-size: 12px; }
+#lora_studio_presets_table th span, #lora_studio_presets_table td span { padding: 4px 3px !important; }
+#lora_studio_presets_table .sort-button { display: none !important; }
+</style>"""
+
+
 def build(ctx) -> None:
     import gradio as gr
     from lib_lora.ui import compat
@@ -333,8 +341,9 @@ def build(ctx) -> None:
         save_btn = gr.Button("Save", variant="primary", elem_id="lora_studio_presets_save")
         reload_btn = gr.Button("Reload from file", elem_id="lora_studio_presets_reload")
     status = gr.Markdown(status0, elem_id="lora_studio_presets_status")
+    gr.HTML(TABLE_CSS, visible=True)
     table = gr.Dataframe(value=table0, headers=columns(17), datatype="str", type="array", height=360,
-                         row_count=(max(1, len(table0)), "dynamic"), interactive=True,
+                         row_count=(1, "dynamic"), col_count=(18, "fixed"), interactive=True,
                          label="Presets", elem_id="lora_studio_presets_table")
     with gr.Accordion("Import / export (LoRA Block Weight presets file)", open=False):
         with gr.Row():
@@ -349,7 +358,8 @@ def build(ctx) -> None:
             with gr.Row():
                 lora = gr.Dropdown(choices=lora_tab.list_loras(ctx), label="LoRA", scale=4,
                                    elem_id="lora_studio_presets_lora")
-                refresh = gr.Button("Refresh", scale=1, elem_id="lora_studio_presets_lora_refresh")
+                refresh = gr.Button("Refresh", scale=1, size="sm", min_width=80,
+                                    elem_id="lora_studio_presets_lora_refresh")
             chart = gr.HTML(elem_id="lora_studio_presets_chart")
         with gr.Column(scale=2):
             weight = gr.Slider(-2, 2, value=1.0, step=0.05, label="Weight", elem_id="lora_studio_presets_weight")
@@ -364,6 +374,15 @@ def build(ctx) -> None:
     def preset_choices():
         s = getattr(ctx, "presets", None)
         return compat.update(choices=[""] + (list(s.names()) if s is not None else []))
+
+    def page_load():
+        # Component values are fixed when the UI is built; each page load shows the files as they are now.
+        if getattr(ctx, "presets", None) is not None:
+            ctx.presets.reload()
+        return (*load_table(ctx, FORMAT_CHOICES[0]), preset_choices(),
+                compat.update(choices=lora_tab.list_loras(ctx)))
+
+    compat.on_page_load(page_load, outputs=[table, orig, status, preset, lora])
 
     fmt.change(lambda f: load_table(ctx, f), inputs=[fmt], outputs=[table, orig, status])
     table.select(compat.with_select_index(row_at, 1), inputs=[table], outputs=[row_name, row_values])

@@ -1,0 +1,153 @@
+"""The standalone app in a real headless Chromium: loads, every tab renders, a preset edit persists,
+a LoRA shows block bars, copy-tag, and --listen without --allow-writes refuses a save.
+
+Screenshots are kept under artifacts/ (or $ARTIFACTS_DIR).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+
+from tests import browser as B
+
+pytestmark = [pytest.mark.browser]
+_missing = B.chromium_missing()
+if _missing:
+    pytestmark.append(pytest.mark.skip(reason=f"browser tests need Chromium: {_missing}"))
+
+EDIT = "edited:" + ",".join(["1", "0", "0", "0", "0", "0", "0", "0", "0.5", "1", "1", "0.2", "0", "0", "0", "0",
+                              "0"])
+
+
+# The whole browser run (app start included) must finish within this many seconds.
+BUDGET = float(os.environ.get("LORA_STUDIO_BROWSER_BUDGET", "60"))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    t0 = time.monotonic()
+    B.DEADLINE = t0 + BUDGET
+    root = tmp_path_factory.mktemp("app")
+    lora = root / "lora"
+    lora.mkdir()
+    norms = B.write_block_lora(lora / "blocky.safetensors")
+    common = ["--lora-dir", str(lora), "--ckpt-dir", str(root / "ckpt"), "--tagger-models-dir", str(root / "tag")]
+    (root / "listen").mkdir()
+    # Both apps start at once (startup is mostly imports); the browser starts meanwhile.
+    app = B.start_app(root, common + ["--presets-file", str(root / "presets.txt")])
+    guarded = B.start_app(root / "listen", common + ["--presets-file", str(root / "listen" / "presets.txt"),
+                                                     "--listen"])
+    drv = None
+    try:
+        drv = B.start_browser(root)
+        app.wait_ready()
+        guarded.wait_ready()
+        yield {"root": root, "app": app, "guarded": guarded, "drv": drv, "norms": norms, "t0": t0}
+    finally:
+        if drv is not None:
+            drv.quit()
+        app.stop()
+        guarded.stop()
+        B.DEADLINE = float("inf")
+    took = time.monotonic() - t0
+    print(f"browser tests took {took:.1f} s (budget {BUDGET:.0f} s)")
+    assert took < BUDGET, f"the browser tests took {took:.0f} s, over the {BUDGET:.0f} s budget"
+
+
+def load(drv, url):
+    drv.get(url)
+    B.wait_for(lambda: B.css_all(drv, "#lora_studio_presets_table td"), 20, "the presets table")
+
+
+def table_names(drv) -> list[str]:
+    return [r.text.split("\n")[0].strip() for r in B.css_all(drv, "#lora_studio_presets_table tbody tr")]
+
+
+def test_app_loads_and_every_tab_renders(env):
+    drv = env["drv"]
+    load(drv, env["app"].url)
+    assert drv.title == "LoRA Studio"
+    assert "face" in table_names(drv) and "ALL" in table_names(drv)
+    headers = [h.text.strip() for h in B.css_all(drv, "#lora_studio_presets_table thead th")]
+    assert headers[:3] == ["name", "BASE", "IN01"] and "OUT11" in headers[-1]
+    B.screenshot(drv, "app_presets_tab.png")
+    B.open_tab(drv, "LoRAs")
+    B.wait_for(lambda: B.css(drv, "#lora_studio_inspect_pick").is_displayed(), what="the LoRAs tab")
+    B.choose(drv, "lora_studio_inspect_pick", "blocky.safetensors")
+    B.wait_for(lambda: B.css_all(drv, "#lora_studio_inspect_chart rect.bar"), 15, "inspect bars")
+    B.wait_text(drv, "lora_studio_inspect_summary", "SD1")
+    B.screenshot(drv, "app_loras_tab.png")
+    B.open_tab(drv, "Tagger")
+    panel = B.wait_for(lambda: B.css(drv, "#lora_studio_tab_tagger"), what="the Tagger tab")
+    B.wait_for(lambda: panel.is_displayed() and panel.text.strip(), what="Tagger tab content")
+    B.screenshot(drv, "app_tagger_tab.png")
+    B.open_tab(drv, "Presets")
+
+
+def test_preset_edit_in_the_ui_persists_and_survives_reload(env):
+    drv, root = env["drv"], env["root"]
+    load(drv, env["app"].url)
+    name, values = EDIT.split(":")
+    B.set_textbox(drv, "lora_studio_presets_row_name", name)
+    B.set_textbox(drv, "lora_studio_presets_row_values", values)
+    B.click(drv, "lora_studio_presets_set")
+    B.wait_for(lambda: name in table_names(drv), what="the new row in the table")
+    B.click(drv, "lora_studio_presets_save")
+    B.wait_text(drv, "lora_studio_presets_status", "Saved")
+    lines = [ln for ln in (root / "presets.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    assert lines == [EDIT]
+    # clicking a row fills the form
+    row = next(r for r in B.css_all(drv, "#lora_studio_presets_table tbody tr") if r.text.startswith("face"))
+    row.find_elements("css selector", "td")[9].click()
+    B.wait_for(lambda: B.textbox_value(drv, "lora_studio_presets_row_name") == "face", what="form filled")
+    assert B.textbox_value(drv, "lora_studio_presets_row_values") == "1,0,0,0,0,0,0,0,0.8,1,1,0.2,0,0,0,0,0"
+    drv.refresh()
+    load(drv, env["app"].url)
+    assert name in table_names(drv)
+    B.choose(drv, "lora_studio_presets_preset", name)   # the tag builder offers it without a restart
+    B.screenshot(drv, "app_preset_saved.png")
+
+
+def test_lora_bars_and_copy_tag(env):
+    drv = env["drv"]
+    load(drv, env["app"].url)
+    B.choose(drv, "lora_studio_presets_lora", "blocky.safetensors")
+    B.choose(drv, "lora_studio_presets_preset", "face")
+    B.wait_for(lambda: B.css_all(drv, "#lora_studio_presets_chart rect.weight"), 15, "bars with preset weights")
+    bars = {b.get_attribute("data-block"): float(b.get_attribute("data-norm"))
+            for b in B.css_all(drv, "#lora_studio_presets_chart rect.bar")}
+    assert set(bars) == set(env["norms"])
+    for block, norm in env["norms"].items():
+        assert bars[block] == pytest.approx(norm, rel=1e-4)
+    heights = {b.get_attribute("data-block"): float(b.get_attribute("height"))
+               for b in B.css_all(drv, "#lora_studio_presets_chart rect.bar")}
+    assert max(heights, key=heights.get) == "OUT03" and heights["OUT03"] > 5 * heights["IN01"]
+    weight = B.css(drv, "#lora_studio_presets_weight input[type=number]")
+    weight.clear()
+    weight.send_keys("0.8\n")
+    B.click(drv, "lora_studio_presets_copy")
+    tag = "<lora:blocky:0.8:face>"
+    B.wait_for(lambda: B.textbox_value(drv, "lora_studio_presets_tag") == tag, what="the tag")
+    assert B.wait_for(lambda: drv.execute_script("return window.loraStudioLastCopied;"), what="copy") == tag
+    B.screenshot(drv, "app_lora_bars_tag.png")
+
+
+def test_listen_without_allow_writes_refuses_save(env):
+    drv, guarded = env["drv"], env["guarded"]
+    assert re.search(r"listening on all interfaces; file writes disabled", guarded.output())
+    load(drv, guarded.url)
+    assert "--allow-writes" in B.text_of(drv, "lora_studio_writes_notice")
+    name, values = EDIT.split(":")
+    B.set_textbox(drv, "lora_studio_presets_row_name", name)
+    B.set_textbox(drv, "lora_studio_presets_row_values", values)
+    B.click(drv, "lora_studio_presets_set")
+    B.wait_for(lambda: name in table_names(drv), what="the new row in the table")
+    B.click(drv, "lora_studio_presets_save")
+    msg = B.wait_text(drv, "lora_studio_presets_status", "--allow-writes")
+    assert "disabled" in msg and "--listen" in msg
+    assert not (env["root"] / "listen" / "presets.txt").exists()
+    B.screenshot(drv, "app_listen_refused.png")
