@@ -33,6 +33,7 @@ class FolderJob:
     existing: str = "skip"                # skip | overwrite | append | prepend
     batch_size: int = 8                   # clamped to a fixed batch dim
     workers: int = 0                      # decode threads; 0 = auto
+    streams: int = 0                      # concurrent inference calls; 0 = auto (CPU 2, GPU 1)
     resize: str = "bicubic"
     separator: str = ", "
     trailing_newline: bool = False
@@ -194,36 +195,52 @@ def run_folder(tagger: Tagger, job: FolderJob, progress: Callable[[Progress], No
         progress(Progress(done, total, report.written, report.skipped_existing + len(report.collisions),
                           len(report.failed), rate, eta, current))
 
+    def finish(batch, probs) -> None:
+        for (it, _), p in zip(batch, probs):
+            result = post(p)
+            final = captions.write_caption(it.caption, result.tags, job.existing, job.separator,
+                                           job.trailing_newline)
+            if job.json_sidecar:
+                captions.write_sidecar(it.caption.with_suffix(".json"), result, tagger.name, final)
+            report.inferred += 1
+            report.written += 1
+            report.frequencies.update(final)
+        emit(str(batch[-1][0].image))
+
+    def next_batch(pool) -> list:
+        batch = []
+        while window and len(batch) < bs:
+            it, fut = window.popleft()
+            try:
+                batch.append((it, fut.result()))
+            except ImageReadError as exc:
+                report.failed.append((str(it.image), str(exc)))
+                log(f"[tagger] skipped: {exc}")
+            except Exception as exc:  # noqa: BLE001 — one bad file never stops the run
+                report.failed.append((str(it.image), f"{type(exc).__name__}: {exc}"))
+                log(f"[tagger] skipped {it.image}: {type(exc).__name__}: {exc}")
+            refill(pool)
+        return batch
+
+    # Inference runs in its own thread(s) so decoding, caption writing and inference overlap; on CPU two
+    # concurrent runs of one session keep both cores busy through the graph's serial stretches.
+    streams = job.streams or (1 if tagger.is_gpu else min(2, os.cpu_count() or 1))
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tagger-decode")
+    infer_pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="tagger-infer")
+    running: deque = deque()
     try:
         refill(pool)
-        while window and not cancel.is_set():
-            batch = []
-            while window and len(batch) < bs:
-                it, fut = window.popleft()
-                try:
-                    batch.append((it, fut.result()))
-                except ImageReadError as exc:
-                    report.failed.append((str(it.image), str(exc)))
-                    log(f"[tagger] skipped: {exc}")
-                except Exception as exc:  # noqa: BLE001 — one bad file never stops the run
-                    report.failed.append((str(it.image), f"{type(exc).__name__}: {exc}"))
-                    log(f"[tagger] skipped {it.image}: {type(exc).__name__}: {exc}")
-                refill(pool)
-            if batch:
-                probs = tagger.infer(np.stack([a for _, a in batch]))
-                for (it, _), p in zip(batch, probs):
-                    result = post(p)
-                    final = captions.write_caption(it.caption, result.tags, job.existing, job.separator,
-                                                   job.trailing_newline)
-                    if job.json_sidecar:
-                        captions.write_sidecar(it.caption.with_suffix(".json"), result, tagger.name, final)
-                    report.inferred += 1
-                    report.written += 1
-                    report.frequencies.update(final)
-                emit(str(batch[-1][0].image))
-            elif window or report.failed:
-                emit("")
+        while True:
+            while len(running) < streams and window and not cancel.is_set():
+                batch = next_batch(pool)
+                if batch:
+                    running.append((batch, infer_pool.submit(tagger.infer, np.stack([a for _, a in batch]))))
+                elif report.failed:
+                    emit("")
+            if not running:
+                break
+            batch, fut = running.popleft()
+            finish(batch, fut.result())   # captions in listing order; cancel lets started batches finish
         report.cancelled = cancel.is_set() and bool(window)
         if not report.cancelled:   # everything is listed and done: the total is now exact
             counted["total"] = report.inferred + len(report.failed)
@@ -233,6 +250,7 @@ def run_folder(tagger: Tagger, job: FolderJob, progress: Callable[[Progress], No
         for _, fut in window:
             fut.cancel()
         pool.shutdown(wait=True)
+        infer_pool.shutdown(wait=True)
     report.elapsed = time.perf_counter() - t0
     report.images_per_s = report.inferred / report.elapsed if report.elapsed > 0 else 0.0
     return report
