@@ -233,3 +233,42 @@ def write_block_lora(path) -> dict:
         norms[block] = float(torch.linalg.matrix_norm(up.flatten(1) @ down.flatten(1)) * scale)
     save_file(sd, str(path), metadata=md)
     return norms
+
+
+def _row_cell(drv, elem_id: str, row_name: str, col: int):
+    for r in css_all(drv, f"#{elem_id} tbody tr"):
+        cells = r.find_elements("css selector", "td")
+        if cells and cells[0].text.strip() == row_name:
+            return cells[col]
+    return None
+
+
+def click_table_cell(drv, elem_id: str, row_name: str, col: int) -> None:
+    """Click cell `col` of the gr.Dataframe row whose first cell is `row_name`."""
+    def go():
+        cell = _row_cell(drv, elem_id, row_name, col)
+        if cell is None:
+            return False
+        drv.execute_script("arguments[0].scrollIntoView({block: 'center'});", cell)
+        cell.click()
+        return True
+    wait_for(go, what=f"row {row_name!r} in #{elem_id}")
+
+
+def edit_table_cell(drv, elem_id: str, row_name: str, col: int, text: str) -> None:
+    """Type `text` into a gr.Dataframe cell (double-click opens the editor, Enter commits)."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.keys import Keys
+
+    def go():
+        cell = _row_cell(drv, elem_id, row_name, col)
+        if cell is None:
+            return False
+        drv.execute_script("arguments[0].scrollIntoView({block: 'center'});", cell)
+        ActionChains(drv).double_click(cell).perform()
+        return True
+    wait_for(go, what=f"row {row_name!r} in #{elem_id}")
+    box = wait_for(lambda: css_all(drv, f"#{elem_id} td input"), what="the cell editor")[0]
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(text, Keys.ENTER)
+    wait_for(lambda: (_row_cell(drv, elem_id, row_name, col).text.strip() == text), what="the edited cell")

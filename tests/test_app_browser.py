@@ -64,7 +64,9 @@ def load(drv, url):
 
 
 def table_names(drv) -> list[str]:
-    return [r.text.split("\n")[0].strip() for r in B.css_all(drv, "#lora_studio_presets_table tbody tr")]
+    # One JS read: Gradio re-renders rows (page-load refresh), so element handles go stale.
+    return drv.execute_script("return [...document.querySelectorAll('#lora_studio_presets_table tbody tr')]"
+                              ".map(r => r.cells[0] ? r.cells[0].innerText.trim() : '');")
 
 
 def test_app_loads_and_every_tab_renders(env):
@@ -101,13 +103,19 @@ def test_preset_edit_in_the_ui_persists_and_survives_reload(env):
     lines = [ln for ln in (root / "presets.txt").read_text().splitlines() if ln and not ln.startswith("#")]
     assert lines == [EDIT]
     # clicking a row fills the form
-    row = next(r for r in B.css_all(drv, "#lora_studio_presets_table tbody tr") if r.text.startswith("face"))
-    row.find_elements("css selector", "td")[9].click()
+    face = "1,0,0,0,0,0,0,0,0.8,1,1,0.2,0,0,0,0,0"
+    B.click_table_cell(drv, "lora_studio_presets_table", "face", 9)
     B.wait_for(lambda: B.textbox_value(drv, "lora_studio_presets_row_name") == "face", what="form filled")
-    assert B.textbox_value(drv, "lora_studio_presets_row_values") == "1,0,0,0,0,0,0,0,0.8,1,1,0.2,0,0,0,0,0"
+    assert B.textbox_value(drv, "lora_studio_presets_row_values") == face
+    # editing a cell in the grid and saving writes a user override of the shipped preset
+    B.edit_table_cell(drv, "lora_studio_presets_table", "face", 9, "0.9")
+    B.click(drv, "lora_studio_presets_save")
+    B.wait_text(drv, "lora_studio_presets_status", "Saved: 1 changed")
+    lines = [ln for ln in (root / "presets.txt").read_text().splitlines() if ln and not ln.startswith("#")]
+    assert lines == [EDIT, "face:" + face.replace("0.8", "0.9", 1)]
     drv.refresh()
     load(drv, env["app"].url)
-    assert name in table_names(drv)
+    B.wait_for(lambda: name in table_names(drv), what="the saved preset after a page reload")
     B.choose(drv, "lora_studio_presets_preset", name)   # the tag builder offers it without a restart
     B.screenshot(drv, "app_preset_saved.png")
 
