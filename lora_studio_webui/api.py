@@ -12,6 +12,11 @@ import secrets
 from . import env
 from .engine import ENGINE
 
+try:    # module level: FastAPI resolves the (postponed) annotations of the route in this module's globals
+    from fastapi import HTTPException, Request
+except ImportError:                                    # no FastAPI outside a WebUI: the route is never added
+    HTTPException = Request = None
+
 ROUTE = "/lora-studio/v1/status"
 
 
@@ -70,8 +75,6 @@ def _report(report) -> dict | None:
 
 
 def on_app_started(demo, app) -> None:
-    from fastapi import HTTPException, Request
-
     if any(getattr(r, "path", None) == ROUTE for r in getattr(app, "routes", [])):
         return
 

@@ -88,3 +88,27 @@ def test_ui_tabs_build_inside_webui(tmp_path):
         assert ctx.lora_dirs[0] == w.lora_dir
     finally:
         w.close()
+
+
+def test_status_route_on_a_real_fastapi_app(monkeypatch):
+    import asyncio
+
+    import httpx
+    from fastapi import FastAPI
+
+    from lora_studio_webui import api, env
+    app = FastAPI()
+    api.on_app_started(None, app)
+    api.on_app_started(None, app)                       # app_started runs again after Reload UI: one route
+    assert sum(1 for r in app.routes if getattr(r, "path", "") == api.ROUTE) == 1
+
+    def get(auth=None):
+        async def go():
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as c:
+                return await c.get(api.ROUTE, auth=auth)
+        return asyncio.run(go())
+    r = get()
+    assert r.status_code == 200 and r.json()["applied"] == []
+    monkeypatch.setattr(env, "cmd_opt", lambda k, d=None: "u:p" if k == "api_auth" else d)
+    assert get().status_code == 401
+    assert get(("u", "p")).status_code == 200
