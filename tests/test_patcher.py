@@ -240,3 +240,29 @@ def test_fused_qkv_slices_and_split_host_agree(tmp_path):
     assert torch.equal(live[:1280], w0[:1280]) and torch.equal(live[2560:], w0[2560:])
     assert not torch.equal(live[1280:2560], w0[1280:2560])
     torch.testing.assert_close(live[1280:2560], host[pick[0]].weight[1280:2560])
+
+
+def test_delta_cache_is_lru_by_bytes_and_keys_files_by_mtime_and_size(tmp_path):
+    import os
+    from types import SimpleNamespace
+
+    from lib_lora.algos import Delta
+    from lib_lora.delta_cache import DeltaCache, network_identity
+
+    c = DeltaCache(100)
+    d = lambda n: Delta(torch.zeros(n // 4), None)  # noqa: E731  n bytes of fp32
+    assert c.put("a", d(40)) and c.put("b", d(40))
+    assert c.get("a") is not None                       # a is now the most recent
+    assert c.put("c", d(40)) and "b" not in c and "a" in c and c.bytes == 80
+    assert not c.put("huge", d(200)) and "huge" not in c
+    c.resize(40)
+    assert len(c) == 1 and "c" in c
+    f = tmp_path / "x.safetensors"
+    f.write_bytes(b"1234")
+    net = SimpleNamespace(path=str(f))
+    first = network_identity(net)
+    f.write_bytes(b"123456")
+    os.utime(f, ns=(1, 1))
+    assert network_identity(net) != first
+    mem1, mem2 = SimpleNamespace(path=None), SimpleNamespace(path=None)
+    assert network_identity(mem1) == network_identity(mem1) != network_identity(mem2)
