@@ -15,6 +15,8 @@ def register() -> None:
     from . import env, forge, infotext, settings, xyz
     from .engine import ENGINE
 
+    # Options exist from import on: ui_settings callbacks only run when the Gradio UI is built (not --nowebui).
+    _safe(settings.on_ui_settings)()
     script_callbacks.on_ui_settings(settings.on_ui_settings)
     script_callbacks.on_ui_tabs(_safe(_ui_tabs))
     try:
