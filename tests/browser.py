@@ -10,6 +10,7 @@ Gradio 3.41 DOM helpers address components by elem_id.
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import socket
 import subprocess
@@ -46,15 +47,38 @@ def artifacts_dir() -> Path:
 
 
 def free_port() -> int:
+    """A bindable port below the kernel's ephemeral range (32768+), so chromedriver's own random ports
+    cannot take it while the app is still importing."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(20000, 32000)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))   # free on every interface (the --listen app binds 0.0.0.0)
+            except OSError:
+                continue
+            return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
 class App:
-    def __init__(self, proc: subprocess.Popen, port: int, log: Path):
-        self.proc, self.port, self.log = proc, port, log
+    def __init__(self, workdir: Path, args: list[str], port: int | None = None):
+        self.workdir, self.args = Path(workdir), list(args)
+        self._spawn(port or free_port())
+
+    def _spawn(self, port: int) -> None:
+        self.port = port
         self.url = f"http://127.0.0.1:{port}/"
+        self.log = self.workdir / f"app-{port}.log"
+        env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(REPO),
+                   NO_PROXY="127.0.0.1,localhost", no_proxy="127.0.0.1,localhost")
+        env.pop("DISPLAY", None)
+        with open(self.log, "wb") as fh:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "lib_lora", "ui", *self.args, "--port", str(port), "--no-browser"],
+                cwd=str(self.workdir), env=env, stdout=fh, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
@@ -63,6 +87,9 @@ class App:
         end = min(time.monotonic() + timeout, DEADLINE)
         while time.monotonic() < end:
             if self.proc.poll() is not None:
+                if "cannot serve on port" in self.output():   # someone took the port meanwhile: new one
+                    self._spawn(free_port())
+                    continue
                 raise RuntimeError(f"app exited with {self.proc.returncode}:\n{self.output()}")
             try:
                 with urllib.request.urlopen(self.url + "config", timeout=2) as r:
@@ -85,16 +112,7 @@ class App:
 
 def start_app(workdir: Path, args: list[str], port: int | None = None) -> App:
     """`python -m lib_lora ui ARGS --port P --no-browser` in `workdir` (an argument list, never a shell)."""
-    port = port or free_port()
-    log = Path(workdir) / f"app-{port}.log"
-    env = dict(os.environ, GRADIO_ANALYTICS_ENABLED="False", PYTHONPATH=str(REPO), NO_PROXY="127.0.0.1,localhost",
-               no_proxy="127.0.0.1,localhost")
-    env.pop("DISPLAY", None)
-    fh = open(log, "wb")
-    proc = subprocess.Popen([sys.executable, "-m", "lib_lora", "ui", *args, "--port", str(port), "--no-browser"],
-                            cwd=str(workdir), env=env, stdout=fh, stderr=subprocess.STDOUT)
-    fh.close()
-    return App(proc, port, log)
+    return App(workdir, args, port)
 
 
 def start_browser(workdir: Path):

@@ -125,7 +125,7 @@ def test_lora_bars_and_copy_tag(env):
     load(drv, env["app"].url)
     B.choose(drv, "lora_studio_presets_lora", "blocky.safetensors")
     B.choose(drv, "lora_studio_presets_preset", "face")
-    B.wait_for(lambda: B.css_all(drv, "#lora_studio_presets_chart rect.weight"), 15, "bars with preset weights")
+    B.wait_for(lambda: B.css_all(drv, "#lora_studio_presets_chart rect.kept"), 15, "bars with preset weights")
     bars = {b.get_attribute("data-block"): float(b.get_attribute("data-norm"))
             for b in B.css_all(drv, "#lora_studio_presets_chart rect.bar")}
     assert set(bars) == set(env["norms"])

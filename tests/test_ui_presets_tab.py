@@ -154,6 +154,8 @@ def test_lora_listing_and_path_safety(ctx, tmp_path):
     (tmp_path / "lora" / "notes.txt").write_text("x")
     (tmp_path / "secret.safetensors").write_bytes(b"x")
     assert lora_tab.list_loras(ctx) == ["sub/b.safetensors"]
+    [[name, mb, folder]] = lora_tab.lora_rows(ctx)
+    assert name == "sub/b.safetensors" and folder == str(ctx.lora_dirs[0]) and 0 < mb < 1
     for bad in ("../secret.safetensors", str(tmp_path / "secret.safetensors"), "notes.txt"):
         with pytest.raises(LoraStudioError):
             lora_tab.lora_path(ctx, bad)
@@ -169,15 +171,20 @@ def test_chart_shows_the_loras_block_norms_and_preset_weights(ctx, tmp_path):
     assert max(bars, key=lambda b: float(bars[b])) == "OUT03"
     weights = dict(re.findall(r'class="weight" data-block="(\w+)" data-weight="([^"]+)"', html))
     assert weights["OUT03"] == "0.8" and weights["BASE"] == "1" and weights["M00"] == "0" and len(weights) == 26
+    kept = dict(re.findall(r'class="kept" data-block="(\w+)" data-kept="([^"]+)"', html))
+    assert float(kept["OUT03"]) == pytest.approx(0.8 * expected["OUT03"], rel=1e-4)
+    assert float(kept["M00"]) == 0.0 and float(kept["BASE"]) == pytest.approx(expected["BASE"], rel=1e-4)
     assert "SD1" in summary and "blocky.safetensors" in summary
     html2, _ = pt.lora_chart(ctx, "blocky.safetensors", "")
-    assert 'class="weight"' not in html2 and 'class="bar"' in html2
+    assert 'class="weight"' not in html2 and 'class="kept"' not in html2 and 'class="bar"' in html2
     assert pt.lora_chart(ctx, "missing.safetensors", "")[1].startswith("⚠")
 
 
 def test_letters_in_a_preset_are_not_drawn_as_weights(ctx):
     ctx.presets.set("rnd", ["R"] + ["1"] * 16)
     w = pt.preset_weights(ctx, "rnd", "sd1")
+    html = lora_tab.render_bars([1.0] * 26, w)
+    assert 'data-block="BASE" data-weight="?"' in html and 'data-kept' in html
     assert w[0] is None and w[2] == 1.0 and w[1] == 0.0   # IN00 is not in the 17 format → 0
     assert pt.preset_weights(ctx, "ALL", "sdxl")[14] == 1.0  # SDXL resolves ALL → ALL_XL (OUT00 listed)
     assert pt.preset_weights(ctx, "ALL", "sd1")[14] == 0.0   # the 17-value ALL leaves OUT00 out

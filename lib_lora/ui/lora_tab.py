@@ -30,6 +30,18 @@ def list_loras(ctx) -> list[str]:
     return sorted(seen, key=str.lower)
 
 
+def lora_rows(ctx) -> list[list]:
+    """[name, size in MB, folder] for the file table."""
+    rows = []
+    for name in list_loras(ctx):
+        for root in ctx.lora_dirs:
+            p = Path(root) / name
+            if p.is_file():
+                rows.append([name, round(p.stat().st_size / 2**20, 2), str(root)])
+                break
+    return rows
+
+
 def lora_path(ctx, name: str) -> Path:
     if not name:
         raise LoraStudioError("Pick a LoRA file first.")
@@ -67,43 +79,56 @@ def block_norms(report: dict) -> list[float] | None:
 
 
 def render_bars(norms, weights=None, title: str = "") -> str:
-    """SVG bar chart of the 26 block norms; `weights` (26 floats or None) are drawn as markers.
+    """SVG bar chart of the 26 block norms, scaled to the largest.
 
-    Bars are scaled to the largest norm; blocks without any module are drawn as a thin grey stub.
+    With `weights` (26 floats, None = random/X letter): the raw norm is drawn light, norm × |weight| dark
+    on top (what the preset keeps), and each block's weight is written above its column.
+    Blocks without any module get a thin grey stub.
     """
-    w, h, left, top, bottom = 780, 230, 44, 24, 46
+    w, h, left, bottom = 780, 250, 44, 46
+    top = 44 if weights is not None else 24
     n = len(BLOCK_NAMES)
     step = (w - left - 8) / n
     vals = [v for v in (norms or []) if v is not None and math.isfinite(v)]
     vmax = max(vals) if vals and max(vals) > 0 else 1.0
     plot_h = h - top - bottom
+    base = top + plot_h
+    raw_fill = "#b8cbee" if weights is not None else "#4a7bd0"
     parts = [f'<svg class="lora-studio-bars" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {w} {h}" '
              f'width="100%" style="max-width:{w}px;font:11px sans-serif">']
     if title:
         parts.append(f'<text x="{left}" y="14" font-weight="bold">{html.escape(title)}</text>')
-    parts.append(f'<line x1="{left}" y1="{top + plot_h}" x2="{w - 8}" y2="{top + plot_h}" stroke="#888"/>')
+    parts.append(f'<line x1="{left}" y1="{base}" x2="{w - 8}" y2="{base}" stroke="#888"/>')
     parts.append(f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" fill="#666">{vmax:.3g}</text>')
-    parts.append(f'<text x="{left - 4}" y="{top + plot_h}" text-anchor="end" fill="#666">0</text>')
+    parts.append(f'<text x="{left - 4}" y="{base}" text-anchor="end" fill="#666">0</text>')
     for i, name in enumerate(BLOCK_NAMES):
         x = left + i * step
         v = None if not norms or i >= len(norms) else norms[i]
+        wt = None if weights is None or i >= len(weights) else weights[i]
         if v is None or not math.isfinite(v):
-            parts.append(f'<rect class="bar-empty" data-block="{name}" data-norm="" x="{x + 2:.1f}" '
-                         f'y="{top + plot_h - 2}" width="{step - 4:.1f}" height="2" fill="#ccc"/>')
+            parts.append(f'<rect class="bar-empty" data-block="{name}" x="{x + 2:.1f}" y="{base - 2}" '
+                         f'width="{step - 4:.1f}" height="2" fill="#ccc"/>')
         else:
             bh = max(1.0, plot_h * v / vmax) if v > 0 else 0.0
             parts.append(f'<rect class="bar" data-block="{name}" data-norm="{v:.6g}" x="{x + 2:.1f}" '
-                         f'y="{top + plot_h - bh:.1f}" width="{step - 4:.1f}" height="{bh:.1f}" fill="#4a7bd0">'
+                         f'y="{base - bh:.1f}" width="{step - 4:.1f}" height="{bh:.1f}" fill="{raw_fill}">'
                          f'<title>{name}: {v:.4g}</title></rect>')
-        if weights is not None and i < len(weights) and weights[i] is not None:
-            wy = top + plot_h - plot_h * max(0.0, min(1.5, weights[i])) / 1.5
-            parts.append(f'<rect class="weight" data-block="{name}" data-weight="{weights[i]:g}" '
-                         f'x="{x + 1:.1f}" y="{wy - 1.5:.1f}" width="{step - 2:.1f}" height="3" fill="#e0603a">'
-                         f'<title>{name} weight {weights[i]:g}</title></rect>')
-        lx, ly = x + step / 2, top + plot_h + 8
+            if wt is not None:
+                ev = v * abs(wt)
+                eh = min(plot_h, plot_h * ev / vmax)
+                parts.append(f'<rect class="kept" data-block="{name}" data-kept="{ev:.6g}" x="{x + 5:.1f}" '
+                             f'y="{base - eh:.1f}" width="{max(1.0, step - 10):.1f}" height="{eh:.1f}" '
+                             f'fill="#2b59b0"><title>{name}: {v:.4g} × {wt:g}</title></rect>')
+        if weights is not None:
+            label = "?" if wt is None else f"{wt:g}"
+            colour = "#e0603a" if wt not in (None, 0.0) else "#aaa"
+            parts.append(f'<text class="weight" data-block="{name}" data-weight="{label}" x="{x + step / 2:.1f}" '
+                         f'y="{top - 6}" text-anchor="middle" font-size="10" fill="{colour}">{label}</text>')
+        lx, ly = x + step / 2, base + 8
         parts.append(f'<text x="{lx:.1f}" y="{ly}" transform="rotate(60 {lx:.1f} {ly})" fill="#444">{name}</text>')
     if weights is not None:
-        parts.append(f'<text x="{w - 8}" y="14" text-anchor="end" fill="#e0603a">— preset weight (0…1.5)</text>')
+        parts.append(f'<text x="{w - 8}" y="14" text-anchor="end" fill="#666">light: norm · dark: norm × '
+                     f'|preset weight| · <tspan fill="#e0603a">weight</tspan></text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -150,16 +175,29 @@ def build(ctx) -> None:
     import gradio as gr
     from lib_lora.ui import compat
 
-    names = list_loras(ctx)
     folders = ", ".join(str(d) for d in ctx.lora_dirs)
     gr.Markdown(f"LoRA files in {html.escape(folders)}.")
     with gr.Row():
-        pick = gr.Dropdown(choices=names, value=None, label="LoRA", elem_id="lora_studio_inspect_pick", scale=4)
+        pick = gr.Dropdown(choices=list_loras(ctx), value=None, label="LoRA", elem_id="lora_studio_inspect_pick",
+                           scale=4)
         refresh = gr.Button("Refresh list", elem_id="lora_studio_inspect_refresh", scale=1, size="sm",
                             min_width=80)
     chart = gr.HTML(elem_id="lora_studio_inspect_chart")
     summary = gr.Markdown(elem_id="lora_studio_inspect_summary")
     with gr.Accordion("Metadata", open=False):
         meta = gr.Code(language="json", label="metadata", elem_id="lora_studio_inspect_meta")
-    refresh.click(lambda: compat.update(choices=list_loras(ctx)), inputs=[], outputs=[pick])
+    with gr.Accordion("All files", open=False):
+        files = gr.Dataframe(value=lora_rows(ctx), headers=["file", "MB", "folder"], datatype=["str", "number", "str"],
+                             type="array", interactive=False, elem_id="lora_studio_inspect_files")
+
+    def refreshed():
+        return compat.update(choices=list_loras(ctx)), lora_rows(ctx)
+
+    refresh.click(refreshed, inputs=[], outputs=[pick, files])
+    compat.on_page_load(refreshed, outputs=[pick, files])
+    def row_name(rows, index):
+        rows = compat.dataframe_rows(rows)
+        return rows[index[0]][0] if index and 0 <= index[0] < len(rows) else compat.update()
+
+    files.select(compat.with_select_index(row_name, 1), inputs=[files], outputs=[pick])
     pick.change(lambda n: show_lora(ctx, n) if n else ("", "", ""), inputs=[pick], outputs=[chart, summary, meta])

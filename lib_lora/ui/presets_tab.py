@@ -234,16 +234,23 @@ def import_file(ctx, file_value) -> str:
     return msg + (" Skipped/notes: " + "; ".join(warnings) if warnings else "")
 
 
+_EXPORT_DIR: str | None = None
+
+
 def export_file(ctx):
     """Write the LBW-format text of every preset to a temp file for download: (path, status)."""
     try:
         text = _need_store(ctx).export_text()
     except LoraStudioError as exc:
         return None, f"⚠ {exc}"
-    folder = tempfile.mkdtemp(prefix="lora_studio_export_")
-    path = os.path.join(folder, "lbwpresets.txt")
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
+    global _EXPORT_DIR
+    if _EXPORT_DIR is None or not os.path.isdir(_EXPORT_DIR):
+        _EXPORT_DIR = tempfile.mkdtemp(prefix="lora_studio_export_")   # one per process, reused
+    fd, tmp = tempfile.mkstemp(dir=_EXPORT_DIR, suffix=".tmp")
+    with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
         f.write(text)
+    path = os.path.join(_EXPORT_DIR, "lbwpresets.txt")
+    os.replace(tmp, path)
     n = len([ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")])
     return path, f"Exported {n} presets (LoRA Block Weight format)."
 
