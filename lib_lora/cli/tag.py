@@ -63,7 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--frequency", type=int, default=30, metavar="N", help="print the N most frequent tags (0 = all)")
     c.add_argument("--frequency-file", metavar="FILE", help="write the full 'tag: count' summary to FILE")
     p = parser.add_argument_group("speed")
-    p.add_argument("--batch-size", type=int, default=8, help="images per inference (clamped for fixed-batch models; default 8)")
+    p.add_argument("--batch-size", type=int, default=0,
+                   help="images per inference; 0 = auto: 8 on a GPU, 1 per concurrent stream on CPU "
+                        "(fixed-batch models always use their own)")
+    p.add_argument("--streams", type=int, default=0,
+                   help="concurrent inference runs (default: 1 on a GPU, one per CPU core up to 4)")
     p.add_argument("--workers", type=int, default=0, help="decoding threads (default: auto)")
     p.add_argument("--resize", choices=("bicubic", "area"), default="bicubic", help="resize filter (default: bicubic)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -129,16 +133,17 @@ def run(args: argparse.Namespace) -> int:
         replace_underscores=not args.keep_underscores, escape_brackets=args.escape_brackets, rating=args.rating,
         max_tags=args.max_tags, exclude=_list(args.exclude), exclude_patterns=args.exclude_regex, replace=replace,
         prepend=_list(args.prepend), append=_list(args.append), weights=args.weights).validate()
-    if args.batch_size < 1:
-        raise LoraStudioError(f"--batch-size {args.batch_size} must be at least 1.")
+    if args.batch_size < 0 or args.streams < 0:
+        raise LoraStudioError("--batch-size and --streams must be 0 (auto) or more.")
     job = FolderJob(input_dir=Path(args.dir), recursive=args.recursive, extensions=tuple(_list(args.ext)),
                     output_dir=Path(args.output_dir) if args.output_dir else None, caption_ext=args.caption_ext,
-                    existing=args.existing, batch_size=args.batch_size, workers=args.workers, resize=args.resize,
+                    existing=args.existing, batch_size=args.batch_size, streams=args.streams, workers=args.workers,
+                    resize=args.resize,
                     trailing_newline=args.trailing_newline, json_sidecar=args.json, tag_options=opts)
     if not job.input_dir.is_dir():
         raise LoraStudioError(f"image folder '{job.input_dir}' does not exist; give a folder of images.")
     tagger = get_tagger(args.model, args.models_root, args.provider, allow_download=not args.offline,
-                        revision=args.revision, threads=args.threads, log=log)
+                        revision=args.revision, threads=args.threads, throughput=True, log=log)
     bar = None if args.quiet else ProgressBar()
     try:
         report = run_folder(tagger, job, progress=bar, log=log)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,32 +154,58 @@ def resolve_model(spec: str, models_dir, allow_download: bool = True, revision: 
     return ModelFiles(name, files[1], files[0], "downloaded", hint)
 
 
-class Tagger:
-    """One ONNX session plus its labels. Everything about the input is read from the model."""
+def cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
 
-    def __init__(self, files: ModelFiles, provider: str = "auto", threads: int = 0):
+
+class Tagger:
+    """One ONNX session plus its labels. Everything about the input is read from the model.
+
+    CPU throughput: a transformer run on N intra-op threads leaves cores idle in its serial stretches and
+    burns CPU spinning, so folder runs use `streams` concurrent single-threaded runs instead. The session
+    for that is `throughput=True` (the CLI) or created on first use next to the low-latency one (the UI,
+    where single images want every core).
+    """
+
+    def __init__(self, files: ModelFiles, provider: str = "auto", threads: int = 0, throughput: bool = False):
         ort = runtime.import_ort()
         runtime.check_runtime(files.onnx, ort.__version__)
         self.files, self.name = files, files.name
         self.tagset: TagSet = load_tags(files.tags)
         requested, strict = runtime.plan_providers(provider, ort.get_available_providers())
-        opts = ort.SessionOptions()
-        if threads > 0:
-            opts.intra_op_num_threads = threads
-        try:
-            sess = ort.InferenceSession(str(files.onnx), opts, providers=requested)
-        except Exception as exc:  # noqa: BLE001 — onnxruntime raises its own exception types
-            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            if "opset" in text.lower():
-                raise runtime.RuntimeTooOld(
-                    f"{files.onnx}: onnxruntime {ort.__version__} cannot load this model ({text}); "
-                    f"WD14 v3 models need onnxruntime ≥ 1.17: upgrade it.") from None
-            raise ModelFormatError(f"{files.onnx} cannot be loaded by onnxruntime ({text}); "
-                                   "re-download the model.") from None
+        self._requested, self.threads = requested, threads
+        cpu_only = requested == [runtime.CPU]
+        sess = self._new_session(1 if (throughput and cpu_only and threads == 0) else threads)
         self.warning = runtime.verify_providers(requested, sess.get_providers(), strict)
         self.provider = sess.get_providers()[0]
         self._read_io(sess)
         self._session = sess
+        self._single_threaded = throughput and cpu_only and threads == 0
+        self._stream_session = sess if self._single_threaded else None
+        self._stream_lock = threading.Lock()
+        if self.is_gpu:
+            self.streams = 1
+        else:
+            self.streams = max(1, min(4, cpu_count() // threads)) if threads > 0 else min(4, cpu_count())
+
+    def _new_session(self, threads: int):
+        ort = runtime.import_ort()
+        opts = ort.SessionOptions()
+        if threads > 0:
+            opts.intra_op_num_threads = threads
+        try:
+            return ort.InferenceSession(str(self.files.onnx), opts, providers=self._requested)
+        except Exception as exc:  # noqa: BLE001 — onnxruntime raises its own exception types
+            text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            if "opset" in text.lower():
+                raise runtime.RuntimeTooOld(
+                    f"{self.files.onnx}: onnxruntime {ort.__version__} cannot load this model ({text}); "
+                    f"WD14 v3 models need onnxruntime ≥ 1.17: upgrade it.") from None
+            raise ModelFormatError(f"{self.files.onnx} cannot be loaded by onnxruntime ({text}); "
+                                   "re-download the model.") from None
 
     def _read_io(self, sess) -> None:
         ins, outs = sess.get_inputs(), sess.get_outputs()
@@ -212,15 +239,30 @@ class Tagger:
     def is_gpu(self) -> bool:
         return self.provider != runtime.CPU
 
-    def batch_size(self, requested: int) -> int:
-        """Clamp to a fixed batch dimension; dynamic models take what is asked."""
-        requested = max(1, int(requested))
+    def batch_size(self, requested: int = 0) -> int:
+        """0 = auto: 8 on a GPU; 1 per stream on CPU (a bigger batch only adds memory traffic there).
+        A fixed batch dimension wins over any request."""
+        requested = int(requested or 0)
+        if requested <= 0:
+            requested = 8 if self.is_gpu else 1
         return self.fixed_batch if self.fixed_batch else requested
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """[n, size, size, 3] float32 BGR → [n, tags] probabilities (the graph already applies sigmoid)."""
-        sess = self._session
-        if sess is None:
+        return self._run(self._session, batch)
+
+    def infer_stream(self, batch: np.ndarray) -> np.ndarray:
+        """Like infer, for `streams` concurrent callers: on CPU a single-threaded session per call."""
+        if self.is_gpu or self.threads > 0:
+            return self._run(self._session, batch)
+        with self._stream_lock:
+            if self._stream_session is None and self._session is not None:
+                self._stream_session = self._new_session(1)
+            sess = self._stream_session
+        return self._run(sess, batch)
+
+    def _run(self, sess, batch: np.ndarray) -> np.ndarray:
+        if sess is None or self._session is None:
             raise LoraStudioError("the tagger model was unloaded; load it again.")
         batch = np.ascontiguousarray(batch, dtype=np.float32)
         n = batch.shape[0]
@@ -235,7 +277,7 @@ class Tagger:
         return np.concatenate(outs).reshape(n, -1)
 
     def unload(self) -> None:
-        self._session = None
+        self._session = self._stream_session = None
 
     def describe(self) -> str:
         batch = f"fixed batch {self.fixed_batch}" if self.fixed_batch else "dynamic batch"
@@ -249,13 +291,14 @@ _cache_lock = threading.Lock()
 
 
 def get_tagger(spec: str, models_dir, provider: str = "auto", allow_download: bool = True,
-               revision: str | None = None, threads: int = 0, log=print) -> Tagger:
+               revision: str | None = None, threads: int = 0, throughput: bool = False, log=print) -> Tagger:
+    """`throughput=True` (folder-only callers such as the CLI): on CPU, one single-threaded session."""
     files = resolve_model(spec, models_dir, allow_download, revision, log)
-    key = (str(Path(files.onnx).resolve()), provider, threads)
+    key = (str(Path(files.onnx).resolve()), provider, threads, throughput)
     with _cache_lock:
         t = _cache.get(key)
         if t is None or not t.loaded:
-            t = Tagger(files, provider, threads)
+            t = Tagger(files, provider, threads, throughput)
             _cache[key] = t
             log(f"[tagger] loaded {t.describe()}")
             if t.warning:

@@ -31,9 +31,9 @@ class FolderJob:
     output_dir: Path | None = None        # None: captions beside the images
     caption_ext: str = ".txt"
     existing: str = "skip"                # skip | overwrite | append | prepend
-    batch_size: int = 8                   # clamped to a fixed batch dim
+    batch_size: int = 0                   # 0 = auto (GPU 8, CPU 1 per stream); clamped to a fixed batch dim
     workers: int = 0                      # decode threads; 0 = auto
-    streams: int = 0                      # concurrent inference calls; 0 = auto (CPU 2, GPU 1)
+    streams: int = 0                      # concurrent inference calls; 0 = the tagger's choice
     resize: str = "bicubic"
     separator: str = ", "
     trailing_newline: bool = False
@@ -222,9 +222,9 @@ def run_folder(tagger: Tagger, job: FolderJob, progress: Callable[[Progress], No
             refill(pool)
         return batch
 
-    # Inference runs in its own thread(s) so decoding, caption writing and inference overlap; on CPU two
-    # concurrent runs of one session keep both cores busy through the graph's serial stretches.
-    streams = job.streams or (1 if tagger.is_gpu else min(2, os.cpu_count() or 1))
+    # Inference runs in its own thread(s) so decoding, caption writing and inference overlap; on CPU
+    # several single-threaded runs at once (Tagger.streams) beat one run on every core.
+    streams = max(1, job.streams or tagger.streams)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tagger-decode")
     infer_pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="tagger-infer")
     running: deque = deque()
@@ -234,7 +234,7 @@ def run_folder(tagger: Tagger, job: FolderJob, progress: Callable[[Progress], No
             while len(running) < streams and window and not cancel.is_set():
                 batch = next_batch(pool)
                 if batch:
-                    running.append((batch, infer_pool.submit(tagger.infer, np.stack([a for _, a in batch]))))
+                    running.append((batch, infer_pool.submit(tagger.infer_stream, np.stack([a for _, a in batch]))))
                 elif report.failed:
                     emit("")
             if not running:

@@ -145,7 +145,7 @@ def run_folder_ui(ctx, model, provider, allow_download, folder, recursive, exist
         opts = options_from(option_values)
         tagger = load(ctx, model, provider, allow_download, log=logs.append)
         job = FolderJob(input_dir=Path(str(folder)).expanduser(), recursive=bool(recursive), existing=existing,
-                        caption_ext=caption_ext or ".txt", batch_size=int(batch_size or 1),
+                        caption_ext=caption_ext or ".txt", batch_size=int(batch_size or 0),
                         output_dir=Path(str(output_dir)).expanduser() if output_dir else None,
                         json_sidecar=bool(json_sidecar), tag_options=opts)
     except LoraStudioError as exc:
@@ -246,7 +246,7 @@ def build(ctx) -> None:
                 cap_ext = gr.Dropdown([".txt", ".caption"], value=".txt", label="Caption extension")
                 out_dir = gr.Textbox(label="Output folder (empty = beside the images)")
             with gr.Row():
-                batch = gr.Number(value=8, precision=0, label="Batch size (fixed-batch models use 1)")
+                batch = gr.Number(value=0, precision=0, label="Batch size (0 = auto: 8 on GPU, 1 per CPU stream)")
                 sidecar = gr.Checkbox(False, label="JSON with confidences")
                 unload_after = gr.Checkbox(False, label="Unload model after the run")
             with gr.Row():
