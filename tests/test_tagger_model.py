@@ -96,3 +96,19 @@ def test_session_cache_and_unload(models):
     b = tm.get_tagger(str(models["v3"]), models["v3"].parent, log=lambda m: None)
     assert b is not a and b.loaded
     tm.unload_all()
+
+
+def test_throughput_session_and_auto_batch(models):
+    files = tm.resolve_model(str(models["v3"]), models["v3"].parent)
+    fast = tm.Tagger(files, throughput=True)
+    assert fast._single_threaded and fast._stream_session is fast._session
+    assert fast.streams == min(4, tm.cpu_count()) and fast.batch_size(0) == 1 and fast.batch_size(5) == 5
+    ui = tm.Tagger(files)
+    assert ui._stream_session is None
+    x = np.random.default_rng(1).uniform(0, 255, (2, 32, 32, 3)).astype(np.float32)
+    np.testing.assert_allclose(ui.infer_stream(x), fast.infer(x), atol=1e-6)
+    assert ui._stream_session is not None and ui._stream_session is not ui._session   # made on first use
+    ui.unload()
+    assert ui._stream_session is None
+    v2 = tm.Tagger(tm.resolve_model(str(models["v2"]), models["v2"].parent), throughput=True)
+    assert v2.batch_size(0) == 1 and v2.batch_size(16) == 1

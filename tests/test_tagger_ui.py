@@ -70,13 +70,15 @@ class FakeGpuTagger:
 def test_gpu_section_survives_a_webui_style_wrapper(ctx):
     calls = []
 
-    def webui_wrap(fn):            # like A1111's wrap_gradio_gpu_call: extra outputs, swallowed errors
+    def webui_wrap(fn):            # like A1111's wrap_gradio_gpu_call: stats added, errors swallowed
         def f(*a):
             calls.append("lock")
             try:
-                return tuple(fn(*a)) + ("<stats>",)
-            except Exception:
-                return ("<error html>",)
+                res = list(fn(*a))
+            except Exception as e:
+                res = [f"<div class='error'>{e}</div>"]
+            res[-1] += "<div class='performance'>Time taken: 0.1 s</div>"
+            return tuple(res)
         return f
 
     ctx.wrap_gpu_call = webui_wrap

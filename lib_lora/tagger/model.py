@@ -138,7 +138,12 @@ def resolve_model(spec: str, models_dir, allow_download: bool = True, revision: 
     repo_missing, rev_missing, entry_missing, not_local = _hub_errors()
     log(f"[tagger] downloading {repo}@{rev} into {target} ...")
     try:
-        files = [Path(hf_hub_download(repo, f, revision=rev, local_dir=str(target))) for f in (TAGS_FILE, MODEL_FILE)]
+        extra = {}
+        import huggingface_hub
+        if runtime.version_tuple(huggingface_hub.__version__) < (0, 23):
+            extra["local_dir_use_symlinks"] = False   # older hubs symlink big files into the system-drive cache
+        files = [Path(hf_hub_download(repo, f, revision=rev, local_dir=str(target), **extra))
+                 for f in (TAGS_FILE, MODEL_FILE)]
     except Exception as exc:  # noqa: BLE001
         # LocalEntryNotFoundError (offline, nothing cached) subclasses EntryNotFoundError: test it first.
         if not (not_local and isinstance(exc, not_local)):

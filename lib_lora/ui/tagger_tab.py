@@ -70,8 +70,9 @@ def status_text(tagger) -> str:
 
 
 def gpu_section(ctx, tagger, fn):
-    """Run `fn` under the WebUI queue lock when a GPU is used. The WebUI wrapper may add outputs and
-    swallow exceptions, so the result and any error travel through a closure."""
+    """Run `fn` under the WebUI queue lock when a GPU is used. A1111's wrapper appends a stats string to
+    the last output (so `work` returns one string) and turns exceptions into HTML, so the result and
+    any error travel through a closure instead."""
     if not tagger.is_gpu:
         return fn()
     box: dict = {}
@@ -81,9 +82,13 @@ def gpu_section(ctx, tagger, fn):
             box["result"] = fn()
         except BaseException as exc:  # noqa: BLE001 — re-raised below, outside the wrapper
             box["error"] = exc
-        return ()
+        return ("",)
 
-    ctx.wrap_gpu_call(work)()
+    try:
+        ctx.wrap_gpu_call(work)()
+    except Exception:  # noqa: BLE001 — a wrapper failing after our work ran must not lose the result
+        if not box:
+            raise
     if "error" in box:
         raise box["error"]
     if "result" not in box:
