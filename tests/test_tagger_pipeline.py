@@ -201,3 +201,14 @@ def test_stale_temporaries_removed(tmp_path):
     stale.write_text("half")
     assert captions.remove_stale_temps(tmp_path) == 0                                # too new: may be in use
     assert captions.remove_stale_temps(tmp_path, older_than=-1) == 1 and not stale.exists()
+
+
+def test_unwritable_caption_is_reported_and_the_run_goes_on(taggers, tmp_path):
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(3):
+        Image.new("RGB", (8, 8), (255, 0, 0)).save(d / f"{i}.png")
+    (d / "1.txt").mkdir()                                            # a folder where the caption should go
+    rep = run_folder(taggers["v3"], FolderJob(d, existing="overwrite"), **QUIET)
+    assert rep.inferred == 2 and len(rep.failed) == 1 and "cannot write" in rep.failed[0][1]
+    assert (d / "0.txt").is_file() and (d / "2.txt").is_file()

@@ -162,9 +162,13 @@ def run_folder(tagger: Tagger, job: FolderJob, progress: Callable[[Progress], No
     stop_count = threading.Event()
     threading.Thread(target=_count_todo, args=(job, counted, stop_count), daemon=True).start()
 
+    streams = max(1, job.streams or tagger.streams)
     items = plan(job)
     window: deque = deque()
-    max_ahead = 2 * bs + workers        # decoded images held at most: bounded memory, workers never idle
+    # Decoded images held at most (bounded memory whatever the folder size) while every stream and
+    # worker stays busy: the batches being inferred, one more, and what the workers are decoding.
+    max_ahead = (streams + 1) * bs + workers
+    write_errors = [0]
     t0 = time.perf_counter()
 
     def refill(pool) -> None:
@@ -198,10 +202,20 @@ def run_folder(tagger: Tagger, job: FolderJob, progress: Callable[[Progress], No
     def finish(batch, probs) -> None:
         for (it, _), p in zip(batch, probs):
             result = post(p)
-            final = captions.write_caption(it.caption, result.tags, job.existing, job.separator,
-                                           job.trailing_newline)
-            if job.json_sidecar:
-                captions.write_sidecar(it.caption.with_suffix(".json"), result, tagger.name, final)
+            try:
+                final = captions.write_caption(it.caption, result.tags, job.existing, job.separator,
+                                               job.trailing_newline)
+                if job.json_sidecar:
+                    captions.write_sidecar(it.caption.with_suffix(".json"), result, tagger.name, final)
+            except OSError as exc:   # one read-only file is reported; a full disk stops the run
+                write_errors[0] += 1
+                report.failed.append((str(it.image), f"cannot write {it.caption}: {exc.strerror or exc}"))
+                log(f"[tagger] cannot write {it.caption}: {exc.strerror or exc}")
+                if write_errors[0] >= 5:
+                    raise LoraStudioError(f"5 caption files in a row could not be written (last: {it.caption}: "
+                                          f"{exc.strerror or exc}); check free space and permissions.") from None
+                continue
+            write_errors[0] = 0
             report.inferred += 1
             report.written += 1
             report.frequencies.update(final)
@@ -224,7 +238,6 @@ def run_folder(tagger: Tagger, job: FolderJob, progress: Callable[[Progress], No
 
     # Inference runs in its own thread(s) so decoding, caption writing and inference overlap; on CPU
     # several single-threaded runs at once (Tagger.streams) beat one run on every core.
-    streams = max(1, job.streams or tagger.streams)
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="tagger-decode")
     infer_pool = ThreadPoolExecutor(max_workers=streams, thread_name_prefix="tagger-infer")
     running: deque = deque()
