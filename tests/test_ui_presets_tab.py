@@ -80,6 +80,7 @@ def test_save_writes_only_changes_and_takes_effect_at_once(ctx, tmp_path):
     assert sorted(preset_lines(user)) == sorted([
         "face:1,0,0,0,0,0,0,0,0.9,1,1,0.2,0,0,0,0,0", "mine:" + ",".join(["1"] * 8 + ["0"] * 9)])
     assert ctx.presets.get("face")[8] == "0.9" and ctx.presets.get("mine") == ["1"] * 8 + ["0"] * 9
+    assert "(2 from your presets file)" in pt.load_table(ctx, F17)[2]
     # a fresh store (another process, the WebUI) reads the same
     fresh = PresetStore(app.BUILTIN_PRESETS, user)
     assert fresh.get("mine") == ["1"] * 8 + ["0"] * 9 and fresh.get("face")[8] == "0.9"

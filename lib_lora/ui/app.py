@@ -2,6 +2,10 @@
 
 Tabs are imported lazily, one by one: a tab whose module (or optional dependency) fails shows a
 placeholder with the reason instead of taking the whole app down.
+
+User presets file: `--presets-file`, else `lora_studio_presets.txt` in the first LoRA folder, so pointing
+`--lora-dir` at a WebUI's models/Lora shares the presets with it. Binds 127.0.0.1; `--listen` binds
+0.0.0.0 and then every file write needs `--allow-writes` (UiContext.writes_allowed, as in the WebUI).
 """
 
 from __future__ import annotations

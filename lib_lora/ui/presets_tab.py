@@ -109,7 +109,9 @@ def load_table(ctx, label):
     except LoraStudioError as exc:
         return _frame([], count), [], f"⚠ {exc}"
     rows = preset_rows(store, count)
-    return _frame(rows, count), [r[0] for r in rows], f"{len(rows)} presets with {count} values."
+    mine = sum(1 for r in rows if r[0] in set(store.user_names()))
+    return (_frame(rows, count), [r[0] for r in rows],
+            f"{len(rows)} presets with {count} values ({mine} from your presets file).")
 
 
 def set_row(table, label, name: str, values_text: str):
