@@ -112,3 +112,11 @@ def test_throughput_session_and_auto_batch(models):
     assert ui._stream_session is None
     v2 = tm.Tagger(tm.resolve_model(str(models["v2"]), models["v2"].parent), throughput=True)
     assert v2.batch_size(0) == 1 and v2.batch_size(16) == 1
+
+
+def test_interrupted_download_folder_is_not_an_error(models, tmp_path):
+    root = tmp_path / "TM"
+    (root / "wd-vit-tagger-v3").mkdir(parents=True)
+    (root / "wd-vit-tagger-v3" / "selected_tags.csv").write_text("tag_id,name,category,count\n")
+    with pytest.raises(tm.ModelNotFound, match="downloads are off: put model.onnx"):
+        tm.resolve_model("wd-vit-tagger-v3", root, allow_download=False)

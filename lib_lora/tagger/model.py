@@ -57,11 +57,12 @@ class ModelFiles:
     threshold_hint: float | None = None
 
 
-def _pair(folder: Path) -> tuple[Path, Path] | None:
+def _pair(folder: Path, strict: bool = True) -> tuple[Path, Path] | None:
+    """Both files, None if neither; only one is an error (strict) or "not there yet" (a download target)."""
     onnx, tags = folder / MODEL_FILE, folder / TAGS_FILE
     if onnx.is_file() and tags.is_file():
         return onnx, tags
-    if onnx.is_file() or tags.is_file():
+    if strict and (onnx.is_file() or tags.is_file()):
         missing = TAGS_FILE if onnx.is_file() else MODEL_FILE
         raise ModelNotFound(f"{folder} has only one of the two model files: put {missing} there too.")
     return None
@@ -107,7 +108,7 @@ def resolve_model(spec: str, models_dir, allow_download: bool = True, revision: 
         return ModelFiles(p.name, *pair, "local folder")
     local = Path(models_dir) / spec
     if "/" not in spec and "\\" not in spec and local.is_dir():   # a sub-folder of the models folder, by name
-        pair = _pair(local)
+        pair = _pair(local, strict=spec not in KNOWN_MODELS)   # a known one may be a download in progress
         if pair:
             return ModelFiles(spec, *pair, "local folder",
                               KNOWN_MODELS[spec].threshold_hint if spec in KNOWN_MODELS else None)
@@ -119,7 +120,7 @@ def resolve_model(spec: str, models_dir, allow_download: bool = True, revision: 
     hint = known.threshold_hint if known else None
     rev = revision or (known.revision if known else "main")
     target = Path(models_dir) / name
-    pair = _pair(target) if target.is_dir() else None
+    pair = _pair(target, strict=False) if target.is_dir() else None   # half there: an interrupted download
     if pair:
         return ModelFiles(name, *pair, "local folder", hint)
     where = f"put {MODEL_FILE} and {TAGS_FILE} from https://huggingface.co/{repo} into {target}"
@@ -201,6 +202,9 @@ class Tagger:
         opts = ort.SessionOptions()
         if threads > 0:
             opts.intra_op_num_threads = threads
+        if "DmlExecutionProvider" in self._requested:   # DirectML supports neither memory patterns nor parallel mode
+            opts.enable_mem_pattern = False
+            opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         try:
             return ort.InferenceSession(str(self.files.onnx), opts, providers=self._requested)
         except Exception as exc:  # noqa: BLE001 — onnxruntime raises its own exception types
