@@ -200,6 +200,8 @@ def canonical_name(name: str) -> str | None:
     """A1111 module name → canonical layer name, or None when it is not a U-Net/TE layer."""
     parts = [p for p in name.split(".") if p != "wrapped"]
     name = ".".join(parts)
+    if name.startswith("cond_stage_model.embedders."):  # an alias of the SDXL conditioner
+        name = "conditioner." + name[len("cond_stage_model."):]
     if not name.startswith(_ROOTS):
         return None
     return _fix_text_model(name)
@@ -210,11 +212,21 @@ def _ref_of_module(canon: str, mod) -> LayerRef | None:
         if mod.in_proj_weight is None:  # kdim != embed_dim: separate q/k/v weights (never in SD)
             return None
         return LayerRef(canon, mod.in_proj_weight, mod.in_proj_bias, fused=True)
-    if isinstance(mod, _LEAF_TYPES):
-        if getattr(mod, "weight", None) is None:
+    if _is_leaf(mod):
+        w = getattr(mod, "weight", None)
+        if not torch.is_tensor(w):
             return None
-        return LayerRef(canon, mod.weight, getattr(mod, "bias", None))
+        b = getattr(mod, "bias", None)
+        return LayerRef(canon, w, b if torch.is_tensor(b) else None)
     return None
+
+
+_LEAF_NAMES = frozenset(("Linear", "Conv2d", "GroupNorm", "LayerNorm"))
+
+
+def _is_leaf(mod) -> bool:
+    # Forge's backend.operations layers subclass nn.Module, not nn.Linear: accept them by class name.
+    return isinstance(mod, _LEAF_TYPES) or any(c.__name__ in _LEAF_NAMES for c in type(mod).__mro__)
 
 
 def _compvis_unet_path(convert, name: str, arch: str) -> str | None:

@@ -20,6 +20,7 @@ import torch
 from lib_lora.delta_cache import DeltaCache, network_identity
 from lib_lora.errors import ArchitectureMismatch
 
+_PROMOTABLE = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 ARCH_LABEL = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
 DEFAULT_CACHE_BYTES = 1 << 30
 
@@ -281,7 +282,8 @@ class Patcher:
         # fp32 weights accumulate in place; others in a reused fp32 scratch (no fresh pages per layer).
         acc = live if fp32 else self._scratch(live.numel(), live.device).view(live.shape)
         src = w0 if w0.device == live.device else w0.to(live.device)
-        if adds and adds[0][0] == slice(None):  # first delta covers the tensor: W0 + m·Δ in one pass
+        if adds and adds[0][0] == slice(None) and src.dtype in _PROMOTABLE:
+            # first delta covers the tensor: W0 + m·Δ in one pass (fp8 cannot be promoted: copy first)
             torch.add(src, adds[0][1], alpha=adds[0][2], out=acc)
             adds = adds[1:]
         else:

@@ -266,3 +266,23 @@ def test_delta_cache_is_lru_by_bytes_and_keys_files_by_mtime_and_size(tmp_path):
     assert network_identity(net) != first
     mem1, mem2 = SimpleNamespace(path=None), SimpleNamespace(path=None)
     assert network_identity(mem1) == network_identity(mem1) != network_identity(mem2)
+
+
+@pytest.mark.skipif(not hasattr(torch, "float8_e4m3fn"), reason="torch without float8")
+def test_fp8_storage_weights_patch_and_restore_exactly(nets):
+    # A1111 `fp8_storage`: weights are float8; deltas still fp32, cast once, restore bit-exact.
+    root, host = _model(torch.float32)
+    sd = {k: (v.to(torch.float8_e4m3fn) if k.endswith(".weight") and v.dim() > 1 else v.clone())
+          for k, v in root.state_dict().items()}
+    h8 = Host.from_state_dict(sd)
+    before = {k: v.clone() for k, v in sd.items()}
+    p = Patcher(h8)
+    rep = p.apply([ActiveLora(nets["lora"], 1.0, 1.0)])
+    assert rep.layers_written > 0 and not rep.errors and not any(r.skipped for r in rep.loras)
+    layer = SD15_LAYERS[0]
+    assert sd[layer + ".weight"].dtype == torch.float8_e4m3fn
+    assert not torch.equal(sd[layer + ".weight"].view(torch.uint8), before[layer + ".weight"].view(torch.uint8))
+    p.restore()
+    assert all(torch.equal(sd[k].view(torch.uint8) if sd[k].dtype == torch.float8_e4m3fn else sd[k],
+                           before[k].view(torch.uint8) if before[k].dtype == torch.float8_e4m3fn else before[k])
+               for k in sd)
