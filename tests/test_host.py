@@ -76,11 +76,8 @@ def test_arch_detection_from_layers(keys, arch):
     assert Host.from_state_dict(sd).arch == arch
 
 
-diffusers = pytest.importorskip("diffusers")
-transformers = pytest.importorskip("transformers")
-
-
 def _tiny_unet(cross):
+    diffusers = pytest.importorskip("diffusers")  # optional: only these tests need it
     return diffusers.UNet2DConditionModel(
         sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64, 96, 96),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
@@ -89,6 +86,7 @@ def _tiny_unet(cross):
 
 
 def _clip(hidden, layers, cls="CLIPTextModel"):
+    transformers = pytest.importorskip("transformers")
     cfg = transformers.CLIPTextConfig(hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
                                       num_attention_heads=max(1, hidden // 64), vocab_size=100,
                                       max_position_embeddings=77, projection_dim=hidden,
@@ -141,3 +139,11 @@ def test_diffusers_sdxl_split_qkv_text_encoder_matches_fused_checkpoint(tmp_path
 def test_layer_specs_scale_keeps_kernels():
     spec = layer_specs("sd15", scale=16, include=("model.diffusion_model.input_blocks.1.0.in_layers.2",))
     assert spec["model.diffusion_model.input_blocks.1.0.in_layers.2"]["shape"] == [20, 20, 3, 3]
+
+
+def test_from_a1111_reads_the_whole_sd_model_tree():
+    sd_model = build_model("sd15", scale=16, seed=4, a1111=True)
+    sd_model.add_module("first_stage_model", torch.nn.Module())
+    sd_model.first_stage_model.add_module("conv_in", torch.nn.Conv2d(3, 4, 3))
+    host = Host.from_a1111(sd_model)
+    assert set(host.layers) == _expected("sd15") and host.arch == "sd1"

@@ -286,3 +286,16 @@ def test_fp8_storage_weights_patch_and_restore_exactly(nets):
     assert all(torch.equal(sd[k].view(torch.uint8) if sd[k].dtype == torch.float8_e4m3fn else sd[k],
                            before[k].view(torch.uint8) if before[k].dtype == torch.float8_e4m3fn else before[k])
                for k in sd)
+
+
+def test_report_names_used_blocks_the_weight_format_did_not_list(nets):
+    from lib_lora.blocks import expand
+
+    root, host = _model(torch.float32)
+    vec, listed = expand([1.0] * 12)  # the SDXL 12-value format given to an SD1 LoRA
+    rep = Patcher(host).apply([ActiveLora(nets["locon"], blocks=vec, listed=listed)])
+    r = rep.loras[0]
+    used = {m.slot for m in nets["locon"].modules.values() if m.slot is not None}
+    assert r.unlisted == sorted(s for s in used if not listed[s]) and 2 in r.unlisted  # IN01 (slot 2)
+    assert r.outside == sum(1 for m in nets["locon"].modules.values() if m.slot is None) > 0
+    assert r.zero == sum(1 for m in nets["locon"].modules.values() if m.slot is not None and vec[m.slot] == 0)
