@@ -11,6 +11,7 @@ torch 2.1.2 / numpy 1.26.2 / safetensors 0.4.2 / Pillow 9.5.0); a name that is g
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -133,6 +134,23 @@ SAFETENSORS_NEW = {
 }
 LIB_NEW = {**TORCH_NEW, **NUMPY_NEW, **PIL_NEW, **SAFETENSORS_NEW}
 
+# Keyword arguments added later: (full name of the callee or "*.method", keyword) -> message.
+KWARGS_NEW = {
+    ("*", "delete_on_close"): "NamedTemporaryFile(delete_on_close=) is Python 3.12+",
+    ("*", "onexc"): "shutil.rmtree(onexc=) is Python 3.12+; use onerror=",
+    ("*", "walk_up"): "PurePath.relative_to(walk_up=) is Python 3.12+",
+    ("*.glob", "case_sensitive"): "Path.glob(case_sensitive=) is Python 3.12+",
+    ("*.rglob", "case_sensitive"): "Path.rglob(case_sensitive=) is Python 3.12+",
+    ("*.match", "case_sensitive"): "PurePath.match(case_sensitive=) is Python 3.12+",
+    ("numpy.asarray", "copy"): "np.asarray(copy=) is numpy 2; use np.array(x, copy=...) on numpy 1.26",
+    ("numpy.reshape", "copy"): "np.reshape(copy=) is numpy 2.1+",
+    ("numpy.unique", "sorted"): "np.unique(sorted=) is numpy 2.3+",
+    ("PIL.ImageFont.load_default", "size"): "ImageFont.load_default(size=) is Pillow 10.1+",
+}
+# Regular expressions: atomic groups and possessive quantifiers are Python 3.11+ (re.error on 3.10).
+RE_FUNCS = {"compile", "match", "search", "fullmatch", "sub", "subn", "split", "findall", "finditer"}
+RE_NEW_SYNTAX = re.compile(r"\(\?>|(?<!\\)(?:[*+?]|\})\+")
+
 
 def _files():
     for entry in SCAN:
@@ -186,6 +204,21 @@ def _is_new_lib_name(full: str):
     return None
 
 
+def _check_call(node: ast.Call, aliases: dict[str, str], add) -> None:
+    chain = _chain(node.func)
+    full = ".".join([aliases.get(chain[0], chain[0])] + chain[1]) if chain else None
+    method = node.func.attr if isinstance(node.func, ast.Attribute) else None
+    for kw in node.keywords:
+        for (callee, name), msg in KWARGS_NEW.items():
+            if kw.arg == name and (callee == "*" or callee == full
+                                   or (callee.startswith("*.") and method == callee[2:])):
+                add(kw.value, msg)
+    if full and full.startswith("re.") and full[3:] in RE_FUNCS and node.args:
+        pat = node.args[0]
+        if isinstance(pat, ast.Constant) and isinstance(pat.value, str) and RE_NEW_SYNTAX.search(pat.value):
+            add(pat, "atomic groups (?>...) and possessive quantifiers (*+ ++ ?+) are Python 3.11+ regex syntax")
+
+
 def scan_source(src: str, name: str = "<src>") -> list[str]:
     """All compatibility problems in one file's source, as 'name:line: message'."""
     try:
@@ -233,6 +266,8 @@ def scan_source(src: str, name: str = "<src>") -> list[str]:
                 reason = _is_new_lib_name(f"{node.module}.{a.name}")
                 if reason:
                     add(node, reason)
+        elif isinstance(node, ast.Call):
+            _check_call(node, aliases, add)
         elif isinstance(node, ast.Name) and node.id in BUILTINS_NEW and node.id not in aliases:
             add(node, f"{node.id} is Python 3.11+")
         elif isinstance(node, ast.Attribute):
@@ -292,6 +327,12 @@ def test_scanner_catches_each_kind():
         "from safetensors import TensorSpec\n": 1,
         "from PIL import ImageOps\nim = ImageOps.cover(im, (8, 8))\n": 2,
         "import numpy\nb = numpy.bool\n": 2,
+        "import re\nR = re.compile(r'(?>ab|a)c')\n": 2,
+        "import re as _re\nm = _re.match(r'\\s*+x', s)\n": 2,
+        "import numpy as np\na = np.asarray(x,\n               copy=False)\n": 3,
+        "import shutil\nshutil.rmtree(p, onexc=f)\n": 2,
+        "from pathlib import Path\nfs = Path('.').glob('*.TXT', case_sensitive=False)\n": 2,
+        "from PIL import ImageFont\nf = ImageFont.load_default(size=12)\n": 2,
     }
     for src, line in cases.items():
         found = scan_source(src, "t.py")
@@ -308,6 +349,8 @@ def test_scanner_catches_each_kind():
         "from typing import Optional, TypeVar\nclass ExceptionGroup(Exception):\n    pass\n",
         "import os\nimport ast\nfor r, d, f in os.walk('.'):\n    pass\nn = list(ast.walk(t))\n",
         "import torch\nx = torch.uint8\ny = torch.nn.Module.get_submodule\nz = torch.export\n",
+        "import re\nR = re.compile(r'[+*]+ (a|b)+ x{2} C\\+\\+')\nimport numpy as np\nb = np.array(a, copy=False)\n",
+        "import fnmatch\nok = fnmatch.fnmatch(n, '*.txt')\nm = p.match('*.txt')\n",
     ]
     for src in fine:
         assert scan_source(src, "t.py") == [], src
