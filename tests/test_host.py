@@ -147,3 +147,18 @@ def test_from_a1111_reads_the_whole_sd_model_tree():
     sd_model.first_stage_model.add_module("conv_in", torch.nn.Conv2d(3, 4, 3))
     host = Host.from_a1111(sd_model)
     assert set(host.layers) == _expected("sd15") and host.arch == "sd1"
+
+
+def test_diffusers_sdxl_unet_maps_to_every_checkpoint_layer():
+    diffusers = pytest.importorskip("diffusers")
+    unet = diffusers.UNet2DConditionModel(  # SDXL topology at toy width: 1/2/10 transformer layers per level
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=2, block_out_channels=(32, 64, 96),
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"), transformer_layers_per_block=(1, 2, 10),
+        cross_attention_dim=2048, attention_head_dim=(1, 2, 3), use_linear_projection=True, norm_num_groups=8,
+        addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=16 + 6 * 8)
+    host = Host.from_diffusers(unet, [])
+    assert host.arch == "sdxl"
+    assert set(host.layers) == {n for n in _expected("sdxl") if n.startswith("model.")}
+    assert host["model.diffusion_model.output_blocks.2.2.conv"].weight is unet.up_blocks[0].upsamplers[0].conv.weight
+    assert host["model.diffusion_model.label_emb.0.2"].weight is unet.add_embedding.linear_2.weight
