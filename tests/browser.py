@@ -64,8 +64,8 @@ def free_port() -> int:
 
 
 class App:
-    def __init__(self, workdir: Path, args: list[str], port: int | None = None):
-        self.workdir, self.args = Path(workdir), list(args)
+    def __init__(self, workdir: Path, args: list[str], port: int | None = None, python: str | None = None):
+        self.workdir, self.args, self.python = Path(workdir), list(args), python or sys.executable
         self._spawn(port or free_port())
 
     def _spawn(self, port: int) -> None:
@@ -77,7 +77,7 @@ class App:
         env.pop("DISPLAY", None)
         with open(self.log, "wb") as fh:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "lib_lora", "ui", *self.args, "--port", str(port), "--no-browser"],
+                [self.python, "-m", "lib_lora", "ui", *self.args, "--port", str(port), "--no-browser"],
                 cwd=str(self.workdir), env=env, stdout=fh, stderr=subprocess.STDOUT)
 
     def output(self) -> str:
@@ -110,9 +110,10 @@ class App:
                 self.proc.wait(5)
 
 
-def start_app(workdir: Path, args: list[str], port: int | None = None) -> App:
-    """`python -m lib_lora ui ARGS --port P --no-browser` in `workdir` (an argument list, never a shell)."""
-    return App(workdir, args, port)
+def start_app(workdir: Path, args: list[str], port: int | None = None, python: str | None = None) -> App:
+    """`python -m lib_lora ui ARGS --port P --no-browser` in `workdir` (an argument list, never a shell).
+    `python`: another interpreter (e.g. one with Gradio 4 installed), default this one."""
+    return App(workdir, args, port, python)
 
 
 def start_browser(workdir: Path):
