@@ -303,3 +303,43 @@ def test_report_names_used_blocks_the_weight_format_did_not_list(nets):
     assert r.unlisted == sorted(s for s in used if not listed[s]) and 2 in r.unlisted  # IN01 (slot 2)
     assert r.outside == sum(1 for m in nets["locon"].modules.values() if m.slot is None) > 0
     assert r.zero == sum(1 for m in nets["locon"].modules.values() if m.slot is not None and vec[m.slot] == 0)
+
+
+def test_sd2_kohya_text_encoder_lora_lands_in_fused_in_proj_rows(tmp_path):
+    from safetensors.torch import save_file
+
+    from tests.engine_helpers import load_net
+
+    g = torch.Generator().manual_seed(7)
+    r, c = 4, 1024
+    lora = {}
+    for part in ("k_proj", "v_proj", "out_proj"):  # no q: its rows must stay untouched
+        key = f"lora_te_text_model_encoder_layers_0_self_attn_{part}"
+        lora[key + ".lora_down.weight"] = torch.randn(r, c, generator=g) * 0.1
+        lora[key + ".lora_up.weight"] = torch.randn(c, r, generator=g) * 0.1
+        lora[key + ".alpha"] = torch.tensor(2.0)
+    lora["lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_down.weight"] = torch.randn(r, c)
+    lora["lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn2_to_k.lora_up.weight"] = torch.randn(640, r)
+    path = tmp_path / "sd2.safetensors"
+    save_file(lora, str(path), metadata={"ss_v2": "True", "ss_base_model_version": "sd_v2"})
+    net = load_net(path)
+    assert net.arch == "sd2"
+    base = "cond_stage_model.model.transformer.resblocks.0.attn"
+    sd = {base + ".in_proj_weight": torch.randn(3 * c, c, generator=g) * 0.05,
+          base + ".in_proj_bias": torch.zeros(3 * c),
+          base + ".out_proj.weight": torch.randn(c, c, generator=g) * 0.05,
+          "model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight": torch.randn(640, c)}
+    before = {k: v.clone() for k, v in sd.items()}
+    host = Host.from_state_dict(sd)
+    assert host.arch == "sd2"
+    rep = Patcher(host).apply([ActiveLora(net, te=0.5, unet=0.0)])
+    assert rep.loras[0].applied == 3 and not rep.loras[0].skipped and rep.loras[0].zero == 1
+    w, w0 = sd[base + ".in_proj_weight"], before[base + ".in_proj_weight"]
+    assert torch.equal(w[:c], w0[:c])                                   # q rows untouched
+    for i, part in ((1, "k_proj"), (2, "v_proj")):
+        key = f"lora_te_text_model_encoder_layers_0_self_attn_{part}"
+        want = w0[i * c:(i + 1) * c] + 0.5 * 0.5 * lora[key + ".lora_up.weight"] @ lora[key + ".lora_down.weight"]
+        torch.testing.assert_close(w[i * c:(i + 1) * c], want, rtol=1e-5, atol=1e-6)
+    assert not torch.equal(sd[base + ".out_proj.weight"], before[base + ".out_proj.weight"])
+    assert torch.equal(sd["model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"],
+                       before["model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"])
