@@ -236,12 +236,20 @@ class Patcher:
             b = self._backups[layer] = [(w.detach(), None if bias is None else bias.detach())
                                         for w, bias in ref.part_tensors()]
         if b is None:
-            dev = self.backup_device
-            b = [(w.detach().to(dev if dev is not None else w.device, copy=True),
-                  None if bias is None else bias.detach().to(dev if dev is not None else bias.device, copy=True))
-                 for w, bias in ref.part_tensors()]
+            b = [(self._clone(w), None if bias is None else self._clone(bias)) for w, bias in ref.part_tensors()]
             self._backups[layer] = b
         return b
+
+    def _clone(self, t: torch.Tensor) -> torch.Tensor:
+        """Exact copy (same dtype) on the backup device; pinned when it backs a GPU weight (faster copy back)."""
+        dev = self.backup_device if self.backup_device is not None else t.device
+        c = t.detach().to(dev, copy=True)
+        if c.device.type == "cpu" and t.device.type == "cuda":
+            try:
+                c = c.pin_memory()
+            except RuntimeError:  # pinned memory exhausted: a plain copy is still exact
+                pass
+        return c
 
     def _restore_layer(self, layer: str) -> None:
         ref = self.host.get(layer)
