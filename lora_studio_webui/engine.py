@@ -119,6 +119,7 @@ class Engine:
         self.has_schedule = False
         self._step_state = None
         self._stamps = None
+        self._te_sig = ()                  # text-encoder state the WebUI's conditioning cache was filled with
 
     # -- shared state ---------------------------------------------------------------------------
     def presets(self):
@@ -175,6 +176,7 @@ class Engine:
                 self.patcher.restore()
                 self._stamp()
             self.active, self.has_schedule, self._step_state = [], False, None
+            self._te_sig = ("restored",)    # unknown to the cache owner: the next activation re-syncs
             self.last = Activation()
 
     # -- the built-in Lora (coexistence) ------------------------------------------------------
@@ -208,6 +210,7 @@ class Engine:
             if not params_list:
                 if self.patcher is not None and (self.active or self.host_model is not sd_model):
                     self.restore()
+                self._sync_conds(p, ())
                 self.last = act
                 return act
             conflict = self.flush_builtin(sd_model)
@@ -215,6 +218,7 @@ class Engine:
                 act.warnings.append(conflict)
                 if self.patcher is not None:
                     self.restore()
+                self._sync_conds(p, ())
                 self.last = act
                 return act
             patcher = self._patcher_for(sd_model)
@@ -281,12 +285,24 @@ class Engine:
                     else:
                         env.log.info(msg)
             self._stamp()
+            self._sync_conds(p, te_signature(actives))
             self.active = actives
             self.has_schedule = any(a.start is not None or a.stop is not None for a in actives)
             self._step_state = None
             act.seconds = time.perf_counter() - t0
             self.last = act
             return act
+
+    def _sync_conds(self, p, sig: tuple) -> None:
+        """A1111 caches text conditioning by prompt text (class-level, across batches and generations). When
+        the text encoder's LoRA state changed while the text did not (random letters drawn per batch, an edited
+        preset, a switched setting), drop those caches so conds are computed with the weights now in place."""
+        if sig != self._te_sig:
+            for attr in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
+                cache = getattr(p, attr, None)
+                if isinstance(cache, list) and len(cache) == 2:
+                    cache[0] = cache[1] = None
+        self._te_sig = sig
 
     def set_step(self, step: int) -> None:
         """on_cfg_denoiser: switch start=/stop= gated U-Net deltas (only when a tag asked for it)."""
@@ -315,6 +331,19 @@ class Engine:
         """Sum and a short digest over the weights of every layer the patcher may touch (debug/verification)."""
         sd_model = self.host_model or env.shared().sd_model
         return weights_checksum(sd_model)
+
+
+def te_signature(actives) -> tuple:
+    """What the text encoder holds: (file, effective TE multiplier, dyn) for LoRAs with text-encoder modules."""
+    out = []
+    for a in actives:
+        mods = getattr(a.network, "modules", {}).values()
+        if not any(getattr(m, "is_te", False) for m in mods):
+            continue
+        m = float(a.te) * (1.0 if a.blocks is None else float(a.blocks[0]))
+        if m != 0.0:
+            out.append((str(getattr(a.network, "path", id(a.network))), m, a.dyn))
+    return tuple(out)
 
 
 def _stamps(host) -> tuple:

@@ -304,3 +304,33 @@ def test_same_lora_twice_warns_and_adds(webui):
     p, _ = webui.generate("x <lora:foo:0.25> <lora:foo:0.25>")
     assert any("appears more than once" in c for c in p.comments)
     assert all(torch.allclose(webui.weight(k) - base[k], half[k], atol=1e-5) for k in LAYERS)
+
+
+def test_conditioning_cache_follows_text_encoder_state(webui):
+    """Random letters drawn per batch change the TE while the prompt text stays: A1111's text-keyed cond
+    cache must not hand batch 2 the conds computed with batch 1's weights (seen in the real A1111 run)."""
+    te = LAYERS[5]
+    vec = ",".join(["R"] + ["1"] * 16)
+    q = webui.processing(f"x <lora:foo:1:{vec}>", n_iter=3, steps=1, enable_hr=True, hr_second_pass_steps=1)
+    q.cond_fn = lambda proc: float(webui.weight(te).double().sum())
+    seen = []
+    q.observer = lambda proc: seen.append((proc.iteration, float(webui.weight(te).double().sum())))
+    from modules import processing
+    processing.process_images(q)
+    live = dict(seen)
+    assert len(set(live.values())) == 3
+    for it, _pass, cond in q.conds_used:
+        assert cond == live[it]
+    # same tag text in the next job, but the preset behind it changed: conds recomputed too
+    (webui.lora_dir.parent / "user_presets.txt").write_text("mine:1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1\n")
+    q1 = webui.processing("x <lora:foo:1:mine>", steps=1)
+    q1.cond_fn = q.cond_fn
+    processing.process_images(q1)
+    (webui.lora_dir.parent / "user_presets.txt").write_text("mine:0.5,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1\n")
+    import os
+    os.utime(webui.lora_dir.parent / "user_presets.txt", ns=(1, 1))   # mtime differs for sure
+    q2 = webui.processing("x <lora:foo:1:mine>", steps=1)
+    q2.cond_fn = q.cond_fn
+    processing.process_images(q2)
+    assert q2.conds_used[0][2] != q1.conds_used[0][2]
+    assert q2.conds_used[0][2] == float(webui.weight(te).double().sum())

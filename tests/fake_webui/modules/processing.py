@@ -4,6 +4,10 @@ from modules.infotext_utils import quote
 
 
 class Processing:
+    # A1111 keeps the conditioning caches on the class: shared by every job until the key changes.
+    cached_c = [None, None]
+    cached_hr_c = [None, None]
+
     def __init__(self, prompt="", negative_prompt="", seed=1, n_iter=1, batch_size=1, steps=3, enable_hr=False,
                  hr_prompt="", hr_second_pass_steps=2, scripts=None):
         self.prompt, self.negative_prompt, self.seed = prompt, negative_prompt, seed
@@ -15,6 +19,10 @@ class Processing:
         self.disable_extra_networks = False
         self.is_hr_pass = False
         self.observer = None            # observer(p, pass_name, step) during "sampling"
+        self.cond_fn = None             # cond_fn(p) → what "conditioning" the text encoder produces now
+        self.conds_used = []            # (iteration, pass, cond) actually used (possibly from the cache)
+        self.cached_c = Processing.cached_c
+        self.cached_hr_c = Processing.cached_hr_c
 
     @property
     def sd_model(self):
@@ -34,6 +42,15 @@ def _sample(p, steps, pass_name, trace):
         script_callbacks.cfg_denoiser_callback(script_callbacks.CFGDenoiserParams(step, steps))
         if p.observer is not None:
             trace.append((p.iteration, pass_name, step, p.observer(p)))
+
+
+def _conds(p, prompts, data, cache, pass_name):
+    """Cache keyed by prompt text and tag items only, as A1111's get_conds_with_caching."""
+    key = (tuple(prompts), tuple(sorted((k, tuple(tuple(x.items) for x in v)) for k, v in data.items())))
+    if cache[0] != key:
+        cache[1] = p.cond_fn(p) if p.cond_fn else None
+        cache[0] = key
+    p.conds_used.append((p.iteration, pass_name, cache[1]))
 
 
 def create_infotext(p, index):
@@ -63,11 +80,13 @@ def process_images(p):
             p.hr_prompts, p.hr_extra_network_data = extra_networks.parse_prompts(p.all_hr_prompts[sl])
         if not p.disable_extra_networks:
             extra_networks.activate(p, p.extra_network_data)
+        _conds(p, p.prompts, p.extra_network_data, p.cached_c, "first")
         _sample(p, p.steps, "first", trace)
         if p.enable_hr:
             p.is_hr_pass = True
             if not p.disable_extra_networks:
                 extra_networks.activate(p, p.hr_extra_network_data)
+            _conds(p, p.hr_prompts, p.hr_extra_network_data, p.cached_hr_c, "hires")
             _sample(p, p.hr_second_pass_steps, "hires", trace)
             p.is_hr_pass = False
         for i in range(p.batch_size):
