@@ -165,3 +165,31 @@ def test_bake_lora_refuses_nonlinear_and_multiple_tags(env, capsys):
     assert "exactly one" in capsys.readouterr().err
     assert not out.exists()
     assert main(["bake-lora", "--prompt", "<lora:dora:1:lbw=ALL>", "--lora-dir", env["loras"], "--out", str(out)]) == 0
+
+
+def test_bake_sdxl_checkpoint_fused_text_encoder_2(tmp_path):
+    pick = ("conditioner.embedders.1.model.transformer.resblocks.0.attn",
+            "conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj",
+            "model.diffusion_model.output_blocks.1.1.transformer_blocks.7.attn1.to_out.0")
+    root = build_model("sdxl", include=pick, seed=9)
+    sd = {k: v.detach().clone().half() for k, v in root.state_dict().items()}
+    save_file(sd, str(tmp_path / "xl.safetensors"))
+    (tmp_path / "loras").mkdir()
+    write_lora(tmp_path / "loras" / "te2.safetensors", model="sdxl", algo="lora", layers=lambda l: l in pick)
+    out = tmp_path / "out.safetensors"
+    assert main(["bake", "--base", str(tmp_path / "xl.safetensors"), "--prompt", "<lora:te2:0.9:lbw=ALL>",
+                 "--lora-dir", str(tmp_path / "loras"), "--out", str(out)]) == 0
+    baked = load_file(str(out))
+    key = pick[0] + ".in_proj_weight"
+    assert baked[key].dtype == torch.float16 and not torch.equal(baked[key], sd[key])
+    # Same weights, as a module tree, through the inference patcher: identical bits.
+    root16 = build_model("sdxl", include=pick, seed=9, dtype=torch.float16)
+    host = Host.from_named_modules(root16.named_modules())
+    from lib_lora.blocks import expand
+    from lib_lora.presets import PresetStore
+
+    vec = expand([float(v) for v in PresetStore().get("ALL", "sdxl")])[0]
+    net = load_network(tmp_path / "loras" / "te2.safetensors")
+    Patcher(host).apply([ActiveLora(net, 0.9, 0.9, vec)])
+    for k, v in root16.state_dict().items():
+        assert torch.equal(bits(baked[k]), bits(v)), k
