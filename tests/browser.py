@@ -291,3 +291,17 @@ def edit_table_cell(drv, elem_id: str, row_name: str, col: int, text: str) -> No
     box.send_keys(Keys.CONTROL, "a")
     box.send_keys(text, Keys.ENTER)
     wait_for(lambda: (_row_cell(drv, elem_id, row_name, col).text.strip() == text), what="the edited cell")
+
+
+def click_text(drv, text: str) -> None:
+    """Click the first visible element whose own text is `text` (accordion headers, labels)."""
+    from selenium.webdriver.common.by import By
+
+    def go():
+        for el in drv.find_elements(By.XPATH, f"//*[normalize-space(text())={text!r}]"):
+            if el.is_displayed():
+                drv.execute_script("arguments[0].scrollIntoView({block: 'center'});", el)
+                el.click()
+                return True
+        return False
+    wait_for(go, what=f"an element with text {text!r}")

@@ -174,3 +174,27 @@ def test_listen_without_allow_writes_refuses_save(env):
     assert "disabled" in msg and "--listen" in msg
     assert not (env["root"] / "listen" / "presets.txt").exists()
     B.screenshot(drv, "app_listen_refused.png")
+
+
+def test_import_and_export_through_the_browser(env):
+    drv, root = env["drv"], env["root"]
+    lbw = root / "lbwpresets_in.txt"
+    lbw.write_text("# from LBW\nIMPORTED:" + ",".join(["0.25"] * 17) + "\nbad line without colon\n")
+    load(drv, env["app"].url)
+    B.click_text(drv, "Import / export (LoRA Block Weight presets file)")
+    B.wait_for(lambda: B.css(drv, "#lora_studio_presets_import_file input[type=file]"), what="the upload input")
+    B.css(drv, "#lora_studio_presets_import_file input[type=file]").send_keys(str(lbw))
+    B.wait_for(lambda: "lbwpresets_in" in B.text_of(drv, "lora_studio_presets_import_file"), what="the upload")
+    B.click(drv, "lora_studio_presets_import")
+    msg = B.wait_text(drv, "lora_studio_presets_status", "Imported 1 presets (IMPORTED)")
+    assert "no ':'" in msg and ":3" in msg   # the bad line is named, not silently dropped
+    assert "IMPORTED:" + ",".join(["0.25"] * 17) in preset_lines(root / "presets.txt")
+    B.wait_for(lambda: "IMPORTED" in table_names(drv), what="the imported row in the table")
+    B.click(drv, "lora_studio_presets_export")
+    link = B.wait_for(lambda: [a for a in B.css_all(drv, "#lora_studio_presets_export_file a")
+                               if "lbwpresets.txt" in (a.get_attribute("href") or "")], what="the download link")[0]
+    import urllib.request
+    with urllib.request.urlopen(link.get_attribute("href"), timeout=10) as r:
+        text = r.read().decode()
+    assert "IMPORTED:" + ",".join(["0.25"] * 17) in text.splitlines() and "face:" in text
+    B.screenshot(drv, "app_import_export.png")
