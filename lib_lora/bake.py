@@ -158,6 +158,9 @@ def bake_checkpoint(base, prompt: str, lora_dir, out, dtype: str | None = None, 
     report = Patcher(host, cache_bytes=0, one_shot=True).apply([r.active for r in result.loras])
     if report.errors:
         raise LoraStudioError(report.errors[0])
+    if report.failed_layers:
+        layer, why = report.failed_layers[0]
+        raise LoraStudioError(f"could not merge into {layer} ({why}); nothing was written")
     result.report = report
     result.messages += unlisted_messages(result.loras, report)
     meta = {k: v for k, v in metadata.items() if k not in _STALE_METADATA}

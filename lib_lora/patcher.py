@@ -62,6 +62,7 @@ class ApplyReport:
     layers_kept: int = 0
     deltas_computed: int = 0
     cache_hits: int = 0
+    failed_layers: list = field(default_factory=list)  # (layer, error): restored to the original
     seconds: dict = field(default_factory=dict)
 
     @property
@@ -148,7 +149,12 @@ class Patcher:
                 if self._current.get(layer) == sig:
                     rep.layers_kept += 1
                     continue
-                self._write_layer(layer, contribs, rep, compute_s)
+                try:
+                    self._write_layer(layer, contribs, rep, compute_s)
+                except Exception as exc:  # e.g. out of memory: never leave a half-written layer
+                    self._restore_layer(layer)
+                    rep.failed_layers.append((layer, f"{type(exc).__name__}: {exc}"))
+                    continue
                 self._current[layer] = sig
                 rep.layers_written += 1
         t3 = time.perf_counter()

@@ -343,3 +343,31 @@ def test_sd2_kohya_text_encoder_lora_lands_in_fused_in_proj_rows(tmp_path):
     assert not torch.equal(sd[base + ".out_proj.weight"], before[base + ".out_proj.weight"])
     assert torch.equal(sd["model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"],
                        before["model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"])
+
+
+def test_a_layer_whose_write_fails_is_restored_and_reported(nets):
+    from lib_lora.algos import compute_delta
+
+    class Unaddable:  # passes the shape check, then breaks the accumulation half-way
+        def __init__(self, shape):
+            self.shape = shape
+
+        def __getitem__(self, _):
+            return self
+
+    target = SD15_LAYERS[0]
+    bad_key = next(k for k, m in nets["loha"].modules.items() if m.layer == target)
+
+    def compute(mod, w, b=None, dyn=None):
+        d = compute_delta(mod, w, b, dyn=dyn)
+        return type(d)(Unaddable(d.weight.shape), None) if mod.key == bad_key else d
+
+    root, host = _model(torch.float32)
+    original = model_state(root)
+    p = Patcher(host, compute=compute)
+    rep = p.apply([ActiveLora(nets["lora"]), ActiveLora(nets["loha"])])  # lora's delta is added first
+    assert [l for l, _ in rep.failed_layers] == [target]
+    assert torch.equal(bits(host[target].weight), bits(original[target + ".weight"]))
+    assert target not in p.patched_layers and rep.layers_written > 0
+    p.restore()
+    assert same_state(model_state(root), original)
