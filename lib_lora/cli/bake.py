@@ -27,7 +27,7 @@ def run(args) -> int:
     for msg in res.messages:
         print(f"warning: {msg}")
     for r, lr in zip(res.loras, res.report.loras):
-        extra = f", {len(lr.skipped)} skipped" if lr.skipped else ""
+        extra = (f", {lr.zero} at weight 0" if lr.zero else "") + (f", {len(lr.skipped)} skipped" if lr.skipped else "")
         print(f"{r.network.name}: te {r.active.te:g}, unet {r.active.unet:g}, "
               f"{lr.applied} modules merged{extra}")
         for key, why in lr.skipped[:5]:
