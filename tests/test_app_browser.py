@@ -176,6 +176,20 @@ def test_listen_without_allow_writes_refuses_save(env):
     B.screenshot(drv, "app_listen_refused.png")
 
 
+def test_model_folders_and_working_directory_are_not_served(env):
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    root = env["root"]
+    (root / "notes.txt").write_text("private")
+    for target in (root / "lora" / "blocky.safetensors", root / "presets.txt", root / "notes.txt"):
+        url = env["app"].url + "file=" + urllib.parse.quote(str(target))
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url, timeout=10)
+        assert err.value.code == 403, target
+
+
 def test_import_and_export_through_the_browser(env):
     drv, root = env["drv"], env["root"]
     lbw = root / "lbwpresets_in.txt"

@@ -86,3 +86,16 @@ def test_ui_help_runs_without_gradio_import():
                           "build_parser(); print('gradio' in sys.modules)"],
                          capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+def test_blocked_paths_cover_the_working_directory_and_model_folders(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path.parent / "gradio_tmp_elsewhere"))
+    ctx = app.build_context([tmp_path / "l"], [tmp_path / "c"], tmp_path / "t", presets_file=tmp_path / "p.txt")
+    blocked = app.served_nowhere(ctx)
+    assert blocked[0] == str(tmp_path.resolve())
+    assert {str(tmp_path / "l"), str(tmp_path / "c"), str(tmp_path / "t"), str(tmp_path / "p.txt")} <= set(blocked)
+    # started inside Gradio's temp folder: the cwd cannot be blocked (uploads live there), the models still are
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(tmp_path / "gtmp"))
+    blocked = app.served_nowhere(ctx)
+    assert str(tmp_path.resolve()) not in blocked and str(tmp_path / "l") in blocked

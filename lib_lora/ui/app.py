@@ -123,6 +123,25 @@ def create_app(ctx: UiContext, tabs=TABS):
     return demo
 
 
+def served_nowhere(ctx: UiContext) -> list[str]:
+    """Folders Gradio must never serve: Gradio 3 serves every file under the working directory at
+    /file=..., which would expose ./models (and anything else there) to any client."""
+    roots = [*map(str, ctx.lora_dirs), *map(str, ctx.checkpoint_dirs), str(ctx.tagger_models_dir)]
+    import tempfile
+    gradio_tmp = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
+    cwd = Path.cwd().resolve()
+    if cwd == gradio_tmp or cwd in gradio_tmp.parents:
+        # Blocking the working directory would also block Gradio's own uploads/downloads.
+        print(f"LoRA Studio: started inside Gradio's temp folder {gradio_tmp}; files in {cwd} other than the "
+              "model folders may be downloadable. Start the app from another folder.", file=sys.stderr)
+    else:
+        roots.insert(0, str(cwd))
+    presets = getattr(ctx, "presets_path", None)
+    if presets:
+        roots.append(str(presets))
+    return roots
+
+
 def _warm_up() -> None:
     try:
         importlib.import_module("lib_lora.inspect")
@@ -142,7 +161,7 @@ def launch(ctx: UiContext, port: int = 7870, listen: bool = False, open_browser:
     try:
         demo.launch(server_name="0.0.0.0" if listen else "127.0.0.1", server_port=port,
                     inbrowser=open_browser and has_display, show_api=False,
-                    prevent_thread_lock=not block)
+                    prevent_thread_lock=not block, blocked_paths=served_nowhere(ctx))
     except OSError as exc:
         raise LoraStudioError(f"cannot serve on port {port} ({exc.strerror or exc}); "
                               "choose another one with --port.") from exc
