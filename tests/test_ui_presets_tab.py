@@ -196,3 +196,10 @@ def test_inspect_tab_callback(ctx, tmp_path):
     html, summary, meta = lora_tab.show_lora(ctx, "blocky.safetensors")
     assert 'data-block="OUT03"' in html and "hash" in summary and "ss_network_dim" in meta
     assert lora_tab.show_lora(ctx, "../x.safetensors")[1].startswith("⚠")
+
+
+def test_import_of_a_file_full_of_bad_lines_lists_only_the_first_few(ctx, tmp_path):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("".join(f"line{i} without colon\n" for i in range(40)) + "OK1:" + ",".join(["1"] * 12) + "\n")
+    msg = pt.import_file(ctx, str(bad))
+    assert "Imported 1 presets (OK1)" in msg and "(and 35 more)" in msg and msg.count("no ':'") == 5

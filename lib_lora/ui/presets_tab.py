@@ -233,7 +233,10 @@ def import_file(ctx, file_value) -> str:
         return f"⚠ {exc}"
     shown = ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
     msg = f"Imported {len(names)} presets ({shown}) into {store.user_path}."
-    return msg + (" Skipped/notes: " + "; ".join(warnings) if warnings else "")
+    if warnings:   # the first few are enough to find the lines (PresetStore.warnings keeps them all)
+        more = f" (and {len(warnings) - 5} more)" if len(warnings) > 5 else ""
+        msg += " Skipped/notes: " + "; ".join(warnings[:5]) + more
+    return msg
 
 
 _EXPORT_DIR: str | None = None
