@@ -4,7 +4,6 @@ existing-caption modes, collisions, atomic writes under interruption, resume, ca
 import json
 import threading
 
-import numpy as np
 import pytest
 from PIL import Image
 
