@@ -66,7 +66,10 @@ def test_every_tab_builds_and_a_broken_tab_becomes_a_placeholder(tmp_path, capsy
     texts = [c["props"].get("value") for c in cfg["components"] if c.get("type") == "markdown"]
     assert any("Broken tab is unavailable" in (t or "") and "no_such_tab_module" in (t or "") for t in texts)
     assert "Broken tab is unavailable" in capsys.readouterr().err
-    assert any(d.get("trigger") == "load" for d in cfg["dependencies"])   # page load refreshes presets
+    # page load refreshes presets (Gradio 3 config: "trigger"; Gradio 4: "targets" = [(block id, event)])
+    assert any(d.get("trigger") == "load" or any(isinstance(t, (list, tuple)) and t[1] == "load"
+                                                  for t in d.get("targets") or [])
+               for d in cfg["dependencies"])
 
 
 def test_busy_port_gives_a_clear_message(tmp_path):
