@@ -211,3 +211,27 @@ def test_unwritable_caption_is_reported_and_the_run_goes_on(taggers, tmp_path):
     rep = run_folder(taggers["v3"], FolderJob(d, existing="overwrite"), **QUIET)
     assert rep.inferred == 2 and len(rep.failed) == 1 and "cannot write" in rep.failed[0][1]
     assert (d / "0.txt").is_file() and (d / "2.txt").is_file()
+
+
+def test_read_ahead_is_bounded(taggers, tmp_path, monkeypatch):
+    """However big the folder, at most (streams + 1) * batch + workers images are decoded ahead."""
+    from lib_lora.tagger import pipeline
+    d = tmp_path / "imgs"
+    d.mkdir()
+    for i in range(60):
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(d / f"{i:03d}.png")
+    started, peak, finished = [0], [0], [0]
+    real = pipeline.load_and_prepare
+
+    def counting(*a, **k):
+        started[0] += 1
+        peak[0] = max(peak[0], started[0] - finished[0])
+        return real(*a, **k)
+
+    def progress(p):
+        finished[0] = p.done
+
+    monkeypatch.setattr(pipeline, "load_and_prepare", counting)
+    rep = run_folder(taggers["v3"], FolderJob(d, batch_size=2, streams=2, workers=2), progress=progress, **QUIET)
+    assert rep.inferred == 60 and started[0] == 60
+    assert peak[0] <= (2 + 1) * 2 + 2 + 2 * 2      # read-ahead window + the batches being inferred
