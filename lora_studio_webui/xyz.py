@@ -157,5 +157,8 @@ def register() -> int:
     if any(str(getattr(o, "label", "")).startswith(LABEL_PREFIX) for o in xyz.axis_options):
         return 0
     new = axes(xyz)
+    from . import forge
+    if forge.active():        # Forge's own Lora handles the tags there: block weights and x= would do nothing
+        new = [o for o in new if o.label.endswith(("LoRA epoch", "LoRA weight"))]
     xyz.axis_options.extend(new)
     return len(new)

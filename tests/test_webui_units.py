@@ -112,3 +112,23 @@ def test_status_route_on_a_real_fastapi_app(monkeypatch):
     monkeypatch.setattr(env, "cmd_opt", lambda k, d=None: "u:p" if k == "api_auth" else d)
     assert get().status_code == 401
     assert get(("u", "p")).status_code == 200
+
+
+def test_forge_gets_a_message_and_no_takeover(tmp_path, monkeypatch, capsys):
+    from tests.fake_webui.harness import FakeWebui
+    w = FakeWebui(tmp_path)
+    sys_modules_key = "modules_forge"
+    import sys
+    import types
+    monkeypatch.setitem(sys.modules, sys_modules_key, types.ModuleType(sys_modules_key))
+    try:
+        w.start()
+        from modules import extra_networks, scripts
+        assert getattr(extra_networks.extra_network_registry.get("lora"), "marker", None) is None
+        xyz = [d.module for d in scripts.scripts_data if d.script_class.__module__ == "xyz_grid.py"][0]
+        assert [o.label for o in xyz.axis_options if o.label.startswith("[LoRA Studio]")] == [
+            "[LoRA Studio] LoRA epoch", "[LoRA Studio] LoRA weight"]
+        assert "Forge detected" in capsys.readouterr().out
+        w.generate("x <lora:foo:1>")                      # our script's process() stays out of the way
+    finally:
+        w.close()
