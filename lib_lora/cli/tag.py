@@ -144,6 +144,9 @@ def run(args: argparse.Namespace) -> int:
         raise LoraStudioError(f"image folder '{job.input_dir}' does not exist; give a folder of images.")
     tagger = get_tagger(args.model, args.models_root, args.provider, allow_download=not args.offline,
                         revision=args.revision, threads=args.threads, throughput=True, log=log)
+    if tagger.files.threshold_hint:
+        log(f"[tagger] the model card's P=R threshold is {tagger.files.threshold_hint:.4f} "
+            f"(using --general-threshold {args.general_threshold})")
     bar = None if args.quiet else ProgressBar()
     try:
         report = run_folder(tagger, job, progress=bar, log=log)
