@@ -115,9 +115,13 @@ def _read_pickle(path, allow_pickle: bool):
     return tensors, {}
 
 
+# Hidden temporary files end with this, so a later run can find leftovers of a killed one.
+TMP_SUFFIX = ".lorastudio-tmp"
+
+
 def _temp_path(path: str) -> str:
     d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=d)
+    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=TMP_SUFFIX, dir=d)
     os.close(fd)
     return tmp
 
@@ -160,13 +164,20 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, o
     return path
 
 
-def atomic_write_text(path, text: str, overwrite: bool = True, encoding: str = "utf-8") -> str:
+def atomic_write_text(path, text: str, overwrite: bool = True, encoding: str = "utf-8",
+                      make_dirs: bool = False) -> str:
+    """Write to a hidden temporary file beside `path`, fsync, then rename over it: readers see the old
+    file or the new one, never a partial one (one filesystem)."""
     path = _name(path)
+    if make_dirs:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     _check_target(path, overwrite)
     tmp = _temp_path(path)
     try:
         with open(tmp, "w", encoding=encoding, newline="") as f:
             f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

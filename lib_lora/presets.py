@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import difflib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 from .blocks import ACCEPTED_COUNTS, FORMATS, weight_token_problem
 from .errors import LoraStudioError
+from .fileio import atomic_write_text
 
 DEFAULT_BUILTIN = Path(__file__).resolve().parent / "data" / "presets.txt"
 XL_SUFFIX = "_XL"
@@ -172,23 +172,6 @@ def _read(path: Path | None, origin: str) -> tuple[dict[str, Preset], list[str]]
     return out, warnings
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
 class PresetStore:
     """Shipped + user presets.  `warnings` holds every problem met while reading or importing."""
 
@@ -292,7 +275,7 @@ class PresetStore:
         """Write the user presets atomically (temp file + rename); the shipped file is never written."""
         if self.user_path is None:
             raise PresetError("No user preset file configured; presets can only be saved to a user file.")
-        _atomic_write(self.user_path, USER_HEADER + self._lines(self._user.values()))
+        atomic_write_text(self.user_path, USER_HEADER + self._lines(self._user.values()), make_dirs=True)
         return self.user_path
 
     # ---- import / export -----------------------------------------------------------------------

@@ -87,16 +87,16 @@ def test_hf_cache_is_used_offline(model, tmp_path):
 
 KILLER = r"""
 import os, signal, sys
-from lib_lora.tagger import captions
+from lib_lora import fileio
 real, n = os.replace, [0]
 def replace(src, dst):
     n[0] += 1
     if n[0] == 4:                    # the 4th caption is fully written to its temporary, then: power cut
         os.kill(os.getpid(), signal.SIGKILL)
     return real(src, dst)
-captions.os = type(sys)("os_shim")
-captions.os.__dict__.update(os.__dict__)
-captions.os.replace = replace
+fileio.os = type(sys)("os_shim")            # captions are written by fileio.atomic_write_text
+fileio.os.__dict__.update(os.__dict__)
+fileio.os.replace = replace
 from lib_lora.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 
+from lib_lora import fileio
 from lib_lora.errors import LoraStudioError
+from lib_lora.fileio import TMP_SUFFIX  # noqa: F401  (re-exported: tests and stale-temp cleanup use it)
 from lib_lora.tagger.postprocess import TagResult, dedupe
 
 EXISTING_MODES = ("skip", "overwrite", "append", "prepend")
 CAPTION_EXTS = (".txt", ".caption")
-TMP_SUFFIX = ".lorastudio-tmp"   # hidden temporary files end with this; trainers never read them
 STALE_TMP_SECONDS = 600
 
 
@@ -60,22 +60,8 @@ def combine(existing: list[str], new: list[str], mode: str) -> list[str]:
 
 
 def atomic_write_text(path: Path, text: str) -> None:
-    """Write to a hidden temporary file beside `path`, fsync, then rename over it (atomic on one filesystem)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix="." + path.name + ".", suffix=TMP_SUFFIX, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    """Caption writes: atomic, creating mirrored output folders as needed."""
+    fileio.atomic_write_text(path, text, make_dirs=True)
 
 
 def remove_stale_temps(folder: Path, older_than: float = STALE_TMP_SECONDS) -> int:
