@@ -38,15 +38,6 @@ class BakeResult:
     messages: list = field(default_factory=list)   # warnings shown to the user
 
 
-def _check_out(out: str, overwrite: bool) -> None:
-    # Fail before the slow part; fileio checks again at write time.
-    if os.path.exists(out) and not overwrite:
-        raise LoraFileError(f"'{out}' already exists; choose another name or pass --overwrite to replace it")
-    d = os.path.dirname(os.path.abspath(out))
-    if not os.path.isdir(d):
-        raise LoraFileError(f"folder '{d}' does not exist; create it first")
-
-
 def lora_index(lora_dir) -> tuple[dict, dict]:
     """(stem → path, alias → [paths]) of every .safetensors under `lora_dir` (sub-folders included)."""
     if not lora_dir or not os.path.isdir(lora_dir):
@@ -143,7 +134,7 @@ def bake_checkpoint(base, prompt: str, lora_dir, out, dtype: str | None = None, 
     from lib_lora.patcher import Patcher
 
     out = os.fspath(out)
-    _check_out(out, overwrite)
+    fileio.check_target(out, overwrite)
     if dtype is not None and dtype not in DTYPES:
         raise LoraStudioError(f"--dtype {dtype} is not supported; use one of {', '.join(DTYPES)}")
     sd, metadata = fileio.read_tensors(base)

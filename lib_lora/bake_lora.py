@@ -12,7 +12,7 @@ import json
 import os
 
 from lib_lora import fileio
-from lib_lora.bake import _STALE_METADATA, _check_out, load_presets, resolve_prompt
+from lib_lora.bake import _STALE_METADATA, load_presets, resolve_prompt
 from lib_lora.errors import LoraStudioError, SyntaxProblem
 
 # Normalised suffix (keys.split_key) of the factor that carries the multiplier, per algorithm.
@@ -57,7 +57,7 @@ def bake_lora(prompt: str, lora_dir, out, overwrite: bool = False, presets_path=
     from lib_lora.patcher import effective_multiplier
 
     out = os.fspath(out)
-    _check_out(out, overwrite)
+    fileio.check_target(out, overwrite)
     messages: list = []
     resolved = resolve_prompt(prompt, lora_dir, None, load_presets(presets_path), seed, messages)
     if len(resolved) != 1:

@@ -126,7 +126,8 @@ def _temp_path(path: str) -> str:
     return tmp
 
 
-def _check_target(path: str, overwrite: bool) -> None:
+def check_target(path: str, overwrite: bool) -> None:
+    """Refuse before any slow work: an existing file needs `overwrite`, and the folder must exist."""
     if os.path.exists(path) and not overwrite:
         raise LoraFileError(f"'{path}' already exists; choose another name or pass --overwrite to replace it")
     d = os.path.dirname(os.path.abspath(path))
@@ -139,7 +140,7 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, o
     from safetensors.torch import save_file
 
     path = _name(path)
-    _check_target(path, overwrite)
+    check_target(path, overwrite)
     seen: set[int] = set()
     clean = {}
     for k, t in tensors.items():
@@ -151,9 +152,14 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, o
             seen.add(ptr)
         clean[k] = t
     meta = {str(k): str(v) for k, v in (metadata or {}).items()}
+    return _write_then_rename(path, overwrite, lambda tmp: save_file(clean, tmp, metadata=meta))
+
+
+def _write_then_rename(path: str, overwrite: bool, write) -> str:
+    """`write(tmp)` fills a hidden temporary beside `path`, which then replaces `path` in one rename."""
     tmp = _temp_path(path)
     try:
-        save_file(clean, tmp, metadata=meta)
+        write(tmp)
         if os.path.exists(path) and not overwrite:  # appeared while we were writing
             raise LoraFileError(f"'{path}' already exists; choose another name or pass --overwrite to replace it")
         os.replace(tmp, path)
@@ -171,19 +177,15 @@ def atomic_write_text(path, text: str, overwrite: bool = True, encoding: str = "
     path = _name(path)
     if make_dirs:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    _check_target(path, overwrite)
-    tmp = _temp_path(path)
-    try:
+    check_target(path, overwrite)
+
+    def write(tmp):
         with open(tmp, "w", encoding=encoding, newline="") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+
+    return _write_then_rename(path, overwrite, write)
 
 
 def model_hash(path, trust_metadata: bool = False) -> str:
