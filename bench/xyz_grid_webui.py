@@ -1,7 +1,7 @@
 """X/Y/Z grid cost: a 10×10 LoRA weight × block-preset grid through LoRA Studio's handler (fake WebUI, real
 SD1.5 attention layers at full size, a real kohya LoRA) versus 100 first applies (cold delta cache).
 
-Prints the total LoRA time of each and their ratio, measured in this run. Usage: python bench/bench_xyz_grid.py
+Prints the total LoRA time of each and their ratio, measured in this run. Usage: python bench/xyz_grid_webui.py
 """
 
 from __future__ import annotations
