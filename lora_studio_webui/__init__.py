@@ -24,7 +24,9 @@ def register() -> None:
     except Exception:
         traceback.print_exc()
     if forge.active():
-        script_callbacks.on_app_started(lambda *a: forge.announce())
+        script_callbacks.on_app_started(_safe(forge.on_app_started))
+        if forge.supported():                # our handler runs there: paste our infotext field back too
+            script_callbacks.on_infotext_pasted(_safe(infotext.on_infotext_pasted))
         return
     from . import api, cards, handler
     script_callbacks.on_app_started(_safe(handler.on_app_started))

@@ -22,6 +22,11 @@ class LoraStudioNetwork(extra_networks.ExtraNetwork):
         super().__init__("lora")
 
     def activate(self, p, params_list):
+        from . import forge
+        if forge.active():                  # Forge: per-block patch strengths through its own patcher
+            from .forge_apply import APPLIER
+            APPLIER.activate(p, list(params_list))       # never raises
+            return
         # Nothing may escape: an exception here loses every LoRA of the prompt (prompt_syntax.md §5).
         try:
             act = ENGINE.activate(p, list(params_list))
@@ -104,7 +109,16 @@ def register(clear_builtin: bool = False) -> bool:
 
 def take_over() -> bool:
     """Setting `lora_studio_take_over` (default on); without the built-in someone must handle `<lora>`."""
-    return bool(env.opt(env.PREFIX + "take_over", True)) or env.builtin_lora() is None
+    return bool(env.opt(env.PREFIX + "take_over", True)) or (env.builtin_lora() is None
+                                                              and _forge_builtin() is None)
+
+
+def _forge_builtin():
+    from . import forge
+    if not forge.active():
+        return None
+    from .forge_apply import builtin_handler
+    return builtin_handler()
 
 
 def on_app_started(demo=None, app=None):
@@ -114,7 +128,7 @@ def on_app_started(demo=None, app=None):
 def hand_back() -> bool:
     """Setting turned off at run time: give `lora`/`lyco` back to the built-in (it keeps its handler object)."""
     nets = env.builtin_lora()
-    builtin = getattr(nets, "extra_network_lora", None) if nets is not None else None
+    builtin = getattr(nets, "extra_network_lora", None) if nets is not None else _forge_builtin()
     if builtin is None or not is_ours(extra_networks.extra_network_registry.get("lora")):
         return False
     ENGINE.restore()                 # our weights out before the built-in takes its first backup

@@ -19,7 +19,7 @@ class LoraStudioScript(scripts.Script):
 
     def process(self, p, *args):
         from . import forge
-        if forge.active():
+        if forge.active() and not forge.supported():
             return
         from . import handler
         try:

@@ -158,7 +158,7 @@ def register() -> int:
         return 0
     new = axes(xyz)
     from . import forge
-    if forge.active():        # Forge's own Lora handles the tags there: block weights and x= would do nothing
+    if forge.active() and not forge.supported():   # Forge's own Lora handles the tags: block axes would do nothing
         new = [o for o in new if o.label.endswith(("LoRA epoch", "LoRA weight"))]
     xyz.axis_options.extend(new)
     return len(new)

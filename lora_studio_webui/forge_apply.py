@@ -1,0 +1,387 @@
+"""Block weights on Forge through Forge's own LoRA patching (a1111_integration.md §10).
+
+Forge turns a LoRA state dict into patches keyed by parameter names (`diffusion_model.<ldm path>.weight` for
+the U-Net, `clip_l.…`/`clip_g.…` for the text encoders) and records them with
+`add_patches(filename=, patches=, strength_patch=, strength_model=, online_mode=)` on clones of
+`sd_model.forge_objects_original.unet/clip`; the weights are merged later, once per render. One strength per
+call, so we split each LoRA's patches by block and call `add_patches` once per distinct effective strength:
+te × w[BASE] for the text encoders, unet × w[block] in the table, unet outside it (time_embed, out, …).
+
+Forge's patcher keys its patch sets (and its "already merged" check) by (filename, strength_patch,
+strength_model, online_mode), so each group gets its own identifier naming file, tag position and blocks:
+two groups never overwrite each other, and a changed block split always triggers a re-merge.
+
+Everything Forge-specific is feature-tested; when something is missing we say so once and leave the tags
+to Forge's built-in Lora (te/unet only). Nothing here raises into Forge.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+import time
+import traceback
+from collections import OrderedDict
+
+from . import env
+
+PATCH_KW = ("filename", "patches", "strength_patch", "strength_model", "online_mode")
+HASH_PREFIX = "lora_studio:"
+EMPTY_HASH = str([])                     # what Forge's sd_model starts with and its built-in sets for no LoRA
+UNMATCHED_LIMIT = 12                     # Forge's own rule: more unmatched keys = LoRA for another model
+FALLBACK = ("block weights cannot be applied on this Forge version ({why}); LoRAs are applied by Forge's "
+            "built-in Lora with te/unet weights only. Update LoRA Studio or Forge.")
+
+
+class Unsupported(Exception):
+    """This Forge lacks a piece of the LoRA patching interface we rely on."""
+
+
+# -- feature tests -----------------------------------------------------------------------------------------
+def _takes(fn, names, n_positional: int = 0) -> bool:
+    """`fn` accepts these keyword names (and at least n positional arguments)."""
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    kw = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    pos = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    var_pos = any(p.kind == p.VAR_POSITIONAL for p in params)
+    return set(names) <= kw and (len(pos) >= n_positional or var_pos)
+
+
+def backend():
+    """Forge's loader functions: (load_lora, model_lora_keys_unet, model_lora_keys_clip, load_torch_file)."""
+    try:
+        from backend.patcher import lora as bl
+        from backend import utils as bu
+    except Exception as e:
+        raise Unsupported(f"backend.patcher.lora cannot be imported: {type(e).__name__}: {e}")
+    fns = []
+    for mod, name, n in ((bl, "load_lora", 2), (bl, "model_lora_keys_unet", 2), (bl, "model_lora_keys_clip", 2),
+                         (bu, "load_torch_file", 1)):
+        fn = getattr(mod, name, None)
+        if not callable(fn) or not _takes(fn, (), n):
+            raise Unsupported(f"{mod.__name__}.{name} is missing or has another signature")
+        fns.append(fn)
+    return tuple(fns)
+
+
+def startup_problem() -> str | None:
+    """None when this Forge offers what we need (checked without a model), else why not."""
+    try:
+        backend()
+        from backend.patcher.base import ModelPatcher
+    except Unsupported as e:
+        return str(e)
+    except Exception as e:
+        return f"backend.patcher.base cannot be imported: {type(e).__name__}: {e}"
+    if not _takes(getattr(ModelPatcher, "add_patches", None), PATCH_KW):
+        return "ModelPatcher.add_patches has another signature"
+    return None
+
+
+def _patch_target(obj):
+    """The add_patches whose signature tells the truth (Forge's CLIP forwards *args/**kwargs to its patcher)."""
+    fn = getattr(obj, "add_patches", None)
+    if fn is not None and not _takes(fn, PATCH_KW):
+        inner = getattr(getattr(obj, "patcher", None), "add_patches", None)
+        if inner is not None and _takes(inner, PATCH_KW):
+            return fn
+        return None
+    return fn
+
+
+def model_problem(sd_model) -> str | None:
+    if sd_model is None:
+        return "no model is loaded"
+    for attr in ("forge_objects", "forge_objects_original"):
+        if getattr(sd_model, attr, None) is None:
+            return f"the model has no `{attr}`"
+    if not callable(getattr(sd_model.forge_objects, "shallow_copy", None)):
+        return "forge_objects.shallow_copy is missing"
+    orig = sd_model.forge_objects_original
+    for part, inner in (("unet", "model"), ("clip", "cond_stage_model")):
+        obj = getattr(orig, part, None)
+        if obj is None:
+            continue                     # e.g. a model without a text encoder: nothing to patch there
+        if not callable(getattr(obj, "clone", None)) or getattr(obj, inner, None) is None:
+            return f"forge_objects_original.{part} has no clone()/{inner}"
+        if _patch_target(obj) is None:
+            return f"forge_objects_original.{part}.add_patches has another signature"
+    return None
+
+
+def model_arch(sd_model) -> str | None:
+    """Forge keeps A1111's is_sd1/is_sd2/is_sdxl flags; anything else (Flux, SD3) has no block table."""
+    for flag, arch in (("is_sdxl", "sdxl"), ("is_sd2", "sd2"), ("is_sd1", "sd1")):
+        if getattr(sd_model, flag, False) is True:
+            return arch
+    return None
+
+
+def builtin_handler():
+    """Forge's built-in ExtraNetworkLora (module `networks` of extensions-builtin/sd_forge_lora), if loaded."""
+    mod = sys.modules.get("networks")
+    h = getattr(mod, "extra_network_lora", None) if mod is not None and hasattr(mod, "load_networks") else None
+    return h if callable(getattr(h, "activate", None)) else None
+
+
+# -- grouping ------------------------------------------------------------------------------------------------
+def slot_of_key(key) -> int | None:
+    """Block slot of a Forge U-Net patch key (`diffusion_model.<ldm path>.weight`, or a (key, offset, …) tuple)."""
+    from lib_lora.blocks import slot_of_layer
+    name = key[0] if isinstance(key, tuple) else key
+    if not isinstance(name, str) or not name.startswith("diffusion_model."):
+        return None
+    return slot_of_layer("model." + name)
+
+
+def group_unet(patches: dict, unet: float, vector) -> dict:
+    """U-Net patches split by effective strength: {strength: (slots in the group, {key: patch})}.
+    Slot -1 stands for keys outside the block table (they get `unet`)."""
+    out: dict = {}
+    for key, patch in patches.items():
+        slot = slot_of_key(key)
+        s = float(unet) * (1.0 if vector is None or slot is None else float(vector[slot]))
+        slots, group = out.setdefault(s, (set(), {}))
+        slots.add(-1 if slot is None else slot)
+        group[key] = patch
+    return out
+
+
+def _label(slots) -> str:
+    from lib_lora.blocks import BLOCK_NAMES
+    return "+".join("outside" if s < 0 else BLOCK_NAMES[s] for s in sorted(slots))
+
+
+class ForgeApplier:
+    """Our `lora`/`lyco` activation on Forge (used by handler.LoraStudioNetwork when forge.active())."""
+
+    def __init__(self, sd_keep: int = 4):
+        self.sd_keep = sd_keep
+        self._state_dicts: OrderedDict = OrderedDict()
+        self._te_sig = ()
+        self._said: tuple = (None, set())         # (id(p), notices said for that generation)
+        self.last_calls: list = []                # (part, identifier, strength, n keys) of the last build
+
+    def notice(self, p, key: str, message: str) -> None:
+        pid = id(p)
+        if self._said[0] != pid:
+            self._said = (pid, set())
+        if key not in self._said[1]:
+            self._said[1].add(key)
+            env.emit(p, message)
+
+    def state_dict(self, path, load_file):
+        st = os.stat(path)
+        key = (str(path), st.st_mtime_ns, st.st_size)
+        sd = self._state_dicts.get(key)
+        if sd is None:
+            sd = load_file(str(path), safe_load=True)
+            self._state_dicts[key] = sd
+            while len(self._state_dicts) > self.sd_keep:
+                self._state_dicts.popitem(last=False)
+        else:
+            self._state_dicts.move_to_end(key)
+        return sd
+
+    # -- entry point -------------------------------------------------------------------------------------
+    def activate(self, p, params_list) -> None:
+        try:
+            self._activate(p, list(params_list))
+        except Exception as e:
+            traceback.print_exc()
+            env.emit(p, f"internal error while applying LoRAs on Forge ({type(e).__name__}: {e}); "
+                        f"this image is made without LoRAs.")
+            try:
+                self._reset(p, getattr(p, "sd_model", None) or env.loaded_model())
+            except Exception:
+                traceback.print_exc()
+
+    def _reset(self, p, sd) -> None:
+        if sd is not None and getattr(sd, "current_lora_hash", None) != EMPTY_HASH:
+            sd.forge_objects.unet = sd.forge_objects_original.unet
+            sd.forge_objects.clip = sd.forge_objects_original.clip
+            sd.forge_objects_after_applying_lora = sd.forge_objects.shallow_copy()
+            sd.current_lora_hash = EMPTY_HASH
+        self._sync_conds(p, ())
+
+    def _fallback(self, p, params_list, why: str) -> None:
+        self.notice(p, "fallback", FALLBACK.format(why=why))
+        h = builtin_handler()
+        if h is None:
+            try:                               # nobody applies LoRAs now: at least drop our earlier patches
+                self._reset(p, getattr(p, "sd_model", None) or env.loaded_model())
+            except Exception:
+                pass
+            return
+        from modules import extra_networks
+        from lib_lora import syntax
+        from . import tags as tagtext
+        plain = []
+        for params in params_list:
+            tag = syntax.parse_params(*tagtext.split_params(params.items))
+            if tag.ok and tag.name:
+                plain.append(extra_networks.ExtraNetworkParams(
+                    items=[tag.name, f"{tag.te:g}", f"{tag.unet_multiplier:g}"]))
+        h.activate(p, plain)
+
+    def _activate(self, p, params_list) -> None:
+        from lib_lora import blocks, syntax
+        from lib_lora.errors import LoraStudioError
+
+        from . import infotext, tags as tagtext
+        from .engine import ENGINE, Activation, Applied, batch_seed, tag_seed
+
+        t0 = time.perf_counter()
+        sd = getattr(p, "sd_model", None) or env.loaded_model()
+        why = startup_problem() or model_problem(sd)
+        if why:
+            self._fallback(p, params_list, why)
+            return
+        load_lora, keys_unet, keys_clip, load_file = backend()
+        if not params_list:
+            self._reset(p, sd)
+            infotext.clear(p)
+            return
+        act = Activation()
+        arch = model_arch(sd)
+        orig = sd.forge_objects_original
+        unet0, clip0 = getattr(orig, "unet", None), getattr(orig, "clip", None)
+        # Fresh key maps: Forge's functions default to one shared dict across calls.
+        unet_keys = keys_unet(unet0.model, {}) if unet0 is not None else {}
+        clip_keys = keys_clip(clip0.cond_stage_model, {}) if clip0 is not None else {}
+        online = _online_mode(unet0)
+        presets = ENGINE.presets()
+        allow_pickle = bool(env.opt(env.PREFIX + "allow_pickle", False))
+        seed = batch_seed(p)
+        plan = []                                  # (part, identifier, strength, patches)
+        for index, params in enumerate(params_list):
+            positional, named = tagtext.split_params(params.items)
+            tag = syntax.parse_params(positional, named)
+            act.warnings += tag.warnings
+            if tag.errors:
+                act.warnings += [f"{e} (skipped)" for e in tag.errors]
+                continue
+            entry = ENGINE.library.find(tag.name)
+            if entry is None:
+                act.warnings.append(ENGINE.library.not_found_message(tag.name))
+                continue
+            if entry.path.suffix.lower() != ".safetensors" and not allow_pickle:
+                act.warnings.append(f"`{tag.name}`: {entry.path.name} is a pickle file; enable \"Allow loading "
+                                    f".pt/.ckpt LoRA files\" in Settings → LoRA Studio to use it (skipped)")
+                continue
+            if tag.start is not None or tag.stop is not None:
+                self.notice(p, "schedule", f"start=/stop= are not supported on Forge (it merges LoRA weights once "
+                                           f"per image); `{tag.name}` is applied for all steps.")
+            if tag.dyn is not None:
+                self.notice(p, "dyn", f"dyn= is not supported on Forge; `{tag.name}` is applied at full rank.")
+            rb = syntax.resolve_blocks(tag, presets, arch, tag_seed(seed, index, tag.name))
+            act.warnings += rb.warnings
+            if rb.errors:
+                act.warnings += [f"{e} (skipped)" for e in rb.errors]
+                continue
+            vector = rb.vector
+            if vector is not None and arch is None:
+                act.warnings.append(f"`{tag.name}`: block weights need an SD1/SD2/SDXL U-Net; this model has no "
+                                    f"block table, so it is applied without them")
+                vector = None
+            try:
+                lora_sd = self.state_dict(entry.path, load_file)
+            except Exception as e:
+                msg = str(e) if isinstance(e, LoraStudioError) else f"{type(e).__name__}: {e}"
+                act.warnings.append(f"`{tag.name}`: cannot be loaded ({msg}); skipped")
+                continue
+            p_unet, rest = load_lora(lora_sd, unet_keys) if unet_keys else ({}, lora_sd)
+            p_clip, rest = load_lora(rest, clip_keys) if clip_keys else ({}, rest)
+            if len(rest) > UNMATCHED_LIMIT or not (p_unet or p_clip):
+                act.warnings.append(f"`{tag.name}` does not match this model ({len(rest)} keys unmatched; a LoRA "
+                                    f"for another model type?); skipped")
+                continue
+            if rest:
+                env.log.info("`%s`: %d keys not matched: %s", tag.name, len(rest), sorted(rest)[:5])
+            if vector is not None and rb.listed is not None:
+                used = [slot_of_key(k) for k in p_unet] + ([0] if p_clip else [])
+                msg = blocks.unlisted_warning(tag.name, arch, rb.count, used, rb.listed)
+                if msg:
+                    act.warnings.append(msg)
+            base = f"{entry.path}@{entry.path.stat().st_mtime_ns}#lora_studio:{index}"
+            te_strength = float(tag.te) * (1.0 if vector is None else float(vector[0]))
+            if p_clip and te_strength != 0.0:
+                plan.append(("clip", f"{base}:BASE", te_strength, p_clip))
+            for s, (slots, group) in sorted(group_unet(p_unet, tag.unet_multiplier, vector).items()):
+                if s != 0.0:
+                    plan.append(("unet", f"{base}:{_label(slots)}", s, group))
+            act.applied.append(Applied(tag.name, str(entry.path), tag.te, tag.unet_multiplier, vector, rb.values,
+                                       rb.source, tag.start, tag.stop, modules=len(p_unet) + len(p_clip)))
+            act.entries.append((tag, rb, entry))
+        target = HASH_PREFIX + str([(part, ident, s, online) for part, ident, s, _ in plan])
+        if not plan:
+            self._reset(p, sd)
+        elif getattr(sd, "current_lora_hash", None) != target:
+            self._build(sd, plan, online, act)
+            sd.current_lora_hash = target
+        self._sync_conds(p, tuple((ident, s) for part, ident, s, _ in plan if part == "clip"))
+        for w in act.warnings:
+            env.emit(p, w)
+        if act.entries:
+            infotext.record(p, act)
+            parts = [f"{a.name} ({a.modules} keys, te {a.te:g}, unet {a.unet:g}"
+                     + (f", blocks {a.source}" if a.source else "") + ")" for a in act.applied]
+            print(f"[LoRA Studio] applied on Forge {', '.join(parts)}: {len(plan)} patch group(s) in "
+                  f"{time.perf_counter() - t0:.2f}s" + (" (hires pass)" if getattr(p, "is_hr_pass", False) else ""))
+        else:
+            infotext.clear(p)
+        ENGINE.last = act
+
+    def _build(self, sd, plan, online, act) -> None:
+        """Clones of the originals + our patch groups, stored where Forge's built-in stores its result."""
+        orig = sd.forge_objects_original
+        objs = {part: getattr(orig, part).clone() for part in {part for part, *_ in plan}}
+        calls, missed = [], 0
+        for part, ident, s, group in plan:
+            loaded = objs[part].add_patches(filename=ident, patches=group, strength_patch=s, strength_model=1.0,
+                                            online_mode=online)
+            n = len(loaded) if loaded is not None else len(group)
+            missed += len(group) - n
+            calls.append((part, ident, s, n))
+        if missed:
+            act.warnings.append(f"{missed} LoRA key(s) have no matching parameter in this model and were skipped")
+        # Assign only once every call succeeded: a failure above leaves Forge's objects as they were.
+        fo = sd.forge_objects
+        fo.unet = objs.get("unet", orig.unet)
+        fo.clip = objs.get("clip", orig.clip)
+        sd.forge_objects_after_applying_lora = fo.shallow_copy()
+        self.last_calls = calls
+
+    def _sync_conds(self, p, sig: tuple) -> None:
+        """Forge caches conditioning by prompt text (lists of 2 or 3 items): drop them when the text encoder's
+        patches changed while the text did not (random letters per batch, edited presets)."""
+        if sig != self._te_sig:
+            for attr in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
+                cache = getattr(p, attr, None)
+                if isinstance(cache, list):
+                    for i in range(len(cache)):
+                        cache[i] = None
+        self._te_sig = sig
+
+
+def _online_mode(unet) -> bool:
+    """Forge's rule: online LoRA only when asked for and the U-Net is stored quantised."""
+    try:
+        from backend.args import dynamic_args
+        online = bool(dynamic_args.get("online_lora", False))
+    except Exception:
+        return False
+    try:
+        import torch
+        if unet is None or unet.model.storage_dtype in (torch.float32, torch.float16, torch.bfloat16):
+            return False
+    except Exception:
+        return False
+    return online
+
+
+APPLIER = ForgeApplier()

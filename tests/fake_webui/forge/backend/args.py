@@ -1,0 +1,1 @@
+dynamic_args = {"online_lora": False}

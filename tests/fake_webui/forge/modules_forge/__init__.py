@@ -1,0 +1,1 @@
+"""Fake Forge marker package: its presence is how LoRA Studio detects Forge."""
