@@ -362,9 +362,8 @@ class ForgeApplier:
         if sig != self._te_sig:
             for attr in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
                 cache = getattr(p, attr, None)
-                if isinstance(cache, list):
-                    for i in range(len(cache)):
-                        cache[i] = None
+                if isinstance(cache, list) and len(cache) >= 2:
+                    cache[0] = cache[1] = None      # a key of None never matches; Forge refills [2] on a miss
         self._te_sig = sig
 
 

@@ -142,6 +142,22 @@ def test_zero_blocks_are_not_patched_and_two_loras_stack(forge):
     assert len(clip_calls(forge)) == 2
 
 
+def test_random_base_weight_per_batch_refreshes_the_cached_conditioning(forge):
+    """Same tag text every batch, BASE drawn per batch: the text-keyed conditioning cache must not be reused."""
+    sd = forge.engine
+
+    def te_strengths(p):
+        return tuple(sorted(ident[1] for ident in sd.forge_objects_after_applying_lora.clip.patcher.lora_patches))
+    p = forge.processing("x <lora:foo:1:lbw=R,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1>", n_iter=4)
+    p.cond_fn = te_strengths
+    from modules import processing
+    processing.process_images(p)
+    used = [c for _, _, c in p.conds_used]
+    assert len(set(used)) > 1                                        # drawn per batch
+    drawn = [c["strength_patch"] for c in clip_calls(forge)]
+    assert [u[0] for u in used] == pytest.approx(drawn)              # each batch saw its own TE weights
+
+
 def test_start_stop_said_once_per_generation(forge, capsys):
     p, _ = forge.generate("x <lora:foo:1:start=2>", n_iter=3)
     err = capsys.readouterr().err
