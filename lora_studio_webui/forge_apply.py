@@ -59,10 +59,10 @@ def backend():
     except Exception as e:
         raise Unsupported(f"backend.patcher.lora cannot be imported: {type(e).__name__}: {e}")
     fns = []
-    for mod, name, n in ((bl, "load_lora", 2), (bl, "model_lora_keys_unet", 2), (bl, "model_lora_keys_clip", 2),
-                         (bu, "load_torch_file", 1)):
+    for mod, name, kw, n in ((bl, "load_lora", (), 2), (bl, "model_lora_keys_unet", (), 2),
+                             (bl, "model_lora_keys_clip", (), 2), (bu, "load_torch_file", ("safe_load",), 1)):
         fn = getattr(mod, name, None)
-        if not callable(fn) or not _takes(fn, (), n):
+        if not callable(fn) or not _takes(fn, kw, n):
             raise Unsupported(f"{mod.__name__}.{name} is missing or has another signature")
         fns.append(fn)
     return tuple(fns)

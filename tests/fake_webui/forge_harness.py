@@ -29,7 +29,7 @@ class FakeForge(FakeWebui):
         sys.path.insert(0, str(FORGE))
         if builtin:
             sys.path.insert(0, str(FORGE / "builtin"))
-            import networks                                   # noqa: F401  (Forge loads it as a global module)
+            __import__("networks")                            # Forge loads it as a global module
         from backend.diffusion_engine import StableDiffusion
         from modules import sd_models, shared
 

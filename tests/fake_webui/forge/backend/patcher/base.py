@@ -1,5 +1,4 @@
 """Fake backend.patcher.base.ModelPatcher with Forge's add_patches contract (keyword-only, per-identifier)."""
-import torch
 
 
 class ModelPatcher:
