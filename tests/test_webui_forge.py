@@ -231,3 +231,33 @@ def test_model_without_the_interface_falls_back_per_generation(forge):
     APPLIER.activate(p, [extra_networks.ExtraNetworkParams(items=["foo", "1"])])
     assert any("forge_objects_original.clip has no clone()" in c for c in p.comments)
     assert forge.engine.current_lora_hash == "[]"
+
+
+def test_sdxl_checkpoint_keys_group_by_block():
+    """Every SDXL U-Net parameter, named as Forge names it, lands in its block's group (12-value format)."""
+    import json
+    import os
+    import re
+
+    from lora_studio_webui.forge_apply import group_unet, slot_of_key
+    from tests.factory import FIXTURES
+    with open(os.path.join(FIXTURES, "sdxl_checkpoint_compvis.json")) as f:
+        keys = json.load(f)["keys"]
+    unet = [k[len("model."):] for k in keys if k.startswith("model.diffusion_model.")]
+    v12 = [0.5, 0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9, 1.1, 1.2, 1.3]
+    v = vec26(v12)
+    groups = group_unet({k: ("lora", k) for k in unet}, 2.0, v)
+    got = {k: s for s, (_, g) in groups.items() for k in g}
+    assert sorted(got) == sorted(unet)
+    n_outside = 0
+    for k in unet:
+        m = re.match(r"diffusion_model\.(input_blocks|output_blocks)\.(\d+)\.", k)
+        if m:
+            slot = (1 if m.group(1) == "input_blocks" else 14) + int(m.group(2))
+        elif k.startswith("diffusion_model.middle_block."):
+            slot = 13
+        else:
+            slot, n_outside = None, n_outside + 1
+        assert slot_of_key(k) == slot and slot_of_key((k, (0, 0, 1))) == slot
+        assert got[k] == pytest.approx(2.0 if slot is None else 2.0 * v[slot]), k
+    assert n_outside > 0                                   # time_embed, label_emb, out: the plain unet multiplier
