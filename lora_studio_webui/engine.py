@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from lib_lora.errors import LoraStudioError
 
-from . import env, tags as tagtext
+from . import env
 from .library import Library, LoraFile
 
 FIELD_BLOCKS = "LoRA Studio blocks"      # infotext: resolved block weights per LoRA
@@ -199,6 +199,28 @@ class Engine:
         return None
 
     # -- activation ---------------------------------------------------------------------------------
+    def found_tags(self, params_list, act):
+        """(index, tag, library entry) for each tag that parses and names a known file, in prompt order;
+        every problem becomes a warning in `act` (shared by the A1111 and Forge paths)."""
+        from lib_lora import syntax
+
+        seen_paths = set()
+        for index, params in enumerate(params_list):
+            tag = syntax.parse_items(params.items)
+            act.warnings += tag.warnings
+            if tag.errors:
+                act.warnings += [f"{e} (skipped)" for e in tag.errors]
+                continue
+            entry = self.library.find(tag.name)
+            if entry is None:
+                act.warnings.append(self.library.not_found_message(tag.name))
+                continue
+            if entry.path in seen_paths:
+                act.warnings.append(f"`{tag.name}` appears more than once; every occurrence is applied and "
+                                    f"their effects add up")
+            seen_paths.add(entry.path)
+            yield index, tag, entry
+
     def activate(self, p, params_list) -> Activation:
         from lib_lora import syntax
         from lib_lora.patcher import ActiveLora
@@ -227,22 +249,7 @@ class Engine:
             allow_pickle = bool(env.opt(env.PREFIX + "allow_pickle", False))
             seed = batch_seed(p)
             actives = []
-            seen_paths = set()
-            for index, params in enumerate(params_list):
-                positional, named = tagtext.split_params(params.items)
-                tag = syntax.parse_params(positional, named)
-                act.warnings += tag.warnings
-                if tag.errors:
-                    act.warnings += [f"{e} (skipped)" for e in tag.errors]
-                    continue
-                entry = self.library.find(tag.name)
-                if entry is None:
-                    act.warnings.append(self.library.not_found_message(tag.name))
-                    continue
-                if entry.path in seen_paths:
-                    act.warnings.append(f"`{tag.name}` appears more than once; every occurrence is applied and "
-                                        f"their effects add up")
-                seen_paths.add(entry.path)
+            for index, tag, entry in self.found_tags(params_list, act):
                 try:
                     net = self.networks.get(entry, allow_pickle)
                 except LoraStudioError as e:

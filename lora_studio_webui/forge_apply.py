@@ -219,10 +219,9 @@ class ForgeApplier:
             return
         from modules import extra_networks
         from lib_lora import syntax
-        from . import tags as tagtext
         plain = []
         for params in params_list:
-            tag = syntax.parse_params(*tagtext.split_params(params.items))
+            tag = syntax.parse_items(params.items)
             if tag.ok and tag.name:
                 plain.append(extra_networks.ExtraNetworkParams(
                     items=[tag.name, f"{tag.te:g}", f"{tag.unet_multiplier:g}"]))
@@ -232,7 +231,7 @@ class ForgeApplier:
         from lib_lora import blocks, syntax
         from lib_lora.errors import LoraStudioError
 
-        from . import infotext, tags as tagtext
+        from . import infotext
         from .engine import ENGINE, Activation, Applied, batch_seed, tag_seed
 
         t0 = time.perf_counter()
@@ -258,17 +257,7 @@ class ForgeApplier:
         allow_pickle = bool(env.opt(env.PREFIX + "allow_pickle", False))
         seed = batch_seed(p)
         plan = []                                  # (part, identifier, strength, patches)
-        for index, params in enumerate(params_list):
-            positional, named = tagtext.split_params(params.items)
-            tag = syntax.parse_params(positional, named)
-            act.warnings += tag.warnings
-            if tag.errors:
-                act.warnings += [f"{e} (skipped)" for e in tag.errors]
-                continue
-            entry = ENGINE.library.find(tag.name)
-            if entry is None:
-                act.warnings.append(ENGINE.library.not_found_message(tag.name))
-                continue
+        for index, tag, entry in ENGINE.found_tags(params_list, act):
             if entry.path.suffix.lower() != ".safetensors" and not allow_pickle:
                 act.warnings.append(f"`{tag.name}`: {entry.path.name} is a pickle file; enable \"Allow loading "
                                     f".pt/.ckpt LoRA files\" in Settings → LoRA Studio to use it (skipped)")

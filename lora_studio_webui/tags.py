@@ -35,20 +35,6 @@ def named_key(item: str) -> str | None:
     return parts[0].strip() if len(parts) == 2 else None
 
 
-def split_params(items: list) -> tuple[list[str], dict[str, str]]:
-    """(positional, named) with surrounding whitespace stripped from every item (prompt_syntax.md §1)."""
-    positional: list[str] = []
-    named: dict[str, str] = {}
-    for item in items:
-        item = str(item)
-        parts = item.split("=", 2)
-        if len(parts) == 2:
-            named[parts[0].strip()] = parts[1].strip()
-        else:
-            positional.append(item.strip())
-    return positional, named
-
-
 def _positional_indices(items: list[str]) -> list[int]:
     return [i for i, it in enumerate(items) if named_key(it) is None]
 

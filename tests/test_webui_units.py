@@ -29,7 +29,9 @@ def test_rewrites():
     assert (text, n) == ("a  b  <hypernet:z:1>", 2)
     text, n = tags.rewrite("<lora:x:1><lora:y:1>", lambda it: tags.set_name(it, "q"), lambda i, it: i == 1)
     assert text == "<lora:x:1><lora:q:1>" and n == 1
-    assert tags.split_params([" foo ", " 0.5", "lbw = face ", "a=b=c"]) == (["foo", "0.5", "a=b=c"], {"lbw": "face"})
+    from lib_lora import syntax                # the handler's item parsing: whitespace stripped, named wins
+    tag = syntax.parse_items([" foo ", " 0.5", "lbw = face "])
+    assert (tag.name, tag.te, tag.blocks, tag.errors) == ("foo", 0.5, "face", [])
 
 
 def test_library_lookup(tmp_path):
