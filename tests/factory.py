@@ -25,7 +25,7 @@ from typing import Callable, Iterable, Optional, Union
 
 import torch
 
-FIXTURES = os.environ.get("LORA_STUDIO_FIXTURES", "/work/shared/fixtures")
+from tests.paths import FIXTURES
 MODELS = {"sd15": "sd1", "sdxl": "sdxl"}  # fixture model name -> lib_lora arch
 ALGOS = ("lora", "locon", "loha", "lokr", "ia3", "full", "norm", "dora", "glora", "oft", "boft")
 FAMILIES = ("kohya", "lycoris", "peft", "diffusers_old")

@@ -13,7 +13,7 @@ import re
 
 import torch
 
-FIXTURES = os.environ.get("LORA_STUDIO_FIXTURES", "/work/shared/fixtures")
+from tests.paths import FIXTURES
 _FILES = {"sd15": "sd15_checkpoint_compvis.json", "sdxl": "sdxl_checkpoint_compvis.json"}
 _ROOTS = ("model.diffusion_model.", "cond_stage_model.", "conditioner.embedders.")
 _SKIP = re.compile(r"(embedding|positional_embedding|text_projection|logit_scale|position_ids)")

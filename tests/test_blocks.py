@@ -11,7 +11,9 @@ import pytest
 from lib_lora import blocks as B
 from lib_lora.errors import LoraStudioError, SyntaxProblem
 
-FIX = Path("/work/shared/fixtures")
+from tests.paths import FIXTURES
+
+FIX = Path(FIXTURES)
 
 
 def test_slot_layout():
