@@ -22,12 +22,7 @@ from tests.models import bits, build_model
 LIST17 = "1,0.5,0,1,1,1,1,0.5,1,1,1,1,1,1,2,1,0"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -28,13 +28,7 @@ ALGO_SPECS = [  # (name, factory kwargs)
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Elementwise ops are memory-bound; on a loaded 2-core box one thread is several times faster."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
