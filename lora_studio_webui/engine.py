@@ -192,10 +192,14 @@ class Engine:
             return (f"the built-in Lora extension holds networks ({names}), loaded by another extension; "
                     f"LoRA Studio applied nothing so that no LoRA is applied twice. Remove those tags or "
                     f"disable the other extension.")
-        for mod in sd_model.modules() if hasattr(sd_model, "modules") else []:
-            if getattr(mod, "network_current_names", ()) != ():
-                nets.network_restore_weights_from_backup(mod)
-                mod.network_current_names = ()
+        import torch
+        # The built-in copies its backup in place and relies on the caller's no_grad (its forward runs inside
+        # processing's); Script.process → handler.register runs outside it, where copy_ into a Parameter fails.
+        with torch.no_grad():
+            for mod in sd_model.modules() if hasattr(sd_model, "modules") else []:
+                if getattr(mod, "network_current_names", ()) != ():
+                    nets.network_restore_weights_from_backup(mod)
+                    mod.network_current_names = ()
         return None
 
     # -- activation ---------------------------------------------------------------------------------

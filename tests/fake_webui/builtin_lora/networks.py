@@ -19,10 +19,10 @@ def wanted():
 
 
 def network_restore_weights_from_backup(module):
+    # Like the real one: an in-place copy_ with no no_grad of its own (the caller must provide it).
     backup = getattr(module, "network_weights_backup", None)
     if backup is not None:
-        with torch.no_grad():
-            module.weight.copy_(backup)
+        module.weight.copy_(backup)
 
 
 def forward_update(module):
@@ -30,8 +30,8 @@ def forward_update(module):
         return
     if getattr(module, "network_weights_backup", None) is None and wanted() != ():
         module.network_weights_backup = module.weight.detach().clone()
-    network_restore_weights_from_backup(module)
-    with torch.no_grad():
+    with torch.no_grad():                          # the real forward runs inside processing's no_grad
+        network_restore_weights_from_backup(module)
         for net in loaded_networks:
             d = net.delta.get(getattr(module, "network_layer_name", None))
             if d is not None:
