@@ -76,17 +76,7 @@ class NetworkStore:
 
 
 def _load_network(path, allow_pickle: bool):
-    try:
-        from lib_lora.network import load_network
-    except ImportError:                      # shim until lib_lora.network lands: same modules via keys.py
-        from types import SimpleNamespace
-
-        from lib_lora.fileio import read_tensors
-        from lib_lora.keys import group_modules_with_arch
-        sd, md = read_tensors(path, allow_pickle=allow_pickle)
-        modules, skipped, arch = group_modules_with_arch(sd, md)
-        return SimpleNamespace(name=path.stem, path=str(path), arch=arch, metadata=md, modules=modules,
-                               skipped=skipped)
+    from lib_lora.network import load_network
     return load_network(path, allow_pickle=allow_pickle)
 
 
@@ -284,17 +274,17 @@ class Engine:
                                            modules=len(getattr(net, "modules", {}))))
                 act.entries.append((tag, rb, entry))
             act.report = patcher.apply(actives)
-            for applied, lr in zip(act.applied, getattr(act.report, "loras", [])):
+            for applied, active, lr in zip(act.applied, actives, getattr(act.report, "loras", [])):
                 applied.modules = lr.applied
                 if lr.error:
                     act.warnings.append(lr.error)
-                elif lr.skipped:
-                    reason = lr.skipped[0][1]
-                    msg = f"`{applied.name}`: {len(lr.skipped)} module(s) not applied (e.g. {reason})"
-                    if lr.applied == 0 and lr.zero == 0:
-                        act.warnings.append(msg)
-                    else:
-                        env.log.info(msg)
+                    continue
+                # Part of a LoRA silently missing is how "this LoRA does nothing" bugs look: always say so.
+                unused = list(lr.skipped) + list(getattr(active.network, "skipped", None) or [])
+                if unused:
+                    key, reason = unused[0]
+                    n = len({k.split(".", 1)[0] for k, _ in unused})      # files list keys; count modules
+                    act.warnings.append(f"`{applied.name}`: {n} module(s) not applied (e.g. '{key}': {reason})")
             self._stamp()
             self._sync_conds(p, te_signature(actives))
             self.active = actives

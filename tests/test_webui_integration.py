@@ -334,3 +334,21 @@ def test_conditioning_cache_follows_text_encoder_state(webui):
     processing.process_images(q2)
     assert q2.conds_used[0][2] != q1.conds_used[0][2]
     assert q2.conds_used[0][2] == float(webui.weight(te).double().sum())
+
+
+def test_partly_unmatched_lora_warns_and_applies_the_rest(webui):
+    """A LoRA whose keys partly name no layer of the model (e.g. text-encoder keys without `text_model_`) is
+    applied where it matches, and the user is told how many modules were left out."""
+    from safetensors.torch import load_file, save_file
+    path = webui.lora_dir / "foo.safetensors"
+    sd = load_file(str(path))
+    sd["lora_te_encoder_layers_0_mlp_fc1.lora_down.weight"] = torch.zeros(4, 768)
+    sd["lora_te_encoder_layers_0_mlp_fc1.lora_up.weight"] = torch.zeros(3072, 4)
+    save_file(sd, str(webui.lora_dir / "partial.safetensors"))
+    base = webui.weights()
+    p, _ = webui.generate("x <lora:partial:1>")
+    text = " | ".join(p.comments)
+    assert "`partial`: 1 module(s) not applied" in text and "lora_te_encoder_layers_0_mlp_fc1" in text
+    assert not torch.equal(webui.weight(LAYERS[0]), base[LAYERS[0]])
+    p, _ = webui.generate("x <lora:foo:1>")             # a fully matching LoRA: no such warning
+    assert not any("not applied" in c for c in p.comments)
