@@ -15,13 +15,13 @@ import hashlib
 import threading
 import time
 import zlib
-from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from lib_lora.errors import LoraStudioError
+from lib_lora.network import NetworkCache
 
 from . import env
-from .library import Library, LoraFile
+from .library import Library
 
 FIELD_BLOCKS = "LoRA Studio blocks"      # infotext: resolved block weights per LoRA
 FIELD_HASHES = "Lora hashes"             # same key and format as the built-in, so its paste handler works
@@ -51,35 +51,6 @@ class Activation:
     entries: list = field(default_factory=list)     # (LoraTag, ResolvedBlocks, LoraFile) per applied tag
 
 
-class NetworkStore:
-    """Loaded LoRA files kept by (path, mtime, size); a few are enough for epoch axes and A/B grids."""
-
-    def __init__(self, keep: int = 8):
-        self.keep = keep
-        self._items: OrderedDict = OrderedDict()
-
-    def get(self, entry: LoraFile, allow_pickle: bool):
-        st = entry.path.stat()
-        key = (str(entry.path), st.st_mtime_ns, st.st_size)
-        net = self._items.get(key)
-        if net is None:
-            net = _load_network(entry.path, allow_pickle)
-            self._items[key] = net
-            while len(self._items) > self.keep:
-                self._items.popitem(last=False)
-        else:
-            self._items.move_to_end(key)
-        return net
-
-    def clear(self):
-        self._items.clear()
-
-
-def _load_network(path, allow_pickle: bool):
-    from lib_lora.network import load_network
-    return load_network(path, allow_pickle=allow_pickle)
-
-
 def batch_seed(p) -> int:
     """Seed of the current batch: random letters are drawn once per batch and the hires pass
     (same batch, same seeds) draws the very same values."""
@@ -98,7 +69,8 @@ class Engine:
     def __init__(self):
         self.lock = threading.RLock()
         self.library = Library(env.lora_dirs)
-        self.networks = NetworkStore()
+        # loaded files by (path, mtime, size): X/Y/Z epoch and A/B grids reload the same few files
+        self.networks = NetworkCache(8)
         self._presets = None
         self._presets_path = None
         self._presets_mtime = None
@@ -245,7 +217,7 @@ class Engine:
             actives = []
             for index, tag, entry in self.found_tags(params_list, act):
                 try:
-                    net = self.networks.get(entry, allow_pickle)
+                    net = self.networks.get(entry.path, allow_pickle)
                 except LoraStudioError as e:
                     act.warnings.append(f"`{tag.name}`: {e} (skipped)")
                     continue
