@@ -21,9 +21,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-_BESIDE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "shared")
 CLIP_CONFIG = os.environ.get("LORA_STUDIO_CLIP_CONFIG", os.path.join(
-    _BESIDE if os.path.isdir(_BESIDE) else "/work/shared", "fixtures", "clip-l-offline", "config.json"))
+    ROOT, "tests", "fixtures", "clip-l-offline", "config.json"))
 SD15_UNET = dict(sample_size=64, in_channels=4, out_channels=4, layers_per_block=2,
                  block_out_channels=(320, 640, 1280, 1280),
                  down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),

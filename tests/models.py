@@ -1,6 +1,6 @@
 """torch module trees with the real SD1.5 / SDXL layer names and (optionally scaled-down) shapes.
 
-Built from /work/shared/fixtures/*_checkpoint_compvis.json so host/patcher tests see exactly the names a
+Built from tests/fixtures/*_checkpoint_compvis.json so host/patcher tests see exactly the names a
 real checkpoint has. Nothing here runs a forward pass: only names, shapes and leaf types matter.
 """
 

@@ -1,15 +1,8 @@
-"""Where the shared fixtures are: `shared/` beside the repository (CI clones main next to it), else
-/work/shared; LORA_STUDIO_FIXTURES overrides both."""
+"""Where the test fixtures are: `tests/fixtures/` (key/shape manifests of real SD1.5/SDXL checkpoints and
+the CLIP-L tokenizer files, i.e. facts about public models, kept in the repository so a plain clone tests
+itself). LORA_STUDIO_FIXTURES overrides it."""
 
 import os
 from pathlib import Path
 
-
-def _fixtures() -> str:
-    if os.environ.get("LORA_STUDIO_FIXTURES"):
-        return os.environ["LORA_STUDIO_FIXTURES"]
-    beside = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
-    return str(beside if beside.is_dir() else Path("/work/shared/fixtures"))
-
-
-FIXTURES = _fixtures()
+FIXTURES = os.environ.get("LORA_STUDIO_FIXTURES") or str(Path(__file__).resolve().parent / "fixtures")
