@@ -23,6 +23,7 @@ from lib_lora.errors import ArchitectureMismatch
 _PROMOTABLE = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 ARCH_LABEL = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
 DEFAULT_CACHE_BYTES = 1 << 30
+_DIRTY = ("<being written>",)  # signature of a layer whose write has started but not finished
 
 
 @dataclass
@@ -155,6 +156,11 @@ class Patcher:
                     self._restore_layer(layer)
                     rep.failed_layers.append((layer, f"{type(exc).__name__}: {exc}"))
                     continue
+                except BaseException:
+                    # Ctrl-C / SystemExit: put the layer back now; if that is interrupted too, the layer
+                    # stays marked _DIRTY in _current, so restore() (or the next apply) still copies it back.
+                    self._restore_layer(layer)
+                    raise
                 self._current[layer] = sig
                 rep.layers_written += 1
         t3 = time.perf_counter()
@@ -271,6 +277,9 @@ class Patcher:
         ref = self.host[layer]
         parts = ref.part_tensors()
         backups = self._backup(layer, ref)
+        # Tracked before the first byte is written: whatever interrupts the write, restore() knows the layer,
+        # and the next apply never takes a half-written layer for one it can keep.
+        self._current[layer] = _DIRTY
         deltas = []
         bases = _Bases(parts, backups)
         for ident, key, qkv, dyn, m, mod, lr in contribs:
