@@ -19,10 +19,12 @@ from lib_lora.patcher import ActiveLora, Patcher
 from tests.engine_helpers import SD15_LAYERS, make_net, reference_weights, snapshot, tol
 from tests.models import build_model, model_state, same_state
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"),
+              # an interrupt that lands in a generator being finalised is reported by Python as ignored
+              pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")]
 
-# Small layers only (many traced trials); a 1×1 and a 3×3 conv, attention, norms, a TE layer.
-LAYERS = tuple(l for l in SD15_LAYERS if not l.endswith(("in_layers.2", "time_embed.0", "ff.net.2", "out.2")))
+# Small layers only (many traced trials): attention, a 1×1 and a small 3×3 conv, norms, a TE layer.
+LAYERS = tuple(l for l in SD15_LAYERS if not l.endswith(("in_layers.2", "time_embed.0", "ff.net.2")))
 SPECS = [("lora", dict(algo="lora", rank=4)), ("locon", dict(algo="locon", rank=4, family="lycoris")),
          ("loha", dict(algo="loha", rank=4, family="lycoris")), ("lokr", dict(algo="lokr", rank=4, family="lycoris")),
          ("dora", dict(algo="dora", rank=4, family="lycoris")), ("oft", dict(algo="oft", rank=8, family="lycoris"))]
