@@ -1,11 +1,23 @@
-"""LRU cache of per-module deltas (multiplier 1), bounded in bytes.
+"""Cache of what is expensive to rebuild per module (multiplier 1), bounded in bytes, with admission.
 
-Why: a multiplier, block-weight or start/stop change only rescales deltas; with the delta cached the
-patcher never recomputes it (bench/apply.py measures the gain).
+Why: a multiplier, block-weight or start/stop change only rescales each module's contribution; with it
+cached the patcher never recomputes it (bench/apply.py and bench/apply_webui_budget.py measure the gain).
+Plain LoRA/LoCon never come here: the patcher writes them straight from their factors (patcher.py).
+What is cached is the compactest exact form the patcher can write from: the dense ΔW for LoHa, Tucker,
+DoRA, OFT/BOFT, GLoRA; the two Kronecker factors for LoKr.
 
-Storage: deltas stay in **fp32** on the device they were computed on, whatever the weight dtype.
-Keeping them in fp16/bf16 would halve the memory but add a second rounding (ARCHITECTURE rule: compute
-in fp32, cast once); bench/README.md records the measured error of that alternative.
+Storage: fp32 on the device it was computed on, whatever the weight dtype. Keeping fp16/bf16 would halve
+the memory but add a second rounding (ARCHITECTURE rule: compute in fp32, cast once); bench/README.md
+records the measured error of that alternative.
+
+Admission, not plain LRU: the patcher `protect()`s the keys of the apply in progress. When something does
+not fit, unprotected entries leave (least recently used first); protected ones never do, and if room is still
+missing the new entry is simply not kept. So when one LoRA's deltas exceed the budget, the part that fits
+stays and every later change of that LoRA (a weight sweep, an X/Y/Z grid) hits it, where an LRU would evict
+each entry just before its reuse and hit nothing.
+
+Budget: bytes, or AUTO = half of what the device the deltas live on could give (its free memory plus what the
+cache already holds), re-read at every apply so the cache shrinks when memory gets scarce.
 
 Key: (network identity, module key, dyn). Network identity = (path, mtime_ns, size) for files, so an
 edited file on disk gets fresh deltas; in-memory networks get a process-unique token.
@@ -18,6 +30,9 @@ import os
 from collections import OrderedDict
 
 _tokens = itertools.count(1)
+AUTO = -1                     # max_bytes: follow the free memory of the deltas' device
+AUTO_FRACTION = 0.5
+_FALLBACK_BUDGET = 1 << 30    # a device whose free memory cannot be read
 
 
 def network_identity(network) -> tuple:
@@ -40,6 +55,9 @@ def network_identity(network) -> tuple:
 
 
 def delta_nbytes(delta) -> int:
+    n = getattr(delta, "nbytes", None)
+    if isinstance(n, int):
+        return n
     n = 0
     for t in (getattr(delta, "weight", None), getattr(delta, "bias", None)):
         if t is not None:
@@ -47,21 +65,65 @@ def delta_nbytes(delta) -> int:
     return n
 
 
-class DeltaCache:
-    """`get(key)` / `put(key, delta)`; least recently used entries leave first when over `max_bytes`."""
+def free_bytes(device) -> int | None:
+    """Free memory of a device: MemAvailable for the CPU, the driver's free figure for CUDA; None if unknown."""
+    kind = getattr(device, "type", str(device))
+    if kind == "cuda":
+        try:
+            import torch
+            return int(torch.cuda.mem_get_info(device)[0])
+        except Exception:
+            return None
+    if kind != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import psutil  # Windows/macOS
+        return int(psutil.virtual_memory().available)
+    except Exception:
+        return None
 
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max(0, int(max_bytes))
+
+def auto_budget(device, held: int = 0) -> int:
+    free = free_bytes(device)
+    if free is None:
+        return _FALLBACK_BUDGET
+    return int((free + held) * AUTO_FRACTION)
+
+
+class DeltaCache:
+    """`get(key)` / `put(key, value)`; `protect(keys)` for the apply in progress; `max_bytes` may be AUTO."""
+
+    def __init__(self, max_bytes: int = AUTO, device="cpu"):
+        self.auto = int(max_bytes) < 0
+        self.device = device
+        self.max_bytes = auto_budget(device) if self.auto else int(max_bytes)
         self._items: OrderedDict = OrderedDict()
+        self._protected: frozenset = frozenset()
         self.bytes = 0
         self.hits = 0
         self.misses = 0
+        self.refused = 0          # entries not admitted (no room left outside the protected set)
 
     def __len__(self) -> int:
         return len(self._items)
 
     def __contains__(self, key) -> bool:
         return key in self._items
+
+    def protect(self, keys=(), device=None) -> None:
+        """Start of an apply: these keys are needed now and stay; an AUTO budget is re-read here."""
+        self._protected = frozenset(keys)
+        if device is not None:
+            self.device = device
+        if self.auto:
+            self.resize(AUTO)
 
     def get(self, key):
         item = self._items.get(key)
@@ -73,24 +135,34 @@ class DeltaCache:
         return item[0]
 
     def put(self, key, delta) -> bool:
-        """Store `delta`; False when it alone exceeds the budget (then it is not kept)."""
+        """Keep `delta` if room can be made without evicting a protected entry; False when not kept."""
         size = delta_nbytes(delta)
-        if key in self._items:
-            self.bytes -= self._items.pop(key)[1]
-        if size > self.max_bytes:
+        old = self._items.pop(key, None)
+        if old is not None:
+            self.bytes -= old[1]
+        if size > self.max_bytes or not self._make_room(self.max_bytes - size):
+            self.refused += 1
             return False
-        while self._items and self.bytes + size > self.max_bytes:
-            _, (_, old) = self._items.popitem(last=False)
-            self.bytes -= old
         self._items[key] = (delta, size)
         self.bytes += size
         return True
 
+    def _make_room(self, limit: int) -> bool:
+        """Evict unprotected entries (least recent first) until bytes ≤ limit; False if it cannot."""
+        if self.bytes <= limit:
+            return True
+        for key in [k for k in self._items if k not in self._protected]:
+            _, size = self._items.pop(key)
+            self.bytes -= size
+            if self.bytes <= limit:
+                return True
+        return False
+
     def resize(self, max_bytes: int) -> None:
-        self.max_bytes = max(0, int(max_bytes))
-        while self._items and self.bytes > self.max_bytes:
-            _, (_, old) = self._items.popitem(last=False)
-            self.bytes -= old
+        """New budget (AUTO re-reads the free memory); protected entries outlive a shrink until the next apply."""
+        self.auto = int(max_bytes) < 0
+        self.max_bytes = auto_budget(self.device, self.bytes) if self.auto else max(0, int(max_bytes))
+        self._make_room(self.max_bytes)
 
     def clear(self) -> None:
         self._items.clear()

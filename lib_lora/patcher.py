@@ -8,6 +8,12 @@ plain weights.
 
 Backups are exact clones (same dtype) on `backup_device`, by default the CPU: they are needed only when
 a layer changes, and on a GPU they would cost as much memory as the touched weights (see bench/README.md).
+
+What is written per module ("term"): plain LoRA/LoCon (linear in their factors) are written from the
+factors, W = W0 + m·(s·up) @ down as one fused fp32 addmm, with no dense ΔW built or cached; LoKr from its
+two Kronecker factors (one broadcast addcmul, cached); everything else from a dense fp32 ΔW (cached when
+expensive: LoHa, Tucker, DoRA, OFT/BOFT, GLoRA; recomputed when a cast or a product with W0 is all it costs:
+full, norm, IA3). bench/apply_webui_budget.py measures each against the memory-copy bound.
 """
 
 from __future__ import annotations
@@ -17,12 +23,13 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lib_lora.delta_cache import DeltaCache, network_identity
+from lib_lora.delta_cache import AUTO, DeltaCache, network_identity
 from lib_lora.errors import ArchitectureMismatch
 
-_PROMOTABLE = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 ARCH_LABEL = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
-DEFAULT_CACHE_BYTES = 1 << 30
+DEFAULT_CACHE_BYTES = AUTO
+_CHEAP = frozenset(("full", "norm", "ia3"))  # dense ΔW costs a cast or one product with W0: never cached
+_DIRTY = ("<being written>",)  # signature of a layer whose write has started but not finished
 
 
 @dataclass
@@ -60,8 +67,9 @@ class ApplyReport:
     layers_written: int = 0
     layers_restored: int = 0
     layers_kept: int = 0
-    deltas_computed: int = 0
+    deltas_computed: int = 0        # dense or Kronecker contributions built this apply
     cache_hits: int = 0
+    factored: int = 0               # LoRA/LoCon modules written straight from their factors (never cached)
     failed_layers: list = field(default_factory=list)  # (layer, error): restored to the original
     seconds: dict = field(default_factory=dict)
 
@@ -120,7 +128,7 @@ class Patcher:
         """`one_shot`: apply once and never restore (bake): no backup outlives its layer's write."""
         self.host = host
         self.one_shot = one_shot
-        self.cache = DeltaCache(cache_bytes)
+        self.cache = DeltaCache(cache_bytes, device=getattr(host, "device", "cpu"))
         self.backup_device = torch.device(backup_device) if backup_device is not None else None
         self._compute = compute
         self._backups: dict[str, list] = {}     # layer → [(w0, b0)] per part, exact clones
@@ -137,6 +145,9 @@ class Patcher:
         t0 = time.perf_counter()
         rep = ApplyReport()
         plan = self._plan(list(actives), step, rep)
+        # admission: what this apply needs is never evicted to make room for another entry of it
+        self.cache.protect({(c[0], c[1], c[3]) for contribs in plan.values() for c in contribs},
+                           device=getattr(self.host, "device", None))
         t1 = time.perf_counter()
         compute_s = [0.0]
         with torch.no_grad():
@@ -155,6 +166,11 @@ class Patcher:
                     self._restore_layer(layer)
                     rep.failed_layers.append((layer, f"{type(exc).__name__}: {exc}"))
                     continue
+                except BaseException:
+                    # Ctrl-C / SystemExit: put the layer back now; if that is interrupted too, the layer
+                    # stays marked _DIRTY in _current, so restore() (or the next apply) still copies it back.
+                    self._restore_layer(layer)
+                    raise
                 self._current[layer] = sig
                 rep.layers_written += 1
         t3 = time.perf_counter()
@@ -271,36 +287,60 @@ class Patcher:
         ref = self.host[layer]
         parts = ref.part_tensors()
         backups = self._backup(layer, ref)
-        deltas = []
+        # Tracked before the first byte is written: whatever interrupts the write, restore() knows the layer,
+        # and the next apply never takes a half-written layer for one it can keep.
+        self._current[layer] = _DIRTY
+        terms = []
         bases = _Bases(parts, backups)
         for ident, key, qkv, dyn, m, mod, lr in contribs:
             t = time.perf_counter()
-            delta = self._delta(ident, key, dyn, mod, ref, qkv, bases, rep, lr)
+            term = self._term(ident, key, dyn, mod, ref, qkv, bases, rep, lr)
             compute_s[0] += time.perf_counter() - t
-            if delta is not None:
-                deltas.append((qkv, m, delta))
-        per_part: list[list] = [[] for _ in parts]  # (rows, delta rows, m, delta) per part
-        for qkv, m, delta in deltas:
+            if term is not None:
+                terms.append((qkv, m, term))
+        per_part: list[list] = [[] for _ in parts]  # (rows in the part, rows of the term, m, term)
+        for qkv, m, term in terms:
             for part, rows, drows in ref.locate(qkv):
-                per_part[part].append((rows, drows, m, delta))
+                per_part[part].append((rows, drows, m, term))
         for (w, b), (w0, b0), items in zip(parts, backups, per_part):
-            self._write_tensor(w, w0, [(r, d.weight[dr], m) for r, dr, m, d in items if d.weight is not None])
+            self._write_weight(w, w0, items)
             if b is not None and b0 is not None:
-                self._write_tensor(b, b0, [(r, d.bias[dr], m) for r, dr, m, d in items if d.bias is not None])
+                self._write_bias(b, b0, [(r, term.bias[dr], m) for r, dr, m, term in items
+                                          if getattr(term, "bias", None) is not None])
         if self.one_shot:
             del self._backups[layer]
 
-    def _write_tensor(self, live, w0, adds) -> None:
-        """live ← W0 + Σ m·Δ, accumulated in fp32 and cast once, with as few memory passes as possible."""
+    def _write_weight(self, live, w0, items) -> None:
+        """live ← W0 + Σ m·term, in fp32 and cast once. fp32 weights are written in place, the first term fused
+        with the copy of W0 (addmm/add/addcmul with out=); others go through one reused fp32 scratch buffer.
+        (Row chunks sized for the CPU cache were measured slower here: many small GEMMs.)"""
         fp32 = live.dtype == torch.float32
-        # fp32 weights accumulate in place; others in a reused fp32 scratch (no fresh pages per layer).
-        acc = live if fp32 else self._scratch(live.numel(), live.device).view(live.shape)
         src = w0 if w0.device == live.device else w0.to(live.device)
-        if adds and adds[0][0] == slice(None) and src.dtype in _PROMOTABLE:
-            # first delta covers the tensor: W0 + m·Δ in one pass (fp8 cannot be promoted: copy first)
-            torch.add(src, adds[0][1], alpha=adds[0][2], out=acc)
-            adds = adds[1:]
-        else:
+        acc = live if fp32 else self._scratch(live.numel(), live.device).view(live.shape)
+        todo = [(rows, *drows.indices(term.rows)[:2], m, term) for rows, drows, m, term in items]
+        if not (fp32 and src.data_ptr() == live.data_ptr()):  # one_shot fp32: the "backup" is live itself
+            first = todo[0] if todo else None
+            if first is not None and first[0] == slice(None) and acc.is_contiguous() and src.is_contiguous() \
+                    and first[4].add_from(src, acc, first[1], first[2], first[3]):
+                todo = todo[1:]
+            else:
+                acc.copy_(src)
+        for rows, t0, t1, m, term in todo:
+            target = acc[rows]
+            if target.is_contiguous():
+                term.add_to(target, t0, t1, m)
+            else:
+                d = term.dense()
+                if d is not None:
+                    target.add_(d[t0:t1], alpha=m)
+        if not fp32:
+            live.copy_(acc)
+
+    def _write_bias(self, live, b0, adds) -> None:
+        fp32 = live.dtype == torch.float32
+        acc = live if fp32 else self._scratch(live.numel(), live.device).view(live.shape)
+        src = b0 if b0.device == live.device else b0.to(live.device)
+        if not (fp32 and src.data_ptr() == live.data_ptr()):
             acc.copy_(src)
         for rows, d, m in adds:
             acc[rows].add_(d, alpha=m)
@@ -313,20 +353,37 @@ class Patcher:
             buf = self._scratch_buf = torch.empty(numel, dtype=torch.float32, device=device)
         return buf[:numel]
 
-    def _delta(self, ident, key, dyn, mod, ref, qkv, bases, rep, lr):
+    def _term(self, ident, key, dyn, mod, ref, qkv, bases, rep, lr):
+        """What to write for one module: factors for LoRA/LoCon, else a (cached when expensive) delta."""
         ckey = (ident, key, dyn)
-        delta = self.cache.get(ckey)
-        if delta is not None:
+        shape = ref.target_shape(qkv)
+        device = ref.part_tensors()[0][0].device
+        try:
+            lowrank = low_rank_factors(mod, dyn, device)
+            if lowrank is not None and _fits(lowrank[0].shape[0], lowrank[1].shape[1], shape):
+                rep.factored += 1
+                return _LowRank(*lowrank, shape)
+        except Exception:
+            pass  # the dense path below names what is wrong with the module
+        cached = self.cache.get(ckey)
+        if cached is not None:
             rep.cache_hits += 1
-            return delta
+            return cached
         base_w, base_b = bases.get(ref, qkv)
         try:
-            delta = self._compute_fn()(mod, base_w, base_b, dyn=dyn)
-            if delta.bias is not None and base_b is None:
-                # A1111 would add a bias Parameter; we never change the module structure.
-                delta = type(delta)(delta.weight, None)
-                lr.notes.append((key, "bias difference ignored: the layer has no bias"))
-            _check_shape(delta, base_w, base_b)
+            term = None
+            kron = kron_factors(mod, device)
+            if kron is not None and _fits(kron[0].shape[0] * kron[1].shape[0],
+                                          kron[0].shape[1] * kron[1].shape[1], shape):
+                term = _Kron(*kron, shape)
+            if term is None:
+                delta = self._compute_fn()(mod, base_w, base_b, dyn=dyn)
+                if delta.bias is not None and base_b is None:
+                    # A1111 would add a bias Parameter; we never change the module structure.
+                    delta = type(delta)(delta.weight, None)
+                    lr.notes.append((key, "bias difference ignored: the layer has no bias"))
+                _check_shape(delta, base_w, base_b)
+                term = _Dense(delta)
         except Exception as exc:  # one bad module never stops the others
             reason = f"cannot apply: {exc}"
             self._failed[ckey] = reason
@@ -334,8 +391,9 @@ class Patcher:
             lr.applied -= 1
             return None
         rep.deltas_computed += 1
-        self.cache.put(ckey, delta)
-        return delta
+        if getattr(mod, "algo", None) not in _CHEAP:
+            self.cache.put(ckey, term)
+        return term
 
     def _compute_fn(self):
         if self._compute is None:
@@ -373,3 +431,134 @@ def _check_shape(delta, base_w, base_b) -> None:
         raise ValueError(f"delta shape {tuple(delta.weight.shape)} does not match weight {tuple(base_w.shape)}")
     if delta.bias is not None and (base_b is None or tuple(delta.bias.shape) != tuple(base_b.shape)):
         raise ValueError("bias delta does not match the layer's bias")
+
+
+# -- terms: what one module adds to its layer, at multiplier 1 -----------------------------------------
+def _fits(rows: int, cols: int, shape) -> bool:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return len(shape) > 0 and rows == int(shape[0]) and rows * cols == n
+
+
+class _Dense:
+    """A full ΔW (and Δb) in fp32, shaped like the target."""
+
+    def __init__(self, delta):
+        self.weight, self.bias = delta.weight, delta.bias
+        self.rows = 0 if self.weight is None else int(self.weight.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.weight, self.bias) if t is not None)
+
+    def dense(self):
+        return self.weight
+
+    def add_from(self, src, out, t0, t1, m) -> bool:
+        # fp32 only: a mixed fp16+fp32 add measured 2x slower than converting W0 first (same result)
+        if self.weight is None or src.dtype != torch.float32:
+            return False
+        torch.add(src, self.weight[t0:t1], alpha=m, out=out)
+        return True
+
+    def add_to(self, out, t0, t1, m) -> None:
+        if self.weight is not None:
+            out.add_(self.weight[t0:t1], alpha=m)
+
+
+class _LowRank:
+    """up [rows, r] (already × alpha/rank) and down [r, cols]: ΔW = up @ down, never materialised."""
+
+    bias = None
+
+    def __init__(self, up, down, shape):
+        self.up, self.down, self.shape = up.contiguous(), down.contiguous(), tuple(shape)
+        self.rows = int(up.shape[0])
+        self.nbytes = (up.numel() + down.numel()) * 4
+
+    def dense(self):
+        return (self.up @ self.down).reshape(self.shape)
+
+    def add_from(self, src, out, t0, t1, m) -> bool:
+        if src.dtype != torch.float32:
+            return False
+        torch.addmm(src.view(t1 - t0, -1), self.up[t0:t1], self.down, alpha=m, out=out.view(t1 - t0, -1))
+        return True
+
+    def add_to(self, out, t0, t1, m) -> None:
+        out.view(t1 - t0, -1).addmm_(self.up[t0:t1], self.down, alpha=m)
+
+
+class _Kron:
+    """LoKr: w1 [a, c] (already × scale) ⊗ w2 [b, d]; row i·b+k, column j·d+l holds w1[i,j]·w2[k,l].
+    Cached as the two factors (many times smaller than ΔW) and written with one broadcast addcmul."""
+
+    bias = None
+
+    def __init__(self, w1, w2, shape):
+        self.w1, self.w2, self.shape = w1.contiguous(), w2.contiguous(), tuple(shape)
+        self.rows = int(w1.shape[0] * w2.shape[0])
+        self.nbytes = (w1.numel() + w2.numel()) * 4
+
+    def dense(self):
+        a, c = self.w1.shape
+        b, d = self.w2.shape
+        return (self.w1[:, None, :, None] * self.w2[None, :, None, :]).reshape(a * b, c * d).reshape(self.shape)
+
+    def _views(self, t0, t1):
+        """Broadcast views for rows t0..t1 when they are whole rows of w1, else None."""
+        b = self.w2.shape[0]
+        if t0 % b or t1 % b:
+            return None
+        g, c, d = (t1 - t0) // b, self.w1.shape[1], self.w2.shape[1]
+        return self.w1[t0 // b:t1 // b].view(g, 1, c, 1), self.w2.view(1, b, 1, d), (g, b, c, d)
+
+    def add_from(self, src, out, t0, t1, m) -> bool:
+        v = self._views(t0, t1)
+        if v is None or src.dtype != torch.float32:
+            return False
+        torch.addcmul(src.view(v[2]), v[0], v[1], value=m, out=out.view(v[2]))
+        return True
+
+    def add_to(self, out, t0, t1, m) -> None:
+        v = self._views(t0, t1)
+        if v is None:  # a q/k/v slice cutting through a row of w1
+            out.add_(self.dense()[t0:t1], alpha=m)
+        else:
+            out.view(v[2]).addcmul_(v[0], v[1], value=m)
+
+
+def low_rank_factors(module, dyn, device):
+    """(up·scale, down) as fp32 2-D matrices for a plain LoRA/LoCon/DyLoRA module, or None when the
+    module is not linear in two factors (Tucker `lora_mid`, DoRA, other algorithms). Conv factors are
+    flattened: a 3×3 LoCon gives down [r, in·3·3] and up [out, r]. Same scale and dyn rules as
+    algos/lora.py (whose dense delta this equals)."""
+    if getattr(module, "algo", None) != "lora":
+        return None
+    from lib_lora.algos import _common as c, lora
+    if module.tensors.get(lora.MID) is not None or c.dora_tensor(module) is not None:
+        return None
+    down, up = c.first(module, *lora.DOWN), c.first(module, *lora.UP)
+    if down is None or up is None:
+        return None
+    r = int(down.shape[0])
+    scale = c.rank_scale(module, r)
+    if dyn and 0 < dyn < r:
+        down, up = down[:dyn], up[:, :dyn]
+    d, u = c.mat(c.f32(down, device)), c.mat(c.f32(up, device))
+    if u.shape[1] != d.shape[0]:
+        return None
+    return u * scale, d
+
+
+def kron_factors(module, device):
+    """(w1·scale, w2) as fp32 2-D matrices of a LoKr module (W2 Tucker chains resolved), or None for
+    what only the dense path handles (DoRA, a Tucker W1, other algorithms)."""
+    if getattr(module, "algo", None) != "lokr":
+        return None
+    from lib_lora.algos import _common as c, lokr
+    if module.tensors.get("lokr_t1") is not None or c.dora_tensor(module) is not None:
+        return None
+    scale = c.rank_scale(module, lokr.rank(module))
+    return lokr._factor1(module, device) * scale, lokr._factor2(module, device)

@@ -289,8 +289,10 @@ def resolve_blocks(tag: LoraTag, presets, arch: str | None = None, seed: int = 0
         if hit is None:
             close = presets.close_matches(tag.blocks) if presets is not None else []
             near = f" (close: {', '.join(close)})" if close else ""
-            res.warnings.append(f"`{label}`: unknown preset '{tag.blocks}'{near}; "
-                                f"applied without block weights (all 1)")
+            # same rule as a wrong weight count: the LoRA is skipped (all 1 would silently apply what the
+            # user meant to restrict)
+            res.errors.append(f"`{label}`: unknown preset '{tag.blocks}'{near}; use a preset name from the "
+                              f"Presets tab or a list of 12/17/20/26 weights")
             return res
         if hit.note:
             res.warnings.append(f"`{label}`: {hit.note}")

@@ -24,7 +24,9 @@ def register() -> None:
     except Exception:
         traceback.print_exc()
     if forge.active():
+        from . import api
         script_callbacks.on_app_started(_safe(forge.on_app_started))
+        script_callbacks.on_app_started(_safe(api.on_app_started))     # the status route serves Forge too
         if forge.supported():                # our handler runs there: paste our infotext field back too
             script_callbacks.on_infotext_pasted(_safe(infotext.on_infotext_pasted))
         return

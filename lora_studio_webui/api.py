@@ -7,6 +7,8 @@ It returns no paths, settings or command-line options.
 from __future__ import annotations
 
 import base64
+import os
+import re
 import secrets
 
 from . import env
@@ -50,7 +52,7 @@ def status(with_checksum: bool = False) -> dict:
     out = {
         "applied": [{"name": a.name, "te": a.te, "unet": a.unet, "blocks": a.blocks, "source": a.source,
                      "start": a.start, "stop": a.stop, "modules": a.modules} for a in last.applied],
-        "warnings": list(last.warnings),
+        "warnings": [without_paths(w) for w in last.warnings],
         "seconds": last.seconds,
         "report": _report(last.report),
     }
@@ -58,6 +60,27 @@ def status(with_checksum: bool = False) -> dict:
         model = ENGINE.host_model or env.loaded_model()
         out["checksum"] = ENGINE.checksum() if model is not None else None
     return out
+
+
+# an absolute path (/x/y, ~/x, C:\x or C:/x, \\server\share): whole when quoted, else up to a space or separator
+_START = r"""(?:[A-Za-z]:[\\/]|\\\\|~?/)"""
+_QUOTED_PATH = re.compile(r"""(['"`])""" + _START + r"""[^'"`]*\1""")
+_ABS_PATH = re.compile(r"""(?<![\w.])""" + _START + r"""[^\s,;'"`()<>]*""")
+
+
+def without_paths(text: str) -> str:
+    """The route promises no paths: a configured LoRA folder becomes its name in <…>, any other absolute path
+    becomes <path> (messages shown in the WebUI itself keep them: that is the user's own screen)."""
+    text = str(text)
+    try:
+        dirs = sorted({str(x) for d in env.lora_dirs() for x in (d, d.resolve())}, key=len, reverse=True)
+    except Exception:
+        dirs = []
+    for d in dirs:
+        if d and d not in ("/", "."):
+            name = os.path.basename(d.rstrip("/\\")) or "folder"
+            text = text.replace(d, f"<{name}>")
+    return _ABS_PATH.sub("<path>", _QUOTED_PATH.sub("'<path>'", text))
 
 
 def _report(report) -> dict | None:

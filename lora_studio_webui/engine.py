@@ -97,14 +97,18 @@ class Engine:
         return self._presets
 
     def _patcher_for(self, sd_model):
+        from lib_lora.delta_cache import AUTO
         from lib_lora.host import Host
         from lib_lora.patcher import Patcher
         if self.patcher is None or self.host_model is not sd_model:
             if self.patcher is not None:
                 self.restore()
-            mb = int(env.opt(env.PREFIX + "cache_mb", 1024) or 0)
-            self.patcher = Patcher(Host.from_a1111(sd_model), mb * 1024 * 1024)
+            self.patcher = Patcher(Host.from_a1111(sd_model), cache_budget())
             self.host_model = sd_model
+        else:
+            budget = cache_budget()
+            if budget != (AUTO if self.patcher.cache.auto else self.patcher.cache.max_bytes):
+                self.patcher.cache.resize(budget)      # the setting changed
         return self.patcher
 
     def _stamp(self) -> None:
@@ -304,6 +308,16 @@ class Engine:
         """Sum and a short digest over the weights of every layer the patcher may touch (debug/verification)."""
         sd_model = self.host_model or env.shared().sd_model
         return weights_checksum(sd_model)
+
+
+def cache_budget() -> int:
+    """Setting `cache_mb` in bytes; -1 (default, and any negative value) = automatic."""
+    from lib_lora.delta_cache import AUTO
+    try:
+        mb = int(float(env.opt(env.PREFIX + "cache_mb", -1)))
+    except (TypeError, ValueError):
+        mb = -1
+    return AUTO if mb < 0 else mb * 1024 * 1024
 
 
 def te_signature(actives) -> tuple:

@@ -77,8 +77,27 @@ def builtin_lora_enabled() -> bool:
     return builtin_lora() is not None
 
 
+FIELD_WARNINGS = "LoRA Studio warnings"  # infotext entry: what an API client reads in `info`
+WARNINGS_SEPARATOR = " | "
+
+
 def emit(p, message: str) -> None:
-    """A warning for the user: console + the comment shown under the result (+ optional Gradio popup)."""
+    """A warning for the user: console + the comment shown under the result (+ optional Gradio popup) + the
+    generation parameters (`LoRA Studio warnings`), which an API client gets in `info`. Once per generation:
+    the hires pass and every batch activate again with the same tags."""
+    if p is not None:
+        said = list(getattr(p, "_lora_studio_warnings", None) or [])
+        if message in said:
+            return
+        said.append(message)
+        try:
+            # new list and dict (never mutated in place): X/Y/Z cells are shallow copies sharing both
+            p._lora_studio_warnings = said
+            params = dict(getattr(p, "extra_generation_params", None) or {})
+            params[FIELD_WARNINGS] = WARNINGS_SEPARATOR.join(said)
+            p.extra_generation_params = params
+        except Exception:
+            pass
     print(f"[LoRA Studio] {message}", file=sys.stderr)
     if p is not None and hasattr(p, "comment"):
         try:

@@ -163,15 +163,16 @@ class ForgeApplier:
         self.sd_keep = sd_keep
         self._state_dicts: OrderedDict = OrderedDict()
         self._te_sig = ()
-        self._said: tuple = (None, set())         # (id(p), notices said for that generation)
         self.last_calls: list = []                # (part, identifier, strength, n keys) of the last build
 
     def notice(self, p, key: str, message: str) -> None:
-        pid = id(p)
-        if self._said[0] != pid:
-            self._said = (pid, set())
-        if key not in self._said[1]:
-            self._said[1].add(key)
+        """Once per generation and kind: kept on p itself (an id(p) could be reused by the next generation)."""
+        said = getattr(p, "_lora_studio_notices", None) or frozenset()
+        if key not in said:
+            try:
+                p._lora_studio_notices = said | {key}
+            except Exception:
+                pass
             env.emit(p, message)
 
     def state_dict(self, path, load_file):
@@ -319,8 +320,14 @@ class ForgeApplier:
             infotext.record(p, act)
             parts = [f"{a.name} ({a.modules} keys, te {a.te:g}, unet {a.unet:g}"
                      + (f", blocks {a.source}" if a.source else "") + ")" for a in act.applied]
-            print(f"[LoRA Studio] applied on Forge {', '.join(parts)}: {len(plan)} patch group(s) in "
-                  f"{time.perf_counter() - t0:.2f}s" + (" (hires pass)" if getattr(p, "is_hr_pass", False) else ""))
+            line = f"[LoRA Studio] applied on Forge {', '.join(parts)}: {len(plan)} patch group(s)"
+            # Forge activates again for every batch and the hires pass: say it once per generation and plan
+            if getattr(p, "_lora_studio_applied_line", None) != line:
+                try:
+                    p._lora_studio_applied_line = line
+                except Exception:
+                    pass
+                print(f"{line} in {time.perf_counter() - t0:.2f}s")
         else:
             infotext.clear(p)
         ENGINE.last = act

@@ -48,7 +48,8 @@ class LoraStudioNetwork(extra_networks.ExtraNetwork):
             stats = ""
             if rep is not None:
                 stats = (f"; layers written {rep.layers_written}, kept {rep.layers_kept}, restored "
-                         f"{rep.layers_restored}, deltas computed {rep.deltas_computed}, cache hits {rep.cache_hits}")
+                         f"{rep.layers_restored}, from factors {getattr(rep, 'factored', 0)}, deltas computed "
+                         f"{rep.deltas_computed}, cache hits {rep.cache_hits}")
             # A checksum of the patched weights costs a pass over them: only for verification runs.
             check = f"; patched-weights sum {ENGINE.patched_sum():.6e}" if os.environ.get("LORA_STUDIO_CHECKSUM") else ""
             print(f"[LoRA Studio] applied {', '.join(parts)}{stats}{check} in {act.seconds:.2f}s"

@@ -7,6 +7,9 @@ random letters (prompt_syntax.md §6).
 
 from __future__ import annotations
 
+import hashlib
+import os
+
 from . import env
 from .engine import FIELD_BLOCKS, FIELD_HASHES
 
@@ -35,7 +38,7 @@ def record(p, act) -> None:
         state = {"hashes": {}, "blocks": []}
     if env.opt("lora_add_hashes_to_infotext", True):
         for tag, rb, entry in act.entries:
-            h = entry.shorthash()
+            h = host_shorthash(entry)
             if h:
                 state["hashes"][tag.name.translate(_REMOVE)] = h
     seen = {b.split("=", 1)[0] for b in state["blocks"]} if hr else set()
@@ -50,6 +53,38 @@ def record(p, act) -> None:
     if state["blocks"]:
         params[FIELD_BLOCKS] = "; ".join(state["blocks"])
     p.extra_generation_params = params
+
+
+_forge_hashes: dict = {}
+
+
+def host_shorthash(entry) -> str:
+    """The `Lora hashes` value the host's own Lora writes and looks up. AUTOMATIC1111: sha256 of the
+    safetensors body (entry.shorthash). Forge: its hashes.sha256 ignores use_addnet_hash and hashes the whole
+    file, after the trainer's `sshs_model_hash` when the metadata has one; first 12 hex digits either way."""
+    from . import forge
+    if not forge.active():
+        return entry.shorthash()
+    try:
+        st = os.stat(entry.path)
+    except OSError:
+        return ""
+    key = (str(entry.path), st.st_mtime_ns, st.st_size)
+    h = _forge_hashes.get(key)
+    if h is None:
+        meta = getattr(entry, "metadata", None) or {}
+        h = str(meta.get("sshs_model_hash") or "") if str(entry.path).lower().endswith(".safetensors") else ""
+        if not h:
+            digest = hashlib.sha256()
+            try:
+                with open(entry.path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        digest.update(chunk)
+            except OSError:
+                return ""
+            h = digest.hexdigest()
+        h = _forge_hashes[key] = h[:12]
+    return h
 
 
 def clear(p) -> None:

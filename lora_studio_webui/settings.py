@@ -17,8 +17,12 @@ def options():
         .info("off: the built-in Lora extension handles them, without block weights").needs_reload_ui(),
         env.PREFIX + "extra_dirs": O("", "Extra LoRA folders, besides --lora-dir and --lyco-dir-backcompat",
                                      gr.Textbox, {"lines": 2}).info("one folder per line"),
-        env.PREFIX + "cache_mb": O(1024, "Delta cache size (MB)", gr.Number, {"precision": 0})
-        .info("computed LoRA deltas kept in RAM, so weight/preset changes and X/Y/Z grids reapply quickly"),
+        env.PREFIX + "cache_mb": O(-1, "Delta cache size (MB; -1 = automatic, 0 = off)", gr.Number, {"precision": 0})
+        .info("keeps what is slow to rebuild (LoHa, LoKr, DoRA, OFT/BOFT, Tucker LoCon, GLoRA) so a weight, preset "
+              "or X/Y/Z change of those skips recomputing it; plain LoRA/LoCon never need it (rewritten from their "
+              "factors). When a LoRA does not fit, the part that fits is kept and reused. Automatic = half of the "
+              "free memory of the device the weights are on (RAM on CPU, VRAM on GPU), re-read at every "
+              "generation"),
         env.PREFIX + "presets_file": O("", "User presets file (LoRA Block Weight format)", gr.Textbox)
         .info(f"empty: {default_presets_path()}"),
         env.PREFIX + "allow_pickle": O(False, "Allow loading .pt/.ckpt LoRA files (pickle can run code)"),

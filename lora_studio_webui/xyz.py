@@ -48,6 +48,20 @@ def _require_tag(p, what):
         raise RuntimeError(f"{LABEL_PREFIX}{what}: the prompt has no <lora:…> tag to vary; add one.")
 
 
+def _require_values(xs, what, choices: bool) -> None:
+    """Refuse an empty value list (the WebUI would make "0 images on a N×0 grid") the way the WebUI's own axes
+    refuse bad values: a RuntimeError from confirm. An axis with choices reads its values from the dropdown
+    list unless "Use text inputs instead of dropdowns" (csv_mode) is on: text given without it arrives empty."""
+    if not xs:
+        how = (" Pick them in the dropdown, or tick \"Use text inputs instead of dropdowns\" to type them (API: put "
+               "them in the *_values_dropdown list, or set csv_mode to true with *_values as text)." if choices
+               else " Type them comma-separated.")
+        raise RuntimeError(f"{LABEL_PREFIX}{what}: no values given.{how}")
+    for v in xs:
+        if isinstance(v, str) and not v.strip():
+            raise RuntimeError(f"{LABEL_PREFIX}{what}: an empty value in the list; remove the extra comma.")
+
+
 # -- weight / blocks / x ------------------------------------------------------------------------------
 def apply_weight(p, x, xs):
     _rewrite(p, lambda items: tagtext.set_weight(items, float(x)), _first)
@@ -63,10 +77,17 @@ def apply_x(p, x, xs):
 
 
 def confirm_weight(p, xs):
+    _require_values(xs, "LoRA weight", choices=False)
     _require_tag(p, "LoRA weight")
 
 
+def confirm_x(p, xs):
+    _require_values(xs, "LoRA x=", choices=False)
+    _require_tag(p, "LoRA x=")
+
+
 def confirm_blocks(p, xs):
+    _require_values(xs, "LoRA block weights", choices=True)
     _require_tag(p, "LoRA block weights")
     from lib_lora import syntax
     presets = ENGINE.presets()
@@ -108,6 +129,7 @@ def apply_epoch(p, x, xs):
 
 
 def confirm_epoch(p, xs):
+    _require_values(xs, "LoRA epoch", choices=True)
     _require_tag(p, "LoRA epoch")
     present = {_family_of(tagtext.tag_name(items)) for items in tagtext.find_all(p.prompt)}
     for v in xs:
@@ -145,7 +167,7 @@ def axes(xyz):
         A(LABEL_PREFIX + "LoRA weight", float, apply_weight, format_value=format_label, confirm=confirm_weight),
         A(LABEL_PREFIX + "LoRA block weights", str, apply_blocks, format_value=format_label,
           confirm=confirm_blocks, choices=choices_blocks),
-        A(LABEL_PREFIX + "LoRA x=", float, apply_x, format_value=format_label, confirm=confirm_weight),
+        A(LABEL_PREFIX + "LoRA x=", float, apply_x, format_value=format_label, confirm=confirm_x),
     ]
 
 

@@ -365,3 +365,105 @@ def test_a_layer_whose_write_fails_is_restored_and_reported(nets):
     assert target not in p.patched_layers and rep.layers_written > 0
     p.restore()
     assert same_state(model_state(root), original)
+
+
+# -- factors instead of dense deltas, admission instead of LRU (issue 11) --------------------------------
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_lora_and_locon_are_written_from_factors_with_no_dense_delta_and_nothing_cached(nets, dtype):
+    from lib_lora.algos import compute_delta
+
+    dense_calls = []
+
+    def compute(mod, w, b=None, dyn=None):
+        dense_calls.append(mod.key)
+        return compute_delta(mod, w, b, dyn=dyn)
+
+    root, host = _model(dtype)
+    originals = snapshot(host)
+    original = model_state(root)
+    p = Patcher(host, compute=compute)
+    actives = [ActiveLora(nets["lora"], 0.7, -1.3), ActiveLora(nets["locon"], 1.0, 0.45, dyn=2)]
+    conv3 = [m for m in nets["locon"].modules.values() if m.tensors["lora_down.weight"].dim() == 4
+             and m.tensors["lora_down.weight"].shape[-1] == 3]
+    assert conv3, "the LoCon must have a 3×3 conv module"
+    rep = p.apply(actives)
+    n = sum(r.applied for r in rep.loras)
+    assert rep.factored == n and rep.deltas_computed == 0 and not dense_calls and p.cache.bytes == 0
+    _check_reference(host, originals, actives, None, dtype)  # equal to the dense path within tolerance
+    # and to a float64 statement of W0 + m·(alpha/r)·up@down for a 3×3 conv (dyn=2 keeps 2 ranks)
+    mod = conv3[0]
+    w0 = originals[mod.layer][0].double()
+    down, up = mod.tensors["lora_down.weight"].double()[:2], mod.tensors["lora_up.weight"].double()[:, :2]
+    scale = float(mod.alpha) / mod.tensors["lora_down.weight"].shape[0] if mod.alpha else 1.0
+    want = w0 + 0.45 * scale * (up.flatten(1) @ down.flatten(1)).reshape(w0.shape)
+    if mod.layer in {m.layer for m in nets["lora"].modules.values()}:
+        lm = next(m for m in nets["lora"].modules.values() if m.layer == mod.layer)
+        from lib_lora.algos import compute_delta as cd
+        want = want + (-1.3) * cd(lm, w0.float()).weight.double()
+    torch.testing.assert_close(host[mod.layer].weight.double(), want.to(dtype).double(), **tol(dtype))
+    again = p.apply([ActiveLora(nets["lora"], 0.2, 0.9), ActiveLora(nets["locon"], 1.0, 1.5, dyn=2)])
+    assert again.deltas_computed == 0 and again.factored == n and not dense_calls
+    p.restore()
+    assert same_state(model_state(root), original)
+
+
+def test_a_sweep_over_a_lora_larger_than_the_budget_hits_what_was_kept(nets):
+    """A LoHa whose deltas are 2.5× the budget: the first apply keeps what fits; every later weight of the
+    sweep hits exactly those (a plain LRU evicts each entry just before its reuse: 0 hits)."""
+    root, host = _model(torch.float32)
+    probe = Patcher(host)
+    probe.apply([ActiveLora(nets["loha"])])
+    total, count = probe.cache.bytes, len(probe.cache)
+    probe.restore()
+    assert count > 4
+    p = Patcher(host, cache_bytes=int(total * 0.4))
+    first = p.apply([ActiveLora(nets["loha"], 0.3, 0.3)])
+    kept = len(p.cache)
+    assert first.deltas_computed == count and 0 < kept < count and p.cache.bytes <= total * 0.4
+    for m in (0.6, 0.9, 0.6):
+        rep = p.apply([ActiveLora(nets["loha"], m, m)])
+        assert rep.cache_hits == kept and rep.deltas_computed == count - kept, m
+        assert len(p.cache) == kept
+    p.restore()
+
+
+def test_lokr_is_cached_as_its_two_kronecker_factors(nets):
+    root, host = _model(torch.float16)
+    p = Patcher(host)
+    rep = p.apply([ActiveLora(nets["lokr"], 0.8, 0.8)])
+    dense = sum(host[m.layer].target_shape(m.qkv).numel() * 4 for m in nets["lokr"].modules.values()
+                if m.layer in host.layers)
+    assert rep.deltas_computed == len(p.cache) > 0 and p.cache.bytes * 4 < dense
+    again = p.apply([ActiveLora(nets["lokr"], 0.5, 1.2)])
+    assert again.deltas_computed == 0 and again.cache_hits == len(p.cache)
+    r2, h2 = _model(torch.float16)
+    Patcher(h2).apply([ActiveLora(nets["lokr"], 0.5, 1.2)])
+    assert same_state(model_state(root), model_state(r2))  # rescale from the cache == fresh apply, bit for bit
+
+
+def test_default_budget_follows_the_free_memory_of_the_deltas_device():
+    from lib_lora import delta_cache
+    from lib_lora.algos import Delta
+
+    root, host = _model(torch.float32, SD15_LAYERS[:1])
+    p = Patcher(host)
+    free = delta_cache.free_bytes(torch.device("cpu"))
+    assert p.cache.auto and free is not None
+    assert abs(p.cache.max_bytes - free * delta_cache.AUTO_FRACTION) < 0.1 * free
+    c = delta_cache.DeltaCache(delta_cache.AUTO)
+    c.put("x", Delta(torch.zeros(1 << 20), None))
+    c.protect()                                   # re-read: what the cache holds counts as available to it
+    assert c.auto and c.max_bytes > (4 << 20) * delta_cache.AUTO_FRACTION
+
+
+def test_protected_entries_are_never_evicted_and_refused_ones_are_not_kept():
+    from lib_lora.algos import Delta
+    from lib_lora.delta_cache import DeltaCache
+
+    c = DeltaCache(100)
+    d = lambda n: Delta(torch.zeros(n // 4), None)  # noqa: E731
+    assert c.put("a", d(40)) and c.put("b", d(40))
+    c.protect({"a", "b", "c"})
+    assert not c.put("c", d(40)) and "c" not in c and len(c) == 2 and c.refused == 1
+    c.protect({"c"})
+    assert c.put("c", d(40)) and "c" in c and "a" not in c   # unprotected: least recent leaves

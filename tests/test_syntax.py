@@ -240,16 +240,20 @@ def test_non_numeric_entry_names_position_and_value():
     assert tag.ok
 
 
-def test_unknown_preset_warning_all_ones():
+def test_unknown_preset_is_an_error_like_a_wrong_count():
+    """One rule for invalid block specs: the LoRA is skipped with one message naming the fix."""
     tag = one("<lora:foo:1:fcae>")
     assert tag.ok
     r = resolve_blocks(tag, PRESETS)
-    assert r.vector is None and r.errors == []
-    assert r.warnings == ["`foo`: unknown preset 'fcae' (close: face, Nface); applied without block weights (all 1)"]
+    assert r.vector is None and r.warnings == []
+    assert r.errors == ["`foo`: unknown preset 'fcae' (close: face, Nface); use a preset name from the Presets "
+                        "tab or a list of 12/17/20/26 weights"]
     r = resolve_blocks(one("<lora:foo:1:zzzzzz>"), PRESETS)
-    assert r.warnings == ["`foo`: unknown preset 'zzzzzz'; applied without block weights (all 1)"]
+    assert r.errors and "unknown preset 'zzzzzz';" in r.errors[0] and r.warnings == []
     r = resolve_blocks(one("<lora:foo:1:face>"), None)  # no store at all
-    assert r.vector is None and "unknown preset" in r.warnings[0]
+    assert r.vector is None and "unknown preset" in r.errors[0]
+    r = resolve_blocks(one("<lora:foo:1:1,1,1>"), PRESETS)  # the wrong count: the same kind of outcome
+    assert r.vector is None and r.errors and "3 block weights given" in r.errors[0]
 
 
 @pytest.mark.parametrize("prompt", ["<lora:n:1:dyn=0>", "<lora:n:1:dyn=-3>", "<lora:n:1:dyn=2.5>",

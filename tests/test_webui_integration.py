@@ -173,7 +173,7 @@ def test_bad_tags_warn_and_the_rest_applies(webui):
     assert "3 block weights given" in text
     assert "unknown preset 'nosuchpreset'" in text
     assert "zzz" in text
-    # bar (all 1 at 0.5) and the last foo (ALL) are applied
+    # bar (unknown preset) is skipped like the wrong count; the last foo (ALL) is applied
     assert not torch.equal(webui.weight(LAYERS[0]), base[LAYERS[0]])
 
 
