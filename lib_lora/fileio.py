@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pathlib
+import stat
 import struct
 import tempfile
 from typing import Iterable
@@ -171,6 +172,50 @@ def resolve_inside(path: str | os.PathLike, roots: Iterable[str | os.PathLike], 
             return pathlib.Path(os.path.normpath(os.path.abspath(cand)))
     raise LoraStudioError(f"{what} '{shown}' is outside the configured folders ({where}); "
                           f"move it into one of them or configure its folder")
+
+
+def read_small_text(path, what: str, max_bytes: int = 1 << 20, encoding: str = "utf-8-sig") -> str:
+    """The text of a small regular file, or LoraStudioError (one line, never the file's content).
+
+    Opened non-blocking and checked with fstat before reading, so a FIFO, device or folder offered as a
+    text file is refused at once instead of blocking forever (a plain open() of a FIFO waits for a writer).
+    """
+    name = _name(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(name, flags)
+    except FileNotFoundError:
+        raise LoraStudioError(f"{what} '{name}' does not exist; check the path") from None
+    except IsADirectoryError:
+        raise LoraStudioError(f"{what} '{name}' is a folder, not a file; give a text file") from None
+    except OSError as exc:
+        raise LoraStudioError(f"cannot read {what} '{name}': {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise LoraStudioError(f"{what} '{name}' is a folder, not a file; give a text file")
+        if not stat.S_ISREG(st.st_mode):
+            raise LoraStudioError(f"{what} '{name}' is not a regular file (a pipe or device); give a text file")
+        if st.st_size > max_bytes:
+            raise LoraStudioError(f"{what} '{name}' is {st.st_size} bytes, over the {max_bytes} byte limit; "
+                                  f"it should be a small text file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            raw = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise LoraStudioError(f"cannot read {what} '{name}': {exc.strerror or exc}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(raw) > max_bytes:
+        raise LoraStudioError(f"{what} '{name}' is over the {max_bytes} byte limit; it should be a small text file")
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError:
+        raise LoraStudioError(f"{what} '{name}' is not {encoding.replace('-sig', '').upper()} text; "
+                              f"save it as UTF-8 and try again") from None
 
 
 # Hidden temporary files end with this, so a later run can find leftovers of a killed one.

@@ -101,3 +101,38 @@ def test_bad_inputs_one_line(tree):
     assert "injected" in msg  # shown, but on the same line
     with pytest.raises(LoraStudioError):
         resolve_inside(None, [root], "LoRA")
+
+
+# ---- read_small_text: text files offered by the user (presets, auth) ----------------------------------------
+
+from lib_lora.fileio import read_small_text  # noqa: E402
+
+
+def test_read_small_text(tmp_path):
+    p = tmp_path / "p.txt"
+    p.write_bytes("\ufeffa:1\n".encode())
+    assert read_small_text(p, "presets file") == "a:1\n"
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="POSIX FIFO")
+def test_fifo_refused_at_once(tmp_path):
+    fifo = tmp_path / "fifo.txt"
+    os.mkfifo(fifo)
+    with pytest.raises(LoraStudioError, match="not a regular file"):
+        read_small_text(fifo, "presets file")
+
+
+def test_folder_missing_big_binary_refused(tmp_path):
+    with pytest.raises(LoraStudioError, match="is a folder"):
+        read_small_text(tmp_path, "presets file")
+    with pytest.raises(LoraStudioError, match="does not exist"):
+        read_small_text(tmp_path / "nope", "presets file")
+    big = tmp_path / "big.txt"
+    big.write_bytes(b"a" * 2000)
+    with pytest.raises(LoraStudioError, match="limit"):
+        read_small_text(big, "presets file", max_bytes=1000)
+    binary = tmp_path / "b.txt"
+    binary.write_bytes(b"topsecretline:x:\xff\xfe")
+    with pytest.raises(LoraStudioError) as exc:
+        read_small_text(binary, "presets file")
+    assert "topsecretline" not in str(exc.value)
