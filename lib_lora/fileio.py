@@ -9,6 +9,8 @@ import pathlib
 import stat
 import struct
 import tempfile
+import time
+from contextlib import contextmanager
 from typing import Iterable
 
 import torch
@@ -216,6 +218,67 @@ def read_small_text(path, what: str, max_bytes: int = 1 << 20, encoding: str = "
     except UnicodeDecodeError:
         raise LoraStudioError(f"{what} '{name}' is not {encoding.replace('-sig', '').upper()} text; "
                               f"save it as UTF-8 and try again") from None
+
+
+LOCK_SUFFIX = ".lock"
+
+
+@contextmanager
+def locked(path, timeout: float = 30.0):
+    """Exclusive lock for a read-modify-write of `path` between processes (the WebUI and the standalone
+    app share a presets file). The lock is a separate hidden `.NAME.lock` file beside it, because the data file itself is
+    replaced by rename and a lock on the old inode would not exclude the next writer.
+
+    POSIX: fcntl.flock (released by the kernel if the process dies). Elsewhere: an exclusively created
+    lock file, taken over when older than `timeout` (a crashed holder).
+    """
+    d, base = os.path.split(os.path.abspath(_name(path)))
+    lock_path = os.path.join(d, "." + base + LOCK_SUFFIX)   # hidden; kept (deleting a flock file races)
+    os.makedirs(os.path.dirname(os.path.abspath(lock_path)) or ".", exist_ok=True)
+    deadline = time.monotonic() + timeout
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is not None:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LoraStudioError(f"'{path}' is locked by another LoRA Studio process for over "
+                                              f"{timeout:.0f} s; try again") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)    # releases the lock
+        return
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            os.close(fd)
+            break
+        except FileExistsError:
+            try:
+                if time.time() - os.path.getmtime(lock_path) > timeout:
+                    os.unlink(lock_path)
+                    continue
+            except OSError:
+                continue
+            if time.monotonic() > deadline:
+                raise LoraStudioError(f"'{path}' is locked ('{lock_path}' exists); if no LoRA Studio is saving, "
+                                      f"delete that file") from None
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(lock_path)
+        except OSError:
+            pass
 
 
 # Hidden temporary files end with this, so a later run can find leftovers of a killed one.

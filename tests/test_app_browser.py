@@ -47,7 +47,8 @@ def env(tmp_path_factory):
     lora = root / "lora"
     lora.mkdir()
     norms = B.write_block_lora(lora / "blocky.safetensors")
-    common = ["--lora-dir", str(lora), "--ckpt-dir", str(root / "ckpt"), "--tagger-models-dir", str(root / "tag")]
+    (root / "tag").mkdir()
+    common = ["--lora-dir", str(lora), "--tagger-models-dir", str(root / "tag")]
     (root / "listen").mkdir()
     # Both apps start at once (startup is mostly imports); the browser starts meanwhile.
     app = B.start_app(root, common + ["--presets-file", str(root / "presets.txt")])

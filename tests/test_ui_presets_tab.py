@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("gradio")
 
 from lib_lora.errors import LoraStudioError  # noqa: E402
-from lib_lora.presets import PresetStore  # noqa: E402
+from lib_lora.presets import DEFAULT_BUILTIN, PresetStore  # noqa: E402
 from lib_lora.ui import app, lora_tab  # noqa: E402
 from lib_lora.ui import presets_tab as pt  # noqa: E402
 from tests.browser import write_block_lora  # noqa: E402
@@ -28,6 +28,22 @@ def make_ctx(tmp_path: Path, **kw):
 @pytest.fixture
 def ctx(tmp_path):
     return make_ctx(tmp_path)
+
+
+@pytest.fixture
+def upload(tmp_path, monkeypatch):
+    """uploaded(name, text) → the value a File input sends after a real upload: a file in Gradio's upload
+    folder (GRADIO_TEMP_DIR/<random>/name), as {"name": path, "is_file": True} with preprocess=False."""
+    import secrets
+    gradio_tmp = tmp_path / "gradio_uploads"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_tmp))
+
+    def uploaded(name, text):
+        d = gradio_tmp / secrets.token_hex(20)
+        d.mkdir(parents=True)
+        (d / name).write_text(text, encoding="utf-8")
+        return {"name": str(d / name), "is_file": True, "orig_name": name, "data": None}
+    return uploaded
 
 
 def preset_lines(path: Path) -> list[str]:
@@ -82,7 +98,7 @@ def test_save_writes_only_changes_and_takes_effect_at_once(ctx, tmp_path):
     assert ctx.presets.get("face")[8] == "0.9" and ctx.presets.get("mine") == ["1"] * 8 + ["0"] * 9
     assert "(2 from your presets file)" in pt.load_table(ctx, F17)[2]
     # a fresh store (another process, the WebUI) reads the same
-    fresh = PresetStore(app.BUILTIN_PRESETS, user)
+    fresh = PresetStore(DEFAULT_BUILTIN, user)
     assert fresh.get("mine") == ["1"] * 8 + ["0"] * 9 and fresh.get("face")[8] == "0.9"
     # removing the user row deletes it; the shipped face comes back once its override row is gone
     rows2 = [r for r in df2.values.tolist() if r[0] != "mine"]
@@ -111,26 +127,25 @@ def test_save_reports_bad_rows_and_duplicates(ctx, tmp_path):
     assert not (tmp_path / "user_presets.txt").exists()
 
 
-def test_listen_without_allow_writes_refuses_every_write(tmp_path):
+def test_listen_without_allow_writes_refuses_every_write(tmp_path, upload):
     ctx = make_ctx(tmp_path, listen=True, allow_writes=False)
     df, names, _ = pt.load_table(ctx, F17)
     msg = pt.save_table(ctx, df.values.tolist() + [["x1"] + ["1"] * 17], F17, names)[2]
     assert msg.startswith("⚠") and "--allow-writes" in msg and "--listen" in msg
-    lbw = tmp_path / "lbw.txt"
-    lbw.write_text("imp:" + ",".join(["1"] * 17) + "\n")
-    assert "--allow-writes" in pt.import_file(ctx, str(lbw))
+    lbw = upload("lbw.txt", "imp:" + ",".join(["1"] * 17) + "\n")
+    assert "--allow-writes" in pt.import_file(ctx, lbw)
     assert not (tmp_path / "user_presets.txt").exists() and ctx.presets.get("x1") is None
     ok = make_ctx(tmp_path, listen=True, allow_writes=True)
-    assert not pt.import_file(ok, str(lbw)).startswith("⚠")
+    assert not pt.import_file(ok, lbw).startswith("⚠")
     assert preset_lines(tmp_path / "user_presets.txt") == ["imp:" + ",".join(["1"] * 17)]
 
 
-def test_import_and_export_lbw_file(ctx, tmp_path):
-    lbw = tmp_path / "lbwpresets.txt"
-    lbw.write_text("# comment\nAAA:" + ",".join(["1"] * 17) + "\nBBB:" + ",".join(["0.5"] * 12)
-                   + "\nbroken:1,2,3\n", encoding="utf-8")
-    msg = pt.import_file(ctx, str(lbw))
-    assert "Imported 2 presets (AAA, BBB)" in msg and "broken" in msg and ":4" in msg
+def test_import_and_export_lbw_file(ctx, tmp_path, upload):
+    lbw = upload("lbwpresets.txt", "# comment\nAAA:" + ",".join(["1"] * 17) + "\nBBB:" + ",".join(["0.5"] * 12)
+                 + "\nbroken:1,2,3\n")
+    msg = pt.import_file(ctx, lbw)
+    assert "Imported 2 presets (AAA, BBB)" in msg and "Skipped 1 line(s)" in msg and "line 4" in msg
+    assert "broken" not in msg   # lines that are not presets are never quoted
     assert ctx.presets.get("BBB") == ["0.5"] * 12
     assert sorted(preset_lines(tmp_path / "user_presets.txt")) == sorted(
         ["AAA:" + ",".join(["1"] * 17), "BBB:" + ",".join(["0.5"] * 12)])
@@ -198,8 +213,9 @@ def test_inspect_tab_callback(ctx, tmp_path):
     assert lora_tab.show_lora(ctx, "../x.safetensors")[1].startswith("⚠")
 
 
-def test_import_of_a_file_full_of_bad_lines_lists_only_the_first_few(ctx, tmp_path):
-    bad = tmp_path / "bad.txt"
-    bad.write_text("".join(f"line{i} without colon\n" for i in range(40)) + "OK1:" + ",".join(["1"] * 12) + "\n")
-    msg = pt.import_file(ctx, str(bad))
-    assert "Imported 1 presets (OK1)" in msg and "(and 35 more)" in msg and msg.count("no ':'") == 5
+def test_import_of_a_file_full_of_bad_lines_lists_only_the_first_few(ctx, tmp_path, upload):
+    bad = upload("bad.txt", "".join(f"line{i} without colon\n" for i in range(40)) + "OK1:" + ",".join(["1"] * 12)
+                 + "\n")
+    msg = pt.import_file(ctx, bad)
+    assert "Imported 1 presets (OK1)" in msg and "Skipped 40 line(s)" in msg and "line 1, 2, 3" in msg
+    assert "10 …" in msg and "11" not in msg and "without colon" not in msg
