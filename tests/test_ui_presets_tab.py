@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -219,3 +220,86 @@ def test_import_of_a_file_full_of_bad_lines_lists_only_the_first_few(ctx, tmp_pa
     msg = pt.import_file(ctx, bad)
     assert "Imported 1 presets (OK1)" in msg and "Skipped 40 line(s)" in msg and "line 1, 2, 3" in msg
     assert "10 …" in msg and "11" not in msg and "without colon" not in msg
+
+
+# ---- issue 10: presets tab behaviour ------------------------------------------------------------------
+
+
+def test_deleting_a_shipped_preset_is_refused_at_once(ctx):
+    df, _, _ = pt.load_table(ctx, F17)
+    table, msg = pt.delete_row(df.values.tolist(), F17, "face", ctx)
+    assert msg.startswith("⚠") and "'face' is a shipped preset" in msg
+    assert "face" in table["name"].tolist()          # the row stays
+    ctx.presets.update({"face": ["0"] * 17})          # a user override of a shipped name may be removed
+    df, _, _ = pt.load_table(ctx, F17)
+    table, msg = pt.delete_row(df.values.tolist(), F17, "face", ctx)
+    assert not msg.startswith("⚠") and "shipped values" in msg
+
+
+def test_case_twin_row_is_refused_when_set(ctx):
+    df, _, _ = pt.load_table(ctx, F17)
+    _, msg = pt.set_row(df.values.tolist(), F17, "all", ",".join(["1"] * 17), ctx)
+    assert msg.startswith("⚠") and "only by case" in msg and "'ALL'" in msg
+    rows = df.values.tolist() + [["mine"] + ["1"] * 17]
+    _, msg = pt.set_row(rows, F17, "MINE", ",".join(["1"] * 17), ctx)
+    assert msg.startswith("⚠") and "'mine'" in msg
+
+
+def test_two_tabs_saving_keep_each_others_changes(tmp_path):
+    """Tab A and tab B load the table; A edits `face` and saves; B adds a row and saves from its stale
+    table: A's edit survives (B's save is a diff against what B loaded, merged under a lock)."""
+    a, b = make_ctx(tmp_path), make_ctx(tmp_path)      # two processes (or two tabs) on one file
+    df_a, orig_a, _ = pt.load_table(a, F17)
+    df_b, orig_b, _ = pt.load_table(b, F17)
+    rows_a = df_a.values.tolist()
+    next(r for r in rows_a if r[0] == "face")[9] = "0.9"
+    assert not pt.save_table(a, rows_a, F17, orig_a)[2].startswith("⚠")
+    rows_b = df_b.values.tolist() + [["from_b"] + ["1"] * 17]
+    msg = pt.save_table(b, rows_b, F17, orig_b)[2]
+    assert "1 changed, 0 removed" in msg
+    lines = preset_lines(tmp_path / "user_presets.txt")
+    assert "face:1,0,0,0,0,0,0,0,0.9,1,1,0.2,0,0,0,0,0" in lines and any(ln.startswith("from_b:") for ln in lines)
+
+
+def test_reload_and_format_switch_do_not_drop_unsaved_rows_silently(ctx):
+    df, orig, _ = pt.load_table(ctx, F17)
+    rows = df.values.tolist() + [["draft"] + ["1"] * 17]
+    assert pt.unsaved_count(rows, orig) == 1 and pt.unsaved_count(df.values.tolist(), orig) == 0
+    table, orig2, msg, armed = pt.reload_store(ctx, F17, rows, orig, False)
+    assert msg.startswith("⚠") and "1 unsaved row" in msg and armed is True
+    assert set(table) == {"__type__"}              # an empty update: the table is left as it is
+    table, _, msg, armed = pt.reload_store(ctx, F17, rows, orig, armed)   # pressed again: discard
+    assert "Reloaded" in msg and "draft" not in table["name"].tolist() and armed is False
+    # switching format with a draft: the dropdown goes back and the draft stays
+    out = pt.change_format(ctx, F12, rows, orig)
+    assert "unsaved" in out[2] and out[3]["value"] == F17 and set(out[0]) == {"__type__"}
+    out = pt.change_format(ctx, F12, df.values.tolist(), orig)   # nothing unsaved: switch
+    assert len(out[0].columns) == 13
+
+
+def test_sdxl_chart_is_labelled_with_sdxl_blocks(ctx):
+    norms = [1.0] * 26
+    sd1 = lora_tab.render_bars(norms, arch="sd1")
+    sdxl = lora_tab.render_bars(norms, arch="sdxl")
+    assert ">IN11<" in sd1 and ">OUT11<" in sd1
+    labels = re.findall(r'rotate\([^)]*\)" fill="#444">(\w+)<', sdxl)
+    assert labels == ["BASE"] + [f"IN{i:02d}" for i in range(9)] + ["M00"] + [f"OUT{i:02d}" for i in range(9)]
+    w = pt.preset_weights(ctx, "ALL", "sdxl")
+    with_w = lora_tab.render_bars(norms, w, arch="sdxl")
+    assert 'data-block="OUT09"' not in with_w and 'data-block="IN11"' not in with_w
+
+
+def test_a_lora_linked_into_the_folder_is_listed_and_inspected(ctx, tmp_path):
+    """A link the user put in the LoRA folder (to a file elsewhere) is the user's choice: listed, and
+    picking it works (before: listed, then 'not found' because the check resolved the link first)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_block_lora(elsewhere / "real.safetensors")
+    (tmp_path / "lora").mkdir(exist_ok=True)
+    os.symlink(elsewhere / "real.safetensors", tmp_path / "lora" / "linked.safetensors")
+    assert "linked.safetensors" in lora_tab.list_loras(ctx)
+    html, summary, _ = lora_tab.show_lora(ctx, "linked.safetensors")
+    assert not summary.startswith("⚠"), summary
+    assert 'data-block="OUT03"' in html
+    # but a request naming the target directly (outside the folder) is still refused
+    assert lora_tab.show_lora(ctx, str(elsewhere / "real.safetensors"))[1].startswith("⚠")
