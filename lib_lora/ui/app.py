@@ -359,14 +359,14 @@ def _warm_up() -> None:
 
 
 def launch(ctx: UiContext, port: int = 7870, listen: bool = False, open_browser: bool = True,
-           block: bool = True, auth: list[tuple[str, str]] | None = None):
+           block: bool = True, auth: list[tuple[str, str]] | None = None, tabs=TABS):
     from lib_lora.ui import compat
 
     port = check_port(port)
     if listen and not auth:
         raise LoraStudioError("--listen makes the app reachable from the network: add --auth USER:PASSWORD "
                               "or --auth-file FILE")
-    demo = create_app(ctx)
+    demo = create_app(ctx, tabs)
     demo.queue(**compat.queue_kwargs(QUEUE_CONCURRENCY))
     # Import the torch-side modules while the server starts, so the first "inspect" click is quick.
     threading.Thread(target=_warm_up, name="lora-studio-warm-up", daemon=True).start()
