@@ -303,3 +303,9 @@ def test_a_lora_linked_into_the_folder_is_listed_and_inspected(ctx, tmp_path):
     assert 'data-block="OUT03"' in html
     # but a request naming the target directly (outside the folder) is still refused
     assert lora_tab.show_lora(ctx, str(elsewhere / "real.safetensors"))[1].startswith("⚠")
+    # a linked folder is listed too (the WebUI lists it), and a link loop does not hang the listing
+    os.symlink(elsewhere, tmp_path / "lora" / "linked_dir")
+    os.symlink(tmp_path / "lora", tmp_path / "lora" / "loop")
+    names = lora_tab.list_loras(ctx)
+    assert "linked_dir/real.safetensors" in names and len(names) < 10
+    assert not lora_tab.show_lora(ctx, "linked_dir/real.safetensors")[1].startswith("⚠")

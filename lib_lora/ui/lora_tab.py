@@ -9,6 +9,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from pathlib import Path
 
 from lib_lora.blocks import ARCH_FORMATS, BLOCK_NAMES, FORMATS
@@ -24,9 +25,19 @@ def list_loras(ctx) -> list[str]:
         root = Path(root)
         if not root.is_dir():
             continue
-        for p in sorted(root.rglob("*")):
-            if p.suffix.lower() in LORA_SUFFIXES and p.is_file():
-                seen.setdefault(p.relative_to(root).as_posix(), None)
+        # Linked subfolders are followed, as the WebUI lists them (Path.rglob would skip them); a link
+        # loop is cut by remembering the real folders already walked.
+        walked: set[str] = set()
+        for folder, dirs, files in os.walk(root, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in walked:
+                dirs[:] = []
+                continue
+            walked.add(real)
+            for f in files:
+                p = Path(folder) / f
+                if p.suffix.lower() in LORA_SUFFIXES and p.is_file():
+                    seen.setdefault(p.relative_to(root).as_posix(), None)
     return sorted(seen, key=str.lower)
 
 
