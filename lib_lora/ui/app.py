@@ -22,7 +22,7 @@ import sys
 import threading
 import traceback
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
+from urllib.parse import urlsplit
 
 from lib_lora.errors import LoraStudioError
 from lib_lora.ui.context import UiContext
@@ -175,8 +175,7 @@ def _host_port(netloc: str, scheme: str = "http") -> tuple[str, int] | None:
     return host.lower().rstrip("."), port or _DEFAULT_PORTS.get(scheme, 80)
 
 
-def request_problem(method: str, headers: list[tuple[bytes, bytes]], listen: bool,
-                    scheme: str = "http") -> str | None:
+def request_problem(headers: list[tuple[bytes, bytes]], listen: bool, scheme: str = "http") -> str | None:
     """Why a request must be refused (None: it may pass). Pure, so it is tested without a server.
 
     Host: exactly one, naming this machine unless --listen (a DNS-rebinding page reaches 127.0.0.1 under
@@ -237,7 +236,7 @@ class RequestGuard:
         if kind not in ("http", "websocket"):
             return await self.app(scope, receive, send)
         headers = scope.get("headers") or []
-        problem = request_problem(scope.get("method", "GET"), headers, self.listen, scope.get("scheme", "http"))
+        problem = request_problem(headers, self.listen, scope.get("scheme", "http"))
         path = scope.get("path", "")
         gr_app = scope.get("app")
         if problem is None and (kind == "websocket" or path.rstrip("/") == "/reset"):
@@ -265,7 +264,8 @@ class RequestGuard:
     def _file_problem(self, gr_app, target: str) -> str | None:
         """`/file=` may return only what this app produced (outputs) or the client uploaded here; Gradio
         alone also serves anything in its shared temp folder and under the working directory."""
-        target = unquote(target) if "%" in target else target
+        # The server already URL-decoded the path: decoding again here would check another name than the
+        # one Gradio then serves.
         if "://" in target or "\0" in target:
             return "file not allowed"
         full = _norm(target)

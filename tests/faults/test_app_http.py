@@ -318,3 +318,21 @@ def test_auth_file_lines_are_checked_without_echoing_them(tmp_path):
     f.write_text("# users\nalice:pw1\nbob-without-password-topsecret\n")
     r = _ui(tmp_path, "--listen", "--auth-file", str(f))
     assert r.returncode == 2 and "line 3" in r.stderr and "topsecret" not in r.stderr
+
+
+def test_request_problem_rules():
+    from lib_lora.ui.app import request_problem
+
+    def h(**kw):
+        return [(k.replace("_", "-").encode(), v.encode()) for k, v in kw.items()]
+    assert request_problem(h(host="127.0.0.1:7870"), False) is None
+    assert request_problem(h(host="[::1]:7870", origin="http://[::1]:7870"), False) is None
+    assert request_problem(h(host="localhost:7870", origin="http://localhost:7870"), False) is None
+    assert "not this computer" in request_problem(h(host="evil.example:7870"), False)
+    assert request_problem(h(host="my-pc.lan:7870", origin="http://my-pc.lan:7870"), True) is None
+    assert "cross-origin" in request_problem(h(host="my-pc.lan:7870", origin="http://evil.example"), True)
+    assert "cross-origin" in request_problem(h(host="127.0.0.1:7870", origin="https://127.0.0.1:7870"), False)
+    assert "cross-origin" in request_problem(h(host="127.0.0.1:7870", origin="null"), False)
+    assert "Host" in request_problem([], False)
+    assert "Host" in request_problem(h(host="127.0.0.1:7870") * 2, False)
+    assert "malformed" in request_problem(h(host="a@127.0.0.1:7870"), False)
