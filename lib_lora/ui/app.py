@@ -93,9 +93,10 @@ def build_context(lora_dirs, checkpoint_dirs, tagger_models_dir, presets_file=No
 def describe(ctx: UiContext, listen: bool) -> str:
     lines = ["LoRA Studio",
              "  LoRA folders:       " + ", ".join(map(str, ctx.lora_dirs)),
-             "  checkpoint folders: " + ", ".join(map(str, ctx.checkpoint_dirs)),
              f"  tagger models:      {ctx.tagger_models_dir}",
              f"  user presets file:  {getattr(ctx, 'presets_path', '?')}"]
+    if ctx.checkpoint_dirs:
+        lines.insert(2, "  checkpoint folders: " + ", ".join(map(str, ctx.checkpoint_dirs)))
     if getattr(ctx, "presets_problem", None):
         lines.append(f"  presets: {ctx.presets_problem}")
     if listen:
