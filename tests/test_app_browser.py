@@ -263,3 +263,31 @@ def test_a_page_on_another_origin_cannot_use_the_app(env, tmp_path):
         server.shutdown()
     assert res["post"] == "blocked", res          # the response is not readable by the other page
     assert res["ws"] == "error", res              # the handshake is refused (403)
+
+
+# A beforeunload event as the browser fires it on leaving: true when a handler asks to stay.
+LEAVE_JS = ("const e = new Event('beforeunload', {cancelable: true}); window.dispatchEvent(e); "
+            "return e.defaultPrevented;")
+
+
+def test_leaving_the_page_with_unsaved_rows_asks_first(env):
+    drv = env["drv"]
+    load(drv, env["app"].url)
+    assert drv.execute_script("return window.loraStudioPresetsDirty") is False
+    B.set_textbox(drv, "lora_studio_presets_row_name", "draft_only")
+    B.set_textbox(drv, "lora_studio_presets_row_values", ",".join(["1"] * 17))
+    B.click(drv, "lora_studio_presets_set")
+    B.wait_for(lambda: "draft_only" in table_names(drv), what="the draft row")
+    assert drv.execute_script("return window.loraStudioPresetsDirty") is True
+    # Reload from file: the first press only warns, the row stays
+    B.click(drv, "lora_studio_presets_reload")
+    B.wait_text(drv, "lora_studio_presets_status", "unsaved row(s) would be lost")
+    assert "draft_only" in table_names(drv)
+    # leaving the page: our beforeunload handler cancels the unload, which makes the browser ask
+    assert drv.execute_script(LEAVE_JS) is True
+    # pressing Reload again discards, and then leaving is silent
+    B.click(drv, "lora_studio_presets_reload")
+    B.wait_text(drv, "lora_studio_presets_status", "Reloaded")
+    B.wait_for(lambda: drv.execute_script("return window.loraStudioPresetsDirty") is False, what="clean state")
+    assert "draft_only" not in table_names(drv)
+    assert drv.execute_script(LEAVE_JS) is False

@@ -131,3 +131,14 @@ def raw_upload_path(value) -> tuple[str | None, bytes | None]:
         return None, base64.b64decode(data, validate=False)
     except ValueError:
         return None, b""
+
+
+def on_page_load_js(js: str) -> bool:
+    """Run browser-side `js` (no Python) on every page load of the root Blocks being built."""
+    from gradio.context import Context
+
+    root = Context.root_block
+    if root is None:
+        return False
+    root.load(None, inputs=None, outputs=None, **js_kwargs(js))
+    return True

@@ -401,6 +401,25 @@ COPY_JS = """(tag) => {
 }"""
 
 
+# Unsaved table edits: the browser asks before the page is left or reloaded (the server cannot know).
+# Set on every edit (Set row, Delete row, typing in a cell); cleared by a successful Save or Reload.
+UNSAVED_HOOK_JS = """() => {
+  if (!window.loraStudioUnloadHooked) {
+    window.loraStudioUnloadHooked = true;
+    window.addEventListener('beforeunload', (e) => {
+      if (window.loraStudioPresetsDirty) { e.preventDefault(); e.returnValue = ''; return ''; } });
+  }
+  window.loraStudioPresetsDirty = false;
+  return [];
+}"""
+MARK_UNSAVED_JS = "(...args) => { window.loraStudioPresetsDirty = true; return []; }"
+CLEAR_UNSAVED_JS = """(status) => {
+  // the Markdown value arrives rendered as HTML
+  if (/Saved: |Reloaded from the presets files/.test(String(status || ''))) window.loraStudioPresetsDirty = false;
+  return [];
+}"""
+
+
 # Compact cells so a 26-column table fits; no sort buttons (a sorted view would not match row indexes).
 TABLE_CSS = """<style>
 #lora_studio_presets_table table { font-size: 12px; }
@@ -473,6 +492,9 @@ def build(ctx) -> None:
                 compat.update(choices=lora_tab.list_loras(ctx)))
 
     compat.on_page_load(page_load, outputs=[table, orig, status, preset, lora])
+    compat.on_page_load_js(UNSAVED_HOOK_JS)
+    for edited in (table.input, set_btn.click, del_btn.click):
+        edited(None, inputs=None, outputs=None, **compat.js_kwargs(MARK_UNSAVED_JS))
 
     fmt.change(lambda f, t, o: change_format(ctx, f, t, o), inputs=[fmt, table, orig],
                outputs=[table, orig, status, fmt])
@@ -481,10 +503,12 @@ def build(ctx) -> None:
                   outputs=[table, status])
     del_btn.click(lambda t, f, n: delete_row(t, f, n, ctx), inputs=[table, fmt, row_name], outputs=[table, status])
     save_btn.click(lambda t, f, o: save_table(ctx, t, f, o), inputs=[table, fmt, orig],
-                   outputs=[table, orig, status]).then(preset_choices, inputs=[], outputs=[preset])
+                   outputs=[table, orig, status]).then(preset_choices, inputs=[], outputs=[preset]) \
+        .then(None, inputs=[status], outputs=None, **compat.js_kwargs(CLEAR_UNSAVED_JS))
     reload_btn.click(lambda f, t, o, a: reload_store(ctx, f, t, o, a), inputs=[fmt, table, orig, reload_armed],
                      outputs=[table, orig, status, reload_armed]) \
-        .then(preset_choices, inputs=[], outputs=[preset])
+        .then(preset_choices, inputs=[], outputs=[preset]) \
+        .then(None, inputs=[status], outputs=None, **compat.js_kwargs(CLEAR_UNSAVED_JS))
     # preprocess=False: Gradio 3 would otherwise copy any server path named in the request (see
     # _uploaded_text) before our check runs.
     import_btn.click(lambda u: import_file(ctx, u), inputs=[up], outputs=[status], preprocess=False) \
