@@ -5,12 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pathlib
+import stat
 import struct
 import tempfile
+import time
+from contextlib import contextmanager
+from typing import Iterable
 
 import torch
 
-from lib_lora.errors import LoraFileError
+from lib_lora.errors import LoraFileError, LoraStudioError
 
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
@@ -113,6 +118,167 @@ def _read_pickle(path, allow_pickle: bool):
     if not tensors:
         raise LoraFileError(f"'{name}' contains no tensors")
     return tensors, {}
+
+
+def _lexical(path) -> str:
+    return os.path.normcase(os.path.normpath(os.path.abspath(os.fspath(path))))
+
+
+def _within(path: str, root: str) -> bool:
+    try:
+        return os.path.commonpath([path, root]) == root
+    except ValueError:  # other drive (Windows)
+        return False
+
+
+def resolve_inside(path: str | os.PathLike, roots: Iterable[str | os.PathLike], what: str) -> pathlib.Path:
+    """The absolute path of `path` if it lies inside one of `roots`, else LoraStudioError (one line).
+
+    Containment is tested on the lexically normalised absolute path, so a symlink the user placed inside a
+    configured folder is accepted even when it points elsewhere (that is the user's choice, and the WebUI
+    loads it too). Because `a/..` lexically differs from what the OS does when `a` is a link, any `..`
+    component is refused outright. A path whose real location is inside a root's real location is accepted
+    as well (the configured folder itself may be a link). A relative path is taken relative to each root in
+    turn: the first root where it exists, else the first root. Existence is not required (writes).
+    """
+    try:
+        raw = os.fspath(path)
+    except TypeError:
+        raise LoraStudioError(f"{what}: expected a file path, got {type(path).__name__}") from None
+    if isinstance(raw, bytes):
+        raw = os.fsdecode(raw)
+    root_list = [os.fspath(r) for r in roots if r is not None and os.fspath(r) != ""]
+    where = ", ".join(f"'{r}'" for r in root_list) or "(none configured)"
+    shown = "".join(c if c.isprintable() else "?" for c in raw[:300])
+    if not raw.strip() or "\0" in raw:
+        raise LoraStudioError(f"{what}: '{shown}' is not a valid path; pick a file inside {where}")
+    parts = pathlib.PurePath(raw).parts
+    if ".." in parts or (os.sep != "/" and ".." in raw.replace(os.sep, "/").split("/")):
+        raise LoraStudioError(f"{what} '{shown}' contains '..'; give a path inside {where} without '..'")
+    if not root_list:
+        raise LoraStudioError(f"{what} '{shown}' refused: no folder is configured for it")
+    if os.path.isabs(raw):
+        candidates = [raw]
+    else:
+        candidates = [os.path.join(r, raw) for r in root_list]
+        existing = [c for c in candidates if os.path.lexists(c)]
+        candidates = existing[:1] or candidates[:1]
+    cand = candidates[0]
+    lex = _lexical(cand)
+    for r in root_list:
+        if _within(lex, _lexical(r)):
+            return pathlib.Path(os.path.normpath(os.path.abspath(cand)))
+    real = os.path.normcase(os.path.realpath(cand))
+    for r in root_list:
+        if _within(real, os.path.normcase(os.path.realpath(r))):
+            return pathlib.Path(os.path.normpath(os.path.abspath(cand)))
+    raise LoraStudioError(f"{what} '{shown}' is outside the configured folders ({where}); "
+                          f"move it into one of them or configure its folder")
+
+
+def read_small_text(path, what: str, max_bytes: int = 1 << 20, encoding: str = "utf-8-sig") -> str:
+    """The text of a small regular file, or LoraStudioError (one line, never the file's content).
+
+    Opened non-blocking and checked with fstat before reading, so a FIFO, device or folder offered as a
+    text file is refused at once instead of blocking forever (a plain open() of a FIFO waits for a writer).
+    """
+    name = _name(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(name, flags)
+    except FileNotFoundError:
+        raise LoraStudioError(f"{what} '{name}' does not exist; check the path") from None
+    except IsADirectoryError:
+        raise LoraStudioError(f"{what} '{name}' is a folder, not a file; give a text file") from None
+    except OSError as exc:
+        raise LoraStudioError(f"cannot read {what} '{name}': {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            raise LoraStudioError(f"{what} '{name}' is a folder, not a file; give a text file")
+        if not stat.S_ISREG(st.st_mode):
+            raise LoraStudioError(f"{what} '{name}' is not a regular file (a pipe or device); give a text file")
+        if st.st_size > max_bytes:
+            raise LoraStudioError(f"{what} '{name}' is {st.st_size} bytes, over the {max_bytes} byte limit; "
+                                  f"it should be a small text file")
+        if hasattr(os, "set_blocking"):
+            os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb") as f:
+            fd = -1
+            raw = f.read(max_bytes + 1)
+    except OSError as exc:
+        raise LoraStudioError(f"cannot read {what} '{name}': {exc.strerror or exc}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    if len(raw) > max_bytes:
+        raise LoraStudioError(f"{what} '{name}' is over the {max_bytes} byte limit; it should be a small text file")
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError:
+        raise LoraStudioError(f"{what} '{name}' is not {encoding.replace('-sig', '').upper()} text; "
+                              f"save it as UTF-8 and try again") from None
+
+
+LOCK_SUFFIX = ".lock"
+
+
+@contextmanager
+def locked(path, timeout: float = 30.0):
+    """Exclusive lock for a read-modify-write of `path` between processes (the WebUI and the standalone
+    app share a presets file). The lock is a separate hidden `.NAME.lock` file beside it, because the data file itself is
+    replaced by rename and a lock on the old inode would not exclude the next writer.
+
+    POSIX: fcntl.flock (released by the kernel if the process dies). Elsewhere: an exclusively created
+    lock file, taken over when older than `timeout` (a crashed holder).
+    """
+    d, base = os.path.split(os.path.abspath(_name(path)))
+    lock_path = os.path.join(d, "." + base + LOCK_SUFFIX)   # hidden; kept (deleting a flock file races)
+    os.makedirs(os.path.dirname(os.path.abspath(lock_path)) or ".", exist_ok=True)
+    deadline = time.monotonic() + timeout
+    try:
+        import fcntl
+    except ImportError:
+        fcntl = None
+    if fcntl is not None:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise LoraStudioError(f"'{path}' is locked by another LoRA Studio process for over "
+                                              f"{timeout:.0f} s; try again") from None
+                    time.sleep(0.05)
+            yield
+        finally:
+            os.close(fd)    # releases the lock
+        return
+    while True:
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+            os.close(fd)
+            break
+        except FileExistsError:
+            try:
+                if time.time() - os.path.getmtime(lock_path) > timeout:
+                    os.unlink(lock_path)
+                    continue
+            except OSError:
+                continue
+            if time.monotonic() > deadline:
+                raise LoraStudioError(f"'{path}' is locked ('{lock_path}' exists); if no LoRA Studio is saving, "
+                                      f"delete that file") from None
+            time.sleep(0.05)
+    try:
+        yield
+    finally:
+        try:
+            os.unlink(lock_path)
+        except OSError:
+            pass
 
 
 # Hidden temporary files end with this, so a later run can find leftovers of a killed one.

@@ -7,7 +7,15 @@ each a number or R, U, X, X+n, X-n.  Bad lines are skipped with a warning naming
 
 Two files: the shipped `lib_lora/data/presets.txt` (read only, never rewritten) and an optional user file
 (`set`/`delete`/`import_text` change it in memory, `save` writes it atomically).  User presets override
-shipped ones of the same name.
+shipped ones of the same name.  Names are one line of printable characters and are case-insensitive: a
+user preset may not differ from another preset only by case (`all` beside the shipped `ALL`).
+
+Several writers (the WebUI, the standalone app, two browser tabs) share one user file: `save`/`update`
+take a lock, re-read the file and apply only this store's changes (added/changed/deleted names since it
+was loaded), so one writer never drops what another saved meanwhile.
+
+`default_store()` / `default_user_path()` are the one place the default user file is chosen; the app and
+the CLI verbs both use them, so presets saved in the app are seen by the CLI.
 
 SDXL variants: a preset `NAME_XL` with 12 or 20 values is the SDXL variant of `NAME`.  `get(NAME,
 arch="sdxl")` returns `NAME_XL` when it exists, so `ALL` on an SDXL model is the 12-value `ALL_XL`, never
@@ -26,9 +34,12 @@ from typing import Iterable, Sequence
 
 from .blocks import ACCEPTED_COUNTS, FORMATS, weight_token_problem
 from .errors import LoraStudioError
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, locked, read_small_text
 
 DEFAULT_BUILTIN = Path(__file__).resolve().parent / "data" / "presets.txt"
+USER_FILE_NAME = "lora_studio_presets.txt"
+MAX_FILE_BYTES = 4 << 20
+MAX_NAME_CHARS = 100
 XL_SUFFIX = "_XL"
 SDXL_COUNTS = (12, 20)
 _BAD_NAME_CHARS = ",=<>:#"
@@ -72,6 +83,10 @@ def name_problem(name: str) -> str | None:
     """None when `name` can be a preset name, else the reason."""
     if not name:
         return "empty name"
+    if not name.isprintable():   # a newline would inject a line into the file
+        return "name contains a line break or control character (names are one line)"
+    if len(name) > MAX_NAME_CHARS:
+        return f"name is longer than {MAX_NAME_CHARS} characters"
     if name != name.strip():
         return "name has surrounding spaces"
     if _is_number(name):
@@ -116,8 +131,10 @@ def format_number(v: float) -> str:
     return repr(v)
 
 
-def parse_preset_text(text: str, origin: str, where: str) -> tuple[list[Preset], list[str]]:
-    """Parse LBW preset text.  Returns (presets in file order incl. duplicates, warnings)."""
+def parse_preset_text(text: str, origin: str, where: str,
+                      skipped: list[int] | None = None) -> tuple[list[Preset], list[str]]:
+    """Parse LBW preset text.  Returns (presets in file order incl. duplicates, warnings); the numbers of
+    skipped lines are appended to `skipped` (for messages that must not quote foreign content)."""
     presets: list[Preset] = []
     warnings: list[str] = []
     seen: dict[str, int] = {}
@@ -129,8 +146,10 @@ def parse_preset_text(text: str, origin: str, where: str) -> tuple[list[Preset],
             continue
         at = f"{where}:{no}"
 
-        def skip(reason: str) -> None:
+        def skip(reason: str, no=no, at=at) -> None:
             warnings.append(f"preset file {at}: {reason}; line skipped")
+            if skipped is not None:
+                skipped.append(no)
 
         if "#" in line:  # LBW would ignore the whole line; say so instead of guessing
             skip("'#' inside a line (comments must be on their own line; LBW ignores such lines)")
@@ -158,12 +177,12 @@ def parse_preset_text(text: str, origin: str, where: str) -> tuple[list[Preset],
 
 
 def _read(path: Path | None, origin: str) -> tuple[dict[str, Preset], list[str]]:
-    if path is None or not path.exists():
+    if path is None or not os.path.lexists(path):
         return {}, []
-    try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        return {}, [f"preset file {path}: cannot be read ({e}); its presets are not available"]
+    try:   # refuses a FIFO/device at once (a plain read would block forever)
+        text = read_small_text(path, "preset file", MAX_FILE_BYTES)
+    except LoraStudioError as e:
+        return {}, [f"{e}; its presets are not available"]
     items, warnings = parse_preset_text(text, origin, str(path))
     out: dict[str, Preset] = {}
     for p in items:
@@ -182,6 +201,7 @@ class PresetStore:
         self.warnings: list[str] = []
         self._builtin: dict[str, Preset] = {}
         self._user: dict[str, Preset] = {}
+        self._base: dict[str, list[str]] = {}   # the user file as last read: edits are a diff against it
         self.reload()
 
     # ---- reading -------------------------------------------------------------------------------
@@ -189,6 +209,7 @@ class PresetStore:
         """Re-read both files (drops unsaved edits), so file edits take effect without a restart."""
         self._builtin, w1 = _read(self.builtin_path, "builtin")
         self._user, w2 = _read(self.user_path, "user")
+        self._base = {n: list(p.tokens) for n, p in self._user.items()}
         self.warnings = w1 + w2
 
     def _merged(self) -> dict[str, Preset]:
@@ -247,16 +268,32 @@ class PresetStore:
         return out[:n]
 
     # ---- editing -------------------------------------------------------------------------------
-    def set(self, name: str, values: str | Iterable[object]) -> None:
-        """Create or replace a user preset (in memory; `save()` writes it)."""
+    def case_clash(self, name: str) -> str | None:
+        """Another preset whose name differs from `name` only by case (names are case-insensitive)."""
+        low = name.lower()
+        for other in self._merged():
+            if other != name and other.lower() == low:
+                return other
+        return None
+
+    def _checked(self, name, values) -> tuple[str, list[str]]:
         name = str(name).strip()
         problem = name_problem(name)
         if problem:
             raise PresetError(f"Preset not saved: {problem}. Use letters, digits, '_', '-', '.' or spaces.")
+        clash = self.case_clash(name)
+        if clash:
+            raise PresetError(f"Preset '{name}' differs from the existing '{clash}' only by case, and preset "
+                              f"names are case-insensitive; edit '{clash}' instead or choose another name.")
         tokens = normalise_values(values)
         problem = tokens_problem(tokens)
         if problem:
             raise PresetError(f"Preset '{name}' not saved: {problem}.")
+        return name, tokens
+
+    def set(self, name: str, values: str | Iterable[object]) -> None:
+        """Create or replace a user preset (in memory; `save()` writes it)."""
+        name, tokens = self._checked(name, values)
         self._user.pop(name, None)
         self._user[name] = Preset(name, tokens, "user", "edited")
 
@@ -272,10 +309,34 @@ class PresetStore:
         raise PresetError(f"No preset named '{name}'.")
 
     def save(self) -> Path:
-        """Write the user presets atomically (temp file + rename); the shipped file is never written."""
+        """Write this store's unsaved edits (a diff against the file as last read) into the user file; see
+        `update`. The shipped file is never written."""
+        changed = {n: p.tokens for n, p in self._user.items() if self._base.get(n) != p.tokens}
+        deleted = [n for n in self._base if n not in self._user]
+        return self.update(changed, deleted)
+
+    def update(self, changed: dict[str, Iterable[object]] | None = None,
+               deleted: Iterable[str] = ()) -> Path:
+        """Set `changed` presets and delete `deleted` user presets in the user file, merged into what the
+        file holds NOW: under a lock, the file is re-read, the changes applied, and the result written
+        atomically (temp file + rename). Presets someone else saved meanwhile are kept. Reloads after."""
         if self.user_path is None:
             raise PresetError("No user preset file configured; presets can only be saved to a user file.")
-        atomic_write_text(self.user_path, USER_HEADER + self._lines(self._user.values()), make_dirs=True)
+        checked = [self._checked(n, v) for n, v in (changed or {}).items()]
+        deleted = [str(n).strip() for n in deleted]
+        for n in deleted:
+            if n in self._builtin and n not in self._user and n not in self._base:
+                raise PresetError(f"Preset '{n}' is shipped with LoRA Studio and cannot be deleted; "
+                                  f"save a user preset of the same name to override it.")
+        with locked(self.user_path):
+            current, _ = _read(self.user_path, "user")
+            for n in deleted:
+                current.pop(n, None)   # already gone: another writer deleted it too
+            for n, tokens in checked:
+                current.pop(n, None)
+                current[n] = Preset(n, tokens, "user", "edited")
+            atomic_write_text(self.user_path, USER_HEADER + self._lines(current.values()), make_dirs=True)
+        self.reload()
         return self.user_path
 
     # ---- import / export -----------------------------------------------------------------------
@@ -289,11 +350,19 @@ class PresetStore:
         chosen = list(merged.values()) if names is None else [merged[n] for n in names if n in merged]
         return "# LoRA Studio presets (LBW format NAME:w1,...,wN)\n" + self._lines(chosen)
 
-    def import_text(self, text: str, source: str = "import") -> tuple[list[str], list[str]]:
-        """Add presets from LBW-format text as user presets (in memory).  Returns (names, warnings)."""
-        items, warnings = parse_preset_text(text, "user", source)
+    def import_text(self, text: str, source: str = "import",
+                    skipped: list[int] | None = None) -> tuple[list[str], list[str]]:
+        """Add presets from LBW-format text as user presets (in memory).  Returns (names, warnings);
+        numbers of skipped lines go to `skipped`."""
+        items, warnings = parse_preset_text(text, "user", source, skipped)
         names: list[str] = []
         for p in items:
+            clash = self.case_clash(p.name)
+            if clash and clash not in names:
+                warnings.append(f"{p.where}: preset '{p.name}' differs from '{clash}' only by case; line skipped")
+                if skipped is not None:
+                    skipped.append(int(p.where.rsplit(":", 1)[1]))
+                continue
             if p.name in self._user and p.name not in names:
                 warnings.append(f"{p.where}: user preset '{p.name}' replaced by the imported one")
             self._user.pop(p.name, None)
@@ -302,3 +371,25 @@ class PresetStore:
                 names.append(p.name)
         self.warnings.extend(warnings)
         return names, warnings
+
+
+def default_user_path(lora_dir: str | os.PathLike) -> Path:
+    """The user presets file used when none is given: `lora_studio_presets.txt` in the (first) LoRA
+    folder. When that file does not exist but `lora_dir` is a WebUI's `models/Lora` whose WebUI keeps
+    LoRA Studio presets (`<webui>/lora_studio/presets.txt`), that file is used, so the app and CLI pointed
+    at a WebUI's LoRA folder see the presets saved in the WebUI."""
+    folder = Path(os.path.abspath(os.fspath(lora_dir)))
+    own = folder / USER_FILE_NAME
+    webui = folder.parent.parent / "lora_studio" / "presets.txt"
+    if not own.exists() and folder.parent.name == "models" and webui.is_file():
+        return webui
+    return own
+
+
+def default_store(user_path: str | os.PathLike | None = None,
+                  lora_dir: str | os.PathLike | None = None) -> PresetStore:
+    """The PresetStore every front end builds: shipped presets + the user file (`user_path`, else
+    `default_user_path(lora_dir)`, else shipped only)."""
+    if user_path is None and lora_dir is not None:
+        user_path = default_user_path(lora_dir)
+    return PresetStore(DEFAULT_BUILTIN, user_path)

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -95,6 +96,9 @@ class App:
                 with urllib.request.urlopen(self.url + "config", timeout=2) as r:
                     if r.status == 200:
                         return
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401:   # up, and asking for the login (--auth)
+                    return
             except OSError:
                 pass
             time.sleep(0.3)

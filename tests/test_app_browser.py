@@ -47,12 +47,13 @@ def env(tmp_path_factory):
     lora = root / "lora"
     lora.mkdir()
     norms = B.write_block_lora(lora / "blocky.safetensors")
-    common = ["--lora-dir", str(lora), "--ckpt-dir", str(root / "ckpt"), "--tagger-models-dir", str(root / "tag")]
+    (root / "tag").mkdir()
+    common = ["--lora-dir", str(lora), "--tagger-models-dir", str(root / "tag")]
     (root / "listen").mkdir()
     # Both apps start at once (startup is mostly imports); the browser starts meanwhile.
     app = B.start_app(root, common + ["--presets-file", str(root / "presets.txt")])
     guarded = B.start_app(root / "listen", common + ["--presets-file", str(root / "listen" / "presets.txt"),
-                                                     "--listen"])
+                                                     "--listen", "--auth", "tester:pw:1"])
     drv = None
     try:
         drv = B.start_browser(root)
@@ -162,7 +163,12 @@ def test_lora_bars_and_copy_tag(env):
 def test_listen_without_allow_writes_refuses_save(env):
     drv, guarded = env["drv"], env["guarded"]
     assert re.search(r"listening on all interfaces; file writes disabled", guarded.output())
-    load(drv, guarded.url)
+    drv.get(guarded.url)   # --listen needs a login: Gradio's login form first
+    B.wait_for(lambda: B.css(drv, "input[type=password]"), 20, "the login form")
+    B.css(drv, "input[type=text]").send_keys("tester")
+    B.css(drv, "input[type=password]").send_keys("pw:1")
+    B.wait_for(lambda: [b for b in B.css_all(drv, "button") if b.text.strip() == "Login"], what="Login")[0].click()
+    B.wait_for(lambda: B.css_all(drv, "#lora_studio_presets_table td"), 20, "the presets table after login")
     assert "--allow-writes" in B.text_of(drv, "lora_studio_writes_notice")
     name, values = EDIT.split(":")
     B.set_textbox(drv, "lora_studio_presets_row_name", name)
@@ -201,7 +207,8 @@ def test_import_and_export_through_the_browser(env):
     B.wait_for(lambda: "lbwpresets_in" in B.text_of(drv, "lora_studio_presets_import_file"), what="the upload")
     B.click(drv, "lora_studio_presets_import")
     msg = B.wait_text(drv, "lora_studio_presets_status", "Imported 1 presets (IMPORTED)")
-    assert "no ':'" in msg and ":3" in msg   # the bad line is named, not silently dropped
+    assert "Skipped 1 line(s)" in msg and "line 3" in msg   # the bad line is named by number, never quoted
+    assert "without colon" not in msg
     assert "IMPORTED:" + ",".join(["0.25"] * 17) in preset_lines(root / "presets.txt")
     B.wait_for(lambda: "IMPORTED" in table_names(drv), what="the imported row in the table")
     B.click(drv, "lora_studio_presets_export")
@@ -212,3 +219,75 @@ def test_import_and_export_through_the_browser(env):
         text = r.read().decode()
     assert "IMPORTED:" + ",".join(["0.25"] * 17) in text.splitlines() and "face:" in text
     B.screenshot(drv, "app_import_export.png")
+
+
+EVIL_PAGE = """<!doctype html><html><body><script>
+window.results = {};
+const target = "%s";
+fetch(target + "run/predict", {method: "POST", headers: {"Content-Type": "application/json"},
+      body: JSON.stringify({fn_index: 0, data: [], session_hash: "x"})})
+  .then(r => r.text().then(t => window.results.post = "read:" + r.status + ":" + t))
+  .catch(e => window.results.post = "blocked");
+fetch(target + "run/predict", {method: "POST", mode: "no-cors", headers: {"Content-Type": "text/plain"},
+      body: "{}"}).then(() => window.results.nocors = "sent").catch(e => window.results.nocors = "failed");
+const ws = new WebSocket(target.replace("http", "ws") + "queue/join");
+ws.onmessage = (m) => { window.results.ws = "message:" + m.data; };
+ws.onerror = () => { window.results.ws = window.results.ws || "error"; };
+</script></body></html>"""
+
+
+def test_a_page_on_another_origin_cannot_use_the_app(env, tmp_path):
+    """A real cross-origin page in Chromium: its fetch is blocked (no CORS grant) and its websocket to the
+    queue is refused; the app's log shows the refusals came from our guard."""
+    import http.server
+    import threading
+
+    drv, app = env["drv"], env["app"]
+    page = EVIL_PAGE % app.url
+    (tmp_path / "evil.html").write_text(page)
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, directory=str(tmp_path), **kw)
+
+        def log_message(self, *a):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        drv.get(f"http://127.0.0.1:{server.server_address[1]}/evil.html")
+        res = B.wait_for(lambda: (lambda r: r if r and "post" in r and "ws" in r and "nocors" in r else None)(
+            drv.execute_script("return window.results")), 15, "the cross-origin page's attempts")
+    finally:
+        server.shutdown()
+    assert res["post"] == "blocked", res          # the response is not readable by the other page
+    assert res["ws"] == "error", res              # the handshake is refused (403)
+
+
+# A beforeunload event as the browser fires it on leaving: true when a handler asks to stay.
+LEAVE_JS = ("const e = new Event('beforeunload', {cancelable: true}); window.dispatchEvent(e); "
+            "return e.defaultPrevented;")
+
+
+def test_leaving_the_page_with_unsaved_rows_asks_first(env):
+    drv = env["drv"]
+    load(drv, env["app"].url)
+    assert drv.execute_script("return window.loraStudioPresetsDirty") is False
+    B.set_textbox(drv, "lora_studio_presets_row_name", "draft_only")
+    B.set_textbox(drv, "lora_studio_presets_row_values", ",".join(["1"] * 17))
+    B.click(drv, "lora_studio_presets_set")
+    B.wait_for(lambda: "draft_only" in table_names(drv), what="the draft row")
+    assert drv.execute_script("return window.loraStudioPresetsDirty") is True
+    # Reload from file: the first press only warns, the row stays
+    B.click(drv, "lora_studio_presets_reload")
+    B.wait_text(drv, "lora_studio_presets_status", "unsaved row(s) would be lost")
+    assert "draft_only" in table_names(drv)
+    # leaving the page: our beforeunload handler cancels the unload, which makes the browser ask
+    assert drv.execute_script(LEAVE_JS) is True
+    # pressing Reload again discards, and then leaving is silent
+    B.click(drv, "lora_studio_presets_reload")
+    B.wait_text(drv, "lora_studio_presets_status", "Reloaded")
+    B.wait_for(lambda: drv.execute_script("return window.loraStudioPresetsDirty") is False, what="clean state")
+    assert "draft_only" not in table_names(drv)
+    assert drv.execute_script(LEAVE_JS) is False

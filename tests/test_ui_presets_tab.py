@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 pytest.importorskip("gradio")
 
 from lib_lora.errors import LoraStudioError  # noqa: E402
-from lib_lora.presets import PresetStore  # noqa: E402
+from lib_lora.presets import DEFAULT_BUILTIN, PresetStore  # noqa: E402
 from lib_lora.ui import app, lora_tab  # noqa: E402
 from lib_lora.ui import presets_tab as pt  # noqa: E402
 from tests.browser import write_block_lora  # noqa: E402
@@ -28,6 +29,22 @@ def make_ctx(tmp_path: Path, **kw):
 @pytest.fixture
 def ctx(tmp_path):
     return make_ctx(tmp_path)
+
+
+@pytest.fixture
+def upload(tmp_path, monkeypatch):
+    """uploaded(name, text) → the value a File input sends after a real upload: a file in Gradio's upload
+    folder (GRADIO_TEMP_DIR/<random>/name), as {"name": path, "is_file": True} with preprocess=False."""
+    import secrets
+    gradio_tmp = tmp_path / "gradio_uploads"
+    monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_tmp))
+
+    def uploaded(name, text):
+        d = gradio_tmp / secrets.token_hex(20)
+        d.mkdir(parents=True)
+        (d / name).write_text(text, encoding="utf-8")
+        return {"name": str(d / name), "is_file": True, "orig_name": name, "data": None}
+    return uploaded
 
 
 def preset_lines(path: Path) -> list[str]:
@@ -82,7 +99,7 @@ def test_save_writes_only_changes_and_takes_effect_at_once(ctx, tmp_path):
     assert ctx.presets.get("face")[8] == "0.9" and ctx.presets.get("mine") == ["1"] * 8 + ["0"] * 9
     assert "(2 from your presets file)" in pt.load_table(ctx, F17)[2]
     # a fresh store (another process, the WebUI) reads the same
-    fresh = PresetStore(app.BUILTIN_PRESETS, user)
+    fresh = PresetStore(DEFAULT_BUILTIN, user)
     assert fresh.get("mine") == ["1"] * 8 + ["0"] * 9 and fresh.get("face")[8] == "0.9"
     # removing the user row deletes it; the shipped face comes back once its override row is gone
     rows2 = [r for r in df2.values.tolist() if r[0] != "mine"]
@@ -111,26 +128,25 @@ def test_save_reports_bad_rows_and_duplicates(ctx, tmp_path):
     assert not (tmp_path / "user_presets.txt").exists()
 
 
-def test_listen_without_allow_writes_refuses_every_write(tmp_path):
+def test_listen_without_allow_writes_refuses_every_write(tmp_path, upload):
     ctx = make_ctx(tmp_path, listen=True, allow_writes=False)
     df, names, _ = pt.load_table(ctx, F17)
     msg = pt.save_table(ctx, df.values.tolist() + [["x1"] + ["1"] * 17], F17, names)[2]
     assert msg.startswith("⚠") and "--allow-writes" in msg and "--listen" in msg
-    lbw = tmp_path / "lbw.txt"
-    lbw.write_text("imp:" + ",".join(["1"] * 17) + "\n")
-    assert "--allow-writes" in pt.import_file(ctx, str(lbw))
+    lbw = upload("lbw.txt", "imp:" + ",".join(["1"] * 17) + "\n")
+    assert "--allow-writes" in pt.import_file(ctx, lbw)
     assert not (tmp_path / "user_presets.txt").exists() and ctx.presets.get("x1") is None
     ok = make_ctx(tmp_path, listen=True, allow_writes=True)
-    assert not pt.import_file(ok, str(lbw)).startswith("⚠")
+    assert not pt.import_file(ok, lbw).startswith("⚠")
     assert preset_lines(tmp_path / "user_presets.txt") == ["imp:" + ",".join(["1"] * 17)]
 
 
-def test_import_and_export_lbw_file(ctx, tmp_path):
-    lbw = tmp_path / "lbwpresets.txt"
-    lbw.write_text("# comment\nAAA:" + ",".join(["1"] * 17) + "\nBBB:" + ",".join(["0.5"] * 12)
-                   + "\nbroken:1,2,3\n", encoding="utf-8")
-    msg = pt.import_file(ctx, str(lbw))
-    assert "Imported 2 presets (AAA, BBB)" in msg and "broken" in msg and ":4" in msg
+def test_import_and_export_lbw_file(ctx, tmp_path, upload):
+    lbw = upload("lbwpresets.txt", "# comment\nAAA:" + ",".join(["1"] * 17) + "\nBBB:" + ",".join(["0.5"] * 12)
+                 + "\nbroken:1,2,3\n")
+    msg = pt.import_file(ctx, lbw)
+    assert "Imported 2 presets (AAA, BBB)" in msg and "Skipped 1 line(s)" in msg and "line 4" in msg
+    assert "broken" not in msg   # lines that are not presets are never quoted
     assert ctx.presets.get("BBB") == ["0.5"] * 12
     assert sorted(preset_lines(tmp_path / "user_presets.txt")) == sorted(
         ["AAA:" + ",".join(["1"] * 17), "BBB:" + ",".join(["0.5"] * 12)])
@@ -198,8 +214,98 @@ def test_inspect_tab_callback(ctx, tmp_path):
     assert lora_tab.show_lora(ctx, "../x.safetensors")[1].startswith("⚠")
 
 
-def test_import_of_a_file_full_of_bad_lines_lists_only_the_first_few(ctx, tmp_path):
-    bad = tmp_path / "bad.txt"
-    bad.write_text("".join(f"line{i} without colon\n" for i in range(40)) + "OK1:" + ",".join(["1"] * 12) + "\n")
-    msg = pt.import_file(ctx, str(bad))
-    assert "Imported 1 presets (OK1)" in msg and "(and 35 more)" in msg and msg.count("no ':'") == 5
+def test_import_of_a_file_full_of_bad_lines_lists_only_the_first_few(ctx, tmp_path, upload):
+    bad = upload("bad.txt", "".join(f"line{i} without colon\n" for i in range(40)) + "OK1:" + ",".join(["1"] * 12)
+                 + "\n")
+    msg = pt.import_file(ctx, bad)
+    assert "Imported 1 presets (OK1)" in msg and "Skipped 40 line(s)" in msg and "line 1, 2, 3" in msg
+    assert "10 …" in msg and "11" not in msg and "without colon" not in msg
+
+
+# ---- issue 10: presets tab behaviour ------------------------------------------------------------------
+
+
+def test_deleting_a_shipped_preset_is_refused_at_once(ctx):
+    df, _, _ = pt.load_table(ctx, F17)
+    table, msg = pt.delete_row(df.values.tolist(), F17, "face", ctx)
+    assert msg.startswith("⚠") and "'face' is a shipped preset" in msg
+    assert "face" in table["name"].tolist()          # the row stays
+    ctx.presets.update({"face": ["0"] * 17})          # a user override of a shipped name may be removed
+    df, _, _ = pt.load_table(ctx, F17)
+    table, msg = pt.delete_row(df.values.tolist(), F17, "face", ctx)
+    assert not msg.startswith("⚠") and "shipped values" in msg
+
+
+def test_case_twin_row_is_refused_when_set(ctx):
+    df, _, _ = pt.load_table(ctx, F17)
+    _, msg = pt.set_row(df.values.tolist(), F17, "all", ",".join(["1"] * 17), ctx)
+    assert msg.startswith("⚠") and "only by case" in msg and "'ALL'" in msg
+    rows = df.values.tolist() + [["mine"] + ["1"] * 17]
+    _, msg = pt.set_row(rows, F17, "MINE", ",".join(["1"] * 17), ctx)
+    assert msg.startswith("⚠") and "'mine'" in msg
+
+
+def test_two_tabs_saving_keep_each_others_changes(tmp_path):
+    """Tab A and tab B load the table; A edits `face` and saves; B adds a row and saves from its stale
+    table: A's edit survives (B's save is a diff against what B loaded, merged under a lock)."""
+    a, b = make_ctx(tmp_path), make_ctx(tmp_path)      # two processes (or two tabs) on one file
+    df_a, orig_a, _ = pt.load_table(a, F17)
+    df_b, orig_b, _ = pt.load_table(b, F17)
+    rows_a = df_a.values.tolist()
+    next(r for r in rows_a if r[0] == "face")[9] = "0.9"
+    assert not pt.save_table(a, rows_a, F17, orig_a)[2].startswith("⚠")
+    rows_b = df_b.values.tolist() + [["from_b"] + ["1"] * 17]
+    msg = pt.save_table(b, rows_b, F17, orig_b)[2]
+    assert "1 changed, 0 removed" in msg
+    lines = preset_lines(tmp_path / "user_presets.txt")
+    assert "face:1,0,0,0,0,0,0,0,0.9,1,1,0.2,0,0,0,0,0" in lines and any(ln.startswith("from_b:") for ln in lines)
+
+
+def test_reload_and_format_switch_do_not_drop_unsaved_rows_silently(ctx):
+    df, orig, _ = pt.load_table(ctx, F17)
+    rows = df.values.tolist() + [["draft"] + ["1"] * 17]
+    assert pt.unsaved_count(rows, orig) == 1 and pt.unsaved_count(df.values.tolist(), orig) == 0
+    table, orig2, msg, armed = pt.reload_store(ctx, F17, rows, orig, False)
+    assert msg.startswith("⚠") and "1 unsaved row" in msg and armed is True
+    assert set(table) == {"__type__"}              # an empty update: the table is left as it is
+    table, _, msg, armed = pt.reload_store(ctx, F17, rows, orig, armed)   # pressed again: discard
+    assert "Reloaded" in msg and "draft" not in table["name"].tolist() and armed is False
+    # switching format with a draft: the dropdown goes back and the draft stays
+    out = pt.change_format(ctx, F12, rows, orig)
+    assert "unsaved" in out[2] and out[3]["value"] == F17 and set(out[0]) == {"__type__"}
+    out = pt.change_format(ctx, F12, df.values.tolist(), orig)   # nothing unsaved: switch
+    assert len(out[0].columns) == 13
+
+
+def test_sdxl_chart_is_labelled_with_sdxl_blocks(ctx):
+    norms = [1.0] * 26
+    sd1 = lora_tab.render_bars(norms, arch="sd1")
+    sdxl = lora_tab.render_bars(norms, arch="sdxl")
+    assert ">IN11<" in sd1 and ">OUT11<" in sd1
+    labels = re.findall(r'rotate\([^)]*\)" fill="#444">(\w+)<', sdxl)
+    assert labels == ["BASE"] + [f"IN{i:02d}" for i in range(9)] + ["M00"] + [f"OUT{i:02d}" for i in range(9)]
+    w = pt.preset_weights(ctx, "ALL", "sdxl")
+    with_w = lora_tab.render_bars(norms, w, arch="sdxl")
+    assert 'data-block="OUT09"' not in with_w and 'data-block="IN11"' not in with_w
+
+
+def test_a_lora_linked_into_the_folder_is_listed_and_inspected(ctx, tmp_path):
+    """A link the user put in the LoRA folder (to a file elsewhere) is the user's choice: listed, and
+    picking it works (before: listed, then 'not found' because the check resolved the link first)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    write_block_lora(elsewhere / "real.safetensors")
+    (tmp_path / "lora").mkdir(exist_ok=True)
+    os.symlink(elsewhere / "real.safetensors", tmp_path / "lora" / "linked.safetensors")
+    assert "linked.safetensors" in lora_tab.list_loras(ctx)
+    html, summary, _ = lora_tab.show_lora(ctx, "linked.safetensors")
+    assert not summary.startswith("⚠"), summary
+    assert 'data-block="OUT03"' in html
+    # but a request naming the target directly (outside the folder) is still refused
+    assert lora_tab.show_lora(ctx, str(elsewhere / "real.safetensors"))[1].startswith("⚠")
+    # a linked folder is listed too (the WebUI lists it), and a link loop does not hang the listing
+    os.symlink(elsewhere, tmp_path / "lora" / "linked_dir")
+    os.symlink(tmp_path / "lora", tmp_path / "lora" / "loop")
+    names = lora_tab.list_loras(ctx)
+    assert "linked_dir/real.safetensors" in names and len(names) < 10
+    assert not lora_tab.show_lora(ctx, "linked_dir/real.safetensors")[1].startswith("⚠")

@@ -65,3 +65,80 @@ def on_page_load(fn, outputs) -> bool:
         return False
     root.load(fn, inputs=None, outputs=outputs)
     return True
+
+
+# ---- standalone server: queue, CORS, uploads ---------------------------------------------------------
+
+
+def queue_kwargs(concurrency: int) -> dict:
+    """Queue options letting `concurrency` events run at once (Gradio 3 defaults to ONE worker for every
+    event, so one slow action froze every button), with the REST routes closed to direct calls."""
+    if IS_GRADIO_4:
+        return {"default_concurrency_limit": concurrency, "api_open": False}
+    return {"concurrency_count": concurrency, "api_open": False}
+
+
+def guarded_app_kwargs(middleware_cls, **options) -> dict:
+    """`app_kwargs` for `launch`: the FastAPI app is built with `middleware_cls` in its stack, so it is
+    active from the first request (Gradio builds the app inside launch())."""
+    from starlette.middleware import Middleware
+    return {"middleware": [Middleware(middleware_cls, **options)]}
+
+
+def drop_cors(app) -> int:
+    """Remove Gradio's CORS middleware (it answers every origin with `*`) and rebuild the stack; returns how
+    many were removed. Both Gradio 3 (`CORSMiddleware`) and 4 (`CustomCORSMiddleware`) add one."""
+    kept = [m for m in app.user_middleware if "CORS" not in getattr(m.cls, "__name__", "")]
+    removed = len(app.user_middleware) - len(kept)
+    if removed:
+        app.user_middleware[:] = kept
+        app.middleware_stack = app.build_middleware_stack()
+    return removed
+
+
+def upload_dir() -> str:
+    """Where Gradio's /upload route stores uploaded files (also its own temp copies)."""
+    import os
+    import tempfile
+    from pathlib import Path
+    return os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")
+
+
+def raw_upload_path(value) -> tuple[str | None, bytes | None]:
+    """A File input received with preprocess=False → (server path, None) for a file sent through /upload,
+    or (None, bytes) for inline base64 data. Gradio's own preprocessing is bypassed on purpose: it copies
+    any server path the client names (e.g. /etc/passwd) into its temp folder, which /file= then serves,
+    and hashes a FIFO forever."""
+    if value is None:
+        return None, None
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            return None, None
+        value = value[0]
+    if isinstance(value, str):
+        return value, None
+    if not isinstance(value, dict):
+        path = getattr(value, "path", None) or getattr(value, "name", None)
+        return (str(path) if path else None), None
+    if IS_GRADIO_4:
+        return value.get("path"), None
+    if value.get("is_file") or not value.get("data"):
+        return value.get("name"), None
+    import base64
+    data = str(value["data"])
+    data = data.split(",", 1)[1] if data.startswith("data:") and "," in data else data
+    try:
+        return None, base64.b64decode(data, validate=False)
+    except ValueError:
+        return None, b""
+
+
+def on_page_load_js(js: str) -> bool:
+    """Run browser-side `js` (no Python) on every page load of the root Blocks being built."""
+    from gradio.context import Context
+
+    root = Context.root_block
+    if root is None:
+        return False
+    root.load(None, inputs=None, outputs=None, **js_kwargs(js))
+    return True

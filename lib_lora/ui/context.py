@@ -34,13 +34,12 @@ class UiContext:
         if not self.writes_allowed:
             raise LoraStudioError(self.writes_blocked_reason)
 
-    def resolve_inside(self, name: str, roots: list[Path]) -> Path:
-        """A user-given relative name → a path inside one of `roots`; absolute paths and `..` are refused."""
-        p = Path(name)
-        if p.is_absolute() or ".." in p.parts:
-            raise LoraStudioError(f"'{name}': give a name relative to the configured folders, without '..'.")
-        for root in roots:
-            cand = (root / p).resolve()
-            if cand.is_relative_to(root.resolve()) and cand.exists():
-                return cand
-        raise LoraStudioError(f"'{name}' was not found in {', '.join(str(r) for r in roots)}.")
+    def resolve_inside(self, name: str, roots: list[Path], what: str = "file") -> Path:
+        """A user-given name → an existing path inside one of `roots` (fileio.resolve_inside: lexical, so
+        links the user placed in a folder are followed as the WebUI does; '..' and outside paths refused)."""
+        from lib_lora.fileio import resolve_inside
+        path = resolve_inside(name, roots, what)
+        if not path.exists():
+            raise LoraStudioError(f"{what} '{name}' was not found in {', '.join(str(r) for r in roots)}; "
+                                  f"press Refresh to update the list.")
+        return path

@@ -9,9 +9,10 @@ from __future__ import annotations
 import html
 import json
 import math
+import os
 from pathlib import Path
 
-from lib_lora.blocks import BLOCK_NAMES
+from lib_lora.blocks import ARCH_FORMATS, BLOCK_NAMES, FORMATS
 from lib_lora.errors import LoraStudioError
 
 LORA_SUFFIXES = (".safetensors",)   # pickle files are never loaded from the UI
@@ -24,9 +25,19 @@ def list_loras(ctx) -> list[str]:
         root = Path(root)
         if not root.is_dir():
             continue
-        for p in sorted(root.rglob("*")):
-            if p.suffix.lower() in LORA_SUFFIXES and p.is_file():
-                seen.setdefault(p.relative_to(root).as_posix(), None)
+        # Linked subfolders are followed, as the WebUI lists them (Path.rglob would skip them); a link
+        # loop is cut by remembering the real folders already walked.
+        walked: set[str] = set()
+        for folder, dirs, files in os.walk(root, followlinks=True):
+            real = os.path.realpath(folder)
+            if real in walked:
+                dirs[:] = []
+                continue
+            walked.add(real)
+            for f in files:
+                p = Path(folder) / f
+                if p.suffix.lower() in LORA_SUFFIXES and p.is_file():
+                    seen.setdefault(p.relative_to(root).as_posix(), None)
     return sorted(seen, key=str.lower)
 
 
@@ -43,12 +54,22 @@ def lora_rows(ctx) -> list[list]:
 
 
 def lora_path(ctx, name: str) -> Path:
+    """A picked LoRA name → its file, checked on the server side (a request may name any path): inside a
+    LoRA folder by fileio.resolve_inside, so a link the user put in the folder works as it does when
+    generating, while '..' and outside paths are refused."""
     if not name:
         raise LoraStudioError("Pick a LoRA file first.")
-    path = ctx.resolve_inside(name, list(ctx.lora_dirs))
+    path = ctx.resolve_inside(name, list(ctx.lora_dirs), what="LoRA")
     if path.suffix.lower() not in LORA_SUFFIXES:
         raise LoraStudioError(f"'{name}' is not a .safetensors file.")
     return path
+
+
+def chart_slots(arch: str | None) -> list[int]:
+    """The block slots a LoRA of `arch` has: SDXL has IN00-IN08 and OUT00-OUT08 only (its full format);
+    SD1/SD2 and unknown: all 26."""
+    full = ARCH_FORMATS.get((arch or "").lower(), (None, 26))[1]
+    return list(FORMATS[full])
 
 
 def inspect_lora(ctx, name: str, with_hash: bool = False) -> dict:
@@ -78,17 +99,17 @@ def block_norms(report: dict) -> list[float] | None:
     return vec
 
 
-def render_bars(norms, weights=None, title: str = "") -> str:
+def render_bars(norms, weights=None, title: str = "", arch: str | None = None) -> str:
     """SVG bar chart of the 26 block norms, scaled to the largest.
 
     With `weights` (26 floats, None = random/X letter): the raw norm is drawn light, norm × |weight| dark
     on top (what the preset keeps), and each block's weight is written above its column.
-    Blocks without any module get a thin grey stub.
+    Blocks without any module get a thin grey stub. Columns are the blocks of `arch` (chart_slots).
     """
     w, h, left, bottom = 780, 250, 44, 46
     top = 44 if weights is not None else 24
-    n = len(BLOCK_NAMES)
-    step = (w - left - 8) / n
+    slots = chart_slots(arch)
+    step = (w - left - 8) / len(slots)
     vals = [v for v in (norms or []) if v is not None and math.isfinite(v)]
     vmax = max(vals) if vals and max(vals) > 0 else 1.0
     plot_h = h - top - bottom
@@ -101,8 +122,9 @@ def render_bars(norms, weights=None, title: str = "") -> str:
     parts.append(f'<line x1="{left}" y1="{base}" x2="{w - 8}" y2="{base}" stroke="#888"/>')
     parts.append(f'<text x="{left - 4}" y="{top + 8}" text-anchor="end" fill="#666">{vmax:.3g}</text>')
     parts.append(f'<text x="{left - 4}" y="{base}" text-anchor="end" fill="#666">0</text>')
-    for i, name in enumerate(BLOCK_NAMES):
-        x = left + i * step
+    for col, i in enumerate(slots):
+        name = BLOCK_NAMES[i]
+        x = left + col * step
         v = None if not norms or i >= len(norms) else norms[i]
         wt = None if weights is None or i >= len(weights) else weights[i]
         if v is None or not math.isfinite(v):
@@ -166,7 +188,8 @@ def show_lora(ctx, name: str):
         return "", f"Inspect is unavailable: {exc}", ""
     except LoraStudioError as exc:
         return "", f"⚠ {exc}", ""
-    chart = render_bars(block_norms(report), title=f"{Path(name).stem}: weight norm per block")
+    chart = render_bars(block_norms(report), title=f"{Path(name).stem}: weight norm per block",
+                        arch=report.get("arch"))
     meta = report.get("metadata") or {}
     return chart, summary_markdown(name, report), json.dumps(meta, indent=1, ensure_ascii=False, default=str)
 

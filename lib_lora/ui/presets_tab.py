@@ -102,19 +102,34 @@ def parse_values_text(text: str) -> list[str]:
 
 
 def load_table(ctx, label):
-    """(table, original names, status) for a format."""
+    """(table, original {name: values} as loaded, status) for a format. The original is what Save diffs
+    against, so only this tab's own edits are written (another tab's or process's saves are kept)."""
     count = count_of(label)
     try:
         store = _need_store(ctx)
     except LoraStudioError as exc:
-        return _frame([], count), [], f"⚠ {exc}"
+        return _frame([], count), {}, f"⚠ {exc}"
     rows = preset_rows(store, count)
     mine = sum(1 for r in rows if r[0] in set(store.user_names()))
-    return (_frame(rows, count), [r[0] for r in rows],
+    return (_frame(rows, count), {r[0]: list(r[1:]) for r in rows},
             f"{len(rows)} presets with {count} values ({mine} from your presets file).")
 
 
-def set_row(table, label, name: str, values_text: str):
+def _table_rows(table) -> list[list[str]]:
+    from lib_lora.ui.compat import dataframe_rows
+    return [["" if c is None else str(c).strip() for c in r] for r in dataframe_rows(table)
+            if any(str(c).strip() for c in r if c is not None)]
+
+
+def unsaved_count(table, original) -> int:
+    """How many rows of the table differ from what was loaded (added, edited or removed)."""
+    rows = {r[0]: r[1:] for r in _table_rows(table)}
+    orig = dict(original) if isinstance(original, dict) else {n: None for n in (original or [])}
+    changed = sum(1 for n, v in rows.items() if n not in orig or (orig[n] is not None and orig[n] != v))
+    return changed + sum(1 for n in orig if n not in rows)
+
+
+def set_row(table, label, name: str, values_text: str, ctx=None):
     """Add or replace the row `name` in the (unsaved) table from a comma-separated values text."""
     from lib_lora.ui.compat import dataframe_rows
     count = count_of(label)
@@ -125,6 +140,13 @@ def set_row(table, label, name: str, values_text: str):
                                      f"({', '.join(format_names(count))}).")
     try:
         name, vals = validate_row([name] + vals, count)
+        store = getattr(ctx, "presets", None) if ctx is not None else None
+        clash = store.case_clash(name) if store is not None else None
+        clash = clash or next((str(r[0]).strip() for r in rows
+                               if str(r[0]).strip().lower() == name.lower() and str(r[0]).strip() != name), None)
+        if clash:
+            raise LoraStudioError(f"'{name}' differs from '{clash}' only by case and preset names are "
+                                  f"case-insensitive; edit '{clash}' instead or choose another name.")
     except LoraStudioError as exc:
         return _frame(rows, count), f"⚠ {exc}"
     for r in rows:
@@ -147,25 +169,34 @@ def row_at(table, index) -> tuple[str, str]:
     return row[0], ",".join(row[1:])
 
 
-def delete_row(table, label, name: str):
+def delete_row(table, label, name: str, ctx=None):
     from lib_lora.ui.compat import dataframe_rows
     count = count_of(label)
     rows = dataframe_rows(table)
-    kept = [r for r in rows if str(r[0]).strip() != (name or "").strip()]
+    name = (name or "").strip()
+    store = getattr(ctx, "presets", None) if ctx is not None else None
+    origin = store.origin(name) if store is not None else None
+    if origin == "builtin":   # refused now, not only when Save is pressed
+        return _frame(rows, count), (f"⚠ '{name}' is a shipped preset and cannot be deleted; edit its values "
+                                     "instead (that saves a user preset overriding it).")
+    kept = [r for r in rows if str(r[0]).strip() != name]
     if len(kept) == len(rows):
         return _frame(rows, count), f"⚠ No row named '{name}' in the table."
-    return _frame(kept, count), f"Row '{name}' removed; press Save to write the presets file."
+    shipped = store is not None and origin == "user" and name in getattr(store, "_builtin", {})
+    return _frame(kept, count), (f"Row '{name}' removed; press Save to write the presets file"
+                                 + (" (the shipped values of this name come back)." if shipped else "."))
 
 
-def save_table(ctx, table, label, original_names):
-    """Write the table's changes (new, edited, removed rows of this format) and reload the store.
+def save_table(ctx, table, label, original):
+    """Write this table's changes (new, edited, removed rows of this format, relative to `original`, the
+    {name: values} it was loaded with) and reload the store. Returns (table, new original, status).
 
-    Returns (table, original names, status). Only rows that differ from the store are set, so the
-    shipped presets are not copied into the user file.
+    The user file is re-read under a lock and only these changes are applied (PresetStore.update), so a
+    save from another tab or process since this table was loaded is kept. Shipped presets are not copied.
     """
-    from lib_lora.ui.compat import dataframe_rows
     count = count_of(label)
-    rows = [r for r in dataframe_rows(table) if any(str(c).strip() for c in r if c is not None)]
+    rows = _table_rows(table)
+    orig = dict(original) if isinstance(original, dict) else {n: None for n in (original or [])}
     try:
         ctx.check_writes()
         store = _need_store(ctx)
@@ -174,58 +205,103 @@ def save_table(ctx, table, label, original_names):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise LoraStudioError(f"Preset name(s) {', '.join(dup)} appear twice; keep one row each.")
-        existing = set(store.names())
-        removed = [n for n in (original_names or []) if n not in names and n in existing]
+        removed = [n for n in orig if n not in names and store.origin(n) is not None]
         shipped = [n for n in removed if store.origin(n) == "builtin"]
         if shipped:
             raise LoraStudioError(f"'{shipped[0]}' is a shipped preset and cannot be deleted; "
                                   "edit its values instead (that saves a user preset overriding it).")
-        changed = [(n, v) for n, v in parsed if n not in existing or preset_values(store, n) != v]
+
+        def differs(n, v):
+            if n in orig and orig[n] is not None:
+                return orig[n] != v
+            return n not in store.names() or preset_values(store, n) != v
+        changed = {n: v for n, v in parsed if differs(n, v)}
         try:
-            for name, vals in changed:
-                store.set(name, vals)
-            for name in removed:
-                store.delete(name)
-            store.save()
+            store.update(changed, removed)
         finally:
             store.reload()   # unsaved in-memory edits must not leak into generation on failure
     except LoraStudioError as exc:
-        return _frame(rows, count), original_names, f"⚠ {exc}"
+        return _frame(rows, count), original, f"⚠ {exc}"
     new_rows = preset_rows(store, count)
     path = getattr(ctx, "presets_path", None) or store.user_path
-    return (_frame(new_rows, count), [r[0] for r in new_rows],
+    return (_frame(new_rows, count), {r[0]: list(r[1:]) for r in new_rows},
             f"Saved: {len(changed)} changed, {len(removed)} removed → {path}. In use now, no restart needed.")
 
 
-def reload_store(ctx, label):
+def change_format(ctx, label, table, original):
+    """Format dropdown changed: show that format's table, unless the shown table has unsaved edits
+    (then keep it, put the dropdown back, and say so)."""
+    from lib_lora.ui.compat import update
+    rows = _table_rows(table)
+    shown = len(rows[0]) - 1 if rows else None
+    if shown == count_of(label):   # our own revert (or no change): nothing to do
+        return update(), update(), update(), update()
+    n = unsaved_count(table, original)
+    if n and shown in FORMATS:
+        back = next(c for c in FORMAT_CHOICES if count_of(c) == shown)
+        return (update(), update(), f"⚠ {n} unsaved row(s) in this table: press Save, or Reload from file to "
+                                    "discard them, before switching format.", update(value=back))
+    return (*load_table(ctx, label), update())
+
+
+def reload_store(ctx, label, table=None, original=None, confirmed: bool = True):
+    """Re-read the files. With unsaved edits in the table and not `confirmed`, nothing is discarded: the
+    status asks to press Reload again. Returns (table, original, status, confirmed-next-time)."""
+    from lib_lora.ui.compat import update
+    n = unsaved_count(table, original) if table is not None else 0
+    if n and not confirmed:
+        return (update(), update(), f"⚠ {n} unsaved row(s) would be lost: press Reload from file again to "
+                                    "discard them, or Save.", True)
     try:
         _need_store(ctx).reload()
     except LoraStudioError as exc:
-        return _frame([], count_of(label)), [], f"⚠ {exc}"
+        return _frame([], count_of(label)), {}, f"⚠ {exc}", False
     table, names, status = load_table(ctx, label)
-    return table, names, "Reloaded from the presets files. " + status
+    return table, names, "Reloaded from the presets files. " + status, False
 
 
 # ---- callbacks: import / export ---------------------------------------------------------------------
 
 
-def import_file(ctx, file_value) -> str:
-    """Merge an LBW presets file (uploaded) into the user presets and save."""
-    from lib_lora.ui.compat import file_path
-    path = file_path(file_value)
-    try:
-        if not path:
-            raise LoraStudioError("Choose a presets file (lbwpresets.txt) to import first.")
-        ctx.check_writes()
-        store = _need_store(ctx)
-        if os.path.getsize(path) > MAX_IMPORT_BYTES:
+def _uploaded_text(file_value) -> tuple[str, str]:
+    """(text, file name) of a presets file the user uploaded; anything else is refused with one line.
+
+    The value arrives unprocessed (preprocess=False): a server path is accepted only inside Gradio's upload
+    folder (where /upload puts real uploads), never e.g. /etc/passwd named by a crafted request; a FIFO is
+    refused at once (read_small_text)."""
+    from lib_lora.fileio import read_small_text, resolve_inside
+    from lib_lora.ui.compat import raw_upload_path, upload_dir
+    path, data = raw_upload_path(file_value)
+    if data is not None:
+        if len(data) > MAX_IMPORT_BYTES:
             raise LoraStudioError("That file is over 1 MB; a presets file is a small text file.")
         try:
-            text = Path(path).read_text(encoding="utf-8-sig")
+            return data.decode("utf-8-sig"), "upload"
         except UnicodeDecodeError:
             raise LoraStudioError("That file is not UTF-8 text; save it as UTF-8 and import again.") from None
+    if not path:
+        raise LoraStudioError("Choose a presets file (lbwpresets.txt) to import first.")
+    try:
+        inside = resolve_inside(path, [upload_dir()], "presets file")
+    except LoraStudioError:
+        raise LoraStudioError("Only a file uploaded with the Import box can be imported; choose the file "
+                              "there.") from None
+    return read_small_text(inside, "presets file", MAX_IMPORT_BYTES), inside.name
+
+
+def import_file(ctx, file_value) -> str:
+    """Merge an uploaded LBW presets file into the user presets and save. Messages name line numbers,
+    never the file's content."""
+    try:
+        ctx.check_writes()
+        store = _need_store(ctx)
+        text, name = _uploaded_text(file_value)
+        skipped: list[int] = []
         try:
-            names, warnings = store.import_text(text, source=Path(path).name)
+            names, _warnings = store.import_text(text, source=name, skipped=skipped)
+            if not names:
+                raise LoraStudioError("No preset found in that file (expected lines NAME:w1,...,wN with "
+                                      "12/17/20/26 values); nothing imported.")
             store.save()
         finally:
             store.reload()
@@ -233,9 +309,10 @@ def import_file(ctx, file_value) -> str:
         return f"⚠ {exc}"
     shown = ", ".join(names[:20]) + (" …" if len(names) > 20 else "")
     msg = f"Imported {len(names)} presets ({shown}) into {store.user_path}."
-    if warnings:   # the first few are enough to find the lines (PresetStore.warnings keeps them all)
-        more = f" (and {len(warnings) - 5} more)" if len(warnings) > 5 else ""
-        msg += " Skipped/notes: " + "; ".join(warnings[:5]) + more
+    if skipped:
+        lines = ", ".join(map(str, sorted(set(skipped))[:10])) + (" …" if len(set(skipped)) > 10 else "")
+        msg += (f" Skipped {len(set(skipped))} line(s) that are not valid presets (line {lines}); "
+                "a name used twice keeps the later line.")
     return msg
 
 
@@ -306,7 +383,7 @@ def lora_chart(ctx, lora_name: str, preset: str):
         return "", f"⚠ {exc}"
     weights = preset_weights(ctx, preset, report.get("arch"))
     title = f"{Path(lora_name).stem}: weight norm per block" + (f", preset {preset}" if preset else "")
-    return (lora_tab.render_bars(lora_tab.block_norms(report), weights, title),
+    return (lora_tab.render_bars(lora_tab.block_norms(report), weights, title, arch=report.get("arch")),
             lora_tab.summary_markdown(lora_name, report))
 
 
@@ -321,6 +398,25 @@ COPY_JS = """(tag) => {
   if (tag) { if (navigator.clipboard && window.isSecureContext) navigator.clipboard.writeText(tag).catch(fallback);
              else fallback(); }
   return [tag];
+}"""
+
+
+# Unsaved table edits: the browser asks before the page is left or reloaded (the server cannot know).
+# Set on every edit (Set row, Delete row, typing in a cell); cleared by a successful Save or Reload.
+UNSAVED_HOOK_JS = """() => {
+  if (!window.loraStudioUnloadHooked) {
+    window.loraStudioUnloadHooked = true;
+    window.addEventListener('beforeunload', (e) => {
+      if (window.loraStudioPresetsDirty) { e.preventDefault(); e.returnValue = ''; return ''; } });
+  }
+  window.loraStudioPresetsDirty = false;
+  return [];
+}"""
+MARK_UNSAVED_JS = "(...args) => { window.loraStudioPresetsDirty = true; return []; }"
+CLEAR_UNSAVED_JS = """(status) => {
+  // the Markdown value arrives rendered as HTML
+  if (/Saved: |Reloaded from the presets files/.test(String(status || ''))) window.loraStudioPresetsDirty = false;
+  return [];
 }"""
 
 
@@ -382,6 +478,7 @@ def build(ctx) -> None:
             tag_status = gr.Markdown(elem_id="lora_studio_presets_tag_status")
             summary = gr.Markdown(elem_id="lora_studio_presets_lora_summary")
     orig = gr.State(orig0)
+    reload_armed = gr.State(False)
 
     def preset_choices():
         s = getattr(ctx, "presets", None)
@@ -395,16 +492,26 @@ def build(ctx) -> None:
                 compat.update(choices=lora_tab.list_loras(ctx)))
 
     compat.on_page_load(page_load, outputs=[table, orig, status, preset, lora])
+    compat.on_page_load_js(UNSAVED_HOOK_JS)
+    for edited in (table.input, set_btn.click, del_btn.click):
+        edited(None, inputs=None, outputs=None, **compat.js_kwargs(MARK_UNSAVED_JS))
 
-    fmt.change(lambda f: load_table(ctx, f), inputs=[fmt], outputs=[table, orig, status])
+    fmt.change(lambda f, t, o: change_format(ctx, f, t, o), inputs=[fmt, table, orig],
+               outputs=[table, orig, status, fmt])
     table.select(compat.with_select_index(row_at, 1), inputs=[table], outputs=[row_name, row_values])
-    set_btn.click(set_row, inputs=[table, fmt, row_name, row_values], outputs=[table, status])
-    del_btn.click(delete_row, inputs=[table, fmt, row_name], outputs=[table, status])
+    set_btn.click(lambda t, f, n, v: set_row(t, f, n, v, ctx), inputs=[table, fmt, row_name, row_values],
+                  outputs=[table, status])
+    del_btn.click(lambda t, f, n: delete_row(t, f, n, ctx), inputs=[table, fmt, row_name], outputs=[table, status])
     save_btn.click(lambda t, f, o: save_table(ctx, t, f, o), inputs=[table, fmt, orig],
-                   outputs=[table, orig, status]).then(preset_choices, inputs=[], outputs=[preset])
-    reload_btn.click(lambda f: reload_store(ctx, f), inputs=[fmt], outputs=[table, orig, status]) \
-        .then(preset_choices, inputs=[], outputs=[preset])
-    import_btn.click(lambda u: import_file(ctx, u), inputs=[up], outputs=[status]) \
+                   outputs=[table, orig, status]).then(preset_choices, inputs=[], outputs=[preset]) \
+        .then(None, inputs=[status], outputs=None, **compat.js_kwargs(CLEAR_UNSAVED_JS))
+    reload_btn.click(lambda f, t, o, a: reload_store(ctx, f, t, o, a), inputs=[fmt, table, orig, reload_armed],
+                     outputs=[table, orig, status, reload_armed]) \
+        .then(preset_choices, inputs=[], outputs=[preset]) \
+        .then(None, inputs=[status], outputs=None, **compat.js_kwargs(CLEAR_UNSAVED_JS))
+    # preprocess=False: Gradio 3 would otherwise copy any server path named in the request (see
+    # _uploaded_text) before our check runs.
+    import_btn.click(lambda u: import_file(ctx, u), inputs=[up], outputs=[status], preprocess=False) \
         .then(lambda f: load_table(ctx, f)[:2], inputs=[fmt], outputs=[table, orig]) \
         .then(preset_choices, inputs=[], outputs=[preset])
     export_btn.click(lambda: export_file(ctx), inputs=[], outputs=[down, status])
