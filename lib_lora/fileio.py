@@ -10,6 +10,7 @@ import re
 import secrets
 import socket
 import struct
+import time
 
 from lib_lora.errors import LoraFileError, LoraStudioError
 
@@ -152,8 +153,17 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_dead_temps(folder) -> int:
-    """Delete our named temporaries in `folder` whose writing process no longer exists (killed run)."""
+_SWEPT: dict = {}  # folder → monotonic time of its last sweep
+_SWEEP_EVERY = 60.0  # a caption run writes thousands of files into one folder: do not list it each time
+
+
+def remove_dead_temps(folder, force: bool = True) -> int:
+    """Delete our named temporaries in `folder` whose writing process no longer exists (killed run).
+    Without `force`, a folder swept less than a minute ago is skipped."""
+    key, now = os.path.abspath(folder), time.monotonic()
+    if not force and now - _SWEPT.get(key, -_SWEEP_EVERY) < _SWEEP_EVERY:
+        return 0
+    _SWEPT[key] = now
     host, removed = _host_tag(), 0
     try:
         entries = list(os.scandir(folder))
@@ -235,7 +245,7 @@ def atomic_write(path, write, overwrite: bool = False) -> str:
     """
     path = _name(path)
     d = os.path.dirname(os.path.abspath(path))
-    remove_dead_temps(d)
+    remove_dead_temps(d, force=False)
     fd, tmp = None, None
     try:
         if USE_O_TMPFILE:
