@@ -54,10 +54,10 @@ class PhaseProgress:
         else:
             amount = f"{done}/{total} {unit}".rstrip()
         bar = "#" * int(frac * 24) + "." * (24 - int(frac * 24))
+        self.drawn = True  # first: a Ctrl-C inside write() must still end the line in close()
         self.stream.write(f"\r{phase:<6} [{bar}] {frac * 100:3.0f}% {amount}  "
                           + (f"{elapsed:.0f} s" if final else f"ETA {fmt_eta(eta)}") + "   ")
         self.stream.flush()
-        self.drawn = True
 
     def _end(self) -> None:
         if self.drawn:
