@@ -32,16 +32,17 @@ def _chosen_verb(argv: list[str]) -> str | None:
 
 
 def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    """The full parser; given the command line `argv`, only the verb it names gets its arguments (fast)."""
     from lib_lora import __version__
 
     parser = argparse.ArgumentParser(prog="python -m lib_lora", description="LoRA Studio command line")
     parser.add_argument("--version", action="version", version=f"LoRA Studio {__version__}")
     sub = parser.add_subparsers(dest="verb", metavar="VERB")
-    chosen = _chosen_verb(sys.argv[1:] if argv is None else argv)
+    chosen = None if argv is None else _chosen_verb(argv)
     for verb in VERBS:
         try:
             mod = _load(verb)
-            if verb == chosen:
+            if argv is None or verb == chosen:
                 p = sub.add_parser(verb, help=mod.HELP, description=mod.HELP)
                 mod.add_arguments(p)
             else:
@@ -67,6 +68,7 @@ def _quiet_stdout() -> None:
 def main(argv: list[str] | None = None) -> int:
     from lib_lora.errors import LoraStudioError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     if not args.verb:
