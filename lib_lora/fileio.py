@@ -132,6 +132,9 @@ TMP_SUFFIX = ".lorastudio-tmp"
 # `.<target name>.<host>.<pid>.<random>.lorastudio-tmp`: the next write in the folder removes those whose
 # process is gone (same host only: a shared network folder may hold another machine's write in progress).
 _TMP_RE = re.compile(r"^\..*\.([0-9a-f]{8})\.(\d+)\.[A-Za-z0-9_]+" + re.escape(TMP_SUFFIX) + "$")
+# Names of versions before PIDs were recorded (`.<name>.<8 random>.lorastudio-tmp`): removed once a day old.
+_LEGACY_TMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}" + re.escape(TMP_SUFFIX) + "$")
+_LEGACY_TMP_AGE = 24 * 3600.0
 # Set to False to force named temporaries (what runs where O_TMPFILE is missing: other OSes, some filesystems).
 USE_O_TMPFILE = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
 _NO_SPACE = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
@@ -189,7 +192,10 @@ def remove_dead_temps(folder, force: bool = True) -> int:
         return 0
     for e in entries:
         m = _TMP_RE.match(e.name)
-        if not m or m.group(1) != host or _pid_alive(int(m.group(2))):
+        if m is None:
+            if not _LEGACY_TMP_RE.match(e.name) or not _older_than(e, _LEGACY_TMP_AGE):
+                continue
+        elif m.group(1) != host or _pid_alive(int(m.group(2))):
             continue
         try:
             os.unlink(e.path)
@@ -197,6 +203,13 @@ def remove_dead_temps(folder, force: bool = True) -> int:
         except OSError:
             pass
     return removed
+
+
+def _older_than(entry, seconds: float) -> bool:
+    try:
+        return time.time() - entry.stat().st_mtime > seconds
+    except OSError:
+        return False
 
 
 def _named_temp(path: str) -> tuple[str, int]:

@@ -6,6 +6,7 @@ import os
 import resource
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
@@ -127,3 +128,14 @@ def test_file_size_limit_is_one_line(tmp_path):
     assert r.returncode == 2, r.stderr
     assert r.stderr == "" and r.stdout.count("\n") == 1 and "File too large" in r.stdout
     assert os.listdir(tmp_path) == ["out.safetensors"] and target.read_bytes() == b"old"
+
+
+def test_leftovers_of_versions_without_pid_go_once_a_day_old(tmp_path):
+    old = tmp_path / f".model.safetensors.ab12cd34{fileio.TMP_SUFFIX}"   # what a killed earlier version left
+    new = tmp_path / f".other.safetensors.zz99yy88{fileio.TMP_SUFFIX}"
+    for p in (old, new):
+        p.write_bytes(b"x" * 1000)
+    day_ago = time.time() - 25 * 3600
+    os.utime(old, (day_ago, day_ago))
+    assert fileio.remove_dead_temps(tmp_path) == 1
+    assert not old.exists() and new.exists()
