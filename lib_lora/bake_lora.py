@@ -12,7 +12,7 @@ import json
 import os
 
 from lib_lora import fileio
-from lib_lora.bake import _STALE_METADATA, load_presets, resolve_prompt
+from lib_lora.bake import _STALE_METADATA, load_presets, parse_tags, resolve_tag
 from lib_lora.errors import LoraStudioError, SyntaxProblem
 
 # Normalised suffix (keys.split_key) of the factor that carries the multiplier, per algorithm.
@@ -53,16 +53,16 @@ def _factors(mod, suffixes) -> set:
 
 
 def bake_lora(prompt: str, lora_dir, out, overwrite: bool = False, presets_path=None, seed: int = 0):
-    """Returns (output path, stats dict, warnings)."""
+    """Returns (output path, stats dict, warnings). Tags resolve exactly as for `bake` (resolve_tag)."""
     from lib_lora.patcher import effective_multiplier
 
     out = os.fspath(out)
-    fileio.check_target(out, overwrite)
+    fileio.check_target(out, overwrite, ".safetensors")
     messages: list = []
-    resolved = resolve_prompt(prompt, lora_dir, None, load_presets(presets_path), seed, messages)
-    if len(resolved) != 1:
-        raise SyntaxProblem(f"bake-lora takes exactly one <lora:…> tag; the prompt has {len(resolved)}")
-    r = resolved[0]
+    tags = parse_tags(prompt, lora_dir)
+    if len(tags) != 1:
+        raise SyntaxProblem(f"bake-lora takes exactly one <lora:…> tag; the prompt has {len(tags)}")
+    r = resolve_tag(*tags[0], None, load_presets(presets_path, lora_dir, messages), seed, messages)
     net, active = r.network, r.active
     raw, metadata = fileio.read_tensors(net.path)
     mult = {k: effective_multiplier(active, m) for k, m in net.modules.items()}

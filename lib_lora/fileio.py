@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
 import pathlib
+import re
+import secrets
+import socket
 import stat
 import struct
-import tempfile
 import time
 from contextlib import contextmanager
 from typing import Iterable
-
-import torch
 
 from lib_lora.errors import LoraFileError, LoraStudioError
 
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
 _CHUNK = 1 << 20
+_WRITE_CHUNK = 16 << 20  # progress and Ctrl-C granularity of big writes
 
 
 def _name(path) -> str:
@@ -75,8 +77,10 @@ def read_metadata(path) -> dict[str, str]:
     return {str(k): str(v) for k, v in meta.items()}
 
 
-def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """All tensors (on CPU) and the string metadata of a LoRA/checkpoint file."""
+def read_tensors(path, allow_pickle: bool = False, progress=None) -> tuple[dict, dict[str, str]]:
+    """All tensors (on CPU) and the string metadata of a LoRA/checkpoint file.
+
+    `progress(done_bytes, total_bytes)` is called after each tensor of a safetensors file."""
     name = _name(path)
     if not os.path.exists(path):
         raise LoraFileError(f"file not found: '{name}'")
@@ -85,12 +89,17 @@ def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tens
     _, header = read_safetensors_header(path)
     from safetensors import safe_open
 
+    sizes = {k: v["data_offsets"][1] - v["data_offsets"][0] for k, v in header.items() if k != "__metadata__"}
+    total, done = sum(sizes.values()), 0
     try:
         tensors = {}
         with safe_open(name, framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             for key in f.keys():
                 tensors[key] = f.get_tensor(key)
+                if progress is not None:
+                    done += sizes.get(key, 0)
+                    progress(done, total)
     except LoraFileError:
         raise
     except Exception as exc:  # the Rust side raises a generic SafetensorError
@@ -100,6 +109,8 @@ def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tens
 
 
 def _read_pickle(path, allow_pickle: bool):
+    import torch
+
     name = _name(path)
     if not allow_pickle:
         raise LoraFileError(f"'{name}' is a pickle file and pickle loading is disabled; convert it to .safetensors "
@@ -283,75 +294,306 @@ def locked(path, timeout: float = 30.0):
 
 # Hidden temporary files end with this, so a later run can find leftovers of a killed one.
 TMP_SUFFIX = ".lorastudio-tmp"
+# `.<target name>.<host>.<pid>.<random>.lorastudio-tmp`: the next write in the folder removes those whose
+# process is gone (same host only: a shared network folder may hold another machine's write in progress).
+_TMP_RE = re.compile(r"^\..*\.([0-9a-f]{8})\.(\d+)\.[A-Za-z0-9_]+" + re.escape(TMP_SUFFIX) + "$")
+# Names of versions before PIDs were recorded (`.<name>.<8 random>.lorastudio-tmp`): removed once a day old.
+_LEGACY_TMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}" + re.escape(TMP_SUFFIX) + "$")
+_LEGACY_TMP_AGE = 24 * 3600.0
+# Set to False to force named temporaries (what runs where O_TMPFILE is missing: other OSes, some filesystems).
+USE_O_TMPFILE = hasattr(os, "O_TMPFILE") and os.path.isdir("/proc/self/fd")
+_NO_SPACE = {errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
-def _temp_path(path: str) -> str:
-    d = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=TMP_SUFFIX, dir=d)
-    os.close(fd)
-    return tmp
+def _host_tag() -> str:
+    return hashlib.sha256(socket.gethostname().encode("utf-8", "replace")).hexdigest()[:8]
 
 
-def check_target(path: str, overwrite: bool) -> None:
-    """Refuse before any slow work: an existing file needs `overwrite`, and the folder must exist."""
-    if os.path.exists(path) and not overwrite:
-        raise LoraFileError(f"'{path}' already exists; choose another name or pass --overwrite to replace it")
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    if os.name == "nt":  # os.kill(pid, 0) there would send Ctrl-C (CTRL_C_EVENT == 0) to a process group
+        return _pid_alive_windows(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):  # exists but not ours, or unknowable (Windows): keep the file
+        return True
+    return True
+
+
+def _pid_alive_windows(pid: int) -> bool:
+    import ctypes
+
+    kernel32 = ctypes.windll.kernel32
+    handle = kernel32.OpenProcess(0x1000, False, pid)  # PROCESS_QUERY_LIMITED_INFORMATION
+    if not handle:
+        return ctypes.GetLastError() == 5  # access denied: it exists
+    try:
+        code = ctypes.c_ulong()
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == 259  # STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)
+
+
+_SWEPT: dict = {}  # folder → monotonic time of its last sweep
+_SWEEP_EVERY = 60.0  # a caption run writes thousands of files into one folder: do not list it each time
+
+
+def remove_dead_temps(folder, force: bool = True) -> int:
+    """Delete our named temporaries in `folder` whose writing process no longer exists (killed run).
+    Without `force`, a folder swept less than a minute ago is skipped."""
+    key, now = os.path.abspath(folder), time.monotonic()
+    if not force and now - _SWEPT.get(key, -_SWEEP_EVERY) < _SWEEP_EVERY:
+        return 0
+    _SWEPT[key] = now
+    host, removed = _host_tag(), 0
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return 0
+    for e in entries:
+        m = _TMP_RE.match(e.name)
+        if m is None:
+            if not _LEGACY_TMP_RE.match(e.name) or not _older_than(e, _LEGACY_TMP_AGE):
+                continue
+        elif m.group(1) != host or _pid_alive(int(m.group(2))):
+            continue
+        try:
+            os.unlink(e.path)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _older_than(entry, seconds: float) -> bool:
+    try:
+        return time.time() - entry.stat().st_mtime > seconds
+    except OSError:
+        return False
+
+
+def _named_temp(path: str) -> tuple[str, int]:
+    """(name, fd) of a new hidden temporary beside `path` that carries this process's id."""
+    d, base = os.path.split(os.path.abspath(path))
+    while True:
+        tmp = os.path.join(d, f".{base[:120]}.{_host_tag()}.{os.getpid()}.{secrets.token_hex(4)}{TMP_SUFFIX}")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:
+            continue
+
+
+class WriteFailed(LoraFileError, OSError):
+    """A write that failed in the OS (full disk, permissions...): one line for users, still an OSError
+    (with errno/strerror) for callers that count I/O failures."""
+
+    def __str__(self) -> str:  # OSError would print "[Errno N] strerror" once errno is set
+        return str(self.args[0]) if self.args else ""
+
+
+def _exists_error(path: str) -> LoraFileError:
+    return LoraFileError(f"'{path}' already exists; choose another name or pass --overwrite to replace it")
+
+
+def check_target(path, overwrite: bool, suffix: str | None = None) -> None:
+    """Refuse before any slow work: a folder, a wrong extension, a missing or read-only parent folder,
+    or an existing file without `overwrite`."""
+    path = _name(path)
+    if os.path.isdir(path):
+        err = WriteFailed(f"'{path}' is a folder; give a file name" + (f" ending in {suffix}" if suffix else "")
+                          + ", e.g. " + os.path.join(path, "baked" + (suffix or ".txt")))
+        err.errno, err.strerror = errno.EISDIR, "is a folder"
+        raise err
+    if suffix and not path.lower().endswith(suffix):
+        raise LoraFileError(f"'{path}' does not end in {suffix}; the file written is {suffix[1:]}, "
+                            f"so name it ….{suffix[1:]}")
     d = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(d):
         raise LoraFileError(f"folder '{d}' does not exist; create it first")
+    if os.path.exists(path) and not overwrite:
+        raise _exists_error(path)
+    if not os.access(d, os.W_OK):
+        raise LoraFileError(f"folder '{d}' is not writable; choose another folder")
 
 
-def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, overwrite: bool = False) -> str:
-    """Write to a temporary file in the target folder, then rename: readers never see a partial file."""
-    from safetensors.torch import save_file
+def _write_error(path: str, exc: OSError) -> WriteFailed:
+    why = exc.strerror or str(exc)
+    if exc.errno in _NO_SPACE:
+        err = WriteFailed(f"cannot write '{path}': {why} (disk full or file too large); nothing was "
+                          f"written: free some space or write to another disk")
+    else:
+        err = WriteFailed(f"cannot write '{path}': {why}; nothing was written")
+    err.errno, err.strerror = exc.errno, exc.strerror
+    return err
 
+
+def atomic_write(path, write, overwrite: bool = False) -> str:
+    """`write(f)` fills a binary file object; `path` then appears complete in one step or not at all.
+
+    Linux: the data go to an O_TMPFILE (no name, so a killed process leaves nothing) linked in when done.
+    Elsewhere: a named hidden temporary carrying our PID, renamed into place; the next write in the same
+    folder removes those of dead processes. Out of space and other OS errors become one LoraFileError line.
+    """
     path = _name(path)
-    check_target(path, overwrite)
-    seen: set[int] = set()
-    clean = {}
-    for k, t in tensors.items():
-        t = t.detach().to("cpu").contiguous()
-        ptr = t.untyped_storage().data_ptr() if t.numel() else None
-        if ptr is not None and ptr in seen:  # safetensors refuses shared storage
-            t = t.clone()
-        elif ptr is not None:
-            seen.add(ptr)
-        clean[k] = t
-    meta = {str(k): str(v) for k, v in (metadata or {}).items()}
-    return _write_then_rename(path, overwrite, lambda tmp: save_file(clean, tmp, metadata=meta))
-
-
-def _write_then_rename(path: str, overwrite: bool, write) -> str:
-    """`write(tmp)` fills a hidden temporary beside `path`, which then replaces `path` in one rename."""
-    tmp = _temp_path(path)
+    d = os.path.dirname(os.path.abspath(path))
+    remove_dead_temps(d, force=False)
+    fd, tmp = None, None
     try:
-        write(tmp)
-        if os.path.exists(path) and not overwrite:  # appeared while we were writing
-            raise LoraFileError(f"'{path}' already exists; choose another name or pass --overwrite to replace it")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        if USE_O_TMPFILE:
+            try:
+                fd = os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o666)  # umask applies, as for a new file
+            except OSError as exc:
+                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                    raise
+                fd = None  # this filesystem has no O_TMPFILE
+        if fd is None:
+            tmp, fd = _named_temp(path)
+        with os.fdopen(fd, "wb", closefd=False) as f:
+            write(f)
+            f.flush()
+            os.fsync(fd)
+        if tmp is None:
+            proc = f"/proc/self/fd/{fd}"
+            if not overwrite:
+                try:
+                    _link_fd(proc, path)  # fails if the name appeared meanwhile
+                except FileExistsError:
+                    raise _exists_error(path) from None
+                return path
+            tmp = _link_named(proc, path)
+        if not overwrite:
+            try:
+                os.link(tmp, path)  # atomic create-if-absent
+            except FileExistsError:
+                raise _exists_error(path) from None
+            except OSError:  # no hard links here (FAT, some network shares): check, then rename
+                if os.path.exists(path):
+                    raise _exists_error(path) from None
+                os.replace(tmp, path)
+        else:
+            os.replace(tmp, path)
+    except OSError as exc:
+        raise _write_error(path, exc) from exc
+    finally:
+        if fd is not None:
+            os.close(fd)
+        if tmp is not None and os.path.lexists(tmp):
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
     return path
+
+
+def _link_fd(proc: str, dst: str) -> None:
+    """linkat(…, AT_SYMLINK_FOLLOW) of /proc/self/fd/N. CPython calls plain link() (which does not follow
+    the magic link: EXDEV) unless a dir fd is given; the absolute path makes that fd irrelevant."""
+    root = os.open("/", os.O_RDONLY)
+    try:
+        os.link(proc, dst, src_dir_fd=root, follow_symlinks=True)
+    finally:
+        os.close(root)
+
+
+def _link_named(proc: str, path: str) -> str:
+    """Give the finished O_TMPFILE a PID-carrying hidden name beside `path` (to be renamed over it)."""
+    while True:
+        tmp, fd = _named_temp(path)
+        os.close(fd)
+        os.unlink(tmp)
+        try:
+            _link_fd(proc, tmp)
+            return tmp
+        except FileExistsError:
+            continue
+
+
+# safetensors dtype names, in the order safetensors sorts them (largest first in the file).
+_ST_DTYPES = [("BOOL", "bool"), ("U8", "uint8"), ("I8", "int8"), ("F8_E5M2", "float8_e5m2"),
+              ("F8_E4M3", "float8_e4m3fn"), ("I16", "int16"), ("F16", "float16"), ("BF16", "bfloat16"),
+              ("I32", "int32"), ("F32", "float32"), ("F64", "float64"), ("I64", "int64")]
+
+
+def _st_layout(tensors: dict, metadata: dict | None) -> tuple[bytes, list]:
+    """(header bytes incl. length prefix, [(key, tensor)] in file order), laid out as safetensors.torch.save
+    does (byte-identical files), so the body hash matches a file written by safetensors itself."""
+    import torch
+
+    rank = {getattr(torch, tname): (i, sname) for i, (sname, tname) in enumerate(_ST_DTYPES)
+            if hasattr(torch, tname)}
+    items = []
+    for k, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise LoraStudioError(f"cannot save '{k}': not a tensor")
+        if t.dtype not in rank:
+            raise LoraStudioError(f"cannot save '{k}': dtype {t.dtype} has no safetensors equivalent")
+        items.append((str(k), t))
+    items.sort(key=lambda kv: (-rank[kv[1].dtype][0], kv[0]))
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    off = 0
+    for k, t in items:
+        n = t.numel() * t.element_size()
+        header[k] = {"dtype": rank[t.dtype][1], "shape": list(t.shape), "data_offsets": [off, off + n]}
+        off += n
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw, items
+
+
+def _tensor_bytes(t):
+    import torch
+
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous().reshape(-1)
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.view(torch.uint8).numpy()).cast("B")
+
+
+def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, overwrite: bool = False,
+                            progress=None) -> str:
+    """Stream `tensors` as a .safetensors file through `atomic_write` (no second copy in memory).
+
+    `progress(done_bytes, total_bytes)` is called as the data are written."""
+    path = _name(path)
+    check_target(path, overwrite, ".safetensors")
+    head, items = _st_layout(tensors, metadata)
+    total = len(head) + sum(t.numel() * t.element_size() for _, t in items)
+
+    def write(f):
+        f.write(head)
+        done = len(head)
+        for _, t in items:
+            mv = _tensor_bytes(t)
+            for i in range(0, len(mv), _WRITE_CHUNK):
+                f.write(mv[i:i + _WRITE_CHUNK])
+                done += min(_WRITE_CHUNK, len(mv) - i)
+                if progress is not None:
+                    progress(done, total)
+        if progress is not None:
+            progress(total, total)
+
+    return atomic_write(path, write, overwrite)
 
 
 def atomic_write_text(path, text: str, overwrite: bool = True, encoding: str = "utf-8",
                       make_dirs: bool = False) -> str:
-    """Write to a hidden temporary file beside `path`, fsync, then rename over it: readers see the old
-    file or the new one, never a partial one (one filesystem)."""
+    """Readers see the old file or the new one, never a partial one (`atomic_write`)."""
     path = _name(path)
     if make_dirs:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     check_target(path, overwrite)
-
-    def write(tmp):
-        with open(tmp, "w", encoding=encoding, newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-
-    return _write_then_rename(path, overwrite, write)
+    data = text.encode(encoding)
+    return atomic_write(path, lambda f: f.write(data), overwrite)
 
 
 def model_hash(path, trust_metadata: bool = False) -> str:

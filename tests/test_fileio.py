@@ -128,26 +128,33 @@ def test_atomic_save_shared_storage_views(tmp_path):
     assert torch.equal(t["y"], base[6:]) and torch.equal(t["t"], base.view(3, 4).T)
 
 
-def test_failed_write_leaves_nothing(tmp_path, monkeypatch):
-    """Fault injection: the writer dies after writing half a file; neither target nor temp file may remain."""
+def test_streamed_file_is_byte_identical_to_safetensors_own(tmp_path):
+    """The streaming writer lays files out exactly as safetensors does (same body hash as its files)."""
     import safetensors.torch as st
 
-    def dying_save(tensors, filename, metadata=None):
-        with open(filename, "wb") as f:
-            f.write(b"partial")
-        raise OSError("disk full")
+    ts = {"b": torch.randn(3, 4), "a": torch.randn(5).half(), "z": torch.arange(7), "s": torch.tensor(3.0),
+          "c": torch.ones(2, dtype=torch.bfloat16), "m": torch.tensor([True, False]), "e": torch.empty(0, 4),
+          "u": torch.arange(5, dtype=torch.uint8), "d": torch.randn(2, dtype=torch.float64),
+          "t": torch.randn(3, 4).T, "\u00fc": torch.ones(1), "f8": torch.randn(4).to(torch.float8_e4m3fn)}
+    p = tmp_path / "x.safetensors"
+    for meta in (None, {"k": 'v\n"\u00e9'}):
+        fileio.atomic_save_safetensors(ts, p, meta, overwrite=True)
+        assert p.read_bytes() == st.save({k: v.contiguous() for k, v in ts.items()}, metadata=meta)
+    seen = []
+    fileio.atomic_save_safetensors({"w": torch.ones(5 << 20)}, p, overwrite=True, progress=lambda d, t: seen.append((d, t)))
+    assert seen[-1][0] == seen[-1][1] == p.stat().st_size and len(seen) >= 2
+    assert sorted(os.listdir(tmp_path)) == ["x.safetensors"]
 
-    monkeypatch.setattr(st, "save_file", dying_save)
-    p = tmp_path / "out.safetensors"
-    with pytest.raises(OSError):
-        fileio.atomic_save_safetensors({"a": torch.ones(3)}, p)
-    assert os.listdir(tmp_path) == []
-    existing = tmp_path / "keep.safetensors"
-    existing.write_bytes(b"old content")
-    with pytest.raises(OSError):
-        fileio.atomic_save_safetensors({"a": torch.ones(3)}, existing, overwrite=True)
-    assert existing.read_bytes() == b"old content"
-    assert os.listdir(tmp_path) == ["keep.safetensors"]
+
+@pytest.mark.parametrize("name,overwrite,match", [
+    ("", True, "is a folder"), ("out.ckpt", False, "does not end in .safetensors"),
+    ("missing/out.safetensors", False, "does not exist"), ("old.safetensors", False, "--overwrite")])
+def test_target_checks_before_any_work(tmp_path, name, overwrite, match):
+    (tmp_path / "old.safetensors").write_bytes(b"old")
+    with pytest.raises(LoraFileError, match=match) as exc:
+        fileio.check_target(tmp_path / name, overwrite, ".safetensors")
+    assert "\n" not in str(exc.value)
+    assert (tmp_path / "old.safetensors").read_bytes() == b"old"
 
 
 def test_atomic_write_text(tmp_path):
