@@ -127,15 +127,15 @@ def resolve_tag(tag, path, arch: str | None, presets, seed: int = 0, messages: l
         key, why = net.skipped[0]
         messages.append(f"`{net.name}`: {len(net.skipped)} keys not used (e.g. '{key}': {why})")
     res = resolve_blocks(tag, presets, net.arch if net.arch != "unknown" else arch, seed)
-    if res.errors:
-        raise SyntaxProblem(res.errors[0])
-    if tag.blocks is not None and res.vector is None:  # the preset is unknown: never bake "all 1" instead
+    if tag.blocks is not None and res.source is None:  # the preset is unknown: never bake "all 1" instead
         close = presets.close_matches(tag.blocks) if presets is not None else []
         near = f" (close: {', '.join(close)})" if close else ""
         where = getattr(presets, "user_path", None)
         raise SyntaxProblem(f"`{tag.name}`: unknown block-weight preset '{tag.blocks}'{near}; nothing was "
                             f"written. Fix the name, or save the preset in the Presets tab"
                             + (f" (user presets file: {where})" if where else ""))
+    if res.errors:
+        raise SyntaxProblem(res.errors[0])
     messages.extend(res.warnings)
     active = ActiveLora(net, te=tag.te, unet=tag.unet_multiplier, blocks=res.vector, dyn=tag.dyn,
                         start=tag.start, stop=tag.stop, listed=res.listed)
