@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -49,6 +50,12 @@ def read_safetensors_header(path) -> tuple[int, dict]:
     except (UnicodeDecodeError, ValueError) as exc:
         raise LoraFileError(f"'{name}' is not a safetensors file (unreadable header); "
                             f"check that it is a LoRA/model file and download it again") from exc
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        # safetensors itself refuses such a header; say so for this file only, before any reader trips on it
+        what = "an object with non-text values" if isinstance(meta, dict) else f"a JSON {type(meta).__name__}"
+        raise LoraFileError(f"'{name}' has a malformed header (its __metadata__ is {what}, not an object of "
+                            f"texts); re-save it with a current tool or move it out of the LoRA folder")
     body = size - 8 - n
     end = 0
     for key, info in header.items():
@@ -82,7 +89,7 @@ def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tens
 
     try:
         tensors = {}
-        with safe_open(name, framework="pt", device="cpu") as f:
+        with _utf8_path(name) as openable, safe_open(openable, framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             for key in f.keys():
                 tensors[key] = f.get_tensor(key)
@@ -92,6 +99,25 @@ def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tens
         raise LoraFileError(f"'{name}' is corrupt ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                             f"download it again") from exc
     return tensors, {str(k): str(v) for k, v in meta.items()}
+
+
+@contextlib.contextmanager
+def _utf8_path(name: str):
+    """A path safe_open accepts: it takes UTF-8 paths only, so a file named in another encoding (a Linux
+    byte name, decoded with surrogates) is opened through its descriptor instead of being called corrupt."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        if os.path.isdir("/proc/self/fd"):
+            fd = os.open(name, os.O_RDONLY)
+            try:
+                yield f"/proc/self/fd/{fd}"
+            finally:
+                os.close(fd)
+            return
+        raise LoraFileError(f"'{os.fsencode(name).decode('utf-8', 'replace')}' has a file name that is not "
+                            f"UTF-8; rename it") from None
+    yield name
 
 
 def _read_pickle(path, allow_pickle: bool):
