@@ -103,6 +103,8 @@ def resolve_prompt(prompt: str, lora_dir, arch: str | None, presets=None, seed: 
             raise SyntaxProblem(tag.errors[0])
         messages.extend(tag.warnings)
         net = load_network(find_lora(tag.name, lora_dir, index), expected_arch=arch)
+        if net.damage_message:  # damaged modules were left out at load time
+            messages.append(net.damage_message)
         res = resolve_blocks(tag, presets, net.arch if net.arch != "unknown" else arch, seed)
         if res.errors:
             raise SyntaxProblem(res.errors[0])

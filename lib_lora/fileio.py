@@ -22,6 +22,11 @@ def _name(path) -> str:
     return os.fspath(path)
 
 
+def display_path(path) -> str:
+    """A path as printable text: a file name that is not UTF-8 shows U+FFFD instead of breaking a print."""
+    return os.fsencode(os.fspath(path)).decode("utf-8", "replace")
+
+
 def read_safetensors_header(path) -> tuple[int, dict]:
     """(header length N, parsed header) after checking the file is a complete safetensors file.
 

@@ -14,6 +14,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lib_lora.fileio import display_path
+
 EXTENSIONS = (".safetensors", ".pt", ".ckpt")
 _EPOCH_RE = re.compile(r"^(?P<base>.+)-(?P<num>\d+)$")
 
@@ -36,11 +38,6 @@ def read_metadata(path: Path) -> tuple[dict, str | None]:
         return {}, str(exc)
     except (OSError, ValueError) as exc:  # never let one file stop the scan of the others
         return {}, f"cannot read '{path}': {exc}"
-
-
-def display(path) -> str:
-    """A path as text that can always be printed (a non-UTF-8 file name shows U+FFFD, not a crash)."""
-    return os.fsencode(os.fspath(path)).decode("utf-8", "replace")
 
 
 def walk_files(root: Path, problems: list, seen: dict, budget: list):
@@ -80,15 +77,15 @@ def walk_files(root: Path, problems: list, seen: dict, budget: list):
             key = (st.st_dev, st.st_ino)
             if key in seen:
                 if _is_ancestor(seen[key], folder):
-                    problems.append(f"'{display(e.path)}' links back to '{display(seen[key])}' (a folder loop); "
+                    problems.append(f"'{display_path(e.path)}' links back to '{display_path(seen[key])}' (a folder loop); "
                                     f"not followed")
                 continue
             if depth + 1 > MAX_DEPTH:
-                problems.append(f"'{display(e.path)}' is more than {MAX_DEPTH} folders deep; not scanned")
+                problems.append(f"'{display_path(e.path)}' is more than {MAX_DEPTH} folders deep; not scanned")
                 continue
             if budget[0] <= 0:
                 problems.append(f"more than {MAX_DIRS} folders under the LoRA folders; stopped at "
-                                f"'{display(e.path)}' (a link to a large folder?)")
+                                f"'{display_path(e.path)}' (a link to a large folder?)")
                 return
             budget[0] -= 1
             seen[key] = Path(e.path)
