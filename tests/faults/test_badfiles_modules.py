@@ -178,3 +178,16 @@ def test_non_utf8_file_name_loads_and_inspects(good, tmp_path):
                           capture_output=True, timeout=300)
     assert proc.returncode == 0, proc.stderr.decode(errors="replace")
     assert "caf\ufffd.safetensors".encode() in proc.stdout and b"corrupt" not in proc.stderr
+
+
+@pytest.mark.parametrize("name,change", [("mismatch", _mismatch), ("zerorank", _zero_rank), ("nan", _nan)])
+def test_ui_inspect_tab_shows_the_verdict(good, name, change):
+    """The standalone/WebUI LoRAs tab callback: a verdict row instead of an exception (an HTTP 500)."""
+    from pathlib import Path
+
+    from lib_lora.ui.context import UiContext
+    from lib_lora.ui.lora_tab import show_lora
+    variant(good, name, change)
+    ctx = UiContext(lora_dirs=[Path(good[0])], checkpoint_dirs=[], tagger_models_dir=Path(good[0]))
+    chart, summary, meta = show_lora(ctx, f"{name}.safetensors")
+    assert "partial" in summary and good[2] in summary and chart
