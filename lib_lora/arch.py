@@ -199,3 +199,29 @@ def detect_lora_arch(modules: dict, metadata: dict | None = None) -> str:
     if any(layer.startswith("cond_stage_model.model.") for layer in layers):
         return "sd2"
     return "unknown"
+
+
+# ---------------------------------------------------------------- what a file without LoRA modules is
+
+_LORA_MARKS = re.compile(r"lora_|lokr_|hada_|oft_|lycoris_|\.alpha$|\.on_input$|\.diff$|\.[wb]_norm$")
+
+
+def guess_non_lora(keys) -> str | None:
+    """What a tensor file whose keys hold no usable LoRA module is ("a model checkpoint (…), not a LoRA"),
+    or None when its keys do look like a LoRA (for another model family)."""
+    keys = [str(k) for k in keys]
+    n = len(keys)
+    if not keys:
+        return "a file without tensors"
+    if any(_LORA_MARKS.search(k) for k in keys):
+        return None
+    if any(k.startswith((UNET, "first_stage_model.", "cond_stage_model.", "conditioner.")) for k in keys):
+        return f"a model checkpoint ({n} tensors), not a LoRA"
+    if any(k.startswith(("down_blocks.", "mid_block.", "up_blocks.", "conv_in.")) for k in keys):
+        return f"a diffusers model ({n} tensors), not a LoRA"
+    if any(k.startswith(("encoder.down.", "decoder.up.", "encoder.conv_in", "decoder.conv_in")) for k in keys):
+        return f"a VAE ({n} tensors), not a LoRA"
+    if any(k in ("emb_params", "string_to_param", "clip_l", "clip_g") or k.startswith("string_to_param.")
+           for k in keys):
+        return "a textual-inversion embedding, not a LoRA (put it in the embeddings folder)"
+    return f"a file of unknown tensors ({n}, e.g. '{keys[0]}'), not a LoRA"

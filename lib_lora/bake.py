@@ -126,6 +126,8 @@ def resolve_tag(tag, path, arch: str | None, presets, seed: int = 0, messages: l
     if net.skipped:
         key, why = net.skipped[0]
         messages.append(f"`{net.name}`: {len(net.skipped)} keys not used (e.g. '{key}': {why})")
+    if net.damage_message:  # damaged modules were left out at load time
+        messages.append(net.damage_message)
     res = resolve_blocks(tag, presets, net.arch if net.arch != "unknown" else arch, seed)
     if tag.blocks is not None and res.source is None:  # the preset is unknown: never bake "all 1" instead
         close = presets.close_matches(tag.blocks) if presets is not None else []

@@ -83,7 +83,8 @@ def bake_lora(prompt: str, lora_dir, out, overwrite: bool = False, presets_path=
     for key, t in raw.items():
         mk, suffix = _module_of(key, net.modules)
         if mk is None:
-            result[key] = t  # not an applied module (bundled embedding, unknown key): kept as is
+            if key not in net.damaged_keys:  # a damaged module (NaN, rank 0…) is not copied either
+                result[key] = t  # not an applied module (bundled embedding, unknown key): kept as is
             continue
         m = mult[mk]
         if m == 0.0:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -26,6 +27,11 @@ _WRITE_CHUNK = 16 << 20  # progress and Ctrl-C granularity of big writes
 
 def _name(path) -> str:
     return os.fspath(path)
+
+
+def display_path(path) -> str:
+    """A path as printable text: a file name that is not UTF-8 shows U+FFFD instead of breaking a print."""
+    return os.fsencode(os.fspath(path)).decode("utf-8", "replace")
 
 
 def read_safetensors_header(path) -> tuple[int, dict]:
@@ -56,6 +62,12 @@ def read_safetensors_header(path) -> tuple[int, dict]:
     except (UnicodeDecodeError, ValueError) as exc:
         raise LoraFileError(f"'{name}' is not a safetensors file (unreadable header); "
                             f"check that it is a LoRA/model file and download it again") from exc
+    meta = header.get("__metadata__")
+    if meta is not None and not (isinstance(meta, dict) and all(isinstance(v, str) for v in meta.values())):
+        # safetensors itself refuses such a header; say so for this file only, before any reader trips on it
+        what = "an object with non-text values" if isinstance(meta, dict) else f"a JSON {type(meta).__name__}"
+        raise LoraFileError(f"'{name}' has a malformed header (its __metadata__ is {what}, not an object of "
+                            f"texts); re-save it with a current tool or move it out of the LoRA folder")
     body = size - 8 - n
     end = 0
     for key, info in header.items():
@@ -93,7 +105,7 @@ def read_tensors(path, allow_pickle: bool = False, progress=None) -> tuple[dict,
     total, done = sum(sizes.values()), 0
     try:
         tensors = {}
-        with safe_open(name, framework="pt", device="cpu") as f:
+        with _utf8_path(name) as openable, safe_open(openable, framework="pt", device="cpu") as f:
             meta = f.metadata() or {}
             for key in f.keys():
                 tensors[key] = f.get_tensor(key)
@@ -106,6 +118,25 @@ def read_tensors(path, allow_pickle: bool = False, progress=None) -> tuple[dict,
         raise LoraFileError(f"'{name}' is corrupt ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); "
                             f"download it again") from exc
     return tensors, {str(k): str(v) for k, v in meta.items()}
+
+
+@contextlib.contextmanager
+def _utf8_path(name: str):
+    """A path safe_open accepts: it takes UTF-8 paths only, so a file named in another encoding (a Linux
+    byte name, decoded with surrogates) is opened through its descriptor instead of being called corrupt."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        if os.path.isdir("/proc/self/fd"):
+            fd = os.open(name, os.O_RDONLY)
+            try:
+                yield f"/proc/self/fd/{fd}"
+            finally:
+                os.close(fd)
+            return
+        raise LoraFileError(f"'{os.fsencode(name).decode('utf-8', 'replace')}' has a file name that is not "
+                            f"UTF-8; rename it") from None
+    yield name
 
 
 def _read_pickle(path, allow_pickle: bool):

@@ -10,6 +10,7 @@ from typing import Optional
 import torch
 
 from lib_lora import fileio
+from lib_lora.arch import guess_non_lora
 from lib_lora.blocks import BLOCK_NAMES
 from lib_lora.network import load_network
 
@@ -135,8 +136,11 @@ def inspect_network(net, compute_norms: bool = True) -> dict:
         what = ", ".join(f"{k} ×{v}" for k, v in sorted(missing.items()))
         notes.append(f"norms leave out {sum(missing.values())} module(s) whose ΔW depends on the model weight ({what})")
     meta = {k: v for k, v in sorted(net.metadata.items()) if k.startswith(("ss_", "modelspec.", "sshs_"))}
+    verdict, problem = _verdict(net)
     return {
-        "file": net.path,
+        "verdict": verdict,
+        "problem": problem,
+        "file": fileio.display_path(net.path),
         "name": net.name,
         "alias": net.alias,
         "size_bytes": net.size,
@@ -158,6 +162,23 @@ def inspect_network(net, compute_norms: bool = True) -> dict:
     }
 
 
+def _verdict(net) -> tuple[str, Optional[str]]:
+    """("ok" | "partial" | "unusable" | "not a lora", one line saying what is wrong or None)."""
+    if not net.modules:
+        if net.rejected:
+            key, problem = net.rejected[0]
+            return "unusable", (f"no usable module: all {len(net.rejected)} module(s) are damaged "
+                                f"(e.g. '{key}': {problem})")
+        kind = guess_non_lora(k for k, _ in net.skipped)
+        if kind:
+            return "not a lora", f"no LoRA modules: this looks like {kind}"
+        example = f" (e.g. '{net.skipped[0][0]}': {net.skipped[0][1]})" if net.skipped else ""
+        return "not a lora", f"no module this tool can apply to SD1/SD2/SDXL{example}"
+    if net.rejected:
+        return "partial", net.damage_message
+    return "ok", None
+
+
 def inspect_file(path, allow_pickle: bool = False, compute_norms: bool = True, with_hash: bool = True) -> dict:
     """Report on one LoRA/LyCORIS file (JSON-serialisable dict)."""
     net = load_network(path, allow_pickle=allow_pickle, allow_empty=True)
@@ -172,6 +193,8 @@ def inspect_file(path, allow_pickle: bool = False, compute_norms: bool = True, w
 def format_report(r: dict) -> str:
     """Human-readable table of an inspect_file report."""
     lines = [f"File:        {r['file']} ({r['size_bytes'] / 1e6:.1f} MB)"]
+    if r.get("problem"):
+        lines.append(f"Verdict:     {r['verdict'].upper()}: {r['problem']}")
     if r.get("hash"):
         lines.append(f"Hash:        {r['hash_short']} (sha256 of the body: {r['hash']})")
     lines.append(f"Arch:        {r['arch_label']}" + (f"    Alias: {r['alias']}" if r.get("alias") else ""))

@@ -17,6 +17,7 @@ import torch
 
 from lib_lora import arch as _arch
 from lib_lora.blocks import slot_of_layer
+from lib_lora.errors import LoraStudioError
 
 UNET = _arch.UNET
 TE_PREFIXES = ("cond_stage_model.", "conditioner.")
@@ -354,12 +355,38 @@ def _peft_magnitude(mag: torch.Tensor) -> torch.Tensor:
     return mag.reshape(-1, 1)
 
 
-def _group(state_dict: dict, metadata: dict, arch: str):
+def _check(module: LoraModule) -> str | None:
+    """Why a module cannot be right whatever the model (NaN/Inf, rank 0, factor shapes), or None."""
+    try:
+        from lib_lora.algos import check_module
+    except ImportError:
+        return None
+    try:
+        check_module(module)
+    except LoraStudioError as exc:
+        msg = str(exc)
+        return msg[len(module.key) + 2:] if msg.startswith(module.key + ": ") else msg
+    return None
+
+
+def _one_number(t: torch.Tensor | None, what: str) -> tuple[float | None, str | None]:
+    """(value, problem) of an `alpha`/`scale` tensor: a scalar or shape [1] is one number, more is an error
+    (silently ignoring it would change the strength)."""
+    if t is None:
+        return None, None
+    if t.numel() != 1:
+        return None, (f"{what} holds {t.numel()} values (shape {tuple(t.shape)}) where one number is expected; "
+                      f"the file is broken, re-export it")
+    return float(t.float().item()), None
+
+
+def _group(state_dict: dict, metadata: dict, arch: str, checked: dict | None = None):
     raw: dict[str, dict] = {}
     where: dict[str, tuple[str, str]] = {}
     owners: dict[str, list[str]] = {}
     loose: list[str] = []
     skipped: list[tuple[str, str]] = []
+    rejected: list[tuple[str, str, tuple]] = []  # (module key, problem, its keys): damaged, also in skipped
     for key, tensor in state_dict.items():
         parts = split_key(key)
         if parts is None:
@@ -401,32 +428,52 @@ def _group(state_dict: dict, metadata: dict, arch: str):
             skipped += [(k, f"{algo} module with unsupported tensors ({', '.join(sorted(extra))})")
                         for k in owners[module]]
             continue
-        alpha = float(alpha_t.float().item()) if alpha_t is not None and alpha_t.numel() == 1 else None
-        if alpha is None and not module.startswith(("lora_", "oft_", "lycoris_")):
+        alpha, problem = _one_number(alpha_t, "alpha")
+        scale, problem2 = _one_number(scale_t, "scale")
+        problem = problem or problem2
+        if alpha is None and alpha_t is None and not module.startswith(("lora_", "oft_", "lycoris_")):
             alpha = _peft_alpha(cfg, comp, path, _rank(tensors))
         if alpha == 0 and algo not in ("oft", "boft"):
             alpha = None  # 0 means "unset" (scale 1); for OFT it is a real constraint value
         layer, qkv = hit
-        modules[module] = LoraModule(
-            key=module, layer=layer, qkv=qkv, algo=algo, tensors=tensors, alpha=alpha,
-            scale=float(scale_t.float().item()) if scale_t is not None and scale_t.numel() == 1 else None,
+        mod = LoraModule(
+            key=module, layer=layer, qkv=qkv, algo=algo, tensors=tensors, alpha=alpha, scale=scale,
             dora_scale=_peft_magnitude(mag) if mag is not None else dora,
             slot=slot_of_layer(layer), is_te=layer.startswith(TE_PREFIXES), peft_dora=mag is not None)
-    return modules, skipped
+        if not problem:  # the same module is checked once even when several archs are tried
+            checked = {} if checked is None else checked
+            if module not in checked:
+                checked[module] = _check(mod)
+            problem = checked[module]
+        if problem:  # the rest of the file still loads; the caller reports the file as partly applied
+            rejected.append((module, problem, tuple(owners[module])))
+            skipped += [(k, problem) for k in owners[module]]
+            continue
+        modules[module] = mod
+    return modules, skipped, rejected
 
 
-def group_modules_with_arch(state_dict: dict, metadata: dict | None = None, arch_hint: str | None = None):
-    """(modules, skipped, arch used for names). Unknown arch: the arch whose names match most keys."""
+def group_modules_with_arch(state_dict: dict, metadata: dict | None = None, arch_hint: str | None = None,
+                            rejected: list | None = None):
+    """(modules, skipped, arch used for names). Unknown arch: the arch whose names match most keys.
+    Damaged modules (NaN/Inf, rank 0, disagreeing factors, a vector alpha) are left out, listed in skipped
+    per key, and appended to `rejected` as (module key, problem, its keys) when a list is given."""
     metadata = metadata or {}
     arch = arch_hint if arch_hint in _arch.ARCHS else _arch.detect_arch_raw(state_dict, metadata)
     if arch in _arch.ARCHS:
-        return (*_group(state_dict, metadata, arch), arch)
-    best = None
-    for cand in ("sd1", "sdxl", "sd2"):
-        mods, skipped = _group(state_dict, metadata, cand)
-        if best is None or len(skipped) < len(best[1]):
-            best = (mods, skipped, cand)
-    return best
+        mods, skipped, bad = _group(state_dict, metadata, arch)
+        best = (mods, skipped, bad, arch)
+    else:
+        best, checked = None, {}
+        for cand in ("sd1", "sdxl", "sd2"):
+            mods, skipped, bad = _group(state_dict, metadata, cand, checked)
+            # keys of damaged modules did match a layer name of this arch
+            unmatched = len(skipped) - sum(len(r[2]) for r in bad)
+            if best is None or unmatched < best[4]:
+                best = (mods, skipped, bad, cand, unmatched)
+    if rejected is not None:
+        rejected.extend(best[2])
+    return best[0], best[1], best[3]
 
 
 def group_modules(state_dict: dict, metadata: dict | None = None, arch_hint: str | None = None):

@@ -22,6 +22,8 @@ class LoraNetwork:
     metadata: dict = field(default_factory=dict)
     modules: dict = field(default_factory=dict)   # module key → LoraModule
     skipped: list = field(default_factory=list)   # (key, reason) not loaded
+    rejected: list = field(default_factory=list)  # (module key, problem): damaged modules (also in skipped)
+    damaged_keys: frozenset = frozenset()         # the file keys of those modules
     alias: Optional[str] = None       # metadata ss_output_name (A1111 "alias")
     mtime: float = 0.0
     size: int = 0
@@ -50,6 +52,15 @@ class LoraNetwork:
             out[m.algo] = out.get(m.algo, 0) + 1
         return dict(sorted(out.items()))
 
+    @property
+    def damage_message(self) -> Optional[str]:
+        """One line when damaged modules were left out (the rest is applied), else None."""
+        if not self.rejected:
+            return None
+        key, problem = self.rejected[0]
+        return (f"LoRA '{self.name}' is partly damaged: {len(self.rejected)} module(s) left out, "
+                f"{len(self.modules)} applied (e.g. '{key}': {problem})")
+
     def check_arch(self, expected_arch: Optional[str]) -> None:
         if expected_arch and self.arch in _arch.ARCHS and expected_arch in _arch.ARCHS and self.arch != expected_arch:
             raise ArchitectureMismatch(mismatch_message(self.name, self.arch, expected_arch))
@@ -76,13 +87,24 @@ def load_network(path, allow_pickle: bool = False, expected_arch: Optional[str] 
     if expected_arch and raw_arch in _arch.ARCHS and expected_arch in _arch.ARCHS and raw_arch != expected_arch:
         raise ArchitectureMismatch(mismatch_message(name, raw_arch, expected_arch))
     hint = raw_arch if raw_arch in _arch.ARCHS else expected_arch
-    modules, skipped, _ = group_modules_with_arch(tensors, metadata, arch_hint=hint)
+    rejected: list = []
+    modules, skipped, _ = group_modules_with_arch(tensors, metadata, arch_hint=hint, rejected=rejected)
     arch = raw_arch if raw_arch in _arch.ARCHS else _arch.detect_lora_arch(modules, metadata)
     if not modules and not allow_empty:
+        if rejected:
+            key, problem = rejected[0][:2]
+            raise LoraFileError(f"LoRA '{name}' cannot be applied: all {len(rejected)} module(s) are damaged "
+                                f"(e.g. '{key}': {problem})")
+        kind = _arch.guess_non_lora(tensors)
+        if kind:
+            raise LoraFileError(f"'{name}' is {kind}; nothing to apply")
         example = f" (e.g. '{skipped[0][0]}': {skipped[0][1]})" if skipped else ""
         raise LoraFileError(f"LoRA '{name}' has no layer this tool can apply to SD1/SD2/SDXL{example}; "
                             f"it may be made for another model family")
+    damaged = {k for r in rejected for k in r[2]}
+    skipped = [s for s in skipped if s[0] in damaged] + [s for s in skipped if s[0] not in damaged]
     net = LoraNetwork(name=name, path=path, arch=arch, metadata=metadata, modules=modules, skipped=skipped,
+                      rejected=[(r[0], r[1]) for r in rejected], damaged_keys=frozenset(damaged),
                       alias=metadata.get("ss_output_name") or None,
                       mtime=st.st_mtime if st else 0.0, size=st.st_size if st else 0)
     net.check_arch(expected_arch)

@@ -10,6 +10,7 @@ Steps are counted two ways, stated everywhere they appear:
 
 from __future__ import annotations
 
+import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -22,7 +23,11 @@ LORA_KINDS = ("lora", "lyco")
 _TAG_RE = re.compile(r"<(\w+):([^>]+)>")  # A1111's extra-network regex
 _INT_RE = re.compile(r"^[+-]?\d+$")
 _STEP_RE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
+_NUMERIC_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
 KNOWN_KEYS = ("te", "unet", "dyn", "lbw", "w", "start", "stop", "step", "x")
+# No real weight, rank or step needs more characters; longer items are refused before int()/float(), which
+# keeps Python's int-string digit limit (a ValueError) out of the parser.
+MAX_NUMBER_CHARS = 30
 
 
 @dataclass
@@ -67,16 +72,56 @@ class ResolvedBlocks:
 
 
 def _number(s: str) -> float | None:
+    """A finite float, or None (not a number, NaN, ±Inf, or longer than MAX_NUMBER_CHARS)."""
+    if len(s) > MAX_NUMBER_CHARS:
+        return None
     try:
         v = float(s)
     except ValueError:
         return None
-    return v if v == v and v not in (float("inf"), float("-inf")) else None
+    return v if math.isfinite(v) else None
+
+
+def _int(s: str) -> int | None:
+    return int(s) if len(s) <= MAX_NUMBER_CHARS and _INT_RE.match(s) else None
+
+
+def _shown(s: str) -> str:
+    """An item as quoted in a message: a very long one is cut, with its length."""
+    return s if len(s) <= 40 else f"{s[:20]}…({len(s)} characters)"
+
+
+def _why(s: str) -> str:
+    """Why an item is not a number (for messages)."""
+    if len(s) > MAX_NUMBER_CHARS:
+        return f"is too long for a number (at most {MAX_NUMBER_CHARS} characters)"
+    try:
+        float(s)
+    except ValueError:
+        return "is not a number"
+    return "is not a finite number"
+
+
+def _token_problem(t: str) -> str | None:
+    """blocks.weight_token_problem, plus the length bound and finite X offsets (`X+1e400`)."""
+    if len(t.strip()) > MAX_NUMBER_CHARS:
+        return f"'{_shown(t.strip())}' is too long (at most {MAX_NUMBER_CHARS} characters)"
+    p = weight_token_problem(t)
+    if p is None:
+        off = x_offset(t)
+        if off is not None and not math.isfinite(off):
+            return f"'{t.strip()}' is not a finite number"
+    return p
+
+
+def _is_list(blocks: str) -> bool:
+    """A block list (or one number, however long), not a preset name."""
+    return "," in blocks or _number(blocks) is not None or bool(_NUMERIC_RE.fullmatch(blocks.strip()))
 
 
 def _list_problem(label: str, tokens: Sequence[str]) -> str | None:
     for i, t in enumerate(tokens, 1):
-        p = weight_token_problem(t)
+        p = _token_problem(t)
         if p:
             return f"`{label}`: block weight {i} {p}"
     if len(tokens) not in FORMATS:
@@ -86,7 +131,7 @@ def _list_problem(label: str, tokens: Sequence[str]) -> str | None:
 
 def _parse_blocks(label: str, value: str, errs: list[str]) -> str | None:
     """A list (contains ',') is validated here; a preset name is checked later by resolve_blocks."""
-    if "," in value or _number(value) is not None:  # a lone number is a 1-value list
+    if _is_list(value):  # a lone number is a 1-value list
         tokens = [t.strip() for t in value.split(",")]
         p = _list_problem(label, tokens)
         if p:
@@ -96,16 +141,24 @@ def _parse_blocks(label: str, value: str, errs: list[str]) -> str | None:
 
 
 def _parse_dyn(label: str, value: str, warns: list[str]) -> int | None:
-    if _INT_RE.match(value) and int(value) > 0:
-        return int(value)
-    warns.append(f"`{label}`: dyn '{value}' is not a positive integer; ignored")
+    n = _int(value)
+    if n is not None and n > 0:
+        return n
+    warns.append(f"`{label}`: dyn '{_shown(value)}' is not a positive integer"
+                 f"{_long_hint(value)}; ignored")
     return None
 
 
+def _long_hint(value: str) -> str:
+    return f" (at most {MAX_NUMBER_CHARS} characters)" if len(value) > MAX_NUMBER_CHARS else ""
+
+
 def _parse_step(label: str, key: str, value: str, warns: list[str]) -> int | None:
-    if _INT_RE.match(value) and int(value) >= 1:
-        return int(value)
-    warns.append(f"`{label}`: {key}={value} is not a step number (1 = first step); ignored")
+    n = _int(value)
+    if n is not None and n >= 1:
+        return n
+    warns.append(f"`{label}`: {key}={_shown(value)} is not a step number (1 = first step)"
+                 f"{_long_hint(value)}; ignored")
     return None
 
 
@@ -115,7 +168,7 @@ def parse_params(positional: Sequence[str], named: Mapping[str, str], kind: str 
     nam = {str(k).strip().lower(): str(v).strip() for k, v in named.items()}
     tag = LoraTag(kind=kind)
     tag.name = pos[0] if pos else ""
-    label = tag.name or "?"
+    label = _shown(tag.name) if tag.name else "?"
     W = tag.warnings
     if not tag.name:
         hint = " (an item with '=' is a key, not a name)" if named and not pos else ""
@@ -132,7 +185,7 @@ def parse_params(positional: Sequence[str], named: Mapping[str, str], kind: str 
         if i == 1:
             if num is None:
                 hint = " (block weights go after the weight: <lora:NAME:1:face>)" if "," in item else ""
-                ferr["te"] = f"`{label}`: weight '{item}' is not a number{hint}"
+                ferr["te"] = f"`{label}`: weight '{_shown(item)}' {_why(item)}{hint}"
             else:
                 tag.te = num
         elif i == 2:
@@ -144,23 +197,23 @@ def parse_params(positional: Sequence[str], named: Mapping[str, str], kind: str 
             if _INT_RE.match(item):
                 tag.dyn = _parse_dyn(label, item, W)
             elif num is not None:
-                W.append(f"`{label}`: dyn '{item}' is not a positive integer; ignored")
+                W.append(f"`{label}`: dyn '{_shown(item)}' is not a positive integer; ignored")
             else:
                 tag.blocks = _parse_blocks(label, item, blocks_err)
         elif i == 3:
             if num is None:
-                W.append(f"`{label}`: item 4 '{item}' after the block weights is not a number (x); ignored "
+                W.append(f"`{label}`: item 4 '{_shown(item)}' after the block weights {_why(item)} (x); ignored "
                          f"(LBW's elemental lbwe syntax is not supported)")
             else:
                 tag.x = num
         else:
-            W.append(f"`{label}`: extra item {i + 1} '{item}' ignored")
+            W.append(f"`{label}`: extra item {i + 1} '{_shown(item)}' ignored")
     # named keys override positional values
     for key in ("te", "unet", "x"):
         if key in nam:
             num = _number(nam[key])
             if num is None:
-                ferr[key] = f"`{label}`: {key}='{nam[key]}' is not a number"
+                ferr[key] = f"`{label}`: {key}='{_shown(nam[key])}' {_why(nam[key])}"
             else:
                 ferr.pop(key, None)
                 setattr(tag, key, num)
@@ -178,7 +231,7 @@ def parse_params(positional: Sequence[str], named: Mapping[str, str], kind: str 
     _parse_schedule(tag, nam, label)
     for key in nam:
         if key not in KNOWN_KEYS:
-            W.append(f"`{label}`: unknown key '{key}=' ignored"
+            W.append(f"`{label}`: unknown key '{_shown(key)}=' ignored"
                      + (" (LBW's elemental lbwe= is not supported)" if key == "lbwe" else ""))
     if tag.x != 1 and tag.blocks is None:
         W.append(f"`{label}`: x= has no effect without block weights")
@@ -192,10 +245,12 @@ def _parse_schedule(tag: LoraTag, nam: Mapping[str, str], label: str) -> None:
     start = stop = None
     if "step" in nam:
         m = _STEP_RE.match(nam["step"])
-        if m and int(m.group(1)) >= 1:
-            start, stop = int(m.group(1)), int(m.group(2))
+        a, b = (_int(m.group(1)), _int(m.group(2))) if m else (None, None)
+        if a is not None and b is not None and a >= 1:
+            start, stop = a, b
         else:
-            W.append(f"`{label}`: step={nam['step']} is not A-B with 1-based steps (e.g. step=5-20); ignored")
+            W.append(f"`{label}`: step={_shown(nam['step'])} is not A-B with 1-based steps (e.g. step=5-20)"
+                     f"{_long_hint(max(m.groups(), key=len)) if m else ''}; ignored")
         if "start" in nam or "stop" in nam:
             W.append(f"`{label}`: step= and start=/stop= both given; start=/stop= used")
     if "start" in nam:
@@ -278,10 +333,10 @@ def resolve_blocks(tag: LoraTag, presets, arch: str | None = None, seed: int = 0
     """Turn `tag.blocks` into a 26-slot vector.  R/U come from random.Random(seed) (reproducible);
     X is `tag.x`.  `presets` is a PresetStore (or None).  `arch` picks SDXL `_XL` preset variants."""
     res = ResolvedBlocks()
-    label = tag.name or "?"
+    label = _shown(tag.name) if tag.name else "?"
     if tag.blocks is None:
         return res
-    if tag.blocks_is_list or _number(tag.blocks) is not None:
+    if _is_list(tag.blocks):
         tokens = [t.strip() for t in tag.blocks.split(",")]
         res.source = "list"
     else:
@@ -291,7 +346,7 @@ def resolve_blocks(tag: LoraTag, presets, arch: str | None = None, seed: int = 0
             near = f" (close: {', '.join(close)})" if close else ""
             # same rule as a wrong weight count: the LoRA is skipped (all 1 would silently apply what the
             # user meant to restrict)
-            res.errors.append(f"`{label}`: unknown preset '{tag.blocks}'{near}; use a preset name from the "
+            res.errors.append(f"`{label}`: unknown preset '{_shown(tag.blocks)}'{near}; use a preset name from the "
                               f"Presets tab or a list of 12/17/20/26 weights")
             return res
         if hit.note:

@@ -7,33 +7,96 @@ Names follow the built-in Lora (prompt_syntax.md §1): a tag names a file by its
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
-import struct
+import sys
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from lib_lora.fileio import display_path
 
 EXTENSIONS = (".safetensors", ".pt", ".ckpt")
 _EPOCH_RE = re.compile(r"^(?P<base>.+)-(?P<num>\d+)$")
 
 
-def read_safetensors_metadata(path: Path) -> dict:
-    """Only the JSON header's __metadata__ (cheap: reads the header, never the tensors)."""
+# A LoRA folder deeper or larger than this is almost surely a link to somewhere else (a drive root):
+# stop there and say so instead of walking it for minutes.
+MAX_DEPTH = 32
+MAX_DIRS = 20_000
+
+
+def read_metadata(path: Path) -> tuple[dict, str | None]:
+    """(metadata, problem): only the header's __metadata__ (cheap: the tensors are not read). A file whose
+    header cannot be read gives {} and a one-line problem that concerns that file only."""
+    from lib_lora.errors import LoraStudioError
+    from lib_lora.fileio import read_metadata as read
+
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) != 8:
-                return {}
-            (n,) = struct.unpack("<Q", head)
-            if n <= 0 or n > 100_000_000:
-                return {}
-            header = json.loads(f.read(n).decode("utf-8"))
-        meta = header.get("__metadata__") or {}
-        return {str(k): str(v) for k, v in meta.items()}
-    except (OSError, ValueError, UnicodeDecodeError):
-        return {}
+        return read(path), None
+    except LoraStudioError as exc:
+        return {}, str(exc)
+    except (OSError, ValueError) as exc:  # never let one file stop the scan of the others
+        return {}, f"cannot read '{path}': {exc}"
+
+
+def walk_files(root: Path, problems: list, seen: dict, budget: list):
+    """Files under `root`, following folder links, each real folder once (by device and inode): a
+    symlink loop is reported in `problems` and not followed; depth and folder count are bounded."""
+    try:
+        st = os.stat(root)
+    except OSError:
+        return
+    key = (st.st_dev, st.st_ino)
+    if key in seen:
+        return
+    seen[key] = root
+    stack = [(root, 0)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            with os.scandir(folder) as it:
+                entries = sorted(it, key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for e in entries:
+            try:
+                is_dir = e.is_dir()  # follows links
+            except OSError:
+                continue
+            if not is_dir:
+                yield Path(e.path)
+                continue
+            if e.name.startswith("."):
+                continue
+            try:
+                st = os.stat(e.path)
+            except OSError:
+                continue
+            key = (st.st_dev, st.st_ino)
+            if key in seen:
+                if _is_ancestor(seen[key], folder):
+                    problems.append(f"'{display_path(e.path)}' links back to '{display_path(seen[key])}' (a folder loop); "
+                                    f"not followed")
+                continue
+            if depth + 1 > MAX_DEPTH:
+                problems.append(f"'{display_path(e.path)}' is more than {MAX_DEPTH} folders deep; not scanned")
+                continue
+            if budget[0] <= 0:
+                problems.append(f"more than {MAX_DIRS} folders under the LoRA folders; stopped at "
+                                f"'{display_path(e.path)}' (a link to a large folder?)")
+                return
+            budget[0] -= 1
+            seen[key] = Path(e.path)
+            subdirs.append((Path(e.path), depth + 1))
+        stack.extend(reversed(subdirs))  # depth first, in name order, like os.walk
+
+
+def _is_ancestor(target: Path, folder: Path) -> bool:
+    """The folder holding a link lies inside the link's target: following it would never end."""
+    t, f = os.path.realpath(target), os.path.realpath(folder)
+    return f == t or f.startswith(t.rstrip(os.sep) + os.sep)
 
 
 @dataclass
@@ -42,6 +105,7 @@ class LoraFile:
     path: Path
     alias: str
     metadata: dict = field(default_factory=dict, repr=False)
+    problem: str | None = None     # why the header could not be read (the file is still listed)
     _hash: str | None = field(default=None, repr=False)
     _hash_key: tuple | None = field(default=None, repr=False)
 
@@ -85,6 +149,8 @@ class Library:
         self.by_name: dict[str, LoraFile] = {}
         self.by_alias: dict[str, LoraFile] = {}
         self.ambiguous_aliases: set[str] = set()
+        self.problems: list[str] = []             # one line per unreadable file / folder loop, last scan
+        self._reported: set[str] = set()
         self.scanned = False
 
     def dirs(self) -> list[Path]:
@@ -94,28 +160,35 @@ class Library:
         by_name: dict[str, LoraFile] = {}
         by_alias: dict[str, LoraFile] = {}
         ambiguous: set[str] = set()
+        problems: list[str] = []
+        seen: dict = {}
+        budget = [MAX_DIRS]
         for root in self.dirs():
             if not root.is_dir():
                 continue
-            for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-                dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-                for fn in sorted(filenames):
-                    p = Path(dirpath) / fn
-                    if p.suffix.lower() not in EXTENSIONS:
-                        continue
-                    meta = read_safetensors_metadata(p) if p.suffix.lower() == ".safetensors" else {}
-                    alias = meta.get("ss_output_name", "").strip() or p.stem
-                    old = self.by_name.get(p.stem)
-                    entry = LoraFile(p.stem, p, alias, meta)
-                    if old is not None and old.path == p:     # keep the cached hash
-                        entry._hash, entry._hash_key = old._hash, old._hash_key
-                    by_name.setdefault(p.stem, entry)         # first folder wins, like the built-in's walk order
-                    if alias in by_alias and by_alias[alias].path != p:
-                        ambiguous.add(alias)
-                    by_alias.setdefault(alias, entry)
+            for p in walk_files(root, problems, seen, budget):
+                if p.suffix.lower() not in EXTENSIONS:
+                    continue
+                meta, problem = read_metadata(p) if p.suffix.lower() == ".safetensors" else ({}, None)
+                if problem:  # still listed: naming it gives this line again instead of "not found"
+                    problems.append(problem)
+                alias = str(meta.get("ss_output_name", "")).strip() or p.stem
+                old = self.by_name.get(p.stem)
+                entry = LoraFile(p.stem, p, alias, meta, problem=problem)
+                if old is not None and old.path == p:     # keep the cached hash
+                    entry._hash, entry._hash_key = old._hash, old._hash_key
+                by_name.setdefault(p.stem, entry)         # first folder wins, like the built-in's walk order
+                if alias in by_alias and by_alias[alias].path != p:
+                    ambiguous.add(alias)
+                by_alias.setdefault(alias, entry)
         with self._lock:
             self.by_name, self.by_alias, self.ambiguous_aliases = by_name, by_alias, ambiguous
+            self.problems = problems
             self.scanned = True
+        for line in problems:  # each problem once per session, not at every rescan
+            if line not in self._reported:
+                self._reported.add(line)
+                print(f"[LoRA Studio] {line}", file=sys.stderr)
 
     def _find(self, name: str) -> LoraFile | None:
         if name in self.by_name:

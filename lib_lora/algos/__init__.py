@@ -14,9 +14,9 @@ from typing import Callable, Dict, Iterable, Optional, Set
 import torch
 
 from . import boft, dora, full, glora, ia3, lokr, loha, lora, norm, oft
-from ._common import UnsupportedModule, dora_tensor
+from ._common import UnsupportedModule, check_values, dora_tensor
 
-__all__ = ["Delta", "UnsupportedModule", "compute_delta", "detect_algo", "rank_of", "unknown_suffixes", "ALGOS"]
+__all__ = ["Delta", "UnsupportedModule", "check_module", "compute_delta", "detect_algo", "rank_of", "unknown_suffixes", "ALGOS"]
 
 
 @dataclass
@@ -49,6 +49,8 @@ _SUFFIXES = {
     "oft": oft.SUFFIXES,
     "boft": boft.SUFFIXES,
 }
+_CHECK = {"lora": lora.check, "loha": loha.check, "lokr": lokr.check, "glora": glora.check, "oft": oft.check,
+          "boft": boft.check}
 _RANK = {"lora": lora.rank, "loha": loha.rank, "lokr": lokr.rank, "glora": glora.rank}
 
 
@@ -106,6 +108,16 @@ def rank_of(module) -> Optional[int]:
         return fn(module)
     except Exception:  # a report must not fail on a malformed module; compute_delta says what is wrong
         return None
+
+
+def check_module(module) -> None:
+    """Raise LoraStudioError (message starts with the module key) when a module is wrong whatever the model:
+    NaN/Inf values, an empty tensor (rank 0), factors whose shapes disagree, a missing factor. Run at load
+    time, so a damaged module is left out and reported before any delta is computed."""
+    check_values(module)
+    fn = _CHECK.get(_algo(module))
+    if fn is not None:
+        fn(module)
 
 
 def _fresh(t: Optional[torch.Tensor], module) -> Optional[torch.Tensor]:

@@ -95,6 +95,52 @@ def tucker(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, key: str = "modu
     return torch.einsum("ij...,ip,jq->pq...", t, wa, wb)
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN/Inf in t. A sum is NaN/Inf exactly when an element is, as long as finite values cannot overflow
+    the accumulator (fp16 in fp32, wider types in fp64); ~4x faster than isfinite().all() on CPU."""
+    if t.dtype == torch.float16:
+        return math.isfinite(float(torch.sum(t, dtype=torch.float32)))
+    if t.dtype in (torch.bfloat16, torch.float32):
+        return math.isfinite(float(torch.sum(t, dtype=torch.float64)))
+    return bool(torch.isfinite(t.float() if t.element_size() == 1 else t).all())  # fp64, fp8
+
+
+def check_values(module) -> None:
+    """Raise for what no model can make right: an empty tensor (rank 0) or NaN/Inf anywhere in the module."""
+    tensors = dict(module.tensors)
+    d = getattr(module, "dora_scale", None)
+    if d is not None:
+        tensors["dora_scale"] = d
+    for suffix, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            continue
+        if t.numel() == 0:
+            raise LoraStudioError(f"{module.key}: tensor '{suffix}' is empty (shape {tuple(t.shape)}, rank 0); "
+                                  f"the file is broken, re-export it")
+        if t.is_floating_point() and not all_finite(t):
+            raise LoraStudioError(f"{module.key}: tensor '{suffix}' holds NaN/Inf values; the training diverged "
+                                  f"or the file is damaged, use an earlier epoch or re-export it")
+    for name in ("alpha", "scale"):
+        v = getattr(module, name, None)
+        if v is not None and not math.isfinite(float(v)):
+            raise LoraStudioError(f"{module.key}: {name} is {float(v)}; the file is damaged, re-export it")
+
+
+def factor_dims(key: str, t: torch.Tensor, suffix: str) -> None:
+    """A factor of a low-rank product is a matrix or a (…,kh,kw) conv factor."""
+    if t.dim() not in (2, 4):
+        raise LoraStudioError(f"{key}: factor '{suffix}' has shape {tuple(t.shape)}; a factor has 2 or 4 dimensions, "
+                              f"the file is corrupt")
+
+
+def check_tucker(key: str, t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, names: str) -> None:
+    if t.dim() != 4 or t.shape[0] != mat(wa).shape[0] or t.shape[1] != mat(wb).shape[0]:
+        raise LoraStudioError(
+            f"{key}: Tucker core {tuple(t.shape)} does not match its factors {tuple(wa.shape)} and {tuple(wb.shape)} "
+            f"({names}); the file is corrupt"
+        )
+
+
 def dora_tensor(module) -> Optional[torch.Tensor]:
     d = getattr(module, "dora_scale", None)
     if d is None:

@@ -9,6 +9,12 @@ from .oft import _rescale, cayley, skew
 SUFFIXES = frozenset(("oft_blocks", "rescale", "alpha"))
 
 
+def check(module) -> None:
+    blocks = need(module, "oft_blocks")
+    if blocks.dim() != 4 or blocks.shape[2] != blocks.shape[3] or blocks.shape[2] % 2:
+        raise LoraStudioError(f"{module.key}: BOFT blocks must be (stages, n, b, b) with even b, got {tuple(blocks.shape)}")
+
+
 def delta(module, base_weight: torch.Tensor, base_bias=None, dyn=None):
     dev = base_weight.device
     blocks = f32(need(module, "oft_blocks"), dev)

@@ -51,6 +51,10 @@ def rank(module) -> int:
     return _parts(module)[4]
 
 
+def check(module) -> None:
+    _layout(module, None, None)  # raises when the four factors fit neither layout
+
+
 def delta(module, base_weight: torch.Tensor, base_bias=None, dyn=None):
     dev = base_weight.device
     out_dim, in_dim = base_weight.shape[0], base_weight.shape[1]

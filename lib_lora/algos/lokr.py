@@ -8,7 +8,7 @@ from typing import Optional
 
 import torch
 
-from ._common import LoraStudioError, UnsupportedModule, check_inner, f32, fit, mat, need, rank_scale, tucker
+from ._common import LoraStudioError, UnsupportedModule, check_inner, check_tucker, f32, fit, mat, need, rank_scale, tucker
 
 SUFFIXES = frozenset(
     ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2", "alpha", "scale", "dora_scale")
@@ -45,6 +45,19 @@ def _factor2(module, dev) -> torch.Tensor:
     a, b = mat(a), mat(b)
     check_inner(module.key, a, b, "lokr_w2_a/lokr_w2_b")
     return a @ b
+
+
+def check(module) -> None:
+    key, t = module.key, module.tensors
+    if t.get("lokr_w1") is None:
+        a, b = need(module, "lokr_w1_a"), need(module, "lokr_w1_b")
+        check_inner(key, mat(a), mat(b), "lokr_w1_a/lokr_w1_b")
+    if t.get("lokr_w2") is None:
+        a, b = need(module, "lokr_w2_a"), need(module, "lokr_w2_b")
+        if t.get("lokr_t2") is not None:
+            check_tucker(key, t["lokr_t2"], a, b, "lokr_t2")
+        else:
+            check_inner(key, mat(a), mat(b), "lokr_w2_a/lokr_w2_b")
 
 
 def delta(module, base_weight: torch.Tensor, base_bias=None, dyn=None):

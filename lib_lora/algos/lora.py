@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from ._common import check_inner, f32, fit, mat, need, first, rank_scale, tucker
+from ._common import check_inner, check_tucker, f32, factor_dims, fit, mat, need, first, rank_scale, tucker
 
 DOWN = ("lora_down.weight", "lora_A.weight")
 UP = ("lora_up.weight", "lora_B.weight")
@@ -25,6 +25,17 @@ def _down_up(module):
 
 def rank(module) -> int:
     return int(_down_up(module)[0].shape[0])
+
+
+def check(module) -> None:
+    """Shapes the factors must agree on whatever the model (load-time validation)."""
+    down, up = _down_up(module)
+    factor_dims(module.key, down, "lora_down.weight")
+    factor_dims(module.key, up, "lora_up.weight")
+    check_inner(module.key, mat(up), mat(down), "lora_up/lora_down")
+    mid = module.tensors.get(MID)
+    if mid is not None:
+        check_tucker(module.key, mid, mat(up).t(), down, "lora_mid")
 
 
 def delta(module, base_weight: torch.Tensor, base_bias=None, dyn: Optional[int] = None):

@@ -54,6 +54,14 @@ def _rescale(module, dev, out_dim: int, ndim: int) -> Optional[torch.Tensor]:
     return f32(s, dev).reshape(out_dim, *([1] * (ndim - 1)))
 
 
+def check(module) -> None:
+    blocks = module.tensors.get("oft_blocks")
+    if blocks is None:
+        blocks = need(module, "oft_diag")
+    if blocks.dim() != 3 or blocks.shape[1] != blocks.shape[2]:
+        raise LoraStudioError(f"{module.key}: OFT blocks must be (n, bs, bs), got {tuple(blocks.shape)}; corrupt file")
+
+
 def delta(module, base_weight: torch.Tensor, base_bias=None, dyn=None):
     dev = base_weight.device
     out_dim = base_weight.shape[0]

@@ -167,6 +167,8 @@ def _counts(v) -> str:
 def summary_markdown(name: str, report: dict) -> str:
     """Headline facts of an inspect report (inspect.inspect_network fields; missing ones are left out)."""
     rows = [("file", name)]
+    if report.get("problem"):
+        rows.append(("⚠ " + str(report.get("verdict", "problem")), report["problem"]))
     for key, label in (("arch_label", "architecture"), ("algorithms", "algorithm"), ("module_count", "modules"),
                        ("ranks", "rank"), ("alphas", "alpha"), ("hash_short", "hash")):
         v = report.get(key)
