@@ -6,11 +6,10 @@ import hashlib
 import json
 import os
 import pathlib
+import stat
 import struct
 import tempfile
 from typing import Iterable
-
-import torch
 
 from lib_lora.errors import LoraFileError, LoraStudioError
 
@@ -72,7 +71,7 @@ def read_metadata(path) -> dict[str, str]:
     return {str(k): str(v) for k, v in meta.items()}
 
 
-def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def read_tensors(path, allow_pickle: bool = False) -> tuple[dict[str, "torch.Tensor"], dict[str, str]]:  # noqa: F821
     """All tensors (on CPU) and the string metadata of a LoRA/checkpoint file."""
     name = _name(path)
     if not os.path.exists(path):
@@ -102,6 +101,7 @@ def _read_pickle(path, allow_pickle: bool):
         raise LoraFileError(f"'{name}' is a pickle file and pickle loading is disabled; convert it to .safetensors "
                             f"or enable 'allow pickle files' (CLI: --allow-pickle)")
     try:
+        import torch   # here, not at the top: the text helpers (captions, presets) must not pay for torch
         obj = torch.load(name, map_location="cpu", weights_only=True)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -213,11 +213,37 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, o
     return _write_then_rename(path, overwrite, lambda tmp: save_file(clean, tmp, metadata=meta))
 
 
+def _umask() -> int:
+    try:  # Linux: read it; os.umask can only be read by setting it (racy with other threads)
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def _final_mode(path: str) -> int:
+    """The replaced file's permissions, or what a plain open() would give a new file (the temporary
+    file itself is created 0600)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def _write_then_rename(path: str, overwrite: bool, write) -> str:
     """`write(tmp)` fills a hidden temporary beside `path`, which then replaces `path` in one rename."""
     tmp = _temp_path(path)
     try:
         write(tmp)
+        try:
+            os.chmod(tmp, _final_mode(path))
+        except OSError:  # a filesystem without permissions (FAT, some shares): keep what it gives
+            pass
         if os.path.exists(path) and not overwrite:  # appeared while we were writing
             raise LoraFileError(f"'{path}' already exists; choose another name or pass --overwrite to replace it")
         os.replace(tmp, path)
