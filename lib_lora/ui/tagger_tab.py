@@ -304,7 +304,7 @@ def build(ctx) -> None:
     opt_inputs = [g_thr, c_thr, g_mcut, c_mcut, inc_chars, chars_first, sort, spaces, escape, rating, max_tags,
                   exclude, prepend, append]
     with gr.Tabs():
-        with gr.Tab("Single image"):
+        with gr.Tab("Single image") as single_tab:
             with gr.Row():
                 image = gr.Image(type="pil", label="Image", elem_id="lora_studio_tagger_image")
                 with gr.Column():
@@ -314,7 +314,7 @@ def build(ctx) -> None:
             with gr.Row():
                 chars = gr.Label(label="Characters", num_top_classes=20, elem_id="lora_studio_tagger_chars")
                 general = gr.Label(label="General tags", num_top_classes=200, elem_id="lora_studio_tagger_general")
-        with gr.Tab("Folder"):
+        with gr.Tab("Folder") as folder_tab:
             gr.Markdown("Image and output folders must be inside: "
                         + ", ".join(f"`{r}`" for r in image_roots(ctx)), elem_id="lora_studio_tagger_roots")
             with gr.Row():
@@ -350,8 +350,12 @@ def build(ctx) -> None:
     load_btn.click(do_load, inputs=[model, model_folder, provider, allow_dl], outputs=[status])
     unload_btn.click(unload, inputs=[], outputs=[status])
     refresh.click(do_refresh, inputs=[], outputs=[model, shown])
-    model.focus(lambda cur: refresh_choices(ctx, cur), inputs=[shown], outputs=[model, shown], queue=False,
-                show_progress="hidden")
+    # Gradio shows new choices the next time the list opens: refresh when it is focused, when a sub-tab is
+    # picked and on page load, so a model folder added after start is there without "Refresh list".
+    for event in (model.focus, single_tab.select, folder_tab.select):
+        event(lambda cur: refresh_choices(ctx, cur), inputs=[shown], outputs=[model, shown], queue=False,
+              show_progress="hidden")
+    compat.on_page_load(do_refresh, outputs=[model, shown])
     model.change(threshold_hint, inputs=[model], outputs=[hint])
     tag_btn.click(lambda *a: tag_single(ctx, *a), inputs=[image, model, model_folder, provider, allow_dl] + opt_inputs,
                   outputs=[caption, general, chars, ratings, status])
