@@ -132,7 +132,7 @@ def _to_8bit(img: Image.Image) -> Image.Image:
     """16/32-bit greyscale → L, scaled (PIL's convert clips instead). Row strips keep the float temporaries
     small: a whole-image float64 copy of a 16-bit scan is 8 bytes per pixel."""
     w, h = img.size
-    strip = max(1, (1 << 22) // max(1, w))
+    strip = max(1, (1 << 20) // max(1, w))
     top = 255.0
     for y in range(0, h, strip):
         if np.asarray(img.crop((0, y, w, min(h, y + strip)))).max() > 255:
