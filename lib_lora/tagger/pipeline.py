@@ -18,7 +18,7 @@ from lib_lora.errors import LoraStudioError
 from lib_lora.tagger import captions
 from lib_lora.tagger.model import Tagger
 from lib_lora.tagger.postprocess import Postprocessor, TagOptions, TagResult
-from lib_lora.tagger.preprocess import ImageReadError, decode, load_and_prepare, prepare
+from lib_lora.tagger.preprocess import ImageReadError, decode, load_and_prepare, prepare_loaded
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -149,12 +149,12 @@ def check_job(job: FolderJob) -> FolderJob:
 
 
 def tag_image(tagger: Tagger, image, opts: TagOptions | None = None, resize: str = "bicubic") -> TagResult:
-    """One image (path or PIL image) → tags, ratings and confidences."""
+    """One image (path, bytes or PIL image) → tags, ratings and confidences."""
     post = Postprocessor(tagger.tagset, opts or TagOptions())
-    if isinstance(image, (str, Path)):
+    if isinstance(image, (str, Path, bytes, bytearray)):
         arr = load_and_prepare(image, tagger.size, resize)
     else:
-        arr = prepare(image, tagger.size, resize)
+        arr = prepare_loaded(image, tagger.size, resize)
     return post(tagger.infer(arr[None])[0])
 
 

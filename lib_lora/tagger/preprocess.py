@@ -4,6 +4,7 @@ resize to the model size, float32 BGR 0–255 (NHWC; normalisation lives in the 
 from __future__ import annotations
 
 import contextlib
+import io
 import threading
 import warnings
 from dataclasses import dataclass
@@ -83,9 +84,18 @@ def _check_pixels(img: Image.Image, path) -> None:
                              "limit for tagging; downscale it.")
 
 
-def _load(path: Path, target: int | None) -> tuple[Image.Image, bool]:
-    img = Image.open(path)
-    _check_pixels(img, path)
+def _fresh(src):
+    """Image.open's argument: a path, or a new reader over uploaded bytes (each open reads from the start)."""
+    return io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src
+
+
+def _label(src) -> str:
+    return "the uploaded image" if isinstance(src, (bytes, bytearray)) else str(src)
+
+
+def _load(path, target: int | None) -> tuple[Image.Image, bool]:
+    img = Image.open(_fresh(path))
+    _check_pixels(img, _label(path))
     if target:
         img.draft(None, (2 * target, 2 * target))   # JPEG: decode at 1/2..1/8 scale when far larger
     try:
@@ -94,7 +104,7 @@ def _load(path: Path, target: int | None) -> tuple[Image.Image, bool]:
     except OSError as exc:
         if "truncated" not in str(exc).lower():
             raise
-    img = Image.open(path)
+    img = Image.open(_fresh(path))
     if target:
         img.draft(None, (2 * target, 2 * target))
     # A process-wide PIL switch: set only around this load so other code keeps its behaviour.
@@ -110,17 +120,18 @@ def _load(path: Path, target: int | None) -> tuple[Image.Image, bool]:
 
 def _open(path, target: int | None = None) -> tuple[Image.Image, bool]:
     """Decode fully (reduced to about 2x `target` when much larger); a truncated file is loaded as far as
-    it goes (datasets often hold a few) and flagged."""
-    path = Path(path)
+    it goes (datasets often hold a few) and flagged. `path` may be the bytes of an upload."""
+    path = path if isinstance(path, (bytes, bytearray)) else Path(path)
+    name = _label(path)
     try:
         return _load(path, target)
     except FileNotFoundError:
-        raise ImageReadError(f"{path}: file not found.") from None
+        raise ImageReadError(f"{name}: file not found.") from None
     except Image.DecompressionBombError:
-        raise ImageReadError(f"{path}: over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels; "
+        raise ImageReadError(f"{name}: over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels; "
                              "downscale it.") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {exc}).") from None
+        raise ImageReadError(f"{name}: cannot read image ({type(exc).__name__}: {exc}).") from None
 
 
 def open_image(path) -> Image.Image:
@@ -204,20 +215,21 @@ def prepare(img: Image.Image, size: int, method: str = "bicubic") -> np.ndarray:
 def decode(path, size: int, method: str = "bicubic") -> Decoded:
     """A file → model input. Decoded pixels are counted against a budget shared by all decode workers and
     reduced at once to about twice the model size, so a folder of huge scans never holds several
-    full-size copies."""
-    path = Path(path)
+    full-size copies. `path` may be the bytes of an upload."""
+    path = path if isinstance(path, (bytes, bytearray)) else Path(path)
+    name = _label(path)
     try:
-        with _quiet_bomb_warning(), Image.open(path) as head:
-            _check_pixels(head, path)
+        with _quiet_bomb_warning(), Image.open(_fresh(path)) as head:
+            _check_pixels(head, name)
             w, h = head.size
             cost = w * h * _bytes_per_pixel(head.mode) * 2   # the decode plus one conversion copy
     except Image.DecompressionBombError:
-        raise ImageReadError(f"{path}: over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels; "
+        raise ImageReadError(f"{name}: over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels; "
                              "downscale it.") from None
     except FileNotFoundError:
-        raise ImageReadError(f"{path}: file not found.") from None
+        raise ImageReadError(f"{name}: file not found.") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {exc}).") from None
+        raise ImageReadError(f"{name}: cannot read image ({type(exc).__name__}: {exc}).") from None
     held = _budget.acquire(cost)
     img = None
     try:
@@ -229,11 +241,17 @@ def decode(path, size: int, method: str = "bicubic") -> Decoded:
                 img = small
             return Decoded(prepare(img, size, method), truncated)
         except (OSError, ValueError) as exc:  # lazy decoders may fail only here
-            raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {exc}).") from None
+            raise ImageReadError(f"{name}: cannot read image ({type(exc).__name__}: {exc}).") from None
     finally:
         if img is not None:
             img.close()
         _budget.release(held)
+
+
+def prepare_loaded(img: Image.Image, size: int, method: str = "bicubic") -> np.ndarray:
+    """An image someone else decoded (an upload): the same pixel limit, then reduced before converting."""
+    _check_pixels(img, "the image")
+    return prepare(shrink(img, size), size, method)
 
 
 def load_and_prepare(path, size: int, method: str = "bicubic") -> np.ndarray:

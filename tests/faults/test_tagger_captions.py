@@ -143,3 +143,12 @@ def test_cli_applies_the_same_rules(tmp_path):
         r = cli([d, "--model-dir", m, *extra])
         assert r.returncode == 2 and r.stderr.count("\n") == 1 and r.stderr.startswith("error: "), r.stderr
     assert sorted(p.name for p in d.iterdir()) == ["a.png"]
+
+
+def test_single_image_over_the_pixel_limit_is_one_line(tagger):
+    from lib_lora.tagger.pipeline import tag_image
+    from lib_lora.tagger.preprocess import ImageReadError
+    big = Image.new("L", (10000, 9000))                      # 90 MP: decoded by someone else (an upload)
+    with pytest.raises(ImageReadError, match=r"the image: 10000x9000 pixels \(90 MP\) is over the 89 MP limit"):
+        tag_image(tagger, big)
+    assert tag_image(tagger, Image.new("RGB", (3000, 2000), (255, 0, 0))).tags[0] == "red theme"
