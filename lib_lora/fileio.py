@@ -147,6 +147,7 @@ def _read_pickle(path, allow_pickle: bool):
         raise LoraFileError(f"'{name}' is a pickle file and pickle loading is disabled; convert it to .safetensors "
                             f"or enable 'allow pickle files' (CLI: --allow-pickle)")
     try:
+        import torch   # here, not at the top: the text helpers (captions, presets) must not pay for torch
         obj = torch.load(name, map_location="cpu", weights_only=True)
     except Exception as exc:
         first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -463,6 +464,14 @@ def _write_error(path: str, exc: OSError) -> WriteFailed:
     return err
 
 
+def _keep_mode(fd: int, path: str) -> None:
+    """A replaced file keeps its permissions (a new one got the umask's when its temporary was created)."""
+    try:
+        os.fchmod(fd, stat.S_IMODE(os.stat(path).st_mode))
+    except (OSError, AttributeError):  # no such file yet, or a filesystem/OS without modes
+        pass
+
+
 def atomic_write(path, write, overwrite: bool = False) -> str:
     """`write(f)` fills a binary file object; `path` then appears complete in one step or not at all.
 
@@ -487,6 +496,7 @@ def atomic_write(path, write, overwrite: bool = False) -> str:
         with os.fdopen(fd, "wb", closefd=False) as f:
             write(f)
             f.flush()
+            _keep_mode(fd, path)
             os.fsync(fd)
         if tmp is None:
             proc = f"/proc/self/fd/{fd}"

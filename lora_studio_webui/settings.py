@@ -26,6 +26,9 @@ def options():
         env.PREFIX + "presets_file": O("", "User presets file (LoRA Block Weight format)", gr.Textbox)
         .info(f"empty: {default_presets_path()}"),
         env.PREFIX + "allow_pickle": O(False, "Allow loading .pt/.ckpt LoRA files (pickle can run code)"),
+        env.PREFIX + "tagger_image_dirs": O("", "Tagger: folders it may read images from and write captions into",
+                                            gr.Textbox, {"lines": 2})
+        .info("one folder per line; empty: the LoRA and checkpoint folders").needs_reload_ui(),
         env.PREFIX + "ui_warnings": O(False, "Show LoRA Studio warnings as pop-ups in the web UI")
         .info("they always go to the console and under the generated image"),
     }

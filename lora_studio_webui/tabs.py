@@ -4,6 +4,7 @@ options and command line (file writes follow --disable-extension-access, GPU act
 from __future__ import annotations
 
 import importlib
+import os
 import traceback
 from pathlib import Path
 
@@ -41,6 +42,10 @@ def build_context():
         writes_blocked_reason=WEBUI_WRITES_BLOCKED,
         wrap_gpu_call=wrap,
     )
+    # Not a UiContext field: the tagger tab's image roots (tagger_tab.image_roots falls back without it).
+    ctx.image_dirs = [Path(os.path.expanduser(p.strip())) for p in
+                      str(env.opt(env.PREFIX + "tagger_image_dirs", "") or "").replace(";", "\n").splitlines()
+                      if p.strip()]
     try:
         ctx.presets = ENGINE.presets()      # the same store generation uses: edits apply without restart
         ctx.presets_path = ENGINE.presets().user_path

@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -40,7 +41,8 @@ def test_cli_tags_a_folder_with_progress_and_summary(model, tmp_path):
     (d / "bad.png").write_bytes(b"nope")
     r = run([d, "--model-dir", model, "--recursive", "--batch-size", "4", "--prepend", "trig",
              "--general-threshold", "0.5", "--frequency", "3", "--frequency-file", tmp_path / "freq.txt"])
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr                                          # an image failed: non-zero
+    assert r.stderr.splitlines()[-1] == "error: 1 of 8 images could not be tagged (listed above)."
     assert (d / "01.txt").read_text().startswith("trig, red theme, white background")
     assert "long hair" not in (d / "01.txt").read_text()                      # p = 0.45, threshold 0.5
     assert (d / "sub" / "m.txt").read_text().startswith("trig, hatsune miku")
@@ -50,7 +52,9 @@ def test_cli_tags_a_folder_with_progress_and_summary(model, tmp_path):
     freq = (tmp_path / "freq.txt").read_text().splitlines()
     assert "trig: 7" in freq and "white background: 6" in freq and "hatsune miku: 1" in freq
     r = run([d, "--model-dir", model, "--recursive", "--quiet"])               # re-run: all kept
-    assert r.returncode == 0 and "0 images tagged" in r.stderr and "7 kept existing" in r.stderr
+    assert r.returncode == 1 and "0 images tagged" in r.stderr and "7 kept existing" in r.stderr
+    (d / "bad.png").unlink()
+    assert run([d, "--model-dir", model, "--recursive", "--quiet"]).returncode == 0
 
 
 def test_cli_errors_are_one_line(model, tmp_path):
@@ -117,3 +121,44 @@ def test_hard_kill_mid_write_leaves_no_partial_caption_and_rerun_resumes(model, 
     r = run([d, "--model-dir", model, "--quiet"])
     assert r.returncode == 0 and "5 images tagged" in r.stderr and "3 kept existing" in r.stderr
     assert {x.name: x.read_text() for x in d.glob("*.txt")} == {x.name: x.read_text() for x in ref.glob("*.txt")}
+
+
+def test_file_argument_empty_folder_and_truncated_images(model, tmp_path):
+    d = images(tmp_path / "imgs", 2)
+    r = run([d / "01.png", "--model-dir", model, "--quiet"])                      # one image: tagged
+    assert r.returncode == 0, r.stderr
+    assert (d / "01.txt").exists() and not (d / "00.txt").exists() and "1 images tagged" in r.stderr
+    (tmp_path / "notes.md").write_text("x")
+    r = run([tmp_path / "notes.md", "--model-dir", model])
+    assert r.returncode == 2 and "is a file, not an image" in r.stderr and r.stderr.count("\n") == 1
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    Image.new("RGB", (8, 8)).save(empty / "sub" / "x.png")
+    # checked before the model is looked up: a missing model would be the error otherwise
+    r = run([empty, "--model-dir", tmp_path / "no-model"])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1
+    assert "holds no images" in r.stderr and "recursive" in r.stderr
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(d / "cut.png")
+    data = (d / "cut.png").read_bytes()
+    (d / "cut.png").write_bytes(data[: len(data) * 2 // 3])
+    r = run([d, "--model-dir", model, "--quiet"])
+    assert r.returncode == 0 and (d / "cut.txt").exists()
+    assert "cut.png is truncated" in r.stderr and "1 truncated (tagged, check them)" in r.stderr
+
+
+WATCH = r"""
+import sys
+from lib_lora.__main__ import main
+rc = main(sys.argv[1:])
+print("TORCH-LOADED" if "torch" in sys.modules else "NO-TORCH", file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def test_tag_never_imports_torch(model, tmp_path):
+    d = images(tmp_path / "imgs", 2)
+    p = subprocess.run([sys.executable, "-c", WATCH, "tag", str(d), "--model-dir", str(model), "--quiet"], cwd=ROOT,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and (d / "00.txt").exists(), p.stderr
+    assert p.stderr.strip().endswith("NO-TORCH"), p.stderr

@@ -120,3 +120,50 @@ def test_interrupted_download_folder_is_not_an_error(models, tmp_path):
     (root / "wd-vit-tagger-v3" / "selected_tags.csv").write_text("tag_id,name,category,count\n")
     with pytest.raises(tm.ModelNotFound, match="downloads are off: put model.onnx"):
         tm.resolve_model("wd-vit-tagger-v3", root, allow_download=False)
+
+
+def _no_download(*a, **k):
+    raise AssertionError("huggingface_hub was asked to download although the network is known to be unusable")
+
+
+@pytest.mark.parametrize("env", [{"HF_HUB_OFFLINE": "1"}, {"HF_ENDPOINT": "http://127.0.0.1:9"}])
+def test_offline_says_where_to_put_the_files_without_trying(tmp_path, monkeypatch, env):
+    """Offline, huggingface_hub retries for tens of seconds with tracebacks: say it at once instead."""
+    import huggingface_hub
+    for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(k, raising=False)
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    real = huggingface_hub.hf_hub_download
+
+    def cache_only(*a, **k):        # the cache lookup (no network) is fine; a real download is not
+        if not k.get("local_files_only"):
+            _no_download()
+        return real(*a, **k)
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", cache_only)
+    with pytest.raises(tm.ModelNotFound) as e:
+        tm.resolve_model("wd-vit-tagger-v3", tmp_path / "TM", allow_download=True, log=lambda m: None)
+    msg = str(e.value)
+    assert "\n" not in msg and "cannot be downloaded" in msg
+    assert f"into {tmp_path / 'TM' / 'wd-vit-tagger-v3'}" in msg and "model.onnx and selected_tags.csv" in msg
+    assert ("HF_HUB_OFFLINE is set" in msg) if "HF_HUB_OFFLINE" in env else ("cannot reach 127.0.0.1:9" in msg)
+
+
+def test_default_model_suits_the_hardware():
+    assert tm.default_model(["CPUExecutionProvider"]) == "wd-vit-tagger-v3"
+    assert tm.default_model(["CUDAExecutionProvider", "CPUExecutionProvider"]) == "wd-eva02-large-tagger-v3"
+    assert tm.default_model() == "wd-vit-tagger-v3"                     # this machine: CPU only
+
+
+def test_names_only_never_look_in_the_working_directory(models, tmp_path, monkeypatch):
+    monkeypatch.chdir(models["v3"].parent)                      # ./v3 is a valid model folder here
+    assert tm.resolve_model("v3", tmp_path / "TM", allow_download=False).source == "local folder"
+    with pytest.raises(tm.ModelNotFound):
+        tm.resolve_model("v3", tmp_path / "TM", allow_download=False, paths=False)
+    for bad in ("../v3", "/etc", "~", "./v3", "a/../../v3"):
+        with pytest.raises(tm.ModelNotFound, match="not a model name"):
+            tm.resolve_model(bad, tmp_path / "TM", allow_download=False, paths=False)
+    make_model_dir(tmp_path / "TM" / "mine", "v3")
+    assert tm.resolve_model("mine", tmp_path / "TM", paths=False).onnx == tmp_path / "TM" / "mine" / "model.onnx"

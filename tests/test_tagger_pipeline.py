@@ -221,7 +221,7 @@ def test_read_ahead_is_bounded(taggers, tmp_path, monkeypatch):
     for i in range(60):
         Image.new("RGB", (8, 8), (i, 0, 0)).save(d / f"{i:03d}.png")
     started, peak, finished = [0], [0], [0]
-    real = pipeline.load_and_prepare
+    real = pipeline.decode
 
     def counting(*a, **k):
         started[0] += 1
@@ -231,7 +231,27 @@ def test_read_ahead_is_bounded(taggers, tmp_path, monkeypatch):
     def progress(p):
         finished[0] = p.done
 
-    monkeypatch.setattr(pipeline, "load_and_prepare", counting)
+    monkeypatch.setattr(pipeline, "decode", counting)
     rep = run_folder(taggers["v3"], FolderJob(d, batch_size=2, streams=2, workers=2), progress=progress, **QUIET)
     assert rep.inferred == 60 and started[0] == 60
     assert peak[0] <= (2 + 1) * 2 + 2 + 2 * 2      # read-ahead window + the batches being inferred
+
+
+def test_append_counts_a_tag_with_a_comma_as_present(tmp_path):
+    """kohya sd-scripts splits captions on commas: `sparkle, star` in a file is two tags, and re-runs in
+    append mode must not add the model's `sparkle, star` again."""
+    m = make_model_dir(tmp_path / "m", "v3")
+    (m / "selected_tags.csv").write_text((m / "selected_tags.csv").read_text().replace(",long_hair,", ',"sparkle,_star",'))
+    t = Tagger(resolve_model(str(m), tmp_path))
+    d = tmp_path / "imgs"
+    d.mkdir()
+    Image.new("RGB", (8, 8), (255, 0, 0)).save(d / "a.png")
+    (d / "a.txt").write_text("hand made")
+    run_folder(t, FolderJob(d, existing="append"), **QUIET)
+    first = (d / "a.txt").read_text()
+    assert first.startswith("hand made, ") and first.count("sparkle") == 1 and "sparkle, star" in first
+    for mode in ("append", "prepend"):
+        run_folder(t, FolderJob(d, existing=mode), **QUIET)
+        text = (d / "a.txt").read_text()
+        assert text.count("sparkle") == 1 and text.count("star") == 1, text
+    assert [x.strip() for x in first.split(",")].count("star") == 1

@@ -81,3 +81,37 @@ def test_truncated_image_loads_and_corrupt_is_a_clear_error(tmp_path):
         open_image(tmp_path / "junk.jpg")
     from PIL import ImageFile
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False           # the global switch was restored
+
+
+def test_16bit_strips_match_the_float_formula_and_big_files_are_reduced_while_decoding(tmp_path):
+    from lib_lora.tagger import preprocess as pp
+    rng = np.random.default_rng(1)
+    a16 = rng.integers(0, 65536, (700, 1500), dtype=np.uint16)
+    want = np.clip(a16.astype(np.float64) * (255.0 / 65535.0), 0, 255).astype(np.uint8)
+    assert (np.asarray(pp._to_8bit(Image.fromarray(a16))) == want).all()
+    low = rng.integers(0, 256, (50, 60), dtype=np.uint16)                    # 16-bit holding 8-bit values
+    assert (np.asarray(pp._to_8bit(Image.fromarray(low))) == low).all()
+    Image.new("RGB", (4000, 3000), (10, 200, 30)).save(tmp_path / "big.jpg", quality=90)
+    img, truncated = pp._open(tmp_path / "big.jpg", 32)
+    assert max(img.size) <= 1000 and not truncated                          # JPEG draft: decoded at 1/4 or less
+    Image.fromarray(a16).save(tmp_path / "g16.png")
+    shrunk = pp.shrink(pp._open(tmp_path / "g16.png")[0], 32)
+    assert shrunk.mode == "L" and max(shrunk.size) < 130                   # 8 bits, about twice the model size
+    d = pp.decode(tmp_path / "g16.png", 32)
+    assert d.array.shape == (32, 32, 3) and not d.truncated
+
+
+def test_decode_budget_lets_one_oversized_job_run_alone():
+    import threading
+    from lib_lora.tagger.preprocess import _Budget
+    b = _Budget(100)
+    held = b.acquire(10**9)                     # bigger than the budget: clamped, runs when nothing else does
+    assert held == 100
+    got = []
+    t = threading.Thread(target=lambda: got.append(b.acquire(10)))
+    t.start()
+    t.join(0.2)
+    assert not got                              # waits while the big one holds everything
+    b.release(held)
+    t.join(2)
+    assert got == [10]

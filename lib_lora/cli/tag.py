@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from lib_lora.tagger.postprocess import RATING_MODES, SORTS
     from lib_lora.tagger.runtime import PROVIDER_CHOICES
 
-    parser.add_argument("dir", metavar="DIR", help="folder of images")
+    parser.add_argument("dir", metavar="DIR", help="folder of images (or one image)")
     m = parser.add_argument_group("model")
     m.add_argument("--model-dir", "--model", dest="model", required=True, metavar="M",
                    help="folder holding model.onnx + selected_tags.csv, or a model name (e.g. wd-vit-tagger-v3) "
@@ -116,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
     from lib_lora.errors import LoraStudioError
     from lib_lora.tagger import captions
     from lib_lora.tagger.model import get_tagger
-    from lib_lora.tagger.pipeline import FolderJob, run_folder, summary_lines
+    from lib_lora.tagger.pipeline import FolderJob, check_job, run_folder, summary_lines
     from lib_lora.tagger.postprocess import TagOptions
 
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
@@ -140,8 +140,7 @@ def run(args: argparse.Namespace) -> int:
                     existing=args.existing, batch_size=args.batch_size, streams=args.streams, workers=args.workers,
                     resize=args.resize,
                     trailing_newline=args.trailing_newline, json_sidecar=args.json, tag_options=opts)
-    if not job.input_dir.is_dir():
-        raise LoraStudioError(f"image folder '{job.input_dir}' does not exist; give a folder of images.")
+    check_job(job)      # before the model loads: a typo costs nothing
     tagger = get_tagger(args.model, args.models_root, args.provider, allow_download=not args.offline,
                         revision=args.revision, threads=args.threads, throughput=True, log=log)
     if tagger.files.threshold_hint:
@@ -157,9 +156,17 @@ def run(args: argparse.Namespace) -> int:
     log(lines[0])
     for path, reason in report.failed:
         log(f"  unreadable: {reason}")
+    for path in report.truncated:
+        log(f"  truncated: {path}")
+    for path in report.read_only:
+        log(f"  read-only, kept: {path}")
     top = lines[1:] if args.frequency <= 0 else lines[1:1 + args.frequency]
     for line in top:
         print(line)
     if args.frequency_file:
         captions.atomic_write_text(Path(args.frequency_file), "\n".join(lines[1:]) + "\n")
+    if report.failed:
+        log(f"error: {len(report.failed)} of {report.inferred + len(report.failed)} images could not be tagged "
+            "(listed above).")
+        return 1
     return 0

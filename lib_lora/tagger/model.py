@@ -37,7 +37,9 @@ KNOWN_MODELS = {
     "wd-v1-4-convnext-tagger-v2": KnownModel("SmilingWolf/wd-v1-4-convnext-tagger-v2", "v2.0", 0.3685),
     "wd-v1-4-vit-tagger-v2": KnownModel("SmilingWolf/wd-v1-4-vit-tagger-v2", "v2.0", 0.3537),
 }
-DEFAULT_MODEL = "wd-vit-tagger-v3"
+DEFAULT_MODEL = "wd-vit-tagger-v3"        # ViT-B: the quick one for CPUs
+DEFAULT_GPU_MODEL = "wd-eva02-large-tagger-v3"   # the most accurate, when a GPU runs it
+PROBE_TIMEOUT_S = 3.0
 
 
 class ModelNotFound(LoraStudioError):
@@ -79,6 +81,55 @@ def list_local_models(models_dir) -> list[str]:
     return found + [n for n in KNOWN_MODELS if n not in found]
 
 
+def default_model(available_providers: list[str] | None = None) -> str:
+    """The model that suits this computer: the large EVA02 only when onnxruntime offers a GPU."""
+    if available_providers is None:
+        try:
+            available_providers = runtime.import_ort().get_available_providers()
+        except LoraStudioError:
+            available_providers = []
+    gpu = any(p in available_providers for p in runtime.AUTO_ORDER if p != runtime.CPU)
+    return DEFAULT_GPU_MODEL if gpu else DEFAULT_MODEL
+
+
+def _truthy(value: str | None) -> bool:
+    return str(value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def offline_reason(timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """Why a download cannot work right now, or None. Checked before huggingface_hub is asked, because
+    offline it retries for tens of seconds (printing tracebacks) while the caller waits."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        if _truthy(os.environ.get(var)):
+            return f"{var} is set"
+    from urllib.parse import urlsplit
+    proxy = next((os.environ[v] for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+                  if os.environ.get(v)), None)
+    url = urlsplit(proxy if proxy and "://" in proxy else ("http://" + proxy if proxy else
+                   os.environ.get("HF_ENDPOINT") or "https://huggingface.co"))
+    host = url.hostname or "huggingface.co"
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except ValueError:
+        port = 443
+    result: dict = {}
+
+    def probe():   # a thread: name resolution ignores socket timeouts
+        import socket
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result["ok"] = True
+        except OSError as exc:
+            result["error"] = exc.strerror or str(exc) or type(exc).__name__
+
+    t = threading.Thread(target=probe, name="tagger-online-probe", daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    if result.get("ok"):
+        return None
+    return f"cannot reach {host}:{port} ({result.get('error', 'no answer')})"
+
+
 def _hub_errors():
     import huggingface_hub
     mod = getattr(huggingface_hub, "errors", None) or huggingface_hub.utils
@@ -88,24 +139,29 @@ def _hub_errors():
 
 
 def resolve_model(spec: str, models_dir, allow_download: bool = True, revision: str | None = None,
-                  log=print) -> ModelFiles:
+                  log=print, paths: bool = True) -> ModelFiles:
     """A folder (or its model.onnx) → used as is. A known name or `owner/repo` → `<models_dir>/<name>/`,
     then the HF cache without network, then a download into `<models_dir>/<name>/` (visible, not the
-    system-drive cache) when allowed."""
+    system-drive cache) when allowed. `paths=False` (the UI): `spec` is only ever a name, never a folder
+    looked up from the working directory."""
     spec = str(spec).strip()
     if not spec:
         raise ModelNotFound("no tagger model given: pass a folder with model.onnx + selected_tags.csv or a model name.")
-    p = Path(spec).expanduser()
-    if p.is_file() and p.suffix.lower() == ".onnx":
-        tags = p.with_name(TAGS_FILE)
-        if not tags.is_file():
-            raise ModelNotFound(f"{tags} is missing: put the model's {TAGS_FILE} next to {p.name}.")
-        return ModelFiles(p.parent.name, p, tags, "local folder")
-    if p.is_dir():
-        pair = _pair(p)
-        if pair is None:
-            raise ModelNotFound(f"{p} holds neither {MODEL_FILE} nor {TAGS_FILE}: put both files there.")
-        return ModelFiles(p.name, *pair, "local folder")
+    if paths:
+        p = Path(spec).expanduser()
+        if p.is_file() and p.suffix.lower() == ".onnx":
+            tags = p.with_name(TAGS_FILE)
+            if not tags.is_file():
+                raise ModelNotFound(f"{tags} is missing: put the model's {TAGS_FILE} next to {p.name}.")
+            return ModelFiles(p.parent.name, p, tags, "local folder")
+        if p.is_dir():
+            pair = _pair(p)
+            if pair is None:
+                raise ModelNotFound(f"{p} holds neither {MODEL_FILE} nor {TAGS_FILE}: put both files there.")
+            return ModelFiles(p.name, *pair, "local folder")
+    elif "\\" in spec or spec.startswith(("/", "~", ".")) or ".." in spec.split("/"):
+        raise ModelNotFound(f"'{spec}' is not a model name; pick one from the list (or give a folder inside "
+                            f"{models_dir}).")
     local = Path(models_dir) / spec
     if "/" not in spec and "\\" not in spec and local.is_dir():   # a sub-folder of the models folder, by name
         pair = _pair(local, strict=spec not in KNOWN_MODELS)   # a known one may be a download in progress
@@ -136,6 +192,10 @@ def resolve_model(spec: str, models_dir, allow_download: bool = True, revision: 
         pass
     if not allow_download:
         raise ModelNotFound(f"Tagger model {name} is not on this computer and downloads are off: {where}.")
+    offline = offline_reason()
+    if offline:
+        raise ModelNotFound(f"Tagger model {name} is not on this computer and cannot be downloaded ({offline}): "
+                            f"{where}.")
     repo_missing, rev_missing, entry_missing, not_local = _hub_errors()
     log(f"[tagger] downloading {repo}@{rev} into {target} ...")
     try:
@@ -294,21 +354,28 @@ class Tagger:
                 f"'{self.input_name}', {batch}, running on {self.provider_label}")
 
 
-# One session per (model, provider), reused across calls; the UI and CLI share it.
+# One session per (model, provider), reused across calls; the UI and CLI share it. A lock per key: loading
+# one model (seconds for a large one) never holds up callers of another, already loaded one.
 _cache: dict[tuple, Tagger] = {}
 _cache_lock = threading.Lock()
+_key_locks: dict[tuple, threading.Lock] = {}
 
 
 def get_tagger(spec: str, models_dir, provider: str = "auto", allow_download: bool = True,
-               revision: str | None = None, threads: int = 0, throughput: bool = False, log=print) -> Tagger:
-    """`throughput=True` (folder-only callers such as the CLI): on CPU, one single-threaded session."""
-    files = resolve_model(spec, models_dir, allow_download, revision, log)
+               revision: str | None = None, threads: int = 0, throughput: bool = False, log=print,
+               paths: bool = True) -> Tagger:
+    """`throughput=True` (folder-only callers such as the CLI): on CPU, one single-threaded session.
+    `paths=False`: `spec` is a model name only (see resolve_model)."""
+    files = resolve_model(spec, models_dir, allow_download, revision, log, paths=paths)
     key = (str(Path(files.onnx).resolve()), provider, threads, throughput)
     with _cache_lock:
+        lock = _key_locks.setdefault(key, threading.Lock())
+    with lock:
         t = _cache.get(key)
         if t is None or not t.loaded:
             t = Tagger(files, provider, threads, throughput)
-            _cache[key] = t
+            with _cache_lock:
+                _cache[key] = t
             log(f"[tagger] loaded {t.describe()}")
             if t.warning:
                 log(f"[tagger] {t.warning}")

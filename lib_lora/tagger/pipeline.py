@@ -18,7 +18,7 @@ from lib_lora.errors import LoraStudioError
 from lib_lora.tagger import captions
 from lib_lora.tagger.model import Tagger
 from lib_lora.tagger.postprocess import Postprocessor, TagOptions, TagResult
-from lib_lora.tagger.preprocess import ImageReadError, load_and_prepare, prepare
+from lib_lora.tagger.preprocess import ImageReadError, decode, load_and_prepare, prepare_loaded
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -39,6 +39,7 @@ class FolderJob:
     trailing_newline: bool = False
     json_sidecar: bool = False
     tag_options: TagOptions = field(default_factory=TagOptions)
+    files: tuple = ()                     # only these images (inside input_dir) instead of the listing
 
 
 @dataclass
@@ -60,6 +61,8 @@ class FolderReport:
     skipped_existing: int = 0
     collisions: list[str] = field(default_factory=list)
     failed: list[tuple[str, str]] = field(default_factory=list)
+    read_only: list[str] = field(default_factory=list)      # existing captions kept because read-only
+    truncated: list[str] = field(default_factory=list)      # images tagged from a file that ends early
     cancelled: bool = False
     elapsed: float = 0.0
     images_per_s: float = 0.0
@@ -105,7 +108,8 @@ def plan(job: FolderJob) -> Iterator[_Item]:
     root = Path(job.input_dir)
     claimed: dict[Path, Path] = {}
     current_dir = None
-    for img in iter_images(root, job.recursive, job.extensions):
+    images = (Path(f) for f in job.files) if job.files else iter_images(root, job.recursive, job.extensions)
+    for img in images:
         cap = captions.caption_path(img, root, job.output_dir, job.caption_ext)
         if cap.parent != current_dir:          # names only collide within one folder: keep the set small
             current_dir, claimed = cap.parent, {}
@@ -121,13 +125,36 @@ def plan(job: FolderJob) -> Iterator[_Item]:
             yield _Item("todo", img, cap)
 
 
+def check_job(job: FolderJob) -> FolderJob:
+    """Everything that can be refused before a model is loaded: mode, extension, added text, the folder
+    (a file is taken as a one-image job) and whether it holds any image at all."""
+    captions.check_mode(job.existing)
+    job.caption_ext = captions.check_ext(job.caption_ext)
+    job.tag_options.validate()
+    root = Path(job.input_dir)
+    exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in job.extensions}
+    if root.is_file():
+        if root.suffix.lower() not in exts:
+            raise LoraStudioError(f"'{root}' is a file, not an image ({', '.join(sorted(exts))}); "
+                                  "give a folder of images or one image.")
+        job.input_dir, job.files = root.parent, (root,)
+        return job
+    if not root.is_dir():
+        raise LoraStudioError(f"image folder '{root}' does not exist; give a folder of images.")
+    if next(iter_images(root, job.recursive, job.extensions), None) is None:
+        sub = "" if job.recursive else " (sub-folders were not searched: add them with the recursive option)"
+        raise LoraStudioError(f"'{root}' holds no images ({', '.join(sorted(exts))}){sub}; give a folder of "
+                              "images.")
+    return job
+
+
 def tag_image(tagger: Tagger, image, opts: TagOptions | None = None, resize: str = "bicubic") -> TagResult:
-    """One image (path or PIL image) → tags, ratings and confidences."""
+    """One image (path, bytes or PIL image) → tags, ratings and confidences."""
     post = Postprocessor(tagger.tagset, opts or TagOptions())
-    if isinstance(image, (str, Path)):
+    if isinstance(image, (str, Path, bytes, bytearray)):
         arr = load_and_prepare(image, tagger.size, resize)
     else:
-        arr = prepare(image, tagger.size, resize)
+        arr = prepare_loaded(image, tagger.size, resize)
     return post(tagger.infer(arr[None])[0])
 
 
@@ -186,7 +213,7 @@ def run_folder(tagger: Tagger, job: FolderJob, progress: Callable[[Progress], No
                 except OSError:
                     pass
             else:
-                window.append((it, pool.submit(load_and_prepare, it.image, tagger.size, job.resize)))
+                window.append((it, pool.submit(decode, it.image, tagger.size, job.resize)))
 
     def emit(current: str) -> None:
         if progress is None:
@@ -206,7 +233,19 @@ def run_folder(tagger: Tagger, job: FolderJob, progress: Callable[[Progress], No
                 final = captions.write_caption(it.caption, result.tags, job.existing, job.separator,
                                                job.trailing_newline)
                 if job.json_sidecar:
-                    captions.write_sidecar(it.caption.with_suffix(".json"), result, tagger.name, final)
+                    try:
+                        captions.write_sidecar(it.caption.with_suffix(".json"), result, tagger.name, final)
+                    except captions.ReadOnlyCaption as exc:
+                        report.read_only.append(str(it.caption.with_suffix(".json")))
+                        log(f"[tagger] {exc}")
+            except captions.ReadOnlyCaption as exc:   # the user protected it: keep it, say so, go on
+                report.read_only.append(str(it.caption))
+                log(f"[tagger] {exc}")
+                continue
+            except LoraStudioError as exc:            # e.g. a label with a line break in a foreign CSV
+                report.failed.append((str(it.image), str(exc)))
+                log(f"[tagger] {it.image}: {exc}")
+                continue
             except OSError as exc:   # one read-only file is reported; a full disk stops the run
                 write_errors[0] += 1
                 report.failed.append((str(it.image), f"cannot write {it.caption}: {exc.strerror or exc}"))
@@ -226,7 +265,12 @@ def run_folder(tagger: Tagger, job: FolderJob, progress: Callable[[Progress], No
         while window and len(batch) < bs:
             it, fut = window.popleft()
             try:
-                batch.append((it, fut.result()))
+                dec = fut.result()
+                if dec.truncated:
+                    report.truncated.append(str(it.image))
+                    log(f"[tagger] warning: {it.image} is truncated (the file ends early); tagged what could be "
+                        "decoded: check or replace it.")
+                batch.append((it, dec.array))
             except ImageReadError as exc:
                 report.failed.append((str(it.image), str(exc)))
                 log(f"[tagger] skipped: {exc}")
@@ -273,5 +317,7 @@ def summary_lines(report: FolderReport, top: int = 0) -> list[str]:
     head = (f"{report.inferred} images tagged ({report.images_per_s:.2f} images/s, batch {report.batch_size}, "
             f"{report.provider}), {report.skipped_existing} kept existing captions, "
             f"{len(report.collisions)} name collisions, {len(report.failed)} unreadable"
+            + (f", {len(report.truncated)} truncated (tagged, check them)" if report.truncated else "")
+            + (f", {len(report.read_only)} read-only captions kept" if report.read_only else "")
             + (", CANCELLED" if report.cancelled else ""))
     return [head] + captions.frequency_lines(report.frequencies, top)

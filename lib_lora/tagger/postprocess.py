@@ -52,6 +52,12 @@ class TagOptions:
             raise LoraStudioError(f"sort '{self.sort}' is unknown; use one of {', '.join(SORTS)}.")
         if self.rating not in RATING_MODES:
             raise LoraStudioError(f"rating '{self.rating}' is unknown; use one of {', '.join(RATING_MODES)}.")
+        from lib_lora.tagger.captions import check_one_line
+        for name in ("prepend", "append", "exclude"):
+            for t in getattr(self, name):
+                check_one_line(t, f"{name} text")
+        for k, v in self.replace.items():
+            check_one_line(f"{k}={v}", "a replace rule")
         for pat in self.exclude_patterns:
             try:
                 re.compile(pat)

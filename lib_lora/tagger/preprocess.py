@@ -3,7 +3,11 @@ resize to the model size, float32 BGR 0–255 (NHWC; normalisation lives in the 
 
 from __future__ import annotations
 
+import contextlib
+import io
 import threading
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,45 +18,163 @@ from lib_lora.errors import LoraStudioError
 RESIZE_METHODS = ("bicubic", "area")
 WHITE = (255, 255, 255)
 _truncated_lock = threading.Lock()
+_warn_lock = threading.Lock()
 
 
 class ImageReadError(LoraStudioError):
     """An image that cannot be decoded; the folder run reports it and goes on."""
 
 
-def open_image(path) -> Image.Image:
-    """Decode fully; a truncated file is loaded as far as it goes (datasets often hold a few)."""
-    path = Path(path)
+# Refused before decoding: PIL's own decompression-bomb warning level (~89.5 MP). A tiny PNG can declare
+# 13000x13000 16-bit pixels and decode to gigabytes.
+MAX_PIXELS = 89_478_485
+# Bytes of decoded pixels all decode workers may hold at once; one image bigger than this decodes alone.
+DECODE_BUDGET = 1 << 30
+_WIDE_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
+_REDUCIBLE = ("L", "LA", "RGB", "RGBA", "RGBX", "RGBa", "La", "I", "F", "CMYK", "YCbCr")
+
+
+class _Budget:
+    """A counting limit on bytes held by concurrent decodes (bounded memory with several workers)."""
+
+    def __init__(self, total: int):
+        self.total, self.used = total, 0
+        self._cond = threading.Condition()
+
+    def acquire(self, n: int) -> int:
+        n = max(1, min(int(n), self.total))
+        with self._cond:
+            while self.used and self.used + n > self.total:
+                self._cond.wait()
+            self.used += n
+        return n
+
+    def release(self, n: int) -> None:
+        with self._cond:
+            self.used -= n
+            self._cond.notify_all()
+
+
+_budget = _Budget(DECODE_BUDGET)
+
+
+@contextlib.contextmanager
+def _quiet_bomb_warning():
+    """PIL warns (to stderr) on images we then refuse with our own line anyway. The filter change is
+    process-wide: one lock keeps concurrent decodes from restoring each other's filters."""
+    with _warn_lock, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+@dataclass
+class Decoded:
+    array: np.ndarray          # the model input, [size, size, 3] float32 BGR 0–255
+    truncated: bool = False    # the file ended early: decoded as far as it goes
+
+
+def _bytes_per_pixel(mode: str) -> int:
+    return 1 if mode in ("1", "L", "P") else 2 if mode.startswith("I;16") else 4
+
+
+def _check_pixels(img: Image.Image, path) -> None:
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise ImageReadError(f"{path}: {w}x{h} pixels ({w * h / 1e6:.0f} MP) is over the {MAX_PIXELS / 1e6:.0f} MP "
+                             "limit for tagging; downscale it.")
+
+
+def _fresh(src):
+    """Image.open's argument: a path, or a new reader over uploaded bytes (each open reads from the start)."""
+    return io.BytesIO(src) if isinstance(src, (bytes, bytearray)) else src
+
+
+def _label(src) -> str:
+    return "the uploaded image" if isinstance(src, (bytes, bytearray)) else str(src)
+
+
+def _load(path, target: int | None) -> tuple[Image.Image, bool]:
+    img = Image.open(_fresh(path))
+    _check_pixels(img, _label(path))
+    if target:
+        img.draft(None, (2 * target, 2 * target))   # JPEG: decode at 1/2..1/8 scale when far larger
     try:
-        img = Image.open(path)
+        img.load()
+        return img, False
+    except OSError as exc:
+        if "truncated" not in str(exc).lower():
+            raise
+    img = Image.open(_fresh(path))
+    if target:
+        img.draft(None, (2 * target, 2 * target))
+    # A process-wide PIL switch: set only around this load so other code keeps its behaviour.
+    with _truncated_lock:
+        old = ImageFile.LOAD_TRUNCATED_IMAGES
+        ImageFile.LOAD_TRUNCATED_IMAGES = True
         try:
             img.load()
-        except OSError as exc:
-            if "truncated" not in str(exc).lower():
-                raise
-            img = Image.open(path)
-            # A process-wide PIL switch: set only around this load so other code keeps its behaviour.
-            with _truncated_lock:
-                old = ImageFile.LOAD_TRUNCATED_IMAGES
-                ImageFile.LOAD_TRUNCATED_IMAGES = True
-                try:
-                    img.load()
-                finally:
-                    ImageFile.LOAD_TRUNCATED_IMAGES = old
-        return img
+        finally:
+            ImageFile.LOAD_TRUNCATED_IMAGES = old
+    return img, True
+
+
+def _open(path, target: int | None = None) -> tuple[Image.Image, bool]:
+    """Decode fully (reduced to about 2x `target` when much larger); a truncated file is loaded as far as
+    it goes (datasets often hold a few) and flagged. `path` may be the bytes of an upload."""
+    path = path if isinstance(path, (bytes, bytearray)) else Path(path)
+    name = _label(path)
+    try:
+        return _load(path, target)
     except FileNotFoundError:
-        raise ImageReadError(f"{path}: file not found.") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {exc}).") from None
+        raise ImageReadError(f"{name}: file not found.") from None
+    except Image.DecompressionBombError:
+        raise ImageReadError(f"{name}: over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels; "
+                             "downscale it.") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{name}: cannot read image ({type(exc).__name__}: {exc}).") from None
+
+
+def open_image(path) -> Image.Image:
+    """Decode fully; a truncated file is loaded as far as it goes (datasets often hold a few)."""
+    return _open(path)[0]
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """16/32-bit greyscale → L, scaled (PIL's convert clips instead). Row strips keep the float temporaries
+    small: a whole-image float64 copy of a 16-bit scan is 8 bytes per pixel."""
+    w, h = img.size
+    strip = max(1, (1 << 20) // max(1, w))
+    top = 255.0
+    for y in range(0, h, strip):
+        if np.asarray(img.crop((0, y, w, min(h, y + strip)))).max() > 255:
+            top = 65535.0
+            break
+    out = np.empty((h, w), dtype=np.uint8)
+    for y in range(0, h, strip):
+        arr = np.asarray(img.crop((0, y, w, min(h, y + strip))), dtype=np.float64)
+        out[y:y + strip] = np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8)
+    return Image.fromarray(out, "L")
+
+
+def shrink(img: Image.Image, target: int) -> Image.Image:
+    """Box-reduce by an integer factor while the result stays ≥ 2x `target` on its long side, so
+    conversions and the final resize work on a small copy (quality: the final resize still filters)."""
+    k = max(img.size) // (2 * target)
+    if k < 2:
+        return img
+    if img.mode.startswith("I;16"):                       # PIL cannot reduce these: go to 8 bits first
+        img = _to_8bit(img)
+    elif img.mode in ("P", "1") or "transparency" in img.info:   # a palette or key colour does not average
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode not in _REDUCIBLE:
+        return img
+    return img.reduce(k)
 
 
 def to_rgb_on_white(img: Image.Image) -> Image.Image:
     """Composite any transparency (RGBA, LA, PA, P/L/RGB with a transparent colour) onto white."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        # 16/32-bit greyscale: PIL's convert clips instead of scaling; scale to 8 bits ourselves.
-        arr = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if arr.max() > 255 else 255.0
-        img = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    if img.mode in _WIDE_MODES:
+        img = _to_8bit(img)
     has_alpha = img.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in img.info
     if has_alpha:
         rgba = img.convert("RGBA")
@@ -90,11 +212,47 @@ def prepare(img: Image.Image, size: int, method: str = "bicubic") -> np.ndarray:
     return np.ascontiguousarray(arr[:, :, ::-1])
 
 
-def load_and_prepare(path, size: int, method: str = "bicubic") -> np.ndarray:
-    img = open_image(path)
+def decode(path, size: int, method: str = "bicubic") -> Decoded:
+    """A file → model input. Decoded pixels are counted against a budget shared by all decode workers and
+    reduced at once to about twice the model size, so a folder of huge scans never holds several
+    full-size copies. `path` may be the bytes of an upload."""
+    path = path if isinstance(path, (bytes, bytearray)) else Path(path)
+    name = _label(path)
     try:
-        return prepare(img, size, method)
-    except (OSError, ValueError) as exc:  # lazy decoders may fail only here
-        raise ImageReadError(f"{path}: cannot read image ({type(exc).__name__}: {exc}).") from None
+        with _quiet_bomb_warning(), Image.open(_fresh(path)) as head:
+            _check_pixels(head, name)
+            w, h = head.size
+            cost = w * h * _bytes_per_pixel(head.mode) * 2   # the decode plus one conversion copy
+    except Image.DecompressionBombError:
+        raise ImageReadError(f"{name}: over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels; "
+                             "downscale it.") from None
+    except FileNotFoundError:
+        raise ImageReadError(f"{name}: file not found.") from None
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageReadError(f"{name}: cannot read image ({type(exc).__name__}: {exc}).") from None
+    held = _budget.acquire(cost)
+    img = None
+    try:
+        img, truncated = _open(path, size)
+        try:
+            small = shrink(img, size)
+            if small is not img:
+                img.close()
+                img = small
+            return Decoded(prepare(img, size, method), truncated)
+        except (OSError, ValueError) as exc:  # lazy decoders may fail only here
+            raise ImageReadError(f"{name}: cannot read image ({type(exc).__name__}: {exc}).") from None
     finally:
-        img.close()
+        if img is not None:
+            img.close()
+        _budget.release(held)
+
+
+def prepare_loaded(img: Image.Image, size: int, method: str = "bicubic") -> np.ndarray:
+    """An image someone else decoded (an upload): the same pixel limit, then reduced before converting."""
+    _check_pixels(img, "the image")
+    return prepare(shrink(img, size), size, method)
+
+
+def load_and_prepare(path, size: int, method: str = "bicubic") -> np.ndarray:
+    return decode(path, size, method).array

@@ -3,10 +3,14 @@ images/s and ETA, cancel, tag-frequency table), model load/unload with the runni
 
 Callbacks are plain functions of (ctx, values) so they are tested without a browser; `build` wires them.
 GPU work runs under ctx.wrap_gpu_call (the WebUI queue lock); CPU tagging never blocks generation.
+
+Every path a handler reads or writes is checked here, server-side (a request can carry any value, not only
+what the widgets offer): images and captions inside `image_roots(ctx)`, models inside the models folder.
 """
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from pathlib import Path
@@ -22,6 +26,32 @@ _ACTIVE_LOCK = threading.Lock()
 OPTION_FIELDS = ("general_threshold", "character_threshold", "general_mcut", "character_mcut",
                  "include_characters", "characters_first", "sort", "replace_underscores", "escape_brackets",
                  "rating", "max_tags", "exclude", "prepend", "append")
+
+
+def image_roots(ctx) -> list[Path]:
+    """Folders the tagger may read images from and write captions into: the configured image folders
+    (`ctx.image_dirs`, set by the host: WebUI setting / app option), else the host's configured folders."""
+    dirs = [Path(d) for d in (getattr(ctx, "image_dirs", None) or [])]
+    return dirs or [*map(Path, ctx.lora_dirs), *map(Path, ctx.checkpoint_dirs)]
+
+
+def _inside(path, roots, what: str) -> Path:
+    from lib_lora.fileio import resolve_inside
+    return resolve_inside(os.path.expanduser(str(path).strip()), roots, what)
+
+
+def model_spec(ctx, name, folder="") -> tuple[str, bool]:
+    """(spec for get_tagger, whether it is a path). A typed folder must lie inside the models folder; a
+    name is only ever a name (looked up in the models folder, the HF cache, or downloaded there)."""
+    folder = str(folder or "").strip()
+    if folder:
+        p = _inside(folder, [ctx.tagger_models_dir], "Tagger model folder")
+        return str(p), True
+    name = str(name or "").strip()
+    if not name:
+        raise LoraStudioError("Pick a tagger model (or type a folder inside "
+                              f"{ctx.tagger_models_dir} that holds model.onnx + selected_tags.csv).")
+    return name, False
 
 
 def _split(text) -> list[str]:
@@ -45,6 +75,24 @@ def model_choices(ctx) -> list[str]:
     return list_local_models(ctx.tagger_models_dir)
 
 
+def default_choice(ctx, choices: list[str]) -> str:
+    """A model the user placed in the folder, else the known model that suits this computer (on a CPU not
+    the largest one, which would be downloaded first)."""
+    from lib_lora.tagger.model import KNOWN_MODELS, default_model
+    local = [c for c in choices if c not in KNOWN_MODELS]
+    return local[0] if local else default_model()
+
+
+def refresh_choices(ctx, shown):
+    """On focus of the model list: new folders appear without "Refresh list"; nothing is sent when the
+    list is unchanged (an update would close the list the user just opened)."""
+    from lib_lora.ui import compat
+    now = model_choices(ctx)
+    if list(shown or []) == now:
+        return compat.update(), shown
+    return compat.update(choices=now), now
+
+
 def threshold_hint(model: str) -> str:
     from lib_lora.tagger.model import KNOWN_MODELS
     k = KNOWN_MODELS.get(str(model or ""))
@@ -53,13 +101,12 @@ def threshold_hint(model: str) -> str:
     return ""
 
 
-def load(ctx, model: str, provider: str, allow_download: bool, log=print):
+def load(ctx, model: str, provider: str, allow_download: bool, log=print, folder: str = ""):
     from lib_lora.tagger.model import get_tagger
-    if not model:
-        raise LoraStudioError("Pick a tagger model (or type a folder holding model.onnx + selected_tags.csv).")
+    spec, is_path = model_spec(ctx, model, folder)
     # Downloading writes files: only when writes are allowed.
-    return get_tagger(model, ctx.tagger_models_dir, provider or "auto",
-                      allow_download=bool(allow_download) and ctx.writes_allowed, log=log)
+    return get_tagger(spec, ctx.tagger_models_dir, provider or "auto",
+                      allow_download=bool(allow_download) and ctx.writes_allowed, log=log, paths=is_path)
 
 
 def status_text(tagger) -> str:
@@ -96,14 +143,14 @@ def gpu_section(ctx, tagger, fn):
     return box["result"]
 
 
-def tag_single(ctx, image, model, provider, allow_download, *option_values):
+def tag_single(ctx, image, model, model_folder, provider, allow_download, *option_values):
     """→ (caption, general {tag: p}, characters {tag: p}, ratings {name: p}, status)."""
     from lib_lora.tagger.pipeline import tag_image
     try:
         if image is None:
             raise LoraStudioError("Drop an image first.")
         opts = options_from(option_values)
-        tagger = load(ctx, model, provider, allow_download)
+        tagger = load(ctx, model, provider, allow_download, folder=model_folder)
         r = gpu_section(ctx, tagger, lambda: tag_image(tagger, image, opts))
         return (r.caption(), dict(r.general), dict(r.characters), r.ratings, status_text(tagger))
     except LoraStudioError as exc:
@@ -138,23 +185,39 @@ def progress_text(p) -> str:
             f"written {p.written} · skipped {p.skipped} · unreadable {p.failed}")
 
 
-def run_folder_ui(ctx, model, provider, allow_download, folder, recursive, existing, caption_ext, output_dir,
-                  batch_size, json_sidecar, unload_after, *option_values):
-    """Generator for Gradio: yields (progress markdown, frequency rows, log text) while the job runs."""
-    from lib_lora.tagger.pipeline import FolderJob, run_folder, summary_lines
+def folder_job(ctx, folder, recursive, existing, caption_ext, output_dir, batch_size, json_sidecar, opts):
+    """The tab's values → a checked FolderJob: every path inside the configured folders, extension and
+    added text as in the core (nothing is created or loaded before all of it is fine)."""
+    from lib_lora.tagger.pipeline import FolderJob, check_job
+    roots = image_roots(ctx)
+    if not str(folder or "").strip():
+        raise LoraStudioError("Type the path of a folder of images (inside "
+                              f"{', '.join(map(str, roots))}).")
+    input_dir = _inside(folder, roots, "Image folder")
+    out = _inside(output_dir, roots, "Output folder") if str(output_dir or "").strip() else None
+    job = FolderJob(input_dir=input_dir, recursive=bool(recursive), existing=existing,
+                    caption_ext=caption_ext or ".txt", batch_size=int(batch_size or 0), output_dir=out,
+                    json_sidecar=bool(json_sidecar), tag_options=opts)
+    if not input_dir.exists():
+        raise LoraStudioError(f"Image folder '{input_dir}' does not exist; type the path of a folder of images.")
+    return check_job(job)
+
+
+def run_folder_ui(ctx, model, model_folder, provider, allow_download, folder, recursive, existing, caption_ext,
+                  output_dir, batch_size, json_sidecar, unload_after, *option_values):
+    """Generator for Gradio: yields (progress markdown, frequency rows, log text, model status) while the
+    job runs; the status is left as it is (an update with no value) until the end."""
+    from lib_lora.tagger.pipeline import run_folder, summary_lines
+    from lib_lora.ui import compat
+    keep = compat.update()
     logs: list[str] = []
     try:
         ctx.check_writes()
-        if not folder or not Path(str(folder)).expanduser().is_dir():
-            raise LoraStudioError(f"Folder '{folder}' does not exist; type the path of a folder of images.")
         opts = options_from(option_values)
-        tagger = load(ctx, model, provider, allow_download, log=logs.append)
-        job = FolderJob(input_dir=Path(str(folder)).expanduser(), recursive=bool(recursive), existing=existing,
-                        caption_ext=caption_ext or ".txt", batch_size=int(batch_size or 0),
-                        output_dir=Path(str(output_dir)).expanduser() if output_dir else None,
-                        json_sidecar=bool(json_sidecar), tag_options=opts)
+        job = folder_job(ctx, folder, recursive, existing, caption_ext, output_dir, batch_size, json_sidecar, opts)
+        tagger = load(ctx, model, provider, allow_download, log=logs.append, folder=model_folder)
     except LoraStudioError as exc:
-        yield f"**Error:** {exc}", frequency_rows({}), ""
+        yield f"**Error:** {exc}", frequency_rows({}), "\n".join(logs[-200:]), keep
         return
     cancel, state = threading.Event(), {"progress": None, "report": None, "error": None}
 
@@ -172,21 +235,24 @@ def run_folder_ui(ctx, model, provider, allow_download, folder, recursive, exist
     try:
         while thread.is_alive():
             thread.join(0.5)
-            yield progress_text(state["progress"]), frequency_rows({}), "\n".join(logs[-200:])
+            yield progress_text(state["progress"]), frequency_rows({}), "\n".join(logs[-200:]), keep
     finally:
         cancel.set()     # the browser went away: stop the job too
         with _ACTIVE_LOCK:
             _ACTIVE.pop(id(cancel), None)
+    status = status_text(tagger)
     if unload_after:
         logs.append(unload())
+        status = "No model loaded (unloaded after the run)."
     err, report = state["error"], state["report"]
     if err is not None:
         msg = str(err) if isinstance(err, LoraStudioError) else f"{type(err).__name__}: {err}"
-        yield f"**Error:** {msg}", frequency_rows({}), "\n".join(logs[-200:])
+        yield f"**Error:** {msg}", frequency_rows({}), "\n".join(logs[-200:]), status
         return
     head = summary_lines(report)[0]
-    yield (f"**Done:** {head}. {status_text(tagger) if not unload_after else ''}",
-           frequency_rows(report.frequencies), "\n".join(logs[-200:]))
+    for path, reason in report.failed:
+        logs.append(f"unreadable: {reason}")
+    yield (f"**Done:** {head}.", frequency_rows(report.frequencies), "\n".join(logs[-200:]), status)
 
 
 def build(ctx) -> None:
@@ -194,11 +260,16 @@ def build(ctx) -> None:
     from lib_lora.ui import compat
 
     choices = model_choices(ctx)
+    first = default_choice(ctx, choices)
     gr.Markdown(f"WD14 tagger. Models: a folder with `model.onnx` + `selected_tags.csv` in "
-                f"`{ctx.tagger_models_dir}`, any folder path, or a known model (downloaded there when allowed).")
+                f"`{ctx.tagger_models_dir}` (listed by name), or a known model (downloaded there when allowed).")
     with gr.Row():
-        model = gr.Dropdown(choices=choices, value=choices[0] if choices else None, label="Model",
-                            allow_custom_value=True, elem_id="lora_studio_tagger_model", scale=4)
+        # A plain list: typing into a dropdown that has a value appends to that value, so folder paths get
+        # their own box.
+        model = gr.Dropdown(choices=choices, value=first, label="Model", elem_id="lora_studio_tagger_model",
+                            scale=3)
+        model_folder = gr.Textbox(label=f"…or a model folder inside {ctx.tagger_models_dir} (used when filled in)",
+                                  elem_id="lora_studio_tagger_model_folder", scale=3)
         provider = gr.Dropdown(choices=list(PROVIDERS), value="auto", label="Provider",
                                elem_id="lora_studio_tagger_provider", scale=1)
         allow_dl = gr.Checkbox(value=True, label="Download if missing", elem_id="lora_studio_tagger_download")
@@ -207,7 +278,8 @@ def build(ctx) -> None:
         unload_btn = gr.Button("Unload model", elem_id="lora_studio_tagger_unload")
         refresh = gr.Button("Refresh list", elem_id="lora_studio_tagger_refresh")
     status = gr.Markdown("No model loaded.", elem_id="lora_studio_tagger_status")
-    hint = gr.Markdown(threshold_hint(choices[0] if choices else ""), elem_id="lora_studio_tagger_hint")
+    hint = gr.Markdown(threshold_hint(first), elem_id="lora_studio_tagger_hint")
+    shown = gr.State(choices)
     with gr.Row():
         g_thr = gr.Slider(0, 1, value=0.35, step=0.01, label="General threshold (keep p >)",
                           elem_id="lora_studio_tagger_gthr")
@@ -232,7 +304,7 @@ def build(ctx) -> None:
     opt_inputs = [g_thr, c_thr, g_mcut, c_mcut, inc_chars, chars_first, sort, spaces, escape, rating, max_tags,
                   exclude, prepend, append]
     with gr.Tabs():
-        with gr.Tab("Single image"):
+        with gr.Tab("Single image") as single_tab:
             with gr.Row():
                 image = gr.Image(type="pil", label="Image", elem_id="lora_studio_tagger_image")
                 with gr.Column():
@@ -242,14 +314,17 @@ def build(ctx) -> None:
             with gr.Row():
                 chars = gr.Label(label="Characters", num_top_classes=20, elem_id="lora_studio_tagger_chars")
                 general = gr.Label(label="General tags", num_top_classes=200, elem_id="lora_studio_tagger_general")
-        with gr.Tab("Folder"):
+        with gr.Tab("Folder") as folder_tab:
+            gr.Markdown("Image and output folders must be inside: "
+                        + ", ".join(f"`{r}`" for r in image_roots(ctx)), elem_id="lora_studio_tagger_roots")
             with gr.Row():
                 folder = gr.Textbox(label="Image folder", elem_id="lora_studio_tagger_folder", scale=4)
                 recursive = gr.Checkbox(False, label="Include sub-folders")
             with gr.Row():
                 existing = gr.Radio(list(EXISTING), value="skip", label="Existing caption files")
                 cap_ext = gr.Dropdown([".txt", ".caption"], value=".txt", label="Caption extension")
-                out_dir = gr.Textbox(label="Output folder (empty = beside the images)")
+                out_dir = gr.Textbox(label="Output folder (empty = beside the images)",
+                                     elem_id="lora_studio_tagger_outdir")
             with gr.Row():
                 batch = gr.Number(value=0, precision=0, label="Batch size (0 = auto: 8 on GPU, 1 per CPU stream)")
                 sidecar = gr.Checkbox(False, label="JSON with confidences")
@@ -262,22 +337,34 @@ def build(ctx) -> None:
                                  label="Tag frequencies", interactive=False, elem_id="lora_studio_tagger_table")
             log = gr.Textbox(label="Log", lines=6, max_lines=12, elem_id="lora_studio_tagger_log")
 
-    def do_load(m, p, dl):
+    def do_load(m, f, p, dl):
         try:
-            return status_text(load(ctx, m, p, dl))
+            return status_text(load(ctx, m, p, dl, folder=f))
         except LoraStudioError as exc:
             return f"**Error:** {exc}"
 
-    load_btn.click(do_load, inputs=[model, provider, allow_dl], outputs=[status])
+    def do_refresh():
+        now = model_choices(ctx)
+        return compat.update(choices=now), now
+
+    load_btn.click(do_load, inputs=[model, model_folder, provider, allow_dl], outputs=[status])
     unload_btn.click(unload, inputs=[], outputs=[status])
-    refresh.click(lambda: compat.update(choices=model_choices(ctx)), inputs=[], outputs=[model])
+    refresh.click(do_refresh, inputs=[], outputs=[model, shown])
+    # Gradio shows new choices the next time the list opens: refresh when it is focused, when a sub-tab is
+    # picked and on page load, so a model folder added after start is there without "Refresh list".
+    for event in (model.focus, single_tab.select, folder_tab.select):
+        event(lambda cur: refresh_choices(ctx, cur), inputs=[shown], outputs=[model, shown], queue=False,
+              show_progress="hidden")
+    compat.on_page_load(do_refresh, outputs=[model, shown])
     model.change(threshold_hint, inputs=[model], outputs=[hint])
-    tag_btn.click(lambda *a: tag_single(ctx, *a), inputs=[image, model, provider, allow_dl] + opt_inputs,
+    tag_btn.click(lambda *a: tag_single(ctx, *a), inputs=[image, model, model_folder, provider, allow_dl] + opt_inputs,
                   outputs=[caption, general, chars, ratings, status])
 
     def folder_gen(*a):
         yield from run_folder_ui(ctx, *a)
 
-    start.click(folder_gen, inputs=[model, provider, allow_dl, folder, recursive, existing, cap_ext, out_dir,
-                                    batch, sidecar, unload_after] + opt_inputs, outputs=[progress, table, log])
-    stop.click(cancel_all, inputs=[], outputs=[progress])
+    start.click(folder_gen, inputs=[model, model_folder, provider, allow_dl, folder, recursive, existing, cap_ext,
+                                    out_dir, batch, sidecar, unload_after] + opt_inputs,
+                outputs=[progress, table, log, status])
+    # Cancel must get through while the folder run streams: it skips the queue.
+    stop.click(cancel_all, inputs=[], outputs=[progress], queue=False)
