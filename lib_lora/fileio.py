@@ -437,8 +437,11 @@ def check_target(path, overwrite: bool, suffix: str | None = None) -> None:
     or an existing file without `overwrite`."""
     path = _name(path)
     if os.path.isdir(path):
-        err = WriteFailed(f"'{path}' is a folder; give a file name" + (f" ending in {suffix}" if suffix else "")
-                          + ", e.g. " + os.path.join(path, "baked" + (suffix or ".txt")))
+        if suffix:
+            err = WriteFailed(f"cannot write '{path}': it is a folder; give a file name ending in {suffix}, e.g. "
+                              + os.path.join(path, "baked" + suffix))
+        else:
+            err = WriteFailed(f"cannot write '{path}': it is a folder; rename or remove that folder")
         err.errno, err.strerror = errno.EISDIR, "is a folder"
         raise err
     if suffix and not path.lower().endswith(suffix):
