@@ -225,7 +225,7 @@ class ForgeApplier:
             tag = syntax.parse_items(params.items)
             if tag.ok and tag.name:
                 plain.append(extra_networks.ExtraNetworkParams(
-                    items=[tag.name, f"{tag.te:g}", f"{tag.unet_multiplier:g}"]))
+                    items=[tag.name, syntax.format_number(tag.te), syntax.format_number(tag.unet_multiplier)]))
         h.activate(p, plain)
 
     def _activate(self, p, params_list) -> None:
