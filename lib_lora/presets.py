@@ -1,4 +1,4 @@
-"""Block-weight presets: LBW line format, shipped + user files, arch-aware lookup (blocks.md §7).
+"""Block-weight presets: LBW line format, shipped + user files, arch-aware lookup (docs/spec/blocks.md §7).
 
 File format (same files LBW and supermerger read): one `NAME:w1,w2,...` per line, split at the first `:`;
 lines whose first non-blank character is `#` are comments; blank lines are ignored; 12/17/20/26 values,

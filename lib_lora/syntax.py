@@ -179,7 +179,7 @@ def _parse_step(label: str, key: str, value: str, warns: list[str]) -> int | Non
 
 
 def parse_params(positional: Sequence[str], named: Mapping[str, str], kind: str = "lora") -> LoraTag:
-    """Interpret one tag's items (prompt_syntax.md §2 decision table, §5 bad input).  Never raises."""
+    """Interpret one tag's items (docs/spec/prompt_syntax.md §2.3, §5: decision table, bad input).  Never raises."""
     pos = [str(p).strip() for p in positional]
     nam = {str(k).strip().lower(): str(v).strip() for k, v in named.items()}
     tag = LoraTag(kind=kind)
@@ -505,7 +505,7 @@ def edit_name(tag: LoraTag, name: str) -> str:
 
 
 def unet_active(tag, step: int) -> bool:
-    """Whether the U-Net delta is on at 0-based sampling step `step` (LBW rule, prompt_syntax.md §2):
+    """Whether the U-Net delta is on at 0-based sampling step `step` (LBW rule, docs/spec/prompt_syntax.md §2.4):
     on when step > start-2 and not step > stop-2, i.e. 1-based steps start … stop-1.  Each sampling
     pass (first pass, hires pass) counts its own steps from 0.  Works for any object with .start/.stop."""
     start, stop = getattr(tag, "start", None), getattr(tag, "stop", None)

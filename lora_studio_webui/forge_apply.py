@@ -1,4 +1,4 @@
-"""Block weights on Forge through Forge's own LoRA patching (a1111_integration.md §10).
+"""Block weights on Forge through Forge's own LoRA patching (docs/spec/webui_integration.md §10).
 
 Forge turns a LoRA state dict into patches keyed by parameter names (`diffusion_model.<ldm path>.weight` for
 the U-Net, `clip_l.…`/`clip_g.…` for the text encoders) and records them with

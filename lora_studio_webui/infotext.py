@@ -2,7 +2,7 @@
 
 `LoRA Studio blocks: "name=v1,v2,…; other=…"` is written for every LoRA whose block weights came from a preset
 or from the letters R/U/X, so a pasted prompt reproduces the image even after the preset file changed or with
-random letters (prompt_syntax.md §6).
+random letters (docs/spec/prompt_syntax.md §6).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Axes for the WebUI's own X/Y/Z plot script (a1111_integration.md §9).
+"""Axes for the WebUI's own X/Y/Z plot script (docs/spec/webui_integration.md §9).
 
 Every axis rewrites the `<lora:…>` tag text in the prompt (and a non-empty hires prompt): A1111 caches
 conditioning by prompt text, so changing the LoRA any other way would reuse stale text-encoder output.

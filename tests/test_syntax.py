@@ -1,4 +1,4 @@
-"""syntax.py: every form and decision-table row of prompt_syntax.md §2, the §5 bad-input rules, the
+"""syntax.py: every form, decision-table row and bad-input rule of docs/spec/prompt_syntax.md §2, §5, the
 reference examples, block resolution, canonical formatting, start/stop; hypothesis fuzzing."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def one(prompt: str) -> LoraTag:
     return tags[0]
 
 
-# ---- §1 A1111 tag scanning ---------------------------------------------------------------------
+# ---- docs/spec/prompt_syntax.md §1 A1111 tag scanning -------------------------------------------------------
 
 def test_scan_kinds_and_spans():
     text = "a <lora:a:0.5> b <lyco:b> <hypernet:h:1> <LORA:c> <lora:d:1:te=2>"
@@ -61,7 +61,7 @@ def test_argument_runs_to_first_gt():
     assert tags[0].text == "<lora:n:1:lbw=1,1>"
 
 
-# ---- §2 accepted forms -------------------------------------------------------------------------
+# ---- docs/spec/prompt_syntax.md §2 accepted forms -----------------------------------------------------------
 
 @pytest.mark.parametrize("prompt, te, unet, blocks, dyn", [
     ("<lora:name>", 1, 1, None, None),
@@ -181,7 +181,7 @@ def test_step_forms():
     assert (tag.start, tag.stop) == (7, 20) and "start=/stop= used" in tag.warnings[0]
 
 
-# reference examples (prompt_syntax.md §2)
+# examples (docs/spec/prompt_syntax.md §2.2)
 def test_reference_examples():
     tag = one("<lora:hinaLora:0.75:1,1,1,1,1,1,1,1.5,1,1,1,1,1,1,1,1,1>")
     r = resolve_blocks(tag, PRESETS)
@@ -201,14 +201,14 @@ def test_reference_examples():
 
 
 def test_worked_example_face_and_paint():
-    """blocks.md §6: OUT05 (slot 19) under face → 0.8 × 1; under paint → off."""
+    """docs/spec/blocks.md §6: OUT05 (slot 19) under face → 0.8 × 1; under paint → off."""
     for preset, factor in (("face", 1.0), ("paint", 0.0)):
         tag = one(f"<lora:x:0.8:{preset}>")
         r = resolve_blocks(tag, PRESETS, arch="sd1")
         assert tag.unet_multiplier * r.vector[19] == pytest.approx(0.8 * factor)
 
 
-# ---- §5 bad input -------------------------------------------------------------------------------
+# ---- docs/spec/prompt_syntax.md §5 bad input ----------------------------------------------------------------
 
 @pytest.mark.parametrize("prompt, key", [
     ("<lora:n:te=abc>", "te='abc'"),
