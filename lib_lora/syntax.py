@@ -78,7 +78,7 @@ class ResolvedBlocks:
 
 def format_number(v: float) -> str:
     """The one number format: the shortest text float() reads back exactly; integers without '.0'.
-    `_number(format_number(v)) == v` for every finite float (tested)."""
+    `parse_number(format_number(v)) == v` for every finite float (tested)."""
     v = float(v)
     if v != v or v in (math.inf, -math.inf):
         return str(v)  # refused later by the token check, with a clear message
@@ -87,8 +87,9 @@ def format_number(v: float) -> str:
     return repr(v)
 
 
-def _number(s: str) -> float | None:
-    """A finite float, or None (not a number, NaN, ±Inf, or longer than MAX_NUMBER_CHARS)."""
+def parse_number(s: str) -> float | None:
+    """How tag text reads a number: a finite float, or None (not a number, NaN, ±Inf, or longer than
+    MAX_NUMBER_CHARS).  The inverse of format_number."""
     if len(s) > MAX_NUMBER_CHARS:
         return None
     try:
@@ -132,7 +133,7 @@ def _token_problem(t: str) -> str | None:
 
 def is_block_list(blocks: str) -> bool:
     """A block list (or one number, however long), not a preset name."""
-    return "," in blocks or _number(blocks) is not None or bool(_NUMERIC_RE.fullmatch(blocks.strip()))
+    return "," in blocks or parse_number(blocks) is not None or bool(_NUMERIC_RE.fullmatch(blocks.strip()))
 
 
 def _list_problem(label: str, tokens: Sequence[str]) -> str | None:
@@ -197,7 +198,7 @@ def parse_params(positional: Sequence[str], named: Mapping[str, str], kind: str 
         if not item:
             W.append(f"`{label}`: empty item {i} ignored")
             continue
-        num = _number(item)
+        num = parse_number(item)
         at = tag.positions
         if i == 1:
             at["te"] = i
@@ -229,7 +230,7 @@ def parse_params(positional: Sequence[str], named: Mapping[str, str], kind: str 
     # named keys override positional values
     for key in ("te", "unet", "x"):
         if key in nam:
-            num = _number(nam[key])
+            num = parse_number(nam[key])
             if num is None:
                 ferr[key] = f"`{label}`: {key}='{_shown(nam[key])}' {_why(nam[key])}"
             else:

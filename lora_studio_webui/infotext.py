@@ -98,15 +98,16 @@ def clear(p) -> None:
 
 
 def parse_field(text: str) -> list[tuple[str, list[float]]]:
+    """`name=v1,v2,…; other=…` → [(name, values)]; a record with an item that is not a finite number (an
+    edited or damaged infotext) is left out, so the pasted tag keeps its own block weights."""
     out = []
     for part in (text or "").split(";"):
         if "=" not in part:
             continue
         name, vals = part.rsplit("=", 1)
-        try:
-            out.append((name.strip(), [float(v) for v in vals.split(",") if v.strip()]))
-        except ValueError:
-            continue
+        values = [syntax.parse_number(v.strip()) for v in vals.split(",") if v.strip()]
+        if values and None not in values:
+            out.append((name.strip(), values))
     return out
 
 

@@ -107,3 +107,11 @@ def test_forge_gets_a_message_and_no_takeover(tmp_path, monkeypatch, capsys):
         w.generate("x <lora:foo:1>")                      # our script's process() stays out of the way
     finally:
         w.close()
+
+
+def test_pasted_block_records_take_only_finite_numbers():
+    from lora_studio_webui.infotext import parse_field, restore_prompt
+    records = parse_field("a=1,0.1234567,X; b=nan,1; c=inf; d=1e400,1; e=0.5,1e-07")
+    assert records == [("e", [0.5, 1e-07])]
+    assert restore_prompt("<lora:b:1:face> <lora:e:1:face>", parse_field("b=nan,1; e=0.5,1")) == (
+        "<lora:b:1:face> <lora:e:lbw=0.5,1>")
