@@ -432,6 +432,14 @@ def write_tag(tag: LoraTag, resolved: ResolvedBlocks | None = None) -> str:
     return f"<{tag.kind}:{':'.join(items)}>"
 
 
+def short_tag(name: str, weight: float, blocks: str | None = None, kind: str = "lora") -> str:
+    """The short positional form people type and cards insert: `<lora:NAME:W>` or `<lora:NAME:W:BLOCKS>`
+    (BLOCKS a preset name or a list; position 2 reads as blocks because it is not a number)."""
+    blocks = (blocks or "").strip()
+    items = [name, format_number(weight)] + ([blocks] if blocks else [])
+    return f"<{kind}:{':'.join(items)}>"
+
+
 # Kept for this round only: the tagger has its own `format_tag` (a WD14 tag name); use write_tag.
 format_tag = write_tag
 

@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from lib_lora import blocks as B
 from lib_lora.presets import PresetStore
 from lib_lora.syntax import (LoraTag, edit_blocks, edit_key, edit_name, edit_weight, format_number, parse_items,
-                             parse_params, parse_prompt, resolve_blocks, rewrite_prompt, split_items, unet_active,
-                             write_tag)
+                             parse_params, parse_prompt, resolve_blocks, rewrite_prompt, short_tag, split_items,
+                             unet_active, write_tag)
 
 PRESETS = PresetStore()
 L17 = ",".join(["1"] * 17)
@@ -538,3 +538,10 @@ def test_fuzz_format_round_trip(tag, seed):
     assert frozen.ok
     r2 = resolve_blocks(frozen, PRESETS, arch="sdxl", seed=seed + 1)
     assert r2.vector == r.vector and not r2.randomised
+
+
+def test_short_tag_reads_back():
+    assert short_tag("n", 0.75, "face") == "<lora:n:0.75:face>"
+    assert short_tag("n", 1.0, "") == short_tag("n", 1.0) == "<lora:n:1>"
+    tag = one(short_tag("n", -0.1234567, "1,0,1,0,1,0,1,0,1,0,1,0"))
+    assert (tag.te, tag.unet_multiplier, tag.blocks, tag.errors) == (-0.1234567, -0.1234567, "1,0,1,0,1,0,1,0,1,0,1,0", [])

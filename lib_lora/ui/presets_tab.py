@@ -14,7 +14,7 @@ from pathlib import Path
 
 from lib_lora.blocks import FORMAT_LABELS, FORMATS, expand, format_names
 from lib_lora.errors import LoraStudioError
-from lib_lora.syntax import format_number
+from lib_lora.syntax import format_number, short_tag
 from lib_lora.ui import lora_tab
 
 FORMAT_ORDER = (17, 26, 12, 20)
@@ -346,9 +346,7 @@ def make_tag(lora_name: str, weight, preset: str) -> str:
     if not lora_name:
         raise LoraStudioError("Pick a LoRA file first.")
     stem = Path(lora_name).stem
-    w = format_number(round(float(weight), 4))  # the slider's float noise (0.30000000000000004) rounded off
-    preset = (preset or "").strip()
-    return f"<lora:{stem}:{w}:{preset}>" if preset else f"<lora:{stem}:{w}>"
+    return short_tag(stem, round(float(weight), 4), preset)  # rounded: the slider's float noise (0.30000000000000004)
 
 
 def tag_callback(lora_name, weight, preset):
