@@ -546,3 +546,15 @@ def test_short_tag_reads_back():
     tag = one(short_tag("n", -0.1234567, "1,0,1,0,1,0,1,0,1,0,1,0"))
     assert (tag.te, tag.unet_multiplier, tag.errors) == (-0.1234567, -0.1234567, [])
     assert tag.blocks == "1,0,1,0,1,0,1,0,1,0,1,0"
+
+
+def test_the_tag_grammar_has_one_home():
+    """Item 5 of issue 8: the `<lora:…>` pattern and A1111's named-item rule are written in syntax.py only
+    (lora_studio_webui/tags.py once restated both)."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    grammar = re.compile(r"\[\^>\]|split\(\s*['\"]=['\"]\s*,\s*2\s*\)")
+    homes = sorted(str(p.relative_to(root)) for pkg in ("lib_lora", "lora_studio_webui", "scripts")
+                   for p in (root / pkg).rglob("*.py") if grammar.search(p.read_text(encoding="utf-8")))
+    assert homes == ["lib_lora/syntax.py"]
