@@ -101,7 +101,7 @@ def canonical_layers(arch: str) -> frozenset:
     return frozenset(names)
 
 
-# ---------------------------------------------------------------- detection (formats.md §3.5)
+# ---------------------------------------------------------------- detection (docs/spec/formats.md §3.5)
 
 def arch_from_metadata(metadata: dict | None) -> str | None:
     md = metadata or {}

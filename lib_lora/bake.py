@@ -158,7 +158,7 @@ def resolve_prompt(prompt: str, lora_dir, arch: str | None, presets=None, seed: 
 
 
 def unlisted_message(r: Resolved) -> str | None:
-    """blocks.md §2.5 warning when the weight list leaves out blocks the LoRA has weights in (set to 0)."""
+    """docs/spec/blocks.md §2.5 warning when the weight list leaves out blocks the LoRA has weights in (set to 0)."""
     from lib_lora.blocks import unlisted_warning
 
     listed = r.active.listed

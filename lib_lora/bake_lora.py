@@ -1,6 +1,6 @@
 """LoRA + multiplier + block weights → a new LoRA with those weights built in (`python -m lib_lora bake-lora`).
 
-Each module's effective multiplier m (prompt_syntax.md §3, same function the patcher uses) is folded into
+Each module's effective multiplier m (docs/spec/prompt_syntax.md §3, same function the patcher uses) is folded into
 ONE factor of the module, so the file keeps its algorithm, rank and key names: ΔW is linear in that factor.
 Modules at m = 0 are dropped. Algorithms whose delta is not linear in any stored factor (DoRA, OFT, BOFT)
 can only be kept at m = 1 or dropped at m = 0; anything else is refused with a message.

@@ -1,4 +1,4 @@
-"""Block taxonomy (blocks.md): the 26-slot vector, the 12/17/20/26 formats, layer → block.
+"""Block taxonomy (docs/spec/blocks.md): the 26-slot vector, the 12/17/20/26 formats, layer → block.
 
 Slots: 0 BASE (text encoders), 1-12 IN00-IN11, 13 M00, 14-25 OUT00-OUT11.  A weight list's format is
 decided by its length only; `expand` turns it into 26 slots with every unlisted slot at 0 (LBW behaviour).
@@ -21,7 +21,7 @@ def _slots(names: str) -> tuple[int, ...]:
     return tuple(SLOT[n] for n in names.split())
 
 
-# Format = ordered block list, decided by the count only (blocks.md §2).
+# Format = ordered block list, decided by the count only (docs/spec/blocks.md §2.2).
 FORMATS: dict[int, tuple[int, ...]] = {
     17: _slots("BASE IN01 IN02 IN04 IN05 IN07 IN08 M00 OUT03 OUT04 OUT05 OUT06 OUT07 OUT08 OUT09 OUT10 OUT11"),
     26: tuple(range(26)),
@@ -57,7 +57,7 @@ def slot_of_layer(layer: str) -> int | None:
 
 
 def count_message(count: int, name: str | None = None) -> str:
-    """The one-line wrong-count message of prompt_syntax.md §5."""
+    """The one-line wrong-count message of docs/spec/prompt_syntax.md §5."""
     head = f"`{name}`: " if name else ""
     msg = (f"{head}{count} block weights given; accepted counts are 12 (SDXL LoRA), 17 (SD1/SD2 LoRA), "
            f"20 (SDXL full), 26 (SD1/SD2 full)")
@@ -69,7 +69,7 @@ def count_message(count: int, name: str | None = None) -> str:
 def expand(values: Sequence[float], name: str | None = None) -> tuple[list[float], list[bool]]:
     """Expand a 12/17/20/26-value list to (26 slot weights, which slots the format lists).
 
-    Unlisted slots get 0 (LBW compatibility, blocks.md §2.3).  Any other count raises SyntaxProblem;
+    Unlisted slots get 0 (LBW compatibility, docs/spec/blocks.md §2.3).  Any other count raises SyntaxProblem;
     `name` (the LoRA) prefixes the message when given.
     """
     order = FORMATS.get(len(values))
@@ -97,7 +97,7 @@ def format_names(count: int) -> list[str]:
 
 def unlisted_warning(lora_name: str, lora_arch: str | None, count: int, used_slots: Iterable[int | None],
                      listed: Sequence[bool]) -> str | None:
-    """blocks.md §2.5: warn when the LoRA has modules in slots the format did not list (so they became 0).
+    """docs/spec/blocks.md §2.5: warn when the LoRA has modules in slots the format did not list (so they became 0).
 
     `used_slots` are the slots of the LoRA's modules (None = outside the table, ignored); `listed` comes
     from `expand`.  Returns None when nothing was silently zeroed.
@@ -128,7 +128,7 @@ _CK_UNET = re.compile(r"model\.diffusion_model\.(input_blocks|output_blocks)\.(\
 
 
 def checkpoint_key_slot(key: str, arch: str | None) -> int | None:
-    """Slot of a checkpoint key for block-weighted merges (blocks.md §4); None = not merged (take from A).
+    """Slot of a checkpoint key for block-weighted merges (docs/spec/blocks.md §4); None = not merged (take from A).
 
     time_embed/label_emb → IN00, `out.` → last OUT block (OUT11 SD1/SD2, OUT08 SDXL), text encoders,
     VAE and any other key containing "model" → BASE; keys without "model" (betas, alphas_cumprod...) → None.
@@ -150,7 +150,7 @@ def checkpoint_key_slot(key: str, arch: str | None) -> int | None:
     return None
 
 
-# Weight tokens in lists and presets: a finite number, or R / U / X / X+n / X-n (blocks.md §7).
+# Weight tokens in lists and presets: a finite number, or R / U / X / X+n / X-n (docs/spec/blocks.md §7.3).
 _X_RE = re.compile(r"^X(?:\s*([+-])\s*(\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)?$")
 
 

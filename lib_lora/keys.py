@@ -1,4 +1,4 @@
-"""LoRA key families → `LoraModule`s named by canonical (compvis/SGM) layer names (formats.md §3).
+"""LoRA key families → `LoraModule`s named by canonical (compvis/SGM) layer names (docs/spec/formats.md §3).
 
 Underscore-joined kohya names are never split by guessing: each arch has a dictionary from
 `path.replace('.', '_')` to the canonical layer, built from the generated layer list (arch.py).
@@ -259,7 +259,7 @@ def _component_of(module: str):
 # ---------------------------------------------------------------- algorithm detection
 
 def _fallback_detect_algo(suffixes) -> str | None:
-    """formats.md §2 detection order (used until/unless lib_lora.algos provides detect_algo)."""
+    """docs/spec/formats.md §2 detection order (used until/unless lib_lora.algos provides detect_algo)."""
     s = set(suffixes)
     if s & {"lora_up.weight", "lora_down.weight"}:
         return "lora"

@@ -1,4 +1,4 @@
-"""Merge LoRA deltas into the live weights, exactly reversibly (a1111_integration.md §4 rules c–f).
+"""Merge LoRA deltas into the live weights, exactly reversibly (docs/spec/webui_integration.md §4, rules c–f).
 
 Every touched layer holds W0 + Σ mᵢ·ΔWᵢ, computed in fp32 on the weight's device from the exact backup W0
 and written with one cast. A layer is rewritten only when its contribution set (network, module, dyn,
@@ -39,9 +39,9 @@ class ActiveLora:
     unet: float = 1.0
     blocks: list | None = None     # 26 slots, None = all 1
     dyn: int | None = None
-    start: int | None = None       # 1-based sampling steps, prompt_syntax.md §2
+    start: int | None = None       # 1-based sampling steps, docs/spec/prompt_syntax.md §2.4
     stop: int | None = None
-    listed: list | None = None     # 26 bools: slots the user's weight format listed (blocks.md §2.5)
+    listed: list | None = None     # 26 bools: slots the user's weight format listed (docs/spec/blocks.md §2.5)
 
     @property
     def gated(self) -> bool:
@@ -88,7 +88,7 @@ def gated_off(active: ActiveLora, step: int | None) -> bool:
 
 
 def effective_multiplier(active: ActiveLora, module, step: int | None = None) -> float:
-    """prompt_syntax.md §3: te×w[BASE] for the text encoder, unet×w[block] in the table, unet outside."""
+    """docs/spec/prompt_syntax.md §3: te×w[BASE] for the text encoder, unet×w[block] in the table, unet outside."""
     slot = _slot(module)
     if _is_te(module):
         return float(active.te) * (1.0 if active.blocks is None else float(active.blocks[0]))

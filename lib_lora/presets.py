@@ -1,4 +1,4 @@
-"""Block-weight presets: LBW line format, shipped + user files, arch-aware lookup (blocks.md §7).
+"""Block-weight presets: LBW line format, shipped + user files, arch-aware lookup (docs/spec/blocks.md §7).
 
 File format (same files LBW and supermerger read): one `NAME:w1,w2,...` per line, split at the first `:`;
 lines whose first non-blank character is `#` are comments; blank lines are ignored; 12/17/20/26 values,
@@ -35,6 +35,7 @@ from typing import Iterable, Sequence
 from .blocks import ACCEPTED_COUNTS, FORMATS, weight_token_problem
 from .errors import LoraStudioError
 from .fileio import atomic_write_text, locked, read_small_text
+from .syntax import format_number  # the one number format of tag text, infotext and presets
 
 DEFAULT_BUILTIN = Path(__file__).resolve().parent / "data" / "presets.txt"
 USER_FILE_NAME = "lora_studio_presets.txt"
@@ -120,15 +121,6 @@ def normalise_values(values: str | Iterable[object]) -> list[str]:
         else:
             out.append(str(v).strip())
     return out
-
-
-def format_number(v: float) -> str:
-    """Shortest text that float() reads back exactly; integers without '.0'."""
-    if v != v or v in (float("inf"), float("-inf")):
-        return str(v)  # rejected later by the token check with a clear message
-    if v == int(v) and abs(v) < 1e15:
-        return str(int(v))
-    return repr(v)
 
 
 def parse_preset_text(text: str, origin: str, where: str,

@@ -1,4 +1,6 @@
-"""`<lora:...>` / `<lyco:...>` tag parsing and block-weight resolution (prompt_syntax.md, blocks.md §7).
+"""The one home of `<lora:...>` / `<lyco:...>` tag text: parsing, block-weight resolution, writing and editing
+tags, and the one number format every weight, multiplier and block value is written in (tags, infotext, X/Y/Z
+labels, presets).  Grammar: docs/spec/prompt_syntax.md; letters and presets: docs/spec/blocks.md §7.
 
 Nothing here raises on user input: problems become `tag.errors` (that LoRA is skipped) or `tag.warnings`
 (applied anyway).  Messages start with the LoRA name in backticks.
@@ -17,7 +19,6 @@ from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
 from .blocks import FORMATS, count_message, expand, weight_token_problem, x_offset
-from .presets import format_number
 
 LORA_KINDS = ("lora", "lyco")
 _TAG_RE = re.compile(r"<(\w+):([^>]+)>")  # A1111's extra-network regex
@@ -45,6 +46,10 @@ class LoraTag:
     kind: str = "lora"
     text: str = ""                     # the tag as written (parse_prompt only)
     span: tuple[int, int] | None = None
+    items: list[str] = field(default_factory=list)      # the raw ':'-separated items (parse_items)
+    # which positional item (0 = name) set te / unet / blocks / dyn / x: the edit_* functions change the item
+    # the parser read, so tag text is classified by one decision table only
+    positions: dict[str, int] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -71,8 +76,20 @@ class ResolvedBlocks:
     errors: list[str] = field(default_factory=list)
 
 
-def _number(s: str) -> float | None:
-    """A finite float, or None (not a number, NaN, ±Inf, or longer than MAX_NUMBER_CHARS)."""
+def format_number(v: float) -> str:
+    """The one number format: the shortest text float() reads back exactly; integers without '.0'.
+    `parse_number(format_number(v)) == v` for every finite float (tested)."""
+    v = float(v)
+    if v != v or v in (math.inf, -math.inf):
+        return str(v)  # refused later by the token check, with a clear message
+    if v == int(v) and abs(v) < 1e15:
+        return str(int(v))
+    return repr(v)
+
+
+def parse_number(s: str) -> float | None:
+    """How tag text reads a number: a finite float, or None (not a number, NaN, ±Inf, or longer than
+    MAX_NUMBER_CHARS).  The inverse of format_number."""
     if len(s) > MAX_NUMBER_CHARS:
         return None
     try:
@@ -114,9 +131,9 @@ def _token_problem(t: str) -> str | None:
     return p
 
 
-def _is_list(blocks: str) -> bool:
+def is_block_list(blocks: str) -> bool:
     """A block list (or one number, however long), not a preset name."""
-    return "," in blocks or _number(blocks) is not None or bool(_NUMERIC_RE.fullmatch(blocks.strip()))
+    return "," in blocks or parse_number(blocks) is not None or bool(_NUMERIC_RE.fullmatch(blocks.strip()))
 
 
 def _list_problem(label: str, tokens: Sequence[str]) -> str | None:
@@ -131,7 +148,7 @@ def _list_problem(label: str, tokens: Sequence[str]) -> str | None:
 
 def _parse_blocks(label: str, value: str, errs: list[str]) -> str | None:
     """A list (contains ',') is validated here; a preset name is checked later by resolve_blocks."""
-    if _is_list(value):  # a lone number is a 1-value list
+    if is_block_list(value):  # a lone number is a 1-value list
         tokens = [t.strip() for t in value.split(",")]
         p = _list_problem(label, tokens)
         if p:
@@ -163,7 +180,7 @@ def _parse_step(label: str, key: str, value: str, warns: list[str]) -> int | Non
 
 
 def parse_params(positional: Sequence[str], named: Mapping[str, str], kind: str = "lora") -> LoraTag:
-    """Interpret one tag's items (prompt_syntax.md §2 decision table, §5 bad input).  Never raises."""
+    """Interpret one tag's items (docs/spec/prompt_syntax.md §2.3, §5: decision table, bad input).  Never raises."""
     pos = [str(p).strip() for p in positional]
     nam = {str(k).strip().lower(): str(v).strip() for k, v in named.items()}
     tag = LoraTag(kind=kind)
@@ -181,8 +198,10 @@ def parse_params(positional: Sequence[str], named: Mapping[str, str], kind: str 
         if not item:
             W.append(f"`{label}`: empty item {i} ignored")
             continue
-        num = _number(item)
+        num = parse_number(item)
+        at = tag.positions
         if i == 1:
+            at["te"] = i
             if num is None:
                 hint = " (block weights go after the weight: <lora:NAME:1:face>)" if "," in item else ""
                 ferr["te"] = f"`{label}`: weight '{_shown(item)}' {_why(item)}{hint}"
@@ -190,28 +209,28 @@ def parse_params(positional: Sequence[str], named: Mapping[str, str], kind: str 
                 tag.te = num
         elif i == 2:
             if num is not None:
-                tag.unet, mode = num, "num"
+                tag.unet, mode, at["unet"] = num, "num", i
             else:
-                tag.blocks, mode = _parse_blocks(label, item, blocks_err), "blocks"
+                tag.blocks, mode, at["blocks"] = _parse_blocks(label, item, blocks_err), "blocks", i
         elif i == 3 and mode != "blocks":
             if _INT_RE.match(item):
-                tag.dyn = _parse_dyn(label, item, W)
+                tag.dyn, at["dyn"] = _parse_dyn(label, item, W), i
             elif num is not None:
                 W.append(f"`{label}`: dyn '{_shown(item)}' is not a positive integer; ignored")
             else:
-                tag.blocks = _parse_blocks(label, item, blocks_err)
+                tag.blocks, at["blocks"] = _parse_blocks(label, item, blocks_err), i
         elif i == 3:
             if num is None:
                 W.append(f"`{label}`: item 4 '{_shown(item)}' after the block weights {_why(item)} (x); ignored "
                          f"(LBW's elemental lbwe syntax is not supported)")
             else:
-                tag.x = num
+                tag.x, at["x"] = num, i
         else:
             W.append(f"`{label}`: extra item {i + 1} '{_shown(item)}' ignored")
     # named keys override positional values
     for key in ("te", "unet", "x"):
         if key in nam:
-            num = _number(nam[key])
+            num = parse_number(nam[key])
             if num is None:
                 ferr[key] = f"`{label}`: {key}='{_shown(nam[key])}' {_why(nam[key])}"
             else:
@@ -263,18 +282,24 @@ def _parse_schedule(tag: LoraTag, nam: Mapping[str, str], label: str) -> None:
     tag.start, tag.stop = start, stop
 
 
+def named_key(item: str) -> str | None:
+    """A1111's rule: an item is named iff `split('=', 2)` gives exactly two parts; the key, stripped and
+    lower-cased (keys are case-insensitive here), else None (a positional item)."""
+    parts = item.split("=", 2)
+    return parts[0].strip().lower() if len(parts) == 2 else None
+
+
 def split_items(args: str) -> tuple[list[str], dict[str, str], list[str]]:
     """A1111's item split: ':' separates items; `split('=', 2)` giving 2 parts → named."""
     positional: list[str] = []
     named: dict[str, str] = {}
     dups: list[str] = []
     for item in args.split(":"):
-        parts = item.split("=", 2)
-        if len(parts) == 2:
-            key = parts[0].strip().lower()
+        key = named_key(item)
+        if key is not None:
             if key in named:
                 dups.append(key)
-            named[key] = parts[1]
+            named[key] = item.split("=", 2)[1]
         else:
             positional.append(item)
     return positional, named, dups
@@ -286,12 +311,14 @@ def parse_items(items: Sequence[str], kind: str = "lora") -> LoraTag:
     items = [str(i) for i in items]
     positional, named, dups = split_items(":".join(items))
     first = items[0] if items else ""
-    if len(first.split("=", 2)) == 2:  # A1111 would take the next positional item as the name
+    if named_key(first) is not None:  # A1111 would take the next positional item as the name
         tag = parse_params([""], named, kind=kind)
         tag.errors[:] = [f"LoRA tag whose first item '{first.strip()}' contains '=': the first item must be "
                          f"the LoRA name, e.g. <{kind}:NAME:0.8>"]
+        tag.items, tag.positions = items, {}
         return tag
     tag = parse_params(positional, named, kind=kind)
+    tag.items = items
     for key in dups:
         tag.warnings.append(f"`{tag.name or '?'}`: {key}= given twice; the last one is used")
     return tag
@@ -317,7 +344,8 @@ def parse_prompt(text: str, kinds: Sequence[str] = LORA_KINDS) -> list[LoraTag]:
 
 
 def rewrite_prompt(text: str, fn: Callable[[LoraTag], str | None]) -> str:
-    """Replace each LoRA tag by fn(tag); None keeps the tag as written (infotext paste, X/Y/Z)."""
+    """Replace each LoRA tag, in order, by fn(tag): new tag text, "" to remove the tag, None to keep it as
+    written (infotext paste, X/Y/Z).  Other extra networks (`<hypernet:…>`) are never touched."""
     out, last = [], 0
     for tag in parse_prompt(text):
         a, b = tag.span
@@ -336,7 +364,7 @@ def resolve_blocks(tag: LoraTag, presets, arch: str | None = None, seed: int = 0
     label = _shown(tag.name) if tag.name else "?"
     if tag.blocks is None:
         return res
-    if _is_list(tag.blocks):
+    if is_block_list(tag.blocks):
         tokens = [t.strip() for t in tag.blocks.split(",")]
         res.source = "list"
     else:
@@ -377,7 +405,7 @@ def resolve_blocks(tag: LoraTag, presets, arch: str | None = None, seed: int = 0
     return res
 
 
-def format_tag(tag: LoraTag, resolved: ResolvedBlocks | None = None) -> str:
+def write_tag(tag: LoraTag, resolved: ResolvedBlocks | None = None) -> str:
     """Canonical named form, defaults omitted: `<lora:name:te=0.8:unet=0.6:lbw=1,0,...>`.
 
     With `resolved` (and a resolved vector) the block list is written as resolved numbers, so presets,
@@ -404,8 +432,89 @@ def format_tag(tag: LoraTag, resolved: ResolvedBlocks | None = None) -> str:
     return f"<{tag.kind}:{':'.join(items)}>"
 
 
+def short_tag(name: str, weight: float, blocks: str | None = None, kind: str = "lora") -> str:
+    """The short positional form people type and cards insert: `<lora:NAME:W>` or `<lora:NAME:W:BLOCKS>`
+    (BLOCKS a preset name or a list; position 2 reads as blocks because it is not a number)."""
+    blocks = (blocks or "").strip()
+    items = [name, format_number(weight)] + ([blocks] if blocks else [])
+    return f"<{kind}:{':'.join(items)}>"
+
+
+# Kept for this round only: the tagger has its own `format_tag` (a WD14 tag name); use write_tag.
+format_tag = write_tag
+
+
+# ---- editing a tag as written (X/Y/Z axes): change the item the parser read, keep every other item -------
+
+def _positional_at(items: Sequence[str]) -> list[int]:
+    """Raw item index of each positional item, in order (position 0 = the name)."""
+    return [i for i, it in enumerate(items) if named_key(it) is None]
+
+
+def _written(tag: LoraTag, items: Sequence[str]) -> str:
+    return f"<{tag.kind}:{':'.join(items)}>"
+
+
+def edit_weight(tag: LoraTag, w: float) -> str:
+    """The tag with its overall weight set to `w`: te and unet both, wherever the tag gives them
+    (position 1, a numeric position 2, `te=`, `unet=`); a tag without a weight gets one at position 1."""
+    items = list(tag.items)
+    ws = format_number(w)
+    pos = _positional_at(items)
+    if len(pos) < 2:
+        items.insert(pos[0] + 1 if pos else 1, ws)
+        pos = _positional_at(items)
+    items[pos[1]] = ws
+    if "unet" in tag.positions:
+        items[pos[tag.positions["unet"]]] = ws
+    for i, it in enumerate(items):
+        key = named_key(it)
+        if key in ("te", "unet"):
+            items[i] = f"{key}={ws}"
+    return _written(tag, items)
+
+
+def edit_blocks(tag: LoraTag, value: str) -> str:
+    """The tag with block weights `value` (a preset name or a list), written as `lbw=` (read the same by every
+    parser).  The block item the parser read is removed; when it was positional, the positional items after it
+    go too (a positional x after the blocks would otherwise move into the unet position) and an x the new
+    value can use is kept as `x=`.  An x is dropped only when `value` is a list without X."""
+    items = list(tag.items)
+    pos = _positional_at(items)
+    value = value.strip()
+    keep_x = not is_block_list(value) or any(x_offset(t) is not None for t in value.split(","))
+    drop: set[int] = set()
+    at = tag.positions.get("blocks")
+    if at is not None:
+        drop.update(pos[at:])
+    out = []
+    for i, it in enumerate(items):
+        key = named_key(it)
+        if i in drop or key in ("lbw", "w") or (key == "x" and not keep_x):
+            continue
+        out.append(it)
+    if keep_x and "x" in tag.positions and not any(named_key(it) == "x" for it in out):
+        out.append(f"x={format_number(tag.x)}")
+    return _written(tag, out + [f"lbw={value}"])
+
+
+def edit_key(tag: LoraTag, key: str, value: str) -> str:
+    """The tag with `key=value` replacing every `key=` item (a named key overrides a positional value)."""
+    items = [it for it in tag.items if named_key(it) != key.lower()]
+    return _written(tag, items + [f"{key}={value}"])
+
+
+def edit_name(tag: LoraTag, name: str) -> str:
+    """The tag naming another LoRA file (X/Y/Z epoch axis); every other item as written."""
+    items = list(tag.items)
+    pos = _positional_at(items)
+    if pos:
+        items[pos[0]] = name
+    return _written(tag, items)
+
+
 def unet_active(tag, step: int) -> bool:
-    """Whether the U-Net delta is on at 0-based sampling step `step` (LBW rule, prompt_syntax.md §2):
+    """Whether the U-Net delta is on at 0-based sampling step `step` (LBW rule, docs/spec/prompt_syntax.md §2.4):
     on when step > start-2 and not step > stop-2, i.e. 1-based steps start … stop-1.  Each sampling
     pass (first pass, hires pass) counts its own steps from 0.  Works for any object with .start/.stop."""
     start, stop = getattr(tag, "start", None), getattr(tag, "stop", None)

@@ -20,7 +20,7 @@ def register() -> None:
     script_callbacks.on_ui_settings(settings.on_ui_settings)
     script_callbacks.on_ui_tabs(_safe(_ui_tabs))
     try:
-        xyz.register()                       # at import: before xyz_grid builds its UI (a1111_integration §9)
+        xyz.register()                       # before xyz_grid builds its UI (docs/spec/webui_integration.md §9)
     except Exception:
         traceback.print_exc()
     if forge.active():

@@ -1,6 +1,6 @@
 """What a generation needs from the core: tags → loaded networks → one Patcher per loaded model.
 
-Coexistence with the built-in Lora (a1111_integration.md §4 a–f):
+Coexistence with the built-in Lora (docs/spec/webui_integration.md §4, rules a–f):
 (a) we own the tag, so the built-in's `loaded_networks` stays empty and its patched forwards do nothing;
 (b) if the built-in holds networks anyway (another extension called it), we refuse and say so;
     before our first patch we make it put back any weights it merged earlier, so its backups never hold our delta
@@ -342,7 +342,7 @@ def _stamps(host) -> tuple:
 
 
 def unlisted(net, name: str, rb) -> str | None:
-    """blocks.md §2.5 warning when modules sit in slots the format does not list."""
+    """docs/spec/blocks.md §2.5 warning when modules sit in slots the format does not list."""
     from lib_lora import blocks
     used = [getattr(m, "slot", None) for m in getattr(net, "modules", {}).values()]
     return blocks.unlisted_warning(name, getattr(net, "arch", None), rb.count, used, rb.listed)

@@ -45,7 +45,8 @@ def data_path() -> Path:
 
 
 def is_forge() -> bool:
-    """Feature test (a1111_integration.md §10): Forge ships `modules_forge`; its model has `forge_objects`."""
+    """Feature test (docs/spec/webui_integration.md §10): Forge ships `modules_forge`; its model has
+    `forge_objects`."""
     if "modules_forge" in sys.modules:
         return True
     try:

@@ -1,4 +1,4 @@
-"""Block weights on Forge through Forge's own LoRA patching (a1111_integration.md §10).
+"""Block weights on Forge through Forge's own LoRA patching (docs/spec/webui_integration.md §10).
 
 Forge turns a LoRA state dict into patches keyed by parameter names (`diffusion_model.<ldm path>.weight` for
 the U-Net, `clip_l.…`/`clip_g.…` for the text encoders) and records them with
@@ -225,7 +225,7 @@ class ForgeApplier:
             tag = syntax.parse_items(params.items)
             if tag.ok and tag.name:
                 plain.append(extra_networks.ExtraNetworkParams(
-                    items=[tag.name, f"{tag.te:g}", f"{tag.unet_multiplier:g}"]))
+                    items=[tag.name, syntax.format_number(tag.te), syntax.format_number(tag.unet_multiplier)]))
         h.activate(p, plain)
 
     def _activate(self, p, params_list) -> None:

@@ -1,4 +1,4 @@
-"""Our `lora` extra network (+ alias `lyco`), and keeping it registered (a1111_integration.md §3).
+"""Our `lora` extra network (+ alias `lyco`), and keeping it registered (docs/spec/webui_integration.md §3).
 
 The built-in Lora registers `lora` in before_ui, which runs after ours (reverse order), and the registry is
 a plain dict (last wins).  We therefore register again in on_app_started and check in Script.process.
@@ -27,7 +27,7 @@ class LoraStudioNetwork(extra_networks.ExtraNetwork):
             from .forge_apply import APPLIER
             APPLIER.activate(p, list(params_list))       # never raises
             return
-        # Nothing may escape: an exception here loses every LoRA of the prompt (prompt_syntax.md §5).
+        # Nothing may escape: an exception here loses every LoRA of the prompt (docs/spec/prompt_syntax.md §5).
         try:
             act = ENGINE.activate(p, list(params_list))
         except Exception as e:

@@ -2,7 +2,7 @@
 
 `LoRA Studio blocks: "name=v1,v2,…; other=…"` is written for every LoRA whose block weights came from a preset
 or from the letters R/U/X, so a pasted prompt reproduces the image even after the preset file changed or with
-random letters (prompt_syntax.md §6).
+random letters (docs/spec/prompt_syntax.md §6).
 """
 
 from __future__ import annotations
@@ -10,14 +10,12 @@ from __future__ import annotations
 import hashlib
 import os
 
+from lib_lora import syntax
+
 from . import env
 from .engine import FIELD_BLOCKS, FIELD_HASHES
 
 _REMOVE = str.maketrans("", "", ":,;=")
-
-
-def _fmt(v: float) -> str:
-    return f"{float(v):.6g}"
 
 
 def needs_record(tag, rb) -> bool:
@@ -44,7 +42,7 @@ def record(p, act) -> None:
     seen = {b.split("=", 1)[0] for b in state["blocks"]} if hr else set()
     for tag, rb, entry in act.entries:
         if needs_record(tag, rb) and tag.name not in seen:
-            state["blocks"].append(f"{tag.name.translate(_REMOVE)}={','.join(_fmt(v) for v in rb.values)}")
+            state["blocks"].append(f"{tag.name.translate(_REMOVE)}={','.join(syntax.format_number(v) for v in rb.values)}")
     p._lora_studio_infotext = state
     for key in (FIELD_HASHES, FIELD_BLOCKS):
         params.pop(key, None) if not hr else None
@@ -100,21 +98,21 @@ def clear(p) -> None:
 
 
 def parse_field(text: str) -> list[tuple[str, list[float]]]:
+    """`name=v1,v2,…; other=…` → [(name, values)]; a record with an item that is not a finite number (an
+    edited or damaged infotext) is left out, so the pasted tag keeps its own block weights."""
     out = []
     for part in (text or "").split(";"):
         if "=" not in part:
             continue
         name, vals = part.rsplit("=", 1)
-        try:
-            out.append((name.strip(), [float(v) for v in vals.split(",") if v.strip()]))
-        except ValueError:
-            continue
+        values = [syntax.parse_number(v.strip()) for v in vals.split(",") if v.strip()]
+        if values and None not in values:
+            out.append((name.strip(), values))
     return out
 
 
 def restore_prompt(prompt: str, records: list[tuple[str, list[float]]]) -> str:
     """Replace the block weights of each recorded LoRA (in order of appearance) by the recorded values."""
-    from lib_lora import syntax
     queues: dict[str, list[list[float]]] = {}
     for name, values in records:
         queues.setdefault(name, []).append(values)
@@ -124,7 +122,7 @@ def restore_prompt(prompt: str, records: list[tuple[str, list[float]]]) -> str:
         if tag.blocks is None or not queues.get(key):
             return None
         values = queues[key].pop(0)
-        return syntax.format_tag(tag, syntax.ResolvedBlocks(values=values, count=len(values)))
+        return syntax.write_tag(tag, syntax.ResolvedBlocks(values=values, count=len(values)))
 
     return syntax.rewrite_prompt(prompt, fn)
 

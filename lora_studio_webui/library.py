@@ -1,6 +1,6 @@
 """LoRA files on disk: discovery in the configured folders, name/alias lookup, hashes, epoch siblings.
 
-Names follow the built-in Lora (prompt_syntax.md §1): a tag names a file by its stem or by its alias
+Names follow the built-in Lora (docs/spec/prompt_syntax.md §1): a tag names a file by its stem or by its alias
 (metadata `ss_output_name`); an alias shared by several files resolves only by stem.
 """
 

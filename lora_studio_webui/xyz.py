@@ -1,4 +1,4 @@
-"""Axes for the WebUI's own X/Y/Z plot script (a1111_integration.md §9).
+"""Axes for the WebUI's own X/Y/Z plot script (docs/spec/webui_integration.md §9).
 
 Every axis rewrites the `<lora:…>` tag text in the prompt (and a non-empty hires prompt): A1111 caches
 conditioning by prompt text, so changing the LoRA any other way would reuse stale text-encoder output.
@@ -8,7 +8,8 @@ chosen LoRA's family (`name-000004`, …, `name`).
 
 from __future__ import annotations
 
-from . import tags as tagtext
+from lib_lora import syntax
+
 from .engine import ENGINE
 
 LABEL_PREFIX = "[LoRA Studio] "
@@ -27,24 +28,25 @@ def find_xyz_module():
     return None
 
 
-def _rewrite(p, fn, select) -> int:
-    total = 0
+def _rewrite(p, fn, first_only: bool) -> None:
+    """Replace LoRA tags of the prompt and hires prompt by fn(tag) (new text, "" = remove); first_only: only
+    the first LoRA tag of each."""
     for attr in PROMPT_FIELDS:
         text = getattr(p, attr, None)
         if isinstance(text, str) and text:
-            new, n = tagtext.rewrite(text, fn, select)
-            if n:
+            seen: list[object] = []
+
+            def one(tag):
+                seen.append(tag)
+                return fn(tag) if not first_only or len(seen) == 1 else None
+
+            new = syntax.rewrite_prompt(text, one)
+            if new != text:
                 setattr(p, attr, new)
-                total += n if attr == "prompt" else 0
-    return total
-
-
-def _first(i, items):
-    return i == 0
 
 
 def _require_tag(p, what):
-    if not tagtext.find_all(getattr(p, "prompt", "")):
+    if not syntax.parse_prompt(getattr(p, "prompt", "")):
         raise RuntimeError(f"{LABEL_PREFIX}{what}: the prompt has no <lora:…> tag to vary; add one.")
 
 
@@ -64,16 +66,16 @@ def _require_values(xs, what, choices: bool) -> None:
 
 # -- weight / blocks / x ------------------------------------------------------------------------------
 def apply_weight(p, x, xs):
-    _rewrite(p, lambda items: tagtext.set_weight(items, float(x)), _first)
+    _rewrite(p, lambda tag: syntax.edit_weight(tag, float(x)), first_only=True)
 
 
 def apply_blocks(p, x, xs):
     value = str(x).strip()
-    _rewrite(p, lambda items: tagtext.set_blocks(items, value), _first)
+    _rewrite(p, lambda tag: syntax.edit_blocks(tag, value), first_only=True)
 
 
 def apply_x(p, x, xs):
-    _rewrite(p, lambda items: tagtext.set_named(items, "x", tagtext.format_number(float(x))), _first)
+    _rewrite(p, lambda tag: syntax.edit_key(tag, "x", syntax.format_number(float(x))), first_only=True)
 
 
 def confirm_weight(p, xs):
@@ -89,13 +91,12 @@ def confirm_x(p, xs):
 def confirm_blocks(p, xs):
     _require_values(xs, "LoRA block weights", choices=True)
     _require_tag(p, "LoRA block weights")
-    from lib_lora import syntax
     presets = ENGINE.presets()
     for v in xs:
         tag = syntax.parse_params(["probe", "1"], {"lbw": str(v)})
         if tag.errors:
             raise RuntimeError(f"{LABEL_PREFIX}LoRA block weights: {'; '.join(tag.errors)}")
-        if not tag.blocks_is_list and syntax._number(tag.blocks) is None and presets.lookup(tag.blocks) is None:
+        if not syntax.is_block_list(tag.blocks) and presets.lookup(tag.blocks) is None:
             close = presets.close_matches(tag.blocks)
             raise RuntimeError(f"{LABEL_PREFIX}LoRA block weights: unknown preset '{v}'"
                                + (f" (close: {', '.join(close)})" if close else ""))
@@ -117,21 +118,19 @@ def _family_of(name: str):
 def apply_epoch(p, x, xs):
     fams = {_family_of(v) for v in xs if v != NO_LORA} - {None}
 
-    def in_family(i, items):
-        if not fams:
-            return True
-        return _family_of(tagtext.tag_name(items)) in fams
+    def in_family(tag):
+        return not fams or _family_of(tag.name) in fams
 
     if x == NO_LORA:
-        _rewrite(p, lambda items: None, in_family)
+        _rewrite(p, lambda tag: "" if in_family(tag) else None, first_only=False)
     else:
-        _rewrite(p, lambda items: tagtext.set_name(items, str(x)), in_family)
+        _rewrite(p, lambda tag: syntax.edit_name(tag, str(x)) if in_family(tag) else None, first_only=False)
 
 
 def confirm_epoch(p, xs):
     _require_values(xs, "LoRA epoch", choices=True)
     _require_tag(p, "LoRA epoch")
-    present = {_family_of(tagtext.tag_name(items)) for items in tagtext.find_all(p.prompt)}
+    present = {_family_of(tag.name) for tag in syntax.parse_prompt(p.prompt)}
     for v in xs:
         if v == NO_LORA:
             continue
@@ -154,8 +153,8 @@ def choices_epoch():
 
 
 def format_label(p, opt, x):
-    if isinstance(x, float):
-        x = round(x, 8)
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        x = syntax.format_number(x)  # the label shows the number the tag was given
     return f"{opt.label[len(LABEL_PREFIX):]}: {x}"
 
 

@@ -53,7 +53,7 @@ def make_net(tmp_path, name, model="sd15", **kw):
 
 
 def gate_on(a: ActiveLora, step) -> bool:
-    """Independent statement of prompt_syntax.md §2: on from 1-based step `start`, off from `stop`."""
+    """Independent statement of docs/spec/prompt_syntax.md §2.4: on from 1-based step `start`, off from `stop`."""
     if step is None:
         return True
     s1 = step + 1

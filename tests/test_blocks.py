@@ -1,4 +1,4 @@
-"""blocks.py: formats, expansion, the unlisted-blocks warning, checkpoint key → slot (blocks.md)."""
+"""blocks.py: formats, expansion, the unlisted-blocks warning, checkpoint key → slot (docs/spec/blocks.md)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def test_expand_17_positions_and_zero_fill():
     vec, listed = B.expand(vals)
     assert vec[B.SLOT["BASE"]] == 1 and vec[B.SLOT["IN01"]] == 2 and vec[B.SLOT["M00"]] == 8
     assert vec[B.SLOT["OUT03"]] == 9 and vec[B.SLOT["OUT11"]] == 17
-    for name in "IN00 IN03 IN06 IN09 IN10 IN11 OUT00 OUT01 OUT02".split():  # blocks.md §2.4 row 1
+    for name in "IN00 IN03 IN06 IN09 IN10 IN11 OUT00 OUT01 OUT02".split():  # docs/spec/blocks.md §2.4 row 1
         assert vec[B.SLOT[name]] == 0 and not listed[B.SLOT[name]]
     assert sum(listed) == 17
     assert B.compress(vec, 17) == vals
@@ -48,7 +48,7 @@ def test_expand_17_positions_and_zero_fill():
 def test_expand_12_20_26():
     vec, listed = B.expand([1.0] * 12)
     unlisted = {B.BLOCK_NAMES[i] for i in range(26) if not listed[i]}
-    # 12 on an SD1 LoRA zeroes IN01, IN02, OUT06..OUT11 (blocks.md §2.4)
+    # 12 on an SD1 LoRA zeroes IN01, IN02, OUT06..OUT11 (docs/spec/blocks.md §2.4)
     assert {"IN01", "IN02", "OUT06", "OUT07", "OUT08", "OUT09", "OUT10", "OUT11"} <= unlisted
     assert all(v == 0 for i, v in enumerate(vec) if not listed[i])
     vec, listed = B.expand([0.5] * 20)
@@ -58,7 +58,7 @@ def test_expand_12_20_26():
 
 
 def test_worked_example_positions():
-    # blocks.md §6: OUT05 = slot 19 = 17-format position 10; OUT01 = slot 15, 12-pos 7, 20-pos 12
+    # docs/spec/blocks.md §6: OUT05 = slot 19 = 17-format position 10; OUT01 = slot 15, 12-pos 7, 20-pos 12
     assert B.SLOT["OUT05"] == 19 and B.FORMATS[17].index(19) == 10
     assert B.SLOT["OUT01"] == 15 and B.FORMATS[12].index(15) == 7 and B.FORMATS[20].index(15) == 12
 

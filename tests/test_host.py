@@ -21,7 +21,7 @@ def test_named_modules_cover_every_fixture_layer(model, arch):
     root = build_model(model, scale=16)
     host = Host.from_named_modules(root.named_modules())
     assert set(host.layers) == _expected(model) and host.arch == arch
-    # blocks.md §4 counts: every U-Net weight key of a real checkpoint is one layer here.
+    # docs/spec/blocks.md §4 counts: every U-Net weight key of a real checkpoint is one layer here.
     weights = [k for k in __import__("tests.models", fromlist=["x"]).fixture_keys(model)
                if k.startswith("model.diffusion_model.") and k.endswith(".weight")]
     assert len([n for n in host.layers if n.startswith("model.diffusion_model.")]) == len(weights)

@@ -1,4 +1,4 @@
-"""presets.py: shipped presets, LBW file parsing with warnings, lookup, user file editing (blocks.md §7)."""
+"""presets.py: shipped presets, LBW file parsing with warnings, lookup, user file editing (docs/spec/blocks.md §7)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from lib_lora.errors import LoraStudioError
 from lib_lora.presets import DEFAULT_BUILTIN, PresetError, PresetStore, parse_preset_text
 
-# blocks.md §7, copied from the reference tables
+# docs/spec/blocks.md §7.1: the published values
 SPEC_17 = {
     "NONE": "0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0",
     "ALL": "1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1",
@@ -58,7 +58,7 @@ def test_shipped_xl_variants_are_derived(store):
         assert len(xl) == 12
         assert _vals(xl) == [float(sd1[p]) for p in XL_FROM_17], name
     assert store.get("ALL_XL") == ["1"] * 12 and store.get("NONE_XL") == ["0"] * 12
-    assert store.get("soft") == store.get("OUTALL")  # blocks.md: REDUCEFIT = OUTALL
+    assert store.get("soft") == store.get("OUTALL")  # docs/spec/blocks.md §7.1: soft (REDUCEFIT) = OUTALL
 
 
 def test_arch_aware_lookup(store):

@@ -1,4 +1,4 @@
-"""syntax.py: every form and decision-table row of prompt_syntax.md §2, the §5 bad-input rules, the
+"""syntax.py: every form, decision-table row and bad-input rule of docs/spec/prompt_syntax.md §2, §5, the
 reference examples, block resolution, canonical formatting, start/stop; hypothesis fuzzing."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ from hypothesis import strategies as st
 
 from lib_lora import blocks as B
 from lib_lora.presets import PresetStore
-from lib_lora.syntax import (LoraTag, format_tag, parse_items, parse_params, parse_prompt, resolve_blocks, rewrite_prompt,
-                             split_items, unet_active)
+from lib_lora.syntax import (LoraTag, edit_blocks, edit_key, edit_name, edit_weight, format_number, parse_items,
+                             parse_params, parse_prompt, resolve_blocks, rewrite_prompt, short_tag, split_items,
+                             unet_active, write_tag)
 
 PRESETS = PresetStore()
 L17 = ",".join(["1"] * 17)
@@ -22,7 +23,7 @@ def one(prompt: str) -> LoraTag:
     return tags[0]
 
 
-# ---- §1 A1111 tag scanning ---------------------------------------------------------------------
+# ---- docs/spec/prompt_syntax.md §1 A1111 tag scanning -------------------------------------------------------
 
 def test_scan_kinds_and_spans():
     text = "a <lora:a:0.5> b <lyco:b> <hypernet:h:1> <LORA:c> <lora:d:1:te=2>"
@@ -60,7 +61,7 @@ def test_argument_runs_to_first_gt():
     assert tags[0].text == "<lora:n:1:lbw=1,1>"
 
 
-# ---- §2 accepted forms -------------------------------------------------------------------------
+# ---- docs/spec/prompt_syntax.md §2 accepted forms -----------------------------------------------------------
 
 @pytest.mark.parametrize("prompt, te, unet, blocks, dyn", [
     ("<lora:name>", 1, 1, None, None),
@@ -180,7 +181,7 @@ def test_step_forms():
     assert (tag.start, tag.stop) == (7, 20) and "start=/stop= used" in tag.warnings[0]
 
 
-# reference examples (prompt_syntax.md §2)
+# examples (docs/spec/prompt_syntax.md §2.2)
 def test_reference_examples():
     tag = one("<lora:hinaLora:0.75:1,1,1,1,1,1,1,1.5,1,1,1,1,1,1,1,1,1>")
     r = resolve_blocks(tag, PRESETS)
@@ -200,14 +201,14 @@ def test_reference_examples():
 
 
 def test_worked_example_face_and_paint():
-    """blocks.md §6: OUT05 (slot 19) under face → 0.8 × 1; under paint → off."""
+    """docs/spec/blocks.md §6: OUT05 (slot 19) under face → 0.8 × 1; under paint → off."""
     for preset, factor in (("face", 1.0), ("paint", 0.0)):
         tag = one(f"<lora:x:0.8:{preset}>")
         r = resolve_blocks(tag, PRESETS, arch="sd1")
         assert tag.unet_multiplier * r.vector[19] == pytest.approx(0.8 * factor)
 
 
-# ---- §5 bad input -------------------------------------------------------------------------------
+# ---- docs/spec/prompt_syntax.md §5 bad input ----------------------------------------------------------------
 
 @pytest.mark.parametrize("prompt, key", [
     ("<lora:n:te=abc>", "te='abc'"),
@@ -346,35 +347,108 @@ def test_resolve_none_and_error():
     assert r.vector is None and "2 block weights" in r.errors[0]
 
 
-# ---- format_tag / rewrite -----------------------------------------------------------------------------
+# ---- write_tag / rewrite -----------------------------------------------------------------------------
 
 def test_format_tag_canonical():
-    assert format_tag(one("<lora:n>")) == "<lora:n>"
-    assert format_tag(one("<lora:n:0.8:0.6:face>")) == "<lora:n:te=0.8:unet=0.6:lbw=face>"
-    assert format_tag(one("<lora:n:0.8:0.8>")) == "<lora:n:te=0.8>"
-    assert format_tag(one("<lyco:n:1:0.5:4>")) == "<lyco:n:unet=0.5:dyn=4>"
-    assert format_tag(one("<lora:n:1:face:0.3:step=2-9>")) == "<lora:n:lbw=face:x=0.3:start=2:stop=9>"
+    assert write_tag(one("<lora:n>")) == "<lora:n>"
+    assert write_tag(one("<lora:n:0.8:0.6:face>")) == "<lora:n:te=0.8:unet=0.6:lbw=face>"
+    assert write_tag(one("<lora:n:0.8:0.8>")) == "<lora:n:te=0.8>"
+    assert write_tag(one("<lyco:n:1:0.5:4>")) == "<lyco:n:unet=0.5:dyn=4>"
+    assert write_tag(one("<lora:n:1:face:0.3:step=2-9>")) == "<lora:n:lbw=face:x=0.3:start=2:stop=9>"
     tag = one("<lora:n:1:lbw=X, R ,1,1,1,1,1,1,1,1,1,1:x=0.5>")
-    assert format_tag(tag) == "<lora:n:lbw=X,R,1,1,1,1,1,1,1,1,1,1:x=0.5>"
+    assert write_tag(tag) == "<lora:n:lbw=X,R,1,1,1,1,1,1,1,1,1,1:x=0.5>"
     r = resolve_blocks(tag, PRESETS, seed=1)
-    frozen = format_tag(tag, r)
+    frozen = write_tag(tag, r)
     assert frozen.startswith("<lora:n:lbw=0.5,") and "x=" not in frozen and "R" not in frozen
     again = one(frozen)
     assert resolve_blocks(again, PRESETS).vector == r.vector  # the infotext reproduces the draw
     # frozen preset: the pasted prompt no longer depends on the preset file
     t = one("<lora:n:0.7:face>")
-    assert format_tag(t, resolve_blocks(t, PRESETS, arch="sd1")) == (
+    assert write_tag(t, resolve_blocks(t, PRESETS, arch="sd1")) == (
         "<lora:n:te=0.7:lbw=1,0,0,0,0,0,0,0,0.8,1,1,0.2,0,0,0,0,0>")
     # unknown preset stays as written
     t = one("<lora:n:1:nosuch>")
-    assert format_tag(t, resolve_blocks(t, PRESETS)) == "<lora:n:lbw=nosuch>"
+    assert write_tag(t, resolve_blocks(t, PRESETS)) == "<lora:n:lbw=nosuch>"
 
 
 def test_rewrite_prompt():
     text = "a cat <lora:n:0.8:face>, <hypernet:h:1> <lora:m:1>"
-    out = rewrite_prompt(text, lambda t: format_tag(t) if t.name == "n" else None)
+    out = rewrite_prompt(text, lambda t: write_tag(t) if t.name == "n" else None)
     assert out == "a cat <lora:n:te=0.8:lbw=face>, <hypernet:h:1> <lora:m:1>"
     assert rewrite_prompt("no tags", lambda t: "x") == "no tags"
+
+
+def test_rewrite_prompt_removes_with_empty_text_and_leaves_other_networks():
+    text = "a <lora:x:1> b <lyco:y:2> <hypernet:z:1>"
+    assert rewrite_prompt(text, lambda t: "") == "a  b  <hypernet:z:1>"
+    # A1111's regex: a `<hypernet:…` argument runs to the first '>', so the lora inside it is not a tag
+    assert rewrite_prompt("<hypernet:a<lora:b:1>", lambda t: "") == "<hypernet:a<lora:b:1>"
+
+
+# ---- editing tags as written (X/Y/Z) ------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,w,expected", [
+    ("<lora:foo>", 0.5, "<lora:foo:0.5>"),
+    ("<lora:foo:1:0.5:face>", 2, "<lora:foo:2:2:face>"),
+    ("<lora:foo:1:te=0.3:UNET=0.2>", 0.7, "<lora:foo:0.7:te=0.7:unet=0.7>"),
+    ("<lyco:foo:1:face:0.3>", 0.25, "<lyco:foo:0.25:face:0.3>"),       # position 3 is x here, not unet
+    ("<lora:foo:1:0.5:4>", 0.1234567, "<lora:foo:0.1234567:0.1234567:4>"),  # exact, not 6 digits
+])
+def test_edit_weight(text, w, expected):
+    assert edit_weight(one(text), w) == expected
+    back = one(expected)
+    assert back.te == back.unet_multiplier == w
+
+
+@pytest.mark.parametrize("text,value,expected", [
+    # the positional x after positional blocks must not slide into the unet position
+    ("<lora:foo:1:face:0.3>", "ALL", "<lora:foo:1:x=0.3:lbw=ALL>"),
+    ("<lora:foo:1:face:0.3>", "1,1,1,1,1,1,1,1,1,1,1,1", "<lora:foo:1:lbw=1,1,1,1,1,1,1,1,1,1,1,1>"),
+    ("<lora:foo:1:face:0.3>", "X,1,1,1,1,1,1,1,1,1,1,1", "<lora:foo:1:x=0.3:lbw=X,1,1,1,1,1,1,1,1,1,1,1>"),
+    ("<lora:foo:1:0.5:face>", "ALL", "<lora:foo:1:0.5:lbw=ALL>"),
+    ("<lora:foo:1:w=face:x=0.2>", "1,0,X", "<lora:foo:1:x=0.2:lbw=1,0,X>"),
+    ("<lora:foo:1:w=face:x=0.2>", "1,0,1", "<lora:foo:1:lbw=1,0,1>"),
+    ("<lora:foo:1:w=face:x=0.2>", "mine", "<lora:foo:1:x=0.2:lbw=mine>"),  # a preset may use X
+    ("<lora:foo:1:lbw=a:w=b>", "c", "<lora:foo:1:lbw=c>"),
+    ("<lora:foo:1:0.5:4>", "face", "<lora:foo:1:0.5:4:lbw=face>"),
+])
+def test_edit_blocks(text, value, expected):
+    tag = one(text)
+    out = edit_blocks(tag, value)
+    assert out == expected
+    back = one(out)
+    assert (back.te, back.unet_multiplier, back.blocks, back.dyn) == (tag.te, tag.unet_multiplier, value, tag.dyn)
+
+
+def test_edit_blocks_keeps_the_weights_of_a_positional_x_tag():
+    """Old bug: `<lora:foo:1:face:0.3>` with the blocks axis became `<lora:foo:1:0.3:lbw=ALL>` (unet 0.3)."""
+    back = one(edit_blocks(one("<lora:foo:1:face:0.3>"), "ALL"))
+    assert back.unet_multiplier == 1 and back.warnings == []
+
+
+def test_edit_key_and_name():
+    tag = one("<lora:foo:1:lbw=X,1,1,1,1,1,1,1,1,1,1,1:X=0.1>")
+    assert edit_key(tag, "x", "0.5") == "<lora:foo:1:lbw=X,1,1,1,1,1,1,1,1,1,1,1:x=0.5>"
+    assert edit_name(one("<lora:foo:0.8:face>"), "foo-000004") == "<lora:foo-000004:0.8:face>"
+    assert edit_name(one("<lora: foo :0.8>"), "bar") == "<lora:bar:0.8>"
+
+
+# ---- the one number format -------------------------------------------------------------------------
+
+def test_format_number_examples():
+    assert [format_number(v) for v in (1.0, -2, 0.5, 0.1 + 0.2, 1e-7, 1e16, 0.1234567)] == [
+        "1", "-2", "0.5", "0.30000000000000004", "1e-07", "1e+16", "0.1234567"]
+
+
+@settings(max_examples=2000, deadline=None)
+@given(st.floats(allow_nan=False, allow_infinity=False))
+def test_format_number_round_trips_through_the_parser(v):
+    """parse(format(x)) == x for every finite float: as a weight, a named key, and a block value."""
+    s = format_number(v)
+    tag = one(f"<lora:n:{s}:unet={s}:lbw={','.join([s] * 12)}:x={s}>")
+    assert tag.ok, tag.errors
+    assert tag.te == tag.unet == tag.x == v
+    assert resolve_blocks(tag, PRESETS).values == [v] * 12
 
 
 # ---- start / stop -------------------------------------------------------------------------------------
@@ -408,7 +482,7 @@ def test_fuzz_parse_prompt_never_raises(text):
         assert isinstance(tag.errors, list) and isinstance(tag.warnings, list)
         r = resolve_blocks(tag, PRESETS, arch="sdxl", seed=1)
         assert r.vector is None or len(r.vector) == 26
-        format_tag(tag, r)
+        write_tag(tag, r)
 
 
 @FUZZ
@@ -452,7 +526,7 @@ def valid_tags(draw):
 @FUZZ
 @given(valid_tags(), st.integers(0, 2**31))
 def test_fuzz_format_round_trip(tag, seed):
-    text = format_tag(tag)
+    text = write_tag(tag)
     back = one(text)
     assert back.ok and back.warnings == [], (text, back.errors, back.warnings)
     assert (back.name, back.kind, back.te, back.unet_multiplier, back.dyn, back.blocks, back.x, back.start,
@@ -460,7 +534,27 @@ def test_fuzz_format_round_trip(tag, seed):
                            tag.start, tag.stop)
     # frozen form reproduces the resolved vector exactly
     r = resolve_blocks(tag, PRESETS, arch="sdxl", seed=seed)
-    frozen = one(format_tag(tag, r))
+    frozen = one(write_tag(tag, r))
     assert frozen.ok
     r2 = resolve_blocks(frozen, PRESETS, arch="sdxl", seed=seed + 1)
     assert r2.vector == r.vector and not r2.randomised
+
+
+def test_short_tag_reads_back():
+    assert short_tag("n", 0.75, "face") == "<lora:n:0.75:face>"
+    assert short_tag("n", 1.0, "") == short_tag("n", 1.0) == "<lora:n:1>"
+    tag = one(short_tag("n", -0.1234567, "1,0,1,0,1,0,1,0,1,0,1,0"))
+    assert (tag.te, tag.unet_multiplier, tag.errors) == (-0.1234567, -0.1234567, [])
+    assert tag.blocks == "1,0,1,0,1,0,1,0,1,0,1,0"
+
+
+def test_the_tag_grammar_has_one_home():
+    """Item 5 of issue 8: the `<lora:…>` pattern and A1111's named-item rule are written in syntax.py only
+    (lora_studio_webui/tags.py once restated both)."""
+    import re
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    grammar = re.compile(r"\[\^>\]|split\(\s*['\"]=['\"]\s*,\s*2\s*\)")
+    homes = sorted(str(p.relative_to(root)) for pkg in ("lib_lora", "lora_studio_webui", "scripts")
+                   for p in (root / pkg).rglob("*.py") if grammar.search(p.read_text(encoding="utf-8")))
+    assert homes == ["lib_lora/syntax.py"]

@@ -116,3 +116,23 @@ def test_weight_and_block_axes_rewrite_tags(webui):
     cells = xyz.run_axis(webui.processing("c <lora:foo:1:lbw=X,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1>"),
                          ours["[LoRA Studio] LoRA x="], [0.0, 0.5])
     assert cells[1][1].prompt == "c <lora:foo:1:lbw=X,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1:x=0.5>"
+
+
+def test_infotext_and_axes_keep_every_digit(webui, tmp_path):
+    """One number format: the infotext, the axis tag text and the axis label write 0.1234567, not 0.123457."""
+    fine = ",".join(["0.1234567"] * 17)
+    (tmp_path / "user_presets.txt").write_text(f"fine:{fine}\n")
+    p, res = webui.generate("x <lora:foo:1:fine>", seed=5)
+    first = webui.weights()
+    pasted = paste(res.infotexts[0])["Prompt"]
+    assert f"lbw={fine}" in pasted
+    (tmp_path / "user_presets.txt").write_text("fine:" + ",".join(["1"] * 17) + "\n")
+    webui.generate("x")
+    webui.generate(pasted)
+    assert all(torch.equal(first[k], webui.weight(k)) for k in LAYERS)
+    xyz, ours = axes()
+    opt = ours["[LoRA Studio] LoRA weight"]
+    cells = xyz.run_axis(webui.processing("cat <lora:foo:1>"), opt, [0.1234567])
+    assert cells[0][1].prompt == "cat <lora:foo:0.1234567>"
+    assert opt.format_value(None, opt, 0.1234567) == "LoRA weight: 0.1234567"
+    assert opt.format_value(None, opt, 1.0) == "LoRA weight: 1"

@@ -1,4 +1,4 @@
-"""Pieces of the WebUI layer that need no WebUI: tag text rewriting, library lookup, status route auth."""
+"""Pieces of the WebUI layer that need no WebUI: library lookup, status route auth (tag text: test_syntax.py)."""
 
 from __future__ import annotations
 
@@ -6,33 +6,6 @@ import base64
 import types
 
 import pytest
-
-from lora_studio_webui import tags
-
-
-@pytest.mark.parametrize("tag,idx", [
-    ("foo:1:face", 2), ("foo:1:0.5:face", 3), ("foo:1:0.5:4", None), ("foo:1:lbw=ALL", 2), ("foo:1:w=1,0", 2),
-    ("foo:1:1,0,1", 2), ("foo:1", None), ("foo:te=1:unet=2", None),
-])
-def test_block_item_index(tag, idx):
-    assert tags.block_item_index(tag.split(":")) == idx
-
-
-def test_rewrites():
-    assert tags.set_weight(["foo"], 0.5) == ["foo", "0.5"]
-    assert tags.set_weight(["foo", "1", "0.5", "face"], 2) == ["foo", "2", "2", "face"]
-    assert tags.set_weight(["foo", "1", "te=0.3", "unet=0.2"], 0.7) == ["foo", "0.7", "te=0.7", "unet=0.7"]
-    assert tags.set_blocks(["foo", "1", "face", "0.3"], "ALL") == ["foo", "1", "0.3", "lbw=ALL"]
-    assert tags.set_blocks(["foo", "1", "w=face", "x=0.2"], "1,0,X") == ["foo", "1", "x=0.2", "lbw=1,0,X"]
-    assert tags.set_blocks(["foo", "1", "w=face", "x=0.2"], "OUTALL") == ["foo", "1", "lbw=OUTALL"]
-    text, n = tags.rewrite("a <lora:x:1> b <lyco:y:2> <hypernet:z:1>", lambda it: None)
-    assert (text, n) == ("a  b  <hypernet:z:1>", 2)
-    text, n = tags.rewrite("<lora:x:1><lora:y:1>", lambda it: tags.set_name(it, "q"), lambda i, it: i == 1)
-    assert text == "<lora:x:1><lora:q:1>" and n == 1
-    from lib_lora import syntax                # the handler's item parsing: whitespace stripped, named wins
-    tag = syntax.parse_items([" foo ", " 0.5", "lbw = face "])
-    assert (tag.name, tag.te, tag.blocks, tag.errors) == ("foo", 0.5, "face", [])
-
 
 def test_library_lookup(tmp_path):
     from safetensors.torch import save_file
@@ -134,3 +107,11 @@ def test_forge_gets_a_message_and_no_takeover(tmp_path, monkeypatch, capsys):
         w.generate("x <lora:foo:1>")                      # our script's process() stays out of the way
     finally:
         w.close()
+
+
+def test_pasted_block_records_take_only_finite_numbers():
+    from lora_studio_webui.infotext import parse_field, restore_prompt
+    records = parse_field("a=1,0.1234567,X; b=nan,1; c=inf; d=1e400,1; e=0.5,1e-07")
+    assert records == [("e", [0.5, 1e-07])]
+    assert restore_prompt("<lora:b:1:face> <lora:e:1:face>", parse_field("b=nan,1; e=0.5,1")) == (
+        "<lora:b:1:face> <lora:e:lbw=0.5,1>")

@@ -1,7 +1,7 @@
 """Per-algorithm ΔW at user multiplier 1, in fp32, against the ORIGINAL weight (order independent).
 
 `compute_delta(module, base_weight, base_bias=None, dyn=None) -> Delta` is the single entry point;
-`detect_algo(suffixes)` names the algorithm of a module from its tensor suffixes (formats.md §2 order);
+`detect_algo(suffixes)` names the algorithm of a module from its tensor suffixes (docs/spec/formats.md §2 order);
 `rank_of(module)` gives the rank for reports. Returned tensors are fresh (never views of the file's tensors),
 so callers may scale them in place.
 """

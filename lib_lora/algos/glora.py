@@ -28,7 +28,7 @@ def _layout(module, out_dim: Optional[int], in_dim: Optional[int]) -> str:
         fits_new = fits_new and b1.shape[0] == out_dim
         fits_old = fits_old and b2.shape[0] == out_dim
     if fits_new and fits_old:
-        # degenerate square case: old only for a square W with a2.shape[0] == out (formats.md §2.7)
+        # degenerate square case: old only for a square W with a2.shape[0] == out (docs/spec/formats.md §2.7)
         return "old" if (out_dim == in_dim and a2.shape[0] == out_dim) else "new"
     if fits_new:
         return "new"

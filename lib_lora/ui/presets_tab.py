@@ -14,6 +14,7 @@ from pathlib import Path
 
 from lib_lora.blocks import FORMAT_LABELS, FORMATS, expand, format_names
 from lib_lora.errors import LoraStudioError
+from lib_lora.syntax import format_number, short_tag
 from lib_lora.ui import lora_tab
 
 FORMAT_ORDER = (17, 26, 12, 20)
@@ -38,7 +39,7 @@ def columns(count: int) -> list[str]:
 
 def _fmt(v) -> str:
     if isinstance(v, float):
-        return f"{v:g}"
+        return format_number(v)
     return str(v).strip()
 
 
@@ -345,9 +346,7 @@ def make_tag(lora_name: str, weight, preset: str) -> str:
     if not lora_name:
         raise LoraStudioError("Pick a LoRA file first.")
     stem = Path(lora_name).stem
-    w = f"{round(float(weight), 4):g}"
-    preset = (preset or "").strip()
-    return f"<lora:{stem}:{w}:{preset}>" if preset else f"<lora:{stem}:{w}>"
+    return short_tag(stem, round(float(weight), 4), preset)  # rounded: the slider's float noise (0.30000000000000004)
 
 
 def tag_callback(lora_name, weight, preset):
