@@ -50,8 +50,9 @@ def authorized(header: str | None) -> bool:
 def status(with_checksum: bool = False) -> dict:
     last = ENGINE.last
     out = {
-        "applied": [{"name": a.name, "te": a.te, "unet": a.unet, "blocks": a.blocks, "source": a.source,
-                     "start": a.start, "stop": a.stop, "modules": a.modules} for a in last.applied],
+        "applied": [{"name": a.name, "te": a.active.te, "unet": a.active.unet, "blocks": a.active.blocks,
+                     "source": a.blocks.source, "start": a.active.start, "stop": a.active.stop,
+                     "modules": a.report.applied if a.report is not None else 0} for a in last.loras],
         "warnings": [without_paths(w) for w in last.warnings],
         "seconds": last.seconds,
         "report": _report(last.report),

@@ -45,10 +45,3 @@ def announce() -> None:
         why = problem()
         print(SUPPORTED if why is None else f"{MESSAGE} (reason: {why})")
 
-
-def on_app_started(*_):
-    """Say once what works; take over `lora`/`lyco` when block weights can be applied."""
-    announce()
-    if problem() is None:
-        from . import handler
-        handler.on_app_started()

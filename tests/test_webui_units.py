@@ -67,8 +67,13 @@ def test_status_route_auth(monkeypatch):
 
 def test_status_reports_last_activation():
     from lora_studio_webui import api
-    from lora_studio_webui.engine import ENGINE, Activation, Applied
-    ENGINE.last = Activation(applied=[Applied("foo", "/x", 1.0, 0.5, [1.0] * 26, None, "preset face", modules=7)])
+    from lib_lora.activate import Activated
+    from lib_lora.patcher import ActiveLora, LoraReport
+    from lib_lora.syntax import ResolvedBlocks, parse_items
+    from lora_studio_webui.engine import ENGINE, Activation
+    active = ActiveLora(None, 1.0, 0.5, [1.0] * 26)
+    ENGINE.last = Activation(loras=[Activated(parse_items(["foo"]), ResolvedBlocks(source="preset face"), active,
+                                              "/x", LoraReport("foo", applied=7, active=active))])
     out = api.status()
     assert out["applied"][0]["modules"] == 7 and "path" not in out["applied"][0]
     ENGINE.last = Activation()
