@@ -71,7 +71,11 @@ def walk_files(root: Path, problems: list, seen: dict, budget: list):
             except OSError:
                 continue
             if not is_dir:
-                yield Path(e.path)
+                try:
+                    if e.is_file():  # follows links; a dangling link is no file
+                        yield Path(e.path)
+                except OSError:
+                    pass
                 continue
             if e.name.startswith("."):
                 continue
@@ -153,12 +157,14 @@ class ModelFile:
 
 class Library:
     """Index of the files with `extensions` in `dirs_fn()` (re-evaluated at every scan, so settings changes
-    apply). `kind` names them in messages ("LoRA", "checkpoint")."""
+    apply). `kind` names them in messages ("LoRA", "checkpoint"). `headers=False`: a listing only, no header
+    is read (no aliases, no metadata)."""
 
-    def __init__(self, dirs_fn, extensions=LORA_EXTENSIONS, kind: str = "LoRA"):
+    def __init__(self, dirs_fn, extensions=LORA_EXTENSIONS, kind: str = "LoRA", headers: bool = True):
         self._dirs_fn = dirs_fn
         self.extensions = tuple(e.lower() for e in extensions)
         self.kind = kind
+        self.headers = headers
         self._lock = threading.Lock()
         self.files: list[ModelFile] = []          # every file found, in scan order (same stem may repeat)
         self.by_name: dict[str, ModelFile] = {}
@@ -185,7 +191,9 @@ class Library:
             for p in walk_files(root, problems, seen, budget):
                 if p.suffix.lower() not in self.extensions:
                     continue
-                meta, problem = header_metadata(p) if p.suffix.lower() == ".safetensors" else ({}, None)
+                meta, problem = ({}, None)
+                if self.headers and p.suffix.lower() == ".safetensors":
+                    meta, problem = header_metadata(p)
                 if problem:  # still listed: naming it gives this line again instead of "not found"
                     problems.append(problem)
                 alias = str(meta.get("ss_output_name", "")).strip() or p.stem
