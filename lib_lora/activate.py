@@ -55,10 +55,10 @@ class Activated:
 def attach_reports(activated: list, report) -> None:
     """Give each Activated the patcher's LoraReport for its ActiveLora (matched by the report's `active`)."""
     by_active = {id(a.active): a for a in activated}
-    for lr in getattr(report, "loras", None) or []:
-        a = by_active.get(id(getattr(lr, "active", None)))
+    for rep in report.loras:
+        a = by_active.get(id(rep.active))
         if a is not None:
-            a.report = lr
+            a.report = rep
 
 
 def unlisted_message(name: str, arch: str | None, blocks: ResolvedBlocks, slots: list) -> str | None:
@@ -134,8 +134,7 @@ def activate_tag(tag: LoraTag, network, presets, arch: str | None, seed: int = 0
 def unused_message(a: Activated) -> str | None:
     """After applying: the modules of `a` that were not applied (unknown keys, damaged, no such layer), so a
     LoRA partly missing never goes unsaid."""
-    lr = a.report
-    unused = list(lr.skipped if lr is not None else []) + list(getattr(a.network, "skipped", None) or [])
+    unused = (a.report.skipped if a.report is not None else []) + list(a.network.skipped)
     if not unused:
         return None
     key, reason = unused[0]

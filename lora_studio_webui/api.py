@@ -88,7 +88,7 @@ def _report(report) -> dict | None:
     if report is None:
         return None
     fields = {}
-    for k, v in vars(report).items() if hasattr(report, "__dict__") else []:
+    for k, v in vars(report).items():
         if isinstance(v, (int, float, str, bool)) or v is None:
             fields[k] = v
         elif isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, str)) for x in v):

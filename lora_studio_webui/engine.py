@@ -212,7 +212,7 @@ class Engine:
                 self.last = act
                 return act
             patcher = self._patcher_for(sd_model)
-            model_arch = getattr(patcher.host, "arch", None)
+            model_arch = patcher.host.arch
             presets = self.presets()
             allow_pickle = bool(env.opt(env.PREFIX + "allow_pickle", False))
             seed = batch_seed(p)
