@@ -12,14 +12,7 @@ from tests.fake_webui.harness import LAYERS, POS17, FakeWebui, write_lora
 ALL17 = ",".join(["1"] * 17)
 
 
-@pytest.fixture
-def webui(tmp_path):
-    w = FakeWebui(tmp_path)
-    write_lora(w, "foo", seed=1)
-    write_lora(w, "bar", seed=2)
-    w.start()
-    yield w
-    w.close()
+WEBUI_LORAS = (("foo", 1), ("bar", 2))          # written by the `webui` fixture (tests/conftest.py)
 
 
 def deltas(w, base):
