@@ -254,10 +254,7 @@ class Engine:
         the text encoder's LoRA state changed while the text did not (random letters drawn per batch, an edited
         preset, a switched setting), drop those caches so conds are computed with the weights now in place."""
         if sig != self._te_sig:
-            for attr in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
-                cache = getattr(p, attr, None)
-                if isinstance(cache, list) and len(cache) == 2:
-                    cache[0] = cache[1] = None
+            drop_cached_conds(p)
         self._te_sig = sig
 
     def set_step(self, step: int) -> None:
@@ -287,6 +284,15 @@ class Engine:
         """Sum and a short digest over the weights of every layer the patcher may touch (debug/verification)."""
         sd_model = self.host_model or env.shared().sd_model
         return weights_checksum(sd_model)
+
+
+def drop_cached_conds(p) -> None:
+    """Empty the conditioning caches on `p` (A1111: [key, conds]; Forge: [key, conds, extra]): a key of None
+    never matches, so the next pass recomputes them with the weights now in place."""
+    for attr in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
+        cache = getattr(p, attr, None)
+        if isinstance(cache, list) and len(cache) >= 2:
+            cache[0] = cache[1] = None
 
 
 def cache_budget() -> int:

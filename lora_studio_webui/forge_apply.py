@@ -373,10 +373,8 @@ class ForgeApplier:
         """Forge caches conditioning by prompt text (lists of 2 or 3 items): drop them when the text encoder's
         patches changed while the text did not (random letters per batch, edited presets)."""
         if sig != self._te_sig:
-            for attr in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
-                cache = getattr(p, attr, None)
-                if isinstance(cache, list) and len(cache) >= 2:
-                    cache[0] = cache[1] = None      # a key of None never matches; Forge refills [2] on a miss
+            from .engine import drop_cached_conds
+            drop_cached_conds(p)
         self._te_sig = sig
 
 
