@@ -80,3 +80,14 @@ def test_lookup_says_why_a_name_finds_no_file(tmp_path):
     with pytest.raises(LoraFileError, match=r"not found in .*did you mean 'StyleOne'\?\); check the name"):
         lib.lookup("StyleOn")
     assert lib.lookup("styleone").name == "StyleOne"
+
+
+def test_checkpoint_library_uses_the_same_walk(tmp_path):
+    from lib_lora.library import CHECKPOINT_EXTENSIONS
+    _lora(tmp_path / "sd15.safetensors")
+    (tmp_path / "old.ckpt").write_bytes(b"x")
+    (tmp_path / "emb.pt").write_bytes(b"x")
+    lib = Library(lambda: [tmp_path], CHECKPOINT_EXTENSIONS, "checkpoint")
+    assert [f.name for f in lib.all()] == ["old", "sd15"]
+    with pytest.raises(LoraFileError, match=r"^checkpoint 'emb' not found"):
+        lib.lookup("emb")
