@@ -115,7 +115,7 @@ def take_over() -> bool:
 def _forge_builtin():
     if not env.is_forge():
         return None
-    from .forge_apply import builtin_handler
+    from .forge import builtin_handler
     return builtin_handler()
 
 

@@ -139,3 +139,34 @@ def test_forge_gets_a_message_and_no_takeover(tmp_path, monkeypatch, capsys):
         w.generate("x <lora:foo:1>")                      # our script's process() stays out of the way
     finally:
         w.close()
+
+
+def test_webui_modules_import_no_cycle():
+    """No lora_studio_webui module imports (even lazily, inside a function) one that imports it back:
+    before, forge.py ↔ handler.py and forge.py → forge_apply.py → infotext.py → forge.py."""
+    import ast
+    from pathlib import Path
+
+    import lora_studio_webui
+    folder = Path(lora_studio_webui.__file__).parent
+    graph = {}
+    for f in folder.glob("*.py"):
+        deps = set()
+        for n in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(n, ast.ImportFrom) and n.level == 1:
+                deps.update([n.module.split(".")[0]] if n.module else [a.name for a in n.names])
+        graph[f.stem] = deps - {f.stem}
+    graph.pop("__init__")                     # the registration entry point imports everything, nothing imports it
+
+    def cycle_from(start, node, path):
+        for dep in graph.get(node, ()):
+            if dep == start:
+                return path + [dep]
+            if dep not in path:
+                found = cycle_from(start, dep, path + [dep])
+                if found:
+                    return found
+        return None
+
+    cycles = [c for m in graph if (c := cycle_from(m, m, [m]))]
+    assert not cycles, cycles
