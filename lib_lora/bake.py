@@ -6,7 +6,6 @@ the WebUI computes for the same prompt; keys no LoRA touches are written back bi
 
 from __future__ import annotations
 
-import difflib
 import json
 import os
 from dataclasses import dataclass, field
@@ -14,48 +13,25 @@ from dataclasses import dataclass, field
 import torch
 
 from lib_lora import fileio
+from lib_lora.activate import Activated, activate_tag, attach_reports
 from lib_lora.errors import LoraFileError, LoraStudioError, SyntaxProblem
+from lib_lora.library import Library
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # Hashes of the source body are wrong for the new file.
 _STALE_METADATA = ("sshs_model_hash", "sshs_legacy_hash", "modelspec.hash_sha256")
 
 
-@dataclass
-class Resolved:
-    """One usable tag of a prompt: the tag, its network, the resolved blocks and the ActiveLora."""
-    tag: object
-    network: object
-    blocks: object
-    active: object
+# One usable tag of a prompt (bake_lora reads .tag, .network, .active): the core's activation record.
+Resolved = Activated
 
 
 @dataclass
 class BakeResult:
     out: str
-    loras: list = field(default_factory=list)      # Resolved
+    loras: list = field(default_factory=list)      # Activated, each with its patcher report
     report: object = None                          # patcher ApplyReport
     messages: list = field(default_factory=list)   # warnings shown to the user
-
-
-def lora_index(lora_dir) -> tuple[dict, dict]:
-    """(stem → path, alias → [paths]) of every .safetensors under `lora_dir` (sub-folders included)."""
-    check_lora_dir(lora_dir)
-    stems: dict[str, str] = {}
-    aliases: dict[str, list] = {}
-    for root, _, files in os.walk(lora_dir):
-        for f in sorted(files):
-            if not f.lower().endswith(".safetensors"):
-                continue
-            path = os.path.join(root, f)
-            stems.setdefault(os.path.splitext(f)[0], path)
-            try:
-                alias = fileio.read_metadata(path).get("ss_output_name")
-            except LoraStudioError:
-                alias = None
-            if alias:
-                aliases.setdefault(alias, []).append(path)
-    return stems, aliases
 
 
 def check_lora_dir(lora_dir) -> None:
@@ -66,22 +42,17 @@ def check_lora_dir(lora_dir) -> None:
                             f"your LoRAs (the name goes in the tag: <lora:NAME:…>)")
 
 
-def find_lora(name: str, lora_dir, index=None) -> str:
+def lora_library(lora_dir) -> Library:
+    check_lora_dir(lora_dir)
+    return Library(lambda: [lora_dir])
+
+
+def find_lora(name: str, lora_dir, library: Library | None = None) -> str:
     """Path of LoRA `name` (file stem, else unique alias) inside `lora_dir`; never outside it."""
     if not name or any(c in name for c in "/\\") or name in (".", "..") or os.path.isabs(name):
         raise SyntaxProblem(f"LoRA name '{name}' is not a plain name; write the file name without folders")
-    stems, aliases = index or lora_index(lora_dir)
-    if name in stems:
-        return stems[name]
-    hits = aliases.get(name, [])
-    if len(hits) == 1:
-        return hits[0]
-    if len(hits) > 1:
-        raise LoraFileError(f"LoRA alias '{name}' belongs to {len(hits)} files; use the file name instead: "
-                            + ", ".join(os.path.splitext(os.path.basename(p))[0] for p in hits))
-    close = difflib.get_close_matches(name, list(stems) + list(aliases), n=3, cutoff=0.6)
-    near = f" (close: {', '.join(close)})" if close else ""
-    raise LoraFileError(f"LoRA '{name}' not found in '{lora_dir}'{near}; check the name or --lora-dir")
+    library = library or lora_library(lora_dir)
+    return str(library.lookup(name, "check the name or --lora-dir").path)
 
 
 def load_presets(presets_path=None, lora_dir=None, messages: list | None = None):
@@ -104,21 +75,19 @@ def parse_tags(prompt: str, lora_dir) -> list:
     tags = parse_prompt(prompt)
     if not tags:
         raise SyntaxProblem("the prompt has no <lora:NAME:…> tag; nothing to bake")
-    index = lora_index(lora_dir)
+    library = lora_library(lora_dir)
     out = []
     for tag in tags:
         if tag.errors:
             raise SyntaxProblem(tag.errors[0])
-        out.append((tag, find_lora(tag.name, lora_dir, index)))
+        out.append((tag, find_lora(tag.name, lora_dir, library)))
     return out
 
 
-def resolve_tag(tag, path, arch: str | None, presets, seed: int = 0, messages: list | None = None) -> Resolved:
-    """One tag → Resolved (bake and bake-lora share it: same rules, same messages). Whatever would make the
+def resolve_tag(tag, path, arch: str | None, presets, seed: int = 0, messages: list | None = None) -> Activated:
+    """One tag → Activated (bake and bake-lora share it: same rules, same messages). Whatever would make the
     result differ from what the tag asks for raises; caveats go to `messages`."""
     from lib_lora.network import load_network
-    from lib_lora.patcher import ActiveLora
-    from lib_lora.syntax import resolve_blocks
 
     messages = messages if messages is not None else []
     messages.extend(tag.warnings)
@@ -128,48 +97,17 @@ def resolve_tag(tag, path, arch: str | None, presets, seed: int = 0, messages: l
         messages.append(f"`{net.name}`: {len(net.skipped)} keys not used (e.g. '{key}': {why})")
     if net.damage_message:  # damaged modules were left out at load time
         messages.append(net.damage_message)
-    res = resolve_blocks(tag, presets, net.arch if net.arch != "unknown" else arch, seed)
-    if tag.blocks is not None and res.source is None:  # the preset is unknown: never bake "all 1" instead
-        close = presets.close_matches(tag.blocks) if presets is not None else []
-        near = f" (close: {', '.join(close)})" if close else ""
-        where = getattr(presets, "user_path", None)
-        raise SyntaxProblem(f"`{tag.name}`: unknown block-weight preset '{tag.blocks}'{near}; nothing was "
-                            f"written. Fix the name, or save the preset in the Presets tab"
-                            + (f" (user presets file: {where})" if where else ""))
-    if res.errors:
-        raise SyntaxProblem(res.errors[0])
-    messages.extend(res.warnings)
-    active = ActiveLora(net, te=tag.te, unet=tag.unet_multiplier, blocks=res.vector, dyn=tag.dyn,
-                        start=tag.start, stop=tag.stop, listed=res.listed)
-    if active.gated:
+    a = activate_tag(tag, net, presets, arch, seed, messages, strict=True, entry=path)
+    if a.active.gated:
         messages.append(f"`{tag.name}`: start=/stop= only apply while sampling; baked at full strength")
-    r = Resolved(tag, net, res, active)
-    msg = unlisted_message(r)
-    if msg:
-        messages.append(msg)
-    return r
+    return a
 
 
 def resolve_prompt(prompt: str, lora_dir, arch: str | None, presets=None, seed: int = 0,
-                   messages: list | None = None) -> list[Resolved]:
-    """Every LoRA tag of `prompt` → Resolved; any error (bad tag, unknown name or preset) raises."""
+                   messages: list | None = None) -> list[Activated]:
+    """Every LoRA tag of `prompt` → Activated; any error (bad tag, unknown name or preset) raises."""
     messages = messages if messages is not None else []
     return [resolve_tag(tag, path, arch, presets, seed, messages) for tag, path in parse_tags(prompt, lora_dir)]
-
-
-def unlisted_message(r: Resolved) -> str | None:
-    """docs/spec/blocks.md §2.5 warning when the weight list leaves out blocks the LoRA has weights in (set to 0)."""
-    from lib_lora.blocks import unlisted_warning
-
-    listed = r.active.listed
-    if listed is None:
-        return None
-    mods = list(r.network.modules.values())
-    msg = unlisted_warning(r.network.name, r.network.arch, r.blocks.count, [m.slot for m in mods], listed)
-    if not msg:
-        return None
-    n = sum(1 for m in mods if m.slot is not None and 0 <= m.slot < 26 and not listed[m.slot])
-    return f"{n} of {len(mods)} modules dropped: {msg}"
 
 
 class _CountingHost:
@@ -280,17 +218,19 @@ def bake_checkpoint(base, prompt: str, lora_dir, out, dtype: str | None = None, 
 
     report = Patcher(_CountingHost(host, merged), cache_bytes=0, one_shot=True).apply([r.active for r in result.loras])
     result.report = report
+    attach_reports(result.loras, report)
     if report.errors:
         raise LoraStudioError(report.errors[0] + "; nothing was written")
     if report.failed_layers:
         layer, why = report.failed_layers[0]
         raise LoraStudioError(f"could not merge into {layer} ({why}); nothing was written")
-    for r, lr in zip(result.loras, report.loras):
-        if lr.applied == 0 and lr.zero == 0:
-            why = (f"none of its {len(r.network.modules)} modules fits this model (e.g. {lr.skipped[0][0]}: "
-                   f"{lr.skipped[0][1]})" if lr.skipped else "it has no module that can be merged")
+    for r in result.loras:
+        rep = r.report
+        if rep.applied == 0 and rep.zero == 0:
+            why = (f"none of its {len(r.network.modules)} modules fits this model (e.g. {rep.skipped[0][0]}: "
+                   f"{rep.skipped[0][1]})" if rep.skipped else "it has no module that can be merged")
             raise LoraStudioError(f"LoRA '{r.network.name}' could not be applied: {why}; nothing was written")
-        if lr.applied == 0:
+        if rep.applied == 0:
             result.messages.append(f"LoRA '{r.network.name}' is at weight 0 in every block it has; it changes nothing")
     if report.layers_written == 0:
         raise LoraStudioError("no layer would change (every LoRA is at weight 0); the output would equal the "
@@ -310,7 +250,7 @@ def bake_checkpoint(base, prompt: str, lora_dir, out, dtype: str | None = None, 
     meta = {k: v for k, v in metadata.items() if k not in _STALE_METADATA}
     meta["lora_studio_baked"] = json.dumps({"prompt": prompt, "loras": [
         {"name": r.network.name, "te": r.active.te, "unet": r.active.unet, "blocks": r.active.blocks,
-         "dyn": r.active.dyn, "applied": lr.applied}
-        for r, lr in zip(result.loras, report.loras)]})
+         "dyn": r.active.dyn, "applied": r.report.applied}
+        for r in result.loras]})
     fileio.atomic_save_safetensors(sd, out, meta, overwrite=overwrite, progress=tick("write"))
     return result

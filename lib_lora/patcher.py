@@ -59,6 +59,7 @@ class LoraReport:
     unlisted: list = field(default_factory=list)  # used slots the weight format did not list
     notes: list = field(default_factory=list)     # (module key, note): applied, with a caveat
     error: str | None = None
+    active: object = None           # the ActiveLora this report is about
 
 
 @dataclass
@@ -214,7 +215,7 @@ class Patcher:
         host_arch = getattr(self.host, "arch", "unknown")
         for active in actives:
             net = active.network
-            lr = LoraReport(getattr(net, "name", "?"))
+            lr = LoraReport(getattr(net, "name", "?"), active=active)
             rep.loras.append(lr)
             net_arch = getattr(net, "arch", "unknown") or "unknown"
             if net_arch != "unknown" and host_arch not in (None, "unknown") and net_arch != host_arch:

@@ -24,11 +24,12 @@ def register() -> None:
     except Exception:
         traceback.print_exc()
     if forge.active():
-        from . import api
-        script_callbacks.on_app_started(_safe(forge.on_app_started))
-        script_callbacks.on_app_started(_safe(api.on_app_started))     # the status route serves Forge too
-        if forge.supported():                # our handler runs there: paste our infotext field back too
+        from . import api, handler
+        script_callbacks.on_app_started(_safe(lambda *_: forge.announce()))   # say once what works
+        if forge.supported():                # take over `lora`/`lyco`: block weights can be applied
+            script_callbacks.on_app_started(_safe(handler.on_app_started))
             script_callbacks.on_infotext_pasted(_safe(infotext.on_infotext_pasted))
+        script_callbacks.on_app_started(_safe(api.on_app_started))     # the status route serves Forge too
         return
     from . import api, cards, handler
     script_callbacks.on_app_started(_safe(handler.on_app_started))

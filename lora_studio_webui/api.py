@@ -50,8 +50,9 @@ def authorized(header: str | None) -> bool:
 def status(with_checksum: bool = False) -> dict:
     last = ENGINE.last
     out = {
-        "applied": [{"name": a.name, "te": a.te, "unet": a.unet, "blocks": a.blocks, "source": a.source,
-                     "start": a.start, "stop": a.stop, "modules": a.modules} for a in last.applied],
+        "applied": [{"name": a.name, "te": a.active.te, "unet": a.active.unet, "blocks": a.active.blocks,
+                     "source": a.blocks.source, "start": a.active.start, "stop": a.active.stop,
+                     "modules": a.report.applied if a.report is not None else 0} for a in last.loras],
         "warnings": [without_paths(w) for w in last.warnings],
         "seconds": last.seconds,
         "report": _report(last.report),
@@ -87,7 +88,7 @@ def _report(report) -> dict | None:
     if report is None:
         return None
     fields = {}
-    for k, v in vars(report).items() if hasattr(report, "__dict__") else []:
+    for k, v in vars(report).items():
         if isinstance(v, (int, float, str, bool)) or v is None:
             fields[k] = v
         elif isinstance(v, (list, tuple)) and all(isinstance(x, (int, float, str)) for x in v):

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 
 from . import env
@@ -73,5 +72,3 @@ def on_before_ui():
     ui_extra_networks.register_page(make_page())
 
 
-def metadata_json(entry) -> str:
-    return json.dumps(entry.metadata, indent=1, ensure_ascii=False)

@@ -12,6 +12,7 @@ Coexistence with the built-in Lora (docs/spec/webui_integration.md §4, rules a�
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 import zlib
@@ -28,27 +29,25 @@ FIELD_HASHES = "Lora hashes"             # same key and format as the built-in, 
 
 
 @dataclass
-class Applied:
-    """One LoRA as applied in the last activation (for logs, the debug route and tests)."""
-    name: str
-    path: str
-    te: float
-    unet: float
-    blocks: list | None
-    values: list | None
-    source: str | None
-    start: int | None = None
-    stop: int | None = None
-    modules: int = 0
-
-
-@dataclass
 class Activation:
-    applied: list = field(default_factory=list)
+    """The last activation: one `lib_lora.activate.Activated` per applied tag (its `entry` is the library file,
+    its `report` the patcher's), the warnings said, the patcher's report and the time taken."""
+    loras: list = field(default_factory=list)
     warnings: list = field(default_factory=list)
     report: object = None
     seconds: float = 0.0
-    entries: list = field(default_factory=list)     # (LoraTag, ResolvedBlocks, LoraFile) per applied tag
+
+    @property
+    def entries(self) -> list:
+        """(LoraTag, ResolvedBlocks, library file) per applied tag, as the infotext records them."""
+        return [(a.tag, a.blocks, a.entry) for a in self.loras]
+
+
+def applied_line(a) -> str:
+    """`name (N modules, te 1, unet 0.8, blocks preset face)` for the console line of an activation."""
+    n = a.report.applied if a.report is not None else 0
+    return (f"{a.name} ({n} modules, te {a.active.te:g}, unet {a.active.unet:g}"
+            + (f", blocks {a.blocks.source}" if a.blocks.source else "") + ")")
 
 
 def batch_seed(p) -> int:
@@ -129,7 +128,7 @@ class Engine:
         """The model's weights were (re)loaded: our backups and layer map are stale (never restore them)."""
         with self.lock:
             self._stamps = None
-            if self.patcher is not None and hasattr(self.patcher, "forget"):
+            if self.patcher is not None:
                 try:
                     self.patcher.forget()
                 except Exception:
@@ -192,8 +191,7 @@ class Engine:
             yield index, tag, entry
 
     def activate(self, p, params_list) -> Activation:
-        from lib_lora import syntax
-        from lib_lora.patcher import ActiveLora
+        from lib_lora.activate import activate_tag, attach_reports, te_signature, unused_message
 
         t0 = time.perf_counter()
         act = Activation()
@@ -214,11 +212,10 @@ class Engine:
                 self.last = act
                 return act
             patcher = self._patcher_for(sd_model)
-            model_arch = getattr(patcher.host, "arch", None)
+            model_arch = patcher.host.arch
             presets = self.presets()
             allow_pickle = bool(env.opt(env.PREFIX + "allow_pickle", False))
             seed = batch_seed(p)
-            actives = []
             for index, tag, entry in self.found_tags(params_list, act):
                 try:
                     net = self.networks.get(entry.path, allow_pickle)
@@ -228,43 +225,25 @@ class Engine:
                 except Exception as e:                     # never let a broken file stop the others
                     act.warnings.append(f"`{tag.name}`: cannot be loaded ({type(e).__name__}: {e}); skipped")
                     continue
-                lora_arch = getattr(net, "arch", "unknown")
-                if model_arch and lora_arch not in (None, "unknown") and model_arch not in (None, "unknown") \
-                        and lora_arch != model_arch:
-                    act.warnings.append(f"LoRA `{tag.name}` is {lora_arch.upper()}, the model is "
-                                        f"{model_arch.upper()}; skipped")
-                    continue
-                rb = syntax.resolve_blocks(tag, presets, model_arch, tag_seed(seed, index, tag.name))
-                act.warnings += rb.warnings
-                if rb.errors:
-                    act.warnings += [f"{e} (skipped)" for e in rb.errors]
-                    continue
-                if rb.vector is not None and rb.listed is not None:
-                    msg = unlisted(net, tag.name, rb)
-                    if msg:
-                        act.warnings.append(msg)
-                actives.append(ActiveLora(network=net, te=tag.te, unet=tag.unet_multiplier, blocks=rb.vector,
-                                          dyn=tag.dyn, start=tag.start, stop=tag.stop, listed=rb.listed))
-                act.applied.append(Applied(tag.name, str(entry.path), tag.te, tag.unet_multiplier, rb.vector,
-                                           rb.values, rb.source, tag.start, tag.stop,
-                                           modules=len(getattr(net, "modules", {}))))
-                act.entries.append((tag, rb, entry))
+                a = activate_tag(tag, net, presets, model_arch, tag_seed(seed, index, tag.name), act.warnings,
+                                 entry=entry)
+                if a is not None:
+                    act.loras.append(a)
+            actives = [a.active for a in act.loras]
             act.report = patcher.apply(actives)
-            for applied, active, lr in zip(act.applied, actives, getattr(act.report, "loras", [])):
-                applied.modules = lr.applied
-                if lr.error:
-                    act.warnings.append(lr.error)
+            attach_reports(act.loras, act.report)
+            for a in act.loras:
+                if a.report is not None and a.report.error:
+                    act.warnings.append(a.report.error)
                     continue
                 # Part of a LoRA silently missing is how "this LoRA does nothing" bugs look: always say so.
-                unused = list(lr.skipped) + list(getattr(active.network, "skipped", None) or [])
-                if unused:
-                    key, reason = unused[0]
-                    n = len({k.split(".", 1)[0] for k, _ in unused})      # files list keys; count modules
-                    act.warnings.append(f"`{applied.name}`: {n} module(s) not applied (e.g. '{key}': {reason})")
+                msg = unused_message(a)
+                if msg:
+                    act.warnings.append(msg)
             self._stamp()
             self._sync_conds(p, te_signature(actives))
             self.active = actives
-            self.has_schedule = any(a.start is not None or a.stop is not None for a in actives)
+            self.has_schedule = any(a.gated for a in actives)
             self._step_state = None
             act.seconds = time.perf_counter() - t0
             self.last = act
@@ -275,10 +254,7 @@ class Engine:
         the text encoder's LoRA state changed while the text did not (random letters drawn per batch, an edited
         preset, a switched setting), drop those caches so conds are computed with the weights now in place."""
         if sig != self._te_sig:
-            for attr in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
-                cache = getattr(p, attr, None)
-                if isinstance(cache, list) and len(cache) == 2:
-                    cache[0] = cache[1] = None
+            drop_cached_conds(p)
         self._te_sig = sig
 
     def set_step(self, step: int) -> None:
@@ -310,6 +286,15 @@ class Engine:
         return weights_checksum(sd_model)
 
 
+def drop_cached_conds(p) -> None:
+    """Empty the conditioning caches on `p` (A1111: [key, conds]; Forge: [key, conds, extra]): a key of None
+    never matches, so the next pass recomputes them with the weights now in place."""
+    for attr in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
+        cache = getattr(p, attr, None)
+        if isinstance(cache, list) and len(cache) >= 2:
+            cache[0] = cache[1] = None
+
+
 def cache_budget() -> int:
     """Setting `cache_mb` in bytes; -1 (default, and any negative value) = automatic."""
     from lib_lora.delta_cache import AUTO
@@ -320,32 +305,12 @@ def cache_budget() -> int:
     return AUTO if mb < 0 else mb * 1024 * 1024
 
 
-def te_signature(actives) -> tuple:
-    """What the text encoder holds: (file, effective TE multiplier, dyn) for LoRAs with text-encoder modules."""
-    out = []
-    for a in actives:
-        mods = getattr(a.network, "modules", {}).values()
-        if not any(getattr(m, "is_te", False) for m in mods):
-            continue
-        m = float(a.te) * (1.0 if a.blocks is None else float(a.blocks[0]))
-        if m != 0.0:
-            out.append((str(getattr(a.network, "path", id(a.network))), m, a.dyn))
-    return tuple(out)
-
-
 def _stamps(host) -> tuple:
     out = []
     for name, ref in host.layers.items():
         for w, _ in ref.part_tensors():
             out.append((name, id(w), w._version))
     return tuple(out)
-
-
-def unlisted(net, name: str, rb) -> str | None:
-    """docs/spec/blocks.md §2.5 warning when modules sit in slots the format does not list."""
-    from lib_lora import blocks
-    used = [getattr(m, "slot", None) for m in getattr(net, "modules", {}).values()]
-    return blocks.unlisted_warning(name, getattr(net, "arch", None), rb.count, used, rb.listed)
 
 
 def weights_checksum(sd_model) -> dict:
@@ -367,7 +332,6 @@ def weights_checksum(sd_model) -> dict:
 
 def _mtime(path):
     try:
-        import os
         return os.stat(path).st_mtime_ns
     except OSError:
         return None

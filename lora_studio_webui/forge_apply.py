@@ -11,121 +11,27 @@ Forge's patcher keys its patch sets (and its "already merged" check) by (filenam
 strength_model, online_mode), so each group gets its own identifier naming file, tag position and blocks:
 two groups never overwrite each other, and a changed block split always triggers a re-merge.
 
-Everything Forge-specific is feature-tested; when something is missing we say so once and leave the tags
-to Forge's built-in Lora (te/unet only). Nothing here raises into Forge.
+Everything Forge-specific is feature-tested (forge.py); when something is missing we say so once and leave the
+tags to Forge's built-in Lora (te/unet only). Nothing here raises into Forge.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
-import sys
 import time
 import traceback
 from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
 
 from . import env
+from .forge import backend, builtin_handler, model_arch, model_problem, startup_problem
 
-PATCH_KW = ("filename", "patches", "strength_patch", "strength_model", "online_mode")
 HASH_PREFIX = "lora_studio:"
 EMPTY_HASH = str([])                     # what Forge's sd_model starts with and its built-in sets for no LoRA
 UNMATCHED_LIMIT = 12                     # Forge's own rule: more unmatched keys = LoRA for another model
 FALLBACK = ("block weights cannot be applied on this Forge version ({why}); LoRAs are applied by Forge's "
             "built-in Lora with te/unet weights only. Update LoRA Studio or Forge.")
-
-
-class Unsupported(Exception):
-    """This Forge lacks a piece of the LoRA patching interface we rely on."""
-
-
-# -- feature tests -----------------------------------------------------------------------------------------
-def _takes(fn, names, n_positional: int = 0) -> bool:
-    """`fn` accepts these keyword names (and at least n positional arguments)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return False
-    kw = {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
-    pos = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    var_pos = any(p.kind == p.VAR_POSITIONAL for p in params)
-    return set(names) <= kw and (len(pos) >= n_positional or var_pos)
-
-
-def backend():
-    """Forge's loader functions: (load_lora, model_lora_keys_unet, model_lora_keys_clip, load_torch_file)."""
-    try:
-        from backend.patcher import lora as bl
-        from backend import utils as bu
-    except Exception as e:
-        raise Unsupported(f"backend.patcher.lora cannot be imported: {type(e).__name__}: {e}")
-    fns = []
-    for mod, name, kw, n in ((bl, "load_lora", (), 2), (bl, "model_lora_keys_unet", (), 2),
-                             (bl, "model_lora_keys_clip", (), 2), (bu, "load_torch_file", ("safe_load",), 1)):
-        fn = getattr(mod, name, None)
-        if not callable(fn) or not _takes(fn, kw, n):
-            raise Unsupported(f"{mod.__name__}.{name} is missing or has another signature")
-        fns.append(fn)
-    return tuple(fns)
-
-
-def startup_problem() -> str | None:
-    """None when this Forge offers what we need (checked without a model), else why not."""
-    try:
-        backend()
-        from backend.patcher.base import ModelPatcher
-    except Unsupported as e:
-        return str(e)
-    except Exception as e:
-        return f"backend.patcher.base cannot be imported: {type(e).__name__}: {e}"
-    if not _takes(getattr(ModelPatcher, "add_patches", None), PATCH_KW):
-        return "ModelPatcher.add_patches has another signature"
-    return None
-
-
-def _patch_target(obj):
-    """The add_patches whose signature tells the truth (Forge's CLIP forwards *args/**kwargs to its patcher)."""
-    fn = getattr(obj, "add_patches", None)
-    if fn is not None and not _takes(fn, PATCH_KW):
-        inner = getattr(getattr(obj, "patcher", None), "add_patches", None)
-        if inner is not None and _takes(inner, PATCH_KW):
-            return fn
-        return None
-    return fn
-
-
-def model_problem(sd_model) -> str | None:
-    if sd_model is None:
-        return "no model is loaded"
-    for attr in ("forge_objects", "forge_objects_original"):
-        if getattr(sd_model, attr, None) is None:
-            return f"the model has no `{attr}`"
-    if not callable(getattr(sd_model.forge_objects, "shallow_copy", None)):
-        return "forge_objects.shallow_copy is missing"
-    orig = sd_model.forge_objects_original
-    for part, inner in (("unet", "model"), ("clip", "cond_stage_model")):
-        obj = getattr(orig, part, None)
-        if obj is None:
-            continue                     # e.g. a model without a text encoder: nothing to patch there
-        if not callable(getattr(obj, "clone", None)) or getattr(obj, inner, None) is None:
-            return f"forge_objects_original.{part} has no clone()/{inner}"
-        if _patch_target(obj) is None:
-            return f"forge_objects_original.{part}.add_patches has another signature"
-    return None
-
-
-def model_arch(sd_model) -> str | None:
-    """Forge keeps A1111's is_sd1/is_sd2/is_sdxl flags; anything else (Flux, SD3) has no block table."""
-    for flag, arch in (("is_sdxl", "sdxl"), ("is_sd2", "sd2"), ("is_sd1", "sd1")):
-        if getattr(sd_model, flag, False) is True:
-            return arch
-    return None
-
-
-def builtin_handler():
-    """Forge's built-in ExtraNetworkLora (module `networks` of extensions-builtin/sd_forge_lora), if loaded."""
-    mod = sys.modules.get("networks")
-    h = getattr(mod, "extra_network_lora", None) if mod is not None and hasattr(mod, "load_networks") else None
-    return h if callable(getattr(h, "activate", None)) else None
 
 
 # -- grouping ------------------------------------------------------------------------------------------------
@@ -138,17 +44,27 @@ def slot_of_key(key) -> int | None:
     return slot_of_layer("model." + name)
 
 
-def group_unet(patches: dict, unet: float, vector) -> dict:
+def group_unet(patches: dict, active) -> dict:
     """U-Net patches split by effective strength: {strength: (slots in the group, {key: patch})}.
     Slot -1 stands for keys outside the block table (they get `unet`)."""
+    from lib_lora.activate import strength
+
     out: dict = {}
     for key, patch in patches.items():
         slot = slot_of_key(key)
-        s = float(unet) * (1.0 if vector is None or slot is None else float(vector[slot]))
-        slots, group = out.setdefault(s, (set(), {}))
+        slots, group = out.setdefault(strength(active, slot), (set(), {}))
         slots.add(-1 if slot is None else slot)
         group[key] = patch
     return out
+
+
+@dataclass
+class ForgeLora:
+    """What Forge applies of one file (the `network` of its ActiveLora): patches keyed as add_patches takes them."""
+    name: str
+    path: Path
+    unet: dict
+    clip: dict
 
 
 def _label(slots) -> str:
@@ -175,18 +91,25 @@ class ForgeApplier:
                 pass
             env.emit(p, message)
 
-    def state_dict(self, path, load_file):
+    def state_dict(self, path, load_file, allow_pickle: bool = False):
+        """(Forge's state dict of the file without the keys of damaged modules, damage message or None):
+        damaged modules (NaN/Inf, rank 0, bad shapes) are left out as the core leaves them out
+        (LoraNetwork.damaged_keys), so a partly damaged LoRA never puts NaN into the model on Forge either."""
         st = os.stat(path)
         key = (str(path), st.st_mtime_ns, st.st_size)
-        sd = self._state_dicts.get(key)
-        if sd is None:
+        hit = self._state_dicts.get(key)
+        if hit is None:
             sd = load_file(str(path), safe_load=True)
-            self._state_dicts[key] = sd
+            damaged, message = _damage(path, allow_pickle)
+            if damaged:
+                sd = {k: v for k, v in sd.items() if k not in damaged}
+            hit = (sd, message)
+            self._state_dicts[key] = hit
             while len(self._state_dicts) > self.sd_keep:
                 self._state_dicts.popitem(last=False)
         else:
             self._state_dicts.move_to_end(key)
-        return sd
+        return hit
 
     # -- entry point -------------------------------------------------------------------------------------
     def activate(self, p, params_list) -> None:
@@ -229,11 +152,12 @@ class ForgeApplier:
         h.activate(p, plain)
 
     def _activate(self, p, params_list) -> None:
-        from lib_lora import blocks, syntax
+        from lib_lora.activate import activate_tag, strength
         from lib_lora.errors import LoraStudioError
+        from lib_lora.patcher import LoraReport
 
         from . import infotext
-        from .engine import ENGINE, Activation, Applied, batch_seed, tag_seed
+        from .engine import ENGINE, Activation, applied_line, batch_seed, tag_seed
 
         t0 = time.perf_counter()
         sd = getattr(p, "sd_model", None) or env.loaded_model()
@@ -268,45 +192,43 @@ class ForgeApplier:
                                            f"per image); `{tag.name}` is applied for all steps.")
             if tag.dyn is not None:
                 self.notice(p, "dyn", f"dyn= is not supported on Forge; `{tag.name}` is applied at full rank.")
-            rb = syntax.resolve_blocks(tag, presets, arch, tag_seed(seed, index, tag.name))
-            act.warnings += rb.warnings
-            if rb.errors:
-                act.warnings += [f"{e} (skipped)" for e in rb.errors]
-                continue
-            vector = rb.vector
-            if vector is not None and arch is None:
-                act.warnings.append(f"`{tag.name}`: block weights need an SD1/SD2/SDXL U-Net; this model has no "
-                                    f"block table, so it is applied without them")
-                vector = None
             try:
-                lora_sd = self.state_dict(entry.path, load_file)
+                lora_sd, damage = self.state_dict(entry.path, load_file, allow_pickle)
             except Exception as e:
                 msg = str(e) if isinstance(e, LoraStudioError) else f"{type(e).__name__}: {e}"
                 act.warnings.append(f"`{tag.name}`: cannot be loaded ({msg}); skipped")
                 continue
             p_unet, rest = load_lora(lora_sd, unet_keys) if unet_keys else ({}, lora_sd)
             p_clip, rest = load_lora(rest, clip_keys) if clip_keys else ({}, rest)
+            if damage:
+                act.warnings.append(damage)
+                if not (p_unet or p_clip):          # every module damaged: that line says it all
+                    continue
             if len(rest) > UNMATCHED_LIMIT or not (p_unet or p_clip):
                 act.warnings.append(f"`{tag.name}` does not match this model ({len(rest)} keys unmatched; a LoRA "
                                     f"for another model type?); skipped")
                 continue
             if rest:
                 env.log.info("`%s`: %d keys not matched: %s", tag.name, len(rest), sorted(rest)[:5])
-            if vector is not None and rb.listed is not None:
-                used = [slot_of_key(k) for k in p_unet] + ([0] if p_clip else [])
-                msg = blocks.unlisted_warning(tag.name, arch, rb.count, used, rb.listed)
-                if msg:
-                    act.warnings.append(msg)
+            # without a block table (Flux, SD3) nothing is block-weighted: no slots, no unlisted warning
+            slots = [slot_of_key(k) for k in p_unet] + [0] * len(p_clip) if arch is not None else []
+            a = activate_tag(tag, ForgeLora(tag.name, entry.path, p_unet, p_clip), presets, arch,
+                             tag_seed(seed, index, tag.name), act.warnings, entry=entry, slots=slots)
+            if a is None:
+                continue
+            if a.active.blocks is not None and arch is None:
+                act.warnings.append(f"`{tag.name}`: block weights need an SD1/SD2/SDXL U-Net; this model has no "
+                                    f"block table, so it is applied without them")
+                a.active.blocks = None
             base = f"{entry.path}@{entry.path.stat().st_mtime_ns}#lora_studio:{index}"
-            te_strength = float(tag.te) * (1.0 if vector is None else float(vector[0]))
+            te_strength = strength(a.active, 0, is_te=True)
             if p_clip and te_strength != 0.0:
                 plan.append(("clip", f"{base}:BASE", te_strength, p_clip))
-            for s, (slots, group) in sorted(group_unet(p_unet, tag.unet_multiplier, vector).items()):
+            for s, (group_slots, group) in sorted(group_unet(p_unet, a.active).items()):
                 if s != 0.0:
-                    plan.append(("unet", f"{base}:{_label(slots)}", s, group))
-            act.applied.append(Applied(tag.name, str(entry.path), tag.te, tag.unet_multiplier, vector, rb.values,
-                                       rb.source, tag.start, tag.stop, modules=len(p_unet) + len(p_clip)))
-            act.entries.append((tag, rb, entry))
+                    plan.append(("unet", f"{base}:{_label(group_slots)}", s, group))
+            a.report = LoraReport(tag.name, applied=len(p_unet) + len(p_clip), active=a.active)
+            act.loras.append(a)
         target = HASH_PREFIX + str([(part, ident, s, online) for part, ident, s, _ in plan])
         if not plan:
             self._reset(p, sd)
@@ -316,11 +238,10 @@ class ForgeApplier:
         self._sync_conds(p, tuple((ident, s) for part, ident, s, _ in plan if part == "clip"))
         for w in act.warnings:
             env.emit(p, w)
-        if act.entries:
+        if act.loras:
             infotext.record(p, act)
-            parts = [f"{a.name} ({a.modules} keys, te {a.te:g}, unet {a.unet:g}"
-                     + (f", blocks {a.source}" if a.source else "") + ")" for a in act.applied]
-            line = f"[LoRA Studio] applied on Forge {', '.join(parts)}: {len(plan)} patch group(s)"
+            line = (f"[LoRA Studio] applied on Forge {', '.join(applied_line(a) for a in act.loras)}: "
+                    f"{len(plan)} patch group(s)")
             # Forge activates again for every batch and the hires pass: say it once per generation and plan
             if getattr(p, "_lora_studio_applied_line", None) != line:
                 try:
@@ -356,11 +277,20 @@ class ForgeApplier:
         """Forge caches conditioning by prompt text (lists of 2 or 3 items): drop them when the text encoder's
         patches changed while the text did not (random letters per batch, edited presets)."""
         if sig != self._te_sig:
-            for attr in ("cached_c", "cached_uc", "cached_hr_c", "cached_hr_uc"):
-                cache = getattr(p, attr, None)
-                if isinstance(cache, list) and len(cache) >= 2:
-                    cache[0] = cache[1] = None      # a key of None never matches; Forge refills [2] on a miss
+            from .engine import drop_cached_conds
+            drop_cached_conds(p)
         self._te_sig = sig
+
+
+def _damage(path, allow_pickle: bool) -> tuple[frozenset, str | None]:
+    """(file keys of damaged modules, the core's one-line damage message) by the core's own load-time checks.
+    A file the core cannot read at all (another model family Forge may still support) has none."""
+    from lib_lora.network import load_network
+    try:
+        net = load_network(path, allow_pickle=allow_pickle, allow_empty=True)
+    except Exception:
+        return frozenset(), None
+    return net.damaged_keys, net.damage_message
 
 
 def _online_mode(unet) -> bool:

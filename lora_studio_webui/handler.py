@@ -12,7 +12,7 @@ import traceback
 from modules import extra_networks
 
 from . import env, infotext
-from .engine import ENGINE
+from .engine import ENGINE, applied_line
 
 
 class LoraStudioNetwork(extra_networks.ExtraNetwork):
@@ -22,8 +22,7 @@ class LoraStudioNetwork(extra_networks.ExtraNetwork):
         super().__init__("lora")
 
     def activate(self, p, params_list):
-        from . import forge
-        if forge.active():                  # Forge: per-block patch strengths through its own patcher
+        if env.is_forge():                  # Forge: per-block patch strengths through its own patcher
             from .forge_apply import APPLIER
             APPLIER.activate(p, list(params_list))       # never raises
             return
@@ -42,13 +41,12 @@ class LoraStudioNetwork(extra_networks.ExtraNetwork):
             env.emit(p, w)
         if act.entries:
             infotext.record(p, act)
-            parts = [f"{a.name} ({a.modules} modules, te {a.te:g}, unet {a.unet:g}"
-                     + (f", blocks {a.source}" if a.source else "") + ")" for a in act.applied]
+            parts = [applied_line(a) for a in act.loras]
             rep = act.report
             stats = ""
             if rep is not None:
                 stats = (f"; layers written {rep.layers_written}, kept {rep.layers_kept}, restored "
-                         f"{rep.layers_restored}, from factors {getattr(rep, 'factored', 0)}, deltas computed "
+                         f"{rep.layers_restored}, from factors {rep.factored}, deltas computed "
                          f"{rep.deltas_computed}, cache hits {rep.cache_hits}")
             # A checksum of the patched weights costs a pass over them: only for verification runs.
             check = f"; patched-weights sum {ENGINE.patched_sum():.6e}" if os.environ.get("LORA_STUDIO_CHECKSUM") else ""
@@ -115,10 +113,9 @@ def take_over() -> bool:
 
 
 def _forge_builtin():
-    from . import forge
-    if not forge.active():
+    if not env.is_forge():
         return None
-    from .forge_apply import builtin_handler
+    from .forge import builtin_handler
     return builtin_handler()
 
 

@@ -16,15 +16,6 @@ WEBUI_WRITES_BLOCKED = (
 )
 
 
-def tab_list():
-    try:
-        from lib_lora.ui.app import TABS
-        return list(TABS)
-    except Exception:
-        return [("Presets", "lib_lora.ui.presets_tab", "lora_studio_tab_presets"),
-                ("Tagger", "lib_lora.ui.tagger_tab", "lora_studio_tab_tagger")]
-
-
 def build_context():
     from lib_lora.ui.context import UiContext
     from .engine import ENGINE
@@ -59,11 +50,13 @@ FAILED: dict = {}      # tab label → reason, for the last build (shown in the 
 
 def on_ui_tabs():
     import gradio as gr
+
+    from lib_lora.ui.app import TABS
     ctx = build_context()
     FAILED.clear()
     with gr.Blocks(analytics_enabled=False) as block:
         with gr.Tabs(elem_id="lora_studio_tabs"):
-            for label, module, elem_id in tab_list():
+            for label, module, elem_id in TABS:
                 with gr.Tab(label, elem_id=elem_id):
                     try:
                         importlib.import_module(module).build(ctx)

@@ -9,3 +9,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def webui(request, tmp_path):
+    """A started fake AUTOMATIC1111 (tests/fake_webui) whose LoRA folder holds the files the test module lists
+    in WEBUI_LORAS as (name, seed) pairs (default: `foo`, seed 1)."""
+    from tests.fake_webui.harness import FakeWebui, write_lora
+
+    w = FakeWebui(tmp_path)
+    for name, seed in getattr(request.module, "WEBUI_LORAS", (("foo", 1),)):
+        write_lora(w, name, seed=seed)
+    w.start()
+    yield w
+    w.close()

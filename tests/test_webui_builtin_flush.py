@@ -5,19 +5,9 @@ used in an in-place operation" printed at every switch)."""
 
 from __future__ import annotations
 
-import pytest
 import torch
 
-from tests.fake_webui.harness import LAYERS, FakeWebui, write_lora
-
-
-@pytest.fixture
-def webui(tmp_path):
-    w = FakeWebui(tmp_path)
-    write_lora(w, "foo", seed=1)
-    w.start()
-    yield w
-    w.close()
+from tests.fake_webui.harness import LAYERS
 
 
 def test_take_over_switched_on_restores_builtin_merge_outside_no_grad(webui, capsys):

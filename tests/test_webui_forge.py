@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from lib_lora.blocks import FORMATS, slot_of_layer
+from lib_lora.patcher import ActiveLora
 from tests.fake_webui.forge_harness import OUTSIDE, FakeForge, forge_key
 from tests.fake_webui.harness import LAYERS, write_lora
 
@@ -246,7 +247,7 @@ def test_sdxl_checkpoint_keys_group_by_block():
     unet = [k[len("model."):] for k in keys if k.startswith("model.diffusion_model.")]
     v12 = [0.5, 0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9, 1.1, 1.2, 1.3]
     v = vec26(v12)
-    groups = group_unet({k: ("lora", k) for k in unet}, 2.0, v)
+    groups = group_unet({k: ("lora", k) for k in unet}, ActiveLora(None, unet=2.0, blocks=v))
     got = {k: s for s, (_, g) in groups.items() for k in g}
     assert sorted(got) == sorted(unet)
     n_outside = 0
@@ -261,3 +262,26 @@ def test_sdxl_checkpoint_keys_group_by_block():
         assert slot_of_key(k) == slot and slot_of_key((k, (0, 0, 1))) == slot
         assert got[k] == pytest.approx(2.0 if slot is None else 2.0 * v[slot]), k
     assert n_outside > 0                                   # time_embed, label_emb, out: the plain unet multiplier
+
+
+def test_damaged_module_is_left_out_on_forge_as_in_the_core(forge):
+    """A LoRA with NaN in one module: Forge gets every other module's patches, never the damaged one's, and
+    the user reads the core's damage line (before: the NaN patch reached Forge's add_patches)."""
+    from safetensors.torch import load_file, save_file
+    sd = load_file(str(forge.lora_dir / "foo.safetensors"))
+    victim = sorted(k for k in sd if k.endswith(".lora_up.weight"))[0]
+    sd[victim][0, 0] = float("nan")
+    save_file(sd, str(forge.lora_dir / "nan.safetensors"), metadata={"ss_output_name": "nan"})
+    forge.generate("x <lora:foo:1>")
+    good = {k for c in unet_calls(forge) + clip_calls(forge) for k in c["keys"]}
+    forge.unet.calls.clear()
+    forge.clip.patcher.calls.clear()
+    p, _ = forge.generate("x <lora:nan:1>")
+    patched = {k for c in unet_calls(forge) + clip_calls(forge) for k in c["keys"]}
+    assert len(patched) == len(good) - 1 and patched < good
+    for obj in (forge.engine.forge_objects.unet, forge.engine.forge_objects.clip.patcher):
+        for patches in obj.lora_patches.values():
+            for key, entries in patches.items():       # [strength, ("lora", (up, down, alpha, …)), …]
+                assert all(bool(torch.isfinite(t).all()) for e in entries for t in e[1][1][:2]), key
+    about = [c for c in p.comments if "partly damaged" in c]
+    assert len(about) == 1 and victim[: -len(".lora_up.weight")] in about[0]

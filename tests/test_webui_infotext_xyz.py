@@ -5,17 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.fake_webui.harness import LAYERS, FakeWebui, write_lora
+from tests.fake_webui.harness import LAYERS
 
 
-@pytest.fixture
-def webui(tmp_path):
-    w = FakeWebui(tmp_path)
-    for name, seed in (("foo", 1), ("bar", 2), ("ep-000001", 3), ("ep-000002", 4), ("ep", 5)):
-        write_lora(w, name, seed=seed)
-    w.start()
-    yield w
-    w.close()
+WEBUI_LORAS = (("foo", 1), ("bar", 2), ("ep-000001", 3), ("ep-000002", 4), ("ep", 5))
 
 
 def paste(infotext):

@@ -12,14 +12,7 @@ from tests.fake_webui.harness import LAYERS, POS17, FakeWebui, write_lora
 ALL17 = ",".join(["1"] * 17)
 
 
-@pytest.fixture
-def webui(tmp_path):
-    w = FakeWebui(tmp_path)
-    write_lora(w, "foo", seed=1)
-    write_lora(w, "bar", seed=2)
-    w.start()
-    yield w
-    w.close()
+WEBUI_LORAS = (("foo", 1), ("bar", 2))          # written by the `webui` fixture (tests/conftest.py)
 
 
 def deltas(w, base):
@@ -352,3 +345,18 @@ def test_partly_unmatched_lora_warns_and_applies_the_rest(webui):
     assert not torch.equal(webui.weight(LAYERS[0]), base[LAYERS[0]])
     p, _ = webui.generate("x <lora:foo:1>")             # a fully matching LoRA: no such warning
     assert not any("not applied" in c for c in p.comments)
+
+
+def test_unlisted_blocks_warning_is_the_one_bake_prints(webui):
+    """The WebUI and `bake` say the same line when a weight list leaves out blocks the LoRA has weights in
+    (before: the WebUI left out the module count that bake gives)."""
+    from lib_lora.bake import resolve_tag
+    from lib_lora.syntax import parse_prompt
+
+    tag = "<lora:foo:1:" + ",".join(["1"] * 12) + ">"            # 12 values: SD1's IN01/IN02 are not listed
+    p, _ = webui.generate(f"x {tag}")
+    said = [c.split("LoRA Studio: ", 1)[-1] for c in p.comments if "does not list" in c]
+    baked: list = []
+    resolve_tag(parse_prompt(tag)[0], webui.lora_dir / "foo.safetensors", "sd1", None, 0, baked)
+    assert len(said) == 1 and said == [m for m in baked if "does not list" in m]
+    assert "modules dropped" in said[0]

@@ -40,8 +40,13 @@ def test_status_route_auth(monkeypatch):
 
 def test_status_reports_last_activation():
     from lora_studio_webui import api
-    from lora_studio_webui.engine import ENGINE, Activation, Applied
-    ENGINE.last = Activation(applied=[Applied("foo", "/x", 1.0, 0.5, [1.0] * 26, None, "preset face", modules=7)])
+    from lib_lora.activate import Activated
+    from lib_lora.patcher import ActiveLora, LoraReport
+    from lib_lora.syntax import ResolvedBlocks, parse_items
+    from lora_studio_webui.engine import ENGINE, Activation
+    active = ActiveLora(None, 1.0, 0.5, [1.0] * 26)
+    ENGINE.last = Activation(loras=[Activated(parse_items(["foo"]), ResolvedBlocks(source="preset face"), active,
+                                              "/x", LoraReport("foo", applied=7, active=active))])
     out = api.status()
     assert out["applied"][0]["modules"] == 7 and "path" not in out["applied"][0]
     ENGINE.last = Activation()
@@ -115,3 +120,34 @@ def test_pasted_block_records_take_only_finite_numbers():
     assert records == [("e", [0.5, 1e-07])]
     assert restore_prompt("<lora:b:1:face> <lora:e:1:face>", parse_field("b=nan,1; e=0.5,1")) == (
         "<lora:b:1:face> <lora:e:lbw=0.5,1>")
+
+
+def test_webui_modules_import_no_cycle():
+    """No lora_studio_webui module imports (even lazily, inside a function) one that imports it back:
+    before, forge.py ↔ handler.py and forge.py → forge_apply.py → infotext.py → forge.py."""
+    import ast
+    from pathlib import Path
+
+    import lora_studio_webui
+    folder = Path(lora_studio_webui.__file__).parent
+    graph = {}
+    for f in folder.glob("*.py"):
+        deps = set()
+        for n in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(n, ast.ImportFrom) and n.level == 1:
+                deps.update([n.module.split(".")[0]] if n.module else [a.name for a in n.names])
+        graph[f.stem] = deps - {f.stem}
+    graph.pop("__init__")                     # the registration entry point imports everything, nothing imports it
+
+    def cycle_from(start, node, path):
+        for dep in graph.get(node, ()):
+            if dep == start:
+                return path + [dep]
+            if dep not in path:
+                found = cycle_from(start, dep, path + [dep])
+                if found:
+                    return found
+        return None
+
+    cycles = [c for m in graph if (c := cycle_from(m, m, [m]))]
+    assert not cycles, cycles

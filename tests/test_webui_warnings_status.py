@@ -10,20 +10,12 @@ import json
 import pytest
 import torch
 
-from tests.fake_webui.harness import LAYERS, FakeWebui, write_lora
+from tests.fake_webui.harness import LAYERS, write_lora
 
 FIELD = "LoRA Studio warnings"
 
 
-@pytest.fixture
-def webui(tmp_path):
-    w = FakeWebui(tmp_path)
-    write_lora(w, "foo", seed=1)
-    write_lora(w, "ep-000001", seed=3)
-    write_lora(w, "ep", seed=5)
-    w.start()
-    yield w
-    w.close()
+WEBUI_LORAS = (("foo", 1), ("ep-000001", 3), ("ep", 5))
 
 
 def _axes():

@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import json
 import math
-import os
 from pathlib import Path
 
 from lib_lora.blocks import ARCH_FORMATS, BLOCK_NAMES, FORMATS
@@ -18,38 +17,32 @@ from lib_lora.errors import LoraStudioError
 LORA_SUFFIXES = (".safetensors",)   # pickle files are never loaded from the UI
 
 
+def _files(ctx) -> list:
+    """The LoRA files of the configured folders, walked as the WebUI walks them (lib_lora.library: linked
+    folders followed, link loops and depth bounded); one per name below its folder, the first folder wins."""
+    from lib_lora.library import Library
+
+    lib = Library(lambda: ctx.lora_dirs, LORA_SUFFIXES, "LoRA", headers=False)
+    lib.scan()
+    first: dict = {}
+    for f in lib.files:
+        first.setdefault(f.relative, f)
+    return sorted(first.values(), key=lambda f: f.relative.lower())
+
+
 def list_loras(ctx) -> list[str]:
-    """Names (relative to their folder, '/'-separated) of every LoRA file; the first folder wins a clash."""
-    seen: dict[str, None] = {}
-    for root in ctx.lora_dirs:
-        root = Path(root)
-        if not root.is_dir():
-            continue
-        # Linked subfolders are followed, as the WebUI lists them (Path.rglob would skip them); a link
-        # loop is cut by remembering the real folders already walked.
-        walked: set[str] = set()
-        for folder, dirs, files in os.walk(root, followlinks=True):
-            real = os.path.realpath(folder)
-            if real in walked:
-                dirs[:] = []
-                continue
-            walked.add(real)
-            for f in files:
-                p = Path(folder) / f
-                if p.suffix.lower() in LORA_SUFFIXES and p.is_file():
-                    seen.setdefault(p.relative_to(root).as_posix(), None)
-    return sorted(seen, key=str.lower)
+    """Names (relative to their folder, '/'-separated) of every LoRA file."""
+    return [f.relative for f in _files(ctx)]
 
 
 def lora_rows(ctx) -> list[list]:
     """[name, size in MB, folder] for the file table."""
     rows = []
-    for name in list_loras(ctx):
-        for root in ctx.lora_dirs:
-            p = Path(root) / name
-            if p.is_file():
-                rows.append([name, round(p.stat().st_size / 2**20, 2), str(root)])
-                break
+    for f in _files(ctx):
+        try:
+            rows.append([f.relative, round(f.path.stat().st_size / 2**20, 2), str(f.root)])
+        except OSError:        # removed or a dangling link since the walk
+            continue
     return rows
 
 
@@ -77,26 +70,10 @@ def inspect_lora(ctx, name: str, with_hash: bool = False) -> dict:
     return inspect_file(str(lora_path(ctx, name)), with_hash=with_hash)
 
 
-def block_norms(report: dict) -> list[float] | None:
+def block_norms(report: dict) -> list[float | None]:
     """The 26-slot weight-norm vector of an inspect report (None where a slot has no module)."""
-    raw = None
-    for key in ("block_norms", "norms", "per_block"):
-        if report.get(key) is not None:
-            raw = report[key]
-            break
-    if raw is None:
-        return None
-    vec: list[float | None] = [None] * 26
-    if isinstance(raw, dict):
-        for k, v in raw.items():
-            if k in BLOCK_NAMES and v is not None:
-                vec[BLOCK_NAMES.index(k)] = float(v)
-            elif isinstance(k, int) and 0 <= k < 26 and v is not None:
-                vec[k] = float(v)
-    else:
-        for i, v in enumerate(list(raw)[:26]):
-            vec[i] = None if v is None else float(v)
-    return vec
+    norms = report["block_norms"]
+    return [norms.get(name) for name in BLOCK_NAMES]
 
 
 def render_bars(norms, weights=None, title: str = "", arch: str | None = None) -> str:
@@ -155,29 +132,28 @@ def render_bars(norms, weights=None, title: str = "", arch: str | None = None) -
     return "".join(parts)
 
 
-def _counts(v) -> str:
-    """{"4": 10, "8": 2} → "4 (×10), 8 (×2)"; other values as text."""
-    if isinstance(v, dict):
-        return ", ".join(f"{k} (×{n})" for k, n in v.items())
-    if isinstance(v, (list, tuple, set)):
-        return ", ".join(map(str, v))
-    return str(v)
+def _counts(v: dict) -> str:
+    """{"4": 10, "8": 2} → "4 (×10), 8 (×2)"."""
+    return ", ".join(f"{k} (×{n})" for k, n in v.items())
 
 
 def summary_markdown(name: str, report: dict) -> str:
-    """Headline facts of an inspect report (inspect.inspect_network fields; missing ones are left out)."""
+    """Headline facts of an inspect report (empty ones are left out; the hash only when it was computed)."""
     rows = [("file", name)]
-    if report.get("problem"):
-        rows.append(("⚠ " + str(report.get("verdict", "problem")), report["problem"]))
-    for key, label in (("arch_label", "architecture"), ("algorithms", "algorithm"), ("module_count", "modules"),
-                       ("ranks", "rank"), ("alphas", "alpha"), ("hash_short", "hash")):
-        v = report.get(key)
-        if v not in (None, {}, []):
-            rows.append((label, _counts(v)))
-    other = (report.get("block_norms") or {}).get("other")
+    if report["problem"]:
+        rows.append(("⚠ " + report["verdict"], report["problem"]))
+    rows.append(("architecture", report["arch_label"]))
+    for key, label in (("algorithms", "algorithm"), ("ranks", "rank"), ("alphas", "alpha")):
+        if report[key]:
+            rows.append((label, _counts(report[key])))
+        if key == "algorithms":
+            rows.append(("modules", report["module_count"]))
+    if report.get("hash_short"):
+        rows.append(("hash", report["hash_short"]))
+    other = report["block_norms"]["other"]
     if other:
         rows.append(("outside the block table", f"norm {other:.4g} (time embedding, conv_in/out...)"))
-    for note in report.get("notes") or []:
+    for note in report["notes"]:
         rows.append(("note", note))
     return "\n".join(f"- **{k}**: {html.escape(str(v))}" for k, v in rows)
 
@@ -186,13 +162,11 @@ def show_lora(ctx, name: str):
     """Callback: (chart html, summary markdown, metadata json text)."""
     try:
         report = inspect_lora(ctx, name, with_hash=True)
-    except ImportError as exc:
-        return "", f"Inspect is unavailable: {exc}", ""
     except LoraStudioError as exc:
         return "", f"⚠ {exc}", ""
     chart = render_bars(block_norms(report), title=f"{Path(name).stem}: weight norm per block",
-                        arch=report.get("arch"))
-    meta = report.get("metadata") or {}
+                        arch=report["arch"])
+    meta = report["metadata"]
     return chart, summary_markdown(name, report), json.dumps(meta, indent=1, ensure_ascii=False, default=str)
 
 

@@ -103,7 +103,7 @@ def test_library_scan_ends_on_a_folder_link_loop(tmp_path, monkeypatch):
 
 
 def test_library_scan_bounds_depth(tmp_path):
-    from lora_studio_webui import library
+    from lib_lora import library
     root = tmp_path / "Lora"
     d = root
     for i in range(library.MAX_DEPTH + 3):
