@@ -7,7 +7,6 @@ Nothing here raises on user input: problems become `tag.errors` (that LoRA is sk
 
 Steps are counted two ways, stated everywhere they appear:
 - `start=` / `stop=` / `step=A-B` in a tag are 1-based sampling steps (the first step is step 1);
-- `unet_active(tag, step)` takes the 0-based step index A1111 reports (`params.sampling_step`).
 """
 
 from __future__ import annotations
@@ -511,15 +510,3 @@ def edit_name(tag: LoraTag, name: str) -> str:
     if pos:
         items[pos[0]] = name
     return _written(tag, items)
-
-
-def unet_active(tag, step: int) -> bool:
-    """Whether the U-Net delta is on at 0-based sampling step `step` (LBW rule, docs/spec/prompt_syntax.md §2.4):
-    on when step > start-2 and not step > stop-2, i.e. 1-based steps start … stop-1.  Each sampling
-    pass (first pass, hires pass) counts its own steps from 0.  Works for any object with .start/.stop."""
-    start, stop = getattr(tag, "start", None), getattr(tag, "stop", None)
-    if start is not None and not step > start - 2:
-        return False
-    if stop is not None and step > stop - 2:
-        return False
-    return True

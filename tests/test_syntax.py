@@ -11,7 +11,7 @@ from lib_lora import blocks as B
 from lib_lora.presets import PresetStore
 from lib_lora.syntax import (LoraTag, edit_blocks, edit_key, edit_name, edit_weight, format_number, parse_items,
                              parse_params, parse_prompt, resolve_blocks, rewrite_prompt, short_tag, split_items,
-                             unet_active, write_tag)
+                             write_tag)
 
 PRESETS = PresetStore()
 L17 = ",".join(["1"] * 17)
@@ -453,7 +453,12 @@ def test_format_number_round_trips_through_the_parser(v):
 
 # ---- start / stop -------------------------------------------------------------------------------------
 
-def test_unet_active_lbw_rule():
+def test_start_stop_lbw_rule():
+    from lib_lora.patcher import gated_off
+
+    def unet_active(t, s):
+        return not gated_off(t, s)
+
     t = one("<lora:n:1:step=5-20>")
     on = [s for s in range(30) if unet_active(t, s)]
     # 0-based steps 4..18 = 1-based steps 5..19 (active for A … B−1)
@@ -463,7 +468,7 @@ def test_unet_active_lbw_rule():
     assert [s for s in range(5) if unet_active(one("<lora:n:1:stop=3>"), s)] == [0, 1]
     assert all(unet_active(one("<lora:n>"), s) for s in range(50))
 
-    class Active:  # works on patcher.ActiveLora-like objects too
+    class Active:  # the rule reads only .start/.stop
         start, stop = 3, None
     assert not unet_active(Active(), 1) and unet_active(Active(), 2)
 
