@@ -6,3 +6,6 @@ import os
 from pathlib import Path
 
 FIXTURES = os.environ.get("LORA_STUDIO_FIXTURES") or str(Path(__file__).resolve().parent / "fixtures")
+
+# The repository root, for tests in any sub-folder of tests/.
+REPO = Path(__file__).resolve().parent.parent
