@@ -142,7 +142,10 @@ def check_job(job: FolderJob) -> FolderJob:
     if not root.is_dir():
         raise LoraStudioError(f"image folder '{root}' does not exist; give a folder of images.")
     if next(iter_images(root, job.recursive, job.extensions), None) is None:
-        sub = "" if job.recursive else " (sub-folders were not searched: add them with the recursive option)"
+        # Hint at sub-folders only when they hold images (an empty folder gets no misleading hint).
+        nested = not job.recursive and next(iter_images(root, True, job.extensions), None) is not None
+        sub = (" (its sub-folders do: include them with --recursive, in the tab \"Include sub-folders\")"
+               if nested else "")
         raise LoraStudioError(f"'{root}' holds no images ({', '.join(sorted(exts))}){sub}; give a folder of "
                               "images.")
     return job
