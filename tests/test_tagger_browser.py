@@ -87,3 +87,26 @@ def test_folder_run_through_the_tab(env):
     B.wait_for(lambda: "red theme" in B.text_of(drv, "lora_studio_tagger_table"), 10, "the frequency table")
     assert "broken.png" in B.textbox_value(drv, "lora_studio_tagger_log")
     B.screenshot(drv, "tagger_folder_run.png")
+
+
+
+def test_a_typed_model_folder_is_used_as_typed(env):
+    """A path typed into the model list never becomes `tiny` + path (the list takes only its own names:
+    loading then says where a folder goes); the folder box beside it loads exactly the folder typed."""
+    drv, models = env["drv"], env["models"]
+    make_model_dir(models / "typed", "v3")
+    drv.get(env["app"].url)
+    B.open_tab(drv, "Tagger")
+    B.wait_for(lambda: B.css(drv, "#lora_studio_tagger_model").is_displayed(), what="the Tagger tab")
+    box = B.css(drv, "#lora_studio_tagger_model input")
+    box.click()
+    box.send_keys(str(models / "tiny"))
+    drv.execute_script("document.activeElement && document.activeElement.blur();")
+    B.click(drv, "lora_studio_tagger_load")
+    status = B.wait_for(lambda: (lambda t: t if "Loaded" in t or "Error" in t else None)(
+        B.text_of(drv, "lora_studio_tagger_status")), 20, "the load")
+    assert str(models / "tiny") not in B.textbox_value(drv, "lora_studio_tagger_model")
+    assert "Loaded: tiny (local folder)" in status or "box beside it" in status, status
+    B.set_textbox(drv, "lora_studio_tagger_model_folder", str(models / "typed"))
+    B.click(drv, "lora_studio_tagger_load")
+    B.wait_text(drv, "lora_studio_tagger_status", "Loaded: typed (local folder)", 20)

@@ -49,8 +49,8 @@ def model_spec(ctx, name, folder="") -> tuple[str, bool]:
         return str(p), True
     name = str(name or "").strip()
     if not name:
-        raise LoraStudioError("Pick a tagger model (or type a folder inside "
-                              f"{ctx.tagger_models_dir} that holds model.onnx + selected_tags.csv).")
+        raise LoraStudioError("Pick a model in the Model list, or type a model folder into the box beside it (a "
+                              f"folder inside {ctx.tagger_models_dir} that holds model.onnx + selected_tags.csv).")
     return name, False
 
 
