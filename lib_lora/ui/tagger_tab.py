@@ -102,11 +102,16 @@ def threshold_hint(model: str) -> str:
 
 
 def load(ctx, model: str, provider: str, allow_download: bool, log=print, folder: str = ""):
-    from lib_lora.tagger.model import get_tagger
+    from lib_lora.tagger.model import ModelNotFound, get_tagger
     spec, is_path = model_spec(ctx, model, folder)
     # Downloading writes files: only when writes are allowed.
-    return get_tagger(spec, ctx.tagger_models_dir, provider or "auto",
-                      allow_download=bool(allow_download) and ctx.writes_allowed, log=log, paths=is_path)
+    try:
+        return get_tagger(spec, ctx.tagger_models_dir, provider or "auto",
+                          allow_download=bool(allow_download) and ctx.writes_allowed, log=log, paths=is_path)
+    except ModelNotFound as exc:
+        if allow_download and not ctx.writes_allowed:   # the ticked box did nothing: say why
+            raise ModelNotFound(f"{exc} ({ctx.writes_blocked_reason})") from None
+        raise
 
 
 def status_text(tagger) -> str:
@@ -272,7 +277,11 @@ def build(ctx) -> None:
                                   elem_id="lora_studio_tagger_model_folder", scale=3)
         provider = gr.Dropdown(choices=list(PROVIDERS), value="auto", label="Provider",
                                elem_id="lora_studio_tagger_provider", scale=1)
-        allow_dl = gr.Checkbox(value=True, label="Download if missing", elem_id="lora_studio_tagger_download")
+        # Downloads write files: where writes are off the box is off too, rather than ticked and ignored.
+        allow_dl = gr.Checkbox(value=ctx.writes_allowed, interactive=ctx.writes_allowed,
+                               label="Download if missing" if ctx.writes_allowed else
+                               "Download if missing (off: file writes are disabled)",
+                               elem_id="lora_studio_tagger_download")
     with gr.Row():
         load_btn = gr.Button("Load model", elem_id="lora_studio_tagger_load")
         unload_btn = gr.Button("Unload model", elem_id="lora_studio_tagger_unload")

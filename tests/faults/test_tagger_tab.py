@@ -100,3 +100,18 @@ def test_single_image_refuses_multi_line_added_text(env):
     opts = OPTS[:12] + ["trigger\nsecond line", ""]
     cap, _, _, _, status = tab.tag_single(ctx, Image.new("RGB", (8, 8)), "tiny", "", "auto", False, *opts)
     assert cap == "" and "line break" in status
+
+
+def test_download_box_is_off_and_says_why_where_writes_are_disabled(env, tmp_path):
+    """With --listen (no --allow-writes) downloads cannot happen: the box is not offered ticked, and a
+    request that ticks it anyway gets the reason, not a bare "downloads are off"."""
+    import gradio as gr
+    ctx, data, outside = env
+    ctx.writes_allowed = False
+    with gr.Blocks() as demo:
+        tab.build(ctx)
+    box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "lora_studio_tagger_download")
+    assert box.value is False and box.interactive is False and "disabled" in box.label
+    caption, *_, status = tab.tag_single(ctx, Image.new("RGB", (8, 8)), "wd-vit-tagger-v3", "", "cpu", True, *OPTS)
+    assert status.startswith("**Error:**") and "not on this computer" in status and "--allow-writes" in status
+    assert "\n" not in status and not (ctx.tagger_models_dir / "wd-vit-tagger-v3").exists()
