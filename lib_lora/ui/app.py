@@ -379,11 +379,15 @@ def launch(ctx: UiContext, port: int = 7870, listen: bool = False, open_browser:
                     inbrowser=open_browser and has_display, show_api=False,
                     auth=make_auth(auth) if auth else None,
                     app_kwargs=compat.guarded_app_kwargs(RequestGuard, listen=listen),
-                    prevent_thread_lock=True, blocked_paths=served_nowhere(ctx))
+                    prevent_thread_lock=True, blocked_paths=served_nowhere(ctx), quiet=True)
     except OSError as exc:
         raise LoraStudioError(f"cannot serve on port {port} ({exc.strerror or exc}); "
                               "choose another one with --port.") from exc
     compat.drop_cors(demo.server_app)
+    # Our own line instead of Gradio's, which ends in advice (`share=True` in `launch()`) no user can follow.
+    where = (f"all network interfaces, port {port}: open http://<this computer's address>:{port}/" if listen
+             else f"http://127.0.0.1:{port}/")
+    print(f"Running on {where} (Ctrl+C to stop)", file=sys.stderr, flush=True)
     if block:
         demo.block_thread()
     return demo

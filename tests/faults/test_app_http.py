@@ -133,6 +133,14 @@ def assert_refused_ws(app, origin: str | None, cookie: str | None = None, host: 
 # ---- cross-origin, DNS rebinding ---------------------------------------------------------------------
 
 
+def test_start_up_lines_say_where_it_runs_and_advertise_nothing_else(env):
+    out = env["app"].output()
+    assert f"Running on http://127.0.0.1:{env['app'].port}/" in out
+    assert "share=True" not in out and "public link" not in out
+    authed = env["authed"].output()
+    assert f"Running on all network interfaces, port {env['authed'].port}" in authed and "share=True" not in authed
+
+
 def test_no_response_allows_other_origins(env):
     app = env["app"]
     status, headers, _ = request(app.url + "config")
