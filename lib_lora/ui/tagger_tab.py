@@ -17,7 +17,6 @@ from pathlib import Path
 
 from lib_lora.errors import LoraStudioError
 
-PROVIDERS = ("auto", "cpu", "cuda", "directml", "coreml", "rocm", "openvino")
 EXISTING = ("skip", "overwrite", "append", "prepend")
 _ACTIVE: dict[int, threading.Event] = {}       # running folder jobs → their cancel events
 _ACTIVE_LOCK = threading.Lock()
@@ -68,6 +67,17 @@ def options_from(values) -> "TagOptions":  # noqa: F821
         sort=v["sort"], replace_underscores=bool(v["replace_underscores"]),
         escape_brackets=bool(v["escape_brackets"]), rating=v["rating"], max_tags=int(v["max_tags"] or 0),
         exclude=_split(v["exclude"]), prepend=_split(v["prepend"]), append=_split(v["append"])).validate()
+
+
+def provider_choices() -> list[str]:
+    """auto, cpu and the providers this onnxruntime build offers: the list names no provider that is not
+    installed here (picking one would only ever fail)."""
+    from lib_lora.tagger import runtime
+    try:
+        available = set(runtime.import_ort().get_available_providers())
+    except LoraStudioError:
+        available = set()
+    return ["auto", "cpu"] + [k for k, v in runtime.PROVIDERS.items() if k != "cpu" and v in available]
 
 
 def model_choices(ctx) -> list[str]:
@@ -275,7 +285,7 @@ def build(ctx) -> None:
                             scale=3)
         model_folder = gr.Textbox(label=f"…or a model folder inside {ctx.tagger_models_dir} (used when filled in)",
                                   elem_id="lora_studio_tagger_model_folder", scale=3)
-        provider = gr.Dropdown(choices=list(PROVIDERS), value="auto", label="Provider",
+        provider = gr.Dropdown(choices=provider_choices(), value="auto", label="Provider",
                                elem_id="lora_studio_tagger_provider", scale=1)
         # Downloads write files: where writes are off the box is off too, rather than ticked and ignored.
         allow_dl = gr.Checkbox(value=ctx.writes_allowed, interactive=ctx.writes_allowed,

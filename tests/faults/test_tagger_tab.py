@@ -115,3 +115,14 @@ def test_download_box_is_off_and_says_why_where_writes_are_disabled(env, tmp_pat
     caption, *_, status = tab.tag_single(ctx, Image.new("RGB", (8, 8)), "wd-vit-tagger-v3", "", "cpu", True, *OPTS)
     assert status.startswith("**Error:**") and "not on this computer" in status and "--allow-writes" in status
     assert "\n" not in status and not (ctx.tagger_models_dir / "wd-vit-tagger-v3").exists()
+
+
+def test_provider_list_offers_only_what_this_onnxruntime_has():
+    import onnxruntime as ort
+    from lib_lora.tagger import runtime
+    have = set(ort.get_available_providers())
+    choices = tab.provider_choices()
+    assert choices[:2] == ["auto", "cpu"]
+    assert all(runtime.PROVIDERS[c] in have for c in choices[1:])
+    if "CUDAExecutionProvider" not in have:            # the CPU build of this test machine
+        assert "cuda" not in choices and "rocm" not in choices and "openvino" not in choices
