@@ -110,3 +110,6 @@ def test_a_typed_model_folder_is_used_as_typed(env):
     B.set_textbox(drv, "lora_studio_tagger_model_folder", str(models / "typed"))
     B.click(drv, "lora_studio_tagger_load")
     B.wait_text(drv, "lora_studio_tagger_status", "Loaded: typed (local folder)", 20)
+    drv.get(env["app"].url)                          # a reloaded page shows what is still in memory
+    B.open_tab(drv, "Tagger")
+    B.wait_text(drv, "lora_studio_tagger_status", "Loaded: typed (local folder)", 20)

@@ -131,6 +131,13 @@ def status_text(tagger) -> str:
     return text
 
 
+def current_status() -> str:
+    """What is loaded now, for a page that opens (or reloads) while a model is still in memory."""
+    from lib_lora.tagger.model import loaded_taggers
+    now = loaded_taggers()
+    return status_text(now[-1]) if now else "No model loaded."
+
+
 def gpu_section(ctx, tagger, fn):
     """Run `fn` under the WebUI queue lock when a GPU is used. A1111's wrapper appends a stats string to
     the last output (so `work` returns one string) and turns exceptions into HTML, so the result and
@@ -296,7 +303,7 @@ def build(ctx) -> None:
         load_btn = gr.Button("Load model", elem_id="lora_studio_tagger_load")
         unload_btn = gr.Button("Unload model", elem_id="lora_studio_tagger_unload")
         refresh = gr.Button("Refresh list", elem_id="lora_studio_tagger_refresh")
-    status = gr.Markdown("No model loaded.", elem_id="lora_studio_tagger_status")
+    status = gr.Markdown(current_status(), elem_id="lora_studio_tagger_status")
     hint = gr.Markdown(threshold_hint(first), elem_id="lora_studio_tagger_hint")
     shown = gr.State(choices)
     with gr.Row():
@@ -374,7 +381,7 @@ def build(ctx) -> None:
     for event in (model.focus, single_tab.select, folder_tab.select):
         event(lambda cur: refresh_choices(ctx, cur), inputs=[shown], outputs=[model, shown], queue=False,
               show_progress="hidden")
-    compat.on_page_load(do_refresh, outputs=[model, shown])
+    compat.on_page_load(lambda: (*do_refresh(), current_status()), outputs=[model, shown, status])
     model.change(threshold_hint, inputs=[model], outputs=[hint])
     tag_btn.click(lambda *a: tag_single(ctx, *a), inputs=[image, model, model_folder, provider, allow_dl] + opt_inputs,
                   outputs=[caption, general, chars, ratings, status])

@@ -126,3 +126,14 @@ def test_provider_list_offers_only_what_this_onnxruntime_has():
     assert all(runtime.PROVIDERS[c] in have for c in choices[1:])
     if "CUDAExecutionProvider" not in have:            # the CPU build of this test machine
         assert "cuda" not in choices and "rocm" not in choices and "openvino" not in choices
+
+
+def test_status_shows_what_is_loaded_for_a_page_opened_later(env):
+    ctx, data, outside = env
+    unload_all()
+    assert tab.current_status() == "No model loaded."
+    out = run(ctx, data / "set1")
+    assert out[-1][0].startswith("**Done:**")
+    assert tab.current_status().startswith("Loaded: tiny (local folder)")
+    tab.unload()
+    assert tab.current_status() == "No model loaded."
