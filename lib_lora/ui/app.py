@@ -60,11 +60,8 @@ def existing_folder(path, option: str) -> Path:
 
 
 def load_presets(user_path: Path):
-    """presets.default_store over the shipped presets + the user file; None (with the reason) if unavailable."""
-    try:
-        from lib_lora.presets import default_store
-    except ImportError as exc:
-        return None, f"presets module unavailable: {exc}"
+    """presets.default_store over the shipped presets + the user file; None (with the reason) if unreadable."""
+    from lib_lora.presets import default_store
     try:
         return default_store(user_path=user_path), None
     except LoraStudioError as exc:

@@ -43,12 +43,8 @@ def _fmt(v) -> str:
 
 
 def preset_values(store, name: str) -> list[str]:
-    """The stored values of a preset as strings (letters kept), whatever shape the store returns."""
-    v = store.get(name)
-    v = getattr(v, "values", v)
-    if isinstance(v, str):
-        v = v.split(",")
-    return [_fmt(x) for x in (v or [])]
+    """The stored values of a preset as strings (letters kept)."""
+    return [_fmt(x) for x in store.get(name) or []]
 
 
 def preset_rows(store, count: int) -> list[list[str]]:
@@ -124,8 +120,8 @@ def _table_rows(table) -> list[list[str]]:
 def unsaved_count(table, original) -> int:
     """How many rows of the table differ from what was loaded (added, edited or removed)."""
     rows = {r[0]: r[1:] for r in _table_rows(table)}
-    orig = dict(original) if isinstance(original, dict) else {n: None for n in (original or [])}
-    changed = sum(1 for n, v in rows.items() if n not in orig or (orig[n] is not None and orig[n] != v))
+    orig = dict(original or {})
+    changed = sum(1 for n, v in rows.items() if orig.get(n) != v)
     return changed + sum(1 for n in orig if n not in rows)
 
 
@@ -196,7 +192,7 @@ def save_table(ctx, table, label, original):
     """
     count = count_of(label)
     rows = _table_rows(table)
-    orig = dict(original) if isinstance(original, dict) else {n: None for n in (original or [])}
+    orig = dict(original or {})
     try:
         ctx.check_writes()
         store = _need_store(ctx)
@@ -211,11 +207,7 @@ def save_table(ctx, table, label, original):
             raise LoraStudioError(f"'{shipped[0]}' is a shipped preset and cannot be deleted; "
                                   "edit its values instead (that saves a user preset overriding it).")
 
-        def differs(n, v):
-            if n in orig and orig[n] is not None:
-                return orig[n] != v
-            return n not in store.names() or preset_values(store, n) != v
-        changed = {n: v for n, v in parsed if differs(n, v)}
+        changed = {n: v for n, v in parsed if orig.get(n) != v}
         try:
             store.update(changed, removed)
         finally:
@@ -377,8 +369,6 @@ def lora_chart(ctx, lora_name: str, preset: str):
         return "", ""
     try:
         report = lora_tab.inspect_lora(ctx, lora_name)
-    except ImportError as exc:
-        return "", f"Inspect is unavailable: {exc}"
     except LoraStudioError as exc:
         return "", f"⚠ {exc}"
     weights = preset_weights(ctx, preset, report.get("arch"))
