@@ -143,11 +143,6 @@ def _open(path, target: int | None = None) -> tuple[Image.Image, bool]:
         raise _unreadable(name, exc) from None
 
 
-def open_image(path) -> Image.Image:
-    """Decode fully; a truncated file is loaded as far as it goes (datasets often hold a few)."""
-    return _open(path)[0]
-
-
 def _to_8bit(img: Image.Image) -> Image.Image:
     """16/32-bit greyscale → L, scaled (PIL's convert clips instead). Row strips keep the float temporaries
     small: a whole-image float64 copy of a 16-bit scan is 8 bytes per pixel."""

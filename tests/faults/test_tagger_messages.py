@@ -7,7 +7,7 @@ from PIL import Image
 
 from lib_lora.errors import LoraStudioError
 from lib_lora.tagger.pipeline import FolderJob, check_job
-from lib_lora.tagger.preprocess import ImageReadError, decode, open_image
+from lib_lora.tagger.preprocess import ImageReadError, decode, load_and_prepare
 
 
 def _problem(job) -> str:
@@ -33,7 +33,7 @@ def test_images_only_in_sub_folders_name_the_option(tmp_path):
     assert check_job(FolderJob(tmp_path / "top", recursive=True))      # with the option: fine
 
 
-@pytest.mark.parametrize("read", [open_image, lambda p: decode(p, 32)])
+@pytest.mark.parametrize("read", [lambda p: load_and_prepare(p, 32), lambda p: decode(p, 32)])
 def test_a_file_that_is_no_image_is_one_line_with_the_fix(tmp_path, read):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"<html>a saved web page, not a png</html>")
