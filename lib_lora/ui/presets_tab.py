@@ -252,6 +252,21 @@ def reload_store(ctx, label, table=None, original=None, confirmed: bool = True):
     return table, names, "Reloaded from the presets files. " + status, False
 
 
+def after_import(ctx, label, table, original):
+    """The table after an import: the presets files as they are now, with this table's unsaved rows (added,
+    edited, deleted since it was loaded) put back on top, still unsaved. Returns (table, original)."""
+    count = count_of(label)
+    orig = dict(original or {})
+    rows = _table_rows(table)
+    names = {r[0] for r in rows}
+    edits = {r[0]: r for r in rows if orig.get(r[0]) != r[1:]}
+    deleted = {n for n in orig if n not in names}
+    fresh, fresh_orig, _ = load_table(ctx, label)
+    from lib_lora.ui.compat import dataframe_rows
+    out = [edits.pop(r[0], r) for r in (list(map(str, x)) for x in dataframe_rows(fresh)) if r[0] not in deleted]
+    return _frame(out + list(edits.values()), count), fresh_orig
+
+
 # ---- callbacks: import / export ---------------------------------------------------------------------
 
 
@@ -502,7 +517,7 @@ def build(ctx) -> None:
     # preprocess=False: Gradio 3 would otherwise copy any server path named in the request (see
     # _uploaded_text) before our check runs.
     import_btn.click(lambda u: import_file(ctx, u), inputs=[up], outputs=[status], preprocess=False) \
-        .then(lambda f: load_table(ctx, f)[:2], inputs=[fmt], outputs=[table, orig]) \
+        .then(lambda f, t, o: after_import(ctx, f, t, o), inputs=[fmt, table, orig], outputs=[table, orig]) \
         .then(preset_choices, inputs=[], outputs=[preset])
     export_btn.click(lambda: export_file(ctx), inputs=[], outputs=[down, status])
     refresh.click(lambda: compat.update(choices=lora_tab.list_loras(ctx)), inputs=[], outputs=[lora])
