@@ -42,3 +42,18 @@ def test_a_file_that_is_no_image_is_one_line_with_the_fix(tmp_path, read):
     msg = str(e.value)
     assert msg.startswith(f"{bad}: cannot read image") and "replace or remove" in msg
     assert "UnidentifiedImageError" not in msg and msg.count("bad.png") == 1 and "\n" not in msg
+
+
+def test_options_that_empty_every_caption_or_make_no_sense_are_refused():
+    from lib_lora.tagger.postprocess import TagOptions
+    with pytest.raises(LoraStudioError, match="max tags -3 must be 0"):
+        TagOptions(max_tags=-3).validate()
+    with pytest.raises(LoraStudioError, match="leave every caption empty"):
+        TagOptions(general_threshold=2, character_threshold=2).validate()
+    with pytest.raises(LoraStudioError, match="leave every caption empty"):
+        TagOptions(general_threshold=2, include_characters=False).validate()
+    # each of these still writes something: accepted
+    TagOptions(general_threshold=2).validate()                                    # characters only
+    TagOptions(general_threshold=2, character_threshold=2, prepend=["trigger"]).validate()
+    TagOptions(general_threshold=2, character_threshold=2, rating="first").validate()
+    TagOptions(general_threshold=2, character_threshold=2, general_mcut=True).validate()
