@@ -10,6 +10,7 @@ what the widgets offer): images and captions inside `image_roots(ctx)`, models i
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -57,15 +58,32 @@ def _split(text) -> list[str]:
     return [t.strip() for t in str(text or "").split(",") if t.strip()]
 
 
+def _whole(value, what: str) -> int:
+    """A request may carry any value where the page sends a number: one line instead of a ValueError."""
+    try:
+        f = float(value or 0)
+    except (TypeError, ValueError):
+        raise LoraStudioError(f"{what} {str(value)[:40]!r} is not a number.") from None
+    if not math.isfinite(f) or f != int(f):
+        raise LoraStudioError(f"{what} {str(value)[:40]!r} is not a whole number.")
+    return int(f)
+
+
 def options_from(values) -> "TagOptions":  # noqa: F821
     from lib_lora.tagger.postprocess import TagOptions
     v = dict(zip(OPTION_FIELDS, values))
+    for k in ("general_threshold", "character_threshold"):
+        try:
+            v[k] = float(v[k])
+        except (TypeError, ValueError):
+            raise LoraStudioError(f"{k.replace('_', ' ')} {str(v[k])[:40]!r} is not a number.") from None
+    v["max_tags"] = _whole(v["max_tags"], "max tags")
     return TagOptions(
-        general_threshold=float(v["general_threshold"]), character_threshold=float(v["character_threshold"]),
+        general_threshold=v["general_threshold"], character_threshold=v["character_threshold"],
         general_mcut=bool(v["general_mcut"]), character_mcut=bool(v["character_mcut"]),
         include_characters=bool(v["include_characters"]), characters_first=bool(v["characters_first"]),
         sort=v["sort"], replace_underscores=bool(v["replace_underscores"]),
-        escape_brackets=bool(v["escape_brackets"]), rating=v["rating"], max_tags=int(v["max_tags"] or 0),
+        escape_brackets=bool(v["escape_brackets"]), rating=v["rating"], max_tags=v["max_tags"],
         exclude=_split(v["exclude"]), prepend=_split(v["prepend"]), append=_split(v["append"])).validate()
 
 
@@ -218,7 +236,7 @@ def folder_job(ctx, folder, recursive, existing, caption_ext, output_dir, batch_
     input_dir = _inside(folder, roots, "Image folder")
     out = _inside(output_dir, roots, "Output folder") if str(output_dir or "").strip() else None
     job = FolderJob(input_dir=input_dir, recursive=bool(recursive), existing=existing,
-                    caption_ext=caption_ext or ".txt", batch_size=int(batch_size or 0), output_dir=out,
+                    caption_ext=caption_ext or ".txt", batch_size=_whole(batch_size, "batch size"), output_dir=out,
                     json_sidecar=bool(json_sidecar), tag_options=opts)
     if not input_dir.exists():
         raise LoraStudioError(f"Image folder '{input_dir}' does not exist; type the path of a folder of images.")

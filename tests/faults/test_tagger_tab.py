@@ -137,3 +137,23 @@ def test_status_shows_what_is_loaded_for_a_page_opened_later(env):
     assert tab.current_status().startswith("Loaded: tiny (local folder)")
     tab.unload()
     assert tab.current_status() == "No model loaded."
+
+
+@pytest.mark.parametrize("batch, opts, words", [
+    (-5, OPTS, "batch size -5 must be 0 (auto) to 256"),
+    (10 ** 9, OPTS, "batch size 1000000000 must be 0 (auto) to 256"),
+    ("abc", OPTS, "batch size 'abc' is not a number"),
+    (2.5, OPTS, "batch size '2.5' is not a whole number"),
+    (0, ["x"] + OPTS[1:], "general threshold 'x' is not a number"),
+    (0, OPTS[:10] + ["nan"] + OPTS[11:], "max tags 'nan' is not a whole number"),
+    (0, OPTS[:10] + [-3] + OPTS[11:], "max tags -3 must be 0"),
+])
+def test_numbers_from_a_request_are_checked_before_anything_runs(env, batch, opts, words):
+    """A request may carry any value where the page sends a number: one line, nothing written or loaded
+    (a batch of 10^9 would decode the whole folder into memory)."""
+    ctx, data, outside = env
+    unload_all()
+    out = list(tab.run_folder_ui(ctx, "tiny", "", "auto", False, str(data / "set1"), False, "overwrite", ".txt", "",
+                                 batch, False, False, *opts))
+    assert words in error_of(out) and files(data) == ["set1/a.png"]
+    assert tab.current_status() == "No model loaded."
