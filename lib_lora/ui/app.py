@@ -70,7 +70,13 @@ def load_presets(user_path: Path):
 
 def build_context(lora_dirs, checkpoint_dirs, tagger_models_dir, presets_file=None,
                   listen: bool = False, allow_writes: bool = False, create_missing: bool = True) -> UiContext:
-    """Folders → UiContext. Missing folders are created (the defaults must just work on a fresh machine)."""
+    """Folders → UiContext. Missing folders are created (the defaults must just work on a fresh machine);
+    a presets file the user named must be in an existing folder (a typo must not create one at Save)."""
+    if presets_file:
+        folder = Path(os.path.abspath(Path(presets_file).expanduser())).parent
+        if not folder.is_dir():
+            raise LoraStudioError(f"--presets-file '{presets_file}': folder '{folder}' does not exist; create it "
+                                  "first or fix the path")
     loras = [_folder(d, "LoRA", create_missing) for d in lora_dirs]
     ckpts = [_folder(d, "Checkpoint", create_missing) for d in checkpoint_dirs]
     tagger = _folder(tagger_models_dir, "Tagger models", create_missing)

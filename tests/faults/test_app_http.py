@@ -309,6 +309,7 @@ def _ui(tmp_path, *args, timeout=60):
     (["--listen"], "--listen makes the app reachable from the network: add --auth"),
     (["--listen", "--auth", "nopassword"], "--auth: expected USER:PASSWORD"),
     (["--auth-file", "missing.txt"], "auth file 'missing.txt' does not exist"),
+    (["--presets-file", "typo_dir/p.txt"], "--presets-file 'typo_dir/p.txt': folder"),
 ])
 def test_bad_options_give_one_line_and_create_nothing(tmp_path, args, needle):
     (tmp_path / "a_file.txt").write_text("x")
