@@ -201,6 +201,10 @@ def test_import_and_export_through_the_browser(env):
     lbw = root / "lbwpresets_in.txt"
     lbw.write_text("# from LBW\nIMPORTED:" + ",".join(["0.25"] * 17) + "\nbad line without colon\n")
     load(drv, env["app"].url)
+    B.set_textbox(drv, "lora_studio_presets_row_name", "draft_before_import")      # an unsaved row
+    B.set_textbox(drv, "lora_studio_presets_row_values", ",".join(["1"] * 17))
+    B.click(drv, "lora_studio_presets_set")
+    B.wait_for(lambda: "draft_before_import" in table_names(drv), what="the draft row")
     B.click_text(drv, "Import / export (LoRA Block Weight presets file)")
     B.wait_for(lambda: B.css(drv, "#lora_studio_presets_import_file input[type=file]"), what="the upload input")
     B.css(drv, "#lora_studio_presets_import_file input[type=file]").send_keys(str(lbw))
@@ -211,6 +215,8 @@ def test_import_and_export_through_the_browser(env):
     assert "without colon" not in msg
     assert "IMPORTED:" + ",".join(["0.25"] * 17) in preset_lines(root / "presets.txt")
     B.wait_for(lambda: "IMPORTED" in table_names(drv), what="the imported row in the table")
+    assert "draft_before_import" in table_names(drv)                  # the unsaved row survived the reload
+    assert "draft_before_import" not in (root / "presets.txt").read_text()
     B.click(drv, "lora_studio_presets_export")
     link = B.wait_for(lambda: [a for a in B.css_all(drv, "#lora_studio_presets_export_file a")
                                if "lbwpresets.txt" in (a.get_attribute("href") or "")], what="the download link")[0]

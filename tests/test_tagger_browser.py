@@ -87,3 +87,32 @@ def test_folder_run_through_the_tab(env):
     B.wait_for(lambda: "red theme" in B.text_of(drv, "lora_studio_tagger_table"), 10, "the frequency table")
     assert "broken.png" in B.textbox_value(drv, "lora_studio_tagger_log")
     B.screenshot(drv, "tagger_folder_run.png")
+
+
+
+def test_a_typed_model_folder_is_used_as_typed(env):
+    """A path typed into the model list never becomes `tiny` + path (the list takes only its own names:
+    loading then says where a folder goes); the folder box beside it loads exactly the folder typed."""
+    drv, models = env["drv"], env["models"]
+    make_model_dir(models / "typed", "v3")
+    drv.get(env["app"].url)
+    B.open_tab(drv, "Tagger")
+    B.wait_for(lambda: B.css(drv, "#lora_studio_tagger_model").is_displayed(), what="the Tagger tab")
+    B.click(drv, "lora_studio_tagger_unload")        # a model of an earlier test may still be loaded
+    B.wait_for(lambda: "nload" in B.text_of(drv, "lora_studio_tagger_status") or
+               "No model" in B.text_of(drv, "lora_studio_tagger_status"), 20, "the unload")
+    box = B.css(drv, "#lora_studio_tagger_model input")
+    box.click()
+    box.send_keys(str(models / "tiny"))
+    drv.execute_script("document.activeElement && document.activeElement.blur();")
+    B.click(drv, "lora_studio_tagger_load")
+    # the list's own model, or the message naming the folder box; never a name with the path appended
+    B.wait_for(lambda: (lambda t: "Loaded: tiny (local folder)" in t or "box beside it" in t)(
+        B.text_of(drv, "lora_studio_tagger_status")), 20, "the load of the listed model or the hint")
+    assert str(models / "tiny") not in B.textbox_value(drv, "lora_studio_tagger_model")
+    B.set_textbox(drv, "lora_studio_tagger_model_folder", str(models / "typed"))
+    B.click(drv, "lora_studio_tagger_load")
+    B.wait_text(drv, "lora_studio_tagger_status", "Loaded: typed (local folder)", 20)
+    drv.get(env["app"].url)                          # a reloaded page shows what is still in memory
+    B.open_tab(drv, "Tagger")
+    B.wait_text(drv, "lora_studio_tagger_status", "Loaded: typed (local folder)", 20)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lib_lora.tagger.preprocess import ImageReadError, load_and_prepare, open_image, pad_square, prepare
+from lib_lora.tagger.preprocess import ImageReadError, load_and_prepare, pad_square, prepare
 
 
 def test_rgb_becomes_bgr_float32_0_255():
@@ -78,7 +78,7 @@ def test_truncated_image_loads_and_corrupt_is_a_clear_error(tmp_path):
     assert load_and_prepare(tmp_path / "cut.png", 16).shape == (16, 16, 3)
     (tmp_path / "junk.jpg").write_bytes(b"not an image at all")
     with pytest.raises(ImageReadError, match="junk.jpg: cannot read image"):
-        open_image(tmp_path / "junk.jpg")
+        load_and_prepare(tmp_path / "junk.jpg", 16)
     from PIL import ImageFile
     assert ImageFile.LOAD_TRUNCATED_IMAGES is False           # the global switch was restored
 

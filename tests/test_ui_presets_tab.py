@@ -309,3 +309,20 @@ def test_a_lora_linked_into_the_folder_is_listed_and_inspected(ctx, tmp_path):
     names = lora_tab.list_loras(ctx)
     assert "linked_dir/real.safetensors" in names and len(names) < 10
     assert not lora_tab.show_lora(ctx, "linked_dir/real.safetensors")[1].startswith("⚠")
+
+
+def test_import_keeps_the_tables_unsaved_rows(ctx, upload):
+    """Import saves at once and shows the file's presets; rows added, edited or deleted in the table and
+    not saved yet stay as they were (still unsaved), instead of vanishing with the table's reload."""
+    df, orig, _ = pt.load_table(ctx, F17)
+    rows = df.values.tolist()
+    next(r for r in rows if r[0] == "face")[1] = "0.25"                 # edited
+    rows = [r for r in rows if r[0] != "pose"] + [["draft"] + ["1"] * 17]  # deleted, added
+    assert pt.unsaved_count(rows, orig) == 3
+    msg = pt.import_file(ctx, upload("lbwpresets.txt", "IMP:" + ",".join(["0.5"] * 17) + "\n"))
+    assert msg.startswith("Imported 1 presets")
+    table, orig2 = pt.after_import(ctx, F17, rows, orig)
+    got = {r[0]: r[1:] for r in table.values.tolist()}
+    assert got["IMP"] == ["0.5"] * 17 and got["draft"] == ["1"] * 17 and got["face"][0] == "0.25"
+    assert "pose" not in got and pt.unsaved_count(table.values.tolist(), orig2) == 3
+    assert "IMP" in orig2 and "draft" not in orig2

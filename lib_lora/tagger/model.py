@@ -375,11 +375,18 @@ def get_tagger(spec: str, models_dir, provider: str = "auto", allow_download: bo
         if t is None or not t.loaded:
             t = Tagger(files, provider, threads, throughput)
             with _cache_lock:
+                _cache.pop(key, None)      # re-inserted: the dict's order stays the loading order
                 _cache[key] = t
             log(f"[tagger] loaded {t.describe()}")
             if t.warning:
                 log(f"[tagger] {t.warning}")
         return t
+
+
+def loaded_taggers() -> list[Tagger]:
+    """Taggers holding a session now, in the order they were loaded (a page opened later shows them)."""
+    with _cache_lock:
+        return [t for t in _cache.values() if t.loaded]
 
 
 def unload_all() -> int:

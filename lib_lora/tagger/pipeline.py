@@ -23,6 +23,9 @@ from lib_lora.tagger.preprocess import ImageReadError, decode, load_and_prepare,
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
+MAX_BATCH, MAX_STREAMS, MAX_WORKERS = 256, 64, 64
+
+
 @dataclass
 class FolderJob:
     input_dir: Path
@@ -131,6 +134,11 @@ def check_job(job: FolderJob) -> FolderJob:
     captions.check_mode(job.existing)
     job.caption_ext = captions.check_ext(job.caption_ext)
     job.tag_options.validate()
+    for what, n, top in (("batch size", job.batch_size, MAX_BATCH), ("streams", job.streams, MAX_STREAMS),
+                         ("decode workers", job.workers, MAX_WORKERS)):
+        # a request (or typo) asking for 10^9 images per batch would decode a whole folder into memory
+        if not isinstance(n, int) or not 0 <= n <= top:
+            raise LoraStudioError(f"{what} {n!r} must be 0 (auto) to {top}.")
     root = Path(job.input_dir)
     exts = {e.lower() if e.startswith(".") else "." + e.lower() for e in job.extensions}
     if root.is_file():
@@ -142,7 +150,10 @@ def check_job(job: FolderJob) -> FolderJob:
     if not root.is_dir():
         raise LoraStudioError(f"image folder '{root}' does not exist; give a folder of images.")
     if next(iter_images(root, job.recursive, job.extensions), None) is None:
-        sub = "" if job.recursive else " (sub-folders were not searched: add them with the recursive option)"
+        # Hint at sub-folders only when they hold images (an empty folder gets no misleading hint).
+        nested = not job.recursive and next(iter_images(root, True, job.extensions), None) is not None
+        sub = (" (its sub-folders do: include them with --recursive, in the tab \"Include sub-folders\")"
+               if nested else "")
         raise LoraStudioError(f"'{root}' holds no images ({', '.join(sorted(exts))}){sub}; give a folder of "
                               "images.")
     return job

@@ -48,6 +48,14 @@ class TagOptions:
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not np.isfinite(v) or v < 0:
                 raise LoraStudioError(f"{name.replace('_', ' ')} {v!r} must be a number ≥ 0 (values > 1 disable it).")
+        if not isinstance(self.max_tags, int) or self.max_tags < 0:
+            raise LoraStudioError(f"max tags {self.max_tags!r} must be 0 (no limit) or more.")
+        general_off = self.general_threshold > 1 and not self.general_mcut
+        characters_off = not self.include_characters or (self.character_threshold > 1 and not self.character_mcut)
+        if general_off and characters_off and not (self.prepend or self.append) and self.rating == "none":
+            # Every caption would be empty (and "overwrite" would empty existing ones).
+            raise LoraStudioError("these options leave every caption empty (general and character tags off, "
+                                  "nothing prepended, appended or rated); lower the general threshold below 1.")
         if self.sort not in SORTS:
             raise LoraStudioError(f"sort '{self.sort}' is unknown; use one of {', '.join(SORTS)}.")
         if self.rating not in RATING_MODES:

@@ -118,6 +118,15 @@ def _load(path, target: int | None) -> tuple[Image.Image, bool]:
     return img, True
 
 
+def _unreadable(name: str, exc: BaseException) -> ImageReadError:
+    """One line for a file PIL cannot decode. PIL's own "cannot identify image file '<full path>'" repeats
+    the path and says nothing about the fix."""
+    if isinstance(exc, Image.UnidentifiedImageError):
+        return ImageReadError(f"{name}: cannot read image: not an image format this tagger reads, or damaged; "
+                              "replace or remove the file.")
+    return ImageReadError(f"{name}: cannot read image ({type(exc).__name__}: {exc}); replace or remove the file.")
+
+
 def _open(path, target: int | None = None) -> tuple[Image.Image, bool]:
     """Decode fully (reduced to about 2x `target` when much larger); a truncated file is loaded as far as
     it goes (datasets often hold a few) and flagged. `path` may be the bytes of an upload."""
@@ -131,12 +140,7 @@ def _open(path, target: int | None = None) -> tuple[Image.Image, bool]:
         raise ImageReadError(f"{name}: over PIL's decompression-bomb limit of {Image.MAX_IMAGE_PIXELS} pixels; "
                              "downscale it.") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{name}: cannot read image ({type(exc).__name__}: {exc}).") from None
-
-
-def open_image(path) -> Image.Image:
-    """Decode fully; a truncated file is loaded as far as it goes (datasets often hold a few)."""
-    return _open(path)[0]
+        raise _unreadable(name, exc) from None
 
 
 def _to_8bit(img: Image.Image) -> Image.Image:
@@ -229,7 +233,7 @@ def decode(path, size: int, method: str = "bicubic") -> Decoded:
     except FileNotFoundError:
         raise ImageReadError(f"{name}: file not found.") from None
     except (OSError, SyntaxError, ValueError) as exc:
-        raise ImageReadError(f"{name}: cannot read image ({type(exc).__name__}: {exc}).") from None
+        raise _unreadable(name, exc) from None
     held = _budget.acquire(cost)
     img = None
     try:
@@ -241,7 +245,7 @@ def decode(path, size: int, method: str = "bicubic") -> Decoded:
                 img = small
             return Decoded(prepare(img, size, method), truncated)
         except (OSError, ValueError) as exc:  # lazy decoders may fail only here
-            raise ImageReadError(f"{name}: cannot read image ({type(exc).__name__}: {exc}).") from None
+            raise _unreadable(name, exc) from None
     finally:
         if img is not None:
             img.close()

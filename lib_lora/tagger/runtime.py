@@ -48,10 +48,7 @@ def version_tuple(text: str) -> tuple[int, ...]:
 
 def ort_packages() -> list[str]:
     """Installed onnxruntime distributions: two flavours side by side break the GPU provider."""
-    try:
-        from importlib.metadata import distributions
-    except ImportError:  # pragma: no cover
-        return []
+    from importlib.metadata import distributions
     names = set()
     for d in distributions():
         name = (d.metadata.get("Name") or "").lower()

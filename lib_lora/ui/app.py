@@ -60,11 +60,8 @@ def existing_folder(path, option: str) -> Path:
 
 
 def load_presets(user_path: Path):
-    """presets.default_store over the shipped presets + the user file; None (with the reason) if unavailable."""
-    try:
-        from lib_lora.presets import default_store
-    except ImportError as exc:
-        return None, f"presets module unavailable: {exc}"
+    """presets.default_store over the shipped presets + the user file; None (with the reason) if unreadable."""
+    from lib_lora.presets import default_store
     try:
         return default_store(user_path=user_path), None
     except LoraStudioError as exc:
@@ -73,7 +70,13 @@ def load_presets(user_path: Path):
 
 def build_context(lora_dirs, checkpoint_dirs, tagger_models_dir, presets_file=None,
                   listen: bool = False, allow_writes: bool = False, create_missing: bool = True) -> UiContext:
-    """Folders → UiContext. Missing folders are created (the defaults must just work on a fresh machine)."""
+    """Folders → UiContext. Missing folders are created (the defaults must just work on a fresh machine);
+    a presets file the user named must be in an existing folder (a typo must not create one at Save)."""
+    if presets_file:
+        folder = Path(os.path.abspath(Path(presets_file).expanduser())).parent
+        if not folder.is_dir():
+            raise LoraStudioError(f"--presets-file '{presets_file}': folder '{folder}' does not exist; create it "
+                                  "first or fix the path")
     loras = [_folder(d, "LoRA", create_missing) for d in lora_dirs]
     ckpts = [_folder(d, "Checkpoint", create_missing) for d in checkpoint_dirs]
     tagger = _folder(tagger_models_dir, "Tagger models", create_missing)
@@ -379,11 +382,15 @@ def launch(ctx: UiContext, port: int = 7870, listen: bool = False, open_browser:
                     inbrowser=open_browser and has_display, show_api=False,
                     auth=make_auth(auth) if auth else None,
                     app_kwargs=compat.guarded_app_kwargs(RequestGuard, listen=listen),
-                    prevent_thread_lock=True, blocked_paths=served_nowhere(ctx))
+                    prevent_thread_lock=True, blocked_paths=served_nowhere(ctx), quiet=True)
     except OSError as exc:
         raise LoraStudioError(f"cannot serve on port {port} ({exc.strerror or exc}); "
                               "choose another one with --port.") from exc
     compat.drop_cors(demo.server_app)
+    # Our own line instead of Gradio's, which ends in advice (`share=True` in `launch()`) no user can follow.
+    where = (f"all network interfaces, port {port}: open http://<this computer's address>:{port}/" if listen
+             else f"http://127.0.0.1:{port}/")
+    print(f"Running on {where} (Ctrl+C to stop)", file=sys.stderr, flush=True)
     if block:
         demo.block_thread()
     return demo

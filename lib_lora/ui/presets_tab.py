@@ -44,12 +44,8 @@ def _fmt(v) -> str:
 
 
 def preset_values(store, name: str) -> list[str]:
-    """The stored values of a preset as strings (letters kept), whatever shape the store returns."""
-    v = store.get(name)
-    v = getattr(v, "values", v)
-    if isinstance(v, str):
-        v = v.split(",")
-    return [_fmt(x) for x in (v or [])]
+    """The stored values of a preset as strings (letters kept)."""
+    return [_fmt(x) for x in store.get(name) or []]
 
 
 def preset_rows(store, count: int) -> list[list[str]]:
@@ -125,8 +121,8 @@ def _table_rows(table) -> list[list[str]]:
 def unsaved_count(table, original) -> int:
     """How many rows of the table differ from what was loaded (added, edited or removed)."""
     rows = {r[0]: r[1:] for r in _table_rows(table)}
-    orig = dict(original) if isinstance(original, dict) else {n: None for n in (original or [])}
-    changed = sum(1 for n, v in rows.items() if n not in orig or (orig[n] is not None and orig[n] != v))
+    orig = dict(original or {})
+    changed = sum(1 for n, v in rows.items() if orig.get(n) != v)
     return changed + sum(1 for n in orig if n not in rows)
 
 
@@ -197,7 +193,7 @@ def save_table(ctx, table, label, original):
     """
     count = count_of(label)
     rows = _table_rows(table)
-    orig = dict(original) if isinstance(original, dict) else {n: None for n in (original or [])}
+    orig = dict(original or {})
     try:
         ctx.check_writes()
         store = _need_store(ctx)
@@ -212,11 +208,7 @@ def save_table(ctx, table, label, original):
             raise LoraStudioError(f"'{shipped[0]}' is a shipped preset and cannot be deleted; "
                                   "edit its values instead (that saves a user preset overriding it).")
 
-        def differs(n, v):
-            if n in orig and orig[n] is not None:
-                return orig[n] != v
-            return n not in store.names() or preset_values(store, n) != v
-        changed = {n: v for n, v in parsed if differs(n, v)}
+        changed = {n: v for n, v in parsed if orig.get(n) != v}
         try:
             store.update(changed, removed)
         finally:
@@ -259,6 +251,21 @@ def reload_store(ctx, label, table=None, original=None, confirmed: bool = True):
         return _frame([], count_of(label)), {}, f"⚠ {exc}", False
     table, names, status = load_table(ctx, label)
     return table, names, "Reloaded from the presets files. " + status, False
+
+
+def after_import(ctx, label, table, original):
+    """The table after an import: the presets files as they are now, with this table's unsaved rows (added,
+    edited, deleted since it was loaded) put back on top, still unsaved. Returns (table, original)."""
+    count = count_of(label)
+    orig = dict(original or {})
+    rows = _table_rows(table)
+    names = {r[0] for r in rows}
+    edits = {r[0]: r for r in rows if orig.get(r[0]) != r[1:]}
+    deleted = {n for n in orig if n not in names}
+    fresh, fresh_orig, _ = load_table(ctx, label)
+    from lib_lora.ui.compat import dataframe_rows
+    out = [edits.pop(r[0], r) for r in (list(map(str, x)) for x in dataframe_rows(fresh)) if r[0] not in deleted]
+    return _frame(out + list(edits.values()), count), fresh_orig
 
 
 # ---- callbacks: import / export ---------------------------------------------------------------------
@@ -376,8 +383,6 @@ def lora_chart(ctx, lora_name: str, preset: str):
         return "", ""
     try:
         report = lora_tab.inspect_lora(ctx, lora_name)
-    except ImportError as exc:
-        return "", f"Inspect is unavailable: {exc}"
     except LoraStudioError as exc:
         return "", f"⚠ {exc}"
     weights = preset_weights(ctx, preset, report.get("arch"))
@@ -511,7 +516,7 @@ def build(ctx) -> None:
     # preprocess=False: Gradio 3 would otherwise copy any server path named in the request (see
     # _uploaded_text) before our check runs.
     import_btn.click(lambda u: import_file(ctx, u), inputs=[up], outputs=[status], preprocess=False) \
-        .then(lambda f: load_table(ctx, f)[:2], inputs=[fmt], outputs=[table, orig]) \
+        .then(lambda f, t, o: after_import(ctx, f, t, o), inputs=[fmt, table, orig], outputs=[table, orig]) \
         .then(preset_choices, inputs=[], outputs=[preset])
     export_btn.click(lambda: export_file(ctx), inputs=[], outputs=[down, status])
     refresh.click(lambda: compat.update(choices=lora_tab.list_loras(ctx)), inputs=[], outputs=[lora])

@@ -10,6 +10,7 @@ what the widgets offer): images and captions inside `image_roots(ctx)`, models i
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import time
@@ -17,7 +18,6 @@ from pathlib import Path
 
 from lib_lora.errors import LoraStudioError
 
-PROVIDERS = ("auto", "cpu", "cuda", "directml", "coreml", "rocm", "openvino")
 EXISTING = ("skip", "overwrite", "append", "prepend")
 _ACTIVE: dict[int, threading.Event] = {}       # running folder jobs → their cancel events
 _ACTIVE_LOCK = threading.Lock()
@@ -49,8 +49,8 @@ def model_spec(ctx, name, folder="") -> tuple[str, bool]:
         return str(p), True
     name = str(name or "").strip()
     if not name:
-        raise LoraStudioError("Pick a tagger model (or type a folder inside "
-                              f"{ctx.tagger_models_dir} that holds model.onnx + selected_tags.csv).")
+        raise LoraStudioError("Pick a model in the Model list, or type a model folder into the box beside it (a "
+                              f"folder inside {ctx.tagger_models_dir} that holds model.onnx + selected_tags.csv).")
     return name, False
 
 
@@ -58,16 +58,44 @@ def _split(text) -> list[str]:
     return [t.strip() for t in str(text or "").split(",") if t.strip()]
 
 
+def _whole(value, what: str) -> int:
+    """A request may carry any value where the page sends a number: one line instead of a ValueError."""
+    try:
+        f = float(value or 0)
+    except (TypeError, ValueError):
+        raise LoraStudioError(f"{what} {str(value)[:40]!r} is not a number.") from None
+    if not math.isfinite(f) or f != int(f):
+        raise LoraStudioError(f"{what} {str(value)[:40]!r} is not a whole number.")
+    return int(f)
+
+
 def options_from(values) -> "TagOptions":  # noqa: F821
     from lib_lora.tagger.postprocess import TagOptions
     v = dict(zip(OPTION_FIELDS, values))
+    for k in ("general_threshold", "character_threshold"):
+        try:
+            v[k] = float(v[k])
+        except (TypeError, ValueError):
+            raise LoraStudioError(f"{k.replace('_', ' ')} {str(v[k])[:40]!r} is not a number.") from None
+    v["max_tags"] = _whole(v["max_tags"], "max tags")
     return TagOptions(
-        general_threshold=float(v["general_threshold"]), character_threshold=float(v["character_threshold"]),
+        general_threshold=v["general_threshold"], character_threshold=v["character_threshold"],
         general_mcut=bool(v["general_mcut"]), character_mcut=bool(v["character_mcut"]),
         include_characters=bool(v["include_characters"]), characters_first=bool(v["characters_first"]),
         sort=v["sort"], replace_underscores=bool(v["replace_underscores"]),
-        escape_brackets=bool(v["escape_brackets"]), rating=v["rating"], max_tags=int(v["max_tags"] or 0),
+        escape_brackets=bool(v["escape_brackets"]), rating=v["rating"], max_tags=v["max_tags"],
         exclude=_split(v["exclude"]), prepend=_split(v["prepend"]), append=_split(v["append"])).validate()
+
+
+def provider_choices() -> list[str]:
+    """auto, cpu and the providers this onnxruntime build offers: the list names no provider that is not
+    installed here (picking one would only ever fail)."""
+    from lib_lora.tagger import runtime
+    try:
+        available = set(runtime.import_ort().get_available_providers())
+    except LoraStudioError:
+        available = set()
+    return ["auto", "cpu"] + [k for k, v in runtime.PROVIDERS.items() if k != "cpu" and v in available]
 
 
 def model_choices(ctx) -> list[str]:
@@ -102,11 +130,16 @@ def threshold_hint(model: str) -> str:
 
 
 def load(ctx, model: str, provider: str, allow_download: bool, log=print, folder: str = ""):
-    from lib_lora.tagger.model import get_tagger
+    from lib_lora.tagger.model import ModelNotFound, get_tagger
     spec, is_path = model_spec(ctx, model, folder)
     # Downloading writes files: only when writes are allowed.
-    return get_tagger(spec, ctx.tagger_models_dir, provider or "auto",
-                      allow_download=bool(allow_download) and ctx.writes_allowed, log=log, paths=is_path)
+    try:
+        return get_tagger(spec, ctx.tagger_models_dir, provider or "auto",
+                          allow_download=bool(allow_download) and ctx.writes_allowed, log=log, paths=is_path)
+    except ModelNotFound as exc:
+        if allow_download and not ctx.writes_allowed:   # the ticked box did nothing: say why
+            raise ModelNotFound(f"{exc} ({ctx.writes_blocked_reason})") from None
+        raise
 
 
 def status_text(tagger) -> str:
@@ -114,6 +147,13 @@ def status_text(tagger) -> str:
     if tagger.warning:
         text += f"\n\n**{tagger.warning}**"
     return text
+
+
+def current_status() -> str:
+    """What is loaded now, for a page that opens (or reloads) while a model is still in memory."""
+    from lib_lora.tagger.model import loaded_taggers
+    now = loaded_taggers()
+    return status_text(now[-1]) if now else "No model loaded."
 
 
 def gpu_section(ctx, tagger, fn):
@@ -196,7 +236,7 @@ def folder_job(ctx, folder, recursive, existing, caption_ext, output_dir, batch_
     input_dir = _inside(folder, roots, "Image folder")
     out = _inside(output_dir, roots, "Output folder") if str(output_dir or "").strip() else None
     job = FolderJob(input_dir=input_dir, recursive=bool(recursive), existing=existing,
-                    caption_ext=caption_ext or ".txt", batch_size=int(batch_size or 0), output_dir=out,
+                    caption_ext=caption_ext or ".txt", batch_size=_whole(batch_size, "batch size"), output_dir=out,
                     json_sidecar=bool(json_sidecar), tag_options=opts)
     if not input_dir.exists():
         raise LoraStudioError(f"Image folder '{input_dir}' does not exist; type the path of a folder of images.")
@@ -270,14 +310,18 @@ def build(ctx) -> None:
                             scale=3)
         model_folder = gr.Textbox(label=f"…or a model folder inside {ctx.tagger_models_dir} (used when filled in)",
                                   elem_id="lora_studio_tagger_model_folder", scale=3)
-        provider = gr.Dropdown(choices=list(PROVIDERS), value="auto", label="Provider",
+        provider = gr.Dropdown(choices=provider_choices(), value="auto", label="Provider",
                                elem_id="lora_studio_tagger_provider", scale=1)
-        allow_dl = gr.Checkbox(value=True, label="Download if missing", elem_id="lora_studio_tagger_download")
+        # Downloads write files: where writes are off the box is off too, rather than ticked and ignored.
+        allow_dl = gr.Checkbox(value=ctx.writes_allowed, interactive=ctx.writes_allowed,
+                               label="Download if missing" if ctx.writes_allowed else
+                               "Download if missing (off: file writes are disabled)",
+                               elem_id="lora_studio_tagger_download")
     with gr.Row():
         load_btn = gr.Button("Load model", elem_id="lora_studio_tagger_load")
         unload_btn = gr.Button("Unload model", elem_id="lora_studio_tagger_unload")
         refresh = gr.Button("Refresh list", elem_id="lora_studio_tagger_refresh")
-    status = gr.Markdown("No model loaded.", elem_id="lora_studio_tagger_status")
+    status = gr.Markdown(current_status(), elem_id="lora_studio_tagger_status")
     hint = gr.Markdown(threshold_hint(first), elem_id="lora_studio_tagger_hint")
     shown = gr.State(choices)
     with gr.Row():
@@ -355,7 +399,7 @@ def build(ctx) -> None:
     for event in (model.focus, single_tab.select, folder_tab.select):
         event(lambda cur: refresh_choices(ctx, cur), inputs=[shown], outputs=[model, shown], queue=False,
               show_progress="hidden")
-    compat.on_page_load(do_refresh, outputs=[model, shown])
+    compat.on_page_load(lambda: (*do_refresh(), current_status()), outputs=[model, shown, status])
     model.change(threshold_hint, inputs=[model], outputs=[hint])
     tag_btn.click(lambda *a: tag_single(ctx, *a), inputs=[image, model, model_folder, provider, allow_dl] + opt_inputs,
                   outputs=[caption, general, chars, ratings, status])

@@ -133,6 +133,14 @@ def assert_refused_ws(app, origin: str | None, cookie: str | None = None, host: 
 # ---- cross-origin, DNS rebinding ---------------------------------------------------------------------
 
 
+def test_start_up_lines_say_where_it_runs_and_advertise_nothing_else(env):
+    out = env["app"].output()
+    assert f"Running on http://127.0.0.1:{env['app'].port}/" in out
+    assert "share=True" not in out and "public link" not in out
+    authed = env["authed"].output()
+    assert f"Running on all network interfaces, port {env['authed'].port}" in authed and "share=True" not in authed
+
+
 def test_no_response_allows_other_origins(env):
     app = env["app"]
     status, headers, _ = request(app.url + "config")
@@ -301,6 +309,7 @@ def _ui(tmp_path, *args, timeout=60):
     (["--listen"], "--listen makes the app reachable from the network: add --auth"),
     (["--listen", "--auth", "nopassword"], "--auth: expected USER:PASSWORD"),
     (["--auth-file", "missing.txt"], "auth file 'missing.txt' does not exist"),
+    (["--presets-file", "typo_dir/p.txt"], "--presets-file 'typo_dir/p.txt': folder"),
 ])
 def test_bad_options_give_one_line_and_create_nothing(tmp_path, args, needle):
     (tmp_path / "a_file.txt").write_text("x")

@@ -100,3 +100,60 @@ def test_single_image_refuses_multi_line_added_text(env):
     opts = OPTS[:12] + ["trigger\nsecond line", ""]
     cap, _, _, _, status = tab.tag_single(ctx, Image.new("RGB", (8, 8)), "tiny", "", "auto", False, *opts)
     assert cap == "" and "line break" in status
+
+
+def test_download_box_is_off_and_says_why_where_writes_are_disabled(env, tmp_path):
+    """With --listen (no --allow-writes) downloads cannot happen: the box is not offered ticked, and a
+    request that ticks it anyway gets the reason, not a bare "downloads are off"."""
+    import gradio as gr
+    ctx, data, outside = env
+    ctx.writes_allowed = False
+    with gr.Blocks() as demo:
+        tab.build(ctx)
+    box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "lora_studio_tagger_download")
+    assert box.value is False and box.interactive is False and "disabled" in box.label
+    caption, *_, status = tab.tag_single(ctx, Image.new("RGB", (8, 8)), "wd-vit-tagger-v3", "", "cpu", True, *OPTS)
+    assert status.startswith("**Error:**") and "not on this computer" in status and "--allow-writes" in status
+    assert "\n" not in status and not (ctx.tagger_models_dir / "wd-vit-tagger-v3").exists()
+
+
+def test_provider_list_offers_only_what_this_onnxruntime_has():
+    import onnxruntime as ort
+    from lib_lora.tagger import runtime
+    have = set(ort.get_available_providers())
+    choices = tab.provider_choices()
+    assert choices[:2] == ["auto", "cpu"]
+    assert all(runtime.PROVIDERS[c] in have for c in choices[1:])
+    if "CUDAExecutionProvider" not in have:            # the CPU build of this test machine
+        assert "cuda" not in choices and "rocm" not in choices and "openvino" not in choices
+
+
+def test_status_shows_what_is_loaded_for_a_page_opened_later(env):
+    ctx, data, outside = env
+    unload_all()
+    assert tab.current_status() == "No model loaded."
+    out = run(ctx, data / "set1")
+    assert out[-1][0].startswith("**Done:**")
+    assert tab.current_status().startswith("Loaded: tiny (local folder)")
+    tab.unload()
+    assert tab.current_status() == "No model loaded."
+
+
+@pytest.mark.parametrize("batch, opts, words", [
+    (-5, OPTS, "batch size -5 must be 0 (auto) to 256"),
+    (10 ** 9, OPTS, "batch size 1000000000 must be 0 (auto) to 256"),
+    ("abc", OPTS, "batch size 'abc' is not a number"),
+    (2.5, OPTS, "batch size '2.5' is not a whole number"),
+    (0, ["x"] + OPTS[1:], "general threshold 'x' is not a number"),
+    (0, OPTS[:10] + ["nan"] + OPTS[11:], "max tags 'nan' is not a whole number"),
+    (0, OPTS[:10] + [-3] + OPTS[11:], "max tags -3 must be 0"),
+])
+def test_numbers_from_a_request_are_checked_before_anything_runs(env, batch, opts, words):
+    """A request may carry any value where the page sends a number: one line, nothing written or loaded
+    (a batch of 10^9 would decode the whole folder into memory)."""
+    ctx, data, outside = env
+    unload_all()
+    out = list(tab.run_folder_ui(ctx, "tiny", "", "auto", False, str(data / "set1"), False, "overwrite", ".txt", "",
+                                 batch, False, False, *opts))
+    assert words in error_of(out) and files(data) == ["set1/a.png"]
+    assert tab.current_status() == "No model loaded."
