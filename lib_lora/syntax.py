@@ -439,8 +439,6 @@ def short_tag(name: str, weight: float, blocks: str | None = None, kind: str = "
     return f"<{kind}:{':'.join(items)}>"
 
 
-# Kept for this round only: the tagger has its own `format_tag` (a WD14 tag name); use write_tag.
-format_tag = write_tag
 
 
 # ---- editing a tag as written (X/Y/Z axes): change the item the parser read, keep every other item -------

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lib_lora.presets import PresetStore
-from lib_lora.syntax import MAX_NUMBER_CHARS, format_tag, parse_prompt, resolve_blocks
+from lib_lora.syntax import MAX_NUMBER_CHARS, parse_prompt, resolve_blocks, write_tag
 
 HUGE = "1" * 5000
 BLOCKS12 = ",".join(["1"] * 12)
@@ -81,4 +81,4 @@ def test_parse_prompt_never_raises(text, arch, seed):
         res = resolve_blocks(tag, presets, arch, seed)
         if res.vector is not None:
             assert len(res.vector) == 26 and all(math.isfinite(v) for v in res.vector)
-        format_tag(tag, res)
+        write_tag(tag, res)
