@@ -84,6 +84,14 @@ class App:
     def output(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
 
+    def output_with(self, text: str, timeout: float = 20.0) -> str:
+        """The log once it contains `text` (the app prints its start-up line just after the server answers),
+        or the log as it is after `timeout`."""
+        end = time.monotonic() + timeout
+        while text not in self.output() and time.monotonic() < end and self.proc.poll() is None:
+            time.sleep(0.1)
+        return self.output()
+
     def wait_ready(self, timeout: float = 40.0) -> None:
         end = min(time.monotonic() + timeout, DEADLINE)
         while time.monotonic() < end:

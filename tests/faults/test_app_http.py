@@ -134,10 +134,10 @@ def assert_refused_ws(app, origin: str | None, cookie: str | None = None, host: 
 
 
 def test_start_up_lines_say_where_it_runs_and_advertise_nothing_else(env):
-    out = env["app"].output()
+    out = env["app"].output_with("Running on http")
     assert f"Running on http://127.0.0.1:{env['app'].port}/" in out
     assert "share=True" not in out and "public link" not in out
-    authed = env["authed"].output()
+    authed = env["authed"].output_with("Running on all")
     assert f"Running on all network interfaces, port {env['authed'].port}" in authed and "share=True" not in authed
 
 
