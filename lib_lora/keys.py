@@ -15,6 +15,7 @@ from typing import Optional
 
 import torch
 
+from lib_lora import algos
 from lib_lora import arch as _arch
 from lib_lora.blocks import slot_of_layer
 from lib_lora.errors import LoraStudioError
@@ -183,9 +184,10 @@ def resolve(component: str, path: str, arch: str):
 KOHYA_PREFIXES = (("lora_unet_", "unet"), ("lora_te1_", "te1"), ("lora_te2_", "te2"), ("lora_te_", "te"),
                   ("oft_unet_", "unet"), ("lycoris_", "unet"))  # lycoris_: LyCORIS' own wrapper on a diffusers U-Net
 
-_KNOWN_SUFFIX = (r"lora_down\.weight|lora_up\.weight|lora_mid\.weight|alpha|scale|dora_scale|hada_w[12]_[ab]|"
-                 r"hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t[12]|on_input|diff|diff_b|w_norm|b_norm|oft_blocks|"
-                 r"oft_diag|rescale|(?:a1|a2|b1|b2|bm)\.weight")
+# Every suffix an algorithm reads (IA3's bare `weight` is joined to its module below), plus lokr_t1, read only
+# to refuse it by name.
+_KNOWN_SUFFIX = "|".join(re.escape(s) for s in sorted(
+    set().union(*(a.suffixes for a in algos.REGISTRY)) - {"weight"} | {"lokr_t1"}))
 _ATTN_OLD = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
 _TE_OLD = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
 
@@ -256,50 +258,6 @@ def _component_of(module: str):
     return None, None
 
 
-# ---------------------------------------------------------------- algorithm detection
-
-def _fallback_detect_algo(suffixes) -> str | None:
-    """formats.md §2 detection order (used until/unless lib_lora.algos provides detect_algo)."""
-    s = set(suffixes)
-    if s & {"lora_up.weight", "lora_down.weight"}:
-        return "lora"
-    if "hada_w1_a" in s:
-        return "loha"
-    if "on_input" in s:
-        return "ia3"
-    if s & {"lokr_w1", "lokr_w1_a"}:
-        return "lokr"
-    if "diff" in s:
-        return "full"
-    if s & {"w_norm", "b_norm"}:
-        return "norm"
-    if s & {"oft_blocks", "oft_diag"}:
-        return "oft"
-    if "a1.weight" in s:
-        return "glora"
-    return None
-
-
-def detect_algo(tensors: dict) -> str | None:
-    """Algorithm of one module from its (suffix → tensor) dict; BOFT told apart by its 4-D oft_blocks."""
-    try:
-        from lib_lora.algos import detect_algo as algos_detect  # owned by the algorithms engineer
-        algo = algos_detect(tensors)  # a dict works as a suffix collection and also carries shapes
-    except ImportError:
-        algo = _fallback_detect_algo(tensors)
-    if algo == "oft" and "oft_blocks" in tensors and tensors["oft_blocks"].dim() == 4:
-        algo = "boft"
-    return algo
-
-
-def _unknown_suffixes(algo: str, tensors: dict) -> set:
-    try:
-        from lib_lora.algos import unknown_suffixes
-    except ImportError:
-        return set()
-    return set(unknown_suffixes(algo, tensors))
-
-
 # ---------------------------------------------------------------- diffusers/PEFT adapter metadata
 
 def _peft_config(metadata: dict) -> dict:
@@ -358,11 +316,7 @@ def _peft_magnitude(mag: torch.Tensor) -> torch.Tensor:
 def _check(module: LoraModule) -> str | None:
     """Why a module cannot be right whatever the model (NaN/Inf, rank 0, factor shapes), or None."""
     try:
-        from lib_lora.algos import check_module
-    except ImportError:
-        return None
-    try:
-        check_module(module)
+        algos.check_module(module)
     except LoraStudioError as exc:
         msg = str(exc)
         return msg[len(module.key) + 2:] if msg.startswith(module.key + ": ") else msg
@@ -418,12 +372,12 @@ def _group(state_dict: dict, metadata: dict, arch: str, checked: dict | None = N
         scale_t = tensors.pop("scale", None)
         dora = tensors.pop("dora_scale", None)
         mag = tensors.pop("lora_magnitude_vector", None)
-        algo = detect_algo(tensors)
+        algo = algos.detect_algo(tensors)  # a dict carries shapes too: BOFT's 4-D oft_blocks
         if algo is None:
             what = ", ".join(sorted(tensors)) or "no weights"
             skipped += [(k, f"unknown algorithm ({what})") for k in owners[module]]
             continue
-        extra = _unknown_suffixes(algo, tensors)
+        extra = algos.unknown_suffixes(algo, tensors)
         if extra:  # e.g. T-LoRA's lambda_layer: applying the rest would give a wrong delta
             skipped += [(k, f"{algo} module with unsupported tensors ({', '.join(sorted(extra))})")
                         for k in owners[module]]
@@ -433,7 +387,7 @@ def _group(state_dict: dict, metadata: dict, arch: str, checked: dict | None = N
         problem = problem or problem2
         if alpha is None and alpha_t is None and not module.startswith(("lora_", "oft_", "lycoris_")):
             alpha = _peft_alpha(cfg, comp, path, _rank(tensors))
-        if alpha == 0 and algo not in ("oft", "boft"):
+        if alpha == 0 and not algos.get(algo).alpha_constraint:
             alpha = None  # 0 means "unset" (scale 1); for OFT it is a real constraint value
         layer, qkv = hit
         mod = LoraModule(

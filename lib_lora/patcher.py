@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lib_lora.algos import algorithm_of, compute_delta
 from lib_lora.delta_cache import AUTO, DeltaCache, network_identity
 from lib_lora.errors import ArchitectureMismatch
 
 ARCH_LABEL = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
 DEFAULT_CACHE_BYTES = AUTO
-_CHEAP = frozenset(("full", "norm", "ia3"))  # dense ΔW costs a cast or one product with W0: never cached
 _DIRTY = ("<being written>",)  # signature of a layer whose write has started but not finished
 
 
@@ -358,13 +358,16 @@ class Patcher:
         ckey = (ident, key, dyn)
         shape = ref.target_shape(qkv)
         device = ref.part_tensors()[0][0].device
-        try:
-            lowrank = low_rank_factors(mod, dyn, device)
-            if lowrank is not None and _fits(lowrank[0].shape[0], lowrank[1].shape[1], shape):
-                rep.factored += 1
-                return _LowRank(*lowrank, shape)
-        except Exception:
-            pass  # the dense path below names what is wrong with the module
+        algo = algorithm_of(mod)
+        kind = algo.compact_kind if algo is not None else None
+        if kind == "lowrank":
+            try:
+                f = algo.compact(mod, dyn, device)
+                if f is not None and _fits(f[0].shape[0], f[1].shape[1], shape):
+                    rep.factored += 1
+                    return _LowRank(*f, shape)
+            except Exception:
+                pass  # the dense path below names what is wrong with the module
         cached = self.cache.get(ckey)
         if cached is not None:
             rep.cache_hits += 1
@@ -372,10 +375,9 @@ class Patcher:
         base_w, base_b = bases.get(ref, qkv)
         try:
             term = None
-            kron = kron_factors(mod, device)
-            if kron is not None and _fits(kron[0].shape[0] * kron[1].shape[0],
-                                          kron[0].shape[1] * kron[1].shape[1], shape):
-                term = _Kron(*kron, shape)
+            f = algo.compact(mod, dyn, device) if kind == "kron" else None
+            if f is not None and _fits(f[0].shape[0] * f[1].shape[0], f[0].shape[1] * f[1].shape[1], shape):
+                term = _Kron(*f, shape)
             if term is None:
                 delta = self._compute_fn()(mod, base_w, base_b, dyn=dyn)
                 if delta.bias is not None and base_b is None:
@@ -391,15 +393,12 @@ class Patcher:
             lr.applied -= 1
             return None
         rep.deltas_computed += 1
-        if getattr(mod, "algo", None) not in _CHEAP:
+        if algo is None or algo.cache:
             self.cache.put(ckey, term)
         return term
 
     def _compute_fn(self):
-        if self._compute is None:
-            from lib_lora.algos import compute_delta
-            self._compute = compute_delta
-        return self._compute
+        return self._compute if self._compute is not None else compute_delta
 
 
 class _Bases:
@@ -527,38 +526,3 @@ class _Kron:
             out.add_(self.dense()[t0:t1], alpha=m)
         else:
             out.view(v[2]).addcmul_(v[0], v[1], value=m)
-
-
-def low_rank_factors(module, dyn, device):
-    """(up·scale, down) as fp32 2-D matrices for a plain LoRA/LoCon/DyLoRA module, or None when the
-    module is not linear in two factors (Tucker `lora_mid`, DoRA, other algorithms). Conv factors are
-    flattened: a 3×3 LoCon gives down [r, in·3·3] and up [out, r]. Same scale and dyn rules as
-    algos/lora.py (whose dense delta this equals)."""
-    if getattr(module, "algo", None) != "lora":
-        return None
-    from lib_lora.algos import _common as c, lora
-    if module.tensors.get(lora.MID) is not None or c.dora_tensor(module) is not None:
-        return None
-    down, up = c.first(module, *lora.DOWN), c.first(module, *lora.UP)
-    if down is None or up is None:
-        return None
-    r = int(down.shape[0])
-    scale = c.rank_scale(module, r)
-    if dyn and 0 < dyn < r:
-        down, up = down[:dyn], up[:, :dyn]
-    d, u = c.mat(c.f32(down, device)), c.mat(c.f32(up, device))
-    if u.shape[1] != d.shape[0]:
-        return None
-    return u * scale, d
-
-
-def kron_factors(module, device):
-    """(w1·scale, w2) as fp32 2-D matrices of a LoKr module (W2 Tucker chains resolved), or None for
-    what only the dense path handles (DoRA, a Tucker W1, other algorithms)."""
-    if getattr(module, "algo", None) != "lokr":
-        return None
-    from lib_lora.algos import _common as c, lokr
-    if module.tensors.get("lokr_t1") is not None or c.dora_tensor(module) is not None:
-        return None
-    scale = c.rank_scale(module, lokr.rank(module))
-    return lokr._factor1(module, device) * scale, lokr._factor2(module, device)
