@@ -21,7 +21,6 @@ from lib_lora.blocks import slot_of_layer
 from lib_lora.errors import LoraStudioError
 
 UNET = _arch.UNET
-TE_PREFIXES = ("cond_stage_model.", "conditioner.")
 
 
 @dataclass
@@ -165,14 +164,8 @@ def resolve(component: str, path: str, arch: str):
         rel = _translate_unet(flat, "_", arch)
         return (unet[rel], None) if rel in unet else None
     if component == "compvis":
-        layers = _arch.canonical_layers(arch)
-        if path in layers:
-            return path, None
-        for base in ("cond_stage_model.transformer.", "conditioner.embedders.0.transformer."):
-            if path.startswith(base + "encoder.") or path.startswith(base + "final_layer_norm"):
-                fixed = base + "text_model." + path[len(base):]  # old SD1 form without `text_model.`
-                return (fixed, None) if fixed in layers else None
-        return None
+        layer = _arch.canonical_layer_name(path)
+        return (layer, None) if layer in _arch.canonical_layers(arch) else None
     comp = _te_component(arch, component)
     if comp is None:
         return None
@@ -249,7 +242,7 @@ def _component_of(module: str):
         return "te", module[13:]
     if module.startswith(UNET):
         return "unet", module[len(UNET):]
-    if module.startswith(TE_PREFIXES):
+    if module.startswith(_arch.TE_PREFIXES):
         return "compvis", module
     if module.startswith(_UNET_HEADS) or module.startswith(_COMPVIS_HEADS):
         return "unet", module
@@ -360,7 +353,7 @@ def _group(state_dict: dict, metadata: dict, arch: str, checked: dict | None = N
 
     cfg = _peft_config(metadata)
     modules: dict[str, LoraModule] = {}
-    label = _arch.ARCH_LABELS.get(arch, arch)
+    label = _arch.label(arch)
     for module, tensors in raw.items():
         comp, path = where[module]
         hit = resolve(comp, path, arch)
@@ -393,7 +386,7 @@ def _group(state_dict: dict, metadata: dict, arch: str, checked: dict | None = N
         mod = LoraModule(
             key=module, layer=layer, qkv=qkv, algo=algo, tensors=tensors, alpha=alpha, scale=scale,
             dora_scale=_peft_magnitude(mag) if mag is not None else dora,
-            slot=slot_of_layer(layer), is_te=layer.startswith(TE_PREFIXES), peft_dora=mag is not None)
+            slot=slot_of_layer(layer), is_te=_arch.is_te_layer(layer), peft_dora=mag is not None)
         if not problem:  # the same module is checked once even when several archs are tried
             checked = {} if checked is None else checked
             if module not in checked:
@@ -409,25 +402,29 @@ def _group(state_dict: dict, metadata: dict, arch: str, checked: dict | None = N
 
 def group_modules_with_arch(state_dict: dict, metadata: dict | None = None, arch_hint: str | None = None,
                             rejected: list | None = None):
-    """(modules, skipped, arch used for names). Unknown arch: the arch whose names match most keys.
-    Damaged modules (NaN/Inf, rank 0, disagreeing factors, a vector alpha) are left out, listed in skipped
-    per key, and appended to `rejected` as (module key, problem, its keys) when a list is given."""
+    """(modules, skipped, arch). Names follow `arch_hint` when it is an arch, else the arch detected from the
+    keys (`arch_hint` "unknown": already detected, nothing found); when none is known, the names of the arch that
+    matches most keys. `arch` is the architecture this decided, "unknown" when two archs' names fit equally well
+    (U-Net-only SD1/SD2 files). Damaged modules (NaN/Inf, rank 0, disagreeing factors, a vector alpha) are left
+    out, listed in skipped per key, and appended to `rejected` as (module key, problem, its keys) when a list is
+    given."""
     metadata = metadata or {}
-    arch = arch_hint if arch_hint in _arch.ARCHS else _arch.detect_arch_raw(state_dict, metadata)
+    arch = arch_hint if arch_hint is not None else _arch.detect_arch_raw(state_dict, metadata)
     if arch in _arch.ARCHS:
         mods, skipped, bad = _group(state_dict, metadata, arch)
-        best = (mods, skipped, bad, arch)
     else:
-        best, checked = None, {}
+        tried, checked = [], {}
         for cand in ("sd1", "sdxl", "sd2"):
             mods, skipped, bad = _group(state_dict, metadata, cand, checked)
             # keys of damaged modules did match a layer name of this arch
-            unmatched = len(skipped) - sum(len(r[2]) for r in bad)
-            if best is None or unmatched < best[4]:
-                best = (mods, skipped, bad, cand, unmatched)
+            tried.append((len(skipped) - sum(len(r[2]) for r in bad), cand, mods, skipped, bad))
+        best = min(tried, key=lambda t: t[0])  # the first of equals: SD1 names for SD1/SD2 U-Net files
+        _, arch, mods, skipped, bad = best
+        if sum(t[0] == best[0] for t in tried) > 1 or not mods:
+            arch = "unknown"
     if rejected is not None:
-        rejected.extend(best[2])
-    return best[0], best[1], best[3]
+        rejected.extend(bad)
+    return mods, skipped, arch
 
 
 def group_modules(state_dict: dict, metadata: dict | None = None, arch_hint: str | None = None):

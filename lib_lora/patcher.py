@@ -26,15 +26,15 @@ import torch
 from lib_lora.algos import algorithm_of, compute_delta
 from lib_lora.delta_cache import AUTO, DeltaCache, network_identity
 from lib_lora.errors import ArchitectureMismatch
+from lib_lora.network import LoraNetwork, mismatch_message
 
-ARCH_LABEL = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
 DEFAULT_CACHE_BYTES = AUTO
 _DIRTY = ("<being written>",)  # signature of a layer whose write has started but not finished
 
 
 @dataclass
 class ActiveLora:
-    network: object
+    network: LoraNetwork
     te: float = 1.0
     unet: float = 1.0
     blocks: list | None = None     # 26 slots, None = all 1
@@ -89,8 +89,8 @@ def gated_off(active: ActiveLora, step: int | None) -> bool:
 
 def effective_multiplier(active: ActiveLora, module, step: int | None = None) -> float:
     """prompt_syntax.md §3: te×w[BASE] for the text encoder, unet×w[block] in the table, unet outside."""
-    slot = _slot(module)
-    if _is_te(module):
+    slot = module.slot
+    if module.is_te:
         return float(active.te) * (1.0 if active.blocks is None else float(active.blocks[0]))
     if gated_off(active, step):
         return 0.0
@@ -99,36 +99,13 @@ def effective_multiplier(active: ActiveLora, module, step: int | None = None) ->
     return float(active.unet) * float(active.blocks[slot])
 
 
-def _mismatch(name: str, lora_arch: str, model_arch: str) -> str:
-    try:
-        from lib_lora.network import mismatch_message
-    except ImportError:  # keep the patcher importable on its own
-        return f"LoRA '{name}' is {ARCH_LABEL.get(lora_arch, lora_arch)}, the model is {ARCH_LABEL.get(model_arch, model_arch)}"
-    return mismatch_message(name, lora_arch, model_arch)
-
-
-def _slot(module):
-    slot = getattr(module, "slot", None)
-    if slot is None and not hasattr(module, "slot"):
-        from lib_lora.blocks import slot_of_layer
-        slot = slot_of_layer(module.layer)
-    return slot
-
-
-def _is_te(module) -> bool:
-    is_te = getattr(module, "is_te", None)
-    if is_te is None:
-        return module.layer.startswith(("cond_stage_model.", "conditioner."))
-    return bool(is_te)
-
-
 class Patcher:
     def __init__(self, host, cache_bytes: int = DEFAULT_CACHE_BYTES, backup_device="cpu", compute=None,
                  one_shot: bool = False):
         """`one_shot`: apply once and never restore (bake): no backup outlives its layer's write."""
         self.host = host
         self.one_shot = one_shot
-        self.cache = DeltaCache(cache_bytes, device=getattr(host, "device", "cpu"))
+        self.cache = DeltaCache(cache_bytes, device=host.device)
         self.backup_device = torch.device(backup_device) if backup_device is not None else None
         self._compute = compute
         self._backups: dict[str, list] = {}     # layer → [(w0, b0)] per part, exact clones
@@ -147,7 +124,7 @@ class Patcher:
         plan = self._plan(list(actives), step, rep)
         # admission: what this apply needs is never evicted to make room for another entry of it
         self.cache.protect({(c[0], c[1], c[3]) for contribs in plan.values() for c in contribs},
-                           device=getattr(self.host, "device", None))
+                           device=self.host.device)
         t1 = time.perf_counter()
         compute_s = [0.0]
         with torch.no_grad():
@@ -211,14 +188,14 @@ class Patcher:
     # -- planning ---------------------------------------------------------------------------------
     def _plan(self, actives, step, rep: ApplyReport) -> dict[str, list]:
         plan: dict[str, list] = {}
-        host_arch = getattr(self.host, "arch", "unknown")
+        host_arch = self.host.arch
         for active in actives:
             net = active.network
-            lr = LoraReport(getattr(net, "name", "?"))
+            lr = LoraReport(net.name)
             rep.loras.append(lr)
-            net_arch = getattr(net, "arch", "unknown") or "unknown"
+            net_arch = net.arch or "unknown"
             if net_arch != "unknown" and host_arch not in (None, "unknown") and net_arch != host_arch:
-                lr.error = str(ArchitectureMismatch(_mismatch(lr.name, net_arch, host_arch)))
+                lr.error = str(ArchitectureMismatch(mismatch_message(lr.name, net_arch, host_arch)))
                 continue
             ident = network_identity(net)
             for key, mod in net.modules.items():
@@ -226,7 +203,7 @@ class Patcher:
                 if ref is None:
                     lr.skipped.append((key, f"layer {mod.layer} is not in the model"))
                     continue
-                qkv = getattr(mod, "qkv", None)
+                qkv = mod.qkv
                 if qkv is not None and not ref.is_qkv:
                     lr.skipped.append((key, f"layer {mod.layer} has no fused q/k/v"))
                     continue
@@ -234,7 +211,7 @@ class Patcher:
                 if fail:
                     lr.skipped.append((key, fail))
                     continue
-                slot = _slot(mod)
+                slot = mod.slot
                 if slot is None:
                     lr.outside += 1
                 else:
@@ -306,7 +283,7 @@ class Patcher:
             self._write_weight(w, w0, items)
             if b is not None and b0 is not None:
                 self._write_bias(b, b0, [(r, term.bias[dr], m) for r, dr, m, term in items
-                                          if getattr(term, "bias", None) is not None])
+                                          if term.bias is not None])
         if self.one_shot:
             del self._backups[layer]
 

@@ -364,3 +364,27 @@ def test_sdxl_file_with_diffusers_style_kohya_names():
         "lora_unet_add_embedding_linear_1": "model.diffusion_model.label_emb.0.0"}
     assert modules["lora_unet_up_blocks_0_upsamplers_0_conv"].slot == 16  # OUT02
     assert modules["lora_unet_add_embedding_linear_1"].slot is None
+
+
+def test_sdxl_text_encoder_prefix_is_the_same_for_keys_blocks_and_host():
+    """keys.py used its own TE prefixes ("conditioner." instead of "conditioner.embedders.") and knew nothing of
+    A1111's `cond_stage_model.embedders.` alias of the SDXL conditioner, which host.py maps: compvis-named SDXL
+    text-encoder keys under that alias were skipped. One spelling now lives in arch.py."""
+    from lib_lora.blocks import slot_of_layer
+    from lib_lora.host import canonical_name
+
+    sd = {}
+    for stem in ("cond_stage_model.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj",
+                 "cond_stage_model.embedders.1.model.transformer.resblocks.3.mlp.c_fc"):
+        sd[stem + ".lora_down.weight"] = torch.zeros(4, 8)
+        sd[stem + ".lora_up.weight"] = torch.zeros(8, 4)
+    modules, skipped = group_modules(sd, {}, arch_hint="sdxl")
+    assert not skipped
+    layers = sorted(m.layer for m in modules.values())
+    assert layers == ["conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj",
+                      "conditioner.embedders.1.model.transformer.resblocks.3.mlp.c_fc"]
+    for m in modules.values():
+        assert m.is_te and m.slot == 0 == slot_of_layer(m.layer)
+        assert canonical_name(m.layer) == m.layer
+    for name in arch.canonical_layers("sdxl"):
+        assert arch.is_te_layer(name) == (slot_of_layer(name) == 0) == name.startswith("conditioner.embedders.")
