@@ -236,7 +236,11 @@ def arch_of_layers(names, context_width: int | None = None) -> str:
 
 # ---------------------------------------------------------------- what a file without LoRA modules is
 
-_LORA_MARKS = re.compile(r"lora_|lokr_|hada_|oft_|lycoris_|\.alpha$|\.on_input$|\.diff$|\.[wb]_norm$")
+def _lora_marks() -> tuple:
+    """Key endings that only LoRA files have: every suffix an algorithm reads, except the generic ones."""
+    from lib_lora import algos
+
+    return tuple("." + s for s in set().union(*(a.suffixes for a in algos.REGISTRY)) - {"weight", "scale"})
 
 
 def guess_non_lora(keys) -> str | None:
@@ -246,7 +250,8 @@ def guess_non_lora(keys) -> str | None:
     n = len(keys)
     if not keys:
         return "a file without tensors"
-    if any(_LORA_MARKS.search(k) for k in keys):
+    marks = _lora_marks()
+    if any("lora_" in k or k.startswith(("lycoris_", "oft_")) or k.endswith(marks) for k in keys):
         return None
     if any(k.startswith((UNET, "first_stage_model.", "cond_stage_model.", "conditioner.")) for k in keys):
         return f"a model checkpoint ({n} tensors), not a LoRA"

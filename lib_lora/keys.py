@@ -29,7 +29,7 @@ class LoraModule:
     layer: str                            # canonical layer name
     qkv: Optional[int]                    # slice of a fused OpenCLIP in_proj, else None
     algo: str                             # lora | loha | lokr | ia3 | full | norm | glora | oft | boft
-    tensors: dict = field(default_factory=dict)  # suffix -> tensor; alpha/scale/dora_scale removed
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # suffix -> tensor; alpha/scale/dora_scale removed
     alpha: Optional[float] = None         # None when absent or 0 (=> scale 1); OFT/BOFT: constraint, 0 kept
     scale: Optional[float] = None         # explicit `scale` tensor, overrides alpha/rank
     dora_scale: Optional[torch.Tensor] = None

@@ -11,7 +11,7 @@ from typing import Optional
 from lib_lora import arch as _arch
 from lib_lora import fileio
 from lib_lora.errors import ArchitectureMismatch, LoraFileError
-from lib_lora.keys import group_modules_with_arch
+from lib_lora.keys import LoraModule, group_modules_with_arch
 
 
 @dataclass
@@ -19,11 +19,11 @@ class LoraNetwork:
     name: str                         # file stem, what `<lora:name:…>` refers to
     path: str
     arch: str                         # "sd1" | "sd2" | "sdxl" | "unknown"
-    metadata: dict = field(default_factory=dict)
-    modules: dict = field(default_factory=dict)   # module key → LoraModule
-    skipped: list = field(default_factory=list)   # (key, reason) not loaded
-    rejected: list = field(default_factory=list)  # (module key, problem): damaged modules (also in skipped)
-    damaged_keys: frozenset = frozenset()         # the file keys of those modules
+    metadata: dict[str, str] = field(default_factory=dict)
+    modules: dict[str, LoraModule] = field(default_factory=dict)   # module key → LoraModule
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (key, reason) not loaded
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (module key, problem): damaged, also in skipped
+    damaged_keys: frozenset[str] = frozenset()                     # the file keys of those modules
     alias: Optional[str] = None       # metadata ss_output_name (A1111 "alias")
     mtime: float = 0.0
     size: int = 0
@@ -45,7 +45,7 @@ class LoraNetwork:
         return _arch.label(self.arch)
 
     @property
-    def algos(self) -> dict:
+    def algos(self) -> dict[str, int]:
         """algorithm → module count, e.g. {"lora": 264, "loha": 10}."""
         out: dict = {}
         for m in self.modules.values():

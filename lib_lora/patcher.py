@@ -37,11 +37,11 @@ class ActiveLora:
     network: LoraNetwork
     te: float = 1.0
     unet: float = 1.0
-    blocks: list | None = None     # 26 slots, None = all 1
+    blocks: list[float] | None = None  # 26 slots, None = all 1
     dyn: int | None = None
     start: int | None = None       # 1-based sampling steps, prompt_syntax.md §2
     stop: int | None = None
-    listed: list | None = None     # 26 bools: slots the user's weight format listed (blocks.md §2.5)
+    listed: list[bool] | None = None   # 26 bools: slots the user's weight format listed (blocks.md §2.5)
 
     @property
     def gated(self) -> bool:
@@ -54,24 +54,24 @@ class LoraReport:
     applied: int = 0                # modules merged with a non-zero multiplier
     zero: int = 0                   # modules at multiplier 0 (block weight 0 or gated off)
     outside: int = 0                # U-Net modules outside the block table (unet multiplier only)
-    skipped: list = field(default_factory=list)   # (module key, reason)
-    slots_used: set = field(default_factory=set)
-    unlisted: list = field(default_factory=list)  # used slots the weight format did not list
-    notes: list = field(default_factory=list)     # (module key, note): applied, with a caveat
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (module key, reason)
+    slots_used: set[int] = field(default_factory=set)
+    unlisted: list[int] = field(default_factory=list)            # used slots the weight format did not list
+    notes: list[tuple[str, str]] = field(default_factory=list)   # (module key, note): applied, with a caveat
     error: str | None = None
 
 
 @dataclass
 class ApplyReport:
-    loras: list = field(default_factory=list)
+    loras: list[LoraReport] = field(default_factory=list)
     layers_written: int = 0
     layers_restored: int = 0
     layers_kept: int = 0
     deltas_computed: int = 0        # dense or Kronecker contributions built this apply
     cache_hits: int = 0
     factored: int = 0               # LoRA/LoCon modules written straight from their factors (never cached)
-    failed_layers: list = field(default_factory=list)  # (layer, error): restored to the original
-    seconds: dict = field(default_factory=dict)
+    failed_layers: list[tuple[str, str]] = field(default_factory=list)  # (layer, error): restored to the original
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[str]:
