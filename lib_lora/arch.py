@@ -136,22 +136,21 @@ def canonical_layers(arch: str) -> frozenset:
 
 # ---------------------------------------------------------------- detection (formats.md §3.5)
 
+# Metadata fields that name the base model, with the value prefixes of each family (kohya, then ModelSpec).
+_METADATA_ARCH = (
+    ("ss_base_model_version", (("sdxl", "sdxl"), ("sd_v2", "sd2"), ("sd_v1", "sd1"))),
+    ("modelspec.architecture", (("stable-diffusion-xl-v1", "sdxl"), ("stable-diffusion-v2", "sd2"),
+                                ("stable-diffusion-v1", "sd1"))),
+)
+
+
 def arch_from_metadata(metadata: dict | None) -> str | None:
     md = metadata or {}
-    base = str(md.get("ss_base_model_version", "")).lower()
-    if base.startswith("sdxl"):
-        return "sdxl"
-    if base.startswith("sd_v2"):
-        return "sd2"
-    if base.startswith("sd_v1"):
-        return "sd1"
-    spec = str(md.get("modelspec.architecture", "")).lower()
-    if spec.startswith("stable-diffusion-xl-v1"):
-        return "sdxl"
-    if spec.startswith("stable-diffusion-v2"):
-        return "sd2"
-    if spec.startswith("stable-diffusion-v1"):
-        return "sd1"
+    for field, prefixes in _METADATA_ARCH:
+        value = str(md.get(field, "")).lower()
+        for prefix, arch in prefixes:
+            if value.startswith(prefix):
+                return arch
     if str(md.get("ss_v2", "")).lower() == "true":
         return "sd2"
     return None

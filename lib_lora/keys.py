@@ -294,10 +294,6 @@ def _peft_alpha(cfg: dict, component: str, path: str, rank: int | None) -> float
 
 # ---------------------------------------------------------------- grouping
 
-def _rank(tensors: dict) -> int | None:
-    t = tensors.get("lora_down.weight")
-    return int(t.shape[0]) if t is not None else None
-
 
 def _peft_magnitude(mag: torch.Tensor) -> torch.Tensor:
     """PEFT magnitudes are always per output channel: Linear (out,), Conv (1,out,1,1) → (out,1[,1,1])."""
@@ -378,15 +374,15 @@ def _group(state_dict: dict, metadata: dict, arch: str, checked: dict | None = N
         alpha, problem = _one_number(alpha_t, "alpha")
         scale, problem2 = _one_number(scale_t, "scale")
         problem = problem or problem2
-        if alpha is None and alpha_t is None and not module.startswith(("lora_", "oft_", "lycoris_")):
-            alpha = _peft_alpha(cfg, comp, path, _rank(tensors))
-        if alpha == 0 and not algos.get(algo).alpha_constraint:
-            alpha = None  # 0 means "unset" (scale 1); for OFT it is a real constraint value
         layer, qkv = hit
         mod = LoraModule(
             key=module, layer=layer, qkv=qkv, algo=algo, tensors=tensors, alpha=alpha, scale=scale,
             dora_scale=_peft_magnitude(mag) if mag is not None else dora,
             slot=slot_of_layer(layer), is_te=_arch.is_te_layer(layer), peft_dora=mag is not None)
+        if alpha is None and alpha_t is None and not module.startswith(("lora_", "oft_", "lycoris_")):
+            mod.alpha = _peft_alpha(cfg, comp, path, algos.rank_of(mod))
+        if mod.alpha == 0 and not algos.get(algo).alpha_constraint:
+            mod.alpha = None  # 0 means "unset" (scale 1); for OFT it is a real constraint value
         if not problem:  # the same module is checked once even when several archs are tried
             checked = {} if checked is None else checked
             if module not in checked:
