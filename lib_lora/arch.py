@@ -61,6 +61,12 @@ TE_COMPONENTS = {
              "te2": ("conditioner.embedders.1.model", "openclip", 32)},
 }
 
+# transformers' CLIP layer names → OpenCLIP's (SD2, SDXL TE2), with the q/k/v slice of the fused `attn`
+# (kohya and diffusers name OpenCLIP weights the HF way; checkpoints hold them the OpenCLIP way).
+HF_TO_OPENCLIP = (("self_attn.q_proj", "attn", 0), ("self_attn.k_proj", "attn", 1), ("self_attn.v_proj", "attn", 2),
+                  ("self_attn.out_proj", "attn.out_proj", None), ("mlp.fc1", "mlp.c_fc", None),
+                  ("mlp.fc2", "mlp.c_proj", None), ("layer_norm1", "ln_1", None), ("layer_norm2", "ln_2", None))
+
 _RES = ("in_layers.0", "in_layers.2", "emb_layers.1", "out_layers.0", "out_layers.3")
 _TB = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v",
        "attn2.to_out.0", "ff.net.0.proj", "ff.net.2", "norm1", "norm2", "norm3")

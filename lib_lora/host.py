@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lib_lora.arch import CONTEXT_WIDTH, LAYER_ROOTS, TE_WIDTH, UNET, arch_of_layers, canonical_layer_name
+from lib_lora.arch import (CONTEXT_WIDTH, HF_TO_OPENCLIP, LAYER_ROOTS, TE_COMPONENTS, TE_WIDTH, UNET, arch_of_layers,
+                           canonical_layer_name)
 from lib_lora.keys import diffusers_to_compvis
 
 _LEAF_TYPES = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
@@ -146,20 +147,17 @@ class Host:
                 ref = _ref_of_module(path, mod) if path else None
                 if ref is not None:
                     layers[path] = ref
-        for i, te in enumerate(text_encoders):
+        # the i-th encoder is the arch's i-th text-encoder component (an unknown arch reads as SD1)
+        components = list(TE_COMPONENTS.get(arch, TE_COMPONENTS["sd1"]).values())
+        for te, (base, kind, _) in zip(text_encoders, components):
             if te is None:
                 continue
-            openclip = arch == "sd2" or (arch == "sdxl" and i == 1)
-            if arch == "sdxl":
-                root = f"conditioner.embedders.{i}."
-            else:
-                root = "cond_stage_model."
-            if openclip:
-                layers.update(_openclip_from_hf(te, root + "model.transformer.resblocks."))
+            if kind == "openclip":
+                layers.update(_openclip_from_hf(te, base + ".transformer.resblocks."))
             else:
                 for name, mod in _hf_clip_modules(te):
                     if isinstance(mod, _LEAF_TYPES) and name.startswith("text_model."):
-                        canon = root + "transformer." + name
+                        canon = f"{base}.{name}"
                         layers[canon] = _ref_of_module(canon, mod)
         return cls(layers, arch)
 
@@ -221,8 +219,7 @@ def _hf_clip_modules(te):
         yield name, mod
 
 
-_HF_TO_OPENCLIP = {"self_attn.out_proj": "attn.out_proj", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
-                   "layer_norm1": "ln_1", "layer_norm2": "ln_2"}
+_HF_TO_OPENCLIP = {hf: oc for hf, oc, qkv in HF_TO_OPENCLIP if qkv is None}  # q/k/v: one fused layer below
 
 
 def _openclip_from_hf(te, root: str) -> dict[str, LayerRef]:

@@ -115,11 +115,6 @@ def diffusers_to_compvis(path: str, arch: str = "sd1") -> str | None:
 
 # ---------------------------------------------------------------- per-arch name index
 
-_OPENCLIP_FROM_HF = (("self_attn.q_proj", "attn", 0), ("self_attn.k_proj", "attn", 1), ("self_attn.v_proj", "attn", 2),
-                     ("self_attn.out_proj", "attn.out_proj", None), ("mlp.fc1", "mlp.c_fc", None),
-                     ("mlp.fc2", "mlp.c_proj", None), ("layer_norm1", "ln_1", None), ("layer_norm2", "ln_2", None))
-
-
 def _flat(path: str) -> str:
     return path.replace(".", "_")
 
@@ -135,7 +130,7 @@ def _index(arch: str):
             names[_flat(layer[len(base) + 1:])] = (layer, None)  # native names relative to the base
         if kind == "openclip":  # HF CLIP names used by kohya/diffusers for OpenCLIP weights
             for i in range(count):
-                for hf, oc, qkv in _OPENCLIP_FROM_HF:
+                for hf, oc, qkv in _arch.HF_TO_OPENCLIP:
                     names[_flat(f"text_model.encoder.layers.{i}.{hf}")] = (f"{base}.transformer.resblocks.{i}.{oc}", qkv)
             names["text_model_final_layer_norm"] = (f"{base}.ln_final", None)
             names["text_model_embeddings_token_embedding"] = (f"{base}.token_embedding", None)
