@@ -1,4 +1,4 @@
-"""Merge LoRA deltas into the live weights, exactly reversibly (a1111_integration.md §4 rules c–f).
+"""Merge LoRA deltas into the live weights, exactly reversibly (docs/spec/webui_integration.md §4, rules c–f).
 
 Every touched layer holds W0 + Σ mᵢ·ΔWᵢ, computed in fp32 on the weight's device from the exact backup W0
 and written with one cast. A layer is rewritten only when its contribution set (network, module, dyn,
@@ -39,9 +39,9 @@ class ActiveLora:
     unet: float = 1.0
     blocks: list[float] | None = None  # 26 slots, None = all 1
     dyn: int | None = None
-    start: int | None = None       # 1-based sampling steps, prompt_syntax.md §2
+    start: int | None = None       # 1-based sampling steps, docs/spec/prompt_syntax.md §2.4
     stop: int | None = None
-    listed: list[bool] | None = None   # 26 bools: slots the user's weight format listed (blocks.md §2.5)
+    listed: list[bool] | None = None   # 26 bools: slots the user's weight format listed (docs/spec/blocks.md §2.5)
 
     @property
     def gated(self) -> bool:
@@ -59,6 +59,7 @@ class LoraReport:
     unlisted: list[int] = field(default_factory=list)            # used slots the weight format did not list
     notes: list[tuple[str, str]] = field(default_factory=list)   # (module key, note): applied, with a caveat
     error: str | None = None
+    active: ActiveLora | None = None  # the ActiveLora this report is about
 
 
 @dataclass
@@ -88,7 +89,7 @@ def gated_off(active: ActiveLora, step: int | None) -> bool:
 
 
 def effective_multiplier(active: ActiveLora, module, step: int | None = None) -> float:
-    """prompt_syntax.md §3: te×w[BASE] for the text encoder, unet×w[block] in the table, unet outside."""
+    """docs/spec/prompt_syntax.md §3: te×w[BASE] for the text encoder, unet×w[block] in the table, unet outside."""
     slot = module.slot
     if module.is_te:
         return float(active.te) * (1.0 if active.blocks is None else float(active.blocks[0]))
@@ -191,7 +192,7 @@ class Patcher:
         host_arch = self.host.arch
         for active in actives:
             net = active.network
-            lr = LoraReport(net.name)
+            lr = LoraReport(net.name, active=active)
             rep.loras.append(lr)
             net_arch = net.arch or "unknown"
             if net_arch != "unknown" and host_arch not in (None, "unknown") and net_arch != host_arch:
