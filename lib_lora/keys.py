@@ -1,4 +1,4 @@
-"""LoRA key families → `LoraModule`s named by canonical (compvis/SGM) layer names (formats.md §3).
+"""LoRA key families → `LoraModule`s named by canonical (compvis/SGM) layer names (docs/spec/formats.md §3).
 
 Underscore-joined kohya names are never split by guessing: each arch has a dictionary from
 `path.replace('.', '_')` to the canonical layer, built from the generated layer list (arch.py).
