@@ -1,4 +1,5 @@
-"""Model families: the canonical layer names of SD1/SD2/SDXL (generated) and LoRA architecture detection.
+"""Everything about model families in one place: names, labels, prefixes, widths, canonical layer names
+(generated) and the architecture detectors for LoRA files (`detect_arch_raw`) and for models (`arch_of_layers`).
 
 The layer generator replaces shipping key lists: it is checked against real checkpoint key lists in tests.
 """
@@ -11,7 +12,39 @@ import re
 ARCHS = ("sd1", "sd2", "sdxl")
 ARCH_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "unknown": "unknown"}
 
+# Roots of canonical layer names: the U-Net, and the text encoders (SD1/SD2 cond_stage_model, SDXL's two
+# embedders of the conditioner; the conditioner's other children are not text encoders).
 UNET = "model.diffusion_model."
+TE_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
+LAYER_ROOTS = (UNET,) + TE_PREFIXES
+
+# Widths that tell the families apart: cross-attention context (attn2.to_k input) and text-encoder hidden size.
+CONTEXT_WIDTH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
+TE_WIDTH = {768: "sd1", 1024: "sd2", 1280: "sdxl"}
+
+
+# Old SD1 checkpoints (and A1111's hijacked CLIP) lack the `text_model.` segment of the CLIP names.
+_TEXT_MODEL_FIX = re.compile(r"^((?:cond_stage_model|conditioner\.embedders\.\d+)\.transformer\.)"
+                             r"(?!text_model\.)(encoder\.|embeddings\.|final_layer_norm)")
+_SDXL_TE_ALIAS = "cond_stage_model.embedders."  # A1111 exposes SDXL's conditioner under this name too
+
+
+def canonical_layer_name(name: str) -> str:
+    """The canonical spelling of a compvis/SGM layer path: SDXL's text encoders under `conditioner.embedders.`
+    (not A1111's `cond_stage_model.embedders.` alias) and CLIP paths with `text_model.`."""
+    if name.startswith(_SDXL_TE_ALIAS):
+        name = "conditioner." + name[len("cond_stage_model."):]
+    return _TEXT_MODEL_FIX.sub(r"\1text_model.\2", name)
+
+
+def label(arch) -> str:
+    """"SDXL" for "sdxl"; anything unknown as given."""
+    return ARCH_LABELS.get(arch, str(arch))
+
+
+def is_te_layer(layer: str) -> bool:
+    """A canonical layer of a text encoder."""
+    return layer.startswith(TE_PREFIXES)
 
 # Per-arch U-Net layout: channels and transformer depth per level, transformer depth in the middle block.
 _UNET_LAYOUT = {
@@ -27,6 +60,12 @@ TE_COMPONENTS = {
     "sdxl": {"te1": ("conditioner.embedders.0.transformer", "clip", 12),
              "te2": ("conditioner.embedders.1.model", "openclip", 32)},
 }
+
+# transformers' CLIP layer names → OpenCLIP's (SD2, SDXL TE2), with the q/k/v slice of the fused `attn`
+# (kohya and diffusers name OpenCLIP weights the HF way; checkpoints hold them the OpenCLIP way).
+HF_TO_OPENCLIP = (("self_attn.q_proj", "attn", 0), ("self_attn.k_proj", "attn", 1), ("self_attn.v_proj", "attn", 2),
+                  ("self_attn.out_proj", "attn.out_proj", None), ("mlp.fc1", "mlp.c_fc", None),
+                  ("mlp.fc2", "mlp.c_proj", None), ("layer_norm1", "ln_1", None), ("layer_norm2", "ln_2", None))
 
 _RES = ("in_layers.0", "in_layers.2", "emb_layers.1", "out_layers.0", "out_layers.3")
 _TB = ("attn1.to_q", "attn1.to_k", "attn1.to_v", "attn1.to_out.0", "attn2.to_q", "attn2.to_k", "attn2.to_v",
@@ -103,45 +142,46 @@ def canonical_layers(arch: str) -> frozenset:
 
 # ---------------------------------------------------------------- detection (docs/spec/formats.md §3.5)
 
+# Metadata fields that name the base model, with the value prefixes of each family (kohya, then ModelSpec).
+_METADATA_ARCH = (
+    ("ss_base_model_version", (("sdxl", "sdxl"), ("sd_v2", "sd2"), ("sd_v1", "sd1"))),
+    ("modelspec.architecture", (("stable-diffusion-xl-v1", "sdxl"), ("stable-diffusion-v2", "sd2"),
+                                ("stable-diffusion-v1", "sd1"))),
+)
+
+
 def arch_from_metadata(metadata: dict | None) -> str | None:
     md = metadata or {}
-    base = str(md.get("ss_base_model_version", "")).lower()
-    if base.startswith("sdxl"):
-        return "sdxl"
-    if base.startswith("sd_v2"):
-        return "sd2"
-    if base.startswith("sd_v1"):
-        return "sd1"
-    spec = str(md.get("modelspec.architecture", "")).lower()
-    if spec.startswith("stable-diffusion-xl-v1"):
-        return "sdxl"
-    if spec.startswith("stable-diffusion-v2"):
-        return "sd2"
-    if spec.startswith("stable-diffusion-v1"):
-        return "sd1"
+    for field, prefixes in _METADATA_ARCH:
+        value = str(md.get(field, "")).lower()
+        for prefix, arch in prefixes:
+            if value.startswith(prefix):
+                return arch
     if str(md.get("ss_v2", "")).lower() == "true":
         return "sd2"
     return None
 
 
-_CONTEXT = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
-_TE_WIDTH = {768: "sd1", 1024: "sd2", 1280: "sdxl"}
-_IN_SUFFIXES = ("lora_down.weight", "lora_A.weight", "down.weight", "hada_w1_b", "diff")
 _SDXL_PREFIXES = ("lora_te1_", "lora_te2_", "text_encoder_2.")
 _COMPVIS_UNET = re.compile(r"^(lora_unet_|oft_unet_|lycoris_)(input_blocks|middle_block|output_blocks)_")
 _DEEP_TB = re.compile(r"transformer_blocks[._][1-9]")
 
 
 def _in_features(key: str, sd: dict) -> int | None:
-    """Input width of the layer a key belongs to, from the down-side factor."""
-    t = sd[key]
-    if key.endswith(_IN_SUFFIXES) and t.dim() >= 2:
-        return int(t.shape[1])  # (r, in[, kh, kw]); LoHa Tucker w1_b is (r, in) too
-    if key.endswith(("lokr_w1", "lokr_w1_b")) and t.dim() == 2:
-        stem = key.rsplit("lokr_w1", 1)[0]
-        w2 = sd.get(stem + "lokr_w2", sd.get(stem + "lokr_w2_b"))
-        if w2 is not None and w2.dim() >= 2:
-            return int(t.shape[1]) * int(w2.shape[1])  # in = c * d
+    """Input width of the layer a key belongs to, from its module's factors (each algorithm's `in_width`)."""
+    from lib_lora import algos  # algos never imports arch: no cycle, and `--help` paths stay light
+
+    for algo in algos.REGISTRY:
+        if algo.in_width is None:
+            continue
+        for suffix in algo.suffixes:
+            if key.endswith("." + suffix):
+                stem = key[: -len(suffix)]
+                w = algo.in_width(lambda s: sd.get(stem + s))
+                if w is not None:
+                    return w
+    if key.endswith("down.weight") and sd[key].dim() >= 2:  # old diffusers `…_lora.down.weight`
+        return int(sd[key].shape[1])
     return None
 
 
@@ -161,14 +201,14 @@ def detect_arch_raw_detail(state_dict: dict, metadata: dict | None = None) -> tu
         return "sdxl", True
     for k in keys:  # cross-attention context width settles SD1/SD2/SDXL
         if "attn2" in k and ("to_k" in k or "to_v" in k):
-            arch = _CONTEXT.get(_in_features(k, state_dict) or 0)
+            arch = CONTEXT_WIDTH.get(_in_features(k, state_dict) or 0)
             if arch:
                 return arch, True
     for k in keys:  # text-encoder width
         if ("q_proj" in k or "fc1" in k) and ("lora_te" in k or k.startswith("text_encoder.")):
             w = _in_features(k, state_dict)
-            if w in _TE_WIDTH:
-                return _TE_WIDTH[w], True
+            if w in TE_WIDTH:
+                return TE_WIDTH[w], True
     if any(_DEEP_TB.search(k) for k in keys):
         return "sdxl", True  # SD1/SD2 have one transformer block per attention
     for k in keys:  # SD1 proj_in is a 1x1 conv (SD2 and SDXL use Linear)
@@ -181,29 +221,31 @@ def detect_arch_raw_detail(state_dict: dict, metadata: dict | None = None) -> tu
     return "unknown", False
 
 
-def detect_lora_arch(modules: dict, metadata: dict | None = None) -> str:
-    """Architecture of grouped modules ("sd1" | "sd2" | "sdxl" | "unknown")."""
-    by_meta = arch_from_metadata(metadata)
-    if by_meta:
-        return by_meta
-    flat = {}
-    for m in modules.values():
-        for suffix, t in m.tensors.items():
-            flat[f"{m.key}.{suffix}"] = t
-    arch = detect_arch_raw(flat, None)
-    if arch != "unknown":
-        return arch
-    layers = [m.layer for m in modules.values()]
-    if any(layer.startswith("conditioner.") for layer in layers):
+def arch_of_layers(names, context_width: int | None = None) -> str:
+    """A loaded model's family from its canonical layer names ("sd1" | "sd2" | "sdxl" | "unknown"): the text
+    encoders' roots, else the cross-attention context width (`attn2.to_k` input), else SDXL's label_emb.
+    Only for real model layers: a LoRA's layer names follow the arch they were mapped with."""
+    names = list(names)
+    if any(n.startswith("conditioner.embedders.") for n in names):
         return "sdxl"
-    if any(layer.startswith("cond_stage_model.model.") for layer in layers):
+    if any(n.startswith("cond_stage_model.model.transformer.") for n in names):
         return "sd2"
+    if any(n.startswith("cond_stage_model.transformer.") for n in names):
+        return "sd1"
+    if context_width:
+        return CONTEXT_WIDTH.get(int(context_width), "unknown")
+    if any(n.startswith(UNET + "label_emb.") for n in names):
+        return "sdxl"
     return "unknown"
 
 
 # ---------------------------------------------------------------- what a file without LoRA modules is
 
-_LORA_MARKS = re.compile(r"lora_|lokr_|hada_|oft_|lycoris_|\.alpha$|\.on_input$|\.diff$|\.[wb]_norm$")
+def _lora_marks() -> tuple:
+    """Key endings that only LoRA files have: every suffix an algorithm reads, except the generic ones."""
+    from lib_lora import algos
+
+    return tuple("." + s for s in set().union(*(a.suffixes for a in algos.REGISTRY)) - {"weight", "scale"})
 
 
 def guess_non_lora(keys) -> str | None:
@@ -213,7 +255,8 @@ def guess_non_lora(keys) -> str | None:
     n = len(keys)
     if not keys:
         return "a file without tensors"
-    if any(_LORA_MARKS.search(k) for k in keys):
+    marks = _lora_marks()
+    if any("lora_" in k or k.startswith(("lycoris_", "oft_")) or k.endswith(marks) for k in keys):
         return None
     if any(k.startswith((UNET, "first_stage_model.", "cond_stage_model.", "conditioner.")) for k in keys):
         return f"a model checkpoint ({n} tensors), not a LoRA"

@@ -2,8 +2,9 @@
 
 Each module's effective multiplier m (docs/spec/prompt_syntax.md §3, same function the patcher uses) is folded into
 ONE factor of the module, so the file keeps its algorithm, rank and key names: ΔW is linear in that factor.
-Modules at m = 0 are dropped. Algorithms whose delta is not linear in any stored factor (DoRA, OFT, BOFT)
-can only be kept at m = 1 or dropped at m = 0; anything else is refused with a message.
+Modules at m = 0 are dropped. Which factor carries m is the algorithm's `linear_in` (lib_lora/algos); algorithms
+whose delta is not linear in any stored factor (DoRA, OFT, BOFT) can only be kept at m = 1 or dropped at m = 0;
+anything else is refused with a message.
 """
 
 from __future__ import annotations
@@ -12,25 +13,9 @@ import json
 import os
 
 from lib_lora import fileio
+from lib_lora.algos import algorithm_of
 from lib_lora.bake import _STALE_METADATA, load_presets, parse_tags, resolve_tag
 from lib_lora.errors import LoraStudioError, SyntaxProblem
-
-# Normalised suffix (keys.split_key) of the factor that carries the multiplier, per algorithm.
-_LINEAR_FACTOR = {
-    "lora": ("lora_up.weight",),
-    "loha": ("hada_w1_a",),
-    "lokr": ("lokr_w1", "lokr_w1_a"),        # the first one present
-    "full": ("diff", "diff_b"),             # all present
-    "norm": ("w_norm", "b_norm"),
-    "ia3": ("weight",),
-    "glora": ("a1.weight", "b1.weight"),    # W·a1·a2 + b1·b2 (or the old a2·a1 / b2·b1 order): both terms
-}
-_ALL_OF = {"full", "norm", "glora"}
-
-
-def _nonlinear(mod) -> bool:
-    return mod.algo in ("oft", "boft") or mod.dora_scale is not None
-
 
 def _module_of(key: str, modules: dict):
     """(module key, normalised suffix) of a file key, or (None, None) for keys outside any module."""
@@ -44,12 +29,10 @@ def _module_of(key: str, modules: dict):
     return None, None
 
 
-def _factors(mod, suffixes) -> set:
-    names = _LINEAR_FACTOR.get(mod.algo, ())
-    present = [n for n in names if n in suffixes]
-    if mod.algo in _ALL_OF:
-        return set(present)
-    return set(present[:1])
+def _factors(algo, suffixes) -> set:
+    """The stored factor(s) a multiplier folds into (the algorithm's `linear_in`: first present, or all)."""
+    present = [n for n in algo.linear_in if n in suffixes]
+    return set(present if algo.linear_all else present[:1])
 
 
 def bake_lora(prompt: str, lora_dir, out, overwrite: bool = False, presets_path=None, seed: int = 0):
@@ -66,7 +49,8 @@ def bake_lora(prompt: str, lora_dir, out, overwrite: bool = False, presets_path=
     net, active = r.network, r.active
     raw, metadata = fileio.read_tensors(net.path)
     mult = {k: effective_multiplier(active, m) for k, m in net.modules.items()}
-    refused = [k for k, m in net.modules.items() if _nonlinear(m) and mult[k] not in (0.0, 1.0)]
+    algo = {k: algorithm_of(m) for k, m in net.modules.items()}
+    refused = [k for k in net.modules if not algo[k].linear and mult[k] not in (0.0, 1.0)]
     if refused:
         raise LoraStudioError(
             f"LoRA '{net.name}': {len(refused)} DoRA/OFT/BOFT modules (e.g. '{refused[0]}') would need a "
@@ -92,9 +76,10 @@ def bake_lora(prompt: str, lora_dir, out, overwrite: bool = False, presets_path=
         factor = m
         if mk in ranks:
             n, extra = ranks[mk]
-            t = _narrow(t, suffix, n)
+            t = algo[mk].narrow(suffix, t, n)
             factor *= extra
-        if factor != 1.0 and suffix in _factors(net.modules[mk], by_module[mk]):
+        # a variant (DoRA) is kept only at m = 1: what is left is dyn's factor, which its base's factors carry
+        if factor != 1.0 and suffix in _factors(algo[mk].base or algo[mk], by_module[mk]):
             t = (t.float() * factor).to(t.dtype)
         result[key] = t
     for mk, m in mult.items():
@@ -114,30 +99,21 @@ def bake_lora(prompt: str, lora_dir, out, overwrite: bool = False, presets_path=
 
 
 def _dyn_ranks(net, dyn, messages) -> dict:
-    """dyn=N keeps the first N ranks of LoRA modules. The full-rank scale alpha/r must survive although the
-    new file's alpha is divided by N: module key → (N, extra factor N/r for the up weight)."""
+    """dyn=N keeps the first N ranks of modules whose algorithm can narrow (LoRA). The full-rank scale alpha/r
+    must survive although the new file's alpha is divided by N: module key → (N, extra factor N/r for the
+    linear factor)."""
     if dyn is None:
         return {}
     out, other = {}, 0
     for mk, mod in net.modules.items():
-        down = mod.tensors.get("lora_down.weight") if mod.algo == "lora" else None
-        if down is None:
+        algo = algorithm_of(mod)
+        rank = algo.rank(mod) if algo.narrow is not None else None
+        if rank is None:
             other += 1
             continue
-        rank = down.shape[0]
         n = min(int(dyn), rank)
         if n < rank:
             out[mk] = (n, n / rank if (mod.scale is None and mod.alpha is not None) else 1.0)
     if other:
         messages.append(f"`{net.name}`: dyn= applies to LoRA modules only; {other} other modules kept whole")
     return out
-
-
-def _narrow(t, suffix: str, n: int):
-    if suffix == "lora_down.weight":
-        return t[:n].contiguous()
-    if suffix == "lora_up.weight":
-        return t[:, :n].contiguous()
-    if suffix == "lora_mid.weight":
-        return t[:n, :n].contiguous()
-    return t

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Iterable, Sequence
 
+from .arch import ARCHS, UNET, is_te_layer, label
 from .errors import SyntaxProblem
 
 # 0 BASE, 1-12 IN00-IN11, 13 M00, 14-25 OUT00-OUT11
@@ -32,21 +33,18 @@ FORMAT_LABELS = {12: "SDXL LoRA", 17: "SD1/SD2 LoRA", 20: "SDXL full", 26: "SD1/
 ACCEPTED_COUNTS = (12, 17, 20, 26)
 # Formats made for each LoRA family: (attention-only, full).
 ARCH_FORMATS = {"sd1": (17, 26), "sd2": (17, 26), "sdxl": (12, 20)}
-ARCH_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
 FLUX_COUNT = 61
 
-_UNET = "model.diffusion_model."
-_TE_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
 _BLOCK_RE = re.compile(r"(input_blocks|output_blocks)\.(\d+)\.")
 
 
 def slot_of_layer(layer: str) -> int | None:
     """Slot of a canonical layer name; None for U-Net layers outside the table (time_embed, label_emb, out)."""
-    if layer.startswith(_TE_PREFIXES):
+    if is_te_layer(layer):
         return 0
-    if not layer.startswith(_UNET):
+    if not layer.startswith(UNET):
         return None
-    rest = layer[len(_UNET):]
+    rest = layer[len(UNET):]
     if rest.startswith("middle_block."):
         return SLOT["M00"]
     m = _BLOCK_RE.match(rest)
@@ -83,13 +81,6 @@ def expand(values: Sequence[float], name: str | None = None) -> tuple[list[float
     return vec, listed
 
 
-def compress(vec26: Sequence[float], count: int) -> list[float]:
-    """Inverse of `expand` for the listed slots: the `count`-value list a 26-slot vector reads as."""
-    if count not in FORMATS:
-        raise SyntaxProblem(count_message(count))
-    return [float(vec26[s]) for s in FORMATS[count]]
-
-
 def format_names(count: int) -> list[str]:
     """Block names of a format, in order (e.g. for UI sliders and messages)."""
     return [BLOCK_NAMES[s] for s in FORMATS[count]]
@@ -106,8 +97,7 @@ def unlisted_warning(lora_name: str, lora_arch: str | None, count: int, used_slo
     if not hit:
         return None
     arch = (lora_arch or "").lower()
-    label = ARCH_LABELS.get(arch)
-    who = f"LoRA '{lora_name}'" + (f" ({label})" if label else "")
+    who = f"LoRA '{lora_name}'" + (f" ({label(arch)})" if arch in ARCHS else "")
     blocks = ", ".join(BLOCK_NAMES[s] for s in hit)
     msg = (f"{who} has weights in {blocks}, which the {count}-value format does not list; "
            f"they were set to 0.")
@@ -136,8 +126,8 @@ def checkpoint_key_slot(key: str, arch: str | None) -> int | None:
     m = _CK_UNET.match(key)
     if m:
         return (1 if m.group(1) == "input_blocks" else 14) + int(m.group(2))
-    if key.startswith("model.diffusion_model."):
-        rest = key[len("model.diffusion_model."):]
+    if key.startswith(UNET):
+        rest = key[len(UNET):]
         if rest.startswith("middle_block."):
             return SLOT["M00"]
         if rest.startswith(("time_embed.", "label_emb.")):

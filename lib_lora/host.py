@@ -11,15 +11,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-_UNET = "model.diffusion_model."
-_TE_ROOTS = ("cond_stage_model.", "conditioner.embedders.")
-_ROOTS = (_UNET,) + _TE_ROOTS
+from lib_lora.arch import (CONTEXT_WIDTH, HF_TO_OPENCLIP, LAYER_ROOTS, TE_COMPONENTS, TE_WIDTH, UNET, arch_of_layers,
+                           canonical_layer_name)
+from lib_lora.keys import diffusers_to_compvis
+
 _LEAF_TYPES = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
-# Old SD1 checkpoints (and A1111's hijacked CLIP) lack the `text_model.` segment.
-_TEXT_MODEL_FIX = re.compile(r"^((?:cond_stage_model|conditioner\.embedders\.\d+)\.transformer\.)"
-                             r"(?!text_model\.)(encoder\.|embeddings\.|final_layer_norm)")
-
-
 @dataclass
 class LayerRef:
     """Live tensors of one canonical layer; the patcher writes into them in place.
@@ -141,32 +137,27 @@ class Host:
     @classmethod
     def from_diffusers(cls, unet=None, text_encoders=(), arch: str | None = None) -> "Host":
         """From a diffusers UNet2DConditionModel and transformers CLIPTextModel(WithProjection)s."""
-        from lib_lora.keys import diffusers_to_compvis
-
         arch = arch or _diffusers_arch(unet, text_encoders)
         layers: dict[str, LayerRef] = {}
         if unet is not None:
             for name, mod in unet.named_modules():
                 if not isinstance(mod, _LEAF_TYPES):
                     continue
-                path = _compvis_unet_path(diffusers_to_compvis, name, arch)
+                path = diffusers_to_compvis(name, arch)
                 ref = _ref_of_module(path, mod) if path else None
                 if ref is not None:
                     layers[path] = ref
-        for i, te in enumerate(text_encoders):
+        # the i-th encoder is the arch's i-th text-encoder component (an unknown arch reads as SD1)
+        components = list(TE_COMPONENTS.get(arch, TE_COMPONENTS["sd1"]).values())
+        for te, (base, kind, _) in zip(text_encoders, components):
             if te is None:
                 continue
-            openclip = arch == "sd2" or (arch == "sdxl" and i == 1)
-            if arch == "sdxl":
-                root = f"conditioner.embedders.{i}."
-            else:
-                root = "cond_stage_model."
-            if openclip:
-                layers.update(_openclip_from_hf(te, root + "model.transformer.resblocks."))
+            if kind == "openclip":
+                layers.update(_openclip_from_hf(te, base + ".transformer.resblocks."))
             else:
                 for name, mod in _hf_clip_modules(te):
                     if isinstance(mod, _LEAF_TYPES) and name.startswith("text_model."):
-                        canon = root + "transformer." + name
+                        canon = f"{base}.{name}"
                         layers[canon] = _ref_of_module(canon, mod)
         return cls(layers, arch)
 
@@ -178,33 +169,24 @@ class Host:
         """
         layers: dict[str, LayerRef] = {}
         for key, t in sd.items():
-            if not key.startswith(_ROOTS) or not torch.is_tensor(t) or not t.is_floating_point():
+            if not key.startswith(LAYER_ROOTS) or not torch.is_tensor(t) or not t.is_floating_point():
                 continue
             if key.endswith(".in_proj_weight"):
                 base = key[: -len(".in_proj_weight")]
-                layers[_fix_text_model(base)] = LayerRef(_fix_text_model(base), t,
+                layers[canonical_layer_name(base)] = LayerRef(canonical_layer_name(base), t,
                                                          sd.get(base + ".in_proj_bias"), fused=True)
             elif key.endswith(".weight"):
                 base = key[: -len(".weight")]
-                canon = _fix_text_model(base)
+                canon = canonical_layer_name(base)
                 layers[canon] = LayerRef(canon, t, sd.get(base + ".bias"))
         return cls(layers, arch)
 
 
 # -- names ----------------------------------------------------------------------------------------
-def _fix_text_model(name: str) -> str:
-    return _TEXT_MODEL_FIX.sub(r"\1text_model.\2", name)
-
-
 def canonical_name(name: str) -> str | None:
     """A1111 module name → canonical layer name, or None when it is not a U-Net/TE layer."""
-    parts = [p for p in name.split(".") if p != "wrapped"]
-    name = ".".join(parts)
-    if name.startswith("cond_stage_model.embedders."):  # an alias of the SDXL conditioner
-        name = "conditioner." + name[len("cond_stage_model."):]
-    if not name.startswith(_ROOTS):
-        return None
-    return _fix_text_model(name)
+    name = canonical_layer_name(".".join(p for p in name.split(".") if p != "wrapped"))
+    return name if name.startswith(LAYER_ROOTS) else None
 
 
 def _ref_of_module(canon: str, mod) -> LayerRef | None:
@@ -229,23 +211,6 @@ def _is_leaf(mod) -> bool:
     return isinstance(mod, _LEAF_TYPES) or any(c.__name__ in _LEAF_NAMES for c in type(mod).__mro__)
 
 
-def _compvis_unet_path(convert, name: str, arch: str) -> str | None:
-    try:
-        path = convert(name) if arch is None else _call_convert(convert, name, arch)
-    except (KeyError, ValueError):
-        return None
-    if not path:
-        return None
-    return path if path.startswith(_UNET) else _UNET + path
-
-
-def _call_convert(convert, name, arch):
-    try:
-        return convert(name, arch=arch)
-    except TypeError:  # converter without an arch argument
-        return convert(name)
-
-
 def _hf_clip_modules(te):
     """named_modules() with the `text_model.` head (transformers 5 dropped it from CLIPTextModel)."""
     for name, mod in te.named_modules():
@@ -254,8 +219,7 @@ def _hf_clip_modules(te):
         yield name, mod
 
 
-_HF_TO_OPENCLIP = {"self_attn.out_proj": "attn.out_proj", "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
-                   "layer_norm1": "ln_1", "layer_norm2": "ln_2"}
+_HF_TO_OPENCLIP = {hf: oc for hf, oc, qkv in HF_TO_OPENCLIP if qkv is None}  # q/k/v: one fused layer below
 
 
 def _openclip_from_hf(te, root: str) -> dict[str, LayerRef]:
@@ -280,35 +244,25 @@ def _openclip_from_hf(te, root: str) -> dict[str, LayerRef]:
 
 
 # -- architecture ---------------------------------------------------------------------------------
-_CONTEXT_ARCH = {768: "sd1", 1024: "sd2", 2048: "sdxl"}
-
-
 def detect_host_arch(layers: dict[str, LayerRef]) -> str:
-    """"sd1" / "sd2" / "sdxl" / "unknown" from the layers present."""
-    names = layers.keys()
-    if any(n.startswith("conditioner.embedders.") for n in names):
-        return "sdxl"
-    if any(n.startswith("cond_stage_model.model.transformer.") for n in names):
-        return "sd2"
-    if any(n.startswith("cond_stage_model.transformer.") for n in names):
-        return "sd1"
-    for n, ref in layers.items():  # U-Net only: cross-attention width settles it
+    """"sd1" / "sd2" / "sdxl" / "unknown" from the layers present (arch.arch_of_layers)."""
+    width = None
+    for n, ref in layers.items():
         if n.endswith(".attn2.to_k") and ref.weight is not None:
-            return _CONTEXT_ARCH.get(ref.weight.shape[1], "unknown")
-    if any(n.startswith(_UNET + "label_emb.") for n in names):
-        return "sdxl"
-    return "unknown"
+            width = ref.weight.shape[1]
+            break
+    return arch_of_layers(layers.keys(), width)
 
 
 def _diffusers_arch(unet, text_encoders) -> str:
     if unet is not None:
         for name, mod in unet.named_modules():
             if name.endswith("attn2.to_k") and isinstance(mod, torch.nn.Linear):
-                return _CONTEXT_ARCH.get(mod.in_features, "unknown")
+                return CONTEXT_WIDTH.get(mod.in_features, "unknown")
     tes = [t for t in text_encoders if t is not None]
     if len(tes) == 2:
         return "sdxl"
     if tes:
         width = getattr(getattr(tes[0], "config", None), "hidden_size", 768)
-        return "sd2" if width == 1024 else "sd1"
+        return "sd2" if TE_WIDTH.get(width) == "sd2" else "sd1"  # one encoder: SD1 (CLIP-L) or SD2 (OpenCLIP-H)
     return "unknown"

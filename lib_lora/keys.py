@@ -15,12 +15,12 @@ from typing import Optional
 
 import torch
 
+from lib_lora import algos
 from lib_lora import arch as _arch
 from lib_lora.blocks import slot_of_layer
 from lib_lora.errors import LoraStudioError
 
 UNET = _arch.UNET
-TE_PREFIXES = ("cond_stage_model.", "conditioner.")
 
 
 @dataclass
@@ -29,7 +29,7 @@ class LoraModule:
     layer: str                            # canonical layer name
     qkv: Optional[int]                    # slice of a fused OpenCLIP in_proj, else None
     algo: str                             # lora | loha | lokr | ia3 | full | norm | glora | oft | boft
-    tensors: dict = field(default_factory=dict)  # suffix -> tensor; alpha/scale/dora_scale removed
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)  # suffix -> tensor; alpha/scale/dora_scale removed
     alpha: Optional[float] = None         # None when absent or 0 (=> scale 1); OFT/BOFT: constraint, 0 kept
     scale: Optional[float] = None         # explicit `scale` tensor, overrides alpha/rank
     dora_scale: Optional[torch.Tensor] = None
@@ -115,11 +115,6 @@ def diffusers_to_compvis(path: str, arch: str = "sd1") -> str | None:
 
 # ---------------------------------------------------------------- per-arch name index
 
-_OPENCLIP_FROM_HF = (("self_attn.q_proj", "attn", 0), ("self_attn.k_proj", "attn", 1), ("self_attn.v_proj", "attn", 2),
-                     ("self_attn.out_proj", "attn.out_proj", None), ("mlp.fc1", "mlp.c_fc", None),
-                     ("mlp.fc2", "mlp.c_proj", None), ("layer_norm1", "ln_1", None), ("layer_norm2", "ln_2", None))
-
-
 def _flat(path: str) -> str:
     return path.replace(".", "_")
 
@@ -135,7 +130,7 @@ def _index(arch: str):
             names[_flat(layer[len(base) + 1:])] = (layer, None)  # native names relative to the base
         if kind == "openclip":  # HF CLIP names used by kohya/diffusers for OpenCLIP weights
             for i in range(count):
-                for hf, oc, qkv in _OPENCLIP_FROM_HF:
+                for hf, oc, qkv in _arch.HF_TO_OPENCLIP:
                     names[_flat(f"text_model.encoder.layers.{i}.{hf}")] = (f"{base}.transformer.resblocks.{i}.{oc}", qkv)
             names["text_model_final_layer_norm"] = (f"{base}.ln_final", None)
             names["text_model_embeddings_token_embedding"] = (f"{base}.token_embedding", None)
@@ -164,14 +159,8 @@ def resolve(component: str, path: str, arch: str):
         rel = _translate_unet(flat, "_", arch)
         return (unet[rel], None) if rel in unet else None
     if component == "compvis":
-        layers = _arch.canonical_layers(arch)
-        if path in layers:
-            return path, None
-        for base in ("cond_stage_model.transformer.", "conditioner.embedders.0.transformer."):
-            if path.startswith(base + "encoder.") or path.startswith(base + "final_layer_norm"):
-                fixed = base + "text_model." + path[len(base):]  # old SD1 form without `text_model.`
-                return (fixed, None) if fixed in layers else None
-        return None
+        layer = _arch.canonical_layer_name(path)
+        return (layer, None) if layer in _arch.canonical_layers(arch) else None
     comp = _te_component(arch, component)
     if comp is None:
         return None
@@ -183,9 +172,10 @@ def resolve(component: str, path: str, arch: str):
 KOHYA_PREFIXES = (("lora_unet_", "unet"), ("lora_te1_", "te1"), ("lora_te2_", "te2"), ("lora_te_", "te"),
                   ("oft_unet_", "unet"), ("lycoris_", "unet"))  # lycoris_: LyCORIS' own wrapper on a diffusers U-Net
 
-_KNOWN_SUFFIX = (r"lora_down\.weight|lora_up\.weight|lora_mid\.weight|alpha|scale|dora_scale|hada_w[12]_[ab]|"
-                 r"hada_t[12]|lokr_w[12](?:_[ab])?|lokr_t[12]|on_input|diff|diff_b|w_norm|b_norm|oft_blocks|"
-                 r"oft_diag|rescale|(?:a1|a2|b1|b2|bm)\.weight")
+# Every suffix an algorithm reads (IA3's bare `weight` is joined to its module below), plus lokr_t1, read only
+# to refuse it by name.
+_KNOWN_SUFFIX = "|".join(re.escape(s) for s in sorted(
+    set().union(*(a.suffixes for a in algos.REGISTRY)) - {"weight"} | {"lokr_t1"}))
 _ATTN_OLD = {"to_q": "to_q", "to_k": "to_k", "to_v": "to_v", "to_out": "to_out.0"}
 _TE_OLD = {"to_q": "q_proj", "to_k": "k_proj", "to_v": "v_proj", "to_out": "out_proj"}
 
@@ -247,57 +237,13 @@ def _component_of(module: str):
         return "te", module[13:]
     if module.startswith(UNET):
         return "unet", module[len(UNET):]
-    if module.startswith(TE_PREFIXES):
+    if module.startswith(_arch.TE_PREFIXES):
         return "compvis", module
     if module.startswith(_UNET_HEADS) or module.startswith(_COMPVIS_HEADS):
         return "unet", module
     if module.startswith("text_model."):
         return "te", module
     return None, None
-
-
-# ---------------------------------------------------------------- algorithm detection
-
-def _fallback_detect_algo(suffixes) -> str | None:
-    """docs/spec/formats.md §2 detection order (used until/unless lib_lora.algos provides detect_algo)."""
-    s = set(suffixes)
-    if s & {"lora_up.weight", "lora_down.weight"}:
-        return "lora"
-    if "hada_w1_a" in s:
-        return "loha"
-    if "on_input" in s:
-        return "ia3"
-    if s & {"lokr_w1", "lokr_w1_a"}:
-        return "lokr"
-    if "diff" in s:
-        return "full"
-    if s & {"w_norm", "b_norm"}:
-        return "norm"
-    if s & {"oft_blocks", "oft_diag"}:
-        return "oft"
-    if "a1.weight" in s:
-        return "glora"
-    return None
-
-
-def detect_algo(tensors: dict) -> str | None:
-    """Algorithm of one module from its (suffix → tensor) dict; BOFT told apart by its 4-D oft_blocks."""
-    try:
-        from lib_lora.algos import detect_algo as algos_detect  # owned by the algorithms engineer
-        algo = algos_detect(tensors)  # a dict works as a suffix collection and also carries shapes
-    except ImportError:
-        algo = _fallback_detect_algo(tensors)
-    if algo == "oft" and "oft_blocks" in tensors and tensors["oft_blocks"].dim() == 4:
-        algo = "boft"
-    return algo
-
-
-def _unknown_suffixes(algo: str, tensors: dict) -> set:
-    try:
-        from lib_lora.algos import unknown_suffixes
-    except ImportError:
-        return set()
-    return set(unknown_suffixes(algo, tensors))
 
 
 # ---------------------------------------------------------------- diffusers/PEFT adapter metadata
@@ -343,10 +289,6 @@ def _peft_alpha(cfg: dict, component: str, path: str, rank: int | None) -> float
 
 # ---------------------------------------------------------------- grouping
 
-def _rank(tensors: dict) -> int | None:
-    t = tensors.get("lora_down.weight")
-    return int(t.shape[0]) if t is not None else None
-
 
 def _peft_magnitude(mag: torch.Tensor) -> torch.Tensor:
     """PEFT magnitudes are always per output channel: Linear (out,), Conv (1,out,1,1) → (out,1[,1,1])."""
@@ -358,11 +300,7 @@ def _peft_magnitude(mag: torch.Tensor) -> torch.Tensor:
 def _check(module: LoraModule) -> str | None:
     """Why a module cannot be right whatever the model (NaN/Inf, rank 0, factor shapes), or None."""
     try:
-        from lib_lora.algos import check_module
-    except ImportError:
-        return None
-    try:
-        check_module(module)
+        algos.check_module(module)
     except LoraStudioError as exc:
         msg = str(exc)
         return msg[len(module.key) + 2:] if msg.startswith(module.key + ": ") else msg
@@ -406,7 +344,7 @@ def _group(state_dict: dict, metadata: dict, arch: str, checked: dict | None = N
 
     cfg = _peft_config(metadata)
     modules: dict[str, LoraModule] = {}
-    label = _arch.ARCH_LABELS.get(arch, arch)
+    label = _arch.label(arch)
     for module, tensors in raw.items():
         comp, path = where[module]
         hit = resolve(comp, path, arch)
@@ -418,12 +356,12 @@ def _group(state_dict: dict, metadata: dict, arch: str, checked: dict | None = N
         scale_t = tensors.pop("scale", None)
         dora = tensors.pop("dora_scale", None)
         mag = tensors.pop("lora_magnitude_vector", None)
-        algo = detect_algo(tensors)
+        algo = algos.detect_algo(tensors)  # a dict carries shapes too: BOFT's 4-D oft_blocks
         if algo is None:
             what = ", ".join(sorted(tensors)) or "no weights"
             skipped += [(k, f"unknown algorithm ({what})") for k in owners[module]]
             continue
-        extra = _unknown_suffixes(algo, tensors)
+        extra = algos.unknown_suffixes(algo, tensors)
         if extra:  # e.g. T-LoRA's lambda_layer: applying the rest would give a wrong delta
             skipped += [(k, f"{algo} module with unsupported tensors ({', '.join(sorted(extra))})")
                         for k in owners[module]]
@@ -431,15 +369,15 @@ def _group(state_dict: dict, metadata: dict, arch: str, checked: dict | None = N
         alpha, problem = _one_number(alpha_t, "alpha")
         scale, problem2 = _one_number(scale_t, "scale")
         problem = problem or problem2
-        if alpha is None and alpha_t is None and not module.startswith(("lora_", "oft_", "lycoris_")):
-            alpha = _peft_alpha(cfg, comp, path, _rank(tensors))
-        if alpha == 0 and algo not in ("oft", "boft"):
-            alpha = None  # 0 means "unset" (scale 1); for OFT it is a real constraint value
         layer, qkv = hit
         mod = LoraModule(
             key=module, layer=layer, qkv=qkv, algo=algo, tensors=tensors, alpha=alpha, scale=scale,
             dora_scale=_peft_magnitude(mag) if mag is not None else dora,
-            slot=slot_of_layer(layer), is_te=layer.startswith(TE_PREFIXES), peft_dora=mag is not None)
+            slot=slot_of_layer(layer), is_te=_arch.is_te_layer(layer), peft_dora=mag is not None)
+        if alpha is None and alpha_t is None and not module.startswith(("lora_", "oft_", "lycoris_")):
+            mod.alpha = _peft_alpha(cfg, comp, path, algos.rank_of(mod))
+        if mod.alpha == 0 and not algos.get(algo).alpha_constraint:
+            mod.alpha = None  # 0 means "unset" (scale 1); for OFT it is a real constraint value
         if not problem:  # the same module is checked once even when several archs are tried
             checked = {} if checked is None else checked
             if module not in checked:
@@ -455,25 +393,29 @@ def _group(state_dict: dict, metadata: dict, arch: str, checked: dict | None = N
 
 def group_modules_with_arch(state_dict: dict, metadata: dict | None = None, arch_hint: str | None = None,
                             rejected: list | None = None):
-    """(modules, skipped, arch used for names). Unknown arch: the arch whose names match most keys.
-    Damaged modules (NaN/Inf, rank 0, disagreeing factors, a vector alpha) are left out, listed in skipped
-    per key, and appended to `rejected` as (module key, problem, its keys) when a list is given."""
+    """(modules, skipped, arch). Names follow `arch_hint` when it is an arch, else the arch detected from the
+    keys (`arch_hint` "unknown": already detected, nothing found); when none is known, the names of the arch that
+    matches most keys. `arch` is the architecture this decided, "unknown" when two archs' names fit equally well
+    (U-Net-only SD1/SD2 files). Damaged modules (NaN/Inf, rank 0, disagreeing factors, a vector alpha) are left
+    out, listed in skipped per key, and appended to `rejected` as (module key, problem, its keys) when a list is
+    given."""
     metadata = metadata or {}
-    arch = arch_hint if arch_hint in _arch.ARCHS else _arch.detect_arch_raw(state_dict, metadata)
+    arch = arch_hint if arch_hint is not None else _arch.detect_arch_raw(state_dict, metadata)
     if arch in _arch.ARCHS:
         mods, skipped, bad = _group(state_dict, metadata, arch)
-        best = (mods, skipped, bad, arch)
     else:
-        best, checked = None, {}
+        tried, checked = [], {}
         for cand in ("sd1", "sdxl", "sd2"):
             mods, skipped, bad = _group(state_dict, metadata, cand, checked)
             # keys of damaged modules did match a layer name of this arch
-            unmatched = len(skipped) - sum(len(r[2]) for r in bad)
-            if best is None or unmatched < best[4]:
-                best = (mods, skipped, bad, cand, unmatched)
+            tried.append((len(skipped) - sum(len(r[2]) for r in bad), cand, mods, skipped, bad))
+        best = min(tried, key=lambda t: t[0])  # the first of equals: SD1 names for SD1/SD2 U-Net files
+        _, arch, mods, skipped, bad = best
+        if sum(t[0] == best[0] for t in tried) > 1 or not mods:
+            arch = "unknown"
     if rejected is not None:
-        rejected.extend(best[2])
-    return best[0], best[1], best[3]
+        rejected.extend(bad)
+    return mods, skipped, arch
 
 
 def group_modules(state_dict: dict, metadata: dict | None = None, arch_hint: str | None = None):

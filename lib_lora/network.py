@@ -11,7 +11,7 @@ from typing import Optional
 from lib_lora import arch as _arch
 from lib_lora import fileio
 from lib_lora.errors import ArchitectureMismatch, LoraFileError
-from lib_lora.keys import group_modules_with_arch
+from lib_lora.keys import LoraModule, group_modules_with_arch
 
 
 @dataclass
@@ -19,11 +19,11 @@ class LoraNetwork:
     name: str                         # file stem, what `<lora:name:…>` refers to
     path: str
     arch: str                         # "sd1" | "sd2" | "sdxl" | "unknown"
-    metadata: dict = field(default_factory=dict)
-    modules: dict = field(default_factory=dict)   # module key → LoraModule
-    skipped: list = field(default_factory=list)   # (key, reason) not loaded
-    rejected: list = field(default_factory=list)  # (module key, problem): damaged modules (also in skipped)
-    damaged_keys: frozenset = frozenset()         # the file keys of those modules
+    metadata: dict[str, str] = field(default_factory=dict)
+    modules: dict[str, LoraModule] = field(default_factory=dict)   # module key → LoraModule
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (key, reason) not loaded
+    rejected: list[tuple[str, str]] = field(default_factory=list)  # (module key, problem): damaged, also in skipped
+    damaged_keys: frozenset[str] = frozenset()                     # the file keys of those modules
     alias: Optional[str] = None       # metadata ss_output_name (A1111 "alias")
     mtime: float = 0.0
     size: int = 0
@@ -42,10 +42,10 @@ class LoraNetwork:
 
     @property
     def arch_label(self) -> str:
-        return _arch.ARCH_LABELS.get(self.arch, self.arch)
+        return _arch.label(self.arch)
 
     @property
-    def algos(self) -> dict:
+    def algos(self) -> dict[str, int]:
         """algorithm → module count, e.g. {"lora": 264, "loha": 10}."""
         out: dict = {}
         for m in self.modules.values():
@@ -67,9 +67,9 @@ class LoraNetwork:
 
 
 def mismatch_message(name: str, lora_arch: str, model_arch: str) -> str:
-    lab = _arch.ARCH_LABELS
-    return (f"LoRA '{name}' is {lab.get(lora_arch, lora_arch)}, the model is {lab.get(model_arch, model_arch)}; "
-            f"use a {lab.get(model_arch, model_arch)} LoRA or switch the checkpoint")
+    lab = _arch.label
+    return (f"LoRA '{name}' is {lab(lora_arch)}, the model is {lab(model_arch)}; "
+            f"use a {lab(model_arch)} LoRA or switch the checkpoint")
 
 
 def load_network(path, allow_pickle: bool = False, expected_arch: Optional[str] = None,
@@ -80,16 +80,15 @@ def load_network(path, allow_pickle: bool = False, expected_arch: Optional[str] 
     name = os.path.splitext(os.path.basename(path))[0]
     st = os.stat(path) if os.path.exists(path) else None
     tensors, metadata = fileio.read_tensors(path, allow_pickle=allow_pickle)
-    raw_arch, conclusive = _arch.detect_arch_raw_detail(tensors, metadata)
-    if not conclusive and expected_arch in _arch.ARCHS and raw_arch in _arch.ARCHS:
-        # a name hint never blocks a LoRA: follow the model, shape checks catch a real mismatch later
-        raw_arch = expected_arch
-    if expected_arch and raw_arch in _arch.ARCHS and expected_arch in _arch.ARCHS and raw_arch != expected_arch:
-        raise ArchitectureMismatch(mismatch_message(name, raw_arch, expected_arch))
-    hint = raw_arch if raw_arch in _arch.ARCHS else expected_arch
+    arch, conclusive = _arch.detect_arch_raw_detail(tensors, metadata)
+    if not conclusive and expected_arch in _arch.ARCHS:
+        # a name hint (or none) never blocks a LoRA: follow the model, shape checks catch a real mismatch later
+        arch = expected_arch
+    if expected_arch and arch in _arch.ARCHS and expected_arch in _arch.ARCHS and arch != expected_arch:
+        raise ArchitectureMismatch(mismatch_message(name, arch, expected_arch))
     rejected: list = []
-    modules, skipped, _ = group_modules_with_arch(tensors, metadata, arch_hint=hint, rejected=rejected)
-    arch = raw_arch if raw_arch in _arch.ARCHS else _arch.detect_lora_arch(modules, metadata)
+    # the key mapper decides what the keys alone could not (the arch whose names match most keys)
+    modules, skipped, arch = group_modules_with_arch(tensors, metadata, arch_hint=arch, rejected=rejected)
     if not modules and not allow_empty:
         if rejected:
             key, problem = rejected[0][:2]

@@ -23,25 +23,25 @@ from dataclasses import dataclass, field
 
 import torch
 
+from lib_lora.algos import algorithm_of, compute_delta
 from lib_lora.delta_cache import AUTO, DeltaCache, network_identity
 from lib_lora.errors import ArchitectureMismatch
+from lib_lora.network import LoraNetwork, mismatch_message
 
-ARCH_LABEL = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL"}
 DEFAULT_CACHE_BYTES = AUTO
-_CHEAP = frozenset(("full", "norm", "ia3"))  # dense ΔW costs a cast or one product with W0: never cached
 _DIRTY = ("<being written>",)  # signature of a layer whose write has started but not finished
 
 
 @dataclass
 class ActiveLora:
-    network: object
+    network: LoraNetwork
     te: float = 1.0
     unet: float = 1.0
-    blocks: list | None = None     # 26 slots, None = all 1
+    blocks: list[float] | None = None  # 26 slots, None = all 1
     dyn: int | None = None
     start: int | None = None       # 1-based sampling steps, docs/spec/prompt_syntax.md §2.4
     stop: int | None = None
-    listed: list | None = None     # 26 bools: slots the user's weight format listed (docs/spec/blocks.md §2.5)
+    listed: list[bool] | None = None   # 26 bools: slots the user's weight format listed (docs/spec/blocks.md §2.5)
 
     @property
     def gated(self) -> bool:
@@ -54,25 +54,25 @@ class LoraReport:
     applied: int = 0                # modules merged with a non-zero multiplier
     zero: int = 0                   # modules at multiplier 0 (block weight 0 or gated off)
     outside: int = 0                # U-Net modules outside the block table (unet multiplier only)
-    skipped: list = field(default_factory=list)   # (module key, reason)
-    slots_used: set = field(default_factory=set)
-    unlisted: list = field(default_factory=list)  # used slots the weight format did not list
-    notes: list = field(default_factory=list)     # (module key, note): applied, with a caveat
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (module key, reason)
+    slots_used: set[int] = field(default_factory=set)
+    unlisted: list[int] = field(default_factory=list)            # used slots the weight format did not list
+    notes: list[tuple[str, str]] = field(default_factory=list)   # (module key, note): applied, with a caveat
     error: str | None = None
-    active: object = None           # the ActiveLora this report is about
+    active: ActiveLora | None = None  # the ActiveLora this report is about
 
 
 @dataclass
 class ApplyReport:
-    loras: list = field(default_factory=list)
+    loras: list[LoraReport] = field(default_factory=list)
     layers_written: int = 0
     layers_restored: int = 0
     layers_kept: int = 0
     deltas_computed: int = 0        # dense or Kronecker contributions built this apply
     cache_hits: int = 0
     factored: int = 0               # LoRA/LoCon modules written straight from their factors (never cached)
-    failed_layers: list = field(default_factory=list)  # (layer, error): restored to the original
-    seconds: dict = field(default_factory=dict)
+    failed_layers: list[tuple[str, str]] = field(default_factory=list)  # (layer, error): restored to the original
+    seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def errors(self) -> list[str]:
@@ -90,8 +90,8 @@ def gated_off(active: ActiveLora, step: int | None) -> bool:
 
 def effective_multiplier(active: ActiveLora, module, step: int | None = None) -> float:
     """docs/spec/prompt_syntax.md §3: te×w[BASE] for the text encoder, unet×w[block] in the table, unet outside."""
-    slot = _slot(module)
-    if _is_te(module):
+    slot = module.slot
+    if module.is_te:
         return float(active.te) * (1.0 if active.blocks is None else float(active.blocks[0]))
     if gated_off(active, step):
         return 0.0
@@ -100,36 +100,13 @@ def effective_multiplier(active: ActiveLora, module, step: int | None = None) ->
     return float(active.unet) * float(active.blocks[slot])
 
 
-def _mismatch(name: str, lora_arch: str, model_arch: str) -> str:
-    try:
-        from lib_lora.network import mismatch_message
-    except ImportError:  # keep the patcher importable on its own
-        return f"LoRA '{name}' is {ARCH_LABEL.get(lora_arch, lora_arch)}, the model is {ARCH_LABEL.get(model_arch, model_arch)}"
-    return mismatch_message(name, lora_arch, model_arch)
-
-
-def _slot(module):
-    slot = getattr(module, "slot", None)
-    if slot is None and not hasattr(module, "slot"):
-        from lib_lora.blocks import slot_of_layer
-        slot = slot_of_layer(module.layer)
-    return slot
-
-
-def _is_te(module) -> bool:
-    is_te = getattr(module, "is_te", None)
-    if is_te is None:
-        return module.layer.startswith(("cond_stage_model.", "conditioner."))
-    return bool(is_te)
-
-
 class Patcher:
     def __init__(self, host, cache_bytes: int = DEFAULT_CACHE_BYTES, backup_device="cpu", compute=None,
                  one_shot: bool = False):
         """`one_shot`: apply once and never restore (bake): no backup outlives its layer's write."""
         self.host = host
         self.one_shot = one_shot
-        self.cache = DeltaCache(cache_bytes, device=getattr(host, "device", "cpu"))
+        self.cache = DeltaCache(cache_bytes, device=host.device)
         self.backup_device = torch.device(backup_device) if backup_device is not None else None
         self._compute = compute
         self._backups: dict[str, list] = {}     # layer → [(w0, b0)] per part, exact clones
@@ -148,7 +125,7 @@ class Patcher:
         plan = self._plan(list(actives), step, rep)
         # admission: what this apply needs is never evicted to make room for another entry of it
         self.cache.protect({(c[0], c[1], c[3]) for contribs in plan.values() for c in contribs},
-                           device=getattr(self.host, "device", None))
+                           device=self.host.device)
         t1 = time.perf_counter()
         compute_s = [0.0]
         with torch.no_grad():
@@ -212,14 +189,14 @@ class Patcher:
     # -- planning ---------------------------------------------------------------------------------
     def _plan(self, actives, step, rep: ApplyReport) -> dict[str, list]:
         plan: dict[str, list] = {}
-        host_arch = getattr(self.host, "arch", "unknown")
+        host_arch = self.host.arch
         for active in actives:
             net = active.network
-            lr = LoraReport(getattr(net, "name", "?"), active=active)
+            lr = LoraReport(net.name, active=active)
             rep.loras.append(lr)
-            net_arch = getattr(net, "arch", "unknown") or "unknown"
+            net_arch = net.arch or "unknown"
             if net_arch != "unknown" and host_arch not in (None, "unknown") and net_arch != host_arch:
-                lr.error = str(ArchitectureMismatch(_mismatch(lr.name, net_arch, host_arch)))
+                lr.error = str(ArchitectureMismatch(mismatch_message(lr.name, net_arch, host_arch)))
                 continue
             ident = network_identity(net)
             for key, mod in net.modules.items():
@@ -227,7 +204,7 @@ class Patcher:
                 if ref is None:
                     lr.skipped.append((key, f"layer {mod.layer} is not in the model"))
                     continue
-                qkv = getattr(mod, "qkv", None)
+                qkv = mod.qkv
                 if qkv is not None and not ref.is_qkv:
                     lr.skipped.append((key, f"layer {mod.layer} has no fused q/k/v"))
                     continue
@@ -235,7 +212,7 @@ class Patcher:
                 if fail:
                     lr.skipped.append((key, fail))
                     continue
-                slot = _slot(mod)
+                slot = mod.slot
                 if slot is None:
                     lr.outside += 1
                 else:
@@ -307,7 +284,7 @@ class Patcher:
             self._write_weight(w, w0, items)
             if b is not None and b0 is not None:
                 self._write_bias(b, b0, [(r, term.bias[dr], m) for r, dr, m, term in items
-                                          if getattr(term, "bias", None) is not None])
+                                          if term.bias is not None])
         if self.one_shot:
             del self._backups[layer]
 
@@ -359,13 +336,16 @@ class Patcher:
         ckey = (ident, key, dyn)
         shape = ref.target_shape(qkv)
         device = ref.part_tensors()[0][0].device
-        try:
-            lowrank = low_rank_factors(mod, dyn, device)
-            if lowrank is not None and _fits(lowrank[0].shape[0], lowrank[1].shape[1], shape):
-                rep.factored += 1
-                return _LowRank(*lowrank, shape)
-        except Exception:
-            pass  # the dense path below names what is wrong with the module
+        algo = algorithm_of(mod)
+        kind = algo.compact_kind if algo is not None else None
+        if kind == "lowrank":
+            try:
+                f = algo.compact(mod, dyn, device)
+                if f is not None and _fits(f[0].shape[0], f[1].shape[1], shape):
+                    rep.factored += 1
+                    return _LowRank(*f, shape)
+            except Exception:
+                pass  # the dense path below names what is wrong with the module
         cached = self.cache.get(ckey)
         if cached is not None:
             rep.cache_hits += 1
@@ -373,10 +353,9 @@ class Patcher:
         base_w, base_b = bases.get(ref, qkv)
         try:
             term = None
-            kron = kron_factors(mod, device)
-            if kron is not None and _fits(kron[0].shape[0] * kron[1].shape[0],
-                                          kron[0].shape[1] * kron[1].shape[1], shape):
-                term = _Kron(*kron, shape)
+            f = algo.compact(mod, dyn, device) if kind == "kron" else None
+            if f is not None and _fits(f[0].shape[0] * f[1].shape[0], f[0].shape[1] * f[1].shape[1], shape):
+                term = _Kron(*f, shape)
             if term is None:
                 delta = self._compute_fn()(mod, base_w, base_b, dyn=dyn)
                 if delta.bias is not None and base_b is None:
@@ -392,15 +371,12 @@ class Patcher:
             lr.applied -= 1
             return None
         rep.deltas_computed += 1
-        if getattr(mod, "algo", None) not in _CHEAP:
+        if algo is None or algo.cache:
             self.cache.put(ckey, term)
         return term
 
     def _compute_fn(self):
-        if self._compute is None:
-            from lib_lora.algos import compute_delta
-            self._compute = compute_delta
-        return self._compute
+        return self._compute if self._compute is not None else compute_delta
 
 
 class _Bases:
@@ -528,38 +504,3 @@ class _Kron:
             out.add_(self.dense()[t0:t1], alpha=m)
         else:
             out.view(v[2]).addcmul_(v[0], v[1], value=m)
-
-
-def low_rank_factors(module, dyn, device):
-    """(up·scale, down) as fp32 2-D matrices for a plain LoRA/LoCon/DyLoRA module, or None when the
-    module is not linear in two factors (Tucker `lora_mid`, DoRA, other algorithms). Conv factors are
-    flattened: a 3×3 LoCon gives down [r, in·3·3] and up [out, r]. Same scale and dyn rules as
-    algos/lora.py (whose dense delta this equals)."""
-    if getattr(module, "algo", None) != "lora":
-        return None
-    from lib_lora.algos import _common as c, lora
-    if module.tensors.get(lora.MID) is not None or c.dora_tensor(module) is not None:
-        return None
-    down, up = c.first(module, *lora.DOWN), c.first(module, *lora.UP)
-    if down is None or up is None:
-        return None
-    r = int(down.shape[0])
-    scale = c.rank_scale(module, r)
-    if dyn and 0 < dyn < r:
-        down, up = down[:dyn], up[:, :dyn]
-    d, u = c.mat(c.f32(down, device)), c.mat(c.f32(up, device))
-    if u.shape[1] != d.shape[0]:
-        return None
-    return u * scale, d
-
-
-def kron_factors(module, device):
-    """(w1·scale, w2) as fp32 2-D matrices of a LoKr module (W2 Tucker chains resolved), or None for
-    what only the dense path handles (DoRA, a Tucker W1, other algorithms)."""
-    if getattr(module, "algo", None) != "lokr":
-        return None
-    from lib_lora.algos import _common as c, lokr
-    if module.tensors.get("lokr_t1") is not None or c.dora_tensor(module) is not None:
-        return None
-    scale = c.rank_scale(module, lokr.rank(module))
-    return lokr._factor1(module, device) * scale, lokr._factor2(module, device)

@@ -8,7 +8,7 @@ import torch
 
 from lib_lora import arch
 from lib_lora.blocks import slot_of_layer
-from lib_lora.keys import _fallback_detect_algo, diffusers_to_compvis, group_modules, split_key
+from lib_lora.keys import diffusers_to_compvis, group_modules, split_key
 from tests.factory import FIXTURES, compvis_to_diffusers, fixture_layers, make_lora_with_targets
 
 MODEL_ARCH = {"sd15": "sd1", "sdxl": "sdxl"}
@@ -259,15 +259,14 @@ def test_unknown_keys_are_reported_not_guessed():
     assert "not a LoRA" in reasons["model_ema.decay"]
 
 
-def test_fallback_detection_agrees_with_algos():
-    from lib_lora.algos import detect_algo
+def test_every_suffix_an_algorithm_reads_joins_its_module_in_dotted_keys():
+    """keys.py has no suffix list of its own: a dotted key with any registered suffix is split into module + suffix."""
+    from lib_lora.algos import REGISTRY
 
-    cases = [{"lora_up.weight", "lora_down.weight"}, {"hada_w1_a", "hada_w1_b"}, {"weight", "on_input"},
-             {"lokr_w1", "lokr_w2"}, {"lokr_w1_a", "lokr_w1_b", "lokr_w2"}, {"diff", "diff_b"}, {"w_norm"},
-             {"b_norm"}, {"oft_blocks"}, {"oft_diag"}, {"a1.weight", "a2.weight"}, {"foo"},
-             {"lora_up.weight", "hada_w1_a"}]
-    for c in cases:
-        assert _fallback_detect_algo(c) == detect_algo(c), c
+    for algo in REGISTRY:
+        for suffix in algo.suffixes - {"weight"}:
+            parts = split_key(f"unet.down_blocks.0.attentions.0.proj_in.{suffix}")
+            assert parts is not None and parts[3] in (suffix, "lora_down.weight", "lora_up.weight"), (algo.name, suffix)
 
 
 def test_unknown_arch_resolves_with_best_matching_names():
@@ -365,3 +364,27 @@ def test_sdxl_file_with_diffusers_style_kohya_names():
         "lora_unet_add_embedding_linear_1": "model.diffusion_model.label_emb.0.0"}
     assert modules["lora_unet_up_blocks_0_upsamplers_0_conv"].slot == 16  # OUT02
     assert modules["lora_unet_add_embedding_linear_1"].slot is None
+
+
+def test_sdxl_text_encoder_prefix_is_the_same_for_keys_blocks_and_host():
+    """keys.py used its own TE prefixes ("conditioner." instead of "conditioner.embedders.") and knew nothing of
+    A1111's `cond_stage_model.embedders.` alias of the SDXL conditioner, which host.py maps: compvis-named SDXL
+    text-encoder keys under that alias were skipped. One spelling now lives in arch.py."""
+    from lib_lora.blocks import slot_of_layer
+    from lib_lora.host import canonical_name
+
+    sd = {}
+    for stem in ("cond_stage_model.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj",
+                 "cond_stage_model.embedders.1.model.transformer.resblocks.3.mlp.c_fc"):
+        sd[stem + ".lora_down.weight"] = torch.zeros(4, 8)
+        sd[stem + ".lora_up.weight"] = torch.zeros(8, 4)
+    modules, skipped = group_modules(sd, {}, arch_hint="sdxl")
+    assert not skipped
+    layers = sorted(m.layer for m in modules.values())
+    assert layers == ["conditioner.embedders.0.transformer.text_model.encoder.layers.0.self_attn.q_proj",
+                      "conditioner.embedders.1.model.transformer.resblocks.3.mlp.c_fc"]
+    for m in modules.values():
+        assert m.is_te and m.slot == 0 == slot_of_layer(m.layer)
+        assert canonical_name(m.layer) == m.layer
+    for name in arch.canonical_layers("sdxl"):
+        assert arch.is_te_layer(name) == (slot_of_layer(name) == 0) == name.startswith("conditioner.embedders.")

@@ -56,17 +56,31 @@ def test_other_clues():
     assert arch.detect_arch_raw(sd) == "unknown"
 
 
-def test_detect_lora_arch_on_modules():
-    from lib_lora.keys import group_modules
+def test_key_mapper_decides_the_arch():
+    from lib_lora.keys import group_modules_with_arch
 
     sd, md = make_lora("sdxl", family="peft", include_te=False, metadata=False, layers=lambda l: l.endswith("attn2.to_v"))
-    modules, _ = group_modules(sd, md)
-    assert arch.detect_lora_arch(modules, {}) == "sdxl"
-    assert arch.detect_lora_arch(modules, {"ss_base_model_version": "sd_v1"}) == "sd1"
+    assert group_modules_with_arch(sd, md)[2] == "sdxl"
+    assert group_modules_with_arch(sd, {"ss_base_model_version": "sd_v1"})[2] == "sd1"
     sd = {"lora_te_text_model_encoder_layers_0_mlp_fc2.lora_down.weight": torch.zeros(4, 4096),
           "lora_te_text_model_encoder_layers_0_mlp_fc2.lora_up.weight": torch.zeros(1024, 4)}
-    modules, _ = group_modules(sd, {}, arch_hint="sd2")
-    assert arch.detect_lora_arch(modules, {}) == "sd2"  # only the OpenCLIP layer name tells
+    assert group_modules_with_arch(sd, {}, arch_hint="sd2")[2] == "sd2"
+    assert group_modules_with_arch(sd, {})[2] == "unknown"  # SD1, SD2 and SDXL names fit equally well
+
+
+def test_load_network_keeps_the_arch_the_key_mapper_found(tmp_path):
+    """No metadata, no width or name hint; only SDXL has add_embedding (label_emb): the names decide SDXL.
+    (load_network used to recompute the arch from layer prefixes, which know nothing of label_emb.)"""
+    sd = {}
+    for mod, n_in, n_out in (("lora_unet_add_embedding_linear_1", 2816, 1280),
+                             ("lora_unet_mid_block_resnets_0_conv1", 1280, 1280)):
+        sd[f"{mod}.lora_down.weight"] = torch.randn(4, n_in)
+        sd[f"{mod}.lora_up.weight"] = torch.randn(n_out, 4)
+    assert arch.detect_arch_raw(sd) == "unknown"
+    p = tmp_path / "xl.safetensors"
+    save_file(sd, str(p))
+    net = load_network(p)
+    assert net.arch == "sdxl" and len(net.modules) == 2 and not net.skipped
 
 
 def test_load_network_fields(tmp_path):

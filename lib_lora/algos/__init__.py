@@ -1,22 +1,31 @@
-"""Per-algorithm ΔW at user multiplier 1, in fp32, against the ORIGINAL weight (order independent).
+"""The algorithm registry: `REGISTRY`, one `Algorithm` descriptor per file, in LyCORIS detection order.
 
-`compute_delta(module, base_weight, base_bias=None, dyn=None) -> Delta` is the single entry point;
-`detect_algo(suffixes)` names the algorithm of a module from its tensor suffixes (docs/spec/formats.md §2 order);
-`rank_of(module)` gives the rank for reports. Returned tensors are fresh (never views of the file's tensors),
-so callers may scale them in place.
+`algorithm_of(module)` is the descriptor that applies to a module (DoRA-wrapped when it carries a magnitude);
+`compute_delta(module, base_weight, base_bias=None, dyn=None) -> Delta` its ΔW at user multiplier 1, in fp32,
+against the ORIGINAL weight (order independent); `detect_algo(tensors)` names the algorithm of a module from its
+suffixes; `rank_of` / `norm_of` serve reports; `check_module` is the load-time validation. Returned tensors are
+fresh (never views of the file's tensors), so callers may scale them in place.
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, Optional, Set
+from typing import Dict, Iterable, Optional, Set
 
 import torch
 
 from . import boft, dora, full, glora, ia3, lokr, loha, lora, norm, oft
-from ._common import UnsupportedModule, check_values, dora_tensor
+from .algorithm import Algorithm
+from ._common import UnsupportedModule, check_values
 
-__all__ = ["Delta", "UnsupportedModule", "check_module", "compute_delta", "detect_algo", "rank_of", "unknown_suffixes", "ALGOS"]
+__all__ = ["ALGOS", "Algorithm", "Delta", "REGISTRY", "UnsupportedModule", "algorithm_of", "check_module",
+           "compute_delta", "detect_algo", "get", "norm_of", "rank_of", "unknown_suffixes"]
+
+# Detection order matters: the first descriptor that claims a module's tensors wins (BOFT before OFT).
+REGISTRY: tuple = (lora.ALGORITHM, loha.ALGORITHM, ia3.ALGORITHM, lokr.ALGORITHM, full.ALGORITHM, norm.ALGORITHM,
+                   boft.ALGORITHM, oft.ALGORITHM, glora.ALGORITHM)
+_BY_NAME: Dict[str, Algorithm] = {a.name: a for a in REGISTRY}
+ALGOS = tuple(_BY_NAME)
 
 
 @dataclass
@@ -25,89 +34,56 @@ class Delta:
     bias: Optional[torch.Tensor]  # Δb at multiplier 1, or None
 
 
-_DELTA: Dict[str, Callable] = {
-    "lora": lora.delta,
-    "loha": loha.delta,
-    "lokr": lokr.delta,
-    "ia3": ia3.delta,
-    "full": full.delta,
-    "norm": norm.delta,
-    "glora": glora.delta,
-    "oft": oft.delta,
-    "boft": boft.delta,
-}
-ALGOS = tuple(_DELTA)
-_DORA_ALGOS = frozenset(("lora", "loha", "lokr"))
-_SUFFIXES = {
-    "lora": lora.SUFFIXES,
-    "loha": loha.SUFFIXES,
-    "lokr": lokr.SUFFIXES,
-    "ia3": ia3.SUFFIXES,
-    "full": full.SUFFIXES,
-    "norm": norm.SUFFIXES,
-    "glora": glora.SUFFIXES,
-    "oft": oft.SUFFIXES,
-    "boft": boft.SUFFIXES,
-}
-_CHECK = {"lora": lora.check, "loha": loha.check, "lokr": lokr.check, "glora": glora.check, "oft": oft.check,
-          "boft": boft.check}
-_RANK = {"lora": lora.rank, "loha": loha.rank, "lokr": lokr.rank, "glora": glora.rank}
-
-
-def _ndim(v) -> Optional[int]:
-    if v is None:
-        return None
-    if isinstance(v, torch.Tensor):
-        return v.dim()
-    try:
-        return len(v)  # a shape
-    except TypeError:
-        return None
+def get(name: str) -> Optional[Algorithm]:
+    return _BY_NAME.get(name)
 
 
 def detect_algo(suffixes: Iterable[str]) -> Optional[str]:
     """Algorithm from a module's suffixes, in LyCORIS detection order; None = not a known algorithm.
 
-    `suffixes` may also be a mapping suffix → tensor (or shape): then a 4-D `oft_blocks` is told apart as
-    "boft" (with a plain set it reports "oft" and compute_delta still dispatches on the tensor's rank).
+    `suffixes` may be a mapping suffix → tensor (or shape): then a 4-D `oft_blocks` is told apart as "boft"
+    (with a plain set it reports "oft"; `algorithm_of` still tells BOFT by the tensor).
     """
-    s = set(suffixes)
-    if s & {"lora_up.weight", "lora_A.weight", "lora_down.weight", "lora_B.weight"}:
-        return "lora"
-    if "hada_w1_a" in s:
-        return "loha"
-    if "on_input" in s:
-        return "ia3"
-    if "lokr_w1" in s or "lokr_w1_a" in s:
-        return "lokr"
-    if "diff" in s:
-        return "full"
-    if "w_norm" in s or "b_norm" in s:
-        return "norm"
-    if "oft_blocks" in s:
-        nd = _ndim(suffixes.get("oft_blocks")) if isinstance(suffixes, Mapping) else None
-        return "boft" if nd == 4 else "oft"
-    if "oft_diag" in s:
-        return "oft"
-    if "a1.weight" in s:
-        return "glora"
+    t = suffixes if isinstance(suffixes, Mapping) else dict.fromkeys(suffixes)
+    for algo in REGISTRY:
+        if algo.claims(t):
+            return algo.name
     return None
+
+
+def algorithm_of(module) -> Optional[Algorithm]:
+    """The descriptor that computes this module (None: unknown algorithm)."""
+    base = _BY_NAME.get(module.algo)
+    if base is oft.ALGORITHM and boft.ALGORITHM.claims(module.tensors):
+        base = boft.ALGORITHM
+    if base is not None and dora.magnitude(module) is not None:
+        return dora.variant(base)
+    return base
 
 
 def unknown_suffixes(algo: str, suffixes: Iterable[str]) -> Set[str]:
     """Suffixes the given algorithm does not read (e.g. T-LoRA's `lambda_layer`): report, and usually skip."""
-    return set(suffixes) - _SUFFIXES.get(algo, frozenset())
+    a = _BY_NAME.get(algo)
+    return set(suffixes) - (a.suffixes if a is not None else frozenset())
 
 
 def rank_of(module) -> Optional[int]:
     """Rank for reports; None for algorithms without one (IA3, full, norm, OFT, LoKr with two full factors)."""
-    fn = _RANK.get(module.algo)
-    if fn is None:
+    a = algorithm_of(module)
+    if a is None or a.rank is None:
         return None
     try:
-        return fn(module)
+        return a.rank(module)
     except Exception:  # a report must not fail on a malformed module; compute_delta says what is wrong
         return None
+
+
+def norm_of(module) -> Optional[float]:
+    """‖ΔW‖_F at multiplier 1, or None when it depends on the model weight (IA3, GLoRA, OFT, BOFT, DoRA)."""
+    a = algorithm_of(module)
+    if a is None or a.norm is None:
+        return None
+    return a.norm(module)
 
 
 def check_module(module) -> None:
@@ -115,9 +91,9 @@ def check_module(module) -> None:
     NaN/Inf values, an empty tensor (rank 0), factors whose shapes disagree, a missing factor. Run at load
     time, so a damaged module is left out and reported before any delta is computed."""
     check_values(module)
-    fn = _CHECK.get(_algo(module))
-    if fn is not None:
-        fn(module)
+    a = algorithm_of(module)
+    if a is not None and a.check is not None:
+        a.check(module)
 
 
 def _fresh(t: Optional[torch.Tensor], module) -> Optional[torch.Tensor]:
@@ -129,28 +105,15 @@ def _fresh(t: Optional[torch.Tensor], module) -> Optional[torch.Tensor]:
     return t
 
 
-def _algo(module) -> str:
-    algo = module.algo
-    if algo == "oft":
-        blocks = module.tensors.get("oft_blocks")
-        if blocks is not None and blocks.dim() == 4:
-            return "boft"
-    return algo
-
-
 def compute_delta(module, base_weight: torch.Tensor, base_bias: Optional[torch.Tensor] = None, dyn: Optional[int] = None) -> Delta:
     """ΔW (and Δb) of one module at multiplier 1, fp32, on base_weight's device, shaped like base_weight.
 
     Raises UnsupportedModule for modules to skip (conv IA3, unknown algorithm) and LoraStudioError for
     shape mismatches (naming the module key and both shapes).
     """
-    algo = _algo(module)
-    fn = _DELTA.get(algo)
-    if fn is None:
+    a = algorithm_of(module)
+    if a is None:
         raise UnsupportedModule(f"{module.key}: algorithm '{module.algo}' is not supported; the module is skipped")
     with torch.no_grad():
-        w, b = fn(module, base_weight, base_bias, dyn)
-        g = dora_tensor(module)
-        if g is not None and w is not None and algo in _DORA_ALGOS:
-            w = dora.apply(module.key, base_weight, w, g, peft=bool(getattr(module, "peft_dora", False)))
+        w, b = a.delta(module, base_weight, base_bias, dyn)
         return Delta(_fresh(w, module), _fresh(b, module))

@@ -54,6 +54,18 @@ def rank_scale(module, rank: Optional[int]) -> float:
     return alpha / rank
 
 
+def ndim(v) -> Optional[int]:
+    """Dimensions of a tensor or a shape; None when unknown (only the suffix was given)."""
+    if v is None:
+        return None
+    if isinstance(v, torch.Tensor):
+        return v.dim()
+    try:
+        return len(v)
+    except TypeError:
+        return None
+
+
 def mat(t: torch.Tensor) -> torch.Tensor:
     """View as (rows, everything else): 4-D (…,1,1) factors and flattened conv factors alike."""
     return t.reshape(t.shape[0], -1)
@@ -93,6 +105,12 @@ def tucker(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, key: str = "modu
             f"{key}: Tucker core {tuple(t.shape)} does not match its factors {tuple(wa.shape)} and {tuple(wb.shape)}; the file is corrupt"
         )
     return torch.einsum("ij...,ip,jq->pq...", t, wa, wb)
+
+
+def fro(t: torch.Tensor) -> float:
+    """Frobenius norm with a float64 accumulator (a plain fp32 norm drifts ~1e-4 on 6M-element layers)."""
+    t = t.float()
+    return math.sqrt(float(torch.sum(t * t, dtype=torch.float64)))
 
 
 def all_finite(t: torch.Tensor) -> bool:
@@ -139,10 +157,3 @@ def check_tucker(key: str, t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor, 
             f"{key}: Tucker core {tuple(t.shape)} does not match its factors {tuple(wa.shape)} and {tuple(wb.shape)} "
             f"({names}); the file is corrupt"
         )
-
-
-def dora_tensor(module) -> Optional[torch.Tensor]:
-    d = getattr(module, "dora_scale", None)
-    if d is None:
-        d = module.tensors.get("dora_scale")
-    return d

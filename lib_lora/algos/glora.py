@@ -6,11 +6,13 @@ Two layouts exist (tensor names swap roles):
 """
 from __future__ import annotations
 
+import math
 from typing import Optional, Tuple
 
 import torch
 
-from ._common import LoraStudioError, check_inner, f32, fit, mat, need, rank_scale, tucker
+from .algorithm import Algorithm
+from ._common import LoraStudioError, check_inner, check_tucker, f32, mat, mismatch, need, rank_scale, tucker
 
 SUFFIXES = frozenset(("a1.weight", "a2.weight", "b1.weight", "b2.weight", "bm.weight", "alpha", "scale"))
 
@@ -55,27 +57,42 @@ def check(module) -> None:
     _layout(module, None, None)  # raises when the four factors fit neither layout
 
 
-def delta(module, base_weight: torch.Tensor, base_bias=None, dyn=None):
-    dev = base_weight.device
-    out_dim, in_dim = base_weight.shape[0], base_weight.shape[1]
-    la, ra, lb, rb, r = _parts(module, out_dim, in_dim)
-    scale = rank_scale(module, r)
-    t = module.tensors
-    a_l, a_r = mat(f32(t[la], dev)), mat(f32(t[ra], dev))
-    b_l, b_r = mat(f32(t[lb], dev)), mat(f32(t[rb], dev))
-    W = f32(base_weight, dev)
+def kernel(W: torch.Tensor, a_l: torch.Tensor, a_r: torch.Tensor, b_l: torch.Tensor, b_r: torch.Tensor,
+           scale: float = 1.0, bm: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """scale·(W·a_l·a_r + b_l·b_r) in fp32 (a_l (in, r), a_r (r, in), b_l (out, r), b_r (r, in·k)); with a Tucker
+    core bm the B term is the LoCon Tucker chain. The B term comes back flat when W is a conv: `fit` it."""
+    a_l, a_r, b_l, b_r = mat(a_l), mat(a_r), mat(b_l), mat(b_r)
     # W contracted on its input axis with (a_l·a_r), in two thin products
     if W.dim() == 2:
         wa = (W @ (a_l * scale)) @ a_r
     else:
         wa = torch.einsum("oi...,ir->or...", W, a_l * scale)
         wa = torch.einsum("or...,ri->oi...", wa, a_r)
-    bm = t.get("bm.weight")
     if bm is not None:
         # Tucker B path (no reference loader supports it): same chain as LoCon Tucker
-        wb = tucker(f32(bm, dev), (b_l * scale).t(), b_r, module.key)
+        wb = tucker(bm, (b_l * scale).t(), b_r)
     else:
-        check_inner(module.key, b_l, b_r, f"{lb}/{rb}")
         wb = (b_l * scale) @ b_r
-    wb = fit(module.key, wb, base_weight.shape)
-    return wa.add_(wb), None
+    return wa.add_(wb.reshape(wa.shape))
+
+
+def delta(module, base_weight: torch.Tensor, base_bias=None, dyn=None):
+    dev = base_weight.device
+    out_dim, in_dim = base_weight.shape[0], base_weight.shape[1]
+    la, ra, lb, rb, r = _parts(module, out_dim, in_dim)
+    t = module.tensors
+    b_l, b_r, bm = mat(t[lb]), mat(t[rb]), t.get("bm.weight")
+    if bm is None:
+        check_inner(module.key, b_l, b_r, f"{lb}/{rb}")
+    else:
+        check_tucker(module.key, bm, b_l.t(), b_r, "bm.weight")
+    b_shape = (b_l.shape[0], b_r.shape[1]) + (() if bm is None else tuple(bm.shape[2:]))
+    if b_shape[0] != out_dim or math.prod(b_shape) != base_weight.numel():
+        raise mismatch(module.key, b_shape, base_weight.shape)
+    w = kernel(f32(base_weight, dev), f32(t[la], dev), f32(t[ra], dev), f32(t[lb], dev), f32(t[rb], dev),
+               rank_scale(module, r), None if bm is None else f32(bm, dev))
+    return w, None
+
+
+ALGORITHM = Algorithm(name="glora", suffixes=SUFFIXES, claims=lambda t: "a1.weight" in t, delta=delta, check=check,
+                      rank=rank, linear_in=("a1.weight", "b1.weight"), linear_all=True)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ._common import LoraStudioError, f32, mismatch
+from .algorithm import Algorithm
+from ._common import LoraStudioError, f32, fro, mismatch
 
 SUFFIXES = frozenset(("w_norm", "b_norm"))
 
@@ -23,3 +24,12 @@ def delta(module, base_weight: torch.Tensor, base_bias=None, dyn=None):
         if b.shape != ref:
             raise mismatch(module.key, b.shape, ref)
     return w, b
+
+
+def norm(module) -> float:
+    w = module.tensors.get("w_norm")
+    return fro(w) if w is not None else 0.0
+
+
+ALGORITHM = Algorithm(name="norm", suffixes=SUFFIXES, claims=lambda t: "w_norm" in t or "b_norm" in t, delta=delta,
+                      norm=norm, linear_in=("w_norm", "b_norm"), linear_all=True, cache=False)

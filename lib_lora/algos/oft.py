@@ -9,6 +9,7 @@ from typing import Optional
 
 import torch
 
+from .algorithm import Algorithm
 from ._common import LoraStudioError, _num, f32, need
 
 SUFFIXES = frozenset(("oft_blocks", "oft_diag", "rescale", "alpha"))
@@ -62,6 +63,18 @@ def check(module) -> None:
         raise LoraStudioError(f"{module.key}: OFT blocks must be (n, bs, bs), got {tuple(blocks.shape)}; corrupt file")
 
 
+def kernel(W: torch.Tensor, r: torch.Tensor, rescale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """ΔW = rescale ⊙ (Rᵀ·W per block of output rows) − W, for R (n, bs, bs) with n·bs = W.shape[0]; rescale
+    shaped to broadcast over W's rows ((out, 1[, 1, 1]))."""
+    n, bs = r.shape[0], r.shape[1]
+    eye = torch.eye(bs, device=W.device, dtype=W.dtype)
+    # ΔW = (R − I)ᵀ·W blockwise: no W-sized subtraction, and exact for tiny rotations
+    d = torch.matmul((r - eye).transpose(1, 2), W.reshape(n, bs, -1)).reshape(W.shape)
+    if rescale is not None:
+        d.mul_(rescale).add_(W * (rescale - 1))  # s·RᵀW − W
+    return d
+
+
 def delta(module, base_weight: torch.Tensor, base_bias=None, dyn=None):
     dev = base_weight.device
     out_dim = base_weight.shape[0]
@@ -80,10 +93,8 @@ def delta(module, base_weight: torch.Tensor, base_bias=None, dyn=None):
     else:
         r = cayley(skew(blocks, _num(module.alpha), out_dim, is_kohya(module)))
     W = f32(base_weight, dev)
-    eye = torch.eye(bs, device=dev, dtype=torch.float32)
-    # ΔW = (R − I)ᵀ·W blockwise: no W-sized subtraction, and exact for tiny rotations
-    d = torch.matmul((r - eye).transpose(1, 2), W.reshape(n, bs, -1)).reshape(W.shape)
-    s = _rescale(module, dev, out_dim, W.dim())
-    if s is not None:
-        d.mul_(s).add_(W * (s - 1))  # s·RᵀW − W
-    return d, None
+    return kernel(W, r, _rescale(module, dev, out_dim, W.dim())), None
+
+
+ALGORITHM = Algorithm(name="oft", suffixes=SUFFIXES, claims=lambda t: "oft_blocks" in t or "oft_diag" in t,
+                      delta=delta, check=check, alpha_constraint=True)

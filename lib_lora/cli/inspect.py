@@ -20,7 +20,7 @@ def add_arguments(parser) -> None:
 
 def run(args) -> int:
     from lib_lora.errors import LoraStudioError
-    from lib_lora.inspect import format_report, inspect_file
+    from lib_lora.lora_info import format_report, inspect_file
 
     reports, status = [], 0
     for f in args.files:

@@ -357,7 +357,7 @@ def check_port(port) -> int:
 
 def _warm_up() -> None:
     try:
-        importlib.import_module("lib_lora.inspect")
+        importlib.import_module("lib_lora.lora_info")
     except Exception:  # reported when the user actually inspects
         pass
 

@@ -66,7 +66,7 @@ def chart_slots(arch: str | None) -> list[int]:
 
 
 def inspect_lora(ctx, name: str, with_hash: bool = False) -> dict:
-    from lib_lora.inspect import inspect_file   # lazy: torch import only when a LoRA is inspected
+    from lib_lora.lora_info import inspect_file   # lazy: torch import only when a LoRA is inspected
     return inspect_file(str(lora_path(ctx, name)), with_hash=with_hash)
 
 

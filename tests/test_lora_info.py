@@ -11,7 +11,8 @@ import torch
 from safetensors.torch import save_file
 
 from lib_lora.algos import compute_delta
-from lib_lora.inspect import delta_norm, format_report, inspect_file
+from lib_lora.algos import norm_of as delta_norm
+from lib_lora.lora_info import format_report, inspect_file
 from lib_lora.keys import LoraModule, group_modules
 from tests.factory import fixture_layers, make_lora, write_lora
 

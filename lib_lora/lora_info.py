@@ -1,4 +1,5 @@
-"""Per-file report: algorithms, architecture, ranks/alphas, per-block ΔW norms, metadata, skipped keys."""
+"""Per-file report (`python -m lib_lora inspect`, the LoRA tab): algorithms, architecture, ranks/alphas,
+per-block ΔW norms, metadata, skipped keys. Per-algorithm ranks and norms come from the registry (lib_lora/algos)."""
 
 from __future__ import annotations
 
@@ -7,105 +8,11 @@ import os
 from collections import Counter
 from typing import Optional
 
-import torch
-
 from lib_lora import fileio
+from lib_lora.algos import norm_of, rank_of
 from lib_lora.arch import guess_non_lora
 from lib_lora.blocks import BLOCK_NAMES
 from lib_lora.network import load_network
-
-# Algorithms whose ΔW depends on the model weight: no norm without the checkpoint.
-WEIGHT_DEPENDENT = ("ia3", "glora", "oft", "boft")
-
-
-def _mat(t: torch.Tensor) -> torch.Tensor:
-    return t.float().reshape(t.shape[0], -1)
-
-
-def _fro(t: torch.Tensor) -> float:
-    """Frobenius norm with a float64 accumulator (a plain fp32 norm drifts ~1e-4 on 6M-element layers)."""
-    t = t.float()
-    return math.sqrt(float(torch.sum(t * t, dtype=torch.float64)))
-
-
-def _scale(module, rank: Optional[int]) -> float:
-    if module.scale is not None:
-        return float(module.scale)
-    if module.alpha is None or not rank:
-        return 1.0
-    return float(module.alpha) / rank
-
-
-def _lora_norm(m) -> float:
-    """‖scale·up·down‖_F via r×r Gram matrices: ‖UD‖² = Σ (UᵀU) ⊙ (DDᵀ), never forming the full ΔW."""
-    down, up = m.tensors["lora_down.weight"], m.tensors["lora_up.weight"]
-    mid = m.tensors.get("lora_mid.weight")
-    r = down.shape[0]
-    d = _mat(down)
-    if mid is not None:  # Tucker: fold the core into the down factor, (r, in·kh·kw)
-        d = torch.einsum("abhw,bi->aihw", mid.float(), d).reshape(mid.shape[0], -1)
-    u = _mat(up)
-    # r×r Gram products in fp32 (short sums), their contraction in float64
-    sq = max(float(torch.sum((u.T @ u).double() * (d @ d.T).double())), 0.0)
-    return _scale(m, r) * math.sqrt(sq)
-
-
-def _tucker(t: torch.Tensor, wa: torch.Tensor, wb: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("ijhw,ip,jq->pqhw", t.float(), wa.float(), wb.float())
-
-
-def _loha_norm(m) -> float:
-    t = m.tensors
-    r = t["hada_w1_b"].shape[0]
-    if "hada_t1" in t:
-        w1 = _tucker(t["hada_t1"], t["hada_w1_a"], t["hada_w1_b"])
-        w2 = _tucker(t["hada_t2"], t["hada_w2_a"], t["hada_w2_b"])
-    else:
-        w1 = _mat(t["hada_w1_a"]) @ _mat(t["hada_w1_b"])
-        w2 = _mat(t["hada_w2_a"]) @ _mat(t["hada_w2_b"])
-    return _scale(m, r) * _fro(w1 * w2)
-
-
-def _lokr_norm(m) -> float:
-    """‖kron(A, B)‖_F = ‖A‖_F·‖B‖_F."""
-    t = m.tensors
-    w1 = t["lokr_w1"].float() if "lokr_w1" in t else _mat(t["lokr_w1_a"]) @ _mat(t["lokr_w1_b"])
-    if "lokr_w2" in t:
-        w2 = t["lokr_w2"].float()
-    elif "lokr_t2" in t:
-        w2 = _tucker(t["lokr_t2"], t["lokr_w2_a"], t["lokr_w2_b"])
-    else:
-        w2 = _mat(t["lokr_w2_a"]) @ _mat(t["lokr_w2_b"])
-    rank = t["lokr_w1_b"].shape[0] if "lokr_w1_b" in t else (t["lokr_w2_b"].shape[0] if "lokr_w2_b" in t else None)
-    return _scale(m, rank) * _fro(w1) * _fro(w2)
-
-
-def delta_norm(module) -> Optional[float]:
-    """Frobenius norm of a module's ΔW at multiplier 1 or None when it needs the model weight."""
-    if module.algo in WEIGHT_DEPENDENT or module.dora_scale is not None:
-        return None
-    t = module.tensors
-    if module.algo == "lora":
-        return _lora_norm(module)
-    if module.algo == "loha":
-        return _loha_norm(module)
-    if module.algo == "lokr":
-        return _lokr_norm(module)
-    if module.algo == "full":
-        return _fro(t["diff"])
-    if module.algo == "norm":
-        w = t.get("w_norm")
-        return _fro(w) if w is not None else 0.0
-    return None
-
-
-def _rank(module) -> Optional[int]:
-    try:
-        from lib_lora.algos import rank_of
-        return rank_of(module)
-    except ImportError:
-        down = module.tensors.get("lora_down.weight")
-        return int(down.shape[0]) if down is not None else None
 
 
 def _fmt_num(x) -> str:
@@ -116,7 +23,7 @@ def _fmt_num(x) -> str:
 
 def inspect_network(net, compute_norms: bool = True) -> dict:
     algos = Counter(m.algo for m in net.modules.values())
-    ranks = Counter(_rank(m) for m in net.modules.values())
+    ranks = Counter(rank_of(m) for m in net.modules.values())
     alphas = Counter(m.alpha for m in net.modules.values())
     sq = {name: 0.0 for name in BLOCK_NAMES + ["other"]}
     counts = {name: 0 for name in sq}
@@ -125,7 +32,7 @@ def inspect_network(net, compute_norms: bool = True) -> dict:
     for m in net.modules.values():
         block = BLOCK_NAMES[m.slot] if m.slot is not None else "other"
         counts[block] += 1
-        n = delta_norm(m) if compute_norms else None
+        n = norm_of(m) if compute_norms else None
         if n is None:
             missing["dora" if m.dora_scale is not None else m.algo] += 1
         else:
@@ -228,4 +135,4 @@ def format_report(r: dict) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["inspect_file", "inspect_network", "format_report", "delta_norm"]
+__all__ = ["inspect_file", "inspect_network", "format_report"]
