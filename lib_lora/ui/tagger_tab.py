@@ -31,7 +31,7 @@ OPTION_FIELDS = ("general_threshold", "character_threshold", "general_mcut", "ch
 def image_roots(ctx) -> list[Path]:
     """Folders the tagger may read images from and write captions into: the configured image folders
     (`ctx.image_dirs`, set by the host: WebUI setting / app option), else the host's configured folders."""
-    dirs = [Path(d) for d in (getattr(ctx, "image_dirs", None) or [])]
+    dirs = [Path(d) for d in ctx.image_dirs]
     return dirs or [*map(Path, ctx.lora_dirs), *map(Path, ctx.checkpoint_dirs)]
 
 
