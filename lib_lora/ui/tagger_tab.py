@@ -17,8 +17,8 @@ from pathlib import Path
 
 from lib_lora.errors import LoraStudioError
 
-PROVIDERS = ("auto", "cpu", "cuda", "directml", "coreml", "rocm", "openvino")
-EXISTING = ("skip", "overwrite", "append", "prepend")
+from lib_lora.options import TagFolderOptions   # the choice lists' one declaration (shared with `tag`)
+
 _ACTIVE: dict[int, threading.Event] = {}       # running folder jobs → their cancel events
 _ACTIVE_LOCK = threading.Lock()
 
@@ -257,6 +257,7 @@ def run_folder_ui(ctx, model, model_folder, provider, allow_download, folder, re
 
 def build(ctx) -> None:
     import gradio as gr
+    from lib_lora.tagger.captions import CAPTION_EXTS
     from lib_lora.ui import compat
 
     choices = model_choices(ctx)
@@ -270,8 +271,8 @@ def build(ctx) -> None:
                             scale=3)
         model_folder = gr.Textbox(label=f"…or a model folder inside {ctx.tagger_models_dir} (used when filled in)",
                                   elem_id="lora_studio_tagger_model_folder", scale=3)
-        provider = gr.Dropdown(choices=list(PROVIDERS), value="auto", label="Provider",
-                               elem_id="lora_studio_tagger_provider", scale=1)
+        provider = compat.option_control(TagFolderOptions, "provider",
+                                           elem_id="lora_studio_tagger_provider", scale=1)
         allow_dl = gr.Checkbox(value=True, label="Download if missing", elem_id="lora_studio_tagger_download")
     with gr.Row():
         load_btn = gr.Button("Load model", elem_id="lora_studio_tagger_load")
@@ -292,10 +293,10 @@ def build(ctx) -> None:
             inc_chars = gr.Checkbox(True, label="Include characters")
             chars_first = gr.Checkbox(False, label="Characters first")
         with gr.Row():
-            sort = gr.Dropdown(["confidence", "alphabetical", "model"], value="confidence", label="Order")
+            sort = compat.option_control(TagFolderOptions, "sort")
             spaces = gr.Checkbox(True, label="Underscores → spaces (not emoticons)")
             escape = gr.Checkbox(False, label="Escape brackets \\( \\)")
-            rating = gr.Dropdown(["none", "first", "last"], value="none", label="Write rating tag")
+            rating = compat.option_control(TagFolderOptions, "rating")
             max_tags = gr.Number(value=0, precision=0, label="Max tags (0 = all)")
         with gr.Row():
             exclude = gr.Textbox(label="Exclude tags (comma-separated; any case, _ or space)")
@@ -321,8 +322,8 @@ def build(ctx) -> None:
                 folder = gr.Textbox(label="Image folder", elem_id="lora_studio_tagger_folder", scale=4)
                 recursive = gr.Checkbox(False, label="Include sub-folders")
             with gr.Row():
-                existing = gr.Radio(list(EXISTING), value="skip", label="Existing caption files")
-                cap_ext = gr.Dropdown([".txt", ".caption"], value=".txt", label="Caption extension")
+                existing = compat.option_control(TagFolderOptions, "existing")
+                cap_ext = gr.Dropdown(list(CAPTION_EXTS), value=".txt", label="Caption extension")
                 out_dir = gr.Textbox(label="Output folder (empty = beside the images)",
                                      elem_id="lora_studio_tagger_outdir")
             with gr.Row():
