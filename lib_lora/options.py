@@ -7,7 +7,9 @@ Gradio controls (`lib_lora.ui.compat.option_controls`, values back with `from_ui
     class BakeOptions:
         dtype: str | None = option(None, help="store weights in this type", choices=("fp16", "bf16", "fp32"))
 
-Choices may be named as "module:NAME" so the list keeps its one home in the core module that uses it and is
+A class attribute `OPTION_FLAGS = "_"` keeps underscores in the generated flags (`--learning_rate`, as
+kohya sd-scripts spells them); the default is `--learning-rate`. An optional `check()` method returns
+cross-field problems (one line each). Choices may be named as "module:NAME" so the list keeps its one home in the core module that uses it and is
 imported only when an option is built (`--help` stays light). Only the standard library is imported here.
 """
 
@@ -80,6 +82,7 @@ class Opt:
     optional: bool        # None is a valid value
     default: Any          # MISSING when required
     spec: Spec
+    underscores: bool = False   # the class keeps '_' in its default flags (kohya's --learning_rate)
 
     @property
     def required(self) -> bool:
@@ -87,7 +90,9 @@ class Opt:
 
     @property
     def flag(self) -> str:
-        return self.spec.flag if self.spec.flag is not None else "--" + self.name.replace("_", "-")
+        if self.spec.flag is not None:
+            return self.spec.flag
+        return "--" + (self.name if self.underscores else self.name.replace("_", "-"))
 
     @property
     def dest(self) -> str:
@@ -123,6 +128,7 @@ def fields(cls) -> list[Opt]:
     if cached is not None:
         return cached
     hints = typing.get_type_hints(cls)
+    underscores = getattr(cls, "OPTION_FLAGS", "-") == "_"
     out = []
     for f in dataclasses.fields(cls):
         spec = f.metadata.get(_META)
@@ -146,7 +152,7 @@ def fields(cls) -> list[Opt]:
             default = f.default_factory()
         else:
             default = MISSING
-        out.append(Opt(f.name, kind, optional, default, spec))
+        out.append(Opt(f.name, kind, optional, default, spec, underscores))
     cls._lora_studio_opts = out
     return out
 
@@ -168,7 +174,7 @@ def _show(v) -> str:
 def value_problem(o: Opt, value) -> str | None:
     """Why `value` is not valid for option `o` (None: it is)."""
     if value is None:
-        return None if (o.optional or o.required) else "must be set"
+        return None if o.optional else "must be set"
     kind = o.kind
     if kind is bool:
         ok = isinstance(value, bool)
@@ -244,7 +250,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, groups: dict[str, str] |
             if o.spec.group not in made:
                 made[o.spec.group] = parser.add_argument_group((groups or {}).get(o.spec.group, o.spec.group))
             target = made[o.spec.group]
-        kw: dict[str, Any] = {"help": o.spec.help or None}
+        kw: dict[str, Any] = {"help": o.spec.help.replace("%", "%%") or None}   # help is text, not a %-format
         if o.spec.metavar:
             kw["metavar"] = o.spec.metavar
         if o.spec.flag == "":
@@ -300,7 +306,6 @@ def from_ui(cls, names: Iterable[str], values: Iterable, base=None):
     optional option. Options not named keep `base`'s values (or the defaults)."""
     raw = dict(zip(names, values))
     out = {o.name: getattr(base, o.name) for o in fields(cls)} if base is not None else {}
-    bad = []
     for name, v in raw.items():
         o = get(cls, name)
         if o.kind is list:
@@ -312,12 +317,10 @@ def from_ui(cls, names: Iterable[str], values: Iterable, base=None):
         elif o.kind is Path and isinstance(v, str):
             v = Path(v)
         out[name] = v
-    try:
-        obj = cls(**out)
-    except TypeError as exc:      # a required option that has no control
-        bad.append(str(exc))
-        raise OptionsError(bad) from None
-    return validate(obj, "label")
+    bad = [f"{o.label}: must be set." for o in fields(cls) if o.required and o.name not in out]
+    if bad:                       # a required option that has no control
+        raise OptionsError(bad)
+    return validate(cls(**out), "label")
 
 
 # ---- TOML ----------------------------------------------------------------------------------------------

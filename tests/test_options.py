@@ -160,6 +160,8 @@ def test_ui_values_back_to_options():
     assert o.steps == 5 and isinstance(o.steps, int) and o.tags == ["a", "b"] and o.out is None
     base = Demo(name="keep", kind="loha")
     assert O.from_ui(Demo, ["steps"], [3], base=base).kind == "loha"
+    with pytest.raises(OptionsError, match="^Name: must be set.$"):
+        O.from_ui(Demo, ["steps"], [2])
     with pytest.raises(OptionsError, match=r"^How many steps: 2\.5 must be a whole number\.$"):
         O.from_ui(Demo, ["name", "steps"], ["n", 2.5])
 
@@ -214,3 +216,30 @@ def test_gradio_controls_from_the_declaration():
 def O_choice(x):
     """Gradio 4 keeps choices as (label, value) pairs; Gradio 3 as values."""
     return x[1] if isinstance(x, (list, tuple)) else x
+
+
+def test_underscore_flags_for_kohya_style_classes():
+    @dataclass
+    class Kohya:
+        OPTION_FLAGS = "_"
+        learning_rate: float = option(1e-4, help="learning rate", low=0)
+        network_dim: int = option(4, help="rank", low=1)
+
+        def check(self):
+            return ["network_dim: must be at most 1/lr here."] if self.network_dim * self.learning_rate > 1 else []
+
+    p = parser_for(Kohya)
+    o = O.from_args(Kohya, p.parse_args(["--learning_rate", "0.01", "--network_dim", "8"]))
+    assert (o.learning_rate, o.network_dim) == (0.01, 8)
+    with pytest.raises(OptionsError, match="^network_dim: must be at most"):
+        O.from_args(Kohya, p.parse_args(["--learning_rate", "1", "--network_dim", "8"]))
+
+
+def test_help_is_plain_text_and_required_values_must_be_set():
+    @dataclass
+    class Pct:
+        ratio: float = option(0.5, help="share of steps (50% = half)")
+        name: str = option("x", help="a name")
+
+    assert "50% = half" in parser_for(Pct).format_help()
+    assert O.problems(Pct(name=None)) == ["name: must be set."]

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 from lib_lora.options import DEFAULT_TAGGER_MODELS_DIR as DEFAULT_MODELS_ROOT  # noqa: F401 (tests, app)
+from lib_lora.cli.progress import fmt_eta
 from lib_lora.options import TagFolderOptions, add_arguments as add_options, from_args
 
 HELP = "caption a folder of images with a WD14 tagger (writes <image>.txt; existing captions kept by default)"
@@ -19,13 +20,6 @@ def _list(text: str | None) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_options(parser, TagFolderOptions)
-
-
-def _fmt_eta(s) -> str:
-    if s is None:
-        return "--:--"
-    s = int(s)
-    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
 
 
 class ProgressBar:
@@ -46,7 +40,7 @@ class ProgressBar:
         total = "?" if p.total is None else str(p.total)
         frac = (p.done / p.total) if p.total else 0.0
         bar = "#" * int(frac * 24) + "." * (24 - int(frac * 24))
-        line = (f"[{bar}] {p.done}/{total} {p.images_per_s:.2f} img/s ETA {_fmt_eta(p.eta_s)}"
+        line = (f"[{bar}] {p.done}/{total} {p.images_per_s:.2f} img/s ETA {fmt_eta(p.eta_s)}"
                 f"  written {p.written} skipped {p.skipped} failed {p.failed}")
         self.stream.write(("\r" + line) if self.tty else line + "\n")
         self.stream.flush()
