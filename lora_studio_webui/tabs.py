@@ -33,7 +33,7 @@ def build_context():
         writes_blocked_reason=WEBUI_WRITES_BLOCKED,
         wrap_gpu_call=wrap,
     )
-    # Not a UiContext field: the tagger tab's image roots (tagger_tab.image_roots falls back without it).
+    # The tagger tab's image roots (empty: tagger_tab.image_roots falls back to the model folders).
     ctx.image_dirs = [Path(os.path.expanduser(p.strip())) for p in
                       str(env.opt(env.PREFIX + "tagger_image_dirs", "") or "").replace(";", "\n").splitlines()
                       if p.strip()]

@@ -25,7 +25,7 @@ def env(tmp_path_factory):
     lora, models = root / "lora", root / "TM"
     lora.mkdir()
     make_model_dir(models / "tiny", "v3")
-    app = B.start_app(root, ["--lora-dir", str(lora), "--tagger-models-dir", str(models)])
+    app = B.start_app(root, ["--lora-dir", str(lora), "--image-dir", str(lora), "--tagger-models-dir", str(models)])
     drv = None
     try:
         drv = B.start_browser(root)

@@ -2,23 +2,13 @@
 
 from __future__ import annotations
 
+from lib_lora.options import BakeOptions, add_arguments as add_options, from_args
+
 HELP = "merge every <lora:…> tag of a prompt (block weights included) into a checkpoint"
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--base", required=True, metavar="CKPT", help="checkpoint (.safetensors) to start from")
-    parser.add_argument("--prompt", required=True, help='text with LoRA tags, e.g. "<lora:style:0.8:face>"')
-    parser.add_argument("--lora-dir", required=True, metavar="DIR", help="folder the LoRA names are looked up in")
-    parser.add_argument("--out", required=True, help="output file, ending in .safetensors")
-    parser.add_argument("--dtype", choices=("fp16", "bf16", "fp32"), help="store weights in this type (default: as the base)")
-    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
-    parser.add_argument("--presets", metavar="FILE",
-                        help="user block-weight presets file (default: lora_studio_presets.txt in --lora-dir, "
-                             "the file the app's Presets tab saves to)")
-    parser.add_argument("--seed", type=int, default=0, help="seed for R/U block-weight letters (default 0)")
-    parser.add_argument("--allow-overflow", action="store_true",
-                        help="write even if merged weights overflow to ±Inf/NaN (refused by default)")
-    parser.add_argument("--quiet", action="store_true", help="no progress line")
+    add_options(parser, BakeOptions)
 
 
 def run(args) -> int:
@@ -28,20 +18,21 @@ def run(args) -> int:
     from lib_lora.bake import bake_checkpoint
     from lib_lora.cli.progress import PhaseProgress
 
+    o = from_args(BakeOptions, args)
     t = time.perf_counter()
     phases: dict = {}
 
     bar = PhaseProgress({"read": "bytes", "merge": "layers", "write": "bytes"},
-                        enabled=False if args.quiet else None)
+                        enabled=False if o.quiet else None)
 
     def progress(phase, done, total):
         phases.setdefault(phase, time.perf_counter())
         bar(phase, done, total)
 
     try:
-        res = bake_checkpoint(args.base, args.prompt, args.lora_dir, args.out, dtype=args.dtype,
-                              overwrite=args.overwrite, presets_path=args.presets, seed=args.seed,
-                              allow_overflow=args.allow_overflow, progress=progress)
+        res = bake_checkpoint(o.base, o.prompt, o.lora_dir, o.out, dtype=o.dtype,
+                              overwrite=o.overwrite, presets_path=o.presets, seed=o.seed,
+                              allow_overflow=o.allow_overflow, progress=progress)
     finally:
         bar.close()
     for msg in res.messages:

@@ -6,65 +6,63 @@ import argparse
 import os
 import sys
 
-HELP = "start the LoRA Studio app in the browser (binds to 127.0.0.1 unless --listen)"
+from lib_lora.options import DEFAULT_IMAGE_DIR, DEFAULT_LORA_DIR, AppOptions, add_arguments as add_options, from_args
+from lib_lora.options import DEFAULT_TAGGER_MODELS_DIR as DEFAULT_TAGGER_DIR
 
-DEFAULT_LORA_DIR = os.path.join("models", "Lora")
-DEFAULT_TAGGER_DIR = os.path.join("models", "TaggerModels")
+HELP = "start the LoRA Studio app in the browser (binds to 127.0.0.1 unless --listen)"
+__all__ = ["HELP", "DEFAULT_LORA_DIR", "DEFAULT_TAGGER_DIR", "DEFAULT_IMAGE_DIR", "add_arguments", "run",
+           "build_context"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--lora-dir", action="append", metavar="DIR",
-                        help=f"LoRA/LyCORIS folder (must exist); repeat for several (default: ./{DEFAULT_LORA_DIR}, "
-                             "created if missing)")
-    parser.add_argument("--tagger-models-dir", metavar="DIR",
-                        help=f"WD14 tagger models folder (must exist; default: ./{DEFAULT_TAGGER_DIR}, created if "
-                             "missing)")
-    parser.add_argument("--presets-file", metavar="FILE",
-                        help="user block-weight presets file (default: lora_studio_presets.txt in the first LoRA "
-                             "folder; the CLI's bake verbs read the same file)")
-    parser.add_argument("--port", type=int, default=7870, help="port to serve on, 1-65535 (default: 7870)")
-    parser.add_argument("--listen", action="store_true",
-                        help="bind 0.0.0.0 (reachable from the network); needs --auth or --auth-file, and file "
-                             "writes then need --allow-writes")
-    parser.add_argument("--auth", metavar="USER:PASSWORD",
-                        help="require this login (needed with --listen)")
-    parser.add_argument("--auth-file", metavar="FILE",
-                        help="require a login from this file: one USER:PASSWORD per line, '#' comments")
-    parser.add_argument("--allow-writes", action="store_true",
-                        help="with --listen: allow actions that write files (saving presets, captions, downloads)")
-    parser.add_argument("--no-browser", action="store_true",
-                        help="do not open a browser tab (never opened when no display is available)")
+    add_options(parser, AppOptions)
 
 
 def run(args: argparse.Namespace) -> int:
     # Before gradio is imported anywhere: no telemetry or version check calls from a local tool.
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from lib_lora.ui import app
+
+    o = from_args(AppOptions, args)
+    ctx = build_context(o)
+    print(app.describe(ctx, listen=o.listen), file=sys.stderr, flush=True)
+    app.launch(ctx, port=o.port, listen=o.listen, open_browser=o.open_browser, auth=_logins(o) or None)
+    return 0
+
+
+def _logins(o: AppOptions) -> list[tuple[str, str]]:
+    from lib_lora.ui import app
+    auth = []
+    if o.auth:
+        auth.append(app.parse_auth(o.auth))
+    if o.auth_file:
+        auth.extend(app.read_auth_file(o.auth_file))
+    return auth
+
+
+def build_context(o: AppOptions):
+    """The app's UiContext from its options. Everything the user typed is checked before the (slow) Gradio
+    import and nothing is created for it: a typo in --lora-dir must not silently make a new empty folder;
+    only the documented defaults are created."""
     from lib_lora.errors import LoraStudioError
     from lib_lora.ui import app
 
-    # Everything the user typed is checked before the (slow) Gradio import and nothing is created for it:
-    # a typo in --lora-dir must not silently make a new empty folder.
-    port = app.check_port(args.port)
-    auth = []
-    if args.auth:
-        auth.append(app.parse_auth(args.auth))
-    if args.auth_file:
-        auth.extend(app.read_auth_file(args.auth_file))
-    if args.listen and not auth:
+    app.check_port(o.port)
+    if not _logins(o) and o.listen:
         raise LoraStudioError("--listen makes the app reachable from the network: add --auth USER:PASSWORD "
                               "or --auth-file FILE")
-    for d in args.lora_dir or []:
+    for d in o.lora_dir:
         app.existing_folder(d, "--lora-dir")
-    if args.tagger_models_dir:
-        app.existing_folder(args.tagger_models_dir, "--tagger-models-dir")
-    ctx = app.build_context(
-        lora_dirs=args.lora_dir or [DEFAULT_LORA_DIR],
+    for d in o.image_dir:
+        app.existing_folder(d, "--image-dir")
+    if o.tagger_models_dir:
+        app.existing_folder(o.tagger_models_dir, "--tagger-models-dir")
+    return app.build_context(
+        lora_dirs=o.lora_dir or [DEFAULT_LORA_DIR],
         checkpoint_dirs=[],
-        tagger_models_dir=args.tagger_models_dir or DEFAULT_TAGGER_DIR,
-        presets_file=args.presets_file,
-        listen=args.listen,
-        allow_writes=args.allow_writes,
+        tagger_models_dir=o.tagger_models_dir or DEFAULT_TAGGER_DIR,
+        image_dirs=o.image_dir or [DEFAULT_IMAGE_DIR],
+        presets_file=o.presets_file,
+        listen=o.listen,
+        allow_writes=o.allow_writes,
     )
-    print(app.describe(ctx, listen=args.listen), file=sys.stderr, flush=True)
-    app.launch(ctx, port=port, listen=args.listen, open_browser=not args.no_browser, auth=auth or None)
-    return 0

@@ -69,7 +69,8 @@ def load_presets(user_path: Path):
 
 
 def build_context(lora_dirs, checkpoint_dirs, tagger_models_dir, presets_file=None,
-                  listen: bool = False, allow_writes: bool = False, create_missing: bool = True) -> UiContext:
+                  listen: bool = False, allow_writes: bool = False, create_missing: bool = True,
+                  image_dirs=()) -> UiContext:
     """Folders → UiContext. Missing folders are created (the defaults must just work on a fresh machine);
     a presets file the user named must be in an existing folder (a typo must not create one at Save)."""
     if presets_file:
@@ -79,28 +80,28 @@ def build_context(lora_dirs, checkpoint_dirs, tagger_models_dir, presets_file=No
                                   "first or fix the path")
     loras = [_folder(d, "LoRA", create_missing) for d in lora_dirs]
     ckpts = [_folder(d, "Checkpoint", create_missing) for d in checkpoint_dirs]
+    images = [_folder(d, "Image", create_missing) for d in image_dirs]
     tagger = _folder(tagger_models_dir, "Tagger models", create_missing)
     from lib_lora.presets import default_user_path
     user_presets = Path(os.path.abspath(Path(presets_file).expanduser())) if presets_file \
         else default_user_path(loras[0])
-    ctx = UiContext(lora_dirs=loras, checkpoint_dirs=ckpts, tagger_models_dir=tagger,
-                    writes_allowed=(not listen) or allow_writes,
-                    writes_blocked_reason=STANDALONE_WRITES_BLOCKED)
-    ctx.presets, problem = load_presets(user_presets)
-    # Not UiContext fields: extra facts the tabs may show (getattr with a default there).
-    ctx.presets_path = user_presets
-    ctx.presets_problem = problem
-    return ctx
+    presets, problem = load_presets(user_presets)
+    return UiContext(lora_dirs=loras, checkpoint_dirs=ckpts, tagger_models_dir=tagger, image_dirs=images,
+                     presets=presets, presets_path=user_presets, presets_problem=problem,
+                     writes_allowed=(not listen) or allow_writes,
+                     writes_blocked_reason=STANDALONE_WRITES_BLOCKED)
 
 
 def describe(ctx: UiContext, listen: bool) -> str:
     lines = ["LoRA Studio",
              "  LoRA folders:       " + ", ".join(map(str, ctx.lora_dirs)),
              f"  tagger models:      {ctx.tagger_models_dir}",
-             f"  user presets file:  {getattr(ctx, 'presets_path', '?')}"]
+             f"  user presets file:  {ctx.presets_path or '?'}"]
     if ctx.checkpoint_dirs:
         lines.insert(2, "  checkpoint folders: " + ", ".join(map(str, ctx.checkpoint_dirs)))
-    if getattr(ctx, "presets_problem", None):
+    if ctx.image_dirs:
+        lines.insert(-2, "  image folders:      " + ", ".join(map(str, ctx.image_dirs)))
+    if ctx.presets_problem:
         lines.append(f"  presets: {ctx.presets_problem}")
     if listen:
         lines.append("  listening on all interfaces; file writes "
@@ -145,7 +146,8 @@ def create_app(ctx: UiContext, tabs=TABS):
 def served_nowhere(ctx: UiContext) -> list[str]:
     """Folders Gradio must never serve: Gradio 3 serves every file under the working directory at
     /file=..., which would expose ./models (and anything else there) to any client."""
-    roots = [*map(str, ctx.lora_dirs), *map(str, ctx.checkpoint_dirs), str(ctx.tagger_models_dir)]
+    roots = [*map(str, ctx.lora_dirs), *map(str, ctx.checkpoint_dirs), *map(str, ctx.image_dirs),
+             str(ctx.tagger_models_dir)]
     import tempfile
     gradio_tmp = Path(os.environ.get("GRADIO_TEMP_DIR") or Path(tempfile.gettempdir()) / "gradio").resolve()
     cwd = Path.cwd().resolve()
@@ -155,9 +157,8 @@ def served_nowhere(ctx: UiContext) -> list[str]:
               "model folders may be downloadable. Start the app from another folder.", file=sys.stderr)
     else:
         roots.insert(0, str(cwd))
-    presets = getattr(ctx, "presets_path", None)
-    if presets:
-        roots.append(str(presets))
+    if ctx.presets_path:
+        roots.append(str(ctx.presets_path))
     return roots
 
 

@@ -142,3 +142,42 @@ def on_page_load_js(js: str) -> bool:
         return False
     root.load(None, inputs=None, outputs=None, **js_kwargs(js))
     return True
+
+
+# ---- controls from option dataclasses (lib_lora.options) ---------------------------------------------
+
+
+def option_control(cls, name: str, value=None, **kwargs):
+    """One Gradio control for option `name` of the options dataclass `cls`, labelled and limited as declared:
+    bool → Checkbox, choices → Dropdown (Radio with widget="radio"), a number with both bounds → Slider,
+    other numbers → Number (whole numbers for ints), lists → comma-separated Textbox, else Textbox.
+    `value` defaults to the declared default; `kwargs` (elem_id, scale, …) go to the component."""
+    from lib_lora import options
+    o = options.get(cls, name)
+    v = o.default if value is None and o.default is not options.MISSING else value
+    override = kwargs.pop("choices", None)  # a narrower list known only at run time (e.g. installed providers)
+    kw = {"label": o.label, **kwargs}
+    choices = override if override is not None else o.choices()
+    if o.kind is bool:
+        return gr.Checkbox(value=bool(v), **kw)
+    if choices is not None:
+        widget = gr.Radio if o.spec.widget == "radio" else gr.Dropdown
+        return widget(choices=list(choices), value=v, **kw)
+    if o.kind in (int, float):
+        if o.spec.low is not None and o.spec.high is not None:
+            step = o.spec.step or (1 if o.kind is int else 0.01)
+            return gr.Slider(o.spec.low, o.spec.high, value=v, step=step, **kw)
+        return gr.Number(value=v, precision=0 if o.kind is int else None, **kw)
+    if o.kind is list:
+        return gr.Textbox(value=", ".join(map(str, v or [])), **kw)
+    return gr.Textbox(value="" if v is None else str(v), **kw)
+
+
+def option_controls(cls, names=None, values=None, **per_name) -> dict:
+    """Controls for several options (all of `cls` shown in the UI when `names` is None), in declaration order
+    unless `names` gives one; `values` an options object whose values they show; `per_name[name]` a dict of
+    component kwargs. Read them back with `lib_lora.options.from_ui(cls, controls.keys(), values)`."""
+    from lib_lora import options
+    names = list(names) if names is not None else [o.name for o in options.fields(cls)]
+    return {n: option_control(cls, n, None if values is None else getattr(values, n), **per_name.get(n, {}))
+            for n in names}

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from lib_lora.errors import LoraStudioError
+
+if TYPE_CHECKING:   # the store loads the shipped presets: built by the host, not on import
+    from lib_lora.presets import PresetStore
 
 WRITES_BLOCKED = (
     "Writing files is disabled because the server listens on the network "
@@ -18,12 +21,17 @@ WRITES_BLOCKED = (
 )
 
 
-@dataclass
+@dataclass(slots=True)   # slots: a misspelt or ad-hoc attribute is an AttributeError, not a silent extra
 class UiContext:
     lora_dirs: list[Path]
     checkpoint_dirs: list[Path]
     tagger_models_dir: Path
-    presets: Any = None                     # lib_lora.presets.PresetStore
+    presets: PresetStore | None = None      # None: unavailable, `presets_problem` says why
+    presets_path: Path | None = None        # the user presets file the Presets tab saves to
+    presets_problem: str | None = None
+    # Folders the tagger reads images from and writes captions into (WebUI setting
+    # lora_studio_tagger_image_dirs, app option --image-dir); empty: the LoRA and checkpoint folders.
+    image_dirs: list[Path] = field(default_factory=list)
     writes_allowed: bool = True
     writes_blocked_reason: str = WRITES_BLOCKED
     # Long GPU actions inside the WebUI run under its queue lock; standalone: identity.

@@ -63,9 +63,9 @@ def _frame(rows: list[list[str]], count: int):
 
 
 def _need_store(ctx):
-    store = getattr(ctx, "presets", None)
+    store = ctx.presets
     if store is None:
-        reason = getattr(ctx, "presets_problem", None) or "no presets store configured"
+        reason = ctx.presets_problem or "no presets store configured"
         raise LoraStudioError(f"Presets are unavailable: {reason}.")
     return store
 
@@ -137,7 +137,7 @@ def set_row(table, label, name: str, values_text: str, ctx=None):
                                      f"({', '.join(format_names(count))}).")
     try:
         name, vals = validate_row([name] + vals, count)
-        store = getattr(ctx, "presets", None) if ctx is not None else None
+        store = ctx.presets if ctx is not None else None
         clash = store.case_clash(name) if store is not None else None
         clash = clash or next((str(r[0]).strip() for r in rows
                                if str(r[0]).strip().lower() == name.lower() and str(r[0]).strip() != name), None)
@@ -171,7 +171,7 @@ def delete_row(table, label, name: str, ctx=None):
     count = count_of(label)
     rows = dataframe_rows(table)
     name = (name or "").strip()
-    store = getattr(ctx, "presets", None) if ctx is not None else None
+    store = ctx.presets if ctx is not None else None
     origin = store.origin(name) if store is not None else None
     if origin == "builtin":   # refused now, not only when Save is pressed
         return _frame(rows, count), (f"⚠ '{name}' is a shipped preset and cannot be deleted; edit its values "
@@ -216,7 +216,7 @@ def save_table(ctx, table, label, original):
     except LoraStudioError as exc:
         return _frame(rows, count), original, f"⚠ {exc}"
     new_rows = preset_rows(store, count)
-    path = getattr(ctx, "presets_path", None) or store.user_path
+    path = ctx.presets_path or store.user_path
     return (_frame(new_rows, count), {r[0]: list(r[1:]) for r in new_rows},
             f"Saved: {len(changed)} changed, {len(removed)} removed → {path}. In use now, no restart needed.")
 
@@ -365,7 +365,7 @@ def tag_callback(lora_name, weight, preset):
 
 def preset_weights(ctx, preset: str, arch: str | None):
     """26 slot weights of a preset as the LoRA's arch resolves it (R/U/X letters → None), or None."""
-    store = getattr(ctx, "presets", None)
+    store = ctx.presets
     if store is None or not preset:
         return None
     vals = store.get(preset, arch if arch in ("sd1", "sd2", "sdxl") else None)
@@ -436,10 +436,10 @@ def build(ctx) -> None:
     import gradio as gr
     from lib_lora.ui import compat
 
-    store = getattr(ctx, "presets", None)
+    store = ctx.presets
     names = list(store.names()) if store is not None else []
     table0, orig0, status0 = load_table(ctx, FORMAT_CHOICES[0])
-    where = getattr(ctx, "presets_path", None) or getattr(store, "user_path", None)
+    where = ctx.presets_path or getattr(store, "user_path", None)
     gr.Markdown("Block-weight presets: click a row to edit it (or edit cells), **Set row**, then **Save**; "
                 "prompts use the change at once." + (f" User presets file: `{where}`." if where else ""))
     with gr.Row():
@@ -485,12 +485,12 @@ def build(ctx) -> None:
     reload_armed = gr.State(False)
 
     def preset_choices():
-        s = getattr(ctx, "presets", None)
+        s = ctx.presets
         return compat.update(choices=[""] + (list(s.names()) if s is not None else []))
 
     def page_load():
         # Component values are fixed when the UI is built; each page load shows the files as they are now.
-        if getattr(ctx, "presets", None) is not None:
+        if ctx.presets is not None:
             ctx.presets.reload()
         return (*load_table(ctx, FORMAT_CHOICES[0]), preset_choices(),
                 compat.update(choices=lora_tab.list_loras(ctx)))

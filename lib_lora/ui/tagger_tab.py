@@ -18,7 +18,8 @@ from pathlib import Path
 
 from lib_lora.errors import LoraStudioError
 
-EXISTING = ("skip", "overwrite", "append", "prepend")
+from lib_lora.options import TagFolderOptions   # the choice lists' one declaration (shared with `tag`)
+
 _ACTIVE: dict[int, threading.Event] = {}       # running folder jobs → their cancel events
 _ACTIVE_LOCK = threading.Lock()
 
@@ -31,7 +32,7 @@ OPTION_FIELDS = ("general_threshold", "character_threshold", "general_mcut", "ch
 def image_roots(ctx) -> list[Path]:
     """Folders the tagger may read images from and write captions into: the configured image folders
     (`ctx.image_dirs`, set by the host: WebUI setting / app option), else the host's configured folders."""
-    dirs = [Path(d) for d in (getattr(ctx, "image_dirs", None) or [])]
+    dirs = [Path(d) for d in ctx.image_dirs]
     return dirs or [*map(Path, ctx.lora_dirs), *map(Path, ctx.checkpoint_dirs)]
 
 
@@ -297,6 +298,7 @@ def run_folder_ui(ctx, model, model_folder, provider, allow_download, folder, re
 
 def build(ctx) -> None:
     import gradio as gr
+    from lib_lora.tagger.captions import CAPTION_EXTS
     from lib_lora.ui import compat
 
     choices = model_choices(ctx)
@@ -310,8 +312,8 @@ def build(ctx) -> None:
                             scale=3)
         model_folder = gr.Textbox(label=f"…or a model folder inside {ctx.tagger_models_dir} (used when filled in)",
                                   elem_id="lora_studio_tagger_model_folder", scale=3)
-        provider = gr.Dropdown(choices=provider_choices(), value="auto", label="Provider",
-                               elem_id="lora_studio_tagger_provider", scale=1)
+        provider = compat.option_control(TagFolderOptions, "provider", choices=provider_choices(),
+                                         elem_id="lora_studio_tagger_provider", scale=1)
         # Downloads write files: where writes are off the box is off too, rather than ticked and ignored.
         allow_dl = gr.Checkbox(value=ctx.writes_allowed, interactive=ctx.writes_allowed,
                                label="Download if missing" if ctx.writes_allowed else
@@ -336,10 +338,10 @@ def build(ctx) -> None:
             inc_chars = gr.Checkbox(True, label="Include characters")
             chars_first = gr.Checkbox(False, label="Characters first")
         with gr.Row():
-            sort = gr.Dropdown(["confidence", "alphabetical", "model"], value="confidence", label="Order")
+            sort = compat.option_control(TagFolderOptions, "sort")
             spaces = gr.Checkbox(True, label="Underscores → spaces (not emoticons)")
             escape = gr.Checkbox(False, label="Escape brackets \\( \\)")
-            rating = gr.Dropdown(["none", "first", "last"], value="none", label="Write rating tag")
+            rating = compat.option_control(TagFolderOptions, "rating")
             max_tags = gr.Number(value=0, precision=0, label="Max tags (0 = all)")
         with gr.Row():
             exclude = gr.Textbox(label="Exclude tags (comma-separated; any case, _ or space)")
@@ -365,8 +367,8 @@ def build(ctx) -> None:
                 folder = gr.Textbox(label="Image folder", elem_id="lora_studio_tagger_folder", scale=4)
                 recursive = gr.Checkbox(False, label="Include sub-folders")
             with gr.Row():
-                existing = gr.Radio(list(EXISTING), value="skip", label="Existing caption files")
-                cap_ext = gr.Dropdown([".txt", ".caption"], value=".txt", label="Caption extension")
+                existing = compat.option_control(TagFolderOptions, "existing")
+                cap_ext = gr.Dropdown(list(CAPTION_EXTS), value=".txt", label="Caption extension")
                 out_dir = gr.Textbox(label="Output folder (empty = beside the images)",
                                      elem_id="lora_studio_tagger_outdir")
             with gr.Row():
