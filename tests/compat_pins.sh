@@ -39,7 +39,7 @@ if [ "${2:-}" = "--gradio4" ]; then
     echo "$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')" \
         > "$("$G4/bin/python" -c 'import site; print(site.getsitepackages()[0])')/zz_pinned.pth"
   fi
-  PYTHONPATH="$REPO" "$G4/bin/python" -m pytest -q -p no:cacheprovider tests/test_ui_app.py \
-      tests/test_ui_presets_tab.py tests/test_tagger_ui.py tests/test_webui_infotext_xyz.py \
-      tests/test_webui_integration.py tests/test_webui_units.py
+  PYTHONPATH="$REPO" "$G4/bin/python" -m pytest -q -p no:cacheprovider tests/lib_lora/ui/test_ui_app.py \
+      tests/lib_lora/ui/test_ui_presets_tab.py tests/lib_lora/ui/test_tagger_ui.py tests/lora_studio_webui/test_webui_infotext_xyz.py \
+      tests/lora_studio_webui/test_webui_integration.py tests/lora_studio_webui/test_webui_units.py
 fi

@@ -8,8 +8,9 @@ import shutil
 from pathlib import Path
 
 import pytest
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = REPO
 
 PAGE = """<!doctype html><html><body>
 <div id="txt2img_toprow"><div id="txt2img_prompt"><textarea id="t"></textarea></div></div>

@@ -10,8 +10,9 @@ import pytest
 
 from lib_lora import __version__
 from tests.factory import write_lora
+from tests.paths import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 HEAVY = ("torch", "numpy", "safetensors", "gradio", "onnxruntime")
 
 

@@ -19,8 +19,9 @@ from lib_lora.__main__ import main
 from tests.engine_helpers import SD15_LAYERS
 from tests.factory import write_lora
 from tests.models import build_model
+from tests.paths import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 LIST12 = "1,1,1,1,1,1,1,1,1,1,1,1"  # the SDXL 12-value format: leaves SD1 blocks unlisted
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

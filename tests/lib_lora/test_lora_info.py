@@ -15,8 +15,9 @@ from lib_lora.algos import norm_of as delta_norm
 from lib_lora.lora_info import format_report, inspect_file
 from lib_lora.keys import LoraModule, group_modules
 from tests.factory import fixture_layers, make_lora, write_lora
+from tests.paths import REPO
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = str(REPO)
 
 
 def _base_shape(model, m):

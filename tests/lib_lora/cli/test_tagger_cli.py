@@ -11,8 +11,9 @@ from PIL import Image
 
 from lib_lora.tagger import captions
 from tests.tagger_models import make_model_dir
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 def run(args, env=None, **kw):

@@ -13,6 +13,7 @@ pytest.importorskip("gradio")
 from lib_lora.__main__ import build_parser  # noqa: E402
 from lib_lora.errors import LoraStudioError  # noqa: E402
 from lib_lora.ui import app  # noqa: E402
+from tests.paths import REPO
 
 
 def test_defaults_are_created_under_the_working_directory(tmp_path, monkeypatch):
@@ -90,7 +91,7 @@ def test_ui_help_runs_without_gradio_import():
     # `python -m lib_lora --help` lists every verb; it must not pay for importing gradio.
     out = subprocess.run([sys.executable, "-c", "import sys; from lib_lora.__main__ import build_parser; "
                           "build_parser(); print('gradio' in sys.modules)"],
-                         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent, timeout=60)
+                         capture_output=True, text=True, cwd=REPO, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
 
 

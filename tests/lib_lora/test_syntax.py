@@ -12,6 +12,7 @@ from lib_lora.presets import PresetStore
 from lib_lora.syntax import (LoraTag, edit_blocks, edit_key, edit_name, edit_weight, format_number, parse_items,
                              parse_params, parse_prompt, resolve_blocks, rewrite_prompt, short_tag, split_items,
                              write_tag)
+from tests.paths import REPO
 
 PRESETS = PresetStore()
 L17 = ",".join(["1"] * 17)
@@ -558,7 +559,7 @@ def test_the_tag_grammar_has_one_home():
     (lora_studio_webui/tags.py once restated both)."""
     import re
     from pathlib import Path
-    root = Path(__file__).resolve().parent.parent
+    root = REPO
     grammar = re.compile(r"\[\^>\]|split\(\s*['\"]=['\"]\s*,\s*2\s*\)")
     homes = sorted(str(p.relative_to(root)) for pkg in ("lib_lora", "lora_studio_webui", "scripts")
                    for p in (root / pkg).rglob("*.py") if grammar.search(p.read_text(encoding="utf-8")))

@@ -15,8 +15,9 @@ import pytest
 from lib_lora import options as O
 from lib_lora.errors import LoraStudioError
 from lib_lora.options import OptionsError, option
+from tests.paths import REPO
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = REPO
 
 
 @dataclass
