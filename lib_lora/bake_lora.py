@@ -16,6 +16,7 @@ from lib_lora import fileio
 from lib_lora.algos import algorithm_of
 from lib_lora.bake import _STALE_METADATA, load_presets, parse_tags, resolve_tag
 from lib_lora.errors import LoraStudioError, SyntaxProblem
+from lib_lora.syntax import format_number
 
 def _module_of(key: str, modules: dict):
     """(module key, normalised suffix) of a file key, or (None, None) for keys outside any module."""
@@ -54,7 +55,7 @@ def bake_lora(prompt: str, lora_dir, out, overwrite: bool = False, presets_path=
     if refused:
         raise LoraStudioError(
             f"LoRA '{net.name}': {len(refused)} DoRA/OFT/BOFT modules (e.g. '{refused[0]}') would need a "
-            f"multiplier of {mult[refused[0]]:g}, which cannot be stored in the file; bake them into a "
+            f"multiplier of {format_number(mult[refused[0]])}, which cannot be stored in the file; bake them into a "
             f"checkpoint with `python -m lib_lora bake` instead")
     by_module: dict = {}
     for key in raw:

@@ -13,12 +13,13 @@ from lib_lora.algos import norm_of, rank_of
 from lib_lora.arch import guess_non_lora
 from lib_lora.blocks import BLOCK_NAMES
 from lib_lora.network import load_network
+from lib_lora.syntax import format_number
 
 
 def _fmt_num(x) -> str:
     if x is None:
         return "none"
-    return f"{x:g}"
+    return format_number(x)
 
 
 def inspect_network(net, compute_norms: bool = True) -> dict:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 from lib_lora.errors import LoraStudioError
 from lib_lora.network import NetworkCache
+from lib_lora.syntax import format_number
 
 from . import env
 from .library import Library
@@ -46,7 +47,7 @@ class Activation:
 def applied_line(a) -> str:
     """`name (N modules, te 1, unet 0.8, blocks preset face)` for the console line of an activation."""
     n = a.report.applied if a.report is not None else 0
-    return (f"{a.name} ({n} modules, te {a.active.te:g}, unet {a.active.unet:g}"
+    return (f"{a.name} ({n} modules, te {format_number(a.active.te)}, unet {format_number(a.active.unet)}"
             + (f", blocks {a.blocks.source}" if a.blocks.source else "") + ")")
 
 

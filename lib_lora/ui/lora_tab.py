@@ -13,6 +13,7 @@ from pathlib import Path
 
 from lib_lora.blocks import ARCH_FORMATS, BLOCK_NAMES, FORMATS
 from lib_lora.errors import LoraStudioError
+from lib_lora.syntax import format_number
 
 LORA_SUFFIXES = (".safetensors",)   # pickle files are never loaded from the UI
 
@@ -117,9 +118,9 @@ def render_bars(norms, weights=None, title: str = "", arch: str | None = None) -
                 eh = min(plot_h, plot_h * ev / vmax)
                 parts.append(f'<rect class="kept" data-block="{name}" data-kept="{ev:.6g}" x="{x + 5:.1f}" '
                              f'y="{base - eh:.1f}" width="{max(1.0, step - 10):.1f}" height="{eh:.1f}" '
-                             f'fill="#2b59b0"><title>{name}: {v:.4g} × {wt:g}</title></rect>')
+                             f'fill="#2b59b0"><title>{name}: {v:.4g} × {format_number(wt)}</title></rect>')
         if weights is not None:
-            label = "?" if wt is None else f"{wt:g}"
+            label = "?" if wt is None else format_number(wt)
             colour = "#e0603a" if wt not in (None, 0.0) else "#aaa"
             parts.append(f'<text class="weight" data-block="{name}" data-weight="{label}" x="{x + step / 2:.1f}" '
                          f'y="{top - 6}" text-anchor="middle" font-size="10" fill="{colour}">{label}</text>')
