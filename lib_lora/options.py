@@ -602,7 +602,9 @@ class _MiniToml:
 # ---- the actions' options ------------------------------------------------------------------------------
 # One dataclass per action; the CLI verb, the app and TOML files read these. Names follow the flags.
 
-OUTPUT_DTYPES = ("fp16", "bf16", "fp32")     # bake --dtype (lib_lora.bake.DTYPES maps them to torch types)
+# bake --dtype: name → torch dtype attribute (text, so this module stays torch-free; lib_lora.bake.DTYPES is
+# built from it)
+OUTPUT_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 DEFAULT_TAGGER_MODELS_DIR = str(Path("models") / "TaggerModels")
 DEFAULT_LORA_DIR = str(Path("models") / "Lora")
 DEFAULT_IMAGE_DIR = "datasets"
