@@ -16,8 +16,9 @@ from lib_lora import fileio
 from lib_lora.activate import Activated, activate_tag, attach_reports
 from lib_lora.errors import LoraFileError, LoraStudioError, SyntaxProblem
 from lib_lora.library import Library
+from lib_lora.options import OUTPUT_DTYPES
 
-DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+DTYPES = {name: getattr(torch, attr) for name, attr in OUTPUT_DTYPES.items()}   # --dtype name → torch dtype
 # Hashes of the source body are wrong for the new file.
 _STALE_METADATA = ("sshs_model_hash", "sshs_legacy_hash", "modelspec.hash_sha256")
 

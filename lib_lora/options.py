@@ -602,7 +602,9 @@ class _MiniToml:
 # ---- the actions' options ------------------------------------------------------------------------------
 # One dataclass per action; the CLI verb, the app and TOML files read these. Names follow the flags.
 
-OUTPUT_DTYPES = ("fp16", "bf16", "fp32")     # bake --dtype (lib_lora.bake.DTYPES maps them to torch types)
+# bake --dtype: name → torch dtype attribute (text, so this module stays torch-free; lib_lora.bake.DTYPES is
+# built from it)
+OUTPUT_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 DEFAULT_TAGGER_MODELS_DIR = str(Path("models") / "TaggerModels")
 DEFAULT_LORA_DIR = str(Path("models") / "Lora")
 DEFAULT_IMAGE_DIR = "datasets"
@@ -670,7 +672,8 @@ class TagFolderOptions:
     provider: str = option("auto", choices="lib_lora.tagger.runtime:PROVIDER_CHOICES", group="model",
                            label="Provider", help="onnxruntime execution provider; an explicit GPU that cannot "
                                                   "run is an error (default: auto)")
-    threads: int = option(0, group="model", help="onnxruntime CPU threads (default: onnxruntime's choice)")
+    threads: int = option(0, group="model", low=0,
+                          help="onnxruntime CPU threads (default 0: onnxruntime's choice)")
     # tags
     general_threshold: float = option(0.35, group="tags", label="General threshold (keep p >)",
                                       help="keep general tags with p > this (0.35)")
@@ -708,7 +711,9 @@ class TagFolderOptions:
                            widget="radio", label="Existing caption files",
                            help="what to do with an existing caption (default: skip, the image is not even tagged)")
     caption_ext: str = option(".txt", group="files", label="Caption extension",
-                              help="caption extension (.txt or .caption)")
+                              help="caption extension (default .txt): .txt, .caption or another plain one of "
+                                   "lowercase letters and digits, at most 10; extensions of programs, scripts, "
+                                   "configs, web pages, models and images are refused")
     output_dir: str | None = option(None, group="files", label="Output folder (empty = beside the images)",
                                     help="write captions here, mirroring sub-folders (default: beside the images)")
     recursive: bool = option(False, group="files", label="Include sub-folders", help="include sub-folders")

@@ -34,7 +34,10 @@ if [ "${2:-}" = "--gradio4" ]; then
   G4="$VENV-gradio4"
   if [ ! -x "$G4/bin/python" ]; then
     "$PY310" -m venv "$G4"
-    "$G4/bin/pip" install gradio==4.40.0 "huggingface_hub<0.26" numpy==1.26.2 Pillow==9.5.0
+    # pydantic >= 2.11 (with the fastapi/starlette it pulls in) breaks Gradio 4.40's page setup, so the browser
+    # test fails in a fresh venv; these are the newest versions that work with it.
+    "$G4/bin/pip" install gradio==4.40.0 "huggingface_hub<0.26" numpy==1.26.2 Pillow==9.5.0 \
+        "pydantic<2.11" "fastapi<0.113" "starlette<0.39"
     # torch & co. come from the pinned venv, after Gradio 4's own packages
     echo "$("$VENV/bin/python" -c 'import site; print(site.getsitepackages()[0])')" \
         > "$("$G4/bin/python" -c 'import site; print(site.getsitepackages()[0])')/zz_pinned.pth"

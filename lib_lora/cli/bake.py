@@ -11,6 +11,19 @@ def add_arguments(parser) -> None:
     add_options(parser, BakeOptions)
 
 
+def lora_lines(report) -> list[str]:
+    """Per LoRA of a patcher ApplyReport: what was merged, at which multipliers (each report names its own
+    ActiveLora, so nothing depends on the order of the reports)."""
+    lines = []
+    for lr in report.loras:
+        a = lr.active
+        extra = (f", {lr.zero} at weight 0" if lr.zero else "") + (f", {len(lr.skipped)} skipped" if lr.skipped else "")
+        mult = f"te {a.te:g}, unet {a.unet:g}, " if a is not None else ""
+        lines.append(f"{a.network.name if a is not None else lr.name}: {mult}{lr.applied} modules merged{extra}")
+        lines += [f"  skipped {key}: {why}" for key, why in lr.skipped[:5]]
+    return lines
+
+
 def run(args) -> int:
     import sys
     import time
@@ -37,12 +50,8 @@ def run(args) -> int:
         bar.close()
     for msg in res.messages:
         print(f"warning: {msg}", file=sys.stderr)
-    for r, lr in zip(res.loras, res.report.loras):
-        extra = (f", {lr.zero} at weight 0" if lr.zero else "") + (f", {len(lr.skipped)} skipped" if lr.skipped else "")
-        print(f"{r.network.name}: te {r.active.te:g}, unet {r.active.unet:g}, "
-              f"{lr.applied} modules merged{extra}")
-        for key, why in lr.skipped[:5]:
-            print(f"  skipped {key}: {why}")
+    for line in lora_lines(res.report):
+        print(line)
     end = time.perf_counter()
     marks = sorted(phases.items(), key=lambda kv: kv[1]) + [("", end)]
     timing = ", ".join(f"{p} {marks[i + 1][1] - s:.1f} s" for i, (p, s) in enumerate(marks[:-1]))

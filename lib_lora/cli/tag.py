@@ -55,8 +55,8 @@ class ProgressBar:
 
 
 def run(args: argparse.Namespace) -> int:
+    from lib_lora import fileio
     from lib_lora.errors import LoraStudioError
-    from lib_lora.tagger import captions
     from lib_lora.tagger.model import get_tagger
     from lib_lora.tagger.pipeline import FolderJob, check_job, run_folder, summary_lines
     from lib_lora.tagger.postprocess import TagOptions
@@ -76,14 +76,15 @@ def run(args: argparse.Namespace) -> int:
         replace_underscores=o.replace_underscores, escape_brackets=o.escape_brackets, rating=o.rating,
         max_tags=o.max_tags, exclude=_list(o.exclude), exclude_patterns=o.exclude_regex, replace=replace,
         prepend=_list(o.prepend), append=_list(o.append), weights=o.weights).validate()
-    if o.batch_size < 0 or o.streams < 0:
-        raise LoraStudioError("--batch-size and --streams must be 0 (auto) or more.")
     job = FolderJob(input_dir=Path(o.dir), recursive=o.recursive, extensions=tuple(_list(o.ext)),
                     output_dir=Path(o.output_dir) if o.output_dir else None, caption_ext=o.caption_ext,
                     existing=o.existing, batch_size=o.batch_size, streams=o.streams, workers=o.workers,
                     resize=o.resize,
                     trailing_newline=o.trailing_newline, json_sidecar=o.json, tag_options=opts)
     check_job(job)      # before the model loads: a typo costs nothing
+    freq_file = Path(o.frequency_file) if o.frequency_file else None
+    if freq_file is not None:
+        fileio.check_target(freq_file, overwrite=True)    # a report, rewritten each run; its folder must exist
     tagger = get_tagger(o.model, o.models_root, o.provider, allow_download=not o.offline,
                         revision=o.revision, threads=o.threads, throughput=True, log=log)
     if tagger.files.threshold_hint:
@@ -106,8 +107,8 @@ def run(args: argparse.Namespace) -> int:
     top = lines[1:] if o.frequency <= 0 else lines[1:1 + o.frequency]
     for line in top:
         print(line)
-    if o.frequency_file:
-        captions.atomic_write_text(Path(o.frequency_file), "\n".join(lines[1:]) + "\n")
+    if freq_file is not None:
+        fileio.atomic_write_text(freq_file, "\n".join(lines[1:]) + "\n")
     if report.failed:
         log(f"error: {len(report.failed)} of {report.inferred + len(report.failed)} images could not be tagged "
             "(listed above).")

@@ -176,8 +176,10 @@ def test_verbs_take_their_choice_lists_from_the_core():
     assert O.get(tf, "existing").choices() == EXISTING_MODES and O.get(tf, "sort").choices() == SORTS
     assert O.get(tf, "rating").choices() == RATING_MODES and O.get(tf, "provider").choices() == PROVIDER_CHOICES
     assert O.get(tf, "resize").choices() == RESIZE_METHODS
-    from lib_lora.bake import DTYPES
-    assert O.get(O.BakeOptions, "dtype").choices() == tuple(DTYPES)
+    import torch
+    from lib_lora.bake import DTYPES                       # built from O.OUTPUT_DTYPES: one declaration
+    assert O.get(O.BakeOptions, "dtype").choices() == tuple(DTYPES) == ("fp16", "bf16", "fp32")
+    assert all(isinstance(t, torch.dtype) and t.is_floating_point for t in DTYPES.values())
 
 
 def test_every_action_declaration_is_valid_at_its_defaults():

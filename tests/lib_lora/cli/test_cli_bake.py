@@ -217,3 +217,22 @@ def test_ctrl_c_cancels_and_leaves_nothing(env, tmp_path):
     assert p.returncode == 130, shown
     assert shown.rstrip().splitlines()[-1].strip() == "cancelled" and "Traceback" not in shown
     assert os.listdir(outdir) == []
+
+
+def test_lora_lines_follow_each_report_to_its_lora(env, tmp_path):
+    """The per-LoRA summary reads each report's own ActiveLora: reports in another order than the prompt's
+    tags (the patcher owes no order) still print each LoRA's name beside its own counts and multipliers."""
+    from lib_lora.bake import bake_checkpoint
+    from lib_lora.cli.bake import lora_lines
+
+    loras = tmp_path / "loras"
+    loras.mkdir()
+    write_lora(loras / "big.safetensors", algo="lora", rank=4, layers=lambda l: l in SD15_LAYERS, seed=3)
+    few = set(list(SD15_LAYERS)[:2])
+    write_lora(loras / "small.safetensors", algo="lora", rank=4, layers=lambda l: l in few, seed=4)
+    res = bake_checkpoint(env["ckpt"], "<lora:big:0.5> <lora:small:0.25>", str(loras), tmp_path / "o.safetensors")
+    lines = lora_lines(res.report)
+    assert lines[0].startswith("big: te 0.5, unet 0.5, ") and lines[1].startswith("small: te 0.25, unet 0.25, ")
+    assert lines[0] != lines[1].replace("small: te 0.25, unet 0.25", "big: te 0.5, unet 0.5")   # counts differ
+    res.report.loras.reverse()
+    assert lora_lines(res.report) == lines[::-1]

@@ -163,3 +163,38 @@ def test_tag_never_imports_torch(model, tmp_path):
                        env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120)
     assert p.returncode == 0 and (d / "00.txt").exists(), p.stderr
     assert p.stderr.strip().endswith("NO-TORCH"), p.stderr
+
+
+def test_frequency_file_is_checked_before_any_work(model, tmp_path):
+    """A typo in the folder of --frequency-file is refused up front (one line), no folder is made and no
+    caption written; an existing file is replaced (it is a report, rewritten on every run)."""
+    d = images(tmp_path / "imgs", 2)
+    r = run([d, "--model-dir", model, "--quiet", "--frequency-file", tmp_path / "typo" / "x.txt"])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "typo" in r.stderr and "does not exist" in r.stderr
+    assert not (tmp_path / "typo").exists() and not list(d.glob("*.txt"))
+    r = run([d, "--model-dir", model, "--quiet", "--frequency-file", d])          # a folder
+    assert r.returncode == 2 and "is a folder" in r.stderr and not list(d.glob("*.txt"))
+    (tmp_path / "freq.txt").write_text("old\n")
+    r = run([d, "--model-dir", model, "--quiet", "--frequency-file", tmp_path / "freq.txt"])
+    assert r.returncode == 0, r.stderr
+    assert "old" not in (tmp_path / "freq.txt").read_text() and ": 2" in (tmp_path / "freq.txt").read_text()
+
+
+def test_negative_threads_are_refused(model, tmp_path):
+    d = images(tmp_path / "imgs", 1)
+    r = run([d, "--model-dir", model, "--quiet", "--threads", "-1"])
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert "--threads" in r.stderr and not (d / "00.txt").exists()
+
+
+def test_caption_ext_help_says_what_is_accepted():
+    """The help names the rule lib_lora.tagger.captions.check_ext applies, not only two examples."""
+    r = run(["--help"])
+    text = " ".join(r.stdout.split())
+    i = text.rindex("--caption-ext")                     # its own entry, not the usage line
+    part = text[i:i + 300]
+    assert "letters and digits" in part and "10" in part, part
+    assert captions.check_ext("md") == ".md"               # what the help promises is accepted...
+    with pytest.raises(Exception):
+        captions.check_ext(".sh")                          # ...and what it says is refused
