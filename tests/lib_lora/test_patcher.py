@@ -467,3 +467,48 @@ def test_protected_entries_are_never_evicted_and_refused_ones_are_not_kept():
     assert not c.put("c", d(40)) and "c" not in c and len(c) == 2 and c.refused == 1
     c.protect({"c"})
     assert c.put("c", d(40)) and "c" in c and "a" not in c   # unprotected: least recent leaves
+
+
+def _loha_f64(mod) -> torch.Tensor:
+    """LoHa's ΔW at multiplier 1 in float64, straight from its factors (no Tucker in the factory's LoHa)."""
+    from lib_lora.algos._common import rank_scale
+
+    t = {k: v.detach().double().flatten(1) for k, v in mod.tensors.items()}
+    scale = rank_scale(mod, int(t["hada_w1_b"].shape[0]))
+    return scale * (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"])
+
+
+@pytest.mark.parametrize("dtype,u", [(torch.float16, 2.0 ** -11), (torch.bfloat16, 2.0 ** -8)])
+def test_dense_deltas_of_half_models_are_cached_in_the_weight_dtype_within_the_stated_bound(nets, dtype, u):
+    """fp16/bf16 model: LoHa's ΔW is cached in the weight dtype (half the bytes, one fused add per change).
+    Stated bound (patcher._Dense): |W − (W0 + m·ΔW)| ≤ ½ ulp(W) + 2·u·|m·ΔW| (+ |m|·½ the dtype's smallest
+    subnormal, where ΔW underflows) against float64; rescale from the cache equals a fresh apply bit for bit;
+    restore is bit-exact."""
+    tiny = float(torch.finfo(dtype).smallest_normal) * u  # ½ subnormal spacing: u = 2⁻ᵖ, spacing = 2^(emin−p+1)
+    root, host = _model(dtype)
+    original = model_state(root)
+    originals = snapshot(host)
+    p = Patcher(host)
+    first = p.apply([ActiveLora(nets["loha"], 1.0, 1.0)])
+    dense32 = sum(host[m.layer].target_shape(m.qkv).numel() * 4 for m in nets["loha"].modules.values()
+                  if m.layer in host.layers)
+    assert first.deltas_computed == len(p.cache) > 0 and p.cache.bytes * 2 == dense32
+    for m in (0.3, -1.3, 1.7):
+        rep = p.apply([ActiveLora(nets["loha"], m, m)])
+        assert rep.deltas_computed == 0 and rep.cache_hits == len(p.cache)
+        for mod in nets["loha"].modules.values():
+            if mod.layer not in host.layers:
+                continue
+            w = host[mod.layer].weight
+            md = m * _loha_f64(mod).reshape(w.shape)
+            want = originals[mod.layer][0].double() + md
+            half_ulp = (torch.nextafter(w.abs(), torch.tensor(float("inf"), dtype=dtype)).double()
+                        - w.abs().double()) / 2
+            err = (w.double() - want).abs()
+            bound = half_ulp + 2 * u * md.abs() + abs(m) * tiny + 1e-6 * u * want.abs()
+            assert bool((err <= bound).all()), (mod.layer, m, float((err - bound).max()))
+    r2, h2 = _model(dtype)
+    Patcher(h2).apply([ActiveLora(nets["loha"], 1.7, 1.7)])
+    assert same_state(model_state(root), model_state(r2))      # rescale from the cache == fresh apply
+    p.restore()
+    assert same_state(model_state(root), original)
