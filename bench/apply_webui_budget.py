@@ -130,11 +130,11 @@ def nbytes(ts) -> int:
     return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
 
-def run_one(host, net, dtype_name, builtin: bool):
+def run_one(host, net, dtype_name, builtin: bool, dense_lowrank: bool = False):
     from lib_lora.blocks import expand
     from lib_lora.patcher import ActiveLora, Patcher
 
-    p = Patcher(host)                         # the WebUI's default: AUTO budget
+    p = Patcher(host, dense_lowrank=dense_lowrank)   # the WebUI's default: AUTO budget
     written = []
     orig_write, orig_restore = p._write_layer, p._restore_layer
 
@@ -208,6 +208,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="fp32,fp16")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
     ap.add_argument("--no-builtin", action="store_true", help="skip the built-in scheme's timings")
+    ap.add_argument("--dense-lowrank", action="store_true",
+                    help="Patcher(dense_lowrank=True): LoRA/LoCon cached as a dense ΔW where the budget admits it")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -217,7 +219,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     tmp = tempfile.mkdtemp(prefix="lora_budget_")
     nets = {a: make_network(a, args.rank, args.scale, tmp) for a in args.algos.split(",")}
-    print(f"SD1.5 layers at scale 1/{args.scale}, rank {args.rank}, torch threads {torch.get_num_threads()}; "
+    print(f"SD1.5 layers at scale 1/{args.scale}, rank {args.rank}, torch threads {torch.get_num_threads()}, "
+          f"dense_lowrank {args.dense_lowrank}; "
           f"LoRAs written in {time.perf_counter() - t0:.0f} s")
     for dname in args.dtypes.split(","):
         root = build_model("sd15", scale=args.scale, dtype=DTYPES[dname], seed=1)
@@ -227,7 +230,7 @@ def main(argv=None) -> int:
         size = sum(p.numel() for p in root.parameters())
         print(f"\n== model {dname}: {size / 1e6:.0f}M weights, {len(host)} layers ==")
         for name, net in nets.items():
-            run_one(host, net, dname, builtin=not args.no_builtin)
+            run_one(host, net, dname, builtin=not args.no_builtin, dense_lowrank=args.dense_lowrank)
         del root, host
         gc.collect()
     print(f"\nwhole run {time.perf_counter() - t0:.0f} s")

@@ -148,6 +148,11 @@ class DeltaCache:
         self.bytes += size
         return True
 
+    def admits(self, size: int) -> bool:
+        """Would `put` keep an entry of `size` bytes (asked before building it)?"""
+        evictable = sum(s for k, (_, s) in self._items.items() if k not in self._protected)
+        return size <= self.max_bytes and self.bytes - evictable + size <= self.max_bytes
+
     def _make_room(self, limit: int) -> bool:
         """Evict unprotected entries (least recent first) until bytes ≤ limit; False if it cannot."""
         if self.bytes <= limit:

@@ -10,7 +10,8 @@ Backups are exact clones (same dtype) on `backup_device`, by default the CPU: th
 a layer changes, and on a GPU they would cost as much memory as the touched weights (see bench/README.md).
 
 What is written per module ("term"): plain LoRA/LoCon (linear in their factors) are written from the
-factors, W = W0 + m·(s·up) @ down as one fused fp32 addmm, with no dense ΔW built or cached; LoKr from its
+factors, W = W0 + m·(s·up) @ down as one fused fp32 addmm, with no dense ΔW built or cached (unless
+`dense_lowrank`: then as a cached dense ΔW where the budget admits it); LoKr from its
 two Kronecker factors (one broadcast addcmul, cached); everything else from a dense fp32 ΔW (cached when
 expensive: LoHa, Tucker, DoRA, OFT/BOFT, GLoRA; recomputed when a cast or a product with W0 is all it costs:
 full, norm, IA3). bench/apply_webui_budget.py measures each against the memory-copy bound.
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lib_lora.algos import algorithm_of, compute_delta
+from lib_lora.algos import Delta, algorithm_of, compute_delta
 from lib_lora.delta_cache import AUTO, DeltaCache, network_identity
 from lib_lora.errors import ArchitectureMismatch
 from lib_lora.network import LoraNetwork, mismatch_message
@@ -102,10 +103,16 @@ def effective_multiplier(active: ActiveLora, module, step: int | None = None) ->
 
 class Patcher:
     def __init__(self, host, cache_bytes: int = DEFAULT_CACHE_BYTES, backup_device="cpu", compute=None,
-                 one_shot: bool = False):
-        """`one_shot`: apply once and never restore (bake): no backup outlives its layer's write."""
+                 one_shot: bool = False, dense_lowrank: bool = False):
+        """`one_shot`: apply once and never restore (bake): no backup outlives its layer's write.
+        `dense_lowrank`: also cache LoRA/LoCon as a dense ΔW (weight dtype on fp16/bf16) where it fits the budget.
+        A change is then one fused add instead of a rank-r GEMM per layer: on one CPU core 1.3-2.9× the
+        memory-copy bound instead of 2-8×, for as much memory again as the backups (bench/README.md). Off by
+        default: it breaks the memory target (overhead ≤ the built-in's backups), and where GEMMs are cheap
+        (GPU, many cores) the factor path is already memory-bound."""
         self.host = host
         self.one_shot = one_shot
+        self.dense_lowrank = dense_lowrank
         self.cache = DeltaCache(cache_bytes, device=host.device)
         self.backup_device = torch.device(backup_device) if backup_device is not None else None
         self._compute = compute
@@ -345,6 +352,10 @@ class Patcher:
             try:
                 f = algo.compact(mod, dyn, device)
                 if f is not None and _fits(f[0].shape[0], f[1].shape[1], shape):
+                    if self.dense_lowrank:
+                        term = self._dense_lowrank(ckey, f, shape, ref, rep)
+                        if term is not None:
+                            return term
                     rep.factored += 1
                     return _LowRank(*f, shape)
             except Exception:
@@ -376,6 +387,22 @@ class Patcher:
         rep.deltas_computed += 1
         if algo is None or algo.cache:
             self.cache.put(ckey, term)
+        return term
+
+    def _dense_lowrank(self, ckey, f, shape, ref, rep):
+        """LoRA/LoCon as a cached dense ΔW when the cache admits it (else None: written from the factors)."""
+        cached = self.cache.get(ckey)
+        if cached is not None:
+            rep.cache_hits += 1
+            return cached
+        dtype = ref.part_tensors()[0][0].dtype
+        numel = int(f[0].shape[0]) * int(f[1].shape[1])
+        if not self.cache.admits(numel * (2 if dtype in _HALF else 4)):
+            return None
+        term = _Dense(Delta((f[0] @ f[1]).reshape(shape), None), dtype)
+        if not self.cache.put(ckey, term):
+            return None
+        rep.deltas_computed += 1
         return term
 
     def _compute_fn(self):
