@@ -1,7 +1,8 @@
 """Weight and preset changes at the WebUI's default delta-cache budget (AUTO), fp32 and fp16 models.
 
     .venv/bin/python bench/apply_webui_budget.py [--scale 1] [--rank 32] [--algos lora,locon,loha,lokr]
-                                                 [--dtypes fp32,fp16] [--threads 1]
+                                                 [--dtypes fp32,fp16] [--threads 1] [--cache-mb -1]
+                                                 [--dense-lowrank]
 
 Model: every U-Net and CLIP-L layer of SD1.5 at its real shape (`--scale 2` halves the channel widths for a
 quicker run), random weights, built from the shape manifest in tests/fixtures (no download, no diffusers).
@@ -130,11 +131,11 @@ def nbytes(ts) -> int:
     return sum(t.numel() * t.element_size() for t in ts if t is not None)
 
 
-def run_one(host, net, dtype_name, builtin: bool):
+def run_one(host, net, dtype_name, builtin: bool, dense_lowrank: bool = False, cache_bytes: int = -1):
     from lib_lora.blocks import expand
     from lib_lora.patcher import ActiveLora, Patcher
 
-    p = Patcher(host)                         # the WebUI's default: AUTO budget
+    p = Patcher(host, cache_bytes, dense_lowrank=dense_lowrank)   # the WebUI's default: -1 = AUTO budget
     written = []
     orig_write, orig_restore = p._write_layer, p._restore_layer
 
@@ -187,7 +188,7 @@ def run_one(host, net, dtype_name, builtin: bool):
     n_mod = len(net.modules)
     print(f"\n{net.name} ({n_mod} modules, {len(touched)} layers, {dtype_name}): first apply {t_first:.2f} s "
           f"({first.factored} from factors, {first.deltas_computed} deltas computed); budget "
-          f"{cache_bytes / 2**30:.1f} GiB (AUTO), cache holds {held / 2**20:.0f} MiB")
+          f"{cache_bytes / 2**30:.1f} GiB ({'AUTO' if p.cache.auto else 'fixed'}), cache holds {held / 2**20:.0f} MiB")
     print(f"  {'change':<18} {'time s':>7} {'/first':>7} {'/copy':>7} {'/built-in':>9} {'hits':>5} {'computed':>8} "
           f"{'factored':>8}  (targets: /first ≤ 0.2, /copy ≤ 1.5, /built-in ≤ 0.2)")
     for i, (label, dt, bound, rep) in enumerate(rows):
@@ -208,6 +209,9 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", default="fp32,fp16")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (0 = torch default)")
     ap.add_argument("--no-builtin", action="store_true", help="skip the built-in scheme's timings")
+    ap.add_argument("--cache-mb", type=int, default=-1, help="delta-cache budget in MiB (-1 = AUTO, the default)")
+    ap.add_argument("--dense-lowrank", action="store_true",
+                    help="Patcher(dense_lowrank=True): LoRA/LoCon cached as a dense ΔW where the budget admits it")
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -217,7 +221,8 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     tmp = tempfile.mkdtemp(prefix="lora_budget_")
     nets = {a: make_network(a, args.rank, args.scale, tmp) for a in args.algos.split(",")}
-    print(f"SD1.5 layers at scale 1/{args.scale}, rank {args.rank}, torch threads {torch.get_num_threads()}; "
+    print(f"SD1.5 layers at scale 1/{args.scale}, rank {args.rank}, torch threads {torch.get_num_threads()}, "
+          f"dense_lowrank {args.dense_lowrank}; "
           f"LoRAs written in {time.perf_counter() - t0:.0f} s")
     for dname in args.dtypes.split(","):
         root = build_model("sd15", scale=args.scale, dtype=DTYPES[dname], seed=1)
@@ -227,7 +232,8 @@ def main(argv=None) -> int:
         size = sum(p.numel() for p in root.parameters())
         print(f"\n== model {dname}: {size / 1e6:.0f}M weights, {len(host)} layers ==")
         for name, net in nets.items():
-            run_one(host, net, dname, builtin=not args.no_builtin)
+            run_one(host, net, dname, builtin=not args.no_builtin, dense_lowrank=args.dense_lowrank,
+                    cache_bytes=args.cache_mb if args.cache_mb < 0 else args.cache_mb << 20)
         del root, host
         gc.collect()
     print(f"\nwhole run {time.perf_counter() - t0:.0f} s")

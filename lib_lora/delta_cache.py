@@ -6,9 +6,10 @@ Plain LoRA/LoCon never come here: the patcher writes them straight from their fa
 What is cached is the compactest exact form the patcher can write from: the dense ΔW for LoHa, Tucker,
 DoRA, OFT/BOFT, GLoRA; the two Kronecker factors for LoKr.
 
-Storage: fp32 on the device it was computed on, whatever the weight dtype. Keeping fp16/bf16 would halve
-the memory but add a second rounding (ARCHITECTURE rule: compute in fp32, cast once); bench/README.md
-records the measured error of that alternative.
+Storage: on the device it was computed on; a dense ΔW in the weight's dtype on fp16/bf16 models (half the
+bytes, and a change is one fused add in that dtype; the error bound is stated at patcher._Dense and tested
+against float64), fp32 otherwise. Factor forms (LoKr) stay fp32: they are small, and rounding them would
+compound in their product.
 
 Admission, not plain LRU: the patcher `protect()`s the keys of the apply in progress. When something does
 not fit, unprotected entries leave (least recently used first); protected ones never do, and if room is still
@@ -146,6 +147,11 @@ class DeltaCache:
         self._items[key] = (delta, size)
         self.bytes += size
         return True
+
+    def admits(self, size: int) -> bool:
+        """Would `put` keep an entry of `size` bytes (asked before building it)?"""
+        evictable = sum(s for k, (_, s) in self._items.items() if k not in self._protected)
+        return size <= self.max_bytes and self.bytes - evictable + size <= self.max_bytes
 
     def _make_room(self, limit: int) -> bool:
         """Evict unprotected entries (least recent first) until bytes ≤ limit; False if it cannot."""

@@ -10,7 +10,8 @@ Backups are exact clones (same dtype) on `backup_device`, by default the CPU: th
 a layer changes, and on a GPU they would cost as much memory as the touched weights (see bench/README.md).
 
 What is written per module ("term"): plain LoRA/LoCon (linear in their factors) are written from the
-factors, W = W0 + m·(s·up) @ down as one fused fp32 addmm, with no dense ΔW built or cached; LoKr from its
+factors, W = W0 + m·(s·up) @ down as one fused fp32 addmm, with no dense ΔW built or cached (unless
+`dense_lowrank`: then as a cached dense ΔW where the budget admits it); LoKr from its
 two Kronecker factors (one broadcast addcmul, cached); everything else from a dense fp32 ΔW (cached when
 expensive: LoHa, Tucker, DoRA, OFT/BOFT, GLoRA; recomputed when a cast or a product with W0 is all it costs:
 full, norm, IA3). bench/apply_webui_budget.py measures each against the memory-copy bound.
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from lib_lora.algos import algorithm_of, compute_delta
+from lib_lora.algos import Delta, algorithm_of, compute_delta
 from lib_lora.delta_cache import AUTO, DeltaCache, network_identity
 from lib_lora.errors import ArchitectureMismatch
 from lib_lora.network import LoraNetwork, mismatch_message
@@ -102,10 +103,16 @@ def effective_multiplier(active: ActiveLora, module, step: int | None = None) ->
 
 class Patcher:
     def __init__(self, host, cache_bytes: int = DEFAULT_CACHE_BYTES, backup_device="cpu", compute=None,
-                 one_shot: bool = False):
-        """`one_shot`: apply once and never restore (bake): no backup outlives its layer's write."""
+                 one_shot: bool = False, dense_lowrank: bool = False):
+        """`one_shot`: apply once and never restore (bake): no backup outlives its layer's write.
+        `dense_lowrank`: also cache LoRA/LoCon as a dense ΔW (weight dtype on fp16/bf16) where it fits the budget.
+        A change is then one fused add instead of a rank-r GEMM per layer: on one CPU core 1.3-2.9× the
+        memory-copy bound instead of 2-8×, for as much memory again as the backups (bench/README.md). Off by
+        default: it breaks the memory target (overhead ≤ the built-in's backups), and where GEMMs are cheap
+        (GPU, many cores) the factor path is already memory-bound."""
         self.host = host
         self.one_shot = one_shot
+        self.dense_lowrank = dense_lowrank
         self.cache = DeltaCache(cache_bytes, device=host.device)
         self.backup_device = torch.device(backup_device) if backup_device is not None else None
         self._compute = compute
@@ -294,8 +301,11 @@ class Patcher:
         (Row chunks sized for the CPU cache were measured slower here: many small GEMMs.)"""
         fp32 = live.dtype == torch.float32
         src = w0 if w0.device == live.device else w0.to(live.device)
-        acc = live if fp32 else self._scratch(live.numel(), live.device).view(live.shape)
         todo = [(rows, *drows.indices(term.rows)[:2], m, term) for rows, drows, m, term in items]
+        if not fp32 and len(todo) == 1 and todo[0][0] == slice(None) and live.is_contiguous() \
+                and src.is_contiguous() and todo[0][4].add_from(src, live, *todo[0][1:4]):
+            return  # one fused read-read-write in the weight dtype, no fp32 scratch (_Dense.add_from)
+        acc = live if fp32 else self._scratch(live.numel(), live.device).view(live.shape)
         if not (fp32 and src.data_ptr() == live.data_ptr()):  # one_shot fp32: the "backup" is live itself
             first = todo[0] if todo else None
             if first is not None and first[0] == slice(None) and acc.is_contiguous() and src.is_contiguous() \
@@ -342,6 +352,10 @@ class Patcher:
             try:
                 f = algo.compact(mod, dyn, device)
                 if f is not None and _fits(f[0].shape[0], f[1].shape[1], shape):
+                    if self.dense_lowrank:
+                        term = self._dense_lowrank(ckey, f, shape, ref, rep)
+                        if term is not None:
+                            return term
                     rep.factored += 1
                     return _LowRank(*f, shape)
             except Exception:
@@ -363,7 +377,7 @@ class Patcher:
                     delta = type(delta)(delta.weight, None)
                     lr.notes.append((key, "bias difference ignored: the layer has no bias"))
                 _check_shape(delta, base_w, base_b)
-                term = _Dense(delta)
+                term = _Dense(delta, ref.part_tensors()[0][0].dtype)
         except Exception as exc:  # one bad module never stops the others
             reason = f"cannot apply: {exc}"
             self._failed[ckey] = reason
@@ -373,6 +387,22 @@ class Patcher:
         rep.deltas_computed += 1
         if algo is None or algo.cache:
             self.cache.put(ckey, term)
+        return term
+
+    def _dense_lowrank(self, ckey, f, shape, ref, rep):
+        """LoRA/LoCon as a cached dense ΔW when the cache admits it (else None: written from the factors)."""
+        cached = self.cache.get(ckey)
+        if cached is not None:
+            rep.cache_hits += 1
+            return cached
+        dtype = ref.part_tensors()[0][0].dtype
+        numel = int(f[0].shape[0]) * int(f[1].shape[1])
+        if not self.cache.admits(numel * (2 if dtype in _HALF else 4)):
+            return None
+        term = _Dense(Delta((f[0] @ f[1]).reshape(shape), None), dtype)
+        if not self.cache.put(ckey, term):
+            return None
+        rep.deltas_computed += 1
         return term
 
     def _compute_fn(self):
@@ -418,11 +448,26 @@ def _fits(rows: int, cols: int, shape) -> bool:
     return len(shape) > 0 and rows == int(shape[0]) and rows * cols == n
 
 
-class _Dense:
-    """A full ΔW (and Δb) in fp32, shaped like the target."""
+_HALF = (torch.float16, torch.bfloat16)
 
-    def __init__(self, delta):
-        self.weight, self.bias = delta.weight, delta.bias
+
+class _Dense:
+    """A full ΔW (and Δb), shaped like the target: fp32, or the weight's dtype on fp16/bf16 models.
+
+    Why the weight dtype there: a change is then one fused read-read-write of 2-byte tensors
+    (torch.add(W0, ΔW, alpha=m, out=W)), 1.6-2.9× the copy bound where the fp32 form costs 5-7× (fp16 → fp32
+    scratch, add, cast back), and the cache holds half the bytes. torch computes that add in fp32 and casts
+    once, but rounds ΔW and m to the weight dtype first; so |W − (W0 + m·ΔW)| ≤ ½ ulp(W) + 2·u·|m·ΔW|, with
+    u = 2⁻¹¹ (fp16) / 2⁻⁸ (bf16) — the error of a weight whose delta was stored in the model's dtype, below
+    the built-in Lora's (which computes ΔW and m·ΔW in that dtype). Tested against float64 in
+    tests/lib_lora/test_patcher.py; measured in bench/README.md. Fresh apply and rescale use the same form,
+    so they agree bit for bit; restore copies the exact backup as always."""
+
+    def __init__(self, delta, dtype=torch.float32):
+        w = delta.weight
+        if w is not None and dtype in _HALF:
+            w = w.to(dtype)
+        self.weight, self.bias = w, delta.bias
         self.rows = 0 if self.weight is None else int(self.weight.shape[0])
 
     @property
@@ -433,8 +478,8 @@ class _Dense:
         return self.weight
 
     def add_from(self, src, out, t0, t1, m) -> bool:
-        # fp32 only: a mixed fp16+fp32 add measured 2x slower than converting W0 first (same result)
-        if self.weight is None or src.dtype != torch.float32:
+        # same dtype only: a mixed fp16+fp32 add measured 2-4x slower than converting W0 first (same result)
+        if self.weight is None or not src.dtype == out.dtype == self.weight.dtype:
             return False
         torch.add(src, self.weight[t0:t1], alpha=m, out=out)
         return True

@@ -20,7 +20,10 @@ def options():
         env.PREFIX + "cache_mb": O(-1, "Delta cache size (MB; -1 = automatic, 0 = off)", gr.Number, {"precision": 0})
         .info("keeps what is slow to rebuild (LoHa, LoKr, DoRA, OFT/BOFT, Tucker LoCon, GLoRA) so a weight, preset "
               "or X/Y/Z change of those skips recomputing it; plain LoRA/LoCon never need it (rewritten from their "
-              "factors). When a LoRA does not fit, the part that fits is kept and reused. Automatic = half of the "
+              "factors). A kept delta takes as much memory as the weights it changes (in their dtype on fp16/bf16 "
+              "models), and makes a change of that LoRA ~5× cheaper than recomputing; 0 = no memory beyond the "
+              "backups, every change recomputes. When a LoRA does not fit, the part that fits is kept and reused. "
+              "Automatic = half of the "
               "free memory of the device the weights are on (RAM on CPU, VRAM on GPU), re-read at every "
               "generation"),
         env.PREFIX + "presets_file": O("", "User presets file (LoRA Block Weight format)", gr.Textbox)

@@ -467,3 +467,88 @@ def test_protected_entries_are_never_evicted_and_refused_ones_are_not_kept():
     assert not c.put("c", d(40)) and "c" not in c and len(c) == 2 and c.refused == 1
     c.protect({"c"})
     assert c.put("c", d(40)) and "c" in c and "a" not in c   # unprotected: least recent leaves
+
+
+def _loha_f64(mod) -> torch.Tensor:
+    """LoHa's ΔW at multiplier 1 in float64, straight from its factors (no Tucker in the factory's LoHa)."""
+    from lib_lora.algos._common import rank_scale
+
+    t = {k: v.detach().double().flatten(1) for k, v in mod.tensors.items()}
+    scale = rank_scale(mod, int(t["hada_w1_b"].shape[0]))
+    return scale * (t["hada_w1_a"] @ t["hada_w1_b"]) * (t["hada_w2_a"] @ t["hada_w2_b"])
+
+
+@pytest.mark.parametrize("dtype,u", [(torch.float16, 2.0 ** -11), (torch.bfloat16, 2.0 ** -8)])
+def test_dense_deltas_of_half_models_are_cached_in_the_weight_dtype_within_the_stated_bound(nets, dtype, u):
+    """fp16/bf16 model: LoHa's ΔW is cached in the weight dtype (half the bytes, one fused add per change).
+    Stated bound (patcher._Dense): |W − (W0 + m·ΔW)| ≤ ½ ulp(W) + 2·u·|m·ΔW| (+ |m|·½ the dtype's smallest
+    subnormal, where ΔW underflows) against float64; rescale from the cache equals a fresh apply bit for bit;
+    restore is bit-exact."""
+    tiny = float(torch.finfo(dtype).smallest_normal) * u  # ½ subnormal spacing: u = 2⁻ᵖ, spacing = 2^(emin−p+1)
+    root, host = _model(dtype)
+    original = model_state(root)
+    originals = snapshot(host)
+    p = Patcher(host)
+    first = p.apply([ActiveLora(nets["loha"], 1.0, 1.0)])
+    dense32 = sum(host[m.layer].target_shape(m.qkv).numel() * 4 for m in nets["loha"].modules.values()
+                  if m.layer in host.layers)
+    assert first.deltas_computed == len(p.cache) > 0 and p.cache.bytes * 2 == dense32
+    for m in (0.3, -1.3, 1.7):
+        rep = p.apply([ActiveLora(nets["loha"], m, m)])
+        assert rep.deltas_computed == 0 and rep.cache_hits == len(p.cache)
+        for mod in nets["loha"].modules.values():
+            if mod.layer not in host.layers:
+                continue
+            w = host[mod.layer].weight
+            md = m * _loha_f64(mod).reshape(w.shape)
+            want = originals[mod.layer][0].double() + md
+            half_ulp = (torch.nextafter(w.abs(), torch.tensor(float("inf"), dtype=dtype)).double()
+                        - w.abs().double()) / 2
+            err = (w.double() - want).abs()
+            bound = half_ulp + 2 * u * md.abs() + abs(m) * tiny + 1e-6 * u * want.abs()
+            assert bool((err <= bound).all()), (mod.layer, m, float((err - bound).max()))
+    r2, h2 = _model(dtype)
+    Patcher(h2).apply([ActiveLora(nets["loha"], 1.7, 1.7)])
+    assert same_state(model_state(root), model_state(r2))      # rescale from the cache == fresh apply
+    p.restore()
+    assert same_state(model_state(root), original)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_dense_lowrank_caches_what_the_budget_admits_writes_the_rest_from_factors_and_restores_exactly(nets, dtype):
+    """Patcher(dense_lowrank=True): LoRA/LoCon deltas kept dense (weight dtype on fp16) up to the budget, the
+    rest written from factors; every weight within the stated bound of float64 (patcher._Dense); exact restore."""
+    u = 2.0 ** -11 if dtype == torch.float16 else 2.0 ** -24
+    tiny = float(torch.finfo(dtype).smallest_normal) * u
+    net = nets["locon"]
+    root, host = _model(dtype)
+    original = model_state(root)
+    originals = snapshot(host)
+    size = {m.key: host[m.layer].target_shape(m.qkv).numel() * (2 if dtype == torch.float16 else 4)
+            for m in net.modules.values() if m.layer in host.layers}
+    budget = sum(size.values()) // 2
+    p = Patcher(host, cache_bytes=budget, dense_lowrank=True)
+    first = p.apply([ActiveLora(net, 0.8, 0.8)])
+    n = sum(r.applied for r in first.loras)
+    assert 0 < len(p.cache) < n and first.deltas_computed == len(p.cache) and first.factored == n - len(p.cache)
+    assert p.cache.bytes <= budget
+    for m in (0.3, -1.3):
+        rep = p.apply([ActiveLora(net, m, m)])
+        assert rep.cache_hits == len(p.cache) and rep.factored == n - len(p.cache) and rep.deltas_computed == 0
+        for mod in net.modules.values():
+            if mod.layer not in host.layers:
+                continue
+            w = host[mod.layer].weight
+            t = {k: v.detach().double() for k, v in mod.tensors.items()}
+            scale = float(mod.alpha) / t["lora_down.weight"].shape[0] if mod.alpha else 1.0
+            up, down = t["lora_up.weight"].flatten(1), t["lora_down.weight"].flatten(1)
+            md = m * scale * (up @ down).reshape(w.shape)
+            # the fp32 GEMM's own error (rank-r sums): (r+2)·2⁻²⁴·|m·s|·(|up| @ |down|)
+            gemm = (down.shape[0] + 2) * 2.0 ** -24 * abs(m * scale) * (up.abs() @ down.abs()).reshape(w.shape)
+            want = originals[mod.layer][0].double() + md
+            half_ulp = (torch.nextafter(w.abs(), torch.tensor(float("inf"), dtype=dtype)).double()
+                        - w.abs().double()) / 2
+            bound = half_ulp + 2 * u * md.abs() + abs(m) * tiny + gemm
+            assert bool(((w.double() - want).abs() <= bound).all()), (mod.layer, m)
+    p.restore()
+    assert same_state(model_state(root), original)
