@@ -128,6 +128,10 @@ def activate_tag(tag: LoraTag, network, presets, arch: str | None, seed: int = 0
     active = ActiveLora(network, te=tag.te, unet=tag.unet_multiplier, blocks=res.vector, dyn=tag.dyn,
                         start=tag.start, stop=tag.stop, listed=res.listed,
                         elements=element_weights(res.elements.entries if res.elements else None, mods))
+    if res.elements is not None and res.elements.entries and not getattr(network, "modules", None):
+        # Forge's patches carry no layer names to match elements against: say so, never ignore silently
+        messages.append(f"`{tag.name}`: lbwe= elemental weights are not applied here (no layer names on this "
+                        f"backend); the LoRA is applied without them")
     if slots is None:
         slots = [getattr(m, "slot", None) for m in (getattr(network, "modules", None) or {}).values()]
     msg = unlisted_message(tag.name, net_arch if net_arch in KNOWN_ARCHS else blocks_arch, res, slots)
