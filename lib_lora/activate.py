@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import NamedTuple
 
+from lib_lora.blocks import element_weights
 from lib_lora.errors import ArchitectureMismatch, SyntaxProblem
 from lib_lora.patcher import ActiveLora, LoraReport, effective_multiplier
 from lib_lora.syntax import LoraTag, ResolvedBlocks, resolve_blocks
@@ -121,8 +122,16 @@ def activate_tag(tag: LoraTag, network, presets, arch: str | None, seed: int = 0
     res = resolve_tag_blocks(tag, presets, blocks_arch, seed, messages, strict)
     if res is None:
         return None
+    if strict and res.elements is not None and res.elements.problem:
+        raise SyntaxProblem(f"{res.elements.problem}; nothing was written")
+    mods = (getattr(network, "modules", None) or {}).values()
     active = ActiveLora(network, te=tag.te, unet=tag.unet_multiplier, blocks=res.vector, dyn=tag.dyn,
-                        start=tag.start, stop=tag.stop, listed=res.listed)
+                        start=tag.start, stop=tag.stop, listed=res.listed,
+                        elements=element_weights(res.elements.entries if res.elements else None, mods))
+    if res.elements is not None and res.elements.entries and not getattr(network, "modules", None):
+        # Forge's patches carry no layer names to match elements against: say so, never ignore silently
+        messages.append(f"`{tag.name}`: lbwe= elemental weights are not applied here (no layer names on this "
+                        f"backend); the LoRA is applied without them")
     if slots is None:
         slots = [getattr(m, "slot", None) for m in (getattr(network, "modules", None) or {}).values()]
     msg = unlisted_message(tag.name, net_arch if net_arch in KNOWN_ARCHS else blocks_arch, res, slots)

@@ -7,9 +7,10 @@ decided by its length only; `expand` turns it into 26 slots with every unlisted 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .arch import ARCHS, UNET, is_te_layer, label
+from .arch import ARCHS, LAYER_ROOTS, UNET, is_te_layer, label
 from .errors import SyntaxProblem
 
 # 0 BASE, 1-12 IN00-IN11, 13 M00, 14-25 OUT00-OUT11
@@ -169,3 +170,77 @@ def x_offset(token: str) -> float | None:
     if m.group(1) is None:
         return 0.0
     return float(t[1:].replace(" ", ""))
+
+
+# ---- elemental weights (LBW's `lbwe=`): entries `blocks:elements:ratio` (docs/spec/prompt_syntax.md §7) --------
+
+@dataclass(frozen=True)
+class ElementEntry:
+    """One elemental entry.  `blocks` None = every module (empty field); `elements` empty = every layer.
+    A matching entry's ratio replaces the module's block weight; the last matching entry wins."""
+    blocks: frozenset | None
+    blocks_not: bool
+    elements: tuple
+    elements_not: bool
+    ratio: float
+
+    def matches(self, layer: str, slot: int | None) -> bool:
+        if self.blocks is not None:
+            if (slot in self.blocks) == self.blocks_not:
+                return False
+        if self.elements:
+            # matched below the model root: "ff" must not match "model.diffusion_model."
+            rest = next((layer[len(r):] for r in LAYER_ROOTS if layer.startswith(r)), layer)
+            under = rest.replace(".", "_")  # LBW users write kohya-style names (attn2_to_out)
+            hit = any(e in rest or e in under for e in self.elements)
+            if hit == self.elements_not:
+                return False
+        return True
+
+
+def block_ids_problem(field: str) -> tuple[frozenset | None, bool, str | None]:
+    """Block field of an entry → (slots or None for all, NOT given, problem).  Space-separated IDs (`IN05`,
+    `M00`/`MID`, `BASE`) and ranges `A-B` over BASE, IN00…IN11, M00, OUT00…OUT11 (either order); a leading
+    `NOT` inverts the set."""
+    words = field.split()
+    neg = bool(words) and words[0].upper() == "NOT"
+    if neg:
+        words = words[1:]
+    if not words:
+        return (frozenset() if neg else None), neg, None
+    slots: set[int] = set()
+    for w in words:
+        ends = w.upper().split("-")
+        if len(ends) > 2 or any(e not in SLOT for e in ends):
+            return None, neg, (f"block '{w}' is not a block ID or range A-B "
+                               f"(IDs: BASE, IN00-IN11, M00, OUT00-OUT11)")
+        ids = sorted(SLOT[e] for e in ends)
+        a, b = ids[0], ids[-1]
+        slots.update(range(a, b + 1))
+    return frozenset(slots), neg, None
+
+
+def element_weight(entries: Sequence[ElementEntry], layer: str, slot: int | None) -> float | None:
+    """The block weight the entries give a module (the last matching entry's ratio), or None when none
+    matches (the module keeps its block weight)."""
+    w = None
+    for e in entries:
+        if e.matches(layer, slot):
+            w = e.ratio
+    return w
+
+
+def element_weights(entries: Sequence[ElementEntry] | None, modules: Iterable) -> dict[str, float] | None:
+    """canonical layer → replacing block weight, for the modules (objects with `.layer`, `.slot`) that an entry
+    matches; computed once per activation.  None when there are no entries."""
+    if not entries:
+        return None
+    out: dict[str, float] = {}
+    for m in modules:
+        layer = getattr(m, "layer", None)
+        if layer is None or layer in out:
+            continue
+        w = element_weight(entries, layer, getattr(m, "slot", None))
+        if w is not None:
+            out[layer] = w
+    return out

@@ -43,6 +43,7 @@ class ActiveLora:
     start: int | None = None       # 1-based sampling steps, docs/spec/prompt_syntax.md §2.4
     stop: int | None = None
     listed: list[bool] | None = None   # 26 bools: slots the user's weight format listed (docs/spec/blocks.md §2.5)
+    elements: dict[str, float] | None = None  # canonical layer → block weight replacing blocks[slot] (lbwe=)
 
     @property
     def gated(self) -> bool:
@@ -90,15 +91,21 @@ def gated_off(active: ActiveLora, step: int | None) -> bool:
 
 
 def effective_multiplier(active: ActiveLora, module, step: int | None = None) -> float:
-    """docs/spec/prompt_syntax.md §3: te×w[BASE] for the text encoder, unet×w[block] in the table, unet outside."""
+    """docs/spec/prompt_syntax.md §3: te×w[BASE] for the text encoder, unet×w[block] in the table, unet outside;
+    an elemental weight of the module's layer (lbwe=) replaces w."""
     slot = module.slot
+    w = active.elements.get(getattr(module, "layer", None)) if active.elements else None
     if module.is_te:
-        return float(active.te) * (1.0 if active.blocks is None else float(active.blocks[0]))
+        if w is None:
+            w = 1.0 if active.blocks is None else active.blocks[0]
+        return float(active.te) * float(w)
     if gated_off(active, step):
         return 0.0
-    if slot is None or active.blocks is None:
-        return float(active.unet)
-    return float(active.unet) * float(active.blocks[slot])
+    if w is None:
+        if slot is None or active.blocks is None:
+            return float(active.unet)
+        w = active.blocks[slot]
+    return float(active.unet) * float(w)
 
 
 class Patcher:

@@ -35,9 +35,10 @@ from typing import Iterable, Sequence
 from .blocks import ACCEPTED_COUNTS, FORMATS, weight_token_problem
 from .errors import LoraStudioError
 from .fileio import atomic_write_text, locked, read_small_text
-from .syntax import format_number  # the one number format of tag text, infotext and presets
+from .syntax import format_number, parse_element_entries  # the one number format / elemental entry grammar
 
 DEFAULT_BUILTIN = Path(__file__).resolve().parent / "data" / "presets.txt"
+DEFAULT_ELEMENTAL = Path(__file__).resolve().parent / "data" / "elempresets.txt"
 USER_FILE_NAME = "lora_studio_presets.txt"
 MAX_FILE_BYTES = 4 << 20
 MAX_NAME_CHARS = 100
@@ -80,7 +81,7 @@ def _is_number(s: str) -> bool:
     return True
 
 
-def name_problem(name: str) -> str | None:
+def name_problem(name: str, bad_chars: str = _BAD_NAME_CHARS) -> str | None:
     """None when `name` can be a preset name, else the reason."""
     if not name:
         return "empty name"
@@ -92,9 +93,9 @@ def name_problem(name: str) -> str | None:
         return "name has surrounding spaces"
     if _is_number(name):
         return f"name '{name}' is a number (it would be read as a weight)"
-    bad = [c for c in _BAD_NAME_CHARS if c in name]
+    bad = [c for c in bad_chars if c in name]
     if bad:
-        return f"name '{name}' contains '{bad[0]}' (not allowed: {' '.join(_BAD_NAME_CHARS)})"
+        return f"name '{name}' contains '{bad[0]}' (not allowed: {' '.join(bad_chars)})"
     return None
 
 
@@ -168,14 +169,84 @@ def parse_preset_text(text: str, origin: str, where: str,
     return presets, warnings
 
 
-def _read(path: Path | None, origin: str) -> tuple[dict[str, Preset], list[str]]:
+def parse_element_text(text: str, origin: str, where: str,
+                       skipped: list[int] | None = None) -> tuple[list[Preset], list[str]]:
+    """Parse LBW's elemental preset text: presets separated by a blank line, each `NAME:entry` with more
+    entries after ',' or on the following lines; an entry is `blocks:elements:ratio`.  Lines starting with
+    '#' are comments.  A preset with a bad entry is skipped with a warning (file, line, reason)."""
+    presets: list[Preset] = []
+    warnings: list[str] = []
+    seen: dict[str, int] = {}
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    group: list[tuple[int, str]] = []
+
+    def flush() -> None:
+        if not group:
+            return
+        no, first = group[0]
+        at = f"{where}:{no}"
+        lines = [first] + [line for _, line in group[1:]]
+        group.clear()
+
+        def skip(reason: str) -> None:
+            warnings.append(f"elemental preset file {at}: {reason}; preset skipped")
+            if skipped is not None:
+                skipped.append(no)
+
+        if ":" not in first:
+            skip("no ':' after the name (expected NAME:blocks:elements:ratio)")
+            return
+        name, _, rest = first.partition(":")
+        name = name.strip()
+        problem = name_problem(name, ELEMENT_BAD_NAME_CHARS)
+        if problem:
+            skip(problem)
+            return
+        tokens = normalise_entries([rest] + lines[1:])
+        problem = entries_problem(tokens)
+        if problem:
+            skip(f"preset '{name}': {problem}")
+            return
+        if name in seen:
+            warnings.append(f"elemental preset file {at}: preset '{name}' defined again (first at line "
+                            f"{seen[name]}); the later one is used")
+        seen[name] = no
+        presets.append(Preset(name, tokens, origin, at))
+
+    for no, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        if line.startswith("#"):
+            continue
+        if not line:
+            flush()
+        else:
+            group.append((no, line))
+    flush()
+    return presets, warnings
+
+
+ELEMENT_BAD_NAME_CHARS = _BAD_NAME_CHARS + ";"  # ';' marks inline entries in a tag
+
+
+def normalise_entries(values: str | Iterable[object]) -> list[str]:
+    """Elemental entries given as text (',' or line breaks between entries) or a list → one entry each."""
+    items = [values] if isinstance(values, str) else [str(v) for v in values]
+    return [e.strip() for v in items for e in v.replace("\n", ",").split(",") if e.strip()]
+
+
+def entries_problem(tokens: Sequence[str]) -> str | None:
+    return parse_element_entries(",".join(tokens), ":")[2]
+
+
+def _read(path: Path | None, origin: str, parse=parse_preset_text) -> tuple[dict[str, Preset], list[str]]:
     if path is None or not os.path.lexists(path):
         return {}, []
     try:   # refuses a FIFO/device at once (a plain read would block forever)
         text = read_small_text(path, "preset file", MAX_FILE_BYTES)
     except LoraStudioError as e:
         return {}, [f"{e}; its presets are not available"]
-    items, warnings = parse_preset_text(text, origin, str(path))
+    items, warnings = parse(text, origin, str(path))
     out: dict[str, Preset] = {}
     for p in items:
         out.pop(p.name, None)  # a redefinition moves to its new position
@@ -184,12 +255,22 @@ def _read(path: Path | None, origin: str) -> tuple[dict[str, Preset], list[str]]
 
 
 class PresetStore:
-    """Shipped + user presets.  `warnings` holds every problem met while reading or importing."""
+    """Shipped + user presets.  `warnings` holds every problem met while reading or importing.
+    `elemental`: the elemental presets (`lbwe=`) kept beside them (ElementPresetStore)."""
+
+    _parse = staticmethod(parse_preset_text)
+    _normalise = staticmethod(normalise_values)
+    _problem = staticmethod(tokens_problem)
+    _bad_name_chars = _BAD_NAME_CHARS
+    header = USER_HEADER
+    kind = "preset"
 
     def __init__(self, builtin_path: str | os.PathLike | None = DEFAULT_BUILTIN,
                  user_path: str | os.PathLike | None = None):
         self.builtin_path = Path(builtin_path) if builtin_path else None
         self.user_path = Path(user_path) if user_path else None
+        if not isinstance(self, ElementPresetStore):
+            self.elemental = ElementPresetStore(DEFAULT_ELEMENTAL, elemental_user_path(self.user_path))
         self.warnings: list[str] = []
         self._builtin: dict[str, Preset] = {}
         self._user: dict[str, Preset] = {}
@@ -199,8 +280,8 @@ class PresetStore:
     # ---- reading -------------------------------------------------------------------------------
     def reload(self) -> None:
         """Re-read both files (drops unsaved edits), so file edits take effect without a restart."""
-        self._builtin, w1 = _read(self.builtin_path, "builtin")
-        self._user, w2 = _read(self.user_path, "user")
+        self._builtin, w1 = _read(self.builtin_path, "builtin", self._parse)
+        self._user, w2 = _read(self.user_path, "user", self._parse)
         self._base = {n: list(p.tokens) for n, p in self._user.items()}
         self.warnings = w1 + w2
 
@@ -270,15 +351,15 @@ class PresetStore:
 
     def _checked(self, name, values) -> tuple[str, list[str]]:
         name = str(name).strip()
-        problem = name_problem(name)
+        problem = name_problem(name, self._bad_name_chars)
         if problem:
             raise PresetError(f"Preset not saved: {problem}. Use letters, digits, '_', '-', '.' or spaces.")
         clash = self.case_clash(name)
         if clash:
             raise PresetError(f"Preset '{name}' differs from the existing '{clash}' only by case, and preset "
                               f"names are case-insensitive; edit '{clash}' instead or choose another name.")
-        tokens = normalise_values(values)
-        problem = tokens_problem(tokens)
+        tokens = self._normalise(values)
+        problem = self._problem(tokens)
         if problem:
             raise PresetError(f"Preset '{name}' not saved: {problem}.")
         return name, tokens
@@ -321,13 +402,13 @@ class PresetStore:
                 raise PresetError(f"Preset '{n}' is shipped with LoRA Studio and cannot be deleted; "
                                   f"save a user preset of the same name to override it.")
         with locked(self.user_path):
-            current, _ = _read(self.user_path, "user")
+            current, _ = _read(self.user_path, "user", self._parse)
             for n in deleted:
                 current.pop(n, None)   # already gone: another writer deleted it too
             for n, tokens in checked:
                 current.pop(n, None)
                 current[n] = Preset(n, tokens, "user", "edited")
-            atomic_write_text(self.user_path, USER_HEADER + self._lines(current.values()), make_dirs=True)
+            atomic_write_text(self.user_path, self.header + self._lines(current.values()), make_dirs=True)
         self.reload()
         return self.user_path
 
@@ -346,7 +427,7 @@ class PresetStore:
                     skipped: list[int] | None = None) -> tuple[list[str], list[str]]:
         """Add presets from LBW-format text as user presets (in memory).  Returns (names, warnings);
         numbers of skipped lines go to `skipped`."""
-        items, warnings = parse_preset_text(text, "user", source, skipped)
+        items, warnings = self._parse(text, "user", source, skipped)
         names: list[str] = []
         for p in items:
             clash = self.case_clash(p.name)
@@ -363,6 +444,42 @@ class PresetStore:
                 names.append(p.name)
         self.warnings.extend(warnings)
         return names, warnings
+
+
+class ElementPresetStore(PresetStore):
+    """Elemental presets (`lbwe=NAME`): LBW's elempresets format, shipped `lib_lora/data/elempresets.txt` +
+    a user file beside the block presets; the same lookup, locking and atomic saves as PresetStore."""
+
+    _parse = staticmethod(parse_element_text)
+    _normalise = staticmethod(normalise_entries)
+    _problem = staticmethod(entries_problem)
+    _bad_name_chars = ELEMENT_BAD_NAME_CHARS
+    # no ':' in the header: LBW reads any blank-line group holding a ':' as a preset
+    header = ("# LoRA Studio user elemental presets in LBW's format, NAME then entries blocks, elements, ratio\n"
+              "# joined by colons; a blank line ends a preset. These override shipped presets of the same name.\n\n")
+    kind = "elemental preset"
+
+    def lookup(self, name: str, arch: str | None = None) -> PresetHit | None:
+        return super().lookup(name, None)  # no SDXL `_XL` variants: entries name blocks, not a format
+
+    @staticmethod
+    def _lines(presets: Iterable[Preset]) -> str:
+        return "".join(f"{p.name}:{','.join(p.tokens)}\n\n" for p in presets)
+
+    def export_text(self, user_only: bool = False, names: Iterable[str] | None = None) -> str:
+        merged = self._user if user_only else self._merged()
+        chosen = list(merged.values()) if names is None else [merged[n] for n in names if n in merged]
+        return "# LoRA Studio elemental presets\n\n" + self._lines(chosen)
+
+
+def elemental_user_path(user_path: Path | None) -> Path | None:
+    """The elemental user file beside a block-preset user file: `presets` in its name becomes `elempresets`
+    (LBW's file name), e.g. `lora_studio_presets.txt` → `lora_studio_elempresets.txt`."""
+    if user_path is None:
+        return None
+    name = user_path.name
+    new = name.replace("presets", "elempresets", 1) if "presets" in name else f"{user_path.stem}_elemental.txt"
+    return user_path.with_name(new)
 
 
 def default_user_path(lora_dir: str | os.PathLike) -> Path:

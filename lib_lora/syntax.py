@@ -17,14 +17,18 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-from .blocks import FORMATS, count_message, expand, weight_token_problem, x_offset
+from .blocks import FORMATS, ElementEntry, block_ids_problem, count_message, expand, weight_token_problem, x_offset
 
 LORA_KINDS = ("lora", "lyco")
 _TAG_RE = re.compile(r"<(\w+):([^>]+)>")  # A1111's extra-network regex
 _INT_RE = re.compile(r"^[+-]?\d+$")
 _STEP_RE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
 _NUMERIC_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
-KNOWN_KEYS = ("te", "unet", "dyn", "lbw", "w", "start", "stop", "step", "x")
+KNOWN_KEYS = ("te", "unet", "dyn", "lbw", "w", "lbwe", "start", "stop", "step", "x")
+# Inline elemental entries in a tag separate their fields with ";" (the WebUI cuts tag items at every ":");
+# preset files use LBW's ":" (docs/spec/prompt_syntax.md §7).
+INLINE_FIELD_SEP = ";"
+ELEMENTS_DROPPED = " (the LoRA is applied without elemental weights)"
 # No real weight, rank or step needs more characters; longer items are refused before int()/float(), which
 # keeps Python's int-string digit limit (a ValueError) out of the parser.
 MAX_NUMBER_CHARS = 30
@@ -38,6 +42,7 @@ class LoraTag:
     dyn: int | None = None
     blocks: str | None = None          # preset name or comma list (spaces around values removed)
     x: float = 1.0
+    elements: str | None = None        # lbwe=: an elemental preset name or inline entries, as written
     start: int | None = None           # 1-based: U-Net delta on from this step
     stop: int | None = None            # 1-based: U-Net delta off from this step
     errors: list[str] = field(default_factory=list)
@@ -73,6 +78,17 @@ class ResolvedBlocks:
     listed: list[bool] | None = None   # slots the format lists (for blocks.unlisted_warning)
     warnings: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    elements: "ResolvedElements | None" = None  # lbwe=, resolved alongside (None: the tag has none)
+
+
+@dataclass
+class ResolvedElements:
+    """The tag's elemental entries.  `entries` None after a problem (one warning; the LoRA is applied without
+    elemental weights).  `text`: the entries in the inline tag form (infotext, a pasted prompt)."""
+    entries: list[ElementEntry] | None = None
+    text: str | None = None
+    source: str | None = None          # "preset NAME" or "inline"
+    problem: str | None = None
 
 
 def format_number(v: float) -> str:
@@ -220,8 +236,8 @@ def parse_params(positional: Sequence[str], named: Mapping[str, str], kind: str 
                 tag.blocks, at["blocks"] = _parse_blocks(label, item, blocks_err), i
         elif i == 3:
             if num is None:
-                W.append(f"`{label}`: item 4 '{_shown(item)}' after the block weights {_why(item)} (x); ignored "
-                         f"(LBW's elemental lbwe syntax is not supported)")
+                # LBW reads an elemental preset name here (its `lbwe=` item 4)
+                tag.elements, at["elements"] = item, i
             else:
                 tag.x, at["x"] = num, i
         else:
@@ -246,11 +262,15 @@ def parse_params(positional: Sequence[str], named: Mapping[str, str], kind: str 
             tag.blocks = _parse_blocks(label, nam[lbw_key], blocks_err)
         else:
             W.append(f"`{label}`: {lbw_key}= is empty; ignored")
+    if "lbwe" in nam:
+        if nam["lbwe"]:
+            tag.elements = nam["lbwe"]
+        else:
+            W.append(f"`{label}`: lbwe= is empty; ignored")
     _parse_schedule(tag, nam, label)
     for key in nam:
         if key not in KNOWN_KEYS:
-            W.append(f"`{label}`: unknown key '{_shown(key)}=' ignored"
-                     + (" (LBW's elemental lbwe= is not supported)" if key == "lbwe" else ""))
+            W.append(f"`{label}`: unknown key '{_shown(key)}=' ignored")
     if tag.x != 1 and tag.blocks is None:
         W.append(f"`{label}`: x= has no effect without block weights")
     tag.errors.extend(ferr.values())
@@ -358,7 +378,17 @@ def rewrite_prompt(text: str, fn: Callable[[LoraTag], str | None]) -> str:
 
 def resolve_blocks(tag: LoraTag, presets, arch: str | None = None, seed: int = 0) -> ResolvedBlocks:
     """Turn `tag.blocks` into a 26-slot vector.  R/U come from random.Random(seed) (reproducible);
-    X is `tag.x`.  `presets` is a PresetStore (or None).  `arch` picks SDXL `_XL` preset variants."""
+    X is `tag.x`.  `presets` is a PresetStore (or None).  `arch` picks SDXL `_XL` preset variants.
+    The tag's elemental entries (`lbwe=`) are resolved too (`res.elements`; a problem is one warning)."""
+    res = _resolve_vector(tag, presets, arch, seed)
+    if tag.elements is not None:
+        res.elements = resolve_elements(tag, presets)
+        if res.elements.problem:
+            res.warnings.append(res.elements.problem + ELEMENTS_DROPPED)
+    return res
+
+
+def _resolve_vector(tag: LoraTag, presets, arch: str | None, seed: int) -> ResolvedBlocks:
     res = ResolvedBlocks()
     label = _shown(tag.name) if tag.name else "?"
     if tag.blocks is None:
@@ -404,6 +434,61 @@ def resolve_blocks(tag: LoraTag, presets, arch: str | None = None, seed: int = 0
     return res
 
 
+def parse_element_entries(text: str, sep: str = ":") -> tuple[list[ElementEntry], str, str | None]:
+    """LBW's elemental entries `blocks:elements:ratio` (fields cut at `sep`), separated by ',' or line breaks
+    → (entries, the entries in the inline tag form, problem or None).  Blocks: space-separated IDs and A-B
+    ranges; elements: space-separated substrings of the layer name; either may start with NOT or be empty
+    (every module).  Never raises."""
+    entries: list[ElementEntry] = []
+    written: list[str] = []
+    parts = [p.strip() for p in text.replace("\n", ",").split(",")]
+    parts = [p for p in parts if p]
+    if not parts:
+        return [], "", "no entries (expected blocks:elements:ratio, e.g. IN05-OUT05:attn:0.5)"
+    for i, part in enumerate(parts, 1):
+        fields = [f.strip() for f in part.split(sep)]
+        where = f"entry {i} '{_shown(part)}'"
+        if len(fields) != 3:
+            return [], "", (f"{where} has {len(fields)} field(s); expected blocks{sep}elements{sep}ratio "
+                            f"(e.g. IN05-OUT05{sep}attn{sep}0.5)")
+        blocks, neg, problem = block_ids_problem(fields[0])
+        if problem:
+            return [], "", f"{where}: {problem}"
+        words = fields[1].split()
+        eneg = bool(words) and words[0] == "NOT"
+        ratio = parse_number(fields[2])
+        if ratio is None:
+            return [], "", f"{where}: ratio '{_shown(fields[2])}' {_why(fields[2])}"
+        entries.append(ElementEntry(blocks, neg, tuple(words[1:] if eneg else words), eneg, ratio))
+        written.append(INLINE_FIELD_SEP.join((" ".join(fields[0].split()), " ".join(words), format_number(ratio))))
+    return entries, ",".join(written), None
+
+
+def resolve_elements(tag: LoraTag, presets) -> ResolvedElements:
+    """`tag.elements` → entries: inline (contains ';') or a name in the elemental presets (`presets.elemental`)."""
+    label = _shown(tag.name) if tag.name else "?"
+    value = (tag.elements or "").strip()
+    res = ResolvedElements()
+    if INLINE_FIELD_SEP in value:
+        text, sep, res.source = value, INLINE_FIELD_SEP, "inline"
+    else:
+        store = getattr(presets, "elemental", None)
+        hit = store.lookup(value) if store is not None else None
+        if hit is None:
+            close = store.close_matches(value) if store is not None else []
+            near = f" (close: {', '.join(close)})" if close else ""
+            res.problem = (f"`{label}`: unknown elemental preset '{_shown(value)}'{near}; use a name from the "
+                           f"elemental presets or inline entries blocks;elements;ratio")
+            return res
+        text, sep, res.source = ",".join(hit.tokens), ":", f"preset {hit.name}"
+    entries, written, problem = parse_element_entries(text, sep)
+    if problem:
+        res.problem = f"`{label}`: lbwe={_shown(value)}: {problem}"
+        return res
+    res.entries, res.text = entries, written
+    return res
+
+
 def write_tag(tag: LoraTag, resolved: ResolvedBlocks | None = None) -> str:
     """Canonical named form, defaults omitted: `<lora:name:te=0.8:unet=0.6:lbw=1,0,...>`.
 
@@ -418,12 +503,17 @@ def write_tag(tag: LoraTag, resolved: ResolvedBlocks | None = None) -> str:
     if tag.dyn is not None:
         items.append(f"dyn={tag.dyn}")
     frozen = resolved is not None and resolved.values is not None
+    elements = resolved.elements if resolved is not None else None
     if frozen:
         items.append("lbw=" + ",".join(format_number(v) for v in resolved.values))
     elif tag.blocks is not None:
         items.append(f"lbw={tag.blocks}")
     if tag.x != 1 and not frozen:
         items.append(f"x={format_number(tag.x)}")
+    if elements is not None and elements.text is not None:
+        items.append(f"lbwe={elements.text}")
+    elif tag.elements is not None:
+        items.append(f"lbwe={tag.elements}")
     if tag.start is not None:
         items.append(f"start={tag.start}")
     if tag.stop is not None:

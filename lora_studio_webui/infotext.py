@@ -15,6 +15,11 @@ from lib_lora import syntax
 from . import env
 from .engine import FIELD_BLOCKS, FIELD_HASHES
 
+# elemental entries (lbwe=) that came from a preset, in the inline tag form: `name=ENTRIES | other=ENTRIES`
+# (entries hold ';' and ',', so records are cut at ' | ')
+FIELD_ELEMENTS = "LoRA Studio elements"
+_SEP = " | "
+
 _REMOVE = str.maketrans("", "", ":,;=")
 
 
@@ -33,7 +38,7 @@ def record(p, act) -> None:
     hr = bool(getattr(p, "is_hr_pass", False))
     state = getattr(p, "_lora_studio_infotext", None)
     if state is None or not hr:
-        state = {"hashes": {}, "blocks": []}
+        state = {"hashes": {}, "blocks": [], "elements": []}
     if env.opt("lora_add_hashes_to_infotext", True):
         for tag, rb, entry in act.entries:
             h = host_shorthash(entry)
@@ -43,13 +48,20 @@ def record(p, act) -> None:
     for tag, rb, entry in act.entries:
         if needs_record(tag, rb) and tag.name not in seen:
             state["blocks"].append(f"{tag.name.translate(_REMOVE)}={','.join(syntax.format_number(v) for v in rb.values)}")
+    seen_e = {b.split("=", 1)[0] for b in state.setdefault("elements", [])} if hr else set()
+    for tag, rb, entry in act.entries:
+        el = getattr(rb, "elements", None)
+        if el is not None and el.text and (el.source or "").startswith("preset") and tag.name not in seen_e:
+            state["elements"].append(f"{tag.name.translate(_REMOVE).replace('|', '')}={el.text}")
     p._lora_studio_infotext = state
-    for key in (FIELD_HASHES, FIELD_BLOCKS):
+    for key in (FIELD_HASHES, FIELD_BLOCKS, FIELD_ELEMENTS):
         params.pop(key, None) if not hr else None
     if state["hashes"]:
         params[FIELD_HASHES] = ", ".join(f"{k}: {v}" for k, v in state["hashes"].items())
     if state["blocks"]:
         params[FIELD_BLOCKS] = "; ".join(state["blocks"])
+    if state["elements"]:
+        params[FIELD_ELEMENTS] = _SEP.join(state["elements"])
     p.extra_generation_params = params
 
 
@@ -90,6 +102,7 @@ def clear(p) -> None:
     if params and (FIELD_BLOCKS in params or FIELD_HASHES in params) and not getattr(p, "is_hr_pass", False):
         params = dict(params)
         params.pop(FIELD_BLOCKS, None)
+        params.pop(FIELD_ELEMENTS, None)
         if getattr(p, "_lora_studio_infotext", None):
             params.pop(FIELD_HASHES, None)
         p.extra_generation_params = params
@@ -127,10 +140,39 @@ def restore_prompt(prompt: str, records: list[tuple[str, list[float]]]) -> str:
     return syntax.rewrite_prompt(prompt, fn)
 
 
+def parse_elements_field(text: str) -> list[tuple[str, str]]:
+    """`name=ENTRIES | other=ENTRIES` → [(name, inline entries)]; records whose entries do not parse are left
+    out (the pasted tag keeps its own lbwe=)."""
+    out = []
+    for part in (text or "").split(_SEP.strip()):
+        name, eq, entries = part.partition("=")
+        entries = entries.strip()
+        if eq and entries and syntax.parse_element_entries(entries, syntax.INLINE_FIELD_SEP)[2] is None:
+            out.append((name.strip(), entries))
+    return out
+
+
+def restore_elements(prompt: str, records: list[tuple[str, str]]) -> str:
+    """Replace the lbwe= of each recorded LoRA (in order of appearance) by the recorded inline entries."""
+    queues: dict[str, list[str]] = {}
+    for name, entries in records:
+        queues.setdefault(name, []).append(entries)
+
+    def fn(tag):
+        key = tag.name.translate(_REMOVE).replace("|", "")
+        if tag.elements is None or not queues.get(key):
+            return None
+        return syntax.edit_key(tag, "lbwe", queues[key].pop(0))
+
+    return syntax.rewrite_prompt(prompt, fn)
+
+
 def on_infotext_pasted(infotext: str, params: dict) -> None:
     records = parse_field(params.get(FIELD_BLOCKS, ""))
-    if not records:
-        return
+    elements = parse_elements_field(params.get(FIELD_ELEMENTS, ""))
     for key in ("Prompt", "Hires prompt"):
         if params.get(key):
-            params[key] = restore_prompt(params[key], records)
+            if records:
+                params[key] = restore_prompt(params[key], records)
+            if elements:
+                params[key] = restore_elements(params[key], elements)

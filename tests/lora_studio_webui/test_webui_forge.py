@@ -285,3 +285,9 @@ def test_damaged_module_is_left_out_on_forge_as_in_the_core(forge):
                 assert all(bool(torch.isfinite(t).all()) for e in entries for t in e[1][1][:2]), key
     about = [c for c in p.comments if "partly damaged" in c]
     assert len(about) == 1 and victim[: -len(".lora_up.weight")] in about[0]
+
+
+def test_elemental_weights_are_said_not_applied_on_forge(forge):
+    p, _ = forge.generate("x <lora:foo:1:lbwe=IN01-OUT11;attn;0>")
+    assert any("lbwe= elemental weights are not applied here" in c for c in p.comments)
+    assert unet_calls(forge)                                          # the LoRA itself still applied

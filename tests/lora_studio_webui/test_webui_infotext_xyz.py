@@ -129,3 +129,32 @@ def test_infotext_and_axes_keep_every_digit(webui, tmp_path):
     assert cells[0][1].prompt == "cat <lora:foo:0.1234567>"
     assert opt.format_value(None, opt, 0.1234567) == "LoRA weight: 0.1234567"
     assert opt.format_value(None, opt, 1.0) == "LoRA weight: 1"
+
+
+def test_elemental_preset_round_trip(webui, tmp_path):
+    """lbwe=NAME: the entries are recorded; pasting reproduces the weights after the preset file changed."""
+    el = tmp_path / "user_elempresets.txt"
+    el.write_text("MINE:IN00-OUT11:attn:0.25,BASE::0\n\nOFF:::0\n")
+    webui.generate("x <lora:foo:0.9:lbwe=MINE>", seed=5)
+    plain_p, plain = webui.generate("x <lora:foo:0.9>", seed=5)
+    plain_w = webui.weights()
+    p, res = webui.generate("x <lora:foo:0.9:lbwe=MINE>", seed=5)
+    first = webui.weights()
+    assert any(not torch.equal(first[k], plain_w[k]) for k in LAYERS)   # the elements changed something
+    assert 'LoRA Studio elements: "foo=IN00-OUT11;attn;0.25,BASE;;0"' in res.infotexts[0]
+    pasted = paste(res.infotexts[0])["Prompt"]
+    assert "lbwe=IN00-OUT11;attn;0.25,BASE;;0" in pasted
+    el.write_text("MINE:::1\n")
+    webui.generate("x")
+    webui.generate(pasted, seed=99)
+    assert all(torch.equal(first[k], webui.weight(k)) for k in LAYERS)
+
+
+def test_bad_elemental_entries_warn_and_apply_without(webui):
+    p, res = webui.generate("x <lora:foo:0.9:lbwe=IN05;attn>")
+    plain = webui.weights()
+    msgs = [c for c in p.comments if "has 2 field(s)" in c]
+    assert len(msgs) == 1 and "applied without elemental weights" in msgs[0]
+    webui.generate("x")
+    webui.generate("x <lora:foo:0.9>")
+    assert all(torch.equal(plain[k], webui.weight(k)) for k in LAYERS)
