@@ -32,7 +32,7 @@ from lib_lora.errors import LoraFileError, LoraStudioError
 MODES = ("weighted", "add-diff")
 DTYPE_NAMES = ("fp16", "bf16", "fp32")
 RECIPE_KEY = "lora_studio_merge"
-_CHUNK_ELEMS = 1 << 21     # elements per row chunk: bounds the float64 temporaries (~16 MB each)
+_CHUNK_ELEMS = 1 << 21     # elements per produced piece: bounds the output-side temporaries
 _HASH_PLACEHOLDER = "0" * 64  # same length as a sha256 hex, so the header is patched in place
 
 
@@ -220,9 +220,11 @@ def _plan(a, others: dict, arch: str, vec: list, dtype) -> tuple[list, MergeResu
 
 
 # ---------------------------------------------------------------- arithmetic
+# Both paths evaluate the same float64 expressions, operation by operation (no fused multiply-add):
+#   weighted: a·(1−m) + b·m        add-diff: (b − c)·m + a
 
 def _combine(mode: str, a, b, c, m: float):
-    """float64 result of one chunk; written as the straightforward formulas (no fused multiply-add)."""
+    """float64 result of one chunk of any shape (used for the partial-channel case)."""
     import torch
 
     f64 = torch.float64
@@ -238,15 +240,58 @@ def _combine(mode: str, a, b, c, m: float):
     return d
 
 
+class _Scratch:
+    """Two float64 buffers small enough to stay in the CPU cache: the arithmetic then costs about one
+    read of the inputs and one write of the output (a 16 MB chunk at a time was 3-4x slower)."""
+    SIZE = 1 << 16
+
+    def __init__(self):
+        import torch
+
+        self.x = torch.empty(self.SIZE, dtype=torch.float64)
+        self.y = torch.empty(self.SIZE, dtype=torch.float64)
+
+    def combine_into(self, mode: str, a, b, c, m: float, out) -> None:
+        """out[:] = formula(a, b, c) for 1-D tensors of one length, in float64 pieces."""
+        n = out.numel()
+        for i in range(0, n, self.SIZE):
+            j = min(n, i + self.SIZE)
+            x, y = self.x[: j - i], self.y[: j - i]
+            if mode == "weighted":
+                x.copy_(a[i:j])
+                x.mul_(1.0 - m)
+                y.copy_(b[i:j])
+                y.mul_(m)
+            else:
+                x.copy_(b[i:j])
+                y.copy_(c[i:j])
+                x.sub_(y)
+                x.mul_(m)
+                y.copy_(a[i:j])
+            x.add_(y)
+            out[i:j].copy_(x)
+
+
 def _rows(t):
     return t.reshape(1) if t.dim() == 0 else t
 
 
-def _producer(item: _Item, mode: str, a, b, c):
+def _producer(item: _Item, mode: str, a, b, c, scratch: _Scratch):
     def produce():
         import torch
 
         ta = _rows(a.get(item.key))
+        if item.slot is not None and item.channels is None:   # the common case: flat, cache-sized pieces
+            fa = ta.reshape(-1)
+            fb = b.get(item.key).reshape(-1)
+            fc = c.get(item.key).reshape(-1) if c is not None else None
+            n = fa.numel()
+            for i in range(0, n, _CHUNK_ELEMS):
+                j = min(n, i + _CHUNK_ELEMS)
+                out = torch.empty(j - i, dtype=item.out_dtype)
+                scratch.combine_into(mode, fa[i:j], fb[i:j], fc[i:j] if fc is not None else None, item.m, out)
+                yield out
+            return
         n = ta.shape[0]
         per_row = max(1, ta.numel() // max(1, n))
         step = max(1, _CHUNK_ELEMS // per_row)
@@ -257,16 +302,12 @@ def _producer(item: _Item, mode: str, a, b, c):
         tb = _rows(b.get(item.key))
         tc = _rows(c.get(item.key)) if c is not None else None
         k = item.channels
-        for i in range(0, max(n, 1), step):
-            ca, cb = ta[i:i + step], tb[i:i + step]
-            cc = tc[i:i + step] if tc is not None else None
-            if k is None:
-                out = _combine(mode, ca, cb, cc, item.m)
-            else:
-                out = ca.to(torch.float64, copy=True)
-                out[:, :k] = _combine(mode, ca[:, :k], cb, cc, item.m)
+        for i in range(0, n, step):   # A has more input channels: merge the leading ones, keep the rest
+            ca = ta[i:i + step]
+            out = ca.to(torch.float64, copy=True)
+            out[:, :k] = _combine(mode, ca[:, :k], tb[i:i + step], tc[i:i + step] if tc is not None else None,
+                                  item.m)
             yield out.to(item.out_dtype)
-            del out
     return produce
 
 
@@ -356,8 +397,9 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
                 recipe["inputs"][role]["sha256"] = h
             return {RECIPE_KEY: json.dumps(recipe, ensure_ascii=False)}
 
+        scratch = _Scratch()
         specs = [(it.key, it.out_dtype, it.shape, _producer(it, mode, readers["A"], readers.get("B"),
-                                                            readers.get("C")))
+                                                            readers.get("C"), scratch))
                  for it in items]
         fileio.atomic_save_safetensors_stream(specs, out, {RECIPE_KEY: json.dumps(recipe, ensure_ascii=False)},
                                               overwrite=overwrite, progress=progress,
