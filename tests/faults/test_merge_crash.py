@@ -10,6 +10,7 @@ import sys
 import pytest
 
 from lib_lora import fileio
+from tests.faults.test_fileio_crash import tiny_disk  # noqa: F401  (the 1 MiB tmpfs fixture)
 from tests.checkpoints import write_checkpoint
 from tests.paths import REPO
 
@@ -17,6 +18,7 @@ from tests.paths import REPO
 MERGER = r"""
 import sys
 from lib_lora import fileio
+from tests.faults.test_fileio_crash import tiny_disk  # noqa: F401  (the 1 MiB tmpfs fixture)
 from lib_lora.cli import progress
 fileio.USE_O_TMPFILE = sys.argv[1] == "1"
 said = []
@@ -79,3 +81,15 @@ def test_ctrl_c_mid_merge_says_cancelled_and_leaves_nothing(models, tmp_path):
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and err.strip().splitlines()[-1] == "cancelled", err
     assert os.listdir(tmp_path) == []
+
+
+def test_disk_full_mid_merge_is_one_line_and_leaves_nothing(models, tiny_disk):
+    from lib_lora.errors import LoraFileError
+    from lib_lora.merge.checkpoint import merge_checkpoints
+
+    out = tiny_disk / "m.safetensors"     # an 8 MB merge onto a 1 MiB filesystem
+    with pytest.raises(LoraFileError) as exc:
+        merge_checkpoints(models / "a.safetensors", models / "b.safetensors", out, alpha=0.5)
+    msg = str(exc.value)
+    assert "\n" not in msg and "No space left" in msg and "nothing was written" in msg
+    assert os.listdir(tiny_disk) == []
