@@ -9,7 +9,8 @@ process (so the runtime, torch included, is counted as a user would see it):
 - peak RssAnon: /proc/self/status sampled every 10 ms by a thread in the merging process. Pages of the
   memory-mapped inputs and the page cache of the output are file-backed and do not count. Ratio against one
   input file's size (target ≤ 0.5).
-- merge time (hashing the inputs for the recipe included) against a process that reads both inputs and writes
+- merge time (python start-up excluded; the torch import and hashing the inputs for the recipe included)
+  against a process that reads both inputs and writes
   an output of the same size with fsync, nothing else (target ≤ 1.5). Reps alternate baseline/merge; the
   minimum of each is used. The files stay in the page cache between runs (22 GB RAM here), so both sides
   read from memory.
@@ -45,7 +46,13 @@ t0 = time.perf_counter()
 threading.Thread(target=sample, daemon=True).start()
 import torch
 torch.set_num_threads(1)
+from lib_lora.merge import checkpoint as mc
 from lib_lora.merge.checkpoint import merge_checkpoints
+if sys.argv[4] == "nohash":   # diagnostic only: what the recipe's input hashes cost
+    class NoHash(mc._Hashes):
+        def run(self):
+            self.result = {role: "0" * 64 for role in self.paths}
+    mc._Hashes = NoHash
 runtime = anon()
 merge_checkpoints(sys.argv[1], sys.argv[2], sys.argv[3], mode="weighted", alpha=0.4, overwrite=True)
 t1 = time.perf_counter()
@@ -79,12 +86,18 @@ print(json.dumps({"seconds": time.perf_counter() - t0}))
 
 
 def _run(code, *args) -> dict:
+    import resource
+
     env = dict(os.environ, PYTHONPATH=ROOT)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env,
                        cwd=ROOT)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if r.returncode:
         sys.exit(r.stderr)
-    return json.loads(r.stdout.strip().splitlines()[-1])
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    out["cpu"] = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return out
 
 
 def main() -> None:
@@ -111,11 +124,12 @@ def main() -> None:
     size = os.path.getsize(a)
     print(f"SD1.5-shaped checkpoints (scale 1/{args.scale}, {args.dtype}): {size / 1e9:.2f} GB each "
           f"(made in {time.perf_counter() - t:.0f} s)")
-    merges, copies = [], []
+    merges, copies, nohash = [], [], []
     try:
         for _ in range(args.reps):
             copies.append(_run(COPY, a, b, copy))
-            merges.append(_run(MERGE, a, b, out))
+            merges.append(_run(MERGE, a, b, out, "hash"))
+            nohash.append(_run(MERGE, a, b, out, "nohash"))
     finally:
         for p in (out, copy) + (() if args.dir else (a, b)):
             if os.path.exists(p):
@@ -125,11 +139,16 @@ def main() -> None:
     m = min(merges, key=lambda r: r["seconds"])
     peak = max(r["peak_anon"] for r in merges)
     c = min(r["seconds"] for r in copies)
+    n = min(r["seconds"] for r in nohash)
+    cpu_m, cpu_n, cpu_c = (min(r["cpu"] for r in rs) for rs in (merges, nohash, copies))
     print(f"runtime RssAnon after imports: {m['runtime_anon'] / 1e6:.0f} MB; peak RssAnon during merge: "
           f"{peak / 1e6:.0f} MB")
     print(f"peak anonymous memory / one model file: {peak / size:.3f}   (target <= 0.5)")
     print(f"merge {m['seconds']:.1f} s vs read+write of the same bytes {c:.1f} s: {m['seconds'] / c:.2f}x   "
           f"(target <= 1.5)")
+    print(f"  without hashing the inputs for the recipe (diagnostic): {n:.1f} s, {n / c:.2f}x")
+    print(f"  process CPU time (user+sys, python start-up and imports included): merge {cpu_m:.1f} s, "
+          f"without hashes {cpu_n:.1f} s, read+write {cpu_c:.1f} s: {cpu_m / cpu_c:.2f}x / {cpu_n / cpu_c:.2f}x")
 
 
 if __name__ == "__main__":
