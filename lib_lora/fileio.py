@@ -563,32 +563,59 @@ _ST_DTYPES = [("BOOL", "bool"), ("U8", "uint8"), ("I8", "int8"), ("F8_E5M2", "fl
               ("I32", "int32"), ("F32", "float32"), ("F64", "float64"), ("I64", "int64")]
 
 
+def _st_rank() -> dict:
+    import torch
+
+    return {getattr(torch, tname): (i, sname) for i, (sname, tname) in enumerate(_ST_DTYPES)
+            if hasattr(torch, tname)}
+
+
 def _st_layout(tensors: dict, metadata: dict | None) -> tuple[bytes, list]:
     """(header bytes incl. length prefix, [(key, tensor)] in file order), laid out as safetensors.torch.save
     does (byte-identical files), so the body hash matches a file written by safetensors itself."""
     import torch
 
-    rank = {getattr(torch, tname): (i, sname) for i, (sname, tname) in enumerate(_ST_DTYPES)
-            if hasattr(torch, tname)}
     items = []
     for k, t in tensors.items():
         if not isinstance(t, torch.Tensor):
             raise LoraStudioError(f"cannot save '{k}': not a tensor")
-        if t.dtype not in rank:
-            raise LoraStudioError(f"cannot save '{k}': dtype {t.dtype} has no safetensors equivalent")
         items.append((str(k), t))
-    items.sort(key=lambda kv: (-rank[kv[1].dtype][0], kv[0]))
+    head, order = _st_header([(k, t.dtype, tuple(t.shape)) for k, t in items], metadata)
+    by_key = dict(items)
+    return head, [(k, by_key[k]) for k, _, _ in order]
+
+
+def _st_header(specs: list, metadata: dict | None) -> tuple[bytes, list]:
+    """`specs` = [(key, torch dtype, shape)] → (header bytes incl. length prefix, specs in file order)."""
+    rank = _st_rank()
+    for k, dt, _ in specs:
+        if dt not in rank:
+            raise LoraStudioError(f"cannot save '{k}': dtype {dt} has no safetensors equivalent")
+    order = sorted(specs, key=lambda s: (-rank[s[1]][0], s[0]))
     header: dict = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
     off = 0
-    for k, t in items:
-        n = t.numel() * t.element_size()
-        header[k] = {"dtype": rank[t.dtype][1], "shape": list(t.shape), "data_offsets": [off, off + n]}
+    for k, dt, shape in order:
+        n = _numel(shape) * _itemsize(dt)
+        header[k] = {"dtype": rank[dt][1], "shape": list(shape), "data_offsets": [off, off + n]}
         off += n
     raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     raw += b" " * (-len(raw) % 8)
-    return struct.pack("<Q", len(raw)) + raw, items
+    return struct.pack("<Q", len(raw)) + raw, order
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _itemsize(dtype) -> int:
+    import torch
+
+    return torch.empty((), dtype=dtype).element_size()
 
 
 def _tensor_bytes(t):
@@ -627,6 +654,136 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, o
             progress(total, total)
 
     return atomic_write(path, write, overwrite)
+
+
+def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, overwrite: bool = False,
+                                   progress=None, final_metadata=None) -> str:
+    """Write a .safetensors file whose tensors are produced one at a time (never all in memory).
+
+    `specs` = [(key, torch dtype, shape, produce)]: the header is written first from the dtypes and shapes,
+    then, in file order, `produce()` yields CPU tensors of that dtype whose elements, concatenated, are the
+    tensor (one tensor or row chunks). The layout equals `atomic_save_safetensors`'s for the same tensors.
+    `final_metadata()`, when given, is called after the data and its result replaces `metadata` in the header
+    (it must render to the same header length: e.g. hashes computed meanwhile, written first as
+    placeholders of the same length). `progress(done_bytes, total_bytes)` as in `atomic_save_safetensors`.
+    Through `atomic_write`: a failure, Ctrl-C or kill leaves no file at `path`."""
+    path = _name(path)
+    check_target(path, overwrite, ".safetensors")
+    produce = {str(k): fn for k, _, _, fn in specs}
+    head, order = _st_header([(str(k), dt, tuple(shape)) for k, dt, shape, _ in specs], metadata)
+    total = len(head) + sum(_numel(shape) * _itemsize(dt) for _, dt, shape in order)
+
+    def write(f):
+        f.write(head)
+        done = len(head)
+        for key, dt, shape in order:
+            want, got = _numel(shape) * _itemsize(dt), 0
+            for t in produce[key]():
+                if t.dtype != dt:
+                    raise LoraStudioError(f"internal error: '{key}' produced {t.dtype}, expected {dt}")
+                mv = _tensor_bytes(t)
+                got += len(mv)
+                if got > want:
+                    break
+                for i in range(0, len(mv), _WRITE_CHUNK):
+                    f.write(mv[i:i + _WRITE_CHUNK])
+                    done += min(_WRITE_CHUNK, len(mv) - i)
+                    if progress is not None:
+                        progress(done, total)
+            if got != want:
+                raise LoraStudioError(f"internal error: '{key}' produced {got} bytes, expected {want}")
+        if final_metadata is not None:
+            head2, _ = _st_header([(k, dt, shape) for k, dt, shape in order], final_metadata())
+            if len(head2) != len(head):
+                raise LoraStudioError("internal error: the final header does not fit the space written for it")
+            f.flush()
+            f.seek(0)
+            f.write(head2)
+            f.seek(0, os.SEEK_END)
+        if progress is not None:
+            progress(total, total)
+
+    return atomic_write(path, write, overwrite)
+
+
+class MappedTensors:
+    """A safetensors file opened lazily: the header is parsed (and checked) at once; `get(key)` returns a
+    tensor viewing the file's memory map, so nothing is read until its pages are touched and those pages
+    are the page cache's (file-backed), not the process's anonymous memory. Copy-on-write: writing to a
+    returned tensor never changes the file. Use as a context manager or call `close()`."""
+
+    def __init__(self, path):
+        import mmap
+
+        import torch
+
+        self.path = _name(path)
+        if not os.path.exists(self.path):
+            raise LoraFileError(f"file not found: '{self.path}'")
+        n, header = read_safetensors_header(self.path)
+        self.metadata = {str(k): str(v) for k, v in (header.get("__metadata__") or {}).items()}
+        names = {s: getattr(torch, t) for s, t in _ST_DTYPES if hasattr(torch, t)}
+        self._info: dict = {}
+        for key, info in header.items():
+            if key == "__metadata__":
+                continue
+            try:
+                dt = names[info["dtype"]]
+                shape = tuple(int(d) for d in info["shape"])
+                begin, end = (int(x) for x in info["data_offsets"])
+            except (KeyError, TypeError, ValueError) as exc:
+                raise LoraFileError(f"'{self.path}' is corrupt or uses an unknown dtype (tensor '{key}'); "
+                                    f"download it again") from exc
+            if end - begin != _numel(shape) * _itemsize(dt) or begin < 0:
+                raise LoraFileError(f"'{self.path}' is corrupt (tensor '{key}' has {end - begin} bytes for "
+                                    f"shape {list(shape)}); download it again")
+            self._info[key] = (dt, shape, 8 + n + begin)
+        self._mm = None
+        try:
+            with open(self.path, "rb") as f:
+                if os.fstat(f.fileno()).st_size > 0:
+                    self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_COPY)
+        except OSError as exc:
+            raise LoraFileError(f"cannot read '{self.path}': {exc.strerror or exc}") from exc
+
+    def keys(self) -> list[str]:
+        return list(self._info)
+
+    def __contains__(self, key) -> bool:
+        return key in self._info
+
+    def dtype(self, key: str):
+        return self._info[key][0]
+
+    def shape(self, key: str) -> tuple:
+        return self._info[key][1]
+
+    def nbytes(self, key: str) -> int:
+        dt, shape, _ = self._info[key]
+        return _numel(shape) * _itemsize(dt)
+
+    def get(self, key: str):
+        import torch
+
+        dt, shape, off = self._info[key]
+        count = _numel(shape)
+        if count == 0:
+            return torch.empty(shape, dtype=dt)
+        return torch.frombuffer(self._mm, dtype=dt, count=count, offset=off).reshape(shape)
+
+    def close(self) -> None:
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:  # a returned tensor still views it: the map goes when that tensor does
+                pass
+            self._mm = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def atomic_write_text(path, text: str, overwrite: bool = True, encoding: str = "utf-8",

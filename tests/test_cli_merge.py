@@ -1,0 +1,109 @@
+"""`python -m lib_lora merge` as a user runs it: the exact flags, one-line errors with a non-zero exit and
+nothing written, fast --help, the summary line, presets by name."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lib_lora import fileio
+from lib_lora.__main__ import main
+from tests.checkpoints import write_checkpoint
+from tests.test_cli_main import HEAVY, _cli, _imported
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("climerge")
+    for name, seed in (("a", 1), ("b", 2), ("c", 3)):
+        write_checkpoint(tmp / f"{name}.safetensors", seed=seed)
+    write_checkpoint(tmp / "xl.safetensors", "sdxl", scale=32, seed=4)
+    return tmp
+
+
+def _merge(env, out, *extra, a="a", b="b"):
+    return main(["merge", "--a", str(env / f"{a}.safetensors"), "--b", str(env / f"{b}.safetensors"),
+                 "--out", str(out), *extra])
+
+
+def _one_line(err: str) -> str:
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_help_imports_no_heavy_module():
+    r = _cli("merge", "--help")
+    assert r.returncode == 0 and "--block-weights" in r.stdout and "--base-alpha" in r.stdout
+    assert not _imported(r.stderr) & set(HEAVY)
+
+
+def test_add_diff_with_every_flag(env, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    w26 = ",".join(["0.5"] * 13 + ["1"] * 13)
+    rc = _merge(env, out, "--c", str(env / "c.safetensors"), "--mode", "add-diff", "--alpha", "0.8",
+                "--block-weights", w26, "--base-alpha", "0", "--dtype", "fp32")
+    assert rc == 0
+    o = capsys.readouterr().out
+    assert o.startswith(f"wrote {out} (sd1, ") and "tensors merged" in o
+    recipe = json.loads(fileio.read_metadata(out)["lora_studio_merge"])
+    assert recipe["mode"] == "add-diff" and recipe["block_weights"]["BASE"] == 0 and recipe["dtype"] == "fp32"
+    got, a = load_file(str(out)), load_file(str(env / "a.safetensors"))
+    te = "cond_stage_model.transformer.text_model.encoder.layers.0.mlp.fc1.weight"
+    assert got[te].dtype == torch.float32 and torch.equal(got[te], a[te].float())   # BASE 0: A's weights
+
+
+@pytest.mark.parametrize("extra,kw,match", [
+    (["--mode", "weighted", "--alpha", "0.5"], {"b": "xl"}, "is SD1 but model B"),
+    (["--mode", "weighted", "--alpha", "0.5", "--block-weights", "1,2,3"], {}, "has 3 values"),
+    (["--mode", "weighted", "--alpha", "0.5", "--block-weights", "nosuchpreset"], {}, "neither a list"),
+    (["--mode", "add-diff", "--alpha", "0.5"], {}, "needs a third model"),
+    (["--mode", "weighted", "--alpha", "nan"], {}, "finite"),
+    (["--mode", "weighted", "--alpha", "0.5"], {"b": "missing"}, "not found"),
+])
+def test_bad_input_is_one_line_nonzero_and_writes_nothing(env, tmp_path, capsys, extra, kw, match):
+    out = tmp_path / "m.safetensors"
+    assert _merge(env, out, *extra, **kw) == 2
+    assert match in _one_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_corrupt_input_is_one_line(env, tmp_path, capsys):
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes((env / "b.safetensors").read_bytes()[:5000])
+    rc = main(["merge", "--a", str(env / "a.safetensors"), "--b", str(bad), "--mode", "weighted", "--alpha", "1",
+               "--out", str(tmp_path / "o.safetensors")])
+    assert rc == 2 and "truncated" in _one_line(capsys.readouterr().err)
+
+
+def test_output_checked_first_and_overwrite(env, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    out.write_bytes(b"keep")
+    # the inputs do not even exist: the output is refused before they are looked at
+    rc = main(["merge", "--a", "nope.safetensors", "--b", "nope2.safetensors", "--mode", "weighted", "--alpha", "1",
+               "--out", str(out)])
+    assert rc == 2 and "--overwrite" in _one_line(capsys.readouterr().err) and out.read_bytes() == b"keep"
+    assert _merge(env, tmp_path / "x.ckpt", "--mode", "weighted", "--alpha", "1") == 2
+    assert ".safetensors" in _one_line(capsys.readouterr().err)
+    assert _merge(env, out, "--mode", "weighted", "--alpha", "1", "--overwrite") == 0
+    assert torch.equal(load_file(str(out))["model.diffusion_model.out.2.weight"],
+                       load_file(str(env / "b.safetensors"))["model.diffusion_model.out.2.weight"])
+
+
+def test_preset_name_with_26_values(env, tmp_path, capsys):
+    presets = tmp_path / "presets.txt"
+    presets.write_text("HALF:" + ",".join(["0.5"] * 26) + "\n", encoding="utf-8")
+    out = tmp_path / "m.safetensors"
+    assert _merge(env, out, "--mode", "weighted", "--alpha", "1", "--block-weights", "half",
+                  "--presets", str(presets)) == 0
+    recipe = json.loads(fileio.read_metadata(out)["lora_studio_merge"])
+    assert set(recipe["block_weights"].values()) == {0.5}
+    # a shipped 17-value LoRA preset is not a merge preset: refused with the count
+    assert _merge(env, tmp_path / "f.safetensors", "--mode", "weighted", "--alpha", "1",
+                  "--block-weights", "face") == 2
+    assert "has 17 values" in _one_line(capsys.readouterr().err)

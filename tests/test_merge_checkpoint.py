@@ -1,0 +1,272 @@
+"""Checkpoint merge core on small SD1.5- and SDXL-named checkpoints (every key of the real manifests, widths
+scaled down): exact against float64 reference formulas, block weights on the right keys, the shape/buffer/
+missing-key rules, the recipe, refusals from headers alone, and the streaming file helpers it stands on."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from lib_lora import blocks, fileio
+from lib_lora.errors import LoraStudioError
+from lib_lora.merge import checkpoint as mc
+from lib_lora.merge.checkpoint import RECIPE_KEY, merge_checkpoints
+from tests.checkpoints import write_checkpoint
+from tests.models import bits
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+SLOT_W = [round(0.04 * i - 0.1, 2) for i in range(26)]   # a distinct m per slot (some < 0, some > 1)
+
+
+@pytest.fixture(scope="module")
+def sd15(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("merge15")
+    a = write_checkpoint(tmp / "a.safetensors", "sd15", seed=1, metadata={"note": "A"})
+    b = write_checkpoint(tmp / "b.safetensors", "sd15", seed=2)
+    b["cond_stage_model.transformer.text_model.embeddings.position_ids"] += 5   # B's buffer differs
+    save_file(b, str(tmp / "b.safetensors"))
+    c = write_checkpoint(tmp / "c.safetensors", "sd15", seed=3)
+    return {"tmp": tmp, "a_sd": a, "b_sd": b, "c_sd": c, **{k: str(tmp / f"{k}.safetensors") for k in "abc"}}
+
+
+@pytest.fixture(scope="module")
+def sdxl(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mergexl")
+    sds = {k: write_checkpoint(tmp / f"{k}.safetensors", "sdxl", scale=32, seed=s) for k, s in zip("abc", (4, 5, 6))}
+    return {"tmp": tmp, **{k + "_sd": v for k, v in sds.items()}, **{k: str(tmp / f"{k}.safetensors") for k in "abc"}}
+
+
+def _f64(t):
+    return t.double().numpy()
+
+
+def _ref_weighted(a, b, m):
+    return np.asarray(a * (1 - m) + b * m)
+
+
+def _ref_add_diff(a, b, c, m):
+    return np.asarray(a + (b - c) * m)
+
+
+def _same(x, y):
+    return x.dtype == y.dtype and x.shape == y.shape and torch.equal(bits(x), bits(y))
+
+
+# Hand-written expectations of the block table for keys of every kind (not derived from the code under test).
+SD15_SLOTS = {
+    "model.diffusion_model.time_embed.0.weight": "IN00",
+    "model.diffusion_model.input_blocks.0.0.weight": "IN00",
+    "model.diffusion_model.input_blocks.4.1.proj_in.weight": "IN04",
+    "model.diffusion_model.input_blocks.11.0.out_layers.3.weight": "IN11",
+    "model.diffusion_model.middle_block.1.transformer_blocks.0.attn2.to_k.weight": "M00",
+    "model.diffusion_model.output_blocks.0.0.in_layers.2.weight": "OUT00",
+    "model.diffusion_model.output_blocks.5.1.transformer_blocks.0.attn2.to_k.weight": "OUT05",
+    "model.diffusion_model.output_blocks.11.1.proj_out.weight": "OUT11",
+    "model.diffusion_model.out.2.weight": "OUT11",
+    "cond_stage_model.transformer.text_model.encoder.layers.3.self_attn.q_proj.weight": "BASE",
+    "first_stage_model.decoder.conv_in.weight": "BASE",
+}
+SDXL_SLOTS = {
+    "model.diffusion_model.label_emb.0.0.weight": "IN00",
+    "model.diffusion_model.input_blocks.8.1.transformer_blocks.9.attn1.to_q.weight": "IN08",
+    "model.diffusion_model.middle_block.1.transformer_blocks.5.ff.net.2.weight": "M00",
+    "model.diffusion_model.output_blocks.8.0.skip_connection.weight": "OUT08",
+    "model.diffusion_model.out.2.weight": "OUT08",
+    "conditioner.embedders.1.model.transformer.resblocks.3.attn.in_proj_weight": "BASE",
+    "conditioner.embedders.0.transformer.text_model.encoder.layers.0.mlp.fc1.weight": "BASE",
+    "first_stage_model.encoder.down.0.block.0.conv1.weight": "BASE",
+}
+
+
+@pytest.mark.parametrize("dtype", [None, "fp32"])
+def test_sd15_weighted_per_block_is_exact_and_lands_on_the_right_keys(sd15, tmp_path, dtype):
+    out = tmp_path / "m.safetensors"
+    res = merge_checkpoints(sd15["a"], sd15["b"], out, mode="weighted", alpha=0.5, block_weights=SLOT_W,
+                            base_alpha=0.7, dtype=dtype)
+    got = load_file(str(out))
+    a, b = sd15["a_sd"], sd15["b_sd"]
+    assert list(got) and set(got) == set(a)
+    want_m = dict(zip(blocks.BLOCK_NAMES, SLOT_W), BASE=0.7)
+    for key, block in SD15_SLOTS.items():
+        m = want_m[block]
+        ref = torch.from_numpy(_ref_weighted(_f64(a[key]), _f64(b[key]), m)).to(torch.float32 if dtype else a[key].dtype)
+        assert _same(got[key], ref), (key, block)
+    merged = 0
+    for key, t in got.items():
+        slot = blocks.checkpoint_key_slot(key, "sd1")
+        if key.endswith("position_ids") or slot is None:
+            assert _same(t, a[key]), key            # integer buffer and schedule: A's, never averaged or cast
+            continue
+        ref = torch.from_numpy(_ref_weighted(_f64(a[key]), _f64(b[key]), res.weights[slot]))
+        assert _same(t, ref.to(torch.float32 if dtype else a[key].dtype)), key
+        merged += 1
+    assert merged == res.merged > 1000 and res.copied == len(a) - merged
+    assert not torch.equal(b["cond_stage_model.transformer.text_model.embeddings.position_ids"],
+                           got["cond_stage_model.transformer.text_model.embeddings.position_ids"])
+
+
+def test_sdxl_add_difference_20_values_bf16_is_exact(sdxl, tmp_path):
+    w20 = [round(0.05 * i, 2) for i in range(20)]
+    out = tmp_path / "xl.safetensors"
+    res = merge_checkpoints(sdxl["a"], sdxl["b"], out, mode="add-diff", c=sdxl["c"], alpha=1.0,
+                            block_weights=",".join(map(str, w20)), dtype="bf16")
+    assert res.arch == "sdxl"
+    got = load_file(str(out))
+    a, b, c = sdxl["a_sd"], sdxl["b_sd"], sdxl["c_sd"]
+    want_m = dict(zip(blocks.format_names(20), w20))
+    for key, block in SDXL_SLOTS.items():
+        ref = torch.from_numpy(_ref_add_diff(_f64(a[key]), _f64(b[key]), _f64(c[key]), want_m[block]))
+        assert _same(got[key], ref.to(torch.bfloat16)), (key, block)
+    for key, t in got.items():
+        slot = blocks.checkpoint_key_slot(key, "sdxl")
+        if key.endswith("position_ids"):
+            assert _same(t, a[key])
+            continue
+        ref = torch.from_numpy(_ref_add_diff(_f64(a[key]), _f64(b[key]), _f64(c[key]), res.weights[slot]))
+        assert _same(t, ref.to(torch.bfloat16)), key
+
+
+def test_alpha_without_block_weights_and_the_25_value_form(sd15, tmp_path):
+    merge_checkpoints(sd15["a"], sd15["b"], tmp_path / "flat.safetensors", alpha=0.25)
+    key = "model.diffusion_model.input_blocks.4.1.proj_in.weight"
+    flat = load_file(str(tmp_path / "flat.safetensors"))
+    assert _same(flat[key], torch.from_numpy(_ref_weighted(_f64(sd15["a_sd"][key]), _f64(sd15["b_sd"][key]), 0.25)).half())
+    res = merge_checkpoints(sd15["a"], sd15["b"], tmp_path / "25.safetensors", alpha=0.3, block_weights=SLOT_W[1:])
+    assert res.weights == [0.3] + SLOT_W[1:]
+
+
+def test_recipe_names_inputs_with_their_hashes_mode_and_weights(sd15, tmp_path):
+    out = tmp_path / "r.safetensors"
+    merge_checkpoints(sd15["a"], sd15["b"], out, mode="add-diff", c=sd15["c"], alpha=0.6, base_alpha=0.1)
+    recipe = json.loads(fileio.read_metadata(out)[RECIPE_KEY])
+    assert recipe["mode"] == "add-diff" and recipe["alpha"] == 0.6 and recipe["base_alpha"] == 0.1
+    assert recipe["block_weights"]["BASE"] == 0.1 and recipe["block_weights"]["OUT11"] == 0.6
+    assert len(recipe["block_weights"]) == 26 and recipe["arch"] == "sd1"
+    for role, p in (("A", "a"), ("B", "b"), ("C", "c")):
+        assert recipe["inputs"][role] == {"file": f"{p}.safetensors", "sha256": fileio.model_hash(sd15[p])}
+    # the header was patched in place: the file is still a valid safetensors file with every tensor
+    assert set(load_file(str(out))) == set(sd15["a_sd"])
+
+
+def test_inpainting_conv_in_merges_leading_channels_and_a_must_be_the_inpainting_model(tmp_path):
+    key = "model.diffusion_model.input_blocks.0.0.weight"
+    a = write_checkpoint(tmp_path / "inpaint.safetensors", seed=1, dtype=torch.float32)
+    a[key] = torch.randn(a[key].shape[0], 9, 3, 3)
+    save_file(a, str(tmp_path / "inpaint.safetensors"))
+    b = write_checkpoint(tmp_path / "plain.safetensors", seed=2, dtype=torch.float32)
+    res = merge_checkpoints(tmp_path / "inpaint.safetensors", tmp_path / "plain.safetensors",
+                            tmp_path / "o.safetensors", alpha=0.4)
+    got = load_file(str(tmp_path / "o.safetensors"))[key]
+    assert res.partial == [key] and got.shape == a[key].shape
+    assert _same(got[:, :4], torch.from_numpy(_ref_weighted(_f64(a[key][:, :4]), _f64(b[key]), 0.4)).float())
+    assert _same(got[:, 4:], a[key][:, 4:])
+    with pytest.raises(LoraStudioError) as exc:
+        merge_checkpoints(tmp_path / "plain.safetensors", tmp_path / "inpaint.safetensors",
+                          tmp_path / "o2.safetensors", alpha=0.4)
+    assert "\n" not in str(exc.value) and "inpainting model must be A" in str(exc.value)
+    assert not (tmp_path / "o2.safetensors").exists()
+
+
+def test_keys_only_in_one_model(sd15, tmp_path):
+    a = dict(sd15["a_sd"])
+    gone = "model.diffusion_model.output_blocks.3.0.in_layers.2.weight"
+    b = {k: v for k, v in sd15["b_sd"].items() if k != gone}
+    b["model_ema.decay"] = torch.tensor(0.99)                      # only in B: left out
+    save_file(b, str(tmp_path / "b.safetensors"))
+    res = merge_checkpoints(sd15["a"], tmp_path / "b.safetensors", tmp_path / "o.safetensors", alpha=0.5)
+    got = load_file(str(tmp_path / "o.safetensors"))
+    assert set(got) == set(a) and _same(got[gone], a[gone])       # only in A: A's tensor
+    assert res.missing_in_others == 1 and res.left_out == 1
+
+
+def test_shape_mismatch_and_different_architectures_refused_from_headers_alone(sd15, sdxl, tmp_path, monkeypatch):
+    reads = []
+    real_get = fileio.MappedTensors.get
+    monkeypatch.setattr(fileio.MappedTensors, "get", lambda self, k: reads.append(k) or real_get(self, k))
+    with pytest.raises(LoraStudioError) as exc:
+        merge_checkpoints(sd15["a"], sdxl["b"], tmp_path / "o.safetensors", alpha=0.5)
+    assert str(exc.value) == (f"model A '{sd15['a']}' is SD1 but model B '{sdxl['b']}' is SDXL; "
+                              f"merge models of one architecture")
+    b = dict(sd15["b_sd"])
+    b["model.diffusion_model.middle_block.0.in_layers.2.weight"] = torch.zeros(3, 3)
+    save_file(b, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(LoraStudioError) as exc:
+        merge_checkpoints(sd15["a"], tmp_path / "bad.safetensors", tmp_path / "o.safetensors", alpha=0.5)
+    assert "middle_block.0.in_layers.2.weight" in str(exc.value) and "\n" not in str(exc.value)
+    with pytest.raises(LoraStudioError, match="takes 26 .BASE first. or 25"):
+        merge_checkpoints(sd15["a"], sd15["b"], tmp_path / "o.safetensors", alpha=0.5, block_weights=[1] * 20)
+    assert reads == [] and not (tmp_path / "o.safetensors").exists()
+
+
+def test_unreadable_inputs_are_one_line(sd15, tmp_path):
+    trunc = tmp_path / "trunc.safetensors"
+    trunc.write_bytes(open(sd15["b"], "rb").read()[:100000])
+    text = tmp_path / "notes.safetensors"
+    text.write_text("hello")
+    pickle = tmp_path / "old.ckpt"
+    torch.save(dict(sd15["b_sd"]), str(pickle))
+    for bad, what in ((trunc, "truncated"), (text, "not a safetensors"), (tmp_path / "nope.safetensors", "not found"),
+                      (pickle, "pickle loading is disabled")):
+        with pytest.raises(LoraStudioError) as exc:
+            merge_checkpoints(sd15["a"], bad, tmp_path / "o.safetensors", alpha=0.5)
+        assert what in str(exc.value) and "\n" not in str(exc.value), str(exc.value)
+    # with the opt-in the pickle merges like its safetensors twin
+    merge_checkpoints(sd15["a"], pickle, tmp_path / "p.safetensors", alpha=0.5, allow_pickle=True)
+    merge_checkpoints(sd15["a"], sd15["b"], tmp_path / "s.safetensors", alpha=0.5)
+    p, s = load_file(str(tmp_path / "p.safetensors")), load_file(str(tmp_path / "s.safetensors"))
+    assert all(_same(p[k], s[k]) for k in s)
+
+
+def test_existing_output_is_refused_before_inputs_are_opened(sd15, tmp_path):
+    out = tmp_path / "o.safetensors"
+    out.write_bytes(b"mine")
+    with pytest.raises(LoraStudioError, match="exists"):
+        merge_checkpoints(tmp_path / "missing.safetensors", sd15["b"], out, alpha=0.5)
+    assert out.read_bytes() == b"mine"
+
+
+def test_stream_writer_is_byte_identical_and_mapped_reader_round_trips(tmp_path):
+    ts = {"w": torch.randn(5, 3).half(), "i": torch.arange(7), "b": torch.randn(4).bfloat16(),
+          "e": torch.zeros(0, 2), "s": torch.tensor(1.5)}
+    fileio.atomic_save_safetensors(ts, tmp_path / "x.safetensors", {"k": "v"})
+    specs = [(k, t.dtype, tuple(t.shape), (lambda t=t: (r for r in (t.reshape(-1)[i:i + 2]
+                                                                     for i in range(0, max(t.numel(), 1), 2)))))
+             for k, t in ts.items()]
+    fileio.atomic_save_safetensors_stream(specs, tmp_path / "y.safetensors", {"k": "?"},
+                                          final_metadata=lambda: {"k": "v"})
+    assert (tmp_path / "x.safetensors").read_bytes() == (tmp_path / "y.safetensors").read_bytes()
+    with fileio.MappedTensors(tmp_path / "y.safetensors") as m:
+        assert sorted(m.keys()) == sorted(ts) and m.metadata == {"k": "v"}
+        for k, t in ts.items():
+            v = m.get(k)
+            assert _same(v, t)
+            v.add_(1) if v.numel() and v.is_floating_point() else None   # copy-on-write: the file keeps its bytes
+        del v
+    assert (tmp_path / "x.safetensors").read_bytes() == (tmp_path / "y.safetensors").read_bytes()
+    bad = [("w", torch.float16, (5, 3), lambda: iter([torch.zeros(4, 3).half()]))]
+    with pytest.raises(LoraStudioError, match="internal error"):
+        fileio.atomic_save_safetensors_stream(bad, tmp_path / "z.safetensors")
+    assert not (tmp_path / "z.safetensors").exists()
+
+
+def test_numbers_presets_and_bad_weights(tmp_path):
+    from lib_lora.presets import PresetStore
+
+    user = tmp_path / "p.txt"
+    user.write_text("FLAT26:" + ",".join(["0.5"] * 26) + "\nXL20:" + ",".join(["1"] * 20) + "\nRND:" +
+                    ",".join(["R"] * 26) + "\n", encoding="utf-8")
+    store = PresetStore(None, user)
+    assert mc.resolve_weights("sd1", 0.1, "FLAT26", presets=store) == [0.5] * 26
+    assert mc.resolve_weights("sdxl", 0.1, "xl20", presets=store, base_alpha=0)[0] == 0
+    assert mc.resolve_weights("sd1", 0.1, "1 " * 26) == [1.0] * 26
+    for bw, what in (("XL20", "takes 26"), ("RND", "letters"), ("nothere", "neither a list")):
+        with pytest.raises(LoraStudioError, match=what):
+            mc.resolve_weights("sd1", 0.1, bw, presets=store)
+    with pytest.raises(LoraStudioError, match="finite"):
+        mc.resolve_weights("sd1", 0.1, [float("nan")] * 26)
