@@ -15,6 +15,7 @@ VERBS = {
     "bake": "bake",
     "bake-lora": "bake_lora",
     "tag": "tag",
+    "resize": "resize",
 }
 
 

@@ -16,12 +16,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Optional
 
-import torch
-
 from lib_lora import fileio
 from lib_lora.errors import LoraStudioError
-from lib_lora.merge import svd as _svd
 
+# torch is imported inside the functions: the CLI reads METHODS for its choices without it
+METHODS = ("none", "sv_ratio", "sv_fro", "sv_cumulative")
 _STALE = ("sshs_model_hash", "sshs_legacy_hash", "modelspec.hash_sha256")
 _KOHYA_SUFFIXES = {"down": "lora_down.weight", "up": "lora_up.weight"}
 
@@ -48,8 +47,8 @@ class ResizeResult:
 
 def check_method(method: str, param: Optional[float]) -> None:
     """One line for a method/parameter the rank rules cannot use."""
-    if method not in _svd.METHODS:
-        raise LoraStudioError(f"unknown resize method '{method}'; choose one of {', '.join(_svd.METHODS)}")
+    if method not in METHODS:
+        raise LoraStudioError(f"unknown resize method '{method}'; choose one of {', '.join(METHODS)}")
     if method == "none":
         return
     if param is None or not math.isfinite(param):
@@ -89,8 +88,11 @@ def _dense_shape(module, algo) -> Optional[tuple]:
 def module_svd(module):
     """(Svd of ΔW without the alpha scale, scale, old rank, weight shape, algorithm name) of one module, or
     a str saying why it cannot be resized without the model."""
+    import torch
+
     from lib_lora.algos import algorithm_of, compute_delta, rank_of
     from lib_lora.algos._common import rank_scale
+    from lib_lora.merge import svd as _svd
 
     a = algorithm_of(module)
     if a is None:
@@ -114,7 +116,10 @@ def resize_lora(src, out, rank: int, conv_rank: Optional[int] = None, method: st
                 param: Optional[float] = None, overwrite: bool = False,
                 progress: Optional[Callable] = None) -> ResizeResult:
     """Write `src` resized to `out` (kohya/LyCORIS key names). `progress(phase, done, total)`."""
+    import torch
+
     from lib_lora.bake_lora import _module_of
+    from lib_lora.merge import svd as _svd
     from lib_lora.network import load_network
 
     out = os.fspath(out)

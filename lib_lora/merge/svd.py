@@ -11,7 +11,6 @@ from typing import Optional
 
 import torch
 
-METHODS = ("none", "sv_ratio", "sv_fro", "sv_cumulative")
 MIN_SV = 1e-6  # a largest singular value at or below this is a zero matrix (rank 1 is kept, as sd-scripts does)
 
 

@@ -150,3 +150,21 @@ def test_bad_input_is_one_line_before_work(tmp_path):
         with pytest.raises(LoraStudioError):
             resize_lora(src, tmp_path / "o2.safetensors", rank=2, method=method, param=p)
     assert out.read_bytes() == b"keep"
+
+
+def test_lora_factorise_hook_is_exact_for_low_rank_deltas():
+    """The descriptor's factorise (ΔW → factors) round-trips through the registry's compute path."""
+    from lib_lora.algos import compute_delta, lora
+    from lib_lora.keys import LoraModule
+
+    g = torch.Generator().manual_seed(3)
+    for shape in ((64, 48), (32, 16, 3, 3)):
+        flat = (torch.randn(shape[0], 3, generator=g, dtype=torch.float64)
+                @ torch.randn(3, math.prod(shape[1:]), generator=g, dtype=torch.float64))
+        t = lora.ALGORITHM.factorise(flat.reshape(shape), 5)
+        assert t["lora_down.weight"].shape[0] == 5 and t["lora_down.weight"].shape[1:] == shape[1:]
+        m = LoraModule(key="m", layer="x", qkv=None, algo="lora",
+                       tensors={k: v for k, v in t.items() if k != "alpha"}, alpha=float(t["alpha"]), scale=None,
+                       dora_scale=None, slot=None, is_te=False, peft_dora=False)
+        back = compute_delta(m, torch.zeros(shape)).weight.double()
+        assert torch.allclose(back.reshape(shape[0], -1), flat, atol=1e-5 * float(flat.abs().max()))
