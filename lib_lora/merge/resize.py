@@ -59,7 +59,7 @@ def check_method(method: str, param: Optional[float]) -> None:
         raise LoraStudioError(f"{method} needs --param in (0, 1] (share of the norm kept); got {param:g}")
 
 
-def _dense_shape(module, algo) -> Optional[tuple]:
+def dense_shape(module, algo) -> Optional[tuple]:
     """Target weight shape of a module whose ΔW needs no model weight, read from its factors."""
     t = module.tensors
     if algo == "full":
@@ -85,31 +85,43 @@ def _dense_shape(module, algo) -> Optional[tuple]:
     return None
 
 
-def module_svd(module):
-    """(Svd of ΔW without the alpha scale, scale, old rank, weight shape, algorithm name) of one module, or
-    a str saying why it cannot be resized without the model."""
+def dense_delta(module):
+    """(ΔW at multiplier 1 as a 2-D fp64 matrix (out, in·kh·kw), weight shape) from the registry's compute
+    path, for any algorithm whose ΔW needs no model weight; a str saying why not otherwise."""
     import torch
 
-    from lib_lora.algos import algorithm_of, compute_delta, rank_of
-    from lib_lora.algos._common import rank_scale
-    from lib_lora.merge import svd as _svd
+    from lib_lora.algos import algorithm_of, compute_delta
 
     a = algorithm_of(module)
     if a is None:
         return f"algorithm '{module.algo}' is unknown"
     if a.base is not None or a.norm is None:
-        return f"{a.name.upper()} ΔW depends on the model weight; kept unchanged"
-    t = module.tensors
-    down, up = t.get("lora_down.weight"), t.get("lora_up.weight")
-    if a.name == "lora" and t.get("lora_mid.weight") is None and down is not None and up is not None:
+        return f"{a.name.upper()} ΔW depends on the model weight"
+    shape = dense_shape(module, a.name)
+    if shape is None:
+        return f"{a.name} modules have no low-rank form"
+    with torch.no_grad():
+        d = compute_delta(module, torch.empty(shape)).weight
+    return d.reshape(d.shape[0], -1).to(torch.float64), shape
+
+
+def module_svd(module):
+    """(Svd of ΔW without the alpha scale, scale, old rank, weight shape, algorithm name) of one module, or
+    a str saying why it cannot be resized without the model."""
+    from lib_lora.algos import rank_of
+    from lib_lora.algos._common import rank_scale
+    from lib_lora.merge import svd as _svd
+    from lib_lora.merge.lora_merge import plain_lora
+
+    if plain_lora(module):
+        down, up = module.tensors["lora_down.weight"], module.tensors["lora_up.weight"]
         r = int(down.shape[0])
         return _svd.lowrank_svd(up, down), rank_scale(module, r), r, (up.shape[0], *down.shape[1:]), "lora"
-    shape = _dense_shape(module, a.name)
-    if shape is None:
-        return f"{a.name} modules cannot be resized"
-    with torch.no_grad():
-        d = compute_delta(module, torch.empty(shape)).weight  # scale included: the new alpha is the new rank
-    return _svd.dense_svd(d), 1.0, rank_of(module), shape, a.name
+    got = dense_delta(module)
+    if isinstance(got, str):
+        return got + "; kept unchanged"
+    # the scale is inside ΔW here: the new alpha is the new rank
+    return _svd.dense_svd(got[0]), 1.0, rank_of(module), got[1], module.algo
 
 
 def resize_lora(src, out, rank: int, conv_rank: Optional[int] = None, method: str = "none",

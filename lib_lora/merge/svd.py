@@ -108,3 +108,13 @@ def shape_factors(up: torch.Tensor, down: torch.Tensor, shape: tuple) -> tuple:
     if len(shape) == 4:
         return up.reshape(shape[0], -1, 1, 1), down.reshape(down.shape[0], *shape[1:])
     return up, down
+
+
+def clamp(up: torch.Tensor, down: torch.Tensor, quantile: float) -> tuple:
+    """sd-scripts' optional clamp: both factors limited to ±(the `quantile` of |concat(up, down)|). Lossy:
+    applied only when asked."""
+    flat = torch.cat([up.reshape(-1), down.reshape(-1)]).abs().float()
+    if flat.numel() > 1 << 24:  # torch.quantile's input limit: a strided sample keeps the estimate
+        flat = flat[:: flat.numel() // (1 << 24) + 1]
+    hi = float(torch.quantile(flat, quantile))
+    return up.clamp(-hi, hi), down.clamp(-hi, hi)
