@@ -16,6 +16,7 @@ VERBS = {
     "bake-lora": "bake_lora",
     "tag": "tag",
     "resize": "resize",
+    "merge-loras": "merge_loras",
 }
 
 
