@@ -17,6 +17,7 @@ VERBS = {
     "tag": "tag",
     "resize": "resize",
     "merge-loras": "merge_loras",
+    "extract": "extract",
 }
 
 
