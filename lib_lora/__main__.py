@@ -16,6 +16,9 @@ VERBS = {
     "bake-lora": "bake_lora",
     "tag": "tag",
     "merge": "merge",
+    "resize": "resize",
+    "merge-loras": "merge_loras",
+    "extract": "extract",
 }
 
 

@@ -121,7 +121,16 @@ def narrow(suffix: str, t: torch.Tensor, n: int) -> torch.Tensor:
     return t
 
 
+def factorise(delta: torch.Tensor, rank: int) -> dict:
+    """ΔW → this algorithm's tensors: the optimal rank-`rank` LoRA (conv: LoCon layout), alpha = rank (scale 1).
+    The SVD lives in lib_lora.merge.svd (resize, extraction and LoRA merges share it)."""
+    from lib_lora.merge.svd import factorise as best_factors
+
+    up, down = best_factors(delta, rank)
+    return {"lora_down.weight": down, "lora_up.weight": up, "alpha": torch.tensor(float(up.shape[1]))}
+
+
 ALGORITHM = Algorithm(
     name="lora", suffixes=SUFFIXES, claims=lambda t: any(s in t for s in DOWN + UP), delta=delta, check=check,
     rank=rank, norm=norm, linear_in=("lora_up.weight", "lora_B.weight"), compact_kind="lowrank", compact=compact, in_width=in_width,
-    narrow=narrow)
+    narrow=narrow, factorise=factorise)
