@@ -82,6 +82,14 @@ def expand(values: Sequence[float], name: str | None = None) -> tuple[list[float
     return vec, listed
 
 
+def compress(vec26: Sequence[float], count: int) -> list[float]:
+    """Inverse of `expand` for the listed slots: the `count`-value list a 26-slot vector reads as (the merge
+    recipe records block weights this way)."""
+    if count not in FORMATS:
+        raise SyntaxProblem(count_message(count))
+    return [float(vec26[s]) for s in FORMATS[count]]
+
+
 def format_names(count: int) -> list[str]:
     """Block names of a format, in order (e.g. for UI sliders and messages)."""
     return [BLOCK_NAMES[s] for s in FORMATS[count]]

@@ -18,7 +18,6 @@ from tests.paths import REPO
 MERGER = r"""
 import sys
 from lib_lora import fileio
-from tests.faults.test_fileio_crash import tiny_disk  # noqa: F401  (the 1 MiB tmpfs fixture)
 from lib_lora.cli import progress
 fileio.USE_O_TMPFILE = sys.argv[1] == "1"
 said = []

@@ -12,7 +12,7 @@ from safetensors.torch import load_file, save_file
 from lib_lora import fileio
 from lib_lora.__main__ import main
 from tests.checkpoints import write_checkpoint
-from tests.test_cli_main import HEAVY, _cli, _imported
+from tests.lib_lora.cli.test_cli_main import HEAVY, _cli, _imported
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
