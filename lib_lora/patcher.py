@@ -206,39 +206,39 @@ class Patcher:
         host_arch = self.host.arch
         for active in actives:
             net = active.network
-            lr = LoraReport(net.name, active=active)
-            rep.loras.append(lr)
+            lrep = LoraReport(net.name, active=active)
+            rep.loras.append(lrep)
             net_arch = net.arch or "unknown"
             if net_arch != "unknown" and host_arch not in (None, "unknown") and net_arch != host_arch:
-                lr.error = str(ArchitectureMismatch(mismatch_message(lr.name, net_arch, host_arch)))
+                lrep.error = str(ArchitectureMismatch(mismatch_message(lrep.name, net_arch, host_arch)))
                 continue
             ident = network_identity(net)
             for key, mod in net.modules.items():
                 ref = self.host.get(mod.layer)
                 if ref is None:
-                    lr.skipped.append((key, f"layer {mod.layer} is not in the model"))
+                    lrep.skipped.append((key, f"layer {mod.layer} is not in the model"))
                     continue
                 qkv = mod.qkv
                 if qkv is not None and not ref.is_qkv:
-                    lr.skipped.append((key, f"layer {mod.layer} has no fused q/k/v"))
+                    lrep.skipped.append((key, f"layer {mod.layer} has no fused q/k/v"))
                     continue
                 fail = self._failed.get((ident, key, active.dyn))
                 if fail:
-                    lr.skipped.append((key, fail))
+                    lrep.skipped.append((key, fail))
                     continue
                 slot = mod.slot
                 if slot is None:
-                    lr.outside += 1
+                    lrep.outside += 1
                 else:
-                    lr.slots_used.add(slot)
+                    lrep.slots_used.add(slot)
                 m = effective_multiplier(active, mod, step)
                 if m == 0.0:
-                    lr.zero += 1
+                    lrep.zero += 1
                     continue
-                plan.setdefault(mod.layer, []).append((ident, key, qkv, active.dyn, m, mod, lr))
-                lr.applied += 1
+                plan.setdefault(mod.layer, []).append((ident, key, qkv, active.dyn, m, mod, lrep))
+                lrep.applied += 1
             if active.listed is not None:
-                lr.unlisted = sorted(s for s in lr.slots_used if not active.listed[s])
+                lrep.unlisted = sorted(s for s in lrep.slots_used if not active.listed[s])
         return plan
 
     # -- writing ----------------------------------------------------------------------------------
@@ -284,9 +284,9 @@ class Patcher:
         self._current[layer] = _DIRTY
         terms = []
         bases = _Bases(parts, backups)
-        for ident, key, qkv, dyn, m, mod, lr in contribs:
+        for ident, key, qkv, dyn, m, mod, lrep in contribs:
             t = time.perf_counter()
-            term = self._term(ident, key, dyn, mod, ref, qkv, bases, rep, lr)
+            term = self._term(ident, key, dyn, mod, ref, qkv, bases, rep, lrep)
             compute_s[0] += time.perf_counter() - t
             if term is not None:
                 terms.append((qkv, m, term))
@@ -348,7 +348,7 @@ class Patcher:
             buf = self._scratch_buf = torch.empty(numel, dtype=torch.float32, device=device)
         return buf[:numel]
 
-    def _term(self, ident, key, dyn, mod, ref, qkv, bases, rep, lr):
+    def _term(self, ident, key, dyn, mod, ref, qkv, bases, rep, lrep):
         """What to write for one module: factors for LoRA/LoCon, else a (cached when expensive) delta."""
         ckey = (ident, key, dyn)
         shape = ref.target_shape(qkv)
@@ -382,14 +382,14 @@ class Patcher:
                 if delta.bias is not None and base_b is None:
                     # A1111 would add a bias Parameter; we never change the module structure.
                     delta = type(delta)(delta.weight, None)
-                    lr.notes.append((key, "bias difference ignored: the layer has no bias"))
+                    lrep.notes.append((key, "bias difference ignored: the layer has no bias"))
                 _check_shape(delta, base_w, base_b)
                 term = _Dense(delta, ref.part_tensors()[0][0].dtype)
         except Exception as exc:  # one bad module never stops the others
             reason = f"cannot apply: {exc}"
             self._failed[ckey] = reason
-            lr.skipped.append((key, reason))
-            lr.applied -= 1
+            lrep.skipped.append((key, reason))
+            lrep.applied -= 1
             return None
         rep.deltas_computed += 1
         if algo is None or algo.cache:

@@ -15,12 +15,12 @@ def lora_lines(report) -> list[str]:
     """Per LoRA of a patcher ApplyReport: what was merged, at which multipliers (each report names its own
     ActiveLora, so nothing depends on the order of the reports)."""
     lines = []
-    for lr in report.loras:
-        a = lr.active
-        extra = (f", {lr.zero} at weight 0" if lr.zero else "") + (f", {len(lr.skipped)} skipped" if lr.skipped else "")
+    for lrep in report.loras:
+        a = lrep.active
+        extra = (f", {lrep.zero} at weight 0" if lrep.zero else "") + (f", {len(lrep.skipped)} skipped" if lrep.skipped else "")
         mult = f"te {a.te:g}, unet {a.unet:g}, " if a is not None else ""
-        lines.append(f"{a.network.name if a is not None else lr.name}: {mult}{lr.applied} modules merged{extra}")
-        lines += [f"  skipped {key}: {why}" for key, why in lr.skipped[:5]]
+        lines.append(f"{a.network.name if a is not None else lrep.name}: {mult}{lrep.applied} modules merged{extra}")
+        lines += [f"  skipped {key}: {why}" for key, why in lrep.skipped[:5]]
     return lines
 
 
