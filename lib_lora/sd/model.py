@@ -147,6 +147,22 @@ class SDModel(nn.Module):
         emb = timestep_embedding(nums.reshape(-1), SIZE_EMBED_DIM).reshape(b, 6 * SIZE_EMBED_DIM)
         return torch.cat([pooled, emb.to(pooled.dtype)], dim=1)
 
+    # ------------------------------------------------------------ latents
+    def encode_latents(self, images: torch.Tensor, sample: bool = True, generator=None) -> torch.Tensor:
+        """Images in [-1, 1] (B, 3, H, W) → scaled latents: a draw from the VAE's posterior (sd-scripts'
+        `latent_dist.sample()`), or its mean with sample=False, times `scale_factor`."""
+        if "vae" not in self.parts:
+            raise LoraStudioError("this model was loaded without its VAE: load it with parts including 'vae'")
+        mean, logvar = self.vae.encode(images)
+        if sample:
+            noise = torch.randn(mean.shape, generator=generator, dtype=torch.float32).to(mean.device, mean.dtype)
+            mean = mean + torch.exp(0.5 * logvar) * noise
+        return mean * self.scale_factor
+
+    def decode_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        """Scaled latents → images in [-1, 1] (not clamped)."""
+        return self.vae.decode(latents / self.scale_factor)
+
     def set_gradient_checkpointing(self, on: bool = True) -> None:
         if self.unet is not None:
             self.unet.set_gradient_checkpointing(on)

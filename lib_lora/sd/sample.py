@@ -54,7 +54,7 @@ def generate(model, prompt: str, negative: str = "", *, seed: int, steps: int = 
         x = _euler(eps, noise, ac, steps, progress)
     else:
         x = _ddim(eps, noise, ac, steps, progress)
-    image = model.vae.decode(x / model.scale_factor).float()
+    image = model.decode_latents(x).float()
     image = ((image[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(np.ascontiguousarray(image))
 

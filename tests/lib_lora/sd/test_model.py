@@ -60,6 +60,13 @@ def test_tiny_sd1_forward(tiny_sd1):
         mean, logvar = m.vae.encode(torch.rand(1, 3, 64, 32) * 2 - 1)
         assert mean.shape == logvar.shape == (1, 4, 8, 4)
         assert m.vae.decode(mean).shape == (1, 3, 64, 32)
+        img = torch.rand(1, 3, 64, 32) * 2 - 1
+        lat = m.encode_latents(img, sample=False)
+        assert torch.allclose(lat, m.vae.encode(img)[0] * 0.18215)
+        a = m.encode_latents(img, generator=torch.Generator().manual_seed(1))
+        b = m.encode_latents(img, generator=torch.Generator().manual_seed(1))
+        assert torch.equal(a, b) and not torch.equal(a, lat)
+        assert m.decode_latents(lat).shape == (1, 3, 64, 32)
 
 
 def test_tiny_sdxl_forward(tiny_sdxl):
