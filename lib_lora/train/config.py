@@ -454,3 +454,23 @@ def dataset_specs(cfg: TrainConfig, warnings: list | None = None) -> list[Datase
     if cfg.reg_data_dir:
         spec.subsets += folder_subsets(cfg.reg_data_dir, True, common, warnings)
     return [spec]
+
+
+@dataclass
+class TrainCliOptions:
+    """`train`: the command line around a config file."""
+    config: str | None = option(None, metavar="FILE.toml", help="sd-scripts style training config (TOML)")
+    dataset_config: str | None = option(None, metavar="FILE.toml",
+                                        help="sd-scripts dataset TOML (overrides the config's dataset_config)")
+    validate_only: bool = option(False, help="print the dataset report and the step count, then stop")
+    prepare_from: str | None = option(None, metavar="DIR", group="prepare a folder",
+                                      help="copy/link this tagged folder into <repeats>_<concept> and stop")
+    into: str | None = option(None, metavar="DIR", group="prepare a folder",
+                              help="where the <repeats>_<concept> folder is made")
+    concept: str | None = option(None, group="prepare a folder", help="concept (trigger) name")
+    target_steps: int = option(1500, low=1, group="prepare a folder", help="steps the repeats aim at (1500)")
+    epochs: int = option(10, low=1, group="prepare a folder", help="epochs the repeats are for (10)")
+    batch_size: int = option(1, low=1, group="prepare a folder", help="batch size the repeats are for (1)")
+    mode: str = option("copy", choices=("copy", "link", "symlink"), group="prepare a folder",
+                       help="copy the files, hard-link them (copy across drives) or symlink them")
+    quiet: bool = option(False, help="no progress line")
