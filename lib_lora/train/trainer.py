@@ -37,6 +37,7 @@ BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 MODELSPEC_ARCH = {"sd1": "stable-diffusion-v1/lora", "sd2": "stable-diffusion-v2-512/lora",
                   "sdxl": "stable-diffusion-xl-v1-base/lora"}
 TRAINER_VERSION = "lora-studio"
+_TEXT_CACHE_MAX = 4096
 
 
 def _seed_of(*parts) -> int:
@@ -495,9 +496,10 @@ class Trainer:
     def _encode_text(self, model, captions, items, train_te: bool, device):
         cfg = self.cfg
         max_len = cfg.max_token_length or 75
-        ctx_mgr = _null() if train_te else torch.no_grad()
-        with ctx_mgr:
+        if train_te:
             context, pooled = model.encode_text(captions, clip_skip=cfg.clip_skip, max_length=max_len)
+        else:
+            context, pooled = self._cached_text(model, captions, max_len)
         y = None
         if model.arch == "sdxl":
             sizes = [(it.size[1], it.size[0]) for it in items]
@@ -506,6 +508,23 @@ class Trainer:
             targets = [(it.bucket[1], it.bucket[0]) for it in items]
             y = model.sdxl_vector(pooled, sizes, crops, targets)
         return context, y
+
+    def _cached_text(self, model, captions, max_len):
+        """Frozen text encoders give the same output for the same caption: keep it (bounded), encode only
+        new captions; exactly what encoding every step gives."""
+        cache = getattr(self, "_text_cache", None)
+        if cache is None or len(cache) > _TEXT_CACHE_MAX:
+            cache = self._text_cache = {}
+        new = [c for c in dict.fromkeys(captions) if c not in cache]
+        if new:
+            with torch.no_grad():
+                ctx, pooled = model.encode_text(new, clip_skip=self.cfg.clip_skip, max_length=max_len)
+            for i, c in enumerate(new):
+                cache[c] = (ctx[i], None if pooled is None else pooled[i])
+        rows = [cache[c] for c in captions]
+        context = torch.stack([r[0] for r in rows])
+        pooled = None if rows[0][1] is None else torch.stack([r[1] for r in rows])
+        return context, pooled
 
     # -- metadata ----------------------------------------------------------------------------------------
     def _metadata(self, report, net, opt_desc, seed, session_id, started_at, total_steps, epochs,
