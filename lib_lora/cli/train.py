@@ -39,7 +39,7 @@ def run(args) -> int:
     if o.dataset_config:
         cfg.dataset_config = o.dataset_config
     if o.validate_only:
-        report = validate(cfg)
+        report = validate(cfg, check_model=True)
         print(report.format())
         return 0 if report.ok else 1
     from lib_lora.cli.progress import PhaseProgress

@@ -440,11 +440,15 @@ def step_counts(datasets: list[Dataset], cfg, num_processes: int = 1) -> dict:
             "max_train_steps": steps}
 
 
-def validate(cfg, num_processes: int = 1) -> Report:
-    """Scan the datasets a config names; the report lists everything found (problems block a run)."""
+def validate(cfg, num_processes: int = 1, check_model: bool = False) -> Report:
+    """Scan the datasets a config names; the report lists everything found (problems block a run).
+    `check_model`: also that the base checkpoint file exists (not when the caller brings the model)."""
     from lib_lora.train.config import dataset_specs
 
     report = Report([])
+    if check_model and not os.path.isfile(cfg.pretrained_model_name_or_path):
+        report.problems.append(f"base checkpoint '{cfg.pretrained_model_name_or_path}' is not a file; set "
+                               "pretrained_model_name_or_path to a .safetensors checkpoint.")
     try:
         specs = dataset_specs(cfg, report.warnings)
     except LoraStudioError as exc:

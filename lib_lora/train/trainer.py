@@ -235,7 +235,7 @@ class Trainer:
         device = acc.device if acc else torch.device("cuda" if torch.cuda.is_available() else "cpu")
         say = self.log if main else (lambda *_a, **_k: None)
 
-        report = D.validate(cfg, num_processes=world)
+        report = D.validate(cfg, num_processes=world, check_model=self.model is None)
         report.raise_if_blocked()
         for w in report.warnings:
             say("warning: " + w)
