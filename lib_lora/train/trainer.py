@@ -29,7 +29,7 @@ from lib_lora.errors import LoraStudioError
 from lib_lora.train import dataset as D
 from lib_lora.train import optim as O
 from lib_lora.train import state as S
-from lib_lora.train.config import TrainConfig, optimizer_name
+from lib_lora.train.config import TrainConfig, parse_resolution
 from lib_lora.train.network import TrainNetwork, build_network
 
 SAVE_DTYPES = {"float": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16, None: None}
@@ -153,7 +153,12 @@ def model_layers(model) -> list:
 
 
 def load_base_model(cfg: TrainConfig, device, dtype):
-    from lib_lora.sd import load_model
+    try:
+        from lib_lora.sd import load_model
+    except ImportError:
+        raise LoraStudioError("this build has no built-in SD model (lib_lora.sd) to load "
+                              f"'{cfg.pretrained_model_name_or_path}'; train from the WebUI tab or update "
+                              "LoRA Studio.") from None
 
     return load_model(cfg.pretrained_model_name_or_path, dtype=dtype)
 
@@ -373,9 +378,10 @@ class Trainer:
                     break
                 ds = datasets[di]
                 last_of_group = (bi_global + 1) % ga == 0 or bi_global + 1 == len(plan)
+                # network dropouts (also in the text encoder, run inside _batch) draw from the global RNG
+                torch.manual_seed(_seed_of(seed, "step", global_step, bi_global, rank))
                 batch = self._batch(model, ds, idx, epoch + 1, bi, rank * per_rank[di], seed, global_step,
                                     total_steps, device, train_te)
-                torch.manual_seed(_seed_of(seed, "step", global_step, rank))   # network dropouts
                 sync = acc.no_sync(step_module) if (acc and world > 1 and not last_of_group) else _null()
                 with sync:
                     loss = step_module(*batch)
@@ -599,7 +605,7 @@ class Trainer:
 
     def _modelspec(self, arch: str, name: str) -> dict:
         cfg = self.cfg
-        res = D.C.parse_resolution(cfg.resolution)
+        res = parse_resolution(cfg.resolution)
         return {"modelspec.sai_model_spec": "1.0.1", "modelspec.architecture": MODELSPEC_ARCH[arch],
                 "modelspec.implementation": "https://github.com/Stability-AI/generative-models" if arch == "sdxl"
                 else "diffusers",
@@ -642,6 +648,9 @@ def _to(model, device) -> None:
 
 
 def _alphas_cumprod(model) -> torch.Tensor:
+    own = getattr(model, "alphas_cumprod", None)    # a model may bring its own noise schedule
+    if own is not None:
+        return torch.as_tensor(own)
     from lib_lora.sd import schedule
 
     return schedule.alphas_cumprod()
