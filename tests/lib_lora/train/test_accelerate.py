@@ -20,11 +20,12 @@ pytestmark = [pytest.mark.slow,
 
 SCRIPT = """
 import sys, torch
-from lib_lora.sd import build_model
 from lib_lora.train.config import load_config
 from lib_lora.train.trainer import Trainer
+from tests.lib_lora.train.helpers import tiny_model
+torch.set_num_threads(1)
 cfg = load_config(sys.argv[1])
-Trainer(cfg, model=build_model("sd1", "tiny", seed=0, dtype=torch.float32), log=lambda *a: None).run()
+Trainer(cfg, model=tiny_model(), log=lambda *a: None).run()
 """
 
 
@@ -52,5 +53,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tmp_path):
     a, _ = fileio.read_tensors(str(tmp_path / "one" / "dp.safetensors"))
     b, md = fileio.read_tensors(str(tmp_path / "two" / "dp.safetensors"))
     assert a.keys() == b.keys() and md["ss_total_batch_size"] == "2"
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6, rtol=1e-4), k
+    # the same samples, noise and steps; only the all-reduce sums in another order. Adam turns those last-bit
+    # differences into ~1e-5 (measured 2e-5); another sample or noise anywhere moves weights by ~lr = 1e-3
+    diff = max(float((a[k] - b[k]).abs().max()) for k in a)
+    assert diff < 1e-4, diff
