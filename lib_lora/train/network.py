@@ -142,12 +142,34 @@ class TrainNetwork(nn.Module):
         self.layer_of[key] = layer
 
     def apply_to(self) -> None:
-        for m in self.loras.values():
-            m.apply_to()
+        """Hook every module in. Plain LoRA/LoCon without rank/module dropout, Tucker, DoRA or scalar runs a
+        lean x → down → up forward on the LyCORIS module's own weights (its generic forward re-dispatches a
+        kernel backend per call, which is most of the loop's overhead on small layers); the rest use LyCORIS'
+        forward."""
+        self._hooked = []
+        for key, m in self.loras.items():
+            org = m.org_module[0]
+            if self._lean(m):
+                m.org_forward = org.forward
+                org.forward = _lean_forward(m, org.forward, self.spec.module == "networks.lora")
+                self._hooked.append(org)
+            else:
+                m.apply_to()
+
+    def _lean(self, m) -> bool:
+        from lycoris.modules import LoConModule
+
+        return (type(m) is LoConModule and not m.tucker and not m.wd and not self.spec.rank_dropout
+                and not self.spec.module_dropout and not self.spec.extra.get("use_scalar")
+                and not self.spec.extra.get("rs_lora"))
 
     def restore(self) -> None:
+        for org in getattr(self, "_hooked", []):
+            org.__dict__.pop("forward", None)       # back to the class's own forward
+        self._hooked = []
         for m in self.loras.values():
-            m.restore()
+            if not self._lean(m):
+                m.restore()
 
     def param_groups(self, unet_lr, te_lr) -> list[dict]:
         groups = []
@@ -188,6 +210,24 @@ class TrainNetwork(nn.Module):
 
     def metadata_args(self) -> str:
         return json.dumps(self.spec.args)
+
+
+def _lean_forward(m, org_forward, kohya_dropout: bool):
+    """org(x) + up(down(x))·alpha/dim·multiplier; dropout where each network type puts it (sd-scripts'
+    networks.lora on the rank activations, LyCORIS on the module output)."""
+    down, up = m.lora_down, m.lora_up
+    drop = nn.functional.dropout
+
+    def forward(x, *args, **kwargs):
+        p = m.dropout.p if isinstance(m.dropout, nn.Dropout) else 0.0
+        h = down(x)
+        if kohya_dropout and p and m.training:
+            h = drop(h, p)
+        out = up(h) * (m.scale * m.multiplier)
+        if not kohya_dropout and p and m.training:
+            out = drop(out, p)
+        return org_forward(x, *args, **kwargs) + out
+    return forward
 
 
 def build_network(cfg: TrainConfig, arch: str, layers, seed: int) -> TrainNetwork:
