@@ -45,13 +45,8 @@ def _cfg(tmp: Path, data: Path, a):
 def _model(a):
     import torch
 
-    try:
-        from lib_lora.sd import build_model
-    except ImportError:              # until lib_lora.sd is in the tree: the tests' runnable tiny SD1 stand-in
-        if a.size != "tiny":
-            raise SystemExit("--size full needs lib_lora.sd")
-        from tests.lib_lora.train.tinysd import build
-        return build(seed=0)
+    from lib_lora.sd import build_model
+
     return build_model("sd1", a.size, seed=0, dtype=torch.float32)
 
 

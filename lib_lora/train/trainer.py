@@ -177,7 +177,8 @@ def _model_hashes(path: str | None) -> dict:
 
 def kohya_hashes(tensors: dict, metadata: dict) -> dict:
     """sshs_model_hash (sha256 of the data section) and sshs_legacy_hash (8 hex of sha256 over 64 KiB at
-    1 MiB of the file) of the file these tensors + metadata make, as sd-scripts precomputes them."""
+    1 MiB of the file these tensors make with only the ss_* metadata), as sd-scripts precomputes them."""
+    metadata = {k: v for k, v in metadata.items() if k.startswith("ss_")}   # as sd-scripts hashes
     head, items = fileio._st_layout(tensors, metadata)
     body = hashlib.sha256()
     window = bytearray()
@@ -503,7 +504,7 @@ class Trainer:
         cfg = self.cfg
         max_len = cfg.max_token_length or 75
         if train_te:
-            context, pooled = model.encode_text(captions, clip_skip=cfg.clip_skip, max_length=max_len)
+            context, pooled = model.encode_text(captions, clip_skip=cfg.clip_skip or 1, max_length=max_len)
         else:
             context, pooled = self._cached_text(model, captions, max_len)
         y = None
@@ -524,7 +525,7 @@ class Trainer:
         new = [c for c in dict.fromkeys(captions) if c not in cache]
         if new:
             with torch.no_grad():
-                ctx, pooled = model.encode_text(new, clip_skip=self.cfg.clip_skip, max_length=max_len)
+                ctx, pooled = model.encode_text(new, clip_skip=self.cfg.clip_skip or 1, max_length=max_len)
             for i, c in enumerate(new):
                 cache[c] = (ctx[i], None if pooled is None else pooled[i])
         rows = [cache[c] for c in captions]

@@ -1,4 +1,4 @@
-"""A small runnable SD1-shaped model for the trainer tests while `lib_lora.sd` is not in the tree: a U-Net
+"""A small runnable SD1-shaped model whose random weights let a LoRA learn (the memorisation test): a U-Net
 with a ResBlock, cross-attention transformers, a downsampler and an upsampler under their real SD1 compvis
 names (input_blocks.1.1.transformer_blocks.0.attn2.to_k, …), a transformers CLIP text encoder (HF names under
 cond_stage_model.transformer.) and a convolutional VAE encoder. Random weights, small widths; the same
