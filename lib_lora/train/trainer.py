@@ -245,6 +245,9 @@ class Trainer:
         report.raise_if_blocked()
         for w in report.warnings:
             say("warning: " + w)
+        final = os.path.join(cfg.output_dir, f"{cfg.name}.safetensors")
+        if main and os.path.exists(final):     # before any minute is spent: nothing is overwritten
+            raise LoraStudioError(f"'{final}' exists; choose another output_name or move the file away.")
         seed = cfg.seed if cfg.seed is not None else secrets.randbelow(1 << 31)
         if cfg.mixed_precision == "fp16" and device.type == "cpu":
             say("note: fp16 autocast is not available on the CPU; training in bf16 autocast.")
@@ -329,9 +332,6 @@ class Trainer:
         out_dir = cfg.output_dir
         if main:
             os.makedirs(out_dir, exist_ok=True)
-            final = os.path.join(out_dir, f"{name}.safetensors")
-            if os.path.exists(final):
-                raise LoraStudioError(f"'{final}' exists; choose another output_name or move the file away.")
         metadata = self._metadata(report, net, opt_desc, seed, session_id, started_at, total_steps, epochs,
                                   batches_per_epoch, world, arch, te_lr, unet_lr, warm) if main else {}
         logger = _Logger(cfg, main)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -10,8 +11,9 @@ from tests.paths import REPO
 
 
 def cli(*args):
+    env = dict(os.environ, OMP_NUM_THREADS="1")     # small model, shared cores: one thread is much faster
     return subprocess.run([sys.executable, "-m", "lib_lora", "train", *args], cwd=str(REPO), capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=300, env=env)
 
 
 def write_cfg(path, data, extra=""):
@@ -53,3 +55,27 @@ def test_prepare_folder(tmp_path):
             "--target-steps", "80", "--epochs", "2")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "train" / "5_toy" / "img3.txt").read_text() == "toy, color3, pattern0"
+
+
+def test_trains_from_a_checkpoint_file(tmp_path):
+    """The whole CLI path: a single-file checkpoint loaded by lib_lora.sd, one epoch, the final file."""
+    import torch
+
+    from lib_lora import fileio
+    from lib_lora.sd.model import build_model, save_model
+
+    save_model(build_model("sd1", "tiny", seed=0, dtype=torch.float32), tmp_path / "m.safetensors")
+    data = make_images(tmp_path / "data")
+    cfg = write_cfg(tmp_path / "c.toml", data, 'output_name = "cli"\nnetwork_dim = 2\nlearning_rate = 1e-3\n'
+                    f'logging_dir = "{tmp_path / "logs"}"\n').read_text().replace("max_train_epochs = 5",
+                                                                                 "max_train_epochs = 1")
+    (tmp_path / "c.toml").write_text(cfg)
+    r = cli("--config", str(tmp_path / "c.toml"), "--quiet")
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = tmp_path / "out" / "cli.safetensors"
+    assert r.stdout.strip() == str(out) and "(tensorboard)" in r.stderr
+    md = fileio.read_metadata(str(out))
+    assert md["ss_sd_model_name"] == "m.safetensors" and len(md["ss_new_sd_model_hash"]) == 64
+    assert md["ss_steps"] == "8" and md["ss_base_model_version"] == "sd_v1"
+    r2 = cli("--config", str(tmp_path / "c.toml"), "--quiet")        # never overwrites a finished LoRA
+    assert r2.returncode == 2 and "exists" in r2.stderr and "Traceback" not in r2.stderr
