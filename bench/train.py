@@ -105,7 +105,7 @@ def run_baseline(a, tmp: Path, data: Path) -> dict:
     with torch.no_grad():
         mean, logvar = model.vae.encode(imgs)
         lat = (mean + torch.exp(0.5 * logvar) * torch.randn_like(mean)) * model.scale_factor
-        ctx, _ = model.encode_text([f.with_suffix(".txt").read_text() for f in files], clip_skip=None,
+        ctx, _ = model.encode_text([f.with_suffix(".txt").read_text() for f in files], clip_skip=1,
                                    max_length=75)
     acp = _alphas_cumprod(model)
     rng = random.Random(0)

@@ -6,6 +6,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from tests.lib_lora.train.helpers import make_images
 from tests.paths import REPO
 
@@ -57,6 +59,7 @@ def test_prepare_folder(tmp_path):
     assert (tmp_path / "train" / "5_toy" / "img3.txt").read_text() == "toy, color3, pattern0"
 
 
+@pytest.mark.slow
 def test_trains_from_a_checkpoint_file(tmp_path):
     """The whole CLI path: a single-file checkpoint loaded by lib_lora.sd, one epoch, the final file."""
     import torch
