@@ -107,3 +107,30 @@ def test_cancel_stops_after_the_step_and_writes_nothing_partial(tmp_path):
     res = run(config(tmp_path, data), cancel=lambda: True)
     assert res.cancelled and res.steps == 1 and res.files == []
     assert not os.path.exists(tmp_path / "out") or os.listdir(tmp_path / "out") == []
+
+
+def test_gradient_checkpointing_and_bf16(tmp_path):
+    data = make_images(tmp_path / "data")
+    a = run(config(tmp_path / "a", data, max_train_epochs=None, max_train_steps=2))
+    b = run(config(tmp_path / "b", data, max_train_epochs=None, max_train_steps=2, gradient_checkpointing=True))
+    assert a.losses == b.losses                                   # recomputation gives the same gradients
+    ta, _ = fileio.read_tensors(a.files[-1])
+    tb, _ = fileio.read_tensors(b.files[-1])
+    assert all(torch.equal(ta[k], tb[k]) for k in ta)
+    c = run(config(tmp_path / "c", data, max_train_epochs=None, max_train_steps=2, mixed_precision="bf16",
+                   save_precision="fp16"))
+    tc, md = fileio.read_tensors(c.files[-1])
+    assert md["ss_mixed_precision"] == "bf16" and all(t.dtype == torch.float16 for t in tc.values())
+    assert abs(c.losses[0][1] - a.losses[0][1]) < 0.05 * a.losses[0][1]
+
+
+def test_sdxl_files_name_both_text_encoders(tmp_path):
+    data = make_images(tmp_path / "data")
+    res = run(config(tmp_path, data, max_train_epochs=None, max_train_steps=1, bucket_reso_steps=32),
+              tiny_model("sdxl"))
+    tensors, md = fileio.read_tensors(res.files[-1])
+    assert md["ss_base_model_version"] == "sdxl_base_v1-0"
+    prefixes = {k.split("_", 2)[1] for k in tensors}
+    assert prefixes == {"unet", "te1", "te2"}
+    net = load_network(res.files[-1])
+    assert net.arch == "sdxl" and not net.skipped
