@@ -15,8 +15,6 @@ from __future__ import annotations
 import dataclasses
 import importlib
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from lib_lora.errors import LoraStudioError
 from lib_lora.options import OptionsError, fields as option_fields, option, problems

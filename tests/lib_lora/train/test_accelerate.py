@@ -9,7 +9,6 @@ import subprocess
 import sys
 
 import pytest
-import torch
 
 from lib_lora import fileio
 from tests.lib_lora.train.helpers import make_images
