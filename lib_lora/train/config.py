@@ -74,7 +74,6 @@ class TrainConfig:
     random_crop: bool = option(False, group=G_DATA, help="random crop offset instead of centre")
     prior_loss_weight: float = option(1.0, group=G_DATA, low=0.0, help="loss weight of regularisation images")
     cache_latents: bool = option(False, group=G_DATA, help="encode images once and keep the latents in memory")
-    cache_latents_to_disk: bool = option(False, group=G_DATA, help="also keep latents in .npz files")
     vae_batch_size: int = option(1, group=G_DATA, low=1, help="images per VAE call when caching")
     max_data_loader_n_workers: int = option(8, group=G_DATA, low=0,
                                             help="accepted for compatibility (data is prepared in-process)")
@@ -107,7 +106,6 @@ class TrainConfig:
     gradient_checkpointing: bool = option(False, group=G_OPT, help="recompute activations (less memory)")
     mixed_precision: str = option("no", group=G_OPT, choices=MIXED, help="autocast precision")
     seed: int | None = option(None, group=G_OPT, help="random seed (default: a random one, recorded)")
-    scale_weight_norms: float | None = option(None, group=G_OPT, low=0.0, help="cap each module's ΔW norm")
     # noise / loss
     noise_offset: float | None = option(None, group=G_NOISE, low=0.0, help="noise offset (0.05-0.1)")
     multires_noise_iterations: int | None = option(None, group=G_NOISE, low=0, help="multires noise iterations")
@@ -223,6 +221,7 @@ KNOWN_UNSUPPORTED = {
     "loraplus_text_encoder_lr_ratio": None, "resize_interpolation": None, "log_tracker_name": None,
     "log_tracker_config": None, "log_config": False, "metadata_title": None, "metadata_author": None,
     "metadata_description": None, "metadata_license": None, "metadata_tags": None, "mem_eff_save": False,
+    "scale_weight_norms": None, "cache_latents_to_disk": False,
 }
 
 

@@ -561,7 +561,7 @@ class Trainer:
             "ss_caption_dropout_every_n_epochs": cfg.caption_dropout_every_n_epochs,
             "ss_caption_tag_dropout_rate": cfg.caption_tag_dropout_rate, "ss_face_crop_aug_range": None,
             "ss_prior_loss_weight": cfg.prior_loss_weight, "ss_min_snr_gamma": cfg.min_snr_gamma,
-            "ss_scale_weight_norms": cfg.scale_weight_norms, "ss_ip_noise_gamma": None,
+            "ss_scale_weight_norms": None, "ss_ip_noise_gamma": None,
             "ss_debiased_estimation": False, "ss_noise_offset_random_strength": False,
             "ss_ip_noise_gamma_random_strength": False, "ss_loss_type": cfg.loss_type, "ss_huber_schedule": None,
             "ss_huber_scale": None, "ss_huber_c": None, "ss_fp8_base": False, "ss_fp8_base_unet": False,
