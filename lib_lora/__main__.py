@@ -19,6 +19,7 @@ VERBS = {
     "resize": "resize",
     "merge-loras": "merge_loras",
     "extract": "extract",
+    "train": "train",
 }
 
 

@@ -1,0 +1,67 @@
+"""`python -m lib_lora train --config FILE.toml [--validate-only]`: train a LoRA from an sd-scripts style
+config; `accelerate launch -m lib_lora train …` runs it data-parallel. `--prepare-from` makes a
+<repeats>_<concept> folder for a target step count instead."""
+
+from __future__ import annotations
+
+import sys
+
+from lib_lora.options import add_arguments as add_options, from_args
+from lib_lora.train.config import TrainCliOptions
+
+HELP = ("train a LoRA/LyCORIS from kohya folders or a dataset TOML with an sd-scripts config (--validate-only: "
+        "the dataset report and step count)")
+
+
+def add_arguments(parser) -> None:
+    add_options(parser, TrainCliOptions)
+
+
+def run(args) -> int:
+    from lib_lora.errors import LoraStudioError
+
+    o = from_args(TrainCliOptions, args)
+    if o.prepare_from:
+        from lib_lora.train.dataset import prepare_folder
+
+        if not (o.into and o.concept):
+            raise LoraStudioError("--prepare-from needs --into DIR and --concept NAME.")
+        dest = prepare_folder(o.prepare_from, o.into, o.concept, o.target_steps, o.epochs, o.batch_size,
+                              mode=o.mode)
+        print(f"prepared {dest}")
+        return 0
+    if not o.config:
+        raise LoraStudioError("give --config FILE.toml (an sd-scripts style training config).")
+    from lib_lora.train.config import load_config
+    from lib_lora.train.dataset import validate
+
+    cfg = load_config(o.config)
+    if o.dataset_config:
+        cfg.dataset_config = o.dataset_config
+    if o.validate_only:
+        report = validate(cfg, check_model=True)
+        print(report.format())
+        return 0 if report.ok else 1
+    from lib_lora.cli.progress import PhaseProgress
+    from lib_lora.train.trainer import Trainer
+
+    bar = PhaseProgress({"train": "steps"}, enabled=False if o.quiet else None)
+    def progress(p) -> None:
+        bar("train", p.step, p.total)
+        if not bar.enabled and not o.quiet and (p.step == p.total or p.step % 50 == 0):   # logs: a line now and then
+            eta = "" if p.eta is None else f", ETA {int(p.eta) // 60}:{int(p.eta) % 60:02d}"
+            print(f"step {p.step}/{p.total} epoch {p.epoch}/{p.epochs} loss {p.loss:.4f}{eta}", file=sys.stderr)
+
+    def log(msg: str) -> None:
+        bar.close()
+        print(msg, file=sys.stderr)
+
+    try:
+        result = Trainer(cfg, progress=progress, log=log).run()
+    finally:
+        bar.close()
+    for f in result.files:
+        print(f)
+    if result.log_kind:
+        print(f"log: {result.log_path} ({result.log_kind})", file=sys.stderr)
+    return 0

@@ -1,0 +1,261 @@
+"""The trained network: lycoris-lora modules (LoRA/LoCon, LoHa, LoKr) wrapped around the model's layers and
+saved under kohya key names (`lora_unet_…`, `lora_te_…`, `lora_te1_…`/`lora_te2_…`).
+
+Which layers are trained and what each is called come from the core, so a saved file loads back through
+`lib_lora.network.load_network` exactly as the merge tools' files do: the target rule and the layer → kohya
+key map are `lib_lora.merge.extract`'s (kohya's choice of layers: transformer linears/1×1 projections of the
+U-Net and the text encoders' attention/MLP; with a conv rank also the ResNet, down- and upsampler layers).
+Ranks as sd-scripts: linear and 1×1 layers take network_dim/alpha, 3×3 convs conv_dim/conv_alpha.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from lib_lora.errors import LoraStudioError
+from lib_lora.train.config import LYCORIS_ALGOS, TrainConfig, parse_kv_args
+
+_BOOL_ARGS = ("use_tucker", "use_scalar", "rank_dropout_scale", "dora_wd", "wd_on_output", "rs_lora",
+              "full_matrix", "unbalanced_factorization", "bypass_mode")
+_KNOWN_ARGS = {
+    "networks.lora": {"conv_dim", "conv_alpha", "rank_dropout", "module_dropout"},
+    "lycoris.kohya": {"algo", "conv_dim", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "preset",
+                      "factor", "decompose_both", "block_size", *_BOOL_ARGS},
+}
+
+
+@dataclass
+class NetworkSpec:
+    module: str
+    algo: str                  # lora | loha | lokr
+    dim: int
+    alpha: float
+    conv_dim: int              # 0: 3×3 convs not trained
+    conv_alpha: float
+    dropout: float
+    rank_dropout: float
+    module_dropout: float
+    extra: dict                # LyCORIS keyword arguments (factor, use_tucker, dora_wd, …)
+    args: dict                 # network_args as given (for ss_network_args)
+
+
+def _str_bool(v: str) -> bool:
+    return str(v).strip().lower() not in ("false", "0", "no", "")
+
+
+def network_spec(cfg: TrainConfig) -> NetworkSpec:
+    """network_module + network_dim/alpha/dropout + network_args → what to build; unknown args are an error."""
+    args = parse_kv_args(cfg.network_args, "network_args")
+    known = _KNOWN_ARGS[cfg.network_module]
+    unknown = sorted(set(args) - known)
+    if unknown:
+        raise LoraStudioError(f"network_args {', '.join(unknown)} are not supported with {cfg.network_module}; "
+                              f"supported: {', '.join(sorted(known))}.")
+    dim = cfg.network_dim or 4
+    alpha = cfg.network_alpha
+    try:
+        if cfg.network_module == "networks.lora":
+            conv_dim = int(args["conv_dim"]) if "conv_dim" in args else 0
+            conv_alpha = float(args.get("conv_alpha", 1.0)) if conv_dim else 1.0
+            algo = "lora"
+            dropout = cfg.network_dropout or 0.0
+            extra = {}
+        else:
+            algo = args.get("algo", "lora").lower()
+            if algo == "locon":
+                algo = "lora"
+            if algo not in LYCORIS_ALGOS:
+                raise LoraStudioError(f"network_args algo={algo} is not supported; use lora (LoCon), loha or lokr.")
+            preset = args.get("preset", "full")
+            if preset not in ("full", "attn-mlp", "attn-only"):
+                raise LoraStudioError(f"network_args preset={preset} is not supported; use full, attn-mlp or "
+                                      "attn-only.")
+            conv_dim = int(args.get("conv_dim", dim)) if preset == "full" else 0
+            conv_alpha = float(args.get("conv_alpha", alpha))
+            dropout = float(args.get("dropout", cfg.network_dropout or 0.0))
+            extra = {}
+            for k in _BOOL_ARGS:
+                if k in args:
+                    extra[k] = _str_bool(args[k])
+            if "dora_wd" in extra:
+                extra["weight_decompose"] = extra.pop("dora_wd")
+            if "wd_on_output" in extra:
+                extra["wd_on_out"] = extra.pop("wd_on_output")
+            if "factor" in args:
+                extra["factor"] = int(args["factor"])
+            if "decompose_both" in args:      # LyCORIS passes the text through: any non-empty value enables it
+                extra["decompose_both"] = bool(args["decompose_both"])
+            if "block_size" in args:
+                extra["block_size"] = int(args["block_size"])
+        rank_dropout = float(args.get("rank_dropout", 0.0))
+        module_dropout = float(args.get("module_dropout", 0.0))
+    except ValueError as exc:
+        raise LoraStudioError(f"network_args: a value is not a number ({exc}); write e.g. conv_dim=8.") from None
+    return NetworkSpec(cfg.network_module, algo, dim, alpha, conv_dim, conv_alpha, dropout, rank_dropout,
+                       module_dropout, extra, args)
+
+
+def _lycoris_class(algo: str):
+    from lycoris.modules import LoConModule, LohaModule, LokrModule
+
+    return {"lora": LoConModule, "loha": LohaModule, "lokr": LokrModule}[algo]
+
+
+def kohya_names(arch: str) -> dict:
+    from lib_lora.merge.extract import _kohya_names   # one home for the layer → kohya key map
+
+    return _kohya_names(arch)
+
+
+def is_target(layer: str, shape: tuple, conv: bool) -> bool:
+    from lib_lora.merge.extract import _is_target
+
+    return _is_target(layer, shape, conv)
+
+
+class TrainNetwork(nn.Module):
+    """LyCORIS modules keyed by kohya module key; `apply_to()` hooks them into the model's layers."""
+
+    def __init__(self, spec: NetworkSpec, arch: str):
+        super().__init__()
+        self.spec = spec
+        self.arch = arch
+        self.loras = nn.ModuleDict()       # kohya key with '.' never appears in kohya keys
+        self.is_te: dict[str, bool] = {}
+        self.layer_of: dict[str, str] = {}
+
+    def add(self, key: str, layer: str, module: nn.Module, is_te: bool) -> None:
+        sp = self.spec
+        conv3 = isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1)
+        dim, alpha = (sp.conv_dim, sp.conv_alpha) if conv3 else (sp.dim, sp.alpha)
+        kwargs = dict(sp.extra)
+        if sp.algo == "lora" and not kwargs.get("weight_decompose"):
+            kwargs.setdefault("bypass_mode", True)      # x → down → up: no dense ΔW per step
+        cls = _lycoris_class(sp.algo)
+        lyco = cls(key, module, 1.0, dim, alpha, sp.dropout, sp.rank_dropout, sp.module_dropout, **kwargs)
+        self.loras[key] = lyco
+        self.is_te[key] = is_te
+        self.layer_of[key] = layer
+
+    def apply_to(self) -> None:
+        """Hook every module in. Plain LoRA/LoCon without rank/module dropout, Tucker, DoRA or scalar runs a
+        lean x → down → up forward on the LyCORIS module's own weights (its generic forward re-dispatches a
+        kernel backend per call, which is most of the loop's overhead on small layers); the rest use LyCORIS'
+        forward."""
+        self._hooked = []
+        for key, m in self.loras.items():
+            org = m.org_module[0]
+            if self._lean(m):
+                m.org_forward = org.forward
+                org.forward = _lean_forward(m, org.forward, self.spec.module == "networks.lora")
+                self._hooked.append(org)
+            else:
+                m.apply_to()
+
+    def _lean(self, m) -> bool:
+        from lycoris.modules import LoConModule
+
+        return (type(m) is LoConModule and not m.tucker and not m.wd and not self.spec.rank_dropout
+                and not self.spec.module_dropout and not self.spec.extra.get("use_scalar")
+                and not self.spec.extra.get("rs_lora"))
+
+    def restore(self) -> None:
+        for org in getattr(self, "_hooked", []):
+            org.__dict__.pop("forward", None)       # back to the class's own forward
+        self._hooked = []
+        for m in self.loras.values():
+            if not self._lean(m):
+                m.restore()
+
+    def param_groups(self, unet_lr, te_lr) -> list[dict]:
+        groups = []
+        for is_te, lr in ((False, unet_lr), (True, te_lr)):
+            params = [p for k, m in self.loras.items() if self.is_te[k] == is_te for p in m.parameters()
+                      if p.requires_grad]
+            if params and lr:      # a part with learning rate 0 is not trained (sd-scripts drops the group)
+                groups.append({"params": params, "lr": lr, "name": "textencoder" if is_te else "unet"})
+        return groups
+
+    def weights(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+        """kohya-named tensors as a file stores them (alpha kept fp32 only when the file is fp32)."""
+        out = {}
+        for key, m in self.loras.items():
+            for suffix, t in m.custom_state_dict().items():
+                t = t.detach()
+                if dtype is not None and t.is_floating_point():
+                    t = t.to(dtype)
+                out[f"{key}.{suffix}"] = t.cpu().contiguous()
+        return out
+
+    def load_weights(self, tensors: dict[str, torch.Tensor]) -> None:
+        own = self.weights()
+        missing = sorted(set(own) - set(tensors))
+        if missing:
+            raise LoraStudioError(f"the weights file lacks {len(missing)} module tensors (e.g. {missing[0]}); it was "
+                                  "made with other network settings.")
+        with torch.no_grad():
+            for key, m in self.loras.items():
+                for suffix in list(m.custom_state_dict()):
+                    src = tensors[f"{key}.{suffix}"]
+                    if suffix == "alpha":
+                        continue
+                    name = suffix[:-len(".weight")] if suffix.endswith(".weight") else suffix
+                    target = getattr(m, name)
+                    target = target.weight if isinstance(target, nn.Module) else target
+                    target.copy_(src.to(target.dtype))
+
+    def metadata_args(self) -> str:
+        return json.dumps(self.spec.args)
+
+
+def _lean_forward(m, org_forward, kohya_dropout: bool):
+    """org(x) + up(down(x))·alpha/dim·multiplier; dropout where each network type puts it (sd-scripts'
+    networks.lora on the rank activations, LyCORIS on the module output)."""
+    down, up = m.lora_down, m.lora_up
+    drop = nn.functional.dropout
+
+    def forward(x, *args, **kwargs):
+        p = m.dropout.p if isinstance(m.dropout, nn.Dropout) else 0.0
+        h = down(x)
+        if kohya_dropout and p and m.training:
+            h = drop(h, p)
+        out = up(h) * (m.scale * m.multiplier)
+        if not kohya_dropout and p and m.training:
+            out = drop(out, p)
+        return org_forward(x, *args, **kwargs) + out
+    return forward
+
+
+def build_network(cfg: TrainConfig, arch: str, layers, seed: int) -> TrainNetwork:
+    """`layers`: (canonical layer name, nn.Module, is_te) of the model. The modules are created under a fixed
+    seed, so a run's initial weights depend only on its seed."""
+    spec = network_spec(cfg)
+    names = kohya_names(arch)
+    net = TrainNetwork(spec, arch)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        for layer, module, is_te in layers:
+            if is_te and cfg.network_train_unet_only or not is_te and cfg.network_train_text_encoder_only:
+                continue
+            if not isinstance(module, (nn.Linear, nn.Conv2d)):
+                continue
+            if not is_target(layer, tuple(module.weight.shape), conv=spec.conv_dim > 0):
+                continue
+            if spec.module == "lycoris.kohya" and spec.args.get("preset") == "attn-only" and \
+                    (".ff." in layer or ".mlp." in layer):
+                continue
+            key = names.get((layer, None))
+            if key is None:
+                continue
+            net.add(key, layer, module, is_te)
+    finally:
+        torch.random.set_rng_state(state)
+    if not len(net.loras):
+        raise LoraStudioError("no layer of the model matches the network settings; check network_args and "
+                              "network_train_*_only.")
+    return net
