@@ -1,4 +1,5 @@
-"""Checkpoint merge, streamed: weighted sum A·(1−m)+B·m and add difference A+(B−C)·m, m per block.
+"""Checkpoint merge, streamed: weighted sum A·(1−m)+B·m, add difference A+(B−C)·m and supermerger's train
+difference, m per block (`MODES`, `MODE_HELP`).
 
 Inputs are read through memory maps one tensor (one row chunk) at a time and the output is written as it is
 produced, so memory stays far below one model whatever its size. The rules:
@@ -29,7 +30,15 @@ from types import SimpleNamespace
 from lib_lora import blocks, fileio
 from lib_lora.errors import LoraFileError, LoraStudioError
 
-MODES = ("weighted", "add-diff")
+# The one list of checkpoint merge modes (the CLI and the merge tab build their choices from it).
+MODES = ("weighted", "add-diff", "train-diff")
+MODE_HELP = {
+    "weighted": "weighted sum A·(1−m) + B·m: m = 0 keeps A, m = 1 copies B",
+    "add-diff": "add difference A + (B − C)·m: adds what B learned on top of C (C = B's base model) to A",
+    "train-diff": "train difference (supermerger): A + 1.8·m·q·(B − C), q = |B − A| / (|B − C| + |B − A|) per "
+                  "weight; adds B − C mostly where A is far from B, as if A had been trained on it",
+}
+NEEDS_C = ("add-diff", "train-diff")   # modes that take a third model C
 DTYPE_NAMES = ("fp16", "bf16", "fp32")
 RECIPE_KEY = "lora_studio_merge"
 _CHUNK_ELEMS = 1 << 21     # elements per produced piece: bounds the output-side temporaries
@@ -220,8 +229,32 @@ def _plan(a, others: dict, arch: str, vec: list, dtype) -> tuple[list, MergeResu
 
 
 # ---------------------------------------------------------------- arithmetic
-# Both paths evaluate the same float64 expressions, operation by operation (no fused multiply-add):
-#   weighted: a·(1−m) + b·m        add-diff: (b − c)·m + a
+# Every path evaluates the same float64 expressions, operation by operation (no fused multiply-add), and
+# casts the result once to the output type:
+#   weighted:   a·(1−m) + b·m
+#   add-diff:   (b − c)·m + a
+#   train-diff: a + (q·(b − c))·(1.8·m), q = |b − a| / (|b − c| + |b − a|), q = 0 where that sum is 0
+# train-diff is supermerger's "trainDifference" (it computes in float32; here float64). Its published form
+# sign(b−c)·q·|b−c| equals q·(b − c) bit for bit (q ≥ 0, rounding is symmetric). Where B equals C the
+# difference is 0 and A's value is kept exactly (supermerger keeps A for a key whose B and C are equal).
+TRAIN_DIFF_GAIN = 1.8
+
+
+def _train_diff_into(x, y, a, m: float, s=None):
+    """x = b − c, y = b − a on entry (float64 pieces); x ← a + q·(b − c)·(1.8·m). y (and `s`, a buffer of
+    the same length) are clobbered."""
+    import torch
+
+    y.abs_()
+    s = torch.abs(x, out=s) if s is not None else torch.abs(x)
+    s.add_(y)
+    y.div_(s)
+    y.masked_fill_(s == 0, 0.0)
+    x.mul_(y)
+    x.mul_(TRAIN_DIFF_GAIN * m)
+    x.add_(a)
+    return x
+
 
 def _combine(mode: str, a, b, c, m: float):
     """float64 result of one chunk of any shape (used for the partial-channel case)."""
@@ -235,14 +268,19 @@ def _combine(mode: str, a, b, c, m: float):
         return out
     d = b.to(f64, copy=True)
     d.sub_(c.to(f64))
+    if mode == "train-diff":
+        y = b.to(f64, copy=True)
+        y.sub_(a.to(f64))
+        return _train_diff_into(d, y, a.to(f64), m)
     d.mul_(m)
     d.add_(a.to(f64))
     return d
 
 
 class _Scratch:
-    """Two float64 buffers small enough to stay in the CPU cache: the arithmetic then costs about one
-    read of the inputs and one write of the output (a 16 MB chunk at a time was 3-4x slower)."""
+    """float64 buffers small enough to stay in the CPU cache: the arithmetic then costs about one read of
+    the inputs and one write of the output (a 16 MB chunk at a time was 3-4x slower). Half-precision inputs
+    are widened through float32 (exact, and about twice as fast as torch's direct half → double copy)."""
     SIZE = 1 << 16
 
     def __init__(self):
@@ -250,25 +288,46 @@ class _Scratch:
 
         self.x = torch.empty(self.SIZE, dtype=torch.float64)
         self.y = torch.empty(self.SIZE, dtype=torch.float64)
+        self.z = torch.empty(self.SIZE, dtype=torch.float64)
+        self.s = torch.empty(self.SIZE, dtype=torch.float64)
+        self.w = torch.empty(self.SIZE, dtype=torch.float32)
+
+    def _load(self, dst, src):
+        import torch
+
+        if src.dtype in (torch.float16, torch.bfloat16):
+            w = self.w[: src.numel()]
+            w.copy_(src)
+            dst.copy_(w)
+        else:
+            dst.copy_(src)
+        return dst
 
     def combine_into(self, mode: str, a, b, c, m: float, out) -> None:
         """out[:] = formula(a, b, c) for 1-D tensors of one length, in float64 pieces."""
+        import torch
+
         n = out.numel()
         for i in range(0, n, self.SIZE):
             j = min(n, i + self.SIZE)
             x, y = self.x[: j - i], self.y[: j - i]
             if mode == "weighted":
-                x.copy_(a[i:j])
-                x.mul_(1.0 - m)
-                y.copy_(b[i:j])
-                y.mul_(m)
-            else:
-                x.copy_(b[i:j])
-                y.copy_(c[i:j])
-                x.sub_(y)
+                self._load(x, a[i:j]).mul_(1.0 - m)
+                self._load(y, b[i:j]).mul_(m)
+                x.add_(y)
+            elif mode == "add-diff":
+                self._load(x, b[i:j]).sub_(self._load(y, c[i:j]))
                 x.mul_(m)
-                y.copy_(a[i:j])
-            x.add_(y)
+                x.add_(self._load(y, a[i:j]))
+            else:
+                bi, ci = b[i:j], c[i:j]
+                if torch.equal(bi, ci):   # no difference: A exactly (also its signed zeros)
+                    out[i:j].copy_(a[i:j])
+                    continue
+                z = self.z[: j - i]
+                self._load(x, bi).sub_(self._load(y, ci))      # x = b − c
+                self._load(y, bi).sub_(self._load(z, a[i:j]))  # y = b − a, z = a
+                _train_diff_into(x, y, z, m, self.s[: j - i])
             out[i:j].copy_(x)
 
 
@@ -348,10 +407,10 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
     fileio.check_target(out, overwrite, ".safetensors")
     if mode not in MODES:
         raise LoraStudioError(f"--mode {mode} is not a merge mode; use one of {', '.join(MODES)}")
-    if mode == "add-diff" and c is None:
-        raise LoraStudioError("--mode add-diff needs a third model: --c C (the result is A + (B − C)·alpha)")
-    if mode == "weighted" and c is not None:
-        raise LoraStudioError("--c is only used by --mode add-diff; drop it or use --mode add-diff")
+    if mode in NEEDS_C and c is None:
+        raise LoraStudioError(f"--mode {mode} needs a third model: --c C (the base model B was trained from)")
+    if mode not in NEEDS_C and c is not None:
+        raise LoraStudioError(f"--c is only used by --mode {' / '.join(NEEDS_C)}; drop it or change --mode")
     if dtype is not None and dtype not in DTYPE_NAMES:
         raise LoraStudioError(f"--dtype {dtype} is not supported; use one of {', '.join(DTYPE_NAMES)}")
     for what, v in (("--alpha", alpha), ("--base-alpha", base_alpha)):

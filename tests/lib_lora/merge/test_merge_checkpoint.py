@@ -270,3 +270,45 @@ def test_numbers_presets_and_bad_weights(tmp_path):
             mc.resolve_weights("sd1", 0.1, bw, presets=store)
     with pytest.raises(LoraStudioError, match="finite"):
         mc.resolve_weights("sd1", 0.1, [float("nan")] * 26)
+
+
+def _ref_train_diff(a, b, c, m):
+    """supermerger's trainDifference as published (sign·|scale|·|B − C|, scaled by 1.8·m), in float64."""
+    d0, d1 = np.abs(b - c), np.abs(b - a)
+    s = d0 + d1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where(s != 0, d1 / s, 0.0)
+    new = np.sign(b - c) * np.abs(scale) * np.abs(b - c)
+    return np.asarray(a + new * (m * 1.8))
+
+
+@pytest.mark.parametrize("dtype", [None, "fp32"])
+def test_train_difference_matches_supermergers_formula_per_block(sd15, tmp_path, dtype):
+    same = "model.diffusion_model.output_blocks.4.1.proj_in.weight"
+    c = dict(sd15["c_sd"])
+    c[same] = sd15["b_sd"][same].clone()          # B == C: the key stays A exactly
+    c_path = tmp_path / "c.safetensors"
+    save_file(c, str(c_path))
+    out = tmp_path / "td.safetensors"
+    res = merge_checkpoints(sd15["a"], sd15["b"], out, mode="train-diff", c=c_path, alpha=0.5,
+                            block_weights=SLOT_W, dtype=dtype)
+    got = load_file(str(out))
+    a, b = sd15["a_sd"], sd15["b_sd"]
+    assert _same(got[same], a[same].float() if dtype else a[same])
+    checked = 0
+    for key, t in got.items():
+        slot = blocks.checkpoint_key_slot(key, "sd1")
+        if key.endswith("position_ids") or slot is None:
+            assert _same(t, a[key]), key
+            continue
+        ref = torch.from_numpy(_ref_train_diff(_f64(a[key]), _f64(b[key]), _f64(c[key]), res.weights[slot]))
+        assert _same(t, ref.to(torch.float32 if dtype else a[key].dtype)), key
+        checked += 1
+    assert checked == res.merged > 1000
+    assert json.loads(fileio.read_metadata(out)[RECIPE_KEY])["mode"] == "train-diff"
+    with pytest.raises(LoraStudioError, match="needs a third model"):
+        merge_checkpoints(sd15["a"], sd15["b"], tmp_path / "x.safetensors", mode="train-diff", alpha=0.5)
+
+
+def test_every_mode_is_described():
+    assert set(mc.MODE_HELP) == set(mc.MODES) and all(mc.MODE_HELP[m] for m in mc.MODES)
