@@ -122,8 +122,8 @@ def _numbers(text: str) -> list[float] | None:
 def resolve_weights(arch: str, alpha: float, block_weights=None, base_alpha: float | None = None,
                     presets=None) -> list[float]:
     """m for each of the 26 slots. `block_weights`: None (every block `alpha`), a list of numbers, or text:
-    numbers separated by commas/spaces, or a preset name (`presets`: a PresetStore; default the shipped and
-    user presets). SD1/SD2 take 26 values (BASE first) or 25 (no BASE), SDXL 20 or 19; without BASE in the
+    numbers separated by commas/spaces, or a preset name (`presets`: a PresetStore, normally a
+    MergePresetStore; default the shipped merge presets, `presets.default_merge_store()`). SD1/SD2 take 26 values (BASE first) or 25 (no BASE), SDXL 20 or 19; without BASE in the
     list, BASE is `base_alpha` or else `alpha`. `base_alpha` always overrides BASE."""
     from lib_lora.arch import ARCH_LABELS
 
@@ -158,9 +158,9 @@ def resolve_weights(arch: str, alpha: float, block_weights=None, base_alpha: flo
 
 def _preset_values(name: str, arch: str, presets, full: int, label: str) -> list[float]:
     if presets is None:
-        from lib_lora.presets import default_store
+        from lib_lora.presets import default_merge_store
 
-        presets = default_store()
+        presets = default_merge_store()
     tokens = presets.get(name, arch)
     if tokens is None:
         close = presets.close_matches(name)
