@@ -55,6 +55,7 @@ class MergeResult:
     missing_in_others: int = 0   # of those: merge-able keys that B or C lacks
     left_out: int = 0        # keys only in B or C
     partial: list = field(default_factory=list)   # keys merged on A's leading input channels only
+    vae_baked: int = 0       # keys taken from the VAE file
     recipe: dict = field(default_factory=dict)
 
 
@@ -173,6 +174,67 @@ def _preset_values(name: str, arch: str, presets, full: int, label: str) -> list
     return nums
 
 
+# ---------------------------------------------------------------- VAE files
+
+VAE_PREFIX = "first_stage_model."
+_VAE_IGNORED = ("loss.", "model_ema.")   # training leftovers in some VAE files (A1111 drops them too)
+_ATTN_RENAME = {"group_norm": "norm", "to_q": "q", "query": "q", "to_k": "k", "key": "k", "to_v": "v",
+                "value": "v", "to_out.0": "proj_out", "proj_attn": "proj_out"}
+
+
+def vae_key_to_ldm(key: str, up_blocks: int = 4) -> str | None:
+    """A standalone VAE file's key → its name under `first_stage_model.` (the original/ldm naming);
+    diffusers names (down_blocks/up_blocks/mid_block…) are translated; None for keys to ignore."""
+    import re
+
+    if key.startswith(VAE_PREFIX):
+        key = key[len(VAE_PREFIX):]
+    if key.startswith(_VAE_IGNORED):
+        return None
+    if ".down_blocks." not in key and ".up_blocks." not in key and ".mid_block." not in key \
+            and "conv_norm_out" not in key:
+        return key   # already ldm-named
+    key = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+    key = re.sub(r"\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r".down.\1.block.\2.", key)
+    key = re.sub(r"\.down_blocks\.(\d+)\.downsamplers\.0\.", r".down.\1.downsample.", key)
+    key = re.sub(r"\.up_blocks\.(\d+)\.resnets\.(\d+)\.",
+                 lambda mo: f".up.{up_blocks - 1 - int(mo[1])}.block.{mo[2]}.", key)
+    key = re.sub(r"\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda mo: f".up.{up_blocks - 1 - int(mo[1])}.upsample.", key)
+    key = re.sub(r"\.mid_block\.resnets\.(\d+)\.", lambda mo: f".mid.block_{int(mo[1]) + 1}.", key)
+    mo = re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)\.(weight|bias)$", key)
+    if mo:
+        part = _ATTN_RENAME.get(mo[2], mo[2])
+        key = f"{mo[1]}.mid.attn_1.{part}.{mo[3]}"
+    return key
+
+
+def _vae_plan(vae, a, path) -> dict:
+    """A's key → the VAE file's key that replaces it. Checked from the headers alone: every VAE tensor must
+    land on a first_stage_model key of A with the same shape (a diffusers Linear [C, C] may fill an ldm
+    1×1 conv [C, C, 1, 1])."""
+    name = os.path.basename(os.fspath(path))
+    ups = {int(k.split(".")[2]) for k in vae.keys() if ".up_blocks." in k}
+    out = {}
+    for key in vae.keys():
+        ldm = vae_key_to_ldm(key, (max(ups) + 1) if ups else 4)
+        if ldm is None:
+            continue
+        target = VAE_PREFIX + ldm
+        if target not in a:
+            raise LoraStudioError(f"VAE '{name}' has '{key}', which model A has no place for (no '{target}'); "
+                                  f"pick a Stable Diffusion VAE (.safetensors)")
+        sv, sa = tuple(vae.shape(key)), tuple(a.shape(target))
+        if sv != sa and not (len(sv) == 2 and sa == sv + (1, 1)):
+            raise LoraStudioError(f"VAE '{name}' does not fit model A: '{key}' has shape {list(sv)} but "
+                                  f"'{target}' is {list(sa)}; pick a VAE made for this model")
+        if not vae.dtype(key).is_floating_point:
+            continue
+        out[target] = key
+    if not out:
+        raise LoraStudioError(f"'{name}' holds no VAE weights (no encoder./decoder. keys); pick a VAE file")
+    return out
+
+
 # ---------------------------------------------------------------- planning (headers only)
 
 @dataclass
@@ -183,6 +245,7 @@ class _Item:
     slot: int | None = None
     m: float = 0.0
     channels: int | None = None   # merge only A's first `channels` input channels (inpainting conv_in)
+    vae_key: str | None = None    # taken from the VAE file (key in that file)
 
 
 def _shape_rule(key: str, sa: tuple, so: tuple, role: str) -> int | None:
@@ -197,7 +260,7 @@ def _shape_rule(key: str, sa: tuple, so: tuple, role: str) -> int | None:
                           f"merged{hint}")
 
 
-def _plan(a, others: dict, arch: str, vec: list, dtype) -> tuple[list, MergeResult]:
+def _plan(a, others: dict, arch: str, vec: list, dtype, vae_map: dict | None = None) -> tuple[list, MergeResult]:
     res = MergeResult(out="", arch=arch, weights=vec)
     items = []
     for key in a.keys():
@@ -207,7 +270,10 @@ def _plan(a, others: dict, arch: str, vec: list, dtype) -> tuple[list, MergeResu
         floating = dt.is_floating_point
         out_dt = dtype if (dtype is not None and floating and slot is not None) else dt
         item = _Item(key, out_dt, shape)
-        if slot is None or not floating:
+        if vae_map and key in vae_map:
+            item.vae_key = vae_map[key]
+            res.vae_baked += 1
+        elif slot is None or not floating:
             res.copied += 1
         elif not all(key in o and o.dtype(key).is_floating_point for o in others.values()):
             res.copied += 1
@@ -335,10 +401,15 @@ def _rows(t):
     return t.reshape(1) if t.dim() == 0 else t
 
 
-def _producer(item: _Item, mode: str, a, b, c, scratch: _Scratch):
+def _producer(item: _Item, mode: str, a, b, c, scratch: _Scratch, vae=None):
     def produce():
         import torch
 
+        if item.vae_key is not None:   # baked VAE: cast (and a Linear's [C, C] shaped as the 1×1 conv)
+            tv = vae.get(item.vae_key).reshape(-1)
+            for i in range(0, max(tv.numel(), 1), _CHUNK_ELEMS):
+                yield tv[i:i + _CHUNK_ELEMS].to(item.out_dtype)
+            return
         ta = _rows(a.get(item.key))
         if item.slot is not None and item.channels is None:   # the common case: flat, cache-sized pieces
             fa = ta.reshape(-1)
@@ -396,8 +467,13 @@ class _Hashes(threading.Thread):
 
 def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=None, block_weights=None,
                       base_alpha: float | None = None, dtype: str | None = None, overwrite: bool = False,
-                      allow_pickle: bool = False, presets=None, progress=None) -> MergeResult:
+                      allow_pickle: bool = False, presets=None, progress=None, vae=None) -> MergeResult:
     """Merge checkpoint files into `out` (.safetensors). `progress(done_bytes, total_bytes)` while writing.
+
+    `vae`: None or "base" (the VAE is merged like every BASE key), or the path of a VAE file (ldm or
+    diffusers names, .safetensors; a pickle only with `allow_pickle`) whose weights replace
+    first_stage_model.* (cast to the output type); a VAE that does not fit A is refused before any tensor
+    is read.
 
     Everything that can be checked from the file headers is checked before any tensor is read; a failure,
     Ctrl-C or kill leaves no file at `out` (and an existing one untouched)."""
@@ -417,6 +493,7 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
         if v is not None and not math.isfinite(float(v)):
             raise LoraStudioError(f"{what} must be a finite number such as 0.5")
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype)
+    vae_path = None if vae is None or (isinstance(vae, str) and vae == "base") else vae
     paths = {"A": a, "B": b, **({"C": c} if c is not None else {})}
     readers = {}
     try:
@@ -435,8 +512,12 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
                                       f"'{paths[role]}' is {ARCH_LABELS[arch]}; merge models of one architecture")
         arch = archs["A"]
         vec = resolve_weights(arch, alpha, block_weights, base_alpha, presets)
-        others = {role: r for role, r in readers.items() if role != "A"}
-        items, result = _plan(readers["A"], others, arch, vec, torch_dtype)
+        vae_map = None
+        if vae_path is not None:
+            readers["VAE"] = _open(vae_path, "VAE", allow_pickle)
+            vae_map = _vae_plan(readers["VAE"], readers["A"], vae_path)
+        others = {role: r for role, r in readers.items() if role not in ("A", "VAE")}
+        items, result = _plan(readers["A"], others, arch, vec, torch_dtype, vae_map)
         result.out = out
         full = 20 if arch == "sdxl" else 26
         recipe = {
@@ -447,18 +528,21 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
                        for role, p in paths.items()},
             "merged": result.merged, "copied_from_a": result.copied, "left_out": result.left_out,
             "partial_channels": result.partial,
+            "vae": "base" if vae_path is None else {"file": os.path.basename(os.fspath(vae_path)),
+                                                     "sha256": _HASH_PLACEHOLDER},
         }
-        hashes = _Hashes({role: os.fspath(p) for role, p in paths.items()})
+        hashed = dict(paths, **({"VAE": vae_path} if vae_path is not None else {}))
+        hashes = _Hashes({role: os.fspath(p) for role, p in hashed.items()})
         hashes.start()
 
         def final_metadata():
             for role, h in hashes.wait().items():
-                recipe["inputs"][role]["sha256"] = h
+                (recipe["vae"] if role == "VAE" else recipe["inputs"][role])["sha256"] = h
             return {RECIPE_KEY: json.dumps(recipe, ensure_ascii=False)}
 
         scratch = _Scratch()
         specs = [(it.key, it.out_dtype, it.shape, _producer(it, mode, readers["A"], readers.get("B"),
-                                                            readers.get("C"), scratch))
+                                                            readers.get("C"), scratch, readers.get("VAE")))
                  for it in items]
         fileio.atomic_save_safetensors_stream(specs, out, {RECIPE_KEY: json.dumps(recipe, ensure_ascii=False)},
                                               overwrite=overwrite, progress=progress,
