@@ -28,7 +28,7 @@ def run(args) -> int:
     import sys
     import time
 
-    from lib_lora.bake import bake_checkpoint
+    from lib_lora.merge.bake import bake_checkpoint
     from lib_lora.cli.progress import PhaseProgress
 
     o = from_args(BakeOptions, args)

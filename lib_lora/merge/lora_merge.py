@@ -73,7 +73,7 @@ def merge_loras(tags: list, lora_dir, out, mode: str = "concat", rank: Optional[
     """Merge the LoRAs of `tags` (each a `<lora:…>` tag) into one LoRA file `out`."""
     import torch
 
-    from lib_lora.bake import load_presets, parse_tags, resolve_tag
+    from lib_lora.merge.bake import load_presets, parse_tags, resolve_tag
     from lib_lora.merge import svd as _svd
     from lib_lora.patcher import effective_multiplier
 

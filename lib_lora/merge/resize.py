@@ -130,7 +130,7 @@ def resize_lora(src, out, rank: int, conv_rank: Optional[int] = None, method: st
     """Write `src` resized to `out` (kohya/LyCORIS key names). `progress(phase, done, total)`."""
     import torch
 
-    from lib_lora.bake_lora import _module_of
+    from lib_lora.merge.bake_lora import _module_of
     from lib_lora.merge import svd as _svd
     from lib_lora.network import load_network
 

@@ -222,7 +222,7 @@ def test_ctrl_c_cancels_and_leaves_nothing(env, tmp_path):
 def test_lora_lines_follow_each_report_to_its_lora(env, tmp_path):
     """The per-LoRA summary reads each report's own ActiveLora: reports in another order than the prompt's
     tags (the patcher owes no order) still print each LoRA's name beside its own counts and multipliers."""
-    from lib_lora.bake import bake_checkpoint
+    from lib_lora.merge.bake import bake_checkpoint
     from lib_lora.cli.bake import lora_lines
 
     loras = tmp_path / "loras"
