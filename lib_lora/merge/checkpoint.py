@@ -20,6 +20,7 @@ produced, so memory stays far below one model whatever its size. The rules:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -41,6 +42,8 @@ MODE_HELP = {
 NEEDS_C = ("add-diff", "train-diff")   # modes that take a third model C
 DTYPE_NAMES = ("fp16", "bf16", "fp32")
 RECIPE_KEY = "lora_studio_merge"
+# Threads computing merged pieces while the main thread writes (and one more hashes the inputs).
+WORKERS = max(1, min(4, os.cpu_count() or 2))
 _CHUNK_ELEMS = 1 << 21     # elements per produced piece: bounds the output-side temporaries
 _HASH_PLACEHOLDER = "0" * 64  # same length as a sha256 hex, so the header is patched in place
 
@@ -401,7 +404,8 @@ def _rows(t):
     return t.reshape(1) if t.dim() == 0 else t
 
 
-def _producer(item: _Item, mode: str, a, b, c, scratch: _Scratch, vae=None):
+def _producer(item: _Item, mode: str, a, b, c, scratch, vae=None):
+    """produce() for the stream writer; `scratch()` returns the calling thread's _Scratch."""
     def produce():
         import torch
 
@@ -416,11 +420,14 @@ def _producer(item: _Item, mode: str, a, b, c, scratch: _Scratch, vae=None):
             fb = b.get(item.key).reshape(-1)
             fc = c.get(item.key).reshape(-1) if c is not None else None
             n = fa.numel()
-            for i in range(0, n, _CHUNK_ELEMS):
-                j = min(n, i + _CHUNK_ELEMS)
+
+            def piece(i, j):   # run by the writer's worker threads, each with its own scratch buffers
                 out = torch.empty(j - i, dtype=item.out_dtype)
-                scratch.combine_into(mode, fa[i:j], fb[i:j], fc[i:j] if fc is not None else None, item.m, out)
-                yield out
+                scratch().combine_into(mode, fa[i:j], fb[i:j], fc[i:j] if fc is not None else None, item.m, out)
+                return out
+
+            for i in range(0, n, _CHUNK_ELEMS):
+                yield functools.partial(piece, i, min(n, i + _CHUNK_ELEMS))
             return
         n = ta.shape[0]
         per_row = max(1, ta.numel() // max(1, n))
@@ -540,13 +547,19 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
                 (recipe["vae"] if role == "VAE" else recipe["inputs"][role])["sha256"] = h
             return {RECIPE_KEY: json.dumps(recipe, ensure_ascii=False)}
 
-        scratch = _Scratch()
+        local = threading.local()
+
+        def scratch():
+            if not hasattr(local, "s"):
+                local.s = _Scratch()
+            return local.s
+
         specs = [(it.key, it.out_dtype, it.shape, _producer(it, mode, readers["A"], readers.get("B"),
                                                             readers.get("C"), scratch, readers.get("VAE")))
                  for it in items]
         fileio.atomic_save_safetensors_stream(specs, out, {RECIPE_KEY: json.dumps(recipe, ensure_ascii=False)},
                                               overwrite=overwrite, progress=progress,
-                                              final_metadata=final_metadata)
+                                              final_metadata=final_metadata, workers=WORKERS)
         result.recipe = recipe
         return result
     finally:
