@@ -696,6 +696,16 @@ def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, ov
                 continue
             if t.dtype != dtypes[key]:
                 raise LoraStudioError(f"internal error: '{key}' produced {t.dtype}, expected {dtypes[key]}")
+            if isinstance(t, FilePiece):
+                got += t.nbytes
+                if got > wants[key]:
+                    raise LoraStudioError(f"internal error: '{key}' produced more than {wants[key]} bytes")
+                f.flush()
+                t.copy_to(f.fileno())
+                done += t.nbytes
+                if progress is not None:
+                    progress(done, total)
+                continue
             mv = _tensor_bytes(t)
             got += len(mv)
             if got > wants[key]:
@@ -757,6 +767,38 @@ def _result(t):
             continue
 
 
+class FilePiece:
+    """A tensor's bytes as they are in an input file, written to the output by the kernel (copy_file_range:
+    no page faults, no copy through Python); a piece the stream writer accepts where a tensor is expected."""
+
+    def __init__(self, fd: int, offset: int, nbytes: int, dtype):
+        self.fd, self.offset, self.nbytes, self.dtype = fd, offset, nbytes, dtype
+
+    def copy_to(self, out_fd: int) -> None:
+        off, left = self.offset, self.nbytes
+        fast = hasattr(os, "copy_file_range")
+        while left:
+            n = 0
+            if fast:
+                try:
+                    n = os.copy_file_range(self.fd, out_fd, min(left, 1 << 30), off)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
+                    fast = False   # this kernel/filesystem pair cannot: plain reads and writes
+            if not fast:
+                data = os.pread(self.fd, min(left, _WRITE_CHUNK), off)
+                n = len(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(out_fd, view):]
+            if n <= 0:
+                raise LoraFileError("an input file got shorter while it was being copied; is another program "
+                                    "writing it?")
+            off += n
+            left -= n
+
+
 class MappedTensors:
     """A safetensors file opened lazily: the header is parsed (and checked) at once; `get(key)` returns a
     tensor viewing the file's memory map, so nothing is read until its pages are touched and those pages
@@ -790,6 +832,7 @@ class MappedTensors:
                                     f"shape {list(shape)}); download it again")
             self._info[key] = (dt, shape, 8 + n + begin)
         self._mm = None
+        self._fd = None
         try:
             with open(self.path, "rb") as f:
                 if os.fstat(f.fileno()).st_size > 0:
@@ -822,7 +865,20 @@ class MappedTensors:
             return torch.empty(shape, dtype=dt)
         return torch.frombuffer(self._mm, dtype=dt, count=count, offset=off).reshape(shape)
 
+    def piece(self, key: str) -> FilePiece:
+        """The stored bytes of `key` for the stream writer, copied file to file (see FilePiece)."""
+        dt, shape, off = self._info[key]
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except OSError as exc:
+                raise LoraFileError(f"cannot read '{self.path}': {exc.strerror or exc}") from exc
+        return FilePiece(self._fd, off, _numel(shape) * _itemsize(dt), dt)
+
     def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._mm is not None:
             try:
                 self._mm.close()

@@ -35,7 +35,7 @@ def run(args) -> int:
     t = time.perf_counter()
     phases: dict = {}
 
-    bar = PhaseProgress({"read": "bytes", "merge": "layers", "write": "bytes"},
+    bar = PhaseProgress({"merge": "layers", "write": "bytes"},   # nothing is read up front: the base is mapped
                         enabled=False if o.quiet else None)
 
     def progress(phase, done, total):

@@ -185,7 +185,7 @@ def _base_nonfinite(base, keys, dtype) -> int:
 
 def bake_checkpoint(base, prompt: str, lora_dir, out, dtype: str | None = None, overwrite: bool = False,
                     presets_path=None, seed: int = 0, allow_overflow: bool = False, progress=None) -> BakeResult:
-    """`progress(phase, done, total)`: phase "read" / "write" in bytes, "merge" in layers."""
+    """`progress(phase, done, total)`: phase "write" in bytes, "merge" in layers."""
     from lib_lora.host import Host
     from lib_lora.patcher import Patcher
 
@@ -201,15 +201,27 @@ def bake_checkpoint(base, prompt: str, lora_dir, out, dtype: str | None = None, 
     tags = parse_tags(prompt, lora_dir)
     presets = load_presets(presets_path, lora_dir, result.messages)
     tick = (lambda phase: (lambda done, total: progress(phase, done, total))) if progress else (lambda phase: None)
-    sd, metadata = fileio.read_tensors(base, progress=tick("read"))
-    if dtype is not None:
-        want = DTYPES[dtype]
-        sd = {k: (v.to(want) if v.is_floating_point() else v) for k, v in sd.items()}
+    if base.lower().endswith(fileio.PICKLE_SUFFIXES):
+        fileio.read_tensors(base)   # raises the one-line "pickle loading is disabled" message
+    # Streamed: the checkpoint is memory-mapped (nothing is read until used), only the tensors of layers a
+    # LoRA changes are copied (in the output type) and patched, and the file is written from the maps.
+    reader = fileio.MappedTensors(base)
+    metadata = reader.metadata
+    sd = {k: reader.get(k) for k in reader.keys()}
+    mapped = dict(sd)   # tensors still as in the file (the changed ones are replaced in sd below)
+    want = DTYPES[dtype] if dtype is not None else None
     host = Host.from_state_dict(sd)
     if not len(host):
         raise LoraFileError(f"'{base}' has no U-Net or text-encoder weights; is it a Stable Diffusion checkpoint?")
     result.loras = [resolve_tag(tag, path, host.arch, presets, seed, result.messages) for tag, path in tags]
     touched = _touched_layers(host, result.loras)
+    key_of = {id(t): k for k, t in sd.items()}
+    for layer in touched:
+        for parts in host[layer].part_tensors():
+            for t in parts:
+                if t is not None and id(t) in key_of:
+                    sd[key_of[id(t)]] = t.to(want or t.dtype, copy=True)
+    host = Host.from_state_dict(sd, host.arch)   # now over the copies the patcher may write
     done = [0]
 
     def merged():
@@ -253,5 +265,28 @@ def bake_checkpoint(base, prompt: str, lora_dir, out, dtype: str | None = None, 
         {"name": r.network.name, "te": r.active.te, "unet": r.active.unet, "blocks": r.active.blocks,
          "dyn": r.active.dyn, "applied": r.report.applied}
         for r in result.loras]})
-    fileio.atomic_save_safetensors(sd, out, meta, overwrite=overwrite, progress=tick("write"))
+    specs = [(k, want if (want is not None and t.is_floating_point()) else t.dtype, tuple(t.shape),
+              _pieces(t, want, reader if t is mapped[k] else None, k)) for k, t in sd.items()]
+    try:
+        fileio.atomic_save_safetensors_stream(specs, out, meta, overwrite=overwrite, progress=tick("write"))
+    finally:
+        sd.clear()
+        host = None
+        reader.close()
     return result
+
+
+_PIECE = 1 << 22   # elements per cast piece: bounds the temporaries of a --dtype conversion
+
+
+def _pieces(t, want, reader=None, key=None):
+    """produce() of one tensor for the stream writer: an unchanged tensor's bytes copied file to file
+    (`reader` given), the patched tensor itself, or cast piece by piece to `want`."""
+    def produce():
+        if want is None or not t.is_floating_point() or t.dtype == want:
+            yield reader.piece(key) if reader is not None and t.numel() else t
+            return
+        flat = t.reshape(-1)
+        for i in range(0, max(flat.numel(), 1), _PIECE):
+            yield flat[i:i + _PIECE].to(want)
+    return produce
