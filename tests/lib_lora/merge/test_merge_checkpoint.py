@@ -381,3 +381,29 @@ def test_mismatched_or_foreign_vae_refused_in_one_line_before_reading(sd15, sdxl
     with pytest.raises(LoraStudioError, match="not found"):
         merge_checkpoints(sd15["a"], sd15["b"], tmp_path / "o.safetensors", alpha=0.5, vae=tmp_path / "none.safetensors")
     assert reads == [] and not (tmp_path / "o.safetensors").exists()
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "pread_fallback"])
+def test_stream_writer_workers_and_file_pieces_are_byte_identical(tmp_path, monkeypatch, kernel_copy):
+    import errno
+
+    ts = {"w": torch.randn(50, 30).half(), "i": torch.arange(7), "f": torch.randn(1000), "e": torch.zeros(0, 2)}
+    fileio.atomic_save_safetensors(ts, tmp_path / "x.safetensors", {"k": "v"})
+    if not kernel_copy:
+        def refuse(*a, **k):
+            raise OSError(errno.EXDEV, "cross-device")
+        monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    src = fileio.MappedTensors(tmp_path / "x.safetensors")
+
+    def produce(k, t):
+        if k == "w":      # computed on the worker threads, in pieces
+            flat = t.reshape(-1)
+            return lambda: (lambda i=i: flat[i:i + 333].clone() for i in range(0, flat.numel(), 333))
+        if k == "f":      # copied file to file
+            return lambda: iter([src.piece(k)])
+        return lambda: iter([t])
+
+    specs = [(k, t.dtype, tuple(t.shape), produce(k, t)) for k, t in ts.items()]
+    fileio.atomic_save_safetensors_stream(specs, tmp_path / "y.safetensors", {"k": "v"}, workers=2)
+    src.close()
+    assert (tmp_path / "x.safetensors").read_bytes() == (tmp_path / "y.safetensors").read_bytes()
