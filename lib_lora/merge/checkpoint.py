@@ -161,11 +161,14 @@ def resolve_weights(arch: str, alpha: float, block_weights=None, base_alpha: flo
 
 
 def _preset_values(name: str, arch: str, presets, full: int, label: str) -> list[float]:
+    tokens = None
     if presets is None:
-        from lib_lora.presets import default_merge_store
+        from lib_lora.presets import default_merge_store, default_store
 
-        presets = default_merge_store()
-    tokens = presets.get(name, arch)
+        tokens = default_merge_store().get(name, arch)
+        presets = default_store()   # else a LoRA preset: a 20/26-value one fits, a 12/17 one is refused by count
+    if tokens is None:
+        tokens = presets.get(name, arch)
     if tokens is None:
         close = presets.close_matches(name)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
