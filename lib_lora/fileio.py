@@ -657,12 +657,15 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, o
 
 
 def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, overwrite: bool = False,
-                                   progress=None, final_metadata=None) -> str:
+                                   progress=None, final_metadata=None, workers: int = 0) -> str:
     """Write a .safetensors file whose tensors are produced one at a time (never all in memory).
 
     `specs` = [(key, torch dtype, shape, produce)]: the header is written first from the dtypes and shapes,
     then, in file order, `produce()` yields CPU tensors of that dtype whose elements, concatenated, are the
-    tensor (one tensor or row chunks). The layout equals `atomic_save_safetensors`'s for the same tensors.
+    tensor (one tensor or row chunks). A piece may also be a zero-argument function returning such a
+    tensor: with `workers` > 0 those run on that many threads, ahead of the writer (at most a few pieces
+    per worker wait in memory), so computing and writing overlap (torch and the OS write both release the
+    GIL). The layout equals `atomic_save_safetensors`'s for the same tensors.
     `final_metadata()`, when given, is called after the data and its result replaces `metadata` in the header
     (it must render to the same header length: e.g. hashes computed meanwhile, written first as
     placeholders of the same length). `progress(done_bytes, total_bytes)` as in `atomic_save_safetensors`.
@@ -673,25 +676,45 @@ def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, ov
     head, order = _st_header([(str(k), dt, tuple(shape)) for k, dt, shape, _ in specs], metadata)
     total = len(head) + sum(_numel(shape) * _itemsize(dt) for _, dt, shape in order)
 
+    def pieces():   # (key, piece) in file order, (key, None) after each tensor's last piece
+        for key, _, _ in order:
+            for t in produce[key]():
+                yield key, t
+            yield key, None
+
     def write(f):
         f.write(head)
         done = len(head)
-        for key, dt, shape in order:
-            want, got = _numel(shape) * _itemsize(dt), 0
-            for t in produce[key]():
-                if t.dtype != dt:
-                    raise LoraStudioError(f"internal error: '{key}' produced {t.dtype}, expected {dt}")
-                mv = _tensor_bytes(t)
-                got += len(mv)
-                if got > want:
-                    break
-                for i in range(0, len(mv), _WRITE_CHUNK):
-                    f.write(mv[i:i + _WRITE_CHUNK])
-                    done += min(_WRITE_CHUNK, len(mv) - i)
-                    if progress is not None:
-                        progress(done, total)
-            if got != want:
-                raise LoraStudioError(f"internal error: '{key}' produced {got} bytes, expected {want}")
+        wants = {key: _numel(shape) * _itemsize(dt) for key, dt, shape in order}
+        dtypes = {key: dt for key, dt, _ in order}
+        got = 0
+        for key, t in _ahead(pieces(), workers):
+            if t is None:
+                if got != wants[key]:
+                    raise LoraStudioError(f"internal error: '{key}' produced {got} bytes, expected {wants[key]}")
+                got = 0
+                continue
+            if t.dtype != dtypes[key]:
+                raise LoraStudioError(f"internal error: '{key}' produced {t.dtype}, expected {dtypes[key]}")
+            if isinstance(t, FilePiece):
+                got += t.nbytes
+                if got > wants[key]:
+                    raise LoraStudioError(f"internal error: '{key}' produced more than {wants[key]} bytes")
+                f.flush()
+                t.copy_to(f.fileno())
+                done += t.nbytes
+                if progress is not None:
+                    progress(done, total)
+                continue
+            mv = _tensor_bytes(t)
+            got += len(mv)
+            if got > wants[key]:
+                raise LoraStudioError(f"internal error: '{key}' produced more than {wants[key]} bytes")
+            for i in range(0, len(mv), _WRITE_CHUNK):
+                f.write(mv[i:i + _WRITE_CHUNK])
+                done += min(_WRITE_CHUNK, len(mv) - i)
+                if progress is not None:
+                    progress(done, total)
         if final_metadata is not None:
             head2, _ = _st_header([(k, dt, shape) for k, dt, shape in order], final_metadata())
             if len(head2) != len(head):
@@ -704,6 +727,76 @@ def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, ov
             progress(total, total)
 
     return atomic_write(path, write, overwrite)
+
+
+def _ahead(items, workers: int, per_worker: int = 3):
+    """(key, piece) pairs in order with every callable piece replaced by its result; with `workers` > 0 the
+    callables run on a thread pool, at most `per_worker`·workers pieces ahead of the consumer."""
+    if workers <= 0:
+        for key, t in items:
+            yield key, (t() if callable(t) else t)
+        return
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="st-writer")
+    pending: collections.deque = collections.deque()
+    try:
+        for key, t in items:
+            pending.append((key, pool.submit(t) if callable(t) else t))
+            while len(pending) > per_worker * workers:
+                key0, t0 = pending.popleft()
+                yield key0, _result(t0)
+        while pending:
+            key0, t0 = pending.popleft()
+            yield key0, _result(t0)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)   # an error or Ctrl-C: nothing keeps running
+
+
+def _result(t):
+    from concurrent.futures import Future
+    from concurrent.futures import TimeoutError as Pending   # not the builtin on Python 3.10
+
+    if not isinstance(t, Future):
+        return t
+    while True:
+        try:
+            return t.result(timeout=0.2)   # short waits: Ctrl-C still reaches the main thread
+        except Pending:
+            continue
+
+
+class FilePiece:
+    """A tensor's bytes as they are in an input file, written to the output by the kernel (copy_file_range:
+    no page faults, no copy through Python); a piece the stream writer accepts where a tensor is expected."""
+
+    def __init__(self, fd: int, offset: int, nbytes: int, dtype):
+        self.fd, self.offset, self.nbytes, self.dtype = fd, offset, nbytes, dtype
+
+    def copy_to(self, out_fd: int) -> None:
+        off, left = self.offset, self.nbytes
+        fast = hasattr(os, "copy_file_range")
+        while left:
+            n = 0
+            if fast:
+                try:
+                    n = os.copy_file_range(self.fd, out_fd, min(left, 1 << 30), off)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
+                    fast = False   # this kernel/filesystem pair cannot: plain reads and writes
+            if not fast:
+                data = os.pread(self.fd, min(left, _WRITE_CHUNK), off)
+                n = len(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(out_fd, view):]
+            if n <= 0:
+                raise LoraFileError("an input file got shorter while it was being copied; is another program "
+                                    "writing it?")
+            off += n
+            left -= n
 
 
 class MappedTensors:
@@ -739,6 +832,7 @@ class MappedTensors:
                                     f"shape {list(shape)}); download it again")
             self._info[key] = (dt, shape, 8 + n + begin)
         self._mm = None
+        self._fd = None
         try:
             with open(self.path, "rb") as f:
                 if os.fstat(f.fileno()).st_size > 0:
@@ -771,7 +865,20 @@ class MappedTensors:
             return torch.empty(shape, dtype=dt)
         return torch.frombuffer(self._mm, dtype=dt, count=count, offset=off).reshape(shape)
 
+    def piece(self, key: str) -> FilePiece:
+        """The stored bytes of `key` for the stream writer, copied file to file (see FilePiece)."""
+        dt, shape, off = self._info[key]
+        if self._fd is None:
+            try:
+                self._fd = os.open(self.path, os.O_RDONLY)
+            except OSError as exc:
+                raise LoraFileError(f"cannot read '{self.path}': {exc.strerror or exc}") from exc
+        return FilePiece(self._fd, off, _numel(shape) * _itemsize(dt), dt)
+
     def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
         if self._mm is not None:
             try:
                 self._mm.close()

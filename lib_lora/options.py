@@ -602,7 +602,7 @@ class _MiniToml:
 # ---- the actions' options ------------------------------------------------------------------------------
 # One dataclass per action; the CLI verb, the app and TOML files read these. Names follow the flags.
 
-# bake --dtype: name → torch dtype attribute (text, so this module stays torch-free; lib_lora.bake.DTYPES is
+# bake --dtype: name → torch dtype attribute (text, so this module stays torch-free; lib_lora.merge.bake.DTYPES is
 # built from it)
 OUTPUT_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 DEFAULT_TAGGER_MODELS_DIR = str(Path("models") / "TaggerModels")

@@ -99,17 +99,33 @@ def name_problem(name: str, bad_chars: str = _BAD_NAME_CHARS) -> str | None:
     return None
 
 
-def tokens_problem(tokens: Sequence[str]) -> str | None:
-    """None when the value list is valid for a preset, else the reason."""
+def tokens_problem(tokens: Sequence[str], counts: Sequence[int] = ACCEPTED_COUNTS) -> str | None:
+    """None when the value list is valid for a preset (one of `counts` values), else the reason."""
     for i, t in enumerate(tokens, 1):
         p = weight_token_problem(t)
         if p:
             return f"value {i}: {p}"
-    if len(tokens) not in FORMATS:
+    if len(tokens) not in counts:
         extra = "; Flux (61) is not supported" if len(tokens) == 61 else ""
         return (f"{len(tokens)} values; accepted counts are "
-                f"{', '.join(str(c) for c in ACCEPTED_COUNTS)}{extra}")
+                f"{', '.join(str(c) for c in counts)}{extra}")
     return None
+
+
+# Checkpoint-merge presets: 26 (SD1/SD2, BASE first), 25 (the same without BASE: the block-merge sliders'
+# order IN00…OUT11, BASE set separately) and 20 (SDXL). LoRA-style 12/17 lists do not cover every block.
+MERGE_COUNTS = (19, 20, 25, 26)
+SDXL_MERGE_COUNTS = (19, 20)
+
+
+def merge_tokens_problem(tokens: Sequence[str]) -> str | None:
+    return tokens_problem(tokens, MERGE_COUNTS)
+
+
+def parse_merge_preset_text(text: str, origin: str, where: str,
+                            skipped: list[int] | None = None) -> tuple[list[Preset], list[str]]:
+    """`parse_preset_text` for merge presets (20/25/26 values)."""
+    return parse_preset_text(text, origin, where, skipped, merge_tokens_problem)
 
 
 def normalise_values(values: str | Iterable[object]) -> list[str]:
@@ -125,7 +141,7 @@ def normalise_values(values: str | Iterable[object]) -> list[str]:
 
 
 def parse_preset_text(text: str, origin: str, where: str,
-                      skipped: list[int] | None = None) -> tuple[list[Preset], list[str]]:
+                      skipped: list[int] | None = None, problem_of=None) -> tuple[list[Preset], list[str]]:
     """Parse LBW preset text.  Returns (presets in file order incl. duplicates, warnings); the numbers of
     skipped lines are appended to `skipped` (for messages that must not quote foreign content)."""
     presets: list[Preset] = []
@@ -157,7 +173,7 @@ def parse_preset_text(text: str, origin: str, where: str,
             skip(problem)
             continue
         tokens = [t.strip() for t in rest.split(",")]
-        problem = tokens_problem(tokens)
+        problem = (problem_of or tokens_problem)(tokens)
         if problem:
             skip(f"preset '{name}': {problem}")
             continue
@@ -264,12 +280,13 @@ class PresetStore:
     _bad_name_chars = _BAD_NAME_CHARS
     header = USER_HEADER
     kind = "preset"
+    sdxl_counts = SDXL_COUNTS
 
     def __init__(self, builtin_path: str | os.PathLike | None = DEFAULT_BUILTIN,
                  user_path: str | os.PathLike | None = None):
         self.builtin_path = Path(builtin_path) if builtin_path else None
         self.user_path = Path(user_path) if user_path else None
-        if not isinstance(self, ElementPresetStore):
+        if not isinstance(self, (ElementPresetStore, MergePresetStore)):
             self.elemental = ElementPresetStore(DEFAULT_ELEMENTAL, elemental_user_path(self.user_path))
         self.warnings: list[str] = []
         self._builtin: dict[str, Preset] = {}
@@ -317,9 +334,9 @@ class PresetStore:
         entry, note = self._find(name)
         if entry is None:
             return None
-        if (arch or "").lower() == "sdxl" and len(entry.tokens) not in SDXL_COUNTS:
+        if (arch or "").lower() == "sdxl" and len(entry.tokens) not in self.sdxl_counts:
             var, _ = self._find(entry.name + XL_SUFFIX)
-            if (var is not None and len(var.tokens) in SDXL_COUNTS
+            if (var is not None and len(var.tokens) in self.sdxl_counts
                     and not (entry.origin == "user" and var.origin == "builtin")):
                 return PresetHit(var.name, list(var.tokens), var.origin, note, True)
         return PresetHit(entry.name, list(entry.tokens), entry.origin, note, False)
@@ -470,6 +487,32 @@ class ElementPresetStore(PresetStore):
         merged = self._user if user_only else self._merged()
         chosen = list(merged.values()) if names is None else [merged[n] for n in names if n in merged]
         return "# LoRA Studio elemental presets\n\n" + self._lines(chosen)
+
+
+class MergePresetStore(PresetStore):
+    """Checkpoint-merge block weights (`merge --block-weights NAME`): the shipped, editable
+    `lib_lora/data/merge_presets.txt` + a user file (`lora_studio_merge_presets.txt`), same line format,
+    lookup, `NAME_XL` variants (20 values) for SDXL, locking and atomic saves as PresetStore; 20/25/26 values."""
+
+    _parse = staticmethod(parse_merge_preset_text)
+    _problem = staticmethod(merge_tokens_problem)
+    header = ("# LoRA Studio user merge presets (NAME:w1,...,wN): 26 values BASE,IN00..IN11,M00,OUT00..OUT11,\n"
+              "# 25 without BASE, or 20 for SDXL; NAME_XL (20 values) is used for NAME when the models are SDXL.\n")
+    kind = "merge preset"
+    sdxl_counts = SDXL_MERGE_COUNTS
+
+
+DEFAULT_MERGE_BUILTIN = Path(__file__).resolve().parent / "data" / "merge_presets.txt"
+MERGE_USER_FILE_NAME = "lora_studio_merge_presets.txt"
+
+
+def default_merge_store(user_path: str | os.PathLike | None = None,
+                        lora_dir: str | os.PathLike | None = None) -> MergePresetStore:
+    """The merge presets every front end uses: shipped + the user file (`user_path`, else
+    `lora_studio_merge_presets.txt` beside the LoRA presets user file of `lora_dir`, else shipped only)."""
+    if user_path is None and lora_dir is not None:
+        user_path = default_user_path(lora_dir).with_name(MERGE_USER_FILE_NAME)
+    return MergePresetStore(DEFAULT_MERGE_BUILTIN, user_path)
 
 
 def elemental_user_path(user_path: Path | None) -> Path | None:

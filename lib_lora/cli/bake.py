@@ -28,14 +28,14 @@ def run(args) -> int:
     import sys
     import time
 
-    from lib_lora.bake import bake_checkpoint
+    from lib_lora.merge.bake import bake_checkpoint
     from lib_lora.cli.progress import PhaseProgress
 
     o = from_args(BakeOptions, args)
     t = time.perf_counter()
     phases: dict = {}
 
-    bar = PhaseProgress({"read": "bytes", "merge": "layers", "write": "bytes"},
+    bar = PhaseProgress({"merge": "layers", "write": "bytes"},   # nothing is read up front: the base is mapped
                         enabled=False if o.quiet else None)
 
     def progress(phase, done, total):

@@ -14,7 +14,7 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     import sys
 
-    from lib_lora.bake_lora import bake_lora
+    from lib_lora.merge.bake_lora import bake_lora
 
     o = from_args(BakeLoraOptions, args)
     out, stats, messages = bake_lora(o.prompt, o.lora_dir, o.out, overwrite=o.overwrite,

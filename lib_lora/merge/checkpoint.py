@@ -1,4 +1,5 @@
-"""Checkpoint merge, streamed: weighted sum A·(1−m)+B·m and add difference A+(B−C)·m, m per block.
+"""Checkpoint merge, streamed: weighted sum A·(1−m)+B·m, add difference A+(B−C)·m and supermerger's train
+difference, m per block (`MODES`, `MODE_HELP`).
 
 Inputs are read through memory maps one tensor (one row chunk) at a time and the output is written as it is
 produced, so memory stays far below one model whatever its size. The rules:
@@ -19,6 +20,7 @@ produced, so memory stays far below one model whatever its size. The rules:
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -29,9 +31,19 @@ from types import SimpleNamespace
 from lib_lora import blocks, fileio
 from lib_lora.errors import LoraFileError, LoraStudioError
 
-MODES = ("weighted", "add-diff")
+# The one list of checkpoint merge modes (the CLI and the merge tab build their choices from it).
+MODES = ("weighted", "add-diff", "train-diff")
+MODE_HELP = {
+    "weighted": "weighted sum A·(1−m) + B·m: m = 0 keeps A, m = 1 copies B",
+    "add-diff": "add difference A + (B − C)·m: adds what B learned on top of C (C = B's base model) to A",
+    "train-diff": "train difference (supermerger): A + 1.8·m·q·(B − C), q = |B − A| / (|B − C| + |B − A|) per "
+                  "weight; adds B − C mostly where A is far from B, as if A had been trained on it",
+}
+NEEDS_C = ("add-diff", "train-diff")   # modes that take a third model C
 DTYPE_NAMES = ("fp16", "bf16", "fp32")
 RECIPE_KEY = "lora_studio_merge"
+# Threads computing merged pieces while the main thread writes (and one more hashes the inputs).
+WORKERS = max(1, min(4, os.cpu_count() or 2))
 _CHUNK_ELEMS = 1 << 21     # elements per produced piece: bounds the output-side temporaries
 _HASH_PLACEHOLDER = "0" * 64  # same length as a sha256 hex, so the header is patched in place
 
@@ -46,6 +58,7 @@ class MergeResult:
     missing_in_others: int = 0   # of those: merge-able keys that B or C lacks
     left_out: int = 0        # keys only in B or C
     partial: list = field(default_factory=list)   # keys merged on A's leading input channels only
+    vae_baked: int = 0       # keys taken from the VAE file
     recipe: dict = field(default_factory=dict)
 
 
@@ -113,8 +126,8 @@ def _numbers(text: str) -> list[float] | None:
 def resolve_weights(arch: str, alpha: float, block_weights=None, base_alpha: float | None = None,
                     presets=None) -> list[float]:
     """m for each of the 26 slots. `block_weights`: None (every block `alpha`), a list of numbers, or text:
-    numbers separated by commas/spaces, or a preset name (`presets`: a PresetStore; default the shipped and
-    user presets). SD1/SD2 take 26 values (BASE first) or 25 (no BASE), SDXL 20 or 19; without BASE in the
+    numbers separated by commas/spaces, or a preset name (`presets`: a PresetStore, normally a
+    MergePresetStore; default the shipped merge presets, `presets.default_merge_store()`). SD1/SD2 take 26 values (BASE first) or 25 (no BASE), SDXL 20 or 19; without BASE in the
     list, BASE is `base_alpha` or else `alpha`. `base_alpha` always overrides BASE."""
     from lib_lora.arch import ARCH_LABELS
 
@@ -148,11 +161,14 @@ def resolve_weights(arch: str, alpha: float, block_weights=None, base_alpha: flo
 
 
 def _preset_values(name: str, arch: str, presets, full: int, label: str) -> list[float]:
+    tokens = None
     if presets is None:
-        from lib_lora.presets import default_store
+        from lib_lora.presets import default_merge_store, default_store
 
-        presets = default_store()
-    tokens = presets.get(name, arch)
+        tokens = default_merge_store().get(name, arch)
+        presets = default_store()   # else a LoRA preset: a 20/26-value one fits, a 12/17 one is refused by count
+    if tokens is None:
+        tokens = presets.get(name, arch)
     if tokens is None:
         close = presets.close_matches(name)
         hint = f" (did you mean {', '.join(close)}?)" if close else ""
@@ -162,6 +178,67 @@ def _preset_values(name: str, arch: str, presets, full: int, label: str) -> list
     if nums is None:
         raise LoraStudioError(f"preset '{name}' uses letters (R/U/X), which a merge cannot take; give numbers")
     return nums
+
+
+# ---------------------------------------------------------------- VAE files
+
+VAE_PREFIX = "first_stage_model."
+_VAE_IGNORED = ("loss.", "model_ema.")   # training leftovers in some VAE files (A1111 drops them too)
+_ATTN_RENAME = {"group_norm": "norm", "to_q": "q", "query": "q", "to_k": "k", "key": "k", "to_v": "v",
+                "value": "v", "to_out.0": "proj_out", "proj_attn": "proj_out"}
+
+
+def vae_key_to_ldm(key: str, up_blocks: int = 4) -> str | None:
+    """A standalone VAE file's key → its name under `first_stage_model.` (the original/ldm naming);
+    diffusers names (down_blocks/up_blocks/mid_block…) are translated; None for keys to ignore."""
+    import re
+
+    if key.startswith(VAE_PREFIX):
+        key = key[len(VAE_PREFIX):]
+    if key.startswith(_VAE_IGNORED):
+        return None
+    if ".down_blocks." not in key and ".up_blocks." not in key and ".mid_block." not in key \
+            and "conv_norm_out" not in key:
+        return key   # already ldm-named
+    key = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
+    key = re.sub(r"\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r".down.\1.block.\2.", key)
+    key = re.sub(r"\.down_blocks\.(\d+)\.downsamplers\.0\.", r".down.\1.downsample.", key)
+    key = re.sub(r"\.up_blocks\.(\d+)\.resnets\.(\d+)\.",
+                 lambda mo: f".up.{up_blocks - 1 - int(mo[1])}.block.{mo[2]}.", key)
+    key = re.sub(r"\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda mo: f".up.{up_blocks - 1 - int(mo[1])}.upsample.", key)
+    key = re.sub(r"\.mid_block\.resnets\.(\d+)\.", lambda mo: f".mid.block_{int(mo[1]) + 1}.", key)
+    mo = re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)\.(weight|bias)$", key)
+    if mo:
+        part = _ATTN_RENAME.get(mo[2], mo[2])
+        key = f"{mo[1]}.mid.attn_1.{part}.{mo[3]}"
+    return key
+
+
+def _vae_plan(vae, a, path) -> dict:
+    """A's key → the VAE file's key that replaces it. Checked from the headers alone: every VAE tensor must
+    land on a first_stage_model key of A with the same shape (a diffusers Linear [C, C] may fill an ldm
+    1×1 conv [C, C, 1, 1])."""
+    name = os.path.basename(os.fspath(path))
+    ups = {int(k.split(".")[2]) for k in vae.keys() if ".up_blocks." in k}
+    out = {}
+    for key in vae.keys():
+        ldm = vae_key_to_ldm(key, (max(ups) + 1) if ups else 4)
+        if ldm is None:
+            continue
+        target = VAE_PREFIX + ldm
+        if target not in a:
+            raise LoraStudioError(f"VAE '{name}' has '{key}', which model A has no place for (no '{target}'); "
+                                  f"pick a Stable Diffusion VAE (.safetensors)")
+        sv, sa = tuple(vae.shape(key)), tuple(a.shape(target))
+        if sv != sa and not (len(sv) == 2 and sa == sv + (1, 1)):
+            raise LoraStudioError(f"VAE '{name}' does not fit model A: '{key}' has shape {list(sv)} but "
+                                  f"'{target}' is {list(sa)}; pick a VAE made for this model")
+        if not vae.dtype(key).is_floating_point:
+            continue
+        out[target] = key
+    if not out:
+        raise LoraStudioError(f"'{name}' holds no VAE weights (no encoder./decoder. keys); pick a VAE file")
+    return out
 
 
 # ---------------------------------------------------------------- planning (headers only)
@@ -174,6 +251,7 @@ class _Item:
     slot: int | None = None
     m: float = 0.0
     channels: int | None = None   # merge only A's first `channels` input channels (inpainting conv_in)
+    vae_key: str | None = None    # taken from the VAE file (key in that file)
 
 
 def _shape_rule(key: str, sa: tuple, so: tuple, role: str) -> int | None:
@@ -188,7 +266,7 @@ def _shape_rule(key: str, sa: tuple, so: tuple, role: str) -> int | None:
                           f"merged{hint}")
 
 
-def _plan(a, others: dict, arch: str, vec: list, dtype) -> tuple[list, MergeResult]:
+def _plan(a, others: dict, arch: str, vec: list, dtype, vae_map: dict | None = None) -> tuple[list, MergeResult]:
     res = MergeResult(out="", arch=arch, weights=vec)
     items = []
     for key in a.keys():
@@ -198,7 +276,10 @@ def _plan(a, others: dict, arch: str, vec: list, dtype) -> tuple[list, MergeResu
         floating = dt.is_floating_point
         out_dt = dtype if (dtype is not None and floating and slot is not None) else dt
         item = _Item(key, out_dt, shape)
-        if slot is None or not floating:
+        if vae_map and key in vae_map:
+            item.vae_key = vae_map[key]
+            res.vae_baked += 1
+        elif slot is None or not floating:
             res.copied += 1
         elif not all(key in o and o.dtype(key).is_floating_point for o in others.values()):
             res.copied += 1
@@ -220,8 +301,32 @@ def _plan(a, others: dict, arch: str, vec: list, dtype) -> tuple[list, MergeResu
 
 
 # ---------------------------------------------------------------- arithmetic
-# Both paths evaluate the same float64 expressions, operation by operation (no fused multiply-add):
-#   weighted: a·(1−m) + b·m        add-diff: (b − c)·m + a
+# Every path evaluates the same float64 expressions, operation by operation (no fused multiply-add), and
+# casts the result once to the output type:
+#   weighted:   a·(1−m) + b·m
+#   add-diff:   (b − c)·m + a
+#   train-diff: a + (q·(b − c))·(1.8·m), q = |b − a| / (|b − c| + |b − a|), q = 0 where that sum is 0
+# train-diff is supermerger's "trainDifference" (it computes in float32; here float64). Its published form
+# sign(b−c)·q·|b−c| equals q·(b − c) bit for bit (q ≥ 0, rounding is symmetric). Where B equals C the
+# difference is 0 and A's value is kept exactly (supermerger keeps A for a key whose B and C are equal).
+TRAIN_DIFF_GAIN = 1.8
+
+
+def _train_diff_into(x, y, a, m: float, s=None):
+    """x = b − c, y = b − a on entry (float64 pieces); x ← a + q·(b − c)·(1.8·m). y (and `s`, a buffer of
+    the same length) are clobbered."""
+    import torch
+
+    y.abs_()
+    s = torch.abs(x, out=s) if s is not None else torch.abs(x)
+    s.add_(y)
+    y.div_(s)
+    y.masked_fill_(s == 0, 0.0)
+    x.mul_(y)
+    x.mul_(TRAIN_DIFF_GAIN * m)
+    x.add_(a)
+    return x
+
 
 def _combine(mode: str, a, b, c, m: float):
     """float64 result of one chunk of any shape (used for the partial-channel case)."""
@@ -235,14 +340,19 @@ def _combine(mode: str, a, b, c, m: float):
         return out
     d = b.to(f64, copy=True)
     d.sub_(c.to(f64))
+    if mode == "train-diff":
+        y = b.to(f64, copy=True)
+        y.sub_(a.to(f64))
+        return _train_diff_into(d, y, a.to(f64), m)
     d.mul_(m)
     d.add_(a.to(f64))
     return d
 
 
 class _Scratch:
-    """Two float64 buffers small enough to stay in the CPU cache: the arithmetic then costs about one
-    read of the inputs and one write of the output (a 16 MB chunk at a time was 3-4x slower)."""
+    """float64 buffers small enough to stay in the CPU cache: the arithmetic then costs about one read of
+    the inputs and one write of the output (a 16 MB chunk at a time was 3-4x slower). Half-precision inputs
+    are widened through float32 (exact, and about twice as fast as torch's direct half → double copy)."""
     SIZE = 1 << 16
 
     def __init__(self):
@@ -250,25 +360,46 @@ class _Scratch:
 
         self.x = torch.empty(self.SIZE, dtype=torch.float64)
         self.y = torch.empty(self.SIZE, dtype=torch.float64)
+        self.z = torch.empty(self.SIZE, dtype=torch.float64)
+        self.s = torch.empty(self.SIZE, dtype=torch.float64)
+        self.w = torch.empty(self.SIZE, dtype=torch.float32)
+
+    def _load(self, dst, src):
+        import torch
+
+        if src.dtype in (torch.float16, torch.bfloat16):
+            w = self.w[: src.numel()]
+            w.copy_(src)
+            dst.copy_(w)
+        else:
+            dst.copy_(src)
+        return dst
 
     def combine_into(self, mode: str, a, b, c, m: float, out) -> None:
         """out[:] = formula(a, b, c) for 1-D tensors of one length, in float64 pieces."""
+        import torch
+
         n = out.numel()
         for i in range(0, n, self.SIZE):
             j = min(n, i + self.SIZE)
             x, y = self.x[: j - i], self.y[: j - i]
             if mode == "weighted":
-                x.copy_(a[i:j])
-                x.mul_(1.0 - m)
-                y.copy_(b[i:j])
-                y.mul_(m)
-            else:
-                x.copy_(b[i:j])
-                y.copy_(c[i:j])
-                x.sub_(y)
+                self._load(x, a[i:j]).mul_(1.0 - m)
+                self._load(y, b[i:j]).mul_(m)
+                x.add_(y)
+            elif mode == "add-diff":
+                self._load(x, b[i:j]).sub_(self._load(y, c[i:j]))
                 x.mul_(m)
-                y.copy_(a[i:j])
-            x.add_(y)
+                x.add_(self._load(y, a[i:j]))
+            else:
+                bi, ci = b[i:j], c[i:j]
+                if torch.equal(bi, ci):   # no difference: A exactly (also its signed zeros)
+                    out[i:j].copy_(a[i:j])
+                    continue
+                z = self.z[: j - i]
+                self._load(x, bi).sub_(self._load(y, ci))      # x = b − c
+                self._load(y, bi).sub_(self._load(z, a[i:j]))  # y = b − a, z = a
+                _train_diff_into(x, y, z, m, self.s[: j - i])
             out[i:j].copy_(x)
 
 
@@ -276,21 +407,30 @@ def _rows(t):
     return t.reshape(1) if t.dim() == 0 else t
 
 
-def _producer(item: _Item, mode: str, a, b, c, scratch: _Scratch):
+def _producer(item: _Item, mode: str, a, b, c, scratch, vae=None):
+    """produce() for the stream writer; `scratch()` returns the calling thread's _Scratch."""
     def produce():
         import torch
 
+        if item.vae_key is not None:   # baked VAE: cast (and a Linear's [C, C] shaped as the 1×1 conv)
+            tv = vae.get(item.vae_key).reshape(-1)
+            for i in range(0, max(tv.numel(), 1), _CHUNK_ELEMS):
+                yield tv[i:i + _CHUNK_ELEMS].to(item.out_dtype)
+            return
         ta = _rows(a.get(item.key))
         if item.slot is not None and item.channels is None:   # the common case: flat, cache-sized pieces
             fa = ta.reshape(-1)
             fb = b.get(item.key).reshape(-1)
             fc = c.get(item.key).reshape(-1) if c is not None else None
             n = fa.numel()
-            for i in range(0, n, _CHUNK_ELEMS):
-                j = min(n, i + _CHUNK_ELEMS)
+
+            def piece(i, j):   # run by the writer's worker threads, each with its own scratch buffers
                 out = torch.empty(j - i, dtype=item.out_dtype)
-                scratch.combine_into(mode, fa[i:j], fb[i:j], fc[i:j] if fc is not None else None, item.m, out)
-                yield out
+                scratch().combine_into(mode, fa[i:j], fb[i:j], fc[i:j] if fc is not None else None, item.m, out)
+                return out
+
+            for i in range(0, n, _CHUNK_ELEMS):
+                yield functools.partial(piece, i, min(n, i + _CHUNK_ELEMS))
             return
         n = ta.shape[0]
         per_row = max(1, ta.numel() // max(1, n))
@@ -337,8 +477,13 @@ class _Hashes(threading.Thread):
 
 def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=None, block_weights=None,
                       base_alpha: float | None = None, dtype: str | None = None, overwrite: bool = False,
-                      allow_pickle: bool = False, presets=None, progress=None) -> MergeResult:
+                      allow_pickle: bool = False, presets=None, progress=None, vae=None) -> MergeResult:
     """Merge checkpoint files into `out` (.safetensors). `progress(done_bytes, total_bytes)` while writing.
+
+    `vae`: None or "base" (the VAE is merged like every BASE key), or the path of a VAE file (ldm or
+    diffusers names, .safetensors; a pickle only with `allow_pickle`) whose weights replace
+    first_stage_model.* (cast to the output type); a VAE that does not fit A is refused before any tensor
+    is read.
 
     Everything that can be checked from the file headers is checked before any tensor is read; a failure,
     Ctrl-C or kill leaves no file at `out` (and an existing one untouched)."""
@@ -348,16 +493,17 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
     fileio.check_target(out, overwrite, ".safetensors")
     if mode not in MODES:
         raise LoraStudioError(f"--mode {mode} is not a merge mode; use one of {', '.join(MODES)}")
-    if mode == "add-diff" and c is None:
-        raise LoraStudioError("--mode add-diff needs a third model: --c C (the result is A + (B − C)·alpha)")
-    if mode == "weighted" and c is not None:
-        raise LoraStudioError("--c is only used by --mode add-diff; drop it or use --mode add-diff")
+    if mode in NEEDS_C and c is None:
+        raise LoraStudioError(f"--mode {mode} needs a third model: --c C (the base model B was trained from)")
+    if mode not in NEEDS_C and c is not None:
+        raise LoraStudioError(f"--c is only used by --mode {' / '.join(NEEDS_C)}; drop it or change --mode")
     if dtype is not None and dtype not in DTYPE_NAMES:
         raise LoraStudioError(f"--dtype {dtype} is not supported; use one of {', '.join(DTYPE_NAMES)}")
     for what, v in (("--alpha", alpha), ("--base-alpha", base_alpha)):
         if v is not None and not math.isfinite(float(v)):
             raise LoraStudioError(f"{what} must be a finite number such as 0.5")
     torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype)
+    vae_path = None if vae is None or (isinstance(vae, str) and vae == "base") else vae
     paths = {"A": a, "B": b, **({"C": c} if c is not None else {})}
     readers = {}
     try:
@@ -376,8 +522,12 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
                                       f"'{paths[role]}' is {ARCH_LABELS[arch]}; merge models of one architecture")
         arch = archs["A"]
         vec = resolve_weights(arch, alpha, block_weights, base_alpha, presets)
-        others = {role: r for role, r in readers.items() if role != "A"}
-        items, result = _plan(readers["A"], others, arch, vec, torch_dtype)
+        vae_map = None
+        if vae_path is not None:
+            readers["VAE"] = _open(vae_path, "VAE", allow_pickle)
+            vae_map = _vae_plan(readers["VAE"], readers["A"], vae_path)
+        others = {role: r for role, r in readers.items() if role not in ("A", "VAE")}
+        items, result = _plan(readers["A"], others, arch, vec, torch_dtype, vae_map)
         result.out = out
         full = 20 if arch == "sdxl" else 26
         recipe = {
@@ -388,22 +538,31 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
                        for role, p in paths.items()},
             "merged": result.merged, "copied_from_a": result.copied, "left_out": result.left_out,
             "partial_channels": result.partial,
+            "vae": "base" if vae_path is None else {"file": os.path.basename(os.fspath(vae_path)),
+                                                     "sha256": _HASH_PLACEHOLDER},
         }
-        hashes = _Hashes({role: os.fspath(p) for role, p in paths.items()})
+        hashed = dict(paths, **({"VAE": vae_path} if vae_path is not None else {}))
+        hashes = _Hashes({role: os.fspath(p) for role, p in hashed.items()})
         hashes.start()
 
         def final_metadata():
             for role, h in hashes.wait().items():
-                recipe["inputs"][role]["sha256"] = h
+                (recipe["vae"] if role == "VAE" else recipe["inputs"][role])["sha256"] = h
             return {RECIPE_KEY: json.dumps(recipe, ensure_ascii=False)}
 
-        scratch = _Scratch()
+        local = threading.local()
+
+        def scratch():
+            if not hasattr(local, "s"):
+                local.s = _Scratch()
+            return local.s
+
         specs = [(it.key, it.out_dtype, it.shape, _producer(it, mode, readers["A"], readers.get("B"),
-                                                            readers.get("C"), scratch))
+                                                            readers.get("C"), scratch, readers.get("VAE")))
                  for it in items]
         fileio.atomic_save_safetensors_stream(specs, out, {RECIPE_KEY: json.dumps(recipe, ensure_ascii=False)},
                                               overwrite=overwrite, progress=progress,
-                                              final_metadata=final_metadata)
+                                              final_metadata=final_metadata, workers=WORKERS)
         result.recipe = recipe
         return result
     finally:

@@ -58,6 +58,17 @@ def _kohya_names(arch: str) -> dict:
     return out
 
 
+_NAMES_BY_ARCH: dict = {}
+
+
+def kohya_name(layer: str, qkv, arch: str) -> str | None:
+    """The kohya module key of a canonical layer (and fused q/k/v part) on `arch`, or None: how a LoRA read
+    with diffusers/PEFT names is written back (resize, merge-loras) in the names every loader reads."""
+    if arch not in _NAMES_BY_ARCH:
+        _NAMES_BY_ARCH[arch] = _kohya_names(arch)
+    return _NAMES_BY_ARCH[arch].get((layer, qkv))
+
+
 def _is_target(layer: str, shape: tuple, conv: bool) -> bool:
     from lib_lora.arch import UNET, is_te_layer
 

@@ -73,8 +73,9 @@ def merge_loras(tags: list, lora_dir, out, mode: str = "concat", rank: Optional[
     """Merge the LoRAs of `tags` (each a `<lora:…>` tag) into one LoRA file `out`."""
     import torch
 
-    from lib_lora.bake import load_presets, parse_tags, resolve_tag
     from lib_lora.merge import svd as _svd
+    from lib_lora.merge.bake import load_presets, parse_tags, resolve_tag
+    from lib_lora.merge.extract import kohya_name
     from lib_lora.patcher import effective_multiplier
 
     out = os.fspath(out)
@@ -104,9 +105,11 @@ def merge_loras(tags: list, lora_dir, out, mode: str = "concat", rank: Optional[
     for r in resolved:
         used = 0
         for mk, mod in r.network.modules.items():
-            if "." in mk:
-                raise LoraStudioError(f"'{r.network.name}' uses diffusers/PEFT key names (e.g. '{mk}'); merge-loras "
-                                      f"writes kohya names: use kohya/LyCORIS files")
+            if "." in mk:   # diffusers/PEFT names: written back under the kohya name of the same layer
+                mk = kohya_name(mod.layer, mod.qkv, r.network.arch)
+                if mk is None:
+                    raise LoraStudioError(f"'{r.network.name}': module '{mod.key}' ({mod.layer}) has no kohya name "
+                                          f"on {r.network.arch}; this LoRA cannot be merged")
             m = effective_multiplier(r.active, mod)
             if m == 0.0:
                 continue

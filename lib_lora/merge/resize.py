@@ -130,8 +130,9 @@ def resize_lora(src, out, rank: int, conv_rank: Optional[int] = None, method: st
     """Write `src` resized to `out` (kohya/LyCORIS key names). `progress(phase, done, total)`."""
     import torch
 
-    from lib_lora.bake_lora import _module_of
     from lib_lora.merge import svd as _svd
+    from lib_lora.merge.bake_lora import _module_of
+    from lib_lora.merge.extract import kohya_name
     from lib_lora.network import load_network
 
     out = os.fspath(out)
@@ -143,10 +144,13 @@ def resize_lora(src, out, rank: int, conv_rank: Optional[int] = None, method: st
     conv_rank = rank if conv_rank is None else conv_rank
     net = load_network(src)
     raw, metadata = fileio.read_tensors(src)
-    foreign = [k for k in net.modules if "." in k]
-    if foreign:
-        raise LoraStudioError(f"'{net.name}' uses diffusers/PEFT key names (e.g. '{foreign[0]}'); resize writes "
-                              f"kohya names: convert the file first or resize a kohya/LyCORIS file")
+    # diffusers/PEFT-named modules are written back under the kohya name of the same layer
+    out_name = {}
+    for k, mod in net.modules.items():
+        out_name[k] = kohya_name(mod.layer, mod.qkv, net.arch) if "." in k else k
+        if out_name[k] is None:
+            raise LoraStudioError(f"'{net.name}': module '{k}' ({mod.layer}) has no kohya name on {net.arch}; "
+                                  f"this LoRA cannot be resized")
     by_module: dict = {}
     for key in raw:
         mk, _ = _module_of(key, net.modules)
@@ -159,6 +163,9 @@ def resize_lora(src, out, rank: int, conv_rank: Optional[int] = None, method: st
         if progress is not None:
             progress("resize", i, total)
         got = module_svd(module)
+        if isinstance(got, str) and out_name[mk] != mk:
+            raise LoraStudioError(f"'{net.name}': module '{mk}' cannot be resized ({got}) and its diffusers/PEFT "
+                                  f"name cannot be kept beside kohya names; resize a kohya/LyCORIS file")
         if isinstance(got, str):
             result.kept.append((mk, got))
             tensors.update({k: raw[k] for k in by_module.get(mk, ())})
@@ -175,10 +182,11 @@ def resize_lora(src, out, rank: int, conv_rank: Optional[int] = None, method: st
             dtype = torch.float32
         alpha = float(scale * new)
         fro, nuc = _svd.retained(s.S, new)
-        result.modules.append(ModuleResize(mk, algo, old, new, alpha, conv, fro, nuc))
-        tensors[f"{mk}.lora_down.weight"] = down.to(dtype).contiguous()
-        tensors[f"{mk}.lora_up.weight"] = up.to(dtype).contiguous()
-        tensors[f"{mk}.alpha"] = torch.tensor(alpha, dtype=dtype)
+        name = out_name[mk]
+        result.modules.append(ModuleResize(name, algo, old, new, alpha, conv, fro, nuc))
+        tensors[f"{name}.lora_down.weight"] = down.to(dtype).contiguous()
+        tensors[f"{name}.lora_up.weight"] = up.to(dtype).contiguous()
+        tensors[f"{name}.alpha"] = torch.tensor(alpha, dtype=dtype)
         if module.dora_scale is not None:  # unreachable today (DoRA is kept); never drop a magnitude silently
             raise LoraStudioError(f"{mk}: DoRA magnitude cannot be resized")
     if progress is not None:

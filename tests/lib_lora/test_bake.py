@@ -125,7 +125,7 @@ def _deltas(net, mults=None):
 def test_bake_lora_reproduces_block_weighted_delta(env, tag, dyn):
     out = env["tmp"] / f"bl_{abs(hash(tag))}.safetensors"
     assert main(["bake-lora", "--prompt", tag, "--lora-dir", env["loras"], "--out", str(out)]) == 0
-    from lib_lora.bake import find_lora
+    from lib_lora.merge.bake import find_lora
     from lib_lora.presets import PresetStore
     from lib_lora.syntax import parse_prompt, resolve_blocks
 

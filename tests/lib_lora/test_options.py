@@ -177,7 +177,7 @@ def test_verbs_take_their_choice_lists_from_the_core():
     assert O.get(tf, "rating").choices() == RATING_MODES and O.get(tf, "provider").choices() == PROVIDER_CHOICES
     assert O.get(tf, "resize").choices() == RESIZE_METHODS
     import torch
-    from lib_lora.bake import DTYPES                       # built from O.OUTPUT_DTYPES: one declaration
+    from lib_lora.merge.bake import DTYPES                       # built from O.OUTPUT_DTYPES: one declaration
     assert O.get(O.BakeOptions, "dtype").choices() == tuple(DTYPES) == ("fp16", "bf16", "fp32")
     assert all(isinstance(t, torch.dtype) and t.is_floating_point for t in DTYPES.values())
 

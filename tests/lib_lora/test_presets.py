@@ -270,3 +270,50 @@ def test_user_file_is_lbw_readable(tmp_path):
     assert len(data) == 4
     assert sorted(ln.count(",") for ln in data) == [11, 16, 19, 25]
     assert os.access(user, os.R_OK)
+
+
+# ---- checkpoint-merge presets (20/25/26 values, shipped editable file) -------------------------------------
+
+def test_shipped_merge_presets_load_clean_and_resolve_for_both_architectures():
+    from lib_lora.merge.checkpoint import resolve_weights
+    from lib_lora.presets import MergePresetStore, default_merge_store
+
+    store = default_merge_store()
+    assert isinstance(store, MergePresetStore) and store.warnings == []
+    names = store.names()
+    for name in ("ALL_A", "ALL_B", "FLAT_50", "GRAD_V", "GRAD_A", "SMOOTHSTEP", "REVERSE_SMOOTHSTEP", "COSINE",
+                 "WRAP08", "MID12_50"):
+        assert name in names and f"{name}_XL" in names
+        for arch, full in (("sd1", 26), ("sdxl", 20)):
+            assert len(resolve_weights(arch, 0.3, name)) == 26
+    assert resolve_weights("sd1", 0.3, "ALL_B") == [1.0] * 26
+    v = resolve_weights("sd1", 0.3, "GRAD_V", base_alpha=0)
+    assert v[0] == 0 and v[1] == 1 and v[13] == 0 and v[25] == 1          # IN00 1, M00 0, OUT11 1
+    assert resolve_weights("sd1", 0.3, "GRAD_V")[0] == 0.3                 # 25 values: BASE from alpha
+    xl = resolve_weights("sdxl", 0.3, "GRAD_V")
+    assert xl[0] == 0.3 and xl[1] == 1 and xl[13] == 0 and xl[22] == 1     # _XL: OUT08 (slot 22) is the end
+    sm = resolve_weights("sd1", 0, "SMOOTHSTEP")[1:]
+    assert sm == sorted(sm) and sm[0] == 0 and sm[-1] == 1 and sm[12] == 0.5
+
+
+def test_merge_store_counts_user_file_and_lora_store_unchanged(tmp_path):
+    from lib_lora.presets import MergePresetStore, PresetStore, default_merge_store, parse_merge_preset_text
+
+    text = ("M25:" + ",".join(["0.5"] * 25) + "\nM20:" + ",".join(["1"] * 20) + "\nM26:" + ",".join(["0"] * 26) +
+            "\nM17:" + ",".join(["1"] * 17) + "\n")
+    items, warnings = parse_merge_preset_text(text, "user", "f")
+    assert [p.name for p in items] == ["M25", "M20", "M26"] and "17 values" in warnings[0]
+    lora_items, lora_warnings = PresetStore._parse(text, "user", "f")
+    assert [p.name for p in lora_items] == ["M20", "M26", "M17"] and "25 values" in lora_warnings[0]
+    user = tmp_path / "lora" / "lora_studio_merge_presets.txt"
+    user.parent.mkdir()
+    store = default_merge_store(lora_dir=tmp_path / "lora")
+    assert store.user_path == user
+    store.set("MINE", [0.1] * 25)
+    store.set("GRAD_V", [0.2] * 26)              # overrides the shipped one
+    store.save()
+    again = MergePresetStore(store.builtin_path, user)
+    assert again.get("MINE") == ["0.1"] * 25 and again.get("GRAD_V") == ["0.2"] * 26
+    assert again.get("GRAD_V", "sdxl") == ["0.2"] * 26   # the user's NAME wins over the shipped _XL variant
+    with pytest.raises(LoraStudioError, match="17 values"):
+        store.set("BAD", [1] * 17)

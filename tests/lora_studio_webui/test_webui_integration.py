@@ -350,7 +350,7 @@ def test_partly_unmatched_lora_warns_and_applies_the_rest(webui):
 def test_unlisted_blocks_warning_is_the_one_bake_prints(webui):
     """The WebUI and `bake` say the same line when a weight list leaves out blocks the LoRA has weights in
     (before: the WebUI left out the module count that bake gives)."""
-    from lib_lora.bake import resolve_tag
+    from lib_lora.merge.bake import resolve_tag
     from lib_lora.syntax import parse_prompt
 
     tag = "<lora:foo:1:" + ",".join(["1"] * 12) + ">"            # 12 values: SD1's IN01/IN02 are not listed

@@ -185,7 +185,7 @@ def test_progress_on_a_terminal_and_one_summary_line_otherwise(env, tmp_path):
     finally:
         os.close(master)
     assert p.returncode == 0
-    for phase in ("read", "merge", "write"):
+    for phase in ("merge", "write"):   # the base is memory-mapped: no read phase
         assert f"\r{phase}" in shown
     assert "layers" in shown and "100%" in shown
 
@@ -222,7 +222,7 @@ def test_ctrl_c_cancels_and_leaves_nothing(env, tmp_path):
 def test_lora_lines_follow_each_report_to_its_lora(env, tmp_path):
     """The per-LoRA summary reads each report's own ActiveLora: reports in another order than the prompt's
     tags (the patcher owes no order) still print each LoRA's name beside its own counts and multipliers."""
-    from lib_lora.bake import bake_checkpoint
+    from lib_lora.merge.bake import bake_checkpoint
     from lib_lora.cli.bake import lora_lines
 
     loras = tmp_path / "loras"

@@ -76,3 +76,45 @@ def test_mismatch_is_one_line_before_work(tmp_path):
                        env=dict(os.environ, PYTHONPATH=str(REPO)))
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "same architecture" in r.stderr
     assert not (tmp_path / "o.safetensors").exists()
+
+
+def test_sdxl_named_checkpoints_both_text_encoders_and_convs(tmp_path):
+    """Every key of a real SDXL checkpoint (widths /32): low-rank differences on U-Net attention, a ResNet conv,
+    CLIP-L and OpenCLIP's fused in_proj come back exactly, as an SDXL LoRA that loads with kohya names."""
+    from tests.checkpoints import checkpoint_state
+
+    base = checkpoint_state("sdxl", scale=32, seed=1, dtype=torch.float32)
+    tuned = {k: v.clone() for k, v in base.items()}
+    g = torch.Generator().manual_seed(2)
+    changed = ["model.diffusion_model.output_blocks.1.1.transformer_blocks.1.attn2.to_k.weight",
+               "model.diffusion_model.input_blocks.4.0.in_layers.2.weight",
+               "conditioner.embedders.0.transformer.text_model.encoder.layers.3.self_attn.v_proj.weight",
+               "conditioner.embedders.1.model.transformer.resblocks.5.attn.in_proj_weight",
+               "conditioner.embedders.1.model.transformer.resblocks.5.mlp.c_fc.weight"]
+    for key in changed:
+        w = tuned[key]
+        d = torch.randn(w.shape[0], 2, generator=g) @ torch.randn(2, w[0].numel(), generator=g) * 0.05
+        tuned[key] = w + d.reshape(w.shape)
+    save_file(base, str(tmp_path / "a.safetensors"))
+    save_file(tuned, str(tmp_path / "b.safetensors"))
+    res = extract_lora(tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "xl.safetensors", rank=4,
+                       conv_rank=4, min_diff=0)
+    assert res.arch == "sdxl"
+    keys = load_file(res.out)
+    assert any(k.startswith("lora_te1_") for k in keys) and any(k.startswith("lora_te2_") for k in keys)
+    net = load_network(res.out)
+    assert net.arch == "sdxl" and not net.skipped
+    want = []
+    for key in changed:
+        d = (tuned[key] - base[key]).reshape(base[key].shape[0], -1)
+        want += list(d.chunk(3)) if key.endswith("in_proj_weight") else [d]   # OpenCLIP q/k/v: three modules
+    got = []
+    for mk, (r, err) in res.modules.items():
+        up, down = keys[f"{mk}.lora_up.weight"], keys[f"{mk}.lora_down.weight"]
+        d = up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)
+        assert float(keys[f"{mk}.alpha"]) == r
+        if float(d.abs().max()) > 1e-6:
+            got.append(d)
+    assert len(got) == len(want) == 7
+    for d in want:
+        assert any(x.shape == d.shape and torch.allclose(x, d, atol=1e-5) for x in got)

@@ -270,3 +270,140 @@ def test_numbers_presets_and_bad_weights(tmp_path):
             mc.resolve_weights("sd1", 0.1, bw, presets=store)
     with pytest.raises(LoraStudioError, match="finite"):
         mc.resolve_weights("sd1", 0.1, [float("nan")] * 26)
+
+
+def _ref_train_diff(a, b, c, m):
+    """supermerger's trainDifference as published (sign·|scale|·|B − C|, scaled by 1.8·m), in float64."""
+    d0, d1 = np.abs(b - c), np.abs(b - a)
+    s = d0 + d1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where(s != 0, d1 / s, 0.0)
+    new = np.sign(b - c) * np.abs(scale) * np.abs(b - c)
+    return np.asarray(a + new * (m * 1.8))
+
+
+@pytest.mark.parametrize("dtype", [None, "fp32"])
+def test_train_difference_matches_supermergers_formula_per_block(sd15, tmp_path, dtype):
+    same = "model.diffusion_model.output_blocks.4.1.proj_in.weight"
+    c = dict(sd15["c_sd"])
+    c[same] = sd15["b_sd"][same].clone()          # B == C: the key stays A exactly
+    c_path = tmp_path / "c.safetensors"
+    save_file(c, str(c_path))
+    out = tmp_path / "td.safetensors"
+    res = merge_checkpoints(sd15["a"], sd15["b"], out, mode="train-diff", c=c_path, alpha=0.5,
+                            block_weights=SLOT_W, dtype=dtype)
+    got = load_file(str(out))
+    a, b = sd15["a_sd"], sd15["b_sd"]
+    assert _same(got[same], a[same].float() if dtype else a[same])
+    checked = 0
+    for key, t in got.items():
+        slot = blocks.checkpoint_key_slot(key, "sd1")
+        if key.endswith("position_ids") or slot is None:
+            assert _same(t, a[key]), key
+            continue
+        ref = torch.from_numpy(_ref_train_diff(_f64(a[key]), _f64(b[key]), _f64(c[key]), res.weights[slot]))
+        assert _same(t, ref.to(torch.float32 if dtype else a[key].dtype)), key
+        checked += 1
+    assert checked == res.merged > 1000
+    assert json.loads(fileio.read_metadata(out)[RECIPE_KEY])["mode"] == "train-diff"
+    with pytest.raises(LoraStudioError, match="needs a third model"):
+        merge_checkpoints(sd15["a"], sd15["b"], tmp_path / "x.safetensors", mode="train-diff", alpha=0.5)
+
+
+def test_every_mode_is_described():
+    assert set(mc.MODE_HELP) == set(mc.MODES) and all(mc.MODE_HELP[m] for m in mc.MODES)
+
+
+def _to_diffusers_vae(ldm: dict) -> dict:
+    """ldm VAE names → diffusers names (written out by hand from the two layouts), attention as Linear."""
+    import re
+
+    out = {}
+    for k, t in ldm.items():
+        d = k.replace("nin_shortcut", "conv_shortcut").replace("norm_out", "conv_norm_out")
+        d = re.sub(r"encoder\.down\.(\d)\.block\.(\d)\.", r"encoder.down_blocks.\1.resnets.\2.", d)
+        d = re.sub(r"encoder\.down\.(\d)\.downsample\.", r"encoder.down_blocks.\1.downsamplers.0.", d)
+        d = re.sub(r"decoder\.up\.(\d)\.block\.(\d)\.", lambda m: f"decoder.up_blocks.{3 - int(m[1])}.resnets.{m[2]}.", d)
+        d = re.sub(r"decoder\.up\.(\d)\.upsample\.", lambda m: f"decoder.up_blocks.{3 - int(m[1])}.upsamplers.0.", d)
+        d = re.sub(r"mid\.block_(\d)\.", lambda m: f"mid_block.resnets.{int(m[1]) - 1}.", d)
+        for old, new in (("norm.", "group_norm."), ("q.", "to_q."), ("k.", "to_k."), ("v.", "to_v."),
+                         ("proj_out.", "to_out.0.")):
+            d = d.replace(f"mid.attn_1.{old}", f"mid_block.attentions.0.{new}")
+        if "attentions" in d and t.dim() == 4:
+            t = t.reshape(t.shape[0], t.shape[1])
+        out[d] = t
+    return out
+
+
+@pytest.mark.parametrize("naming", ["ldm", "ldm_prefixed", "diffusers"])
+def test_bake_a_vae_file_in_either_naming(sd15, tmp_path, naming):
+    a = sd15["a_sd"]
+    gen = torch.Generator().manual_seed(9)
+    vae = {k[len("first_stage_model."):]: torch.randn(t.shape, generator=gen, dtype=torch.float32)
+           for k, t in a.items() if k.startswith("first_stage_model.")}
+    vae["loss.logvar"] = torch.zeros(())                          # training leftover: ignored
+    stored = {"ldm": vae, "ldm_prefixed": {"first_stage_model." + k: t for k, t in vae.items()},
+              "diffusers": _to_diffusers_vae(vae)}[naming]
+    if naming == "diffusers":
+        assert not any(".up." in k or "mid.attn_1" in k for k in stored)
+    path = tmp_path / "vae.safetensors"
+    save_file(stored, str(path))
+    out = tmp_path / "m.safetensors"
+    res = merge_checkpoints(sd15["a"], sd15["b"], out, alpha=0.3, vae=path)
+    got = load_file(str(out))
+    assert res.vae_baked == 248
+    for k, t in vae.items():
+        if k.startswith("loss."):
+            continue
+        assert _same(got["first_stage_model." + k], t.half()), k
+    key = "model.diffusion_model.input_blocks.4.1.proj_in.weight"
+    assert _same(got[key], torch.from_numpy(_ref_weighted(_f64(a[key]), _f64(sd15["b_sd"][key]), 0.3)).half())
+    recipe = json.loads(fileio.read_metadata(out)[RECIPE_KEY])
+    assert recipe["vae"] == {"file": "vae.safetensors", "sha256": fileio.model_hash(path)}
+    base = merge_checkpoints(sd15["a"], sd15["b"], tmp_path / "base.safetensors", alpha=0.3, vae="base")
+    assert base.vae_baked == 0 and json.loads(fileio.read_metadata(tmp_path / "base.safetensors")[RECIPE_KEY])["vae"] == "base"
+
+
+def test_mismatched_or_foreign_vae_refused_in_one_line_before_reading(sd15, sdxl, tmp_path, monkeypatch):
+    a = sd15["a_sd"]
+    vae = {k[len("first_stage_model."):]: t for k, t in a.items() if k.startswith("first_stage_model.")}
+    vae["decoder.conv_in.weight"] = torch.zeros(3, 3)
+    save_file(vae, str(tmp_path / "bad.safetensors"))
+    reads = []
+    real_get = fileio.MappedTensors.get
+    monkeypatch.setattr(fileio.MappedTensors, "get", lambda self, k: reads.append(k) or real_get(self, k))
+    with pytest.raises(LoraStudioError) as exc:
+        merge_checkpoints(sd15["a"], sd15["b"], tmp_path / "o.safetensors", alpha=0.5, vae=tmp_path / "bad.safetensors")
+    msg = str(exc.value)
+    assert "\n" not in msg and "decoder.conv_in.weight" in msg and "[3, 3]" in msg
+    with pytest.raises(LoraStudioError, match="no place for"):     # a whole checkpoint is not a VAE
+        merge_checkpoints(sd15["a"], sd15["b"], tmp_path / "o.safetensors", alpha=0.5, vae=sdxl["a"])
+    with pytest.raises(LoraStudioError, match="not found"):
+        merge_checkpoints(sd15["a"], sd15["b"], tmp_path / "o.safetensors", alpha=0.5, vae=tmp_path / "none.safetensors")
+    assert reads == [] and not (tmp_path / "o.safetensors").exists()
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False], ids=["copy_file_range", "pread_fallback"])
+def test_stream_writer_workers_and_file_pieces_are_byte_identical(tmp_path, monkeypatch, kernel_copy):
+    import errno
+
+    ts = {"w": torch.randn(50, 30).half(), "i": torch.arange(7), "f": torch.randn(1000), "e": torch.zeros(0, 2)}
+    fileio.atomic_save_safetensors(ts, tmp_path / "x.safetensors", {"k": "v"})
+    if not kernel_copy:
+        def refuse(*a, **k):
+            raise OSError(errno.EXDEV, "cross-device")
+        monkeypatch.setattr(os, "copy_file_range", refuse, raising=False)
+    src = fileio.MappedTensors(tmp_path / "x.safetensors")
+
+    def produce(k, t):
+        if k == "w":      # computed on the worker threads, in pieces
+            flat = t.reshape(-1)
+            return lambda: (lambda i=i: flat[i:i + 333].clone() for i in range(0, flat.numel(), 333))
+        if k == "f":      # copied file to file
+            return lambda: iter([src.piece(k)])
+        return lambda: iter([t])
+
+    specs = [(k, t.dtype, tuple(t.shape), produce(k, t)) for k, t in ts.items()]
+    fileio.atomic_save_safetensors_stream(specs, tmp_path / "y.safetensors", {"k": "v"}, workers=2)
+    src.close()
+    assert (tmp_path / "x.safetensors").read_bytes() == (tmp_path / "y.safetensors").read_bytes()

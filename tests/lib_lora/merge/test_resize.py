@@ -168,3 +168,36 @@ def test_lora_factorise_hook_is_exact_for_low_rank_deltas():
                        dora_scale=None, slot=None, is_te=False, peft_dora=False)
         back = compute_delta(m, torch.zeros(shape)).weight.double()
         assert torch.allclose(back.reshape(shape[0], -1), flat, atol=1e-5 * float(flat.abs().max()))
+
+
+def _deltas(path):
+    """canonical layer (+ q/k/v part) → ΔW at multiplier 1 through the core key mapper and algorithms."""
+    from lib_lora.network import load_network
+
+    net = load_network(path)
+    out = {}
+    for m in net.modules.values():
+        up, down = m.tensors["lora_up.weight"].double(), m.tensors["lora_down.weight"].double()
+        scale = (m.alpha / down.shape[0]) if m.alpha else 1.0
+        out[(m.layer, m.qkv)] = (up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)) * scale
+    return net, out
+
+
+@pytest.mark.parametrize("model", ["sd15", "sdxl"])
+def test_peft_named_lora_is_resized_and_merged_under_kohya_names(tmp_path, model):
+    from lib_lora.merge.lora_merge import merge_loras
+
+    src = write_lora(tmp_path / "p.safetensors", model, family="peft", algo="lora", rank=6, seed=4)
+    net_in, want = _deltas(src)
+    assert any("." in k for k in net_in.modules)                         # really diffusers/PEFT names
+    res = resize_lora(src, tmp_path / "r.safetensors", rank=8)          # rank ≥ input: the same deltas
+    net_out, got = _deltas(res.out)
+    assert set(got) == set(want) and not any("." in k for k in net_out.modules)
+    assert all(k.startswith(("lora_unet_", "lora_te")) for k in load_file(res.out))
+    for where, d in want.items():
+        assert torch.allclose(got[where], d, atol=1e-5 * float(d.abs().max())), where
+    m = merge_loras(["<lora:p:0.5>", "<lora:p:0.25>"], tmp_path, tmp_path / "m.safetensors", mode="concat")
+    _, merged = _deltas(m.out)
+    assert set(merged) == set(want)
+    for where, d in want.items():
+        assert torch.allclose(merged[where], 0.75 * d, atol=1e-5 * float(d.abs().max())), where

@@ -1,0 +1,136 @@
+"""bake (LoRA → checkpoint) on the streaming path vs a naive reference, full-size SD1.5-shaped fp16 model.
+
+    .venv/bin/python bench/bake.py [--rank 32] [--algo lora] [--reps 2] [--dir DIR]
+
+One random checkpoint with every key of tests/fixtures/sd15_checkpoint_compvis.json (2.1 GB fp16) and one
+random LoRA on every U-Net/text-encoder layer a kohya LoRA targets are written to DIR (kept when --dir is
+given). Each side runs in a fresh process (torch import included), alternating, best of --reps:
+
+- bake: `lib_lora.merge.bake.bake_checkpoint` (the checkpoint memory-mapped, only the changed layers copied
+  and patched, the file streamed out from the maps);
+- naive: what the issue calls the reference: load the whole checkpoint (safetensors load_file), add every
+  module's delta in fp32 (W ← (W.float() + ΔW).to(W.dtype)), save_file.
+Ratio bake / naive: target ≤ 0.8. Peak RssAnon of each side is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+PRELUDE = r"""
+import json, sys, threading, time
+def anon():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) * 1024
+peak = [anon()]
+stop = []
+def sample():
+    while not stop:
+        peak[0] = max(peak[0], anon())
+        time.sleep(0.01)
+t0 = time.perf_counter()
+threading.Thread(target=sample, daemon=True).start()
+import torch
+torch.set_num_threads(1)
+"""
+DONE = r"""
+t1 = time.perf_counter()
+stop.append(1)
+print(json.dumps({"seconds": t1 - t0, "peak_anon": max(peak[0], anon())}))
+"""
+
+BAKE = PRELUDE + r"""
+import os
+from lib_lora.merge.bake import bake_checkpoint
+ckpt, lora, out = sys.argv[1:4]
+bake_checkpoint(ckpt, "<lora:%s:0.8>" % os.path.splitext(os.path.basename(lora))[0], os.path.dirname(lora), out,
+                overwrite=True)
+""" + DONE
+
+NAIVE = PRELUDE + r"""
+from safetensors.torch import load_file, save_file
+from lib_lora.algos import compute_delta
+from lib_lora.host import Host
+from lib_lora.network import load_network
+ckpt, lora, out = sys.argv[1:4]
+sd = load_file(ckpt)
+host = Host.from_state_dict(sd)
+net = load_network(lora)
+for mod in net.modules.values():
+    ref = host.get(mod.layer)
+    if ref is None:
+        continue
+    d = compute_delta(mod, ref.weight, ref.bias)
+    ref.weight.copy_((ref.weight.float() + 0.8 * d.weight).to(ref.weight.dtype))
+    if d.bias is not None and ref.bias is not None:
+        ref.bias.copy_((ref.bias.float() + 0.8 * d.bias).to(ref.bias.dtype))
+save_file(sd, out)
+""" + DONE
+
+
+def _run(code, *args) -> dict:
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env,
+                       cwd=ROOT)
+    if r.returncode:
+        sys.exit(r.stderr)
+    return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rank", type=int, default=32)
+    ap.add_argument("--algo", default="lora", choices=("lora", "locon"))
+    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--dir", help="where to write the model and LoRA (default: a temporary folder, removed after)")
+    args = ap.parse_args()
+
+    import torch
+
+    from tests.checkpoints import write_checkpoint
+    from tests.factory import write_lora
+
+    tmp = args.dir or tempfile.mkdtemp(prefix="bench-bake-")
+    loras = os.path.join(tmp, "loras")
+    os.makedirs(loras, exist_ok=True)
+    ckpt = os.path.join(tmp, "a.safetensors")
+    lora = os.path.join(loras, f"bench_{args.algo}_{args.rank}.safetensors")
+    if not os.path.exists(ckpt):
+        write_checkpoint(ckpt, "sd15", scale=1, seed=1, dtype=torch.float16)
+    if not os.path.exists(lora):
+        family = "lycoris" if args.algo == "locon" else "kohya"
+        write_lora(lora, "sd15", algo=args.algo, family=family, rank=args.rank, seed=3)
+    out = os.path.join(tmp, "baked.safetensors")
+    size = os.path.getsize(ckpt)
+    print(f"SD1.5-shaped fp16 checkpoint {size / 1e9:.2f} GB, {args.algo} rank {args.rank} "
+          f"({os.path.getsize(lora) / 1e6:.0f} MB)")
+    bakes, naives = [], []
+    try:
+        for _ in range(args.reps):
+            naives.append(_run(NAIVE, ckpt, lora, out))
+            bakes.append(_run(BAKE, ckpt, lora, out))
+    finally:
+        if os.path.exists(out):
+            os.unlink(out)
+        if not args.dir:
+            shutil.rmtree(tmp)
+    b = min(r["seconds"] for r in bakes)
+    n = min(r["seconds"] for r in naives)
+    print(f"bake {b:.1f} s (peak RssAnon {max(r['peak_anon'] for r in bakes) / 1e6:.0f} MB) vs naive "
+          f"load + fp32 add + save {n:.1f} s (peak RssAnon {max(r['peak_anon'] for r in naives) / 1e6:.0f} MB): "
+          f"{b / n:.2f}x   (target <= 0.8)")
+
+
+if __name__ == "__main__":
+    main()
