@@ -630,6 +630,26 @@ def _tensor_bytes(t):
     return memoryview(t.view(torch.uint8).numpy()).cast("B")
 
 
+
+def kohya_hashes(tensors: dict, metadata: dict) -> dict:
+    """sshs_model_hash (sha256 of the data section) and sshs_legacy_hash (8 hex of sha256 over 64 KiB at
+    1 MiB of the file these tensors make with only the ss_* metadata), as sd-scripts precomputes them."""
+    metadata = {k: v for k, v in metadata.items() if k.startswith("ss_")}   # as sd-scripts hashes
+    head, items = _st_layout(tensors, metadata)
+    body = hashlib.sha256()
+    window = bytearray()
+    pos = len(head)
+    if pos > 0x100000:
+        window += head[0x100000:0x110000]
+    for _, t in items:
+        mv = _tensor_bytes(t)
+        body.update(mv)
+        lo, hi = max(0x100000, pos), min(0x110000, pos + len(mv))
+        if lo < hi:
+            window += bytes(mv[lo - pos:hi - pos])
+        pos += len(mv)
+    return {"sshs_model_hash": body.hexdigest(), "sshs_legacy_hash": hashlib.sha256(bytes(window)).hexdigest()[:8]}
+
 def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, overwrite: bool = False,
                             progress=None) -> str:
     """Stream `tensors` as a .safetensors file through `atomic_write` (no second copy in memory).

@@ -46,7 +46,7 @@ def _layer_of(key: str):
     return None
 
 
-def _kohya_names(arch: str) -> dict:
+def kohya_names(arch: str) -> dict:
     """(canonical layer, qkv) → kohya module key, from the key mapper's own index (so the file loads back)."""
     from lib_lora.keys import _index
 
@@ -65,11 +65,11 @@ def kohya_name(layer: str, qkv, arch: str) -> str | None:
     """The kohya module key of a canonical layer (and fused q/k/v part) on `arch`, or None: how a LoRA read
     with diffusers/PEFT names is written back (resize, merge-loras) in the names every loader reads."""
     if arch not in _NAMES_BY_ARCH:
-        _NAMES_BY_ARCH[arch] = _kohya_names(arch)
+        _NAMES_BY_ARCH[arch] = kohya_names(arch)
     return _NAMES_BY_ARCH[arch].get((layer, qkv))
 
 
-def _is_target(layer: str, shape: tuple, conv: bool) -> bool:
+def is_target(layer: str, shape: tuple, conv: bool) -> bool:
     from lib_lora.arch import UNET, is_te_layer
 
     if is_te_layer(layer):
@@ -125,7 +125,7 @@ def extract_lora(base, tuned, out, rank: int, conv_rank: Optional[int] = None, o
     arch = archs["base"]
     if arch not in _BASE_VERSION:
         raise LoraStudioError(f"cannot tell the architecture of '{os.fspath(base)}' (SD1/SD2/SDXL checkpoint expected)")
-    names = _kohya_names(arch)
+    names = kohya_names(arch)
     hb, ht = heads["base"], heads["tuned"]
     targets = []
     for key, info in hb.items():
@@ -136,7 +136,7 @@ def extract_lora(base, tuned, out, rank: int, conv_rank: Optional[int] = None, o
         if tuple(ht[key]["shape"]) != tuple(info["shape"]):
             raise LoraStudioError(f"'{key}' is {tuple(info['shape'])} in the base and {tuple(ht[key]['shape'])} "
                                   f"in the tuned model; they are not the same architecture")
-        if _is_target(layer, tuple(info["shape"]), conv_rank is not None):
+        if is_target(layer, tuple(info["shape"]), conv_rank is not None):
             for qkv in ((0, 1, 2) if fused else (None,)):
                 if (layer, qkv) in names:
                     targets.append((key, layer, qkv))

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from lib_lora.errors import LoraStudioError
+from lib_lora.merge.extract import is_target, kohya_names  # noqa: F401  one home for the layer → kohya key map
 from lib_lora.train.config import LYCORIS_ALGOS, TrainConfig, parse_kv_args
 
 _BOOL_ARGS = ("use_tucker", "use_scalar", "rank_dropout_scale", "dora_wd", "wd_on_output", "rs_lora",
@@ -103,18 +104,6 @@ def _lycoris_class(algo: str):
     from lycoris.modules import LoConModule, LohaModule, LokrModule
 
     return {"lora": LoConModule, "loha": LohaModule, "lokr": LokrModule}[algo]
-
-
-def kohya_names(arch: str) -> dict:
-    from lib_lora.merge.extract import _kohya_names   # one home for the layer → kohya key map
-
-    return _kohya_names(arch)
-
-
-def is_target(layer: str, shape: tuple, conv: bool) -> bool:
-    from lib_lora.merge.extract import _is_target
-
-    return _is_target(layer, shape, conv)
 
 
 class TrainNetwork(nn.Module):

@@ -175,26 +175,6 @@ def _model_hashes(path: str | None) -> dict:
     return {"ss_sd_model_hash": fileio.legacy_hash(path), "ss_new_sd_model_hash": digest.hexdigest()}
 
 
-def kohya_hashes(tensors: dict, metadata: dict) -> dict:
-    """sshs_model_hash (sha256 of the data section) and sshs_legacy_hash (8 hex of sha256 over 64 KiB at
-    1 MiB of the file these tensors make with only the ss_* metadata), as sd-scripts precomputes them."""
-    metadata = {k: v for k, v in metadata.items() if k.startswith("ss_")}   # as sd-scripts hashes
-    head, items = fileio._st_layout(tensors, metadata)
-    body = hashlib.sha256()
-    window = bytearray()
-    pos = len(head)
-    if pos > 0x100000:
-        window += head[0x100000:0x110000]
-    for _, t in items:
-        mv = fileio._tensor_bytes(t)
-        body.update(mv)
-        lo, hi = max(0x100000, pos), min(0x110000, pos + len(mv))
-        if lo < hi:
-            window += bytes(mv[lo - pos:hi - pos])
-        pos += len(mv)
-    return {"sshs_model_hash": body.hexdigest(), "sshs_legacy_hash": hashlib.sha256(bytes(window)).hexdigest()[:8]}
-
-
 class Trainer:
     """`Trainer(cfg).run()`; `model` may be given (the WebUI's or a test's), else the checkpoint is loaded.
     `progress(Progress)` is called after every optimizer step; `cancel()` returning True stops the run after
@@ -349,7 +329,7 @@ class Trainer:
                 md = {k: md[k] for k in _MINIMUM if k in md}
             md.update(self._modelspec(arch, name))
             tensors = net.weights(save_dtype)
-            md.update(kohya_hashes(tensors, md))
+            md.update(fileio.kohya_hashes(tensors, md))
             path = os.path.join(out_dir, fname)
             fileio.atomic_save_safetensors(tensors, path, md, overwrite=False)
             result.files.append(path)
