@@ -26,8 +26,9 @@ def summary(res, o: MergeOptions, seconds: float) -> str:
             + (f"; {'; '.join(notes)}" if notes else "") + f"; {seconds:.1f} s)")
 
 
-def merge(o: MergeOptions, progress=None):
-    """Run the merge an options object describes (CLI and Merge tab). `progress(done_bytes, total_bytes)`."""
+def merge(o: MergeOptions, progress=None, presets=None):
+    """Run the merge an options object describes (CLI and Merge tab). `progress(done_bytes, total_bytes)`;
+    `presets`: a PresetStore for preset names (the tab's, shared with generation) instead of o.presets."""
     import os
 
     from lib_lora import fileio
@@ -35,8 +36,7 @@ def merge(o: MergeOptions, progress=None):
 
     # The output is checked before anything is opened or imported.
     fileio.check_target(o.out, o.overwrite, ".safetensors")
-    presets = None
-    if o.presets:
+    if presets is None and o.presets:
         if not os.path.isfile(o.presets):
             raise LoraFileError(f"preset file '{o.presets}' not found; check --presets")
         from lib_lora.presets import default_store
