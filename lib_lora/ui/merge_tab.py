@@ -30,7 +30,8 @@ from lib_lora.ui import lora_tab
 SUFFIX = ".safetensors"      # the UI never loads pickles
 AS_INPUT = "as input"        # the dtype choice that keeps the input's types (dtype None)
 DTYPE_CHOICES = [AS_INPUT, *OUTPUT_DTYPES]
-SLIDER_LOW, SLIDER_HIGH = -1.0, 2.0    # m outside 0..1 extrapolates, as supermerger allows
+SLIDER_LOW, SLIDER_HIGH = -1.0, 2.0
+NO_CHECKPOINT_DIR = "No checkpoint folder is configured; start the app with --checkpoint-dir DIR."    # m outside 0..1 extrapolates, as supermerger allows
 
 
 class Cancelled(LoraStudioError):
@@ -156,6 +157,8 @@ def checkpoint_choices(ctx) -> dict[str, Path]:
 
 def checkpoint_path(ctx, name, role: str) -> str:
     """A picked model name → its file; only names of the current list are accepted."""
+    if ctx.checkpoint_list is None and not ctx.checkpoint_dirs:
+        raise LoraStudioError(NO_CHECKPOINT_DIR)
     if not name:
         raise LoraStudioError(f"Pick model {role} first.")
     found = checkpoint_choices(ctx).get(str(name))
@@ -173,8 +176,7 @@ def output_path(ctx, name, roots, what: str, overwrite: bool) -> str:
     if not text:
         raise LoraStudioError(f"Type a name for the output {what} first.")
     if not roots:
-        raise LoraStudioError(f"No {what} folder is configured to write into"
-                              + ("; start the app with --checkpoint-dir DIR." if what == "checkpoint" else "."))
+        raise LoraStudioError(NO_CHECKPOINT_DIR if what == "checkpoint" else f"No {what} folder is configured.")
     if not text.lower().endswith(SUFFIX):
         text += SUFFIX
     path = resolve_inside(text, roots, f"output {what}")
@@ -594,10 +596,11 @@ def build(ctx) -> None:
     mode_opt = options.get(MergeOptions, "mode")
     with gr.Tabs(elem_id=_elem("tabs")):
         with gr.Tab("Checkpoint merge", elem_id=_elem("tab_checkpoint")):
-            where = ", ".join(str(d) for d in ctx.checkpoint_dirs) or "(none: start the app with --checkpoint-dir)"
-            gr.Markdown("Merge checkpoints per block: *weighted* A·(1−m)+B·m or *add-diff* A+(B−C)·m. The result "
-                        f"is written into the checkpoint folder ({html.escape(where)}); nothing is replaced "
-                        "without ticking *Replace the output file*.")
+            where = ", ".join(str(d) for d in ctx.checkpoint_dirs)
+            gr.Markdown("Merge model B (and C) into model A with a factor m per block: 0 keeps A, 1 takes B. "
+                        + (f"The result is written into the checkpoint folder ({html.escape(where)}); "
+                           if where or ctx.checkpoint_list is not None else NO_CHECKPOINT_DIR + " ")
+                        + "nothing is replaced without ticking *Replace the output file*.")
             with gr.Row():
                 a = gr.Dropdown(choices=choices, label="Model A (primary: the output has its keys)", scale=3,
                                 elem_id=_elem("a"))

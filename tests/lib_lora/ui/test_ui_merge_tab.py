@@ -270,3 +270,84 @@ def test_merge_loras_and_bake_lora_through_the_tools(ctx):
     msg = _one_line(mt.run_tool(ctx, jobs, "bake_lora", {"lora_dir": "/etc"}, {"prompt": "<lora:x:1>"}, [0],
                                 "x", False))
     assert "not a configured LoRA folder" in msg
+
+
+# ---- the other Gradio and the WebUI ---------------------------------------------------------------------
+
+
+_BUILD = """
+import sys
+from pathlib import Path
+from lib_lora.ui import app
+tmp = Path(sys.argv[1])
+ctx = app.build_context([tmp / "l"], [tmp / "c"], tmp / "t")
+ctx.live_merge = lambda: None
+demo = app.create_app(ctx, tabs=[("Merge", "lib_lora.ui.merge_tab", "lora_studio_tab_merge")])
+ids = [getattr(b, "elem_id", None) or "" for b in demo.blocks.values()]
+print(sum(i.startswith("lora_studio_merge_w_") for i in ids), "lora_studio_merge_live_apply" in ids,
+      "lora_studio_merge_bake_run" in ids)
+"""
+
+
+def test_tab_builds_under_gradio_4(tmp_path):
+    import os
+    import subprocess
+
+    from tests.paths import REPO
+    py4 = os.environ.get("LORA_STUDIO_GRADIO4_PYTHON")
+    if not py4:
+        pytest.skip("set LORA_STUDIO_GRADIO4_PYTHON to a python with gradio 4 installed")
+    r = subprocess.run([py4, "-c", _BUILD, str(tmp_path)], capture_output=True, text=True, timeout=300,
+                       env=dict(os.environ, PYTHONPATH=str(REPO), GRADIO_ANALYTICS_ENABLED="False"))
+    assert r.returncode == 0 and r.stdout.split() == ["26", "True", "True"], r.stdout + r.stderr
+    assert "unavailable" not in r.stderr, r.stderr
+
+
+def test_webui_hands_its_checkpoint_list_and_refresh_to_the_tab(tmp_path, folders):
+    from types import SimpleNamespace
+
+    from tests.fake_webui.harness import FakeWebui
+    w = FakeWebui(tmp_path).start()
+    from modules import script_callbacks, sd_models
+    try:
+        listed = {"x": SimpleNamespace(name="sub/b.safetensors", filename=str(folders / "ckpt" / "b.safetensors")),
+                  "y": SimpleNamespace(name="old.ckpt", filename=str(tmp_path / "old.ckpt"))}
+        refreshed = []
+        sd_models.checkpoints_list = listed
+        sd_models.list_models = lambda: refreshed.append(True)
+        tabs = script_callbacks.ui_tabs_callback()
+        assert tabs
+        from lora_studio_webui.tabs import FAILED, build_context
+        assert "Merge" not in FAILED, FAILED
+        ctx = build_context()
+        assert mt.checkpoint_choices(ctx) == {"sub/b.safetensors": folders / "ckpt" / "b.safetensors"}
+        assert mt.checkpoint_path(ctx, "sub/b.safetensors", "B").endswith("b.safetensors")
+        ctx.refresh_checkpoints()
+        assert refreshed == [True]
+    finally:
+        for attr in ("checkpoints_list", "list_models"):
+            sd_models.__dict__.pop(attr, None)
+        w.close()
+
+
+def test_app_checkpoint_folders(tmp_path, monkeypatch):
+    from lib_lora.__main__ import build_parser
+    from lib_lora.cli import ui as cli_ui
+    from lib_lora.errors import LoraStudioError
+    from lib_lora.options import AppOptions, from_args
+
+    monkeypatch.chdir(tmp_path)
+
+    def ctx_of(*argv):
+        return cli_ui.build_context(from_args(AppOptions, build_parser().parse_args(["ui", *argv])))
+
+    assert ctx_of().checkpoint_dirs == []                  # no default folder here: none invented
+    assert not (tmp_path / "models" / "Stable-diffusion").exists()
+    with pytest.raises(LoraStudioError, match="--checkpoint-dir 'nope' does not exist"):
+        ctx_of("--checkpoint-dir", "nope")
+    (tmp_path / "models" / "Stable-diffusion").mkdir(parents=True)
+    assert [p.name for p in ctx_of().checkpoint_dirs] == ["Stable-diffusion"]
+    bare = app.build_context([tmp_path / "l"], [], tmp_path / "t")
+    msg = _one_line(mt.run_merge(bare, mt.Jobs(), "a", "b", "", "weighted", 0.5, False, mt.AS_INPUT, "x", False,
+                                 *[0.5] * 26))
+    assert msg == f"⚠ {mt.NO_CHECKPOINT_DIR}"
