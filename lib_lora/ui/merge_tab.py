@@ -336,7 +336,9 @@ def live_apply(ctx, jobs: Jobs, b, c, mode, alpha, per_block, a, *values, progre
         live = _live(ctx)
         arch = None
         if per_block:
-            arch = getattr(live, "arch", None) or (model_arch(checkpoint_path(ctx, a, "A")) if a else None)
+            arch = getattr(live, "arch", None)     # the loaded model is A here
+            if not isinstance(arch, str):
+                arch = model_arch(checkpoint_path(ctx, a, "A")) if a else None
         with jobs.job() as cancel:
             rep = Reporter(progress, cancel, {"apply": "tensors"})
             return "✓ " + under_queue_lock(ctx, lambda: live.apply(
@@ -694,8 +696,15 @@ def build(ctx) -> None:
     def redraw(found, alpha_v, per, *vals):
         return diagram(found, alpha_v, per, *vals)
 
-    for ev in (alpha.release, per_block.change, *[s.release for s in sliders]):
+    for ev in (alpha.release, per_block.change):
         ev(redraw, inputs=[arch, alpha, per_block, *sliders], outputs=[chart])
+
+    def slider_moved(found, alpha_v, _per, *vals):
+        # moving a block slider means "merge per block": tick it, or the merge would silently use Alpha
+        return diagram(found, alpha_v, True, *vals), True
+
+    for s in sliders:
+        s.release(slider_moved, inputs=[arch, alpha, per_block, *sliders], outputs=[chart, per_block])
 
     def write_preset(found, name, alpha_v):
         try:

@@ -58,8 +58,8 @@ def test_pick_two_models_move_a_slider_and_merge(env):
     B.choose(drv, "lora_studio_merge_a", "alpha.safetensors")
     B.wait_text(drv, "lora_studio_merge_arch", "SD1: 26 block weights", timeout=30)
     B.choose(drv, "lora_studio_merge_b", "beta.safetensors")
-    B.click(drv, "lora_studio_merge_per_block")
-    _set_number(drv, "lora_studio_merge_w_OUT03", "0.9")
+    _set_number(drv, "lora_studio_merge_w_OUT03", "0.9")      # ticks "Merge per block" by itself
+    B.wait_for(lambda: B.css(drv, "#lora_studio_merge_per_block input").is_selected(), 10, "per block ticked")
     B.set_textbox(drv, "lora_studio_merge_out", "merged")
     B.click(drv, "lora_studio_merge_run")
     line = B.wait_text(drv, "lora_studio_merge_status", "wrote", timeout=60)
