@@ -682,7 +682,8 @@ class MergeOptions:
     dtype: str | None = option(None, choices=OUTPUT_DTYPES, label="Output weight type",
                                help="output weights in this type (default: as in A)")
     presets: str | None = option(None, metavar="FILE", label="User presets file",
-                                 help="user block-weight presets file for preset names")
+                                 help="user presets file for --block-weights preset names (default: the shipped "
+                                      "merge presets)")
     allow_pickle: bool = option(False, help="accept .ckpt/.pt inputs (weights only; loaded whole into memory)")
     overwrite: bool = option(False, help="replace --out if it exists", label="Replace the output file")
     out: str = option(help="output file, ending in .safetensors", label="Output file")

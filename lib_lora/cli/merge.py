@@ -39,9 +39,11 @@ def merge(o: MergeOptions, progress=None, presets=None):
     if presets is None and o.presets:
         if not os.path.isfile(o.presets):
             raise LoraFileError(f"preset file '{o.presets}' not found; check --presets")
-        from lib_lora.presets import default_store
+        from lib_lora import presets as store_module
 
-        presets = default_store(user_path=o.presets)
+        # the merge presets store where the core has one (merge presets differ from LoRA block presets)
+        factory = getattr(store_module, "default_merge_store", None) or store_module.default_store
+        presets = factory(user_path=o.presets)
     from lib_lora.merge.checkpoint import merge_checkpoints
 
     return merge_checkpoints(o.a, o.b, o.out, mode=o.mode, alpha=o.alpha, c=o.c, block_weights=o.block_weights,

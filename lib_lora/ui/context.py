@@ -46,6 +46,8 @@ class UiContext:
     # The loaded model's live merge (WebUI only): an object with apply(...), restore(), save(...), each
     # returning a summary line; None: no model is loaded in this host (standalone app).
     live_merge: Callable[[], object] | None = None
+    # Checkpoint-merge presets (a PresetStore); None until the Merge tab builds it (merge_tab.merge_store).
+    merge_presets: object | None = None
 
     def check_writes(self) -> None:
         """Call first in every action that writes a file."""

@@ -237,10 +237,29 @@ def slider_visibility(arch: str | None) -> list[bool]:
     return [i in shown for i in range(26)]
 
 
+def merge_store(ctx):
+    """The checkpoint-merge presets: presets.default_merge_store (shipped merge presets + the user file beside
+    the LoRA presets file) where the core has it, else the block presets; built once per context."""
+    if ctx.merge_presets is None:
+        from lib_lora import presets as store_module
+        factory = getattr(store_module, "default_merge_store", None)
+        if factory is None:
+            ctx.merge_presets = ctx.presets
+        else:
+            name = getattr(store_module, "MERGE_USER_FILE_NAME", None)
+            user = Path(ctx.presets_path).with_name(name) if ctx.presets_path and name else None
+            try:
+                ctx.merge_presets = factory(user_path=user)
+            except LoraStudioError:     # an unreadable user file: the shipped merge presets still work
+                ctx.merge_presets = factory()
+    return ctx.merge_presets
+
+
 def merge_presets(ctx, arch: str | None) -> list[str]:
-    """Presets a merge can take for `arch`: numbers only, the full count (26 / 20) or one less (no BASE)."""
+    """Presets a merge can take for `arch`: numbers only, the full count (26 / 20) or one less (no BASE).
+    A NAME_XL variant is shown as NAME, which means it for SDXL models."""
     from lib_lora.merge.checkpoint import _numbers
-    store = ctx.presets
+    store = merge_store(ctx)
     if store is None:
         return []
     full = full_count(arch)
@@ -249,7 +268,8 @@ def merge_presets(ctx, arch: str | None) -> list[str]:
         vals = store.get(name, arch if arch in ("sd1", "sd2", "sdxl") else None)
         if vals and len(vals) in (full, full - 1) and _numbers(",".join(vals)) is not None:
             out.append(name)
-    return out
+    listed = set(out)
+    return [n for n in out if not (n.upper().endswith("_XL") and n[:-3] in listed)]
 
 
 def preset_vector(ctx, preset, arch: str | None, alpha) -> list[float]:
@@ -257,9 +277,10 @@ def preset_vector(ctx, preset, arch: str | None, alpha) -> list[float]:
     from lib_lora.merge.checkpoint import resolve_weights
     if not preset:
         raise LoraStudioError("Pick a merge preset first.")
-    if ctx.presets is None:
+    store = merge_store(ctx)
+    if store is None:
         raise LoraStudioError(f"Presets are unavailable: {ctx.presets_problem or 'no presets store'}.")
-    return resolve_weights(arch or "sd1", float(alpha), str(preset), None, ctx.presets)
+    return resolve_weights(arch or "sd1", float(alpha), str(preset), None, store)
 
 
 def block_text(arch: str | None, values) -> str:
@@ -309,7 +330,7 @@ def run_merge(ctx, jobs: Jobs, a, b, c, mode, alpha, per_block, dtype, out_name,
         with jobs.job() as cancel:
             rep = Reporter(progress, cancel, {"merge": "bytes"})
             t = time.perf_counter()
-            res = cli_merge.merge(o, progress=rep.bytes("merge"), presets=ctx.presets)
+            res = cli_merge.merge(o, progress=rep.bytes("merge"), presets=merge_store(ctx))
         line = cli_merge.summary(res, o, time.perf_counter() - t)
     except LoraStudioError as exc:
         return _error(exc)
@@ -344,7 +365,7 @@ def live_apply(ctx, jobs: Jobs, b, c, mode, alpha, per_block, a, *values, progre
             return "✓ " + under_queue_lock(ctx, lambda: live.apply(
                 b=b_path, c=c_path, mode=mode, alpha=float(alpha),
                 block_weights=block_text(arch, values) if per_block else None, base_alpha=None,
-                presets=ctx.presets, progress=rep.bytes("apply"), cancel=rep.cancelled))
+                presets=merge_store(ctx), progress=rep.bytes("apply"), cancel=rep.cancelled))
     except LoraStudioError as exc:
         return _error(exc)
 
@@ -675,6 +696,10 @@ def build(ctx) -> None:
     model_pickers = [a, b, c]
 
     def refreshed():
+        store = merge_store(ctx)
+        if store is not None and store is not ctx.presets:   # the block store reloads with its own tab
+            with contextlib.suppress(LoraStudioError):
+                store.reload()
         names = _choices(ctx)
         loras = lora_tab.list_loras(ctx)
         return (compat.update(choices=names), compat.update(choices=names), compat.update(choices=[""] + names),
