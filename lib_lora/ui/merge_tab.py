@@ -133,7 +133,15 @@ def under_queue_lock(ctx, fn):
 
 
 def _error(exc: BaseException) -> str:
-    return f"⚠ {exc}"
+    """One line for the tab: a LoraStudioError verbatim; anything else (a bug) named, its traceback on the
+    console, so the user still gets a line and not Gradio's bare "Error"."""
+    if isinstance(exc, LoraStudioError):
+        return f"⚠ {exc}"
+    import sys
+    import traceback
+    traceback.print_exception(type(exc), exc, exc.__traceback__, file=sys.stderr)
+    text = " ".join(str(exc).split())[:300]
+    return f"⚠ unexpected error {type(exc).__name__}: {text}; details are on the console."
 
 
 # ---- files: models in, outputs out --------------------------------------------------------------------
@@ -224,7 +232,7 @@ def arch_of_a(ctx, a_name) -> tuple[str | None, str]:
         return None, "Pick model A: its architecture sets the block sliders (26 for SD1/SD2, 20 for SDXL)."
     try:
         arch = model_arch(checkpoint_path(ctx, a_name, "A"))
-    except LoraStudioError as exc:
+    except Exception as exc:  # noqa: BLE001 — a damaged header is one line here too
         return None, _error(exc)
     if arch == "unknown":
         return None, f"⚠ Model A '{a_name}' is not an SD1/SD2/SDXL checkpoint; pick a Stable Diffusion model."
@@ -332,7 +340,7 @@ def run_merge(ctx, jobs: Jobs, a, b, c, mode, alpha, per_block, dtype, out_name,
             t = time.perf_counter()
             res = cli_merge.merge(o, progress=rep.bytes("merge"), presets=merge_store(ctx))
         line = cli_merge.summary(res, o, time.perf_counter() - t)
-    except LoraStudioError as exc:
+    except Exception as exc:  # noqa: BLE001 — shown as one line (_error)
         return _error(exc)
     return "✓ " + line + _refresh(ctx.refresh_checkpoints, "checkpoint")
 
@@ -366,7 +374,7 @@ def live_apply(ctx, jobs: Jobs, b, c, mode, alpha, per_block, a, *values, progre
                 b=b_path, c=c_path, mode=mode, alpha=float(alpha),
                 block_weights=block_text(arch, values) if per_block else None, base_alpha=None,
                 presets=merge_store(ctx), progress=rep.bytes("apply"), cancel=rep.cancelled))
-    except LoraStudioError as exc:
+    except Exception as exc:  # noqa: BLE001 — shown as one line (_error)
         return _error(exc)
 
 
@@ -374,7 +382,7 @@ def live_restore(ctx) -> str:
     try:
         live = _live(ctx)
         return "✓ " + under_queue_lock(ctx, live.restore)
-    except LoraStudioError as exc:
+    except Exception as exc:  # noqa: BLE001 — shown as one line (_error)
         return _error(exc)
 
 
@@ -387,7 +395,7 @@ def live_save(ctx, jobs: Jobs, dtype, out_name, overwrite, progress=None) -> str
             rep = Reporter(progress, cancel, {"save": "bytes"})
             line = under_queue_lock(ctx, lambda: live.save(out, dtype=None if dtype in (None, "", AS_INPUT) else dtype,
                                                            overwrite=bool(overwrite), progress=rep.bytes("save")))
-    except LoraStudioError as exc:
+    except Exception as exc:  # noqa: BLE001 — shown as one line (_error)
         return _error(exc)
     return "✓ " + line + _refresh(ctx.refresh_checkpoints, "checkpoint")
 
@@ -540,7 +548,7 @@ def run_tool(ctx, jobs: Jobs, key: str, picks: dict, texts: dict, shown_values: 
         with jobs.job() as cancel:
             rep = Reporter(progress, cancel, {"read": "bytes", "write": "bytes"})
             line = tool.run(ctx, o, rep)
-    except LoraStudioError as exc:
+    except Exception as exc:  # noqa: BLE001 — shown as one line (_error)
         return _error(exc)
     refresh = ctx.refresh_checkpoints if tool.out_kind == "checkpoint" else ctx.refresh_loras
     return "✓ " + line + _refresh(refresh, "checkpoint" if tool.out_kind == "checkpoint" else "LoRA")

@@ -220,6 +220,17 @@ def test_live_buttons_call_the_live_merge_under_the_queue_lock(ctx, tmp_path):
     assert "already exists" in _one_line(mt.live_save(ctx, jobs, None, "live", False))
 
 
+def test_an_unexpected_failure_is_one_line_too(ctx, capsys):
+    class Broken:
+        def restore(self):
+            raise AttributeError("'partial' object has no attribute 'reshape'")
+
+    ctx.live_merge = lambda: Broken()
+    msg = _one_line(mt.live_restore(ctx))
+    assert "AttributeError" in msg and "console" in msg
+    assert "Traceback" in capsys.readouterr().err          # the details go to the console
+
+
 def test_refresh_callbacks_run_after_a_write(ctx):
     seen = []
     ctx.refresh_checkpoints = lambda: seen.append("ckpt")
@@ -355,3 +366,28 @@ def test_app_checkpoint_folders(tmp_path, monkeypatch):
     msg = _one_line(mt.run_merge(bare, mt.Jobs(), "a", "b", "", "weighted", 0.5, False, mt.AS_INPUT, "x", False,
                                  *[0.5] * 26))
     assert msg == f"⚠ {mt.NO_CHECKPOINT_DIR}"
+
+
+def test_live_buttons_with_the_real_live_merge(ctx, folders, tmp_path):
+    live_module = pytest.importorskip("lib_lora.merge.live")     # the live-merge core, where this build has it
+    import torch
+    from safetensors.torch import load_file
+
+    tensors = load_file(str(folders / "ckpt" / "a.safetensors"))
+    before = {k: v.clone() for k, v in tensors.items()}
+    live = live_module.LiveMerge(tensors, name="a.safetensors")
+    ctx.live_merge = lambda: live
+    jobs = mt.Jobs()
+    msg = mt.live_apply(ctx, jobs, "b.safetensors", "", "weighted", 0.3, True, "a.safetensors", *[0.3] * 26)
+    assert msg.startswith("✓ ") and "\n" not in msg, msg
+    key = "model.diffusion_model.input_blocks.1.1.proj_in.weight"
+    assert not torch.equal(tensors[key], before[key])
+    msg = mt.live_save(ctx, jobs, mt.AS_INPUT, "live", False)
+    assert msg.startswith("✓ ") and (tmp_path / "out" / "live.safetensors").is_file(), msg
+    assert "already exists" in _one_line(mt.live_save(ctx, jobs, mt.AS_INPUT, "live", False))
+    assert mt.live_restore(ctx).startswith("✓ ")
+    assert all(torch.equal(tensors[k].view(torch.uint8) if tensors[k].is_floating_point() else tensors[k],
+                           before[k].view(torch.uint8) if before[k].is_floating_point() else before[k])
+               for k in tensors)
+    assert "third model" in _one_line(mt.live_apply(ctx, jobs, "b.safetensors", "", "add-diff", 0.3, False,
+                                                    "a.safetensors", *[0.3] * 26))
