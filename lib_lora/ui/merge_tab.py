@@ -636,7 +636,7 @@ def build(ctx) -> None:
                 a = gr.Dropdown(choices=choices, label="Model A (primary: the output has its keys)", scale=3,
                                 elem_id=_elem("a"))
                 b = gr.Dropdown(choices=choices, label="Model B", scale=3, elem_id=_elem("b"))
-                c = gr.Dropdown(choices=[""] + choices, value="", label="Model C (add-diff: B − C is added)",
+                c = gr.Dropdown(choices=[""] + choices, value="", label="Model C (difference modes: B − C)",
                                 scale=3, elem_id=_elem("c"))
                 refresh = gr.Button("Refresh", size="sm", min_width=80, scale=1, elem_id=_elem("refresh"))
             arch_line = gr.Markdown(arch_of_a(ctx, None)[1], elem_id=_elem("arch"))

@@ -391,3 +391,23 @@ def test_live_buttons_with_the_real_live_merge(ctx, folders, tmp_path):
                for k in tensors)
     assert "third model" in _one_line(mt.live_apply(ctx, jobs, "b.safetensors", "", "add-diff", 0.3, False,
                                                     "a.safetensors", *[0.3] * 26))
+
+
+def test_bake_into_a_checkpoint_through_the_tools_equals_the_cli(ctx, tmp_path):
+    jobs = mt.Jobs()
+    lora_dir = ctx.lora_dirs[0]
+    if not (lora_dir / "extracted.safetensors").exists():
+        mt.run_tool(ctx, jobs, "extract", {"base": "a.safetensors", "tuned": "b.safetensors"}, {},
+                    [8, None, None, 0.0], "extracted", False)
+    seen = []
+    msg = mt.run_tool(ctx, jobs, "bake", {"base": "a.safetensors", "lora_dir": str(lora_dir)},
+                      {"prompt": "a photo <lora:extracted:0.5>"}, [mt.AS_INPUT, 0, False], "baked", False,
+                      progress=lambda frac, desc="": seen.append(desc))
+    assert msg.startswith("✓ wrote ") and "1 LoRAs" in msg, msg
+    assert {d.split(":")[0] for d in seen} >= {"read", "write"}
+    ui_file = tmp_path / "out" / "baked.safetensors"
+    cli_file = tmp_path / "cli_baked.safetensors"
+    assert main(["bake", "--base", str(ctx.checkpoint_dirs[1] / "a.safetensors"), "--prompt",
+                 "a photo <lora:extracted:0.5>", "--lora-dir", str(lora_dir), "--out", str(cli_file),
+                 "--quiet"]) == 0
+    assert ui_file.read_bytes() == cli_file.read_bytes()
