@@ -47,15 +47,17 @@ class Spec:
     nargs: str | None = None             # positional lists: "+"
     widget: str | None = None            # UI: "radio", "slider"; None: chosen from the type
     cli: bool = True                     # False: not on the command line (UI/TOML only)
+    choice_help: str | None = None       # "module:NAME" of a dict choice → one line of help (absent: none)
 
 
 def option(default: Any = MISSING, *, help: str = "", choices=None, flag: str | None = None, aliases=(),
            label: str | None = None, metavar: str | None = None, group: str | None = None, low=None, high=None,
            step=None, negate: bool = False, nargs: str | None = None, widget: str | None = None,
-           cli: bool = True):
+           cli: bool = True, choice_help: str | None = None):
     """A dataclass field with its Spec. A list default is copied for each instance; no default: required."""
     spec = Spec(help=help, choices=choices, flag=flag, aliases=tuple(aliases), label=label, metavar=metavar,
-                group=group, low=low, high=high, step=step, negate=negate, nargs=nargs, widget=widget, cli=cli)
+                group=group, low=low, high=high, step=step, negate=negate, nargs=nargs, widget=widget, cli=cli,
+                choice_help=choice_help)
     meta = {_META: spec}
     if isinstance(default, (list, dict, set)):
         value = default
@@ -113,6 +115,21 @@ class Opt:
             module, _, attr = c.partition(":")
             c = getattr(importlib.import_module(module), attr)
         return None if c is None else tuple(c)
+
+    def choice_help(self) -> dict:
+        """{choice: one line} from the core module named by Spec.choice_help ({} when it has no such dict:
+        the help then says only what Spec.help says)."""
+        if not self.spec.choice_help:
+            return {}
+        module, _, attr = self.spec.choice_help.partition(":")
+        found = getattr(importlib.import_module(module), attr, None)
+        return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+    def full_help(self) -> str:
+        """Spec.help followed by each choice's own line, when the core has them."""
+        per = self.choice_help()
+        extra = "; ".join(f"{k}: {v}" for k, v in per.items())
+        return f"{self.spec.help} ({extra})" if extra and self.spec.help else (extra or self.spec.help)
 
     def initial(self):
         return self.default
@@ -250,7 +267,7 @@ def add_arguments(parser: argparse.ArgumentParser, cls, groups: dict[str, str] |
             if o.spec.group not in made:
                 made[o.spec.group] = parser.add_argument_group((groups or {}).get(o.spec.group, o.spec.group))
             target = made[o.spec.group]
-        kw: dict[str, Any] = {"help": o.spec.help.replace("%", "%%") or None}   # help is text, not a %-format
+        kw: dict[str, Any] = {"help": o.full_help().replace("%", "%%") or None}   # help is text, not a %-format
         if o.spec.metavar:
             kw["metavar"] = o.spec.metavar
         if o.spec.flag == "":
@@ -607,6 +624,7 @@ class _MiniToml:
 OUTPUT_DTYPES = {"fp16": "float16", "bf16": "bfloat16", "fp32": "float32"}
 DEFAULT_TAGGER_MODELS_DIR = str(Path("models") / "TaggerModels")
 DEFAULT_LORA_DIR = str(Path("models") / "Lora")
+DEFAULT_CHECKPOINT_DIR = str(Path("models") / "Stable-diffusion")
 DEFAULT_IMAGE_DIR = "datasets"
 
 _PRESETS_HELP = ("user block-weight presets file (default: lora_studio_presets.txt in --lora-dir, "
@@ -640,6 +658,36 @@ class BakeLoraOptions:
     overwrite: bool = option(False, help="replace --out if it exists", label="Replace the output file")
     presets: str | None = option(None, help=_PRESETS_HELP, metavar="FILE", label="User presets file")
     seed: int = option(0, help=_SEED_HELP, label="Seed for R/U letters")
+
+
+@dataclass(kw_only=True)   # fields in the order of the issue's command line, required or not
+class MergeOptions:
+    """`merge`: two or three checkpoints, A·(1−m)+B·m or A+(B−C)·m with m per block. The modes and their
+    one-line descriptions live in lib_lora.merge.checkpoint (MODES, MODE_HELP)."""
+    a: str = option(metavar="A", label="Model A",
+                    help="primary model (.safetensors); the output has its keys and shapes (an inpainting model "
+                         "must be A)")
+    b: str = option(metavar="B", label="Model B", help="secondary model")
+    c: str | None = option(None, metavar="C", label="Model C (add-diff)",
+                           help="tertiary model, subtracted from B (--mode add-diff only)")
+    mode: str = option(choices="lib_lora.merge.checkpoint:MODES", choice_help="lib_lora.merge.checkpoint:MODE_HELP",
+                       label="Mode", help="how the models are combined")
+    alpha: float = option(metavar="M", label="Alpha (m for every block)", help="m for every block")
+    block_weights: str | None = option(None, metavar="LIST_OR_PRESET", label="Block weights",
+                                       help="m per block instead of --alpha: 26 values for SD1/SD2 or 20 for SDXL "
+                                            "(BASE first; 25/19 without BASE), separated by commas, or a preset "
+                                            "name with such values")
+    base_alpha: float | None = option(None, metavar="X", label="BASE alpha",
+                                      help="m for BASE (text encoders and VAE); overrides BASE of --block-weights")
+    dtype: str | None = option(None, choices=OUTPUT_DTYPES, label="Output weight type",
+                               help="output weights in this type (default: as in A)")
+    presets: str | None = option(None, metavar="FILE", label="User presets file",
+                                 help="user presets file for --block-weights preset names (default: the shipped "
+                                      "merge presets)")
+    allow_pickle: bool = option(False, help="accept .ckpt/.pt inputs (weights only; loaded whole into memory)")
+    overwrite: bool = option(False, help="replace --out if it exists", label="Replace the output file")
+    out: str = option(help="output file, ending in .safetensors", label="Output file")
+    quiet: bool = option(False, help="no progress line")
 
 
 @dataclass
@@ -743,6 +791,9 @@ class AppOptions:
     lora_dir: list[str] = option([], metavar="DIR",
                                  help=f"LoRA/LyCORIS folder (must exist); repeat for several (default: "
                                       f"./{DEFAULT_LORA_DIR}, created if missing)")
+    checkpoint_dir: list[str] = option([], metavar="DIR",
+                                       help=f"checkpoint folder the Merge tab lists and writes into (must exist); "
+                                            f"repeat for several (default: ./{DEFAULT_CHECKPOINT_DIR} when it exists)")
     image_dir: list[str] = option([], metavar="DIR",
                                   help="folder the Tagger tab may read images from and write captions into "
                                        "(must exist); repeat for several (default: ./" + DEFAULT_IMAGE_DIR +

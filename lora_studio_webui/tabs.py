@@ -32,6 +32,10 @@ def build_context():
         writes_allowed=not bool(env.cmd_opt("disable_extension_access", False)),
         writes_blocked_reason=WEBUI_WRITES_BLOCKED,
         wrap_gpu_call=wrap,
+        checkpoint_list=webui_checkpoints,
+        refresh_checkpoints=refresh_webui_checkpoints,
+        refresh_loras=ENGINE.library.scan,
+        live_merge=_live_merge(),
     )
     # The tagger tab's image roots (empty: tagger_tab.image_roots falls back to the model folders).
     ctx.image_dirs = [Path(os.path.expanduser(p.strip())) for p in
@@ -43,6 +47,29 @@ def build_context():
     except Exception as e:
         ctx.presets_problem = str(e)
     return ctx
+
+
+def webui_checkpoints() -> dict:
+    """The WebUI's checkpoint list (modules.sd_models, what its own dropdown shows) as {name: file}."""
+    from modules import sd_models
+    listed = getattr(sd_models, "checkpoints_list", None) or {}
+    return {info.name: info.filename for info in list(listed.values())
+            if getattr(info, "name", None) and getattr(info, "filename", None)}
+
+
+def refresh_webui_checkpoints() -> None:
+    """Re-read the checkpoint folders so a merged model is in the WebUI's list without a restart."""
+    from modules import sd_models
+    sd_models.list_models()
+
+
+def _live_merge():
+    """lora_studio_webui.live_merge.provider (the loaded model's LiveMerge) when this build has it, else None."""
+    try:
+        module = importlib.import_module(f"{__package__}.live_merge")
+    except ImportError:
+        return None
+    return getattr(module, "provider", None)
 
 
 FAILED: dict = {}      # tab label → reason, for the last build (shown in the tab, kept for tests/logs)

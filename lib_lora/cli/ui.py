@@ -55,11 +55,15 @@ def build_context(o: AppOptions):
         app.existing_folder(d, "--lora-dir")
     for d in o.image_dir:
         app.existing_folder(d, "--image-dir")
+    for d in o.checkpoint_dir:
+        app.existing_folder(d, "--checkpoint-dir")
+    from lib_lora.options import DEFAULT_CHECKPOINT_DIR
+    ckpts = o.checkpoint_dir or ([DEFAULT_CHECKPOINT_DIR] if os.path.isdir(DEFAULT_CHECKPOINT_DIR) else [])
     if o.tagger_models_dir:
         app.existing_folder(o.tagger_models_dir, "--tagger-models-dir")
     return app.build_context(
         lora_dirs=o.lora_dir or [DEFAULT_LORA_DIR],
-        checkpoint_dirs=[],
+        checkpoint_dirs=ckpts,
         tagger_models_dir=o.tagger_models_dir or DEFAULT_TAGGER_DIR,
         image_dirs=o.image_dir or [DEFAULT_IMAGE_DIR],
         presets_file=o.presets_file,

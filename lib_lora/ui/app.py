@@ -32,6 +32,7 @@ TABS = [
     ("Presets", "lib_lora.ui.presets_tab", "lora_studio_tab_presets"),
     ("LoRAs", "lib_lora.ui.lora_tab", "lora_studio_tab_loras"),
     ("Tagger", "lib_lora.ui.tagger_tab", "lora_studio_tab_tagger"),
+    ("Merge", "lib_lora.ui.merge_tab", "lora_studio_tab_merge"),
 ]
 
 STANDALONE_WRITES_BLOCKED = (

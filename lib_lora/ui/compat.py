@@ -181,3 +181,18 @@ def option_controls(cls, names=None, values=None, **per_name) -> dict:
     names = list(names) if names is not None else [o.name for o in options.fields(cls)]
     return {n: option_control(cls, n, None if values is None else getattr(values, n), **per_name.get(n, {}))
             for n in names}
+
+
+def with_progress(fn, n_inputs: int):
+    """`fn(*inputs, progress=…)` as a listener that gets a gr.Progress: Gradio finds it by the default of a
+    POSITIONAL parameter (not after *args), so the signature is spelt out for `n_inputs` inputs."""
+    import inspect
+
+    def listener(*args):
+        return fn(*args[:n_inputs], progress=args[n_inputs] if len(args) > n_inputs else None)
+
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    params = [inspect.Parameter(f"arg{i}", kind) for i in range(n_inputs)]
+    params.append(inspect.Parameter("progress", kind, default=gr.Progress()))
+    listener.__signature__ = inspect.Signature(params)
+    return listener

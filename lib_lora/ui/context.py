@@ -36,6 +36,18 @@ class UiContext:
     writes_blocked_reason: str = WRITES_BLOCKED
     # Long GPU actions inside the WebUI run under its queue lock; standalone: identity.
     wrap_gpu_call: Callable[[Callable], Callable] = field(default=lambda fn: fn)
+    # The checkpoints the Merge tab offers, {shown name: file path}. WebUI: its own checkpoint list
+    # (modules.sd_models); None: the .safetensors files in checkpoint_dirs.
+    checkpoint_list: Callable[[], dict] | None = None
+    # Called after a checkpoint / LoRA file was written, so the host lists it without a restart
+    # (WebUI: sd_models.list_models() / the LoRA library rescan); None: nothing to refresh.
+    refresh_checkpoints: Callable[[], None] | None = None
+    refresh_loras: Callable[[], None] | None = None
+    # The loaded model's live merge (WebUI only): an object with apply(...), restore(), save(...), each
+    # returning a summary line; None: no model is loaded in this host (standalone app).
+    live_merge: Callable[[], object] | None = None
+    # Checkpoint-merge presets (a PresetStore); None until the Merge tab builds it (merge_tab.merge_store).
+    merge_presets: object | None = None
 
     def check_writes(self) -> None:
         """Call first in every action that writes a file."""

@@ -246,3 +246,37 @@ def test_help_is_plain_text_and_required_values_must_be_set():
 
     assert "50% = half" in parser_for(Pct).format_help()
     assert O.problems(Pct(name=None)) == ["name: must be set."]
+
+
+# ---- MergeOptions and per-choice help ------------------------------------------------------------------
+
+
+def test_merge_options_carry_the_issue_flags_and_modes_from_the_core():
+    import argparse
+
+    from lib_lora.merge import checkpoint
+    from lib_lora.options import MergeOptions, add_arguments, from_args
+
+    p = argparse.ArgumentParser()
+    add_arguments(p, MergeOptions)
+    flags = {s for a in p._actions for s in a.option_strings}
+    assert {"--a", "--b", "--c", "--mode", "--alpha", "--block-weights", "--base-alpha", "--dtype", "--overwrite",
+            "--out"} <= flags
+    mode = next(a for a in p._actions if "--mode" in a.option_strings)
+    assert tuple(mode.choices) == tuple(checkpoint.MODES)
+    o = from_args(MergeOptions, p.parse_args(["--a", "A", "--b", "B", "--mode", "weighted", "--alpha", "0.3",
+                                              "--out", "o.safetensors"]))
+    assert (o.a, o.b, o.c, o.alpha, o.block_weights, o.base_alpha, o.dtype, o.overwrite) == \
+        ("A", "B", None, 0.3, None, None, None, False)
+
+
+def test_choice_help_comes_from_the_core_when_it_has_one(monkeypatch):
+    from lib_lora.merge import checkpoint
+    from lib_lora.options import MergeOptions, get
+
+    o = get(MergeOptions, "mode")
+    monkeypatch.delattr(checkpoint, "MODE_HELP", raising=False)
+    assert o.full_help() == o.spec.help                  # no dict in the core: the declared help alone
+    monkeypatch.setattr(checkpoint, "MODE_HELP", {"weighted": "A·(1−m)+B·m", "add-diff": "A+(B−C)·m"},
+                        raising=False)
+    assert o.full_help() == f"{o.spec.help} (weighted: A·(1−m)+B·m; add-diff: A+(B−C)·m)"

@@ -35,7 +35,9 @@ def test_cli_arguments(tmp_path):
                                       "--allow-writes", "--port", "9000", "--presets-file", "p.txt", "--no-browser"])
     assert args.lora_dir == ["a", "b"] and args.port == 9000 and args.auth == "u:p"
     assert args.listen and args.allow_writes and args.no_browser and args.presets_file == "p.txt"
-    # no tab uses checkpoints yet: the option is not offered
+    # the Merge tab's checkpoint folders: repeatable, and only under this name
+    assert build_parser().parse_args(["ui", "--checkpoint-dir", "c", "--checkpoint-dir", "d"]).checkpoint_dir == \
+        ["c", "d"]
     with pytest.raises(SystemExit):
         build_parser().parse_args(["ui", "--ckpt-dir", "c"])
 
