@@ -684,6 +684,9 @@ class MergeOptions:
     presets: str | None = option(None, metavar="FILE", label="User presets file",
                                  help="user presets file for --block-weights preset names (default: the shipped "
                                       "merge presets)")
+    vae: str | None = option(None, metavar="FILE", label="VAE to bake in",
+                             help="VAE file (ldm or diffusers keys) written into the output instead of the merged "
+                                  "VAE (default: the VAE is merged with BASE)")
     allow_pickle: bool = option(False, help="accept .ckpt/.pt inputs (weights only; loaded whole into memory)")
     overwrite: bool = option(False, help="replace --out if it exists", label="Replace the output file")
     out: str = option(help="output file, ending in .safetensors", label="Output file")

@@ -14,12 +14,16 @@ def add_arguments(parser) -> None:
 
 def summary(res, o: MergeOptions, seconds: float) -> str:
     """The one result line (CLI and Merge tab)."""
+    import os
+
     others = "B/C" if o.c else "B"
     notes = []
     if res.missing_in_others:
         notes.append(f"{res.missing_in_others} taken from A because {others} lacks them")
     if res.left_out:
         notes.append(f"{res.left_out} keys only in {others} left out")
+    if getattr(res, "vae_baked", 0):
+        notes.append(f"VAE from {os.path.basename(str(o.vae))} ({res.vae_baked} tensors)")
     if res.partial:
         notes.append(f"{len(res.partial)} merged on A's first input channels only ({res.partial[0]})")
     return (f"wrote {res.out} ({res.arch}, {res.merged} tensors merged, {res.copied} copied from A"
@@ -48,7 +52,8 @@ def merge(o: MergeOptions, progress=None, presets=None):
 
     return merge_checkpoints(o.a, o.b, o.out, mode=o.mode, alpha=o.alpha, c=o.c, block_weights=o.block_weights,
                              base_alpha=o.base_alpha, dtype=o.dtype, overwrite=o.overwrite,
-                             allow_pickle=o.allow_pickle, presets=presets, progress=progress)
+                             allow_pickle=o.allow_pickle, presets=presets, progress=progress,
+                             vae=o.vae)
 
 
 def run(args) -> int:

@@ -546,7 +546,7 @@ def run_tool(ctx, jobs: Jobs, key: str, picks: dict, texts: dict, shown_values: 
         ctx.check_writes()
         o = tool_options(ctx, tool, picks, texts, shown_values, out_name, overwrite)
         with jobs.job() as cancel:
-            rep = Reporter(progress, cancel, {"read": "bytes", "write": "bytes"})
+            rep = Reporter(progress, cancel, {"read": "bytes", "write": "bytes", "merge": "layers"})
             line = tool.run(ctx, o, rep)
     except Exception as exc:  # noqa: BLE001 — shown as one line (_error)
         return _error(exc)

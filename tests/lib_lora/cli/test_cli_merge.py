@@ -107,3 +107,18 @@ def test_preset_name_with_26_values(env, tmp_path, capsys):
     assert _merge(env, tmp_path / "f.safetensors", "--mode", "weighted", "--alpha", "1",
                   "--block-weights", "face") == 2
     assert "has 17 values" in _one_line(capsys.readouterr().err)
+
+
+def test_vae_flag_bakes_a_vae_file_and_names_it(env, tmp_path, capsys):
+    c = load_file(str(env / "c.safetensors"))
+    vae = {k[len("first_stage_model."):]: t for k, t in c.items() if k.startswith("first_stage_model.")}
+    save_file(vae, str(tmp_path / "my_vae.safetensors"))
+    out = tmp_path / "m.safetensors"
+    assert _merge(env, out, "--mode", "weighted", "--alpha", "0.5", "--vae", str(tmp_path / "my_vae.safetensors")) == 0
+    assert "VAE from my_vae.safetensors (" in capsys.readouterr().out
+    got = load_file(str(out))
+    for k, t in vae.items():
+        assert torch.equal(got["first_stage_model." + k], t.to(got["first_stage_model." + k].dtype)), k
+    assert _merge(env, tmp_path / "n.safetensors", "--mode", "weighted", "--alpha", "0.5", "--vae", str(tmp_path / "none.safetensors")) != 0
+    assert "none.safetensors" in _one_line(capsys.readouterr().err)
+    assert not (tmp_path / "n.safetensors").exists()
