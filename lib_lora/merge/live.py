@@ -108,11 +108,13 @@ class LiveMerge:
     Hooks (all optional, no arguments unless said): `before_write()` runs before the first tensor of an
     apply/restore is written (a host takes LoRA patches off and drops their backups there: the merge becomes
     their base); `before_read()` before `save` reads the live tensors (LoRA patches off); `after_write(keys)`
-    with the keys written (a host drops cached text conditioning when a text-encoder key is among them)."""
+    with the keys written (a host drops cached text conditioning when a text-encoder key is among them).
+    `keep`: key prefixes that are never merged (the host's VAE, when another setting owns it)."""
 
     def __init__(self, tensors: dict, *, name: str = "loaded model", presets=None, allow_pickle: bool = False,
-                 before_write=None, before_read=None, after_write=None):
+                 keep=(), before_write=None, before_read=None, after_write=None):
         self.tensors = dict(tensors)
+        self.keep = tuple(keep)          # key prefixes never merged (kept as loaded), e.g. a host's VAE
         self.name = name
         self.presets = presets
         self.allow_pickle = allow_pickle
@@ -176,6 +178,11 @@ class LiveMerge:
                                          presets if presets is not None else self.presets)
                 others = {role: reader for role, (_, reader) in ids.items()}
                 items, plan = ck._plan(self._a, others, arch, vec, None)
+                for it in items:
+                    if it.slot is not None and self.keep and it.key.startswith(self.keep):
+                        it.slot = None
+                        plan.merged -= 1
+                        plan.copied += 1
                 id_b = ids["B"][0]
                 id_c = ids["C"][0] if "C" in ids else None
                 for ident, reader in opened.values():
