@@ -170,5 +170,9 @@ HOST = LiveMergeHost()
 
 
 def provider():
-    """The zero-arg callable of `UiContext.live_merge`: the loaded model's LiveMerge."""
+    """The zero-arg callable of `UiContext.live_merge`: the loaded model's LiveMerge (a merge grid that ran
+    since is put back first: the tab acts on the state the user chose)."""
+    from . import xyz_merge
+    if xyz_merge.grid_running():
+        xyz_merge.finish_grid()
     return HOST()
