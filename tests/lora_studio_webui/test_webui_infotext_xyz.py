@@ -60,7 +60,8 @@ def axes():
 def test_axes_registered_once_even_after_reloads(webui):
     xyz, ours = axes()
     assert sorted(ours) == ["[LoRA Studio] LoRA block weights", "[LoRA Studio] LoRA epoch",
-                            "[LoRA Studio] LoRA weight", "[LoRA Studio] LoRA x="]
+                            "[LoRA Studio] LoRA weight", "[LoRA Studio] LoRA x=",
+                            "[LoRA Studio] Merge: alpha", "[LoRA Studio] Merge: block weights"]
     webui.reload_ui()
     webui.reload_ui()
     xyz, ours2 = axes()
