@@ -31,11 +31,13 @@ def register() -> None:
             script_callbacks.on_infotext_pasted(_safe(infotext.on_infotext_pasted))
         script_callbacks.on_app_started(_safe(api.on_app_started))     # the status route serves Forge too
         return
-    from . import api, cards, handler
+    from . import api, cards, handler, live_merge
+    ENGINE.after_write = live_merge.HOST.restamp
     script_callbacks.on_app_started(_safe(handler.on_app_started))
     script_callbacks.on_app_started(_safe(api.on_app_started))
     script_callbacks.on_before_ui(_safe(cards.on_before_ui))
     script_callbacks.on_model_loaded(_safe(ENGINE.on_model_loaded))
+    script_callbacks.on_model_loaded(_safe(live_merge.HOST.on_model_loaded))
     script_callbacks.on_infotext_pasted(_safe(infotext.on_infotext_pasted))
     script_callbacks.on_cfg_denoiser(_safe(lambda params: ENGINE.set_step(int(params.sampling_step))))
     script_callbacks.on_script_unloaded(_safe(_unloaded))
@@ -50,8 +52,12 @@ def _ui_tabs():
 def _unloaded():
     """Before Reload UI re-imports scripts: put the model's weights back and drop the layer map."""
     from .engine import ENGINE
-    ENGINE.restore()
-    ENGINE.forget()
+    from .live_merge import HOST
+    try:
+        HOST.unload()                    # the loaded weights without the live merge (its backups go with us)
+    finally:
+        ENGINE.restore()
+        ENGINE.forget()
 
 
 def _safe(fn):

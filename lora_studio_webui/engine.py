@@ -82,6 +82,9 @@ class Engine:
         self._step_state = None
         self._stamps = None
         self._te_sig = ()                  # text-encoder state the WebUI's conditioning cache was filled with
+        # Called after each of our writes: a live merge (live_merge.py) under our LoRAs re-stamps its tensors,
+        # so that our in-place writes never read as "another checkpoint was loaded".
+        self.after_write = None
 
     # -- shared state ---------------------------------------------------------------------------
     def presets(self):
@@ -114,6 +117,8 @@ class Engine:
     def _stamp(self) -> None:
         """Remember each layer tensor's identity and in-place version counter after our own writes."""
         self._stamps = _stamps(self.patcher.host) if self.patcher is not None else None
+        if self.after_write is not None:
+            self.after_write()
 
     def on_model_loaded(self, sd_model) -> None:
         """A1111 also fires this after a VAE reload, when U-Net/TE weights (maybe patched by us) are untouched:

@@ -26,3 +26,8 @@ class LoraStudioScript(scripts.Script):
             handler.verify(p)
         except Exception as e:          # never block a generation
             env.emit(p, f"could not check the `lora` registration: {e}")
+        from . import xyz_merge
+        try:
+            xyz_merge.process(p)        # X/Y/Z merge cells: this cell's live merge, or the grid's end
+        except Exception as e:
+            env.emit(p, f"merge grid: {type(e).__name__}: {e}")

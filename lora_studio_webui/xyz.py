@@ -178,6 +178,7 @@ def register() -> int:
     if any(str(getattr(o, "label", "")).startswith(LABEL_PREFIX) for o in xyz.axis_options):
         return 0
     new = axes(xyz)
+    from .xyz_merge import axes as merge_axes; new += merge_axes(xyz)  # noqa: E702 (live-merge axes)
     from . import forge
     if forge.active() and not forge.supported():   # Forge's own Lora handles the tags: block axes would do nothing
         new = [o for o in new if o.label.endswith(("LoRA epoch", "LoRA weight"))]

@@ -1,0 +1,186 @@
+"""X/Y/Z axes "Merge: block weights" and "Merge: alpha": a grid of live merges, nothing written to disk.
+
+An axis only notes its value on the cell's copy of `p`; the merge is applied once per cell when the cell's
+generation starts (`process`, from our AlwaysVisible script), so the two axes combine in one grid (alpha on
+X, block weights on Y). B, C and the mode come from the merge tab's last recipe (`TAB_RECIPE`, set by the
+tab) or else the live merge active on the model. The first generation after the grid that is not a cell puts
+the model back as it was before the grid (the recipe active then, or the loaded weights).
+
+Block-weight values: preset names or weight lists; in a text box lists are separated by `|` (or quoted,
+as the WebUI's comma-separated axes allow).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+
+from lib_lora.errors import LoraStudioError
+
+from .xyz import LABEL_PREFIX, _require_values
+
+ATTR = "_lora_studio_merge"          # on a cell's copy of p: {"alpha": …, "block_weights": …}
+TAB_RECIPE: dict | None = None       # the merge tab's last recipe: b, c, mode, alpha, block_weights, base_alpha
+_GRID = {"before": None, "running": False}   # the state to return to after a grid
+
+
+def _host():
+    from .live_merge import HOST
+    return HOST
+
+
+def base_recipe(live) -> dict:
+    """B/C/mode (and alpha, block weights, base alpha) every cell starts from."""
+    if TAB_RECIPE and TAB_RECIPE.get("b"):
+        return dict(TAB_RECIPE)
+    r = _GRID["before"] if _GRID["running"] and _GRID["before"] is not None else live.active
+    if r is None:
+        raise LoraStudioError("no merge recipe yet: pick model B (and C) in the Merge tab and apply it to the "
+                              "loaded model once, then run the grid")
+    return {"b": r.b, "c": r.c, "mode": r.mode, "alpha": r.alpha, "block_weights": r.block_weights,
+            "base_alpha": r.base_alpha}
+
+
+def _kwargs(r: dict) -> dict:
+    return {k: r.get(k) for k in ("b", "c", "mode", "alpha", "block_weights", "base_alpha")}
+
+
+def _fail(what: str, exc: Exception) -> RuntimeError:
+    return RuntimeError(f"{LABEL_PREFIX}{what}: {exc}")
+
+
+# -- values ----------------------------------------------------------------------------------------------
+def prepare_blocks(text: str) -> list:
+    """Text-box values: `|`-separated lists, or the WebUI's comma-separated (quotes keep a list whole); a
+    text that is only numbers is one weight list."""
+    text = str(text or "").strip()
+    if not text:
+        return []
+    if "|" in text:
+        return [v.strip() for v in text.split("|")]
+    items = [v.strip() for v in next(csv.reader(io.StringIO(text), skipinitialspace=True))]
+    if len(items) > 1 and all(_is_number(v) for v in items):
+        return [text]
+    return items
+
+
+def _is_number(v: str) -> bool:
+    try:
+        float(v)
+        return True
+    except ValueError:
+        return False
+
+
+def _check(p, xs, what, choices, **vary) -> None:
+    _require_values(xs, what, choices)
+    try:
+        live = _host()()
+        recipe = base_recipe(live)
+        from lib_lora.merge.checkpoint import resolve_weights
+        for v in xs:
+            r = {**recipe, **{k: (v if fn is None else fn(v)) for k, fn in vary.items()}}
+            if "alpha" in vary:
+                r["block_weights"] = None
+            resolve_weights(live.arch, r["alpha"], r["block_weights"], r["base_alpha"], live.presets)
+    except LoraStudioError as e:
+        raise _fail(what, e) from None
+
+
+def confirm_blocks(p, xs):
+    _check(p, xs, "Merge: block weights", True, block_weights=lambda v: str(v).strip())
+
+
+def confirm_alpha(p, xs):
+    _check(p, xs, "Merge: alpha", False, alpha=float)
+
+
+def apply_blocks(p, x, xs):
+    setattr(p, ATTR, {**(getattr(p, ATTR, None) or {}), "block_weights": str(x).strip()})
+
+
+def apply_alpha(p, x, xs):
+    setattr(p, ATTR, {**(getattr(p, ATTR, None) or {}), "alpha": float(x)})
+
+
+def choices_blocks():
+    """The presets a merge of the loaded model can take (numbers only, 26/25 or 20/19 values)."""
+    try:
+        from lib_lora.merge.checkpoint import resolve_weights
+
+        from .engine import ENGINE
+        store = ENGINE.presets()
+        try:
+            arch = _host()().arch
+        except LoraStudioError:
+            return store.names()
+        out = []
+        for name in store.names():
+            try:
+                resolve_weights(arch, 0.5, name, None, store)
+            except LoraStudioError:
+                continue
+            out.append(name)
+        return out
+    except Exception:
+        return []
+
+
+def format_label(p, opt, x):
+    from lib_lora import syntax
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        x = syntax.format_number(x)
+    return f"{opt.label[len(LABEL_PREFIX):]}: {x}"
+
+
+def axes(xyz):
+    from . import env
+    if env.is_forge():               # live merges need A1111's model (live_merge.FORGE)
+        return []
+    A = xyz.AxisOption
+    return [
+        A(LABEL_PREFIX + "Merge: block weights", str, apply_blocks, format_value=format_label,
+          confirm=confirm_blocks, choices=choices_blocks, prepare=prepare_blocks),
+        A(LABEL_PREFIX + "Merge: alpha", float, apply_alpha, format_value=format_label, confirm=confirm_alpha),
+    ]
+
+
+# -- per generation --------------------------------------------------------------------------------------
+def process(p) -> None:
+    """Before each generation: a grid cell gets its merge; the first other generation ends the grid."""
+    from . import env
+    cell = getattr(p, ATTR, None)
+    host = _host()
+    try:
+        if cell is None:
+            if _GRID["running"]:
+                finish_grid()
+            return
+        live = host()
+        if not _GRID["running"]:
+            _GRID["before"], _GRID["running"] = live.active, True
+        recipe = base_recipe(live)
+        if "alpha" in cell and "block_weights" not in cell:
+            recipe["block_weights"] = None       # an alpha sweep is uniform
+        recipe.update(cell)
+        line = live.apply(**_kwargs(recipe))
+        env.log.info(line)
+    except LoraStudioError as e:
+        env.emit(p, f"merge cell not applied: {e}")
+
+
+def grid_running() -> bool:
+    return _GRID["running"]
+
+
+def finish_grid() -> str:
+    """Put the model back as it was before the grid."""
+    before, _GRID["before"], _GRID["running"] = _GRID["before"], None, False
+    host = _host()
+    live = host.live
+    if live is None:
+        return "nothing to put back"
+    if before is None:
+        return live.restore()
+    return live.apply(b=before.b, c=before.c, mode=before.mode, alpha=before.alpha,
+                      block_weights=before.block_weights, base_alpha=before.base_alpha)
