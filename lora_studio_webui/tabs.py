@@ -35,7 +35,7 @@ def build_context():
         checkpoint_list=webui_checkpoints,
         refresh_checkpoints=refresh_webui_checkpoints,
         refresh_loras=ENGINE.library.scan,
-        live_merge=_live_merge(),
+        live_merge=_live_merge_provider(),
     )
     # The tagger tab's image roots (empty: tagger_tab.image_roots falls back to the model folders).
     ctx.image_dirs = [Path(os.path.expanduser(p.strip())) for p in
@@ -57,19 +57,16 @@ def webui_checkpoints() -> dict:
             if getattr(info, "name", None) and getattr(info, "filename", None)}
 
 
+def _live_merge_provider():
+    from .live_merge import provider   # the loaded model's LiveMerge
+
+    return provider
+
+
 def refresh_webui_checkpoints() -> None:
     """Re-read the checkpoint folders so a merged model is in the WebUI's list without a restart."""
     from modules import sd_models
     sd_models.list_models()
-
-
-def _live_merge():
-    """lora_studio_webui.live_merge.provider (the loaded model's LiveMerge) when this build has it, else None."""
-    try:
-        module = importlib.import_module(f"{__package__}.live_merge")
-    except ImportError:
-        return None
-    return getattr(module, "provider", None)
 
 
 FAILED: dict = {}      # tab label → reason, for the last build (shown in the tab, kept for tests/logs)

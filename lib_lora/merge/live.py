@@ -279,9 +279,11 @@ class LiveMerge:
 
         out = torch.empty(_numel(item.shape), dtype=item.out_dtype)
         pos = 0
-        produce = ck._producer(item, mode, self._a, self._reader(id_b), self._reader(id_c), scratch)
+        # the file merge's producer takes a per-thread scratch getter and may yield deferred pieces
+        # (callables its writer's workers run); here one thread runs them in order
+        produce = ck._producer(item, mode, self._a, self._reader(id_b), self._reader(id_c), lambda: scratch)
         for chunk in produce():
-            flat = chunk.reshape(-1)
+            flat = (chunk() if callable(chunk) else chunk).reshape(-1)
             out[pos:pos + flat.numel()].copy_(flat)
             pos += flat.numel()
         return out
