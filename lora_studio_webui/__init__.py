@@ -12,7 +12,7 @@ import traceback
 def register() -> None:
     from modules import script_callbacks
 
-    from . import env, forge, infotext, settings, xyz
+    from . import env, forge, infotext, settings, xyz, xyz_merge
     from .engine import ENGINE
 
     # Options exist from import on: ui_settings callbacks only run when the Gradio UI is built (not --nowebui).
@@ -20,7 +20,7 @@ def register() -> None:
     script_callbacks.on_ui_settings(settings.on_ui_settings)
     script_callbacks.on_ui_tabs(_safe(_ui_tabs))
     try:
-        xyz.register()                       # before xyz_grid builds its UI (docs/spec/webui_integration.md §9)
+        xyz.register(extra=(xyz_merge.axes,))   # before xyz_grid builds its UI (docs/spec/webui_integration.md §9)
     except Exception:
         traceback.print_exc()
     if forge.active():

@@ -167,12 +167,28 @@ def _drop_builtin_backups(sd_model) -> None:
 
 
 HOST = LiveMergeHost()
+_GRID = {"before": None, "running": False}   # the recipe to return to after an X/Y/Z merge grid (xyz_merge.py)
+
+
+def grid_running() -> bool:
+    return _GRID["running"]
+
+
+def finish_grid() -> str:
+    """Put the model back as it was before the grid."""
+    before, _GRID["before"], _GRID["running"] = _GRID["before"], None, False
+    live = HOST.live
+    if live is None:
+        return "nothing to put back"
+    if before is None:
+        return live.restore()
+    return live.apply(b=before.b, c=before.c, mode=before.mode, alpha=before.alpha,
+                      block_weights=before.block_weights, base_alpha=before.base_alpha)
 
 
 def provider():
     """The zero-arg callable of `UiContext.live_merge`: the loaded model's LiveMerge (a merge grid that ran
     since is put back first: the tab acts on the state the user chose)."""
-    from . import xyz_merge
-    if xyz_merge.grid_running():
-        xyz_merge.finish_grid()
+    if grid_running():
+        finish_grid()
     return HOST()

@@ -170,15 +170,18 @@ def axes(xyz):
     ]
 
 
-def register() -> int:
-    """Append our axes once (guard: a label with our prefix already there). Returns how many were added."""
+def register(extra=()) -> int:
+    """Append our axes once (guard: a label with our prefix already there). Returns how many were added.
+    `extra`: more `axes(xyz)` builders (the live-merge axes), given by the caller so that their modules may
+    import this one without a cycle."""
     xyz = find_xyz_module()
     if xyz is None:
         return 0
     if any(str(getattr(o, "label", "")).startswith(LABEL_PREFIX) for o in xyz.axis_options):
         return 0
     new = axes(xyz)
-    from .xyz_merge import axes as merge_axes; new += merge_axes(xyz)  # noqa: E702 (live-merge axes)
+    for more in extra:
+        new += more(xyz)
     from . import forge
     if forge.active() and not forge.supported():   # Forge's own Lora handles the tags: block axes would do nothing
         new = [o for o in new if o.label.endswith(("LoRA epoch", "LoRA weight"))]

@@ -17,11 +17,11 @@ import io
 
 from lib_lora.errors import LoraStudioError
 
+from .live_merge import _GRID, finish_grid, grid_running  # noqa: F401  (the grid state lives with the host)
 from .xyz import LABEL_PREFIX, _require_values
 
 ATTR = "_lora_studio_merge"          # on a cell's copy of p: {"alpha": …, "block_weights": …}
 TAB_RECIPE: dict | None = None       # the merge tab's last recipe: b, c, mode, alpha, block_weights, base_alpha
-_GRID = {"before": None, "running": False}   # the state to return to after a grid
 
 
 def _host():
@@ -167,20 +167,3 @@ def process(p) -> None:
         env.log.info(line)
     except LoraStudioError as e:
         env.emit(p, f"merge cell not applied: {e}")
-
-
-def grid_running() -> bool:
-    return _GRID["running"]
-
-
-def finish_grid() -> str:
-    """Put the model back as it was before the grid."""
-    before, _GRID["before"], _GRID["running"] = _GRID["before"], None, False
-    host = _host()
-    live = host.live
-    if live is None:
-        return "nothing to put back"
-    if before is None:
-        return live.restore()
-    return live.apply(b=before.b, c=before.c, mode=before.mode, alpha=before.alpha,
-                      block_weights=before.block_weights, base_alpha=before.base_alpha)
