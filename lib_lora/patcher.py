@@ -371,6 +371,10 @@ class Patcher:
         if cached is not None:
             rep.cache_hits += 1
             return cached
+        if kind == "hada":
+            term = self._hada(ckey, algo, mod, dyn, device, shape, ref, rep)
+            if term is not None:
+                return term
         base_w, base_b = bases.get(ref, qkv)
         try:
             term = None
@@ -411,6 +415,21 @@ class Patcher:
             return None
         rep.deltas_computed += 1
         return term
+
+    def _hada(self, ckey, algo, mod, dyn, device, shape, ref, rep):
+        """LoHa whose dense ΔW the cache does not admit: its factors, written in row blocks (_Hada), never a full
+        ΔW in memory. None: build (and cache) the dense ΔW as for any other algorithm."""
+        try:
+            f = algo.compact(mod, dyn, device)
+        except Exception:
+            return None  # the dense path names what is wrong with the module
+        if f is None or not _fits(f[0].shape[0], f[1].shape[1], shape):
+            return None
+        numel = int(f[0].shape[0]) * int(f[1].shape[1])
+        if self.cache.admits(numel * (2 if ref.part_tensors()[0][0].dtype in _HALF else 4)):
+            return None
+        rep.factored += 1
+        return _Hada(*f, shape)
 
     def _compute_fn(self):
         return self._compute if self._compute is not None else compute_delta
@@ -517,6 +536,73 @@ class _LowRank:
 
     def add_to(self, out, t0, t1, m) -> None:
         out.view(t1 - t0, -1).addmm_(self.up[t0:t1], self.down, alpha=m)
+
+
+_BLOCK = 1 << 17   # elements per row block of a factor write (512 KB in fp32): a few such blocks stay in L2/L3
+
+
+def _row_blocks(t0: int, t1: int, cols: int):
+    step = max(1, _BLOCK // max(1, cols))
+    for r0 in range(t0, t1, step):
+        yield r0, min(r0 + step, t1)
+
+
+class _Hada:
+    """LoHa: a1 [rows, r1] (already × scale), b1 [r1, cols], a2 [rows, r2], b2 [r2, cols]; ΔW = (a1@b1) ⊙ (a2@b2).
+
+    Used where the dense ΔW does not fit the cache (budget 0 = no memory beyond the backups, the built-in Lora's
+    overhead): written in row blocks that stay in the CPU cache (both products, then one fused
+    W = W0 + m·P1⊙P2 per block in fp32, cast once), so main memory sees one read of W0 and one write of W, and no
+    ΔW-sized buffer is ever allocated. The products cost 2·(r1+r2) flops per weight (bench/README.md)."""
+
+    bias = None
+
+    def __init__(self, a1, b1, a2, b2, shape):
+        self.a1, self.b1, self.a2, self.b2 = (t.contiguous() for t in (a1, b1, a2, b2))
+        self.shape = tuple(shape)
+        self.rows = int(a1.shape[0])
+        self.nbytes = sum(t.numel() for t in (a1, b1, a2, b2)) * 4
+
+    def dense(self):
+        return (self.a1 @ self.b1).mul_(self.a2 @ self.b2).reshape(self.shape)
+
+    def _products(self, r0, r1, buf):
+        n = (r1 - r0) * self.b1.shape[1]
+        p1, p2 = buf[:n].view(r1 - r0, -1), buf[_BLOCK:_BLOCK + n].view(r1 - r0, -1)
+        torch.mm(self.a1[r0:r1], self.b1, out=p1)
+        torch.mm(self.a2[r0:r1], self.b2, out=p2)
+        return p1, p2
+
+    def _buf(self, n: int):
+        return torch.empty(n * _BLOCK, dtype=torch.float32, device=self.a1.device)
+
+    def add_from(self, src, out, t0, t1, m) -> bool:
+        cols = self.b1.shape[1]
+        if out.dtype not in (torch.float32,) + _HALF or src.dtype != out.dtype or cols > _BLOCK:
+            return False
+        s2, o2 = src.view(t1 - t0, cols), out.view(t1 - t0, cols)
+        fp32 = out.dtype == torch.float32
+        buf = self._buf(2 if fp32 else 3)
+        for r0, r1 in _row_blocks(t0, t1, cols):
+            p1, p2 = self._products(r0, r1, buf)
+            if fp32:
+                torch.addcmul(s2[r0 - t0:r1 - t0], p1, p2, value=m, out=o2[r0 - t0:r1 - t0])
+            else:  # W0 to fp32 inside the block, one cast on the way out
+                acc = buf[2 * _BLOCK:2 * _BLOCK + p1.numel()].view(p1.shape)
+                acc.copy_(s2[r0 - t0:r1 - t0])
+                acc.addcmul_(p1, p2, value=m)
+                o2[r0 - t0:r1 - t0].copy_(acc)
+        return True
+
+    def add_to(self, out, t0, t1, m) -> None:
+        cols = self.b1.shape[1]
+        if cols > _BLOCK:
+            out.add_(self.dense()[t0:t1], alpha=m)
+            return
+        o2, buf = out.view(t1 - t0, cols), self._buf(2)
+        for r0, r1 in _row_blocks(t0, t1, cols):
+            p1, p2 = self._products(r0, r1, buf)
+            o2[r0 - t0:r1 - t0].addcmul_(p1, p2, value=m)
 
 
 class _Kron:
