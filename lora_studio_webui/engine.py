@@ -100,6 +100,7 @@ class Engine:
         from lib_lora.delta_cache import AUTO
         from lib_lora.host import Host
         from lib_lora.patcher import Patcher
+        from .settings import dense_lowrank
         if self.patcher is None or self.host_model is not sd_model:
             if self.patcher is not None:
                 self.restore()
@@ -109,6 +110,7 @@ class Engine:
             budget = cache_budget()
             if budget != (AUTO if self.patcher.cache.auto else self.patcher.cache.max_bytes):
                 self.patcher.cache.resize(budget)      # the setting changed
+        self.patcher.dense_lowrank = dense_lowrank()   # the setting, re-read like the budget
         return self.patcher
 
     def _stamp(self) -> None:

@@ -18,14 +18,16 @@ def options():
         env.PREFIX + "extra_dirs": O("", "Extra LoRA folders, besides --lora-dir and --lyco-dir-backcompat",
                                      gr.Textbox, {"lines": 2}).info("one folder per line"),
         env.PREFIX + "cache_mb": O(-1, "Delta cache size (MB; -1 = automatic, 0 = off)", gr.Number, {"precision": 0})
-        .info("keeps what is slow to rebuild (LoHa, LoKr, DoRA, OFT/BOFT, Tucker LoCon, GLoRA) so a weight, preset "
-              "or X/Y/Z change of those skips recomputing it; plain LoRA/LoCon never need it (rewritten from their "
-              "factors). A kept delta takes as much memory as the weights it changes (in their dtype on fp16/bf16 "
-              "models), and makes a change of that LoRA ~5× cheaper than recomputing; 0 = no memory beyond the "
-              "backups, every change recomputes. When a LoRA does not fit, the part that fits is kept and reused. "
-              "Automatic = half of the "
-              "free memory of the device the weights are on (RAM on CPU, VRAM on GPU), re-read at every "
-              "generation"),
+        .info("memory for faster weight, preset and X/Y/Z changes. A kept delta takes as much memory as the weights "
+              "it changes (in their dtype on fp16/bf16 models) and makes a change of its layer one add (~1.5× a "
+              "memory copy instead of 3-9×). 0 = the built-in Lora's memory (the backups only): every LoRA is "
+              "rewritten from its factors at each change. When a LoRA does not fit, the part that fits is kept "
+              "and reused, the rest is rewritten from factors. Automatic = half of the free memory of the device "
+              "the weights are on (RAM on CPU, VRAM on GPU), re-read at every generation"),
+        env.PREFIX + "dense_lowrank": O(True, "Keep plain LoRA/LoCon deltas in the delta cache too")
+        .info("on: a LoRA/LoCon change is one add per layer where the cache has room (2-5× faster on a CPU), for "
+              "as much memory as the weights it changes; off: always rewritten from their factors (a rank-r "
+              "product per layer, no memory beyond the backups). LoHa, LoKr and the rest use the cache either way"),
         env.PREFIX + "presets_file": O("", "User presets file (LoRA Block Weight format)", gr.Textbox)
         .info(f"empty: {default_presets_path()}"),
         env.PREFIX + "allow_pickle": O(False, "Allow loading .pt/.ckpt LoRA files (pickle can run code)"),
@@ -35,6 +37,11 @@ def options():
         env.PREFIX + "ui_warnings": O(False, "Show LoRA Studio warnings as pop-ups in the web UI")
         .info("they always go to the console and under the generated image"),
     }
+
+
+def dense_lowrank() -> bool:
+    """Setting `dense_lowrank` (Patcher(dense_lowrank=…)); on unless switched off."""
+    return bool(env.opt(env.PREFIX + "dense_lowrank", True))
 
 
 def on_ui_settings():
