@@ -12,9 +12,10 @@ a layer changes, and on a GPU they would cost as much memory as the touched weig
 What is written per module ("term"): plain LoRA/LoCon (linear in their factors) are written from the
 factors, W = W0 + m·(s·up) @ down as one fused fp32 addmm, with no dense ΔW built or cached (unless
 `dense_lowrank`: then as a cached dense ΔW where the budget admits it); LoKr from its
-two Kronecker factors (one broadcast addcmul, cached); everything else from a dense fp32 ΔW (cached when
-expensive: LoHa, Tucker, DoRA, OFT/BOFT, GLoRA; recomputed when a cast or a product with W0 is all it costs:
-full, norm, IA3). bench/apply_webui_budget.py measures each against the memory-copy bound.
+two Kronecker factors (one broadcast addcmul, cached); LoHa as a cached dense ΔW where the budget admits it,
+else from its four factors in cache-sized row blocks (_Hada: no ΔW-sized memory, so a budget of 0 holds no more
+than the backups); everything else from a dense fp32 ΔW (cached when expensive: Tucker, DoRA, OFT/BOFT,
+GLoRA; recomputed when a cast or a product with W0 is all it costs: full, norm, IA3). bench/apply_webui_budget.py measures each against the memory-copy bound.
 """
 
 from __future__ import annotations
@@ -115,8 +116,8 @@ class Patcher:
         `dense_lowrank`: also cache LoRA/LoCon as a dense ΔW (weight dtype on fp16/bf16) where it fits the budget.
         A change is then one fused add instead of a rank-r GEMM per layer: on one CPU core 1.3-2.9× the
         memory-copy bound instead of 2-8×, for as much memory again as the backups (bench/README.md). Off by
-        default: it breaks the memory target (overhead ≤ the built-in's backups), and where GEMMs are cheap
-        (GPU, many cores) the factor path is already memory-bound."""
+        default here (bake, tools); the WebUI turns it on by a setting (on by default there: the AUTO budget
+        only admits what free memory allows)."""
         self.host = host
         self.one_shot = one_shot
         self.dense_lowrank = dense_lowrank
