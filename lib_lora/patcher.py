@@ -113,7 +113,8 @@ class Patcher:
     def __init__(self, host, cache_bytes: int = DEFAULT_CACHE_BYTES, backup_device="cpu", compute=None,
                  one_shot: bool = False, dense_lowrank: bool = False):
         """`one_shot`: apply once and never restore (bake): no backup outlives its layer's write.
-        `dense_lowrank`: also cache LoRA/LoCon as a dense ΔW (weight dtype on fp16/bf16) where it fits the budget.
+        `dense_lowrank`: also cache LoRA/LoCon as a dense ΔW (weight dtype on fp16/bf16) where it fits the budget,
+        from a module's second write on (its first apply is from the factors: no ΔW built for one generation).
         A change is then one fused add instead of a rank-r GEMM per layer: on one CPU core 1.3-2.9× the
         memory-copy bound instead of 2-8×, for as much memory again as the backups (bench/README.md). Off by
         default here (bake, tools); the WebUI turns it on by a setting (on by default there: the AUTO budget
@@ -130,6 +131,7 @@ class Patcher:
         self._actives: list = []
         self._step: int | None = None
         self._scratch_buf: torch.Tensor | None = None
+        self._lowrank_seen: set = set()          # LoRA/LoCon keys written once already (dense_lowrank)
 
     # -- public -----------------------------------------------------------------------------------
     def apply(self, actives, step: int | None = None) -> ApplyReport:
@@ -192,6 +194,7 @@ class Patcher:
         self._current.clear()
         self._failed.clear()
         self.cache.clear()
+        self._lowrank_seen.clear()
         self._scratch_buf = None
         self._actives, self._step = [], None
         if host is not None:
@@ -360,10 +363,13 @@ class Patcher:
             try:
                 f = algo.compact(mod, dyn, device)
                 if f is not None and _fits(f[0].shape[0], f[1].shape[1], shape):
-                    if self.dense_lowrank:
+                    # dense only from a module's second write on (a change, a sweep): a single generation
+                    # never pays the ΔW build or its memory
+                    if self.dense_lowrank and ckey in self._lowrank_seen:
                         term = self._dense_lowrank(ckey, f, shape, ref, rep)
                         if term is not None:
                             return term
+                    self._lowrank_seen.add(ckey)
                     rep.factored += 1
                     return _LowRank(*f, shape)
             except Exception:

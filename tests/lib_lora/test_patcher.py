@@ -532,7 +532,10 @@ def test_dense_lowrank_caches_what_the_budget_admits_writes_the_rest_from_factor
     p = Patcher(host, cache_bytes=budget, dense_lowrank=True)
     first = p.apply([ActiveLora(net, 0.8, 0.8)])
     n = sum(r.applied for r in first.loras)
-    assert 0 < len(p.cache) < n and first.deltas_computed == len(p.cache) and first.factored == n - len(p.cache)
+    # one generation never builds a dense ΔW: the first write of each module is from its factors
+    assert first.factored == n and first.deltas_computed == 0 and p.cache.bytes == 0
+    second = p.apply([ActiveLora(net, 0.5, 0.5)])
+    assert 0 < len(p.cache) < n and second.deltas_computed == len(p.cache) and second.factored == n - len(p.cache)
     assert p.cache.bytes <= budget
     for m in (0.3, -1.3):
         rep = p.apply([ActiveLora(net, m, m)])

@@ -1,5 +1,5 @@
-"""Issue 11: the `dense_lowrank` setting. On (default): a LoRA's deltas are kept dense where the budget admits
-them and a weight change is one add per layer (cache hits); off, or budget 0: written from the factors with no
+"""Issue 11: the `dense_lowrank` setting. On (default): from a LoRA's second generation on, its deltas are kept
+dense where the budget admits them and a weight change is one add per layer (cache hits); off, or budget 0: written from the factors with no
 memory beyond the backups. Either way the weights equal a fresh apply of the same tag."""
 
 from __future__ import annotations
@@ -15,10 +15,12 @@ def test_dense_lowrank_setting_is_on_by_default_and_followed_when_switched(webui
     from lora_studio_webui.engine import ENGINE
     webui.generate("x <lora:foo:1>")
     p = ENGINE.patcher
-    assert p.dense_lowrank and p.cache.bytes > 0
+    assert p.dense_lowrank and p.cache.bytes == 0       # one generation: from the factors, nothing kept
+    webui.generate("x <lora:foo:0.7>")
+    assert p.cache.bytes > 0                            # a change: the deltas are kept from now on
     hits = p.cache.hits
     webui.generate("x <lora:foo:0.5>")
-    assert p.cache.hits > hits                          # the change rescaled the kept deltas
+    assert p.cache.hits > hits                          # the next change rescaled the kept deltas
     dense = webui.weights()
 
     shared.opts.data["lora_studio_dense_lowrank"] = False
