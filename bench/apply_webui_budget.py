@@ -218,11 +218,12 @@ def main(argv=None) -> int:
     ap.add_argument("--dense-lowrank", action="store_true",
                     help="Patcher(dense_lowrank=True): LoRA/LoCon cached as a dense ΔW where the budget admits it")
     ap.add_argument("--modes", default="",
-                    help="comma list run side by side on the same model: webui (AUTO budget, dense_lowrank: the "
-                         "WebUI's defaults), lean (budget 0: the built-in's memory), factors (AUTO, no dense "
-                         "LoRA/LoCon); default: the one mode --cache-mb/--dense-lowrank give")
+                    help="comma list run side by side on the same model: webui (AUTO budget, dense_lowrank "
+                         "'auto': the WebUI's defaults), dense (AUTO, dense_lowrank on), lean (budget 0: the "
+                         "built-in's memory), factors (AUTO, dense_lowrank off); default: the one mode "
+                         "--cache-mb/--dense-lowrank give")
     args = ap.parse_args(argv)
-    modes = {"webui": (-1, True), "lean": (0, False), "factors": (-1, False)}
+    modes = {"webui": (-1, "auto"), "dense": (-1, True), "lean": (0, False), "factors": (-1, False)}
     runs = [(m, *modes[m]) for m in args.modes.split(",") if m] or \
         [("args", args.cache_mb if args.cache_mb < 0 else args.cache_mb << 20, args.dense_lowrank)]
     if args.threads:

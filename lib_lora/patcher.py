@@ -111,10 +111,11 @@ def effective_multiplier(active: ActiveLora, module, step: int | None = None) ->
 
 class Patcher:
     def __init__(self, host, cache_bytes: int = DEFAULT_CACHE_BYTES, backup_device="cpu", compute=None,
-                 one_shot: bool = False, dense_lowrank: bool = False):
+                 one_shot: bool = False, dense_lowrank: bool | str = False):
         """`one_shot`: apply once and never restore (bake): no backup outlives its layer's write.
         `dense_lowrank`: also cache LoRA/LoCon as a dense ΔW (weight dtype on fp16/bf16) where it fits the budget,
-        from a module's second write on (its first apply is from the factors: no ΔW built for one generation).
+        from a module's second write on (its first apply is from the factors: no ΔW built for one generation);
+        "auto": only on fp16/bf16 weights (see _dense_for).
         A change is then one fused add instead of a rank-r GEMM per layer: on one CPU core 1.3-2.9× the
         memory-copy bound instead of 2-8×, for as much memory again as the backups (bench/README.md). Off by
         default here (bake, tools); the WebUI turns it on by a setting (on by default there: the AUTO budget
@@ -365,7 +366,7 @@ class Patcher:
                 if f is not None and _fits(f[0].shape[0], f[1].shape[1], shape):
                     # dense only from a module's second write on (a change, a sweep): a single generation
                     # never pays the ΔW build or its memory
-                    if self.dense_lowrank and ckey in self._lowrank_seen:
+                    if self._dense_for(ref) and ckey in self._lowrank_seen:
                         term = self._dense_lowrank(ckey, f, shape, ref, rep)
                         if term is not None:
                             return term
@@ -406,6 +407,16 @@ class Patcher:
         if algo is None or algo.cache:
             self.cache.put(ckey, term)
         return term
+
+    def _dense_for(self, ref) -> bool:
+        """dense_lowrank: True, False, or "auto" = only on fp16/bf16 weights. There the rank-r product in fp32
+        costs 6-9× an fp16 copy against 1.7-3.4× for the dense add; on fp32 weights the addmm already runs at
+        1.4-2.6× the copy bound, as fast as the dense add, so a dense ΔW would double the memory for nothing
+        (bench/README.md)."""
+        mode = self.dense_lowrank
+        if mode == "auto":
+            return ref.part_tensors()[0][0].dtype in _HALF
+        return bool(mode)
 
     def _dense_lowrank(self, ckey, f, shape, ref, rep):
         """LoRA/LoCon as a cached dense ΔW when the cache admits it (else None: written from the factors)."""

@@ -24,10 +24,13 @@ def options():
               "rewritten from its factors at each change. When a LoRA does not fit, the part that fits is kept "
               "and reused, the rest is rewritten from factors. Automatic = half of the free memory of the device "
               "the weights are on (RAM on CPU, VRAM on GPU), re-read at every generation"),
-        env.PREFIX + "dense_lowrank": O(True, "Keep plain LoRA/LoCon deltas in the delta cache too")
-        .info("on: a LoRA/LoCon change is one add per layer where the cache has room (2-5× faster on a CPU), for "
-              "as much memory as the weights it changes; off: always rewritten from their factors (a rank-r "
-              "product per layer, no memory beyond the backups). LoHa, LoKr and the rest use the cache either way"),
+        env.PREFIX + "dense_lowrank": O("automatic", "Keep plain LoRA/LoCon deltas in the delta cache too",
+                                        gr.Radio, {"choices": list(DENSE_CHOICES)})
+        .info("on: from a LoRA's second generation on, a change is one add per layer where the cache has room "
+              "(2-5× faster on fp16/bf16 models) for as much memory as the weights it changes; off: always "
+              "rewritten from their factors (a rank-r product per layer, no memory beyond the backups); automatic: "
+              "on for fp16/bf16 weights only (on fp32 weights the factor product is already about as fast). "
+              "LoHa, LoKr and the rest use the cache either way"),
         env.PREFIX + "presets_file": O("", "User presets file (LoRA Block Weight format)", gr.Textbox)
         .info(f"empty: {default_presets_path()}"),
         env.PREFIX + "allow_pickle": O(False, "Allow loading .pt/.ckpt LoRA files (pickle can run code)"),
@@ -39,9 +42,12 @@ def options():
     }
 
 
-def dense_lowrank() -> bool:
-    """Setting `dense_lowrank` (Patcher(dense_lowrank=…)); on unless switched off."""
-    return bool(env.opt(env.PREFIX + "dense_lowrank", True))
+DENSE_CHOICES = {"automatic": "auto", "on": True, "off": False}
+
+
+def dense_lowrank() -> bool | str:
+    """Setting `dense_lowrank` as Patcher(dense_lowrank=…): "auto", True or False (an unknown value: "auto")."""
+    return DENSE_CHOICES.get(str(env.opt(env.PREFIX + "dense_lowrank", "automatic")), "auto")
 
 
 def on_ui_settings():

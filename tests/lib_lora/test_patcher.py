@@ -603,3 +603,16 @@ def test_loha_at_budget_0_is_written_from_its_factors_within_float64_bounds_with
     assert same_state(model_state(root), model_state(r2))      # after three changes == one fresh apply
     p.restore()
     assert same_state(model_state(root), original)
+
+
+def test_dense_lowrank_auto_keeps_dense_deltas_for_half_weights_only(nets):
+    """"auto" (the WebUI's default): fp16 weights get dense LoRA/LoCon deltas from the second apply on (the
+    factor product costs several fp16 copies there); fp32 weights stay on the factors (as fast, half the memory)."""
+    for dtype, dense in ((torch.float16, True), (torch.float32, False)):
+        root, host = _model(dtype)
+        p = Patcher(host, dense_lowrank="auto")
+        first = p.apply([ActiveLora(nets["locon"], 0.8, 0.8)])
+        assert first.deltas_computed == 0 and p.cache.bytes == 0
+        p.apply([ActiveLora(nets["locon"], 0.5, 0.5)])
+        assert (p.cache.bytes > 0) == dense, dtype
+        p.restore()
