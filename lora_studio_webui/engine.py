@@ -100,7 +100,6 @@ class Engine:
         from lib_lora.delta_cache import AUTO
         from lib_lora.host import Host
         from lib_lora.patcher import Patcher
-        from .settings import dense_lowrank
         if self.patcher is None or self.host_model is not sd_model:
             if self.patcher is not None:
                 self.restore()
@@ -296,6 +295,14 @@ def drop_cached_conds(p) -> None:
         cache = getattr(p, attr, None)
         if isinstance(cache, list) and len(cache) >= 2:
             cache[0] = cache[1] = None
+
+
+DENSE_CHOICES = {"automatic": "auto", "on": True, "off": False}   # setting `dense_lowrank` → Patcher's
+
+
+def dense_lowrank() -> bool | str:
+    """Setting `dense_lowrank` as Patcher(dense_lowrank=…): "auto", True or False (an unknown value: "auto")."""
+    return DENSE_CHOICES.get(str(env.opt(env.PREFIX + "dense_lowrank", "automatic")), "auto")
 
 
 def cache_budget() -> int:

@@ -10,7 +10,7 @@ SECTION = ("lora_studio", "LoRA Studio")
 def options():
     import gradio as gr
     from modules import shared
-    from .engine import default_presets_path
+    from .engine import DENSE_CHOICES, default_presets_path
     O = shared.OptionInfo
     return {
         env.PREFIX + "take_over": O(True, "Handle <lora:…> and <lyco:…> tags with LoRA Studio (block weights, presets)")
@@ -40,14 +40,6 @@ def options():
         env.PREFIX + "ui_warnings": O(False, "Show LoRA Studio warnings as pop-ups in the web UI")
         .info("they always go to the console and under the generated image"),
     }
-
-
-DENSE_CHOICES = {"automatic": "auto", "on": True, "off": False}
-
-
-def dense_lowrank() -> bool | str:
-    """Setting `dense_lowrank` as Patcher(dense_lowrank=…): "auto", True or False (an unknown value: "auto")."""
-    return DENSE_CHOICES.get(str(env.opt(env.PREFIX + "dense_lowrank", "automatic")), "auto")
 
 
 def on_ui_settings():
