@@ -185,6 +185,10 @@ def run_one(host, net, dtype_name, builtin: bool, dense_lowrank: bool = False, c
         del backups
         gc.collect()
 
+    summary = dict(name=net.name, dtype=dtype_name, copy=max(dt / bound for _, dt, bound, _ in rows[:3]),
+                   builtin=max(dt / b for (_, dt, _, _), b in zip(rows[:3], b_rows)) if b_rows else float("nan"),
+                   memory=ours_mem / b_mem if b_mem else float("nan"),
+                   hits=rows[1][3].cache_hits, factored=rows[1][3].factored)
     n_mod = len(net.modules)
     print(f"\n{net.name} ({n_mod} modules, {len(touched)} layers, {dtype_name}): first apply {t_first:.2f} s "
           f"({first.factored} from factors, {first.deltas_computed} deltas computed); budget "
@@ -199,6 +203,7 @@ def run_one(host, net, dtype_name, builtin: bool, dense_lowrank: bool = False, c
         print(f"  built-in scheme per change: {', '.join(f'{x:.2f}' for x in b_rows)} s")
         print(f"  memory overhead: LoRA Studio {ours_mem / 2**20:.0f} MiB (backups + cache + scratch) vs built-in "
               f"{b_mem / 2**20:.0f} MiB (backups): ratio {ours_mem / b_mem:.3f} (target ≤ 1)")
+    return summary
 
 
 def main(argv=None) -> int:
@@ -212,7 +217,15 @@ def main(argv=None) -> int:
     ap.add_argument("--cache-mb", type=int, default=-1, help="delta-cache budget in MiB (-1 = AUTO, the default)")
     ap.add_argument("--dense-lowrank", action="store_true",
                     help="Patcher(dense_lowrank=True): LoRA/LoCon cached as a dense ΔW where the budget admits it")
+    ap.add_argument("--modes", default="",
+                    help="comma list run side by side on the same model: webui (AUTO budget, dense_lowrank "
+                         "'auto': the WebUI's defaults), dense (AUTO, dense_lowrank on), lean (budget 0: the "
+                         "built-in's memory), factors (AUTO, dense_lowrank off); default: the one mode "
+                         "--cache-mb/--dense-lowrank give")
     args = ap.parse_args(argv)
+    modes = {"webui": (-1, "auto"), "dense": (-1, True), "lean": (0, False), "factors": (-1, False)}
+    runs = [(m, *modes[m]) for m in args.modes.split(",") if m] or \
+        [("args", args.cache_mb if args.cache_mb < 0 else args.cache_mb << 20, args.dense_lowrank)]
     if args.threads:
         torch.set_num_threads(args.threads)
     from lib_lora.host import Host
@@ -224,6 +237,7 @@ def main(argv=None) -> int:
     print(f"SD1.5 layers at scale 1/{args.scale}, rank {args.rank}, torch threads {torch.get_num_threads()}, "
           f"dense_lowrank {args.dense_lowrank}; "
           f"LoRAs written in {time.perf_counter() - t0:.0f} s")
+    summaries = []
     for dname in args.dtypes.split(","):
         root = build_model("sd15", scale=args.scale, dtype=DTYPES[dname], seed=1)
         for p in root.parameters():
@@ -232,10 +246,18 @@ def main(argv=None) -> int:
         size = sum(p.numel() for p in root.parameters())
         print(f"\n== model {dname}: {size / 1e6:.0f}M weights, {len(host)} layers ==")
         for name, net in nets.items():
-            run_one(host, net, dname, builtin=not args.no_builtin, dense_lowrank=args.dense_lowrank,
-                    cache_bytes=args.cache_mb if args.cache_mb < 0 else args.cache_mb << 20)
+            for mode, budget, dense in runs:
+                print(f"\n-- mode {mode}: budget {'AUTO' if budget < 0 else budget}, dense_lowrank {dense}")
+                out = run_one(host, net, dname, builtin=not args.no_builtin, dense_lowrank=dense, cache_bytes=budget)
+                summaries.append(dict(out, mode=mode))
         del root, host
         gc.collect()
+    print(f"\nper family (worst of the 0.3/0.6/0.9 changes; targets /copy ≤ 1.5, /built-in ≤ 0.2, memory ≤ 1):")
+    print(f"  {'LoRA':<7} {'dtype':<5} {'mode':<8} {'/copy':>6} {'/built-in':>9} {'memory':>7} {'hits':>5} "
+          f"{'factored':>8}")
+    for r in summaries:
+        print(f"  {r['name']:<7} {r['dtype']:<5} {r['mode']:<8} {r['copy']:6.2f} {r['builtin']:9.3f} "
+              f"{r['memory']:7.3f} {r['hits']:5d} {r['factored']:8d}")
     print(f"\nwhole run {time.perf_counter() - t0:.0f} s")
     return 0
 

@@ -2,9 +2,10 @@
 
 Why: a multiplier, block-weight or start/stop change only rescales each module's contribution; with it
 cached the patcher never recomputes it (bench/apply.py and bench/apply_webui_budget.py measure the gain).
-Plain LoRA/LoCon never come here: the patcher writes them straight from their factors (patcher.py).
 What is cached is the compactest exact form the patcher can write from: the dense ΔW for LoHa, Tucker,
-DoRA, OFT/BOFT, GLoRA; the two Kronecker factors for LoKr.
+DoRA, OFT/BOFT, GLoRA (and plain LoRA/LoCon with Patcher(dense_lowrank=True)); the two Kronecker factors for
+LoKr. What is not admitted is written from its factors where it has them (LoRA/LoCon, LoHa: patcher.py), so a
+budget of 0 holds nothing beyond the backups.
 
 Storage: on the device it was computed on; a dense ΔW in the weight's dtype on fp16/bf16 models (half the
 bytes, and a change is one fused add in that dtype; the error bound is stated at patcher._Dense and tested

@@ -12,9 +12,10 @@ a layer changes, and on a GPU they would cost as much memory as the touched weig
 What is written per module ("term"): plain LoRA/LoCon (linear in their factors) are written from the
 factors, W = W0 + m·(s·up) @ down as one fused fp32 addmm, with no dense ΔW built or cached (unless
 `dense_lowrank`: then as a cached dense ΔW where the budget admits it); LoKr from its
-two Kronecker factors (one broadcast addcmul, cached); everything else from a dense fp32 ΔW (cached when
-expensive: LoHa, Tucker, DoRA, OFT/BOFT, GLoRA; recomputed when a cast or a product with W0 is all it costs:
-full, norm, IA3). bench/apply_webui_budget.py measures each against the memory-copy bound.
+two Kronecker factors (one broadcast addcmul, cached); LoHa as a cached dense ΔW where the budget admits it,
+else from its four factors in cache-sized row blocks (_Hada: no ΔW-sized memory, so a budget of 0 holds no more
+than the backups); everything else from a dense fp32 ΔW (cached when expensive: Tucker, DoRA, OFT/BOFT,
+GLoRA; recomputed when a cast or a product with W0 is all it costs: full, norm, IA3). bench/apply_webui_budget.py measures each against the memory-copy bound.
 """
 
 from __future__ import annotations
@@ -110,13 +111,15 @@ def effective_multiplier(active: ActiveLora, module, step: int | None = None) ->
 
 class Patcher:
     def __init__(self, host, cache_bytes: int = DEFAULT_CACHE_BYTES, backup_device="cpu", compute=None,
-                 one_shot: bool = False, dense_lowrank: bool = False):
+                 one_shot: bool = False, dense_lowrank: bool | str = False):
         """`one_shot`: apply once and never restore (bake): no backup outlives its layer's write.
-        `dense_lowrank`: also cache LoRA/LoCon as a dense ΔW (weight dtype on fp16/bf16) where it fits the budget.
+        `dense_lowrank`: also cache LoRA/LoCon as a dense ΔW (weight dtype on fp16/bf16) where it fits the budget,
+        from a module's second write on (its first apply is from the factors: no ΔW built for one generation);
+        "auto": only on fp16/bf16 weights (see _dense_for).
         A change is then one fused add instead of a rank-r GEMM per layer: on one CPU core 1.3-2.9× the
         memory-copy bound instead of 2-8×, for as much memory again as the backups (bench/README.md). Off by
-        default: it breaks the memory target (overhead ≤ the built-in's backups), and where GEMMs are cheap
-        (GPU, many cores) the factor path is already memory-bound."""
+        default here (bake, tools); the WebUI turns it on by a setting (on by default there: the AUTO budget
+        only admits what free memory allows)."""
         self.host = host
         self.one_shot = one_shot
         self.dense_lowrank = dense_lowrank
@@ -129,6 +132,7 @@ class Patcher:
         self._actives: list = []
         self._step: int | None = None
         self._scratch_buf: torch.Tensor | None = None
+        self._lowrank_seen: set = set()          # LoRA/LoCon keys written once already (dense_lowrank)
 
     # -- public -----------------------------------------------------------------------------------
     def apply(self, actives, step: int | None = None) -> ApplyReport:
@@ -191,6 +195,7 @@ class Patcher:
         self._current.clear()
         self._failed.clear()
         self.cache.clear()
+        self._lowrank_seen.clear()
         self._scratch_buf = None
         self._actives, self._step = [], None
         if host is not None:
@@ -359,10 +364,13 @@ class Patcher:
             try:
                 f = algo.compact(mod, dyn, device)
                 if f is not None and _fits(f[0].shape[0], f[1].shape[1], shape):
-                    if self.dense_lowrank:
+                    # dense only from a module's second write on (a change, a sweep): a single generation
+                    # never pays the ΔW build or its memory
+                    if self._dense_for(ref) and ckey in self._lowrank_seen:
                         term = self._dense_lowrank(ckey, f, shape, ref, rep)
                         if term is not None:
                             return term
+                    self._lowrank_seen.add(ckey)
                     rep.factored += 1
                     return _LowRank(*f, shape)
             except Exception:
@@ -371,6 +379,10 @@ class Patcher:
         if cached is not None:
             rep.cache_hits += 1
             return cached
+        if kind == "hada":
+            term = self._hada(ckey, algo, mod, dyn, device, shape, ref, rep)
+            if term is not None:
+                return term
         base_w, base_b = bases.get(ref, qkv)
         try:
             term = None
@@ -396,6 +408,16 @@ class Patcher:
             self.cache.put(ckey, term)
         return term
 
+    def _dense_for(self, ref) -> bool:
+        """dense_lowrank: True, False, or "auto" = only on fp16/bf16 weights. There the rank-r product in fp32
+        costs 6-9× an fp16 copy against 1.7-3.4× for the dense add; on fp32 weights the addmm already runs at
+        1.4-2.6× the copy bound, as fast as the dense add, so a dense ΔW would double the memory for nothing
+        (bench/README.md)."""
+        mode = self.dense_lowrank
+        if mode == "auto":
+            return ref.part_tensors()[0][0].dtype in _HALF
+        return bool(mode)
+
     def _dense_lowrank(self, ckey, f, shape, ref, rep):
         """LoRA/LoCon as a cached dense ΔW when the cache admits it (else None: written from the factors)."""
         cached = self.cache.get(ckey)
@@ -411,6 +433,21 @@ class Patcher:
             return None
         rep.deltas_computed += 1
         return term
+
+    def _hada(self, ckey, algo, mod, dyn, device, shape, ref, rep):
+        """LoHa whose dense ΔW the cache does not admit: its factors, written in row blocks (_Hada), never a full
+        ΔW in memory. None: build (and cache) the dense ΔW as for any other algorithm."""
+        try:
+            f = algo.compact(mod, dyn, device)
+        except Exception:
+            return None  # the dense path names what is wrong with the module
+        if f is None or not _fits(f[0].shape[0], f[1].shape[1], shape):
+            return None
+        numel = int(f[0].shape[0]) * int(f[1].shape[1])
+        if self.cache.admits(numel * (2 if ref.part_tensors()[0][0].dtype in _HALF else 4)):
+            return None
+        rep.factored += 1
+        return _Hada(*f, shape)
 
     def _compute_fn(self):
         return self._compute if self._compute is not None else compute_delta
@@ -517,6 +554,73 @@ class _LowRank:
 
     def add_to(self, out, t0, t1, m) -> None:
         out.view(t1 - t0, -1).addmm_(self.up[t0:t1], self.down, alpha=m)
+
+
+_BLOCK = 1 << 17   # elements per row block of a factor write (512 KB in fp32): a few such blocks stay in L2/L3
+
+
+def _row_blocks(t0: int, t1: int, cols: int):
+    step = max(1, _BLOCK // max(1, cols))
+    for r0 in range(t0, t1, step):
+        yield r0, min(r0 + step, t1)
+
+
+class _Hada:
+    """LoHa: a1 [rows, r1] (already × scale), b1 [r1, cols], a2 [rows, r2], b2 [r2, cols]; ΔW = (a1@b1) ⊙ (a2@b2).
+
+    Used where the dense ΔW does not fit the cache (budget 0 = no memory beyond the backups, the built-in Lora's
+    overhead): written in row blocks that stay in the CPU cache (both products, then one fused
+    W = W0 + m·P1⊙P2 per block in fp32, cast once), so main memory sees one read of W0 and one write of W, and no
+    ΔW-sized buffer is ever allocated. The products cost 2·(r1+r2) flops per weight (bench/README.md)."""
+
+    bias = None
+
+    def __init__(self, a1, b1, a2, b2, shape):
+        self.a1, self.b1, self.a2, self.b2 = (t.contiguous() for t in (a1, b1, a2, b2))
+        self.shape = tuple(shape)
+        self.rows = int(a1.shape[0])
+        self.nbytes = sum(t.numel() for t in (a1, b1, a2, b2)) * 4
+
+    def dense(self):
+        return (self.a1 @ self.b1).mul_(self.a2 @ self.b2).reshape(self.shape)
+
+    def _products(self, r0, r1, buf):
+        n = (r1 - r0) * self.b1.shape[1]
+        p1, p2 = buf[:n].view(r1 - r0, -1), buf[_BLOCK:_BLOCK + n].view(r1 - r0, -1)
+        torch.mm(self.a1[r0:r1], self.b1, out=p1)
+        torch.mm(self.a2[r0:r1], self.b2, out=p2)
+        return p1, p2
+
+    def _buf(self, n: int):
+        return torch.empty(n * _BLOCK, dtype=torch.float32, device=self.a1.device)
+
+    def add_from(self, src, out, t0, t1, m) -> bool:
+        cols = self.b1.shape[1]
+        if out.dtype not in (torch.float32,) + _HALF or src.dtype != out.dtype or cols > _BLOCK:
+            return False
+        s2, o2 = src.view(t1 - t0, cols), out.view(t1 - t0, cols)
+        fp32 = out.dtype == torch.float32
+        buf = self._buf(2 if fp32 else 3)
+        for r0, r1 in _row_blocks(t0, t1, cols):
+            p1, p2 = self._products(r0, r1, buf)
+            if fp32:
+                torch.addcmul(s2[r0 - t0:r1 - t0], p1, p2, value=m, out=o2[r0 - t0:r1 - t0])
+            else:  # W0 to fp32 inside the block, one cast on the way out
+                acc = buf[2 * _BLOCK:2 * _BLOCK + p1.numel()].view(p1.shape)
+                acc.copy_(s2[r0 - t0:r1 - t0])
+                acc.addcmul_(p1, p2, value=m)
+                o2[r0 - t0:r1 - t0].copy_(acc)
+        return True
+
+    def add_to(self, out, t0, t1, m) -> None:
+        cols = self.b1.shape[1]
+        if cols > _BLOCK:
+            out.add_(self.dense()[t0:t1], alpha=m)
+            return
+        o2, buf = out.view(t1 - t0, cols), self._buf(2)
+        for r0, r1 in _row_blocks(t0, t1, cols):
+            p1, p2 = self._products(r0, r1, buf)
+            o2[r0 - t0:r1 - t0].addcmul_(p1, p2, value=m)
 
 
 class _Kron:

@@ -112,6 +112,7 @@ class Engine:
             budget = cache_budget()
             if budget != (AUTO if self.patcher.cache.auto else self.patcher.cache.max_bytes):
                 self.patcher.cache.resize(budget)      # the setting changed
+        self.patcher.dense_lowrank = dense_lowrank()   # the setting, re-read like the budget
         return self.patcher
 
     def _stamp(self) -> None:
@@ -299,6 +300,14 @@ def drop_cached_conds(p) -> None:
         cache = getattr(p, attr, None)
         if isinstance(cache, list) and len(cache) >= 2:
             cache[0] = cache[1] = None
+
+
+DENSE_CHOICES = {"automatic": "auto", "on": True, "off": False}   # setting `dense_lowrank` → Patcher's
+
+
+def dense_lowrank() -> bool | str:
+    """Setting `dense_lowrank` as Patcher(dense_lowrank=…): "auto", True or False (an unknown value: "auto")."""
+    return DENSE_CHOICES.get(str(env.opt(env.PREFIX + "dense_lowrank", "automatic")), "auto")
 
 
 def cache_budget() -> int:

@@ -29,7 +29,8 @@ class Algorithm:
     linear_in: Tuple[str, ...] = ()
     linear_all: bool = False
     # A form the patcher writes without a dense ΔW: "lowrank" (up·scale, down; written with one addmm, never
-    # cached) or "kron" (W1·scale, W2; cached as the two factors). compact(module, dyn, device) → (a, b) or None.
+    # cached), "kron" (W1·scale, W2; cached as the two factors) or "hada" (w1a·scale, w1b, w2a, w2b; written in
+    # row blocks where its dense ΔW does not fit the cache). compact(module, dyn, device) → the tuple or None.
     compact_kind: Optional[str] = None
     compact: Optional[Callable] = None
     alpha_constraint: bool = False               # alpha bounds the factors (OFT): 0 is a value, not "unset"

@@ -81,6 +81,17 @@ def norm(module) -> float:
     return kernel_norm(*w, rank_scale(module, rank(module)), t1, t2)
 
 
+def compact(module, dyn, device):
+    """("hada", w1a·scale, w1b, w2a, w2b) as fp32 2-D matrices, the form the patcher writes in cache-sized row
+    blocks without a dense ΔW; None with a Tucker core. Equals `delta` once multiplied out."""
+    w, t1, _ = _tensors(module)
+    if t1 is not None:
+        return None
+    check(module)
+    a1, b1, a2, b2 = (mat(f32(t, device)) for t in w)
+    return a1 * rank_scale(module, int(b1.shape[0])), b1, a2, b2
+
+
 def in_width(get) -> Optional[int]:
     b = get("hada_w1_b")  # (r, in[, kh, kw]), Tucker too
     return int(b.shape[1]) if b is not None and b.dim() >= 2 else None
@@ -88,4 +99,4 @@ def in_width(get) -> Optional[int]:
 
 ALGORITHM = Algorithm(
     name="loha", suffixes=SUFFIXES, claims=lambda t: "hada_w1_a" in t, delta=delta, check=check, rank=rank,
-    norm=norm, linear_in=("hada_w1_a",), in_width=in_width)
+    norm=norm, linear_in=("hada_w1_a",), compact_kind="hada", compact=compact, in_width=in_width)

@@ -419,10 +419,12 @@ def test_a_sweep_over_a_lora_larger_than_the_budget_hits_what_was_kept(nets):
     p = Patcher(host, cache_bytes=int(total * 0.4))
     first = p.apply([ActiveLora(nets["loha"], 0.3, 0.3)])
     kept = len(p.cache)
-    assert first.deltas_computed == count and 0 < kept < count and p.cache.bytes <= total * 0.4
+    # what does not fit is written from its factors (never a dense ΔW built and dropped)
+    assert first.deltas_computed == kept and first.factored == count - kept
+    assert 0 < kept < count and p.cache.bytes <= total * 0.4
     for m in (0.6, 0.9, 0.6):
         rep = p.apply([ActiveLora(nets["loha"], m, m)])
-        assert rep.cache_hits == kept and rep.deltas_computed == count - kept, m
+        assert rep.cache_hits == kept and rep.deltas_computed == 0 and rep.factored == count - kept, m
         assert len(p.cache) == kept
     p.restore()
 
@@ -530,7 +532,10 @@ def test_dense_lowrank_caches_what_the_budget_admits_writes_the_rest_from_factor
     p = Patcher(host, cache_bytes=budget, dense_lowrank=True)
     first = p.apply([ActiveLora(net, 0.8, 0.8)])
     n = sum(r.applied for r in first.loras)
-    assert 0 < len(p.cache) < n and first.deltas_computed == len(p.cache) and first.factored == n - len(p.cache)
+    # one generation never builds a dense ΔW: the first write of each module is from its factors
+    assert first.factored == n and first.deltas_computed == 0 and p.cache.bytes == 0
+    second = p.apply([ActiveLora(net, 0.5, 0.5)])
+    assert 0 < len(p.cache) < n and second.deltas_computed == len(p.cache) and second.factored == n - len(p.cache)
     assert p.cache.bytes <= budget
     for m in (0.3, -1.3):
         rep = p.apply([ActiveLora(net, m, m)])
@@ -552,3 +557,62 @@ def test_dense_lowrank_caches_what_the_budget_admits_writes_the_rest_from_factor
             assert bool(((w.double() - want).abs() <= bound).all()), (mod.layer, m)
     p.restore()
     assert same_state(model_state(root), original)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_loha_at_budget_0_is_written_from_its_factors_within_float64_bounds_with_no_memory_beyond_backups(
+        nets, dtype):
+    """Delta cache 0 (overhead = the backups, as the built-in Lora's): LoHa is written from its four factors in
+    row blocks (patcher._Hada), no dense ΔW built or kept. Each weight is W0 + m·ΔW in fp32, cast once: within
+    ½ ulp(W) + the fp32 rounding of the products (bounded from float64 |factor| products). After a LoRA on the
+    same layers (add_to) it matches the reference; a rescale equals a fresh apply bit for bit; restore is exact."""
+    from lib_lora.algos._common import rank_scale
+    from lib_lora.patcher import effective_multiplier
+
+    root, host = _model(dtype)
+    original, originals = model_state(root), snapshot(host)
+    p = Patcher(host, cache_bytes=0)
+    n = sum(1 for m in nets["loha"].modules.values() if m.layer in host.layers)
+    eps = 2.0 ** -24
+    for te, unet in ((1.0, 1.0), (-1.3, 0.7)):
+        active = ActiveLora(nets["loha"], te, unet)
+        rep = p.apply([active])
+        assert rep.factored == n and rep.deltas_computed == 0 and p.cache.bytes == 0 and not rep.failed_layers
+        for mod in nets["loha"].modules.values():
+            if mod.layer not in host.layers:
+                continue
+            w = host[mod.layer].weight
+            m = effective_multiplier(active, mod)
+            t = {k: v.detach().double().flatten(1) for k, v in mod.tensors.items()}
+            mag = abs(rank_scale(mod, int(t["hada_w1_b"].shape[0])) * m) * \
+                ((t["hada_w1_a"].abs() @ t["hada_w1_b"].abs()) * (t["hada_w2_a"].abs() @ t["hada_w2_b"].abs()))
+            ref = originals[mod.layer][0].double().flatten(1) + m * _loha_f64(mod)
+            half_ulp = (torch.nextafter(w.abs(), torch.tensor(float("inf"), dtype=dtype)).double()
+                        - w.abs().double()).flatten(1) / 2
+            r = int(t["hada_w1_b"].shape[0])
+            bound = half_ulp + (2 * r + 8) * eps * (mag + ref.abs())
+            err = (w.double().flatten(1) - ref).abs()
+            assert bool((err <= bound).all()), (mod.layer, float((err - bound).max()))
+    both = [ActiveLora(nets["lora"], 0.5, 0.5), ActiveLora(nets["loha"], 1.7, 1.7)]
+    rep = p.apply(both)
+    assert rep.factored >= n and rep.deltas_computed == 0 and p.cache.bytes == 0
+    for layer, (w, b) in reference_weights(originals, both).items():
+        torch.testing.assert_close(host[layer].weight.double(), w.double(), **tol(dtype))
+    r2, h2 = _model(dtype)
+    Patcher(h2, cache_bytes=0).apply(both)
+    assert same_state(model_state(root), model_state(r2))      # after three changes == one fresh apply
+    p.restore()
+    assert same_state(model_state(root), original)
+
+
+def test_dense_lowrank_auto_keeps_dense_deltas_for_half_weights_only(nets):
+    """"auto" (the WebUI's default): fp16 weights get dense LoRA/LoCon deltas from the second apply on (the
+    factor product costs several fp16 copies there); fp32 weights stay on the factors (as fast, half the memory)."""
+    for dtype, dense in ((torch.float16, True), (torch.float32, False)):
+        root, host = _model(dtype)
+        p = Patcher(host, dense_lowrank="auto")
+        first = p.apply([ActiveLora(nets["locon"], 0.8, 0.8)])
+        assert first.deltas_computed == 0 and p.cache.bytes == 0
+        p.apply([ActiveLora(nets["locon"], 0.5, 0.5)])
+        assert (p.cache.bytes > 0) == dense, dtype
+        p.restore()
