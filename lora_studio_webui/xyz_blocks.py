@@ -234,3 +234,60 @@ def run_analysis(p, render, blocks: list[str] | None = None, low: float = 0.5, t
     result = analyzer.analyze(source, modified, names, threshold=threshold, white=white)
     grid = analyzer.grid(result, swap=swap)
     return grid, [(s.block, s.score) for s in result.scores], [source] + modified
+
+
+# -- the analyzer as a selectable script (Script dropdown of txt2img / img2img) --------------------------
+ANALYZER_TITLE = "LoRA Studio: Effective Block Analyzer"
+ANALYZER_LOW = 0.5   # LBW's default range "0.5,1": the block at 0.5, every other block at 1
+
+
+def _render(pc):
+    from modules.processing import process_images
+    pc.n_iter, pc.batch_size = 1, 1
+    res = _render.last = process_images(pc)
+    return res.images[0]
+
+
+def run_script(p, blocks_text, low, threshold, white, swap):
+    """The script's run: the grid first, then source and modified images; the scores in the info text."""
+    blocks = [b.strip() for b in str(blocks_text or "").split(",") if b.strip()] or None
+    grid, scores, images = run_analysis(p, _render, blocks, float(low), int(threshold), bool(white), bool(swap))
+    res = _render.last
+    info = "Effective blocks: " + ", ".join(f"{b} {round(s, 3)}%" for b, s in sorted(scores, key=lambda x: -x[1]))
+    res.images = [grid] + list(images)
+    res.infotexts = [f"{res.infotexts[0]}\n{info}" if getattr(res, "infotexts", None) else info] * len(res.images)
+    res.info = info
+    return res
+
+
+try:
+    from modules import scripts as _scripts
+except ImportError:           # imported outside the WebUI (docs, checks): no script class
+    _scripts = None
+
+if _scripts is not None:
+    class BlockAnalyzerScript(_scripts.Script):
+        def title(self):
+            return ANALYZER_TITLE
+
+        def show(self, is_img2img):
+            return True
+
+        def ui(self, is_img2img):
+            import gradio as gr
+            tab = "img2img" if is_img2img else "txt2img"
+            gr.Markdown("Renders the prompt's first LoRA (or the one written `XYZ`) with each block at the low "
+                        "value and all others at 1, against the all-1 image; scores = share of pixel values that "
+                        "differ by more than the threshold.")
+            blocks = gr.Textbox(label="Blocks (empty: 17 for SD1/SD2, 12 for SDXL; IDs, ranges, NOT)",
+                                elem_id=f"lora_studio_analyzer_blocks_{tab}")
+            with gr.Row():
+                low = gr.Number(value=ANALYZER_LOW, label="Low value", elem_id=f"lora_studio_analyzer_low_{tab}")
+                threshold = gr.Number(value=analyzer.DEFAULT_THRESHOLD, precision=0, label="Difference threshold",
+                                      elem_id=f"lora_studio_analyzer_threshold_{tab}")
+                white = gr.Checkbox(False, label="Difference on white", elem_id=f"lora_studio_analyzer_white_{tab}")
+                swap = gr.Checkbox(False, label="Blocks as columns", elem_id=f"lora_studio_analyzer_swap_{tab}")
+            return [blocks, low, threshold, white, swap]
+
+        def run(self, p, blocks, low, threshold, white, swap):
+            return run_script(p, blocks, low, threshold, white, swap)

@@ -122,3 +122,15 @@ def test_effective_block_analyzer_scores_each_block(webui):
         assert (score > 0) == (block in touched), (block, score)
     assert grid.size == (140 + 3 * 64, 36 + 17 * 6) and len(images) == 18
     assert p.prompt == "x <lora:foo:1>"                 # the user's processing object is not changed
+
+
+def test_analyzer_script_is_loaded_and_its_ui_builds(webui):
+    import gradio as gr
+    from modules import scripts
+    found = [d.script_class for d in scripts.scripts_data if d.script_class.__name__ == "BlockAnalyzerScript"]
+    assert len(found) == 1
+    script = found[0]()
+    assert script.title() == "LoRA Studio: Effective Block Analyzer" and script.show(False) is True
+    with gr.Blocks():
+        controls = script.ui(False)
+    assert [c.value for c in controls[1:]] == [0.5, 20, False, False]
