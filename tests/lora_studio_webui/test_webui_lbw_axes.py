@@ -134,3 +134,15 @@ def test_analyzer_script_is_loaded_and_its_ui_builds(webui):
     with gr.Blocks():
         controls = script.ui(False)
     assert [c.value for c in controls[1:]] == [0.5, 20, False, False]
+
+
+def test_prompt_sliders_panel_is_built_with_the_formats_and_presets(webui, tmp_path):
+    import gradio as gr
+    from modules import scripts
+    presets(tmp_path, "MINE:" + ",".join(["0.5"] * 17) + "\n")
+    cls = [d.script_class for d in scripts.scripts_data if d.script_class.__name__ == "LoraStudioScript"][0]
+    with gr.Blocks() as demo:
+        assert cls().ui(True) == []
+    htmls = [b.value for b in demo.blocks.values() if isinstance(b, gr.HTML)]
+    assert len(htmls) == 1 and 'data-prompt="img2img_prompt"' in htmls[0]
+    assert "MINE" in htmls[0] and "OUT11" in htmls[0]
