@@ -22,11 +22,21 @@ from lib_lora.blocks import ARCH_FORMATS, FORMATS, SLOT, block_ids_problem
 
 from . import env
 from .engine import ENGINE
-from .xyz import LABEL_PREFIX, PROMPT_FIELDS, _require_tag, _require_values, format_label
 
-OW_LABEL = LABEL_PREFIX + "LoRA original weights"
-ID_LABEL = LABEL_PREFIX + "LoRA block ID"
+# lora_studio_webui.xyz (its label prefix, prompt fields and value checks), handed over by its register():
+# importing it here would make an import cycle.
+_base = None
+OW_NAME, ID_NAME = "LoRA original weights", "LoRA block ID"
 DEFAULT_LOW = 0.0
+
+
+def _prefix() -> str:
+    return _base.LABEL_PREFIX if _base is not None else ""
+
+
+def _require_tag(p, what):
+    if not syntax.parse_prompt(getattr(p, "prompt", "")):
+        raise RuntimeError(f"{_prefix()}{what}: the prompt has no <lora:…> tag to vary; add one.")
 
 
 def model_arch() -> str | None:
@@ -37,7 +47,7 @@ def model_arch() -> str | None:
 
 def _rewrite_varied(p, fn) -> None:
     """Replace the varied tag (syntax.varied_index) of the prompt and a non-empty hires prompt by fn(tag)."""
-    for attr in PROMPT_FIELDS:
+    for attr in ("prompt", "hr_prompt"):   # as xyz.PROMPT_FIELDS
         text = getattr(p, attr, None)
         if not isinstance(text, str) or not text:
             continue
@@ -94,19 +104,19 @@ def apply_original(p, x, xs):
     first = current_tokens(_varied(p), presets, arch)
     second = presets.get(name, arch)
     if first is None or second is None or len(first) != len(second):
-        raise RuntimeError(f"{LABEL_PREFIX}LoRA original weights: '{done[-1]}' and '{name}' have different value "
+        raise RuntimeError(f"{_prefix()}LoRA original weights: '{done[-1]}' and '{name}' have different value "
                            f"counts and cannot be added; use presets of one format on both axes.")
     _rewrite_varied(p, lambda tag: syntax.edit_blocks(tag, ",".join(combine(first, second))))
 
 
 def confirm_original(p, xs):
-    _require_values(xs, "LoRA original weights", choices=True)
+    _base._require_values(xs, "LoRA original weights", choices=True)
     _require_tag(p, "LoRA original weights")
     presets = ENGINE.presets()
     for v in xs:
         if presets.lookup(str(v)) is None:
             close = presets.close_matches(str(v))
-            raise RuntimeError(f"{LABEL_PREFIX}LoRA original weights: unknown preset '{v}'"
+            raise RuntimeError(f"{_prefix()}LoRA original weights: unknown preset '{v}'"
                                + (f" (close: {', '.join(close)})" if close else "") + "; pick a preset name.")
 
 
@@ -165,25 +175,28 @@ def apply_block_id(p, x, xs):
 
 
 def confirm_block_id(p, xs):
-    _require_values(xs, "LoRA block ID", choices=False)
+    _base._require_values(xs, "LoRA block ID", choices=False)
     _require_tag(p, "LoRA block ID")
     full = set(FORMATS[ARCH_FORMATS.get(model_arch() or "sd1", (17, 26))[1]])
     for v in xs:
         try:
             slots = parse_block_value(str(v))[0]
         except ValueError as e:
-            raise RuntimeError(f"{LABEL_PREFIX}LoRA block ID: {e}") from None
+            raise RuntimeError(f"{_prefix()}LoRA block ID: {e}") from None
         if not slots & full:
-            raise RuntimeError(f"{LABEL_PREFIX}LoRA block ID: '{v}' names no block of this model; use IDs "
+            raise RuntimeError(f"{_prefix()}LoRA block ID: '{v}' names no block of this model; use IDs "
                                f"of its format ({', '.join(analyzer.block_names(model_arch(), full=True))}).")
 
 
-def axes(xyz):
+def axes(xyz, base):
+    """The axes for the WebUI's X/Y/Z module `xyz`; `base` is lora_studio_webui.xyz (labels, checks)."""
+    global _base
+    _base = base
     A = xyz.AxisOption
     return [
-        A(OW_LABEL, str, apply_original, format_value=format_label, confirm=confirm_original,
+        A(base.LABEL_PREFIX + OW_NAME, str, apply_original, format_value=base.format_label, confirm=confirm_original,
           choices=choices_original),
-        A(ID_LABEL, str, apply_block_id, format_value=format_label, confirm=confirm_block_id),
+        A(base.LABEL_PREFIX + ID_NAME, str, apply_block_id, format_value=base.format_label, confirm=confirm_block_id),
     ]
 
 
@@ -219,7 +232,7 @@ def run_analysis(p, render, blocks: list[str] | None = None, low: float = 0.5, t
         try:
             parse_block_value(b)
         except ValueError as e:
-            raise RuntimeError(f"{LABEL_PREFIX}Effective Block Analyzer: {e}") from None
+            raise RuntimeError(f"{_prefix()}Effective Block Analyzer: {e}") from None
     source_prompt, prompts = analysis_prompts(p.prompt, names, low, arch)
 
     def one(prompt):
@@ -251,6 +264,9 @@ def _render(pc):
 def run_script(p, blocks_text, low, threshold, white, swap):
     """The script's run: the grid first, then source and modified images; the scores in the info text."""
     blocks = [b.strip() for b in str(blocks_text or "").split(",") if b.strip()] or None
+    if str(getattr(p, "seed", -1)) in ("-1", "None", ""):   # one seed for every render, or nothing compares
+        import random
+        p.seed = random.randrange(4294967294)
     grid, scores, images = run_analysis(p, _render, blocks, float(low), int(threshold), bool(white), bool(swap))
     res = _render.last
     info = "Effective blocks: " + ", ".join(f"{b} {round(s, 3)}%" for b, s in sorted(scores, key=lambda x: -x[1]))
