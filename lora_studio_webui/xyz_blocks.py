@@ -244,7 +244,7 @@ def run_analysis(p, render, blocks: list[str] | None = None, low: float = 0.5, t
 
     source = one(source_prompt)
     modified = [one(q) for q in prompts]
-    result = analyzer.analyze(source, modified, names, threshold=threshold, white=white)
+    result = analyzer.analyze(source, modified, names, threshold=threshold, white=white, low=low)
     grid = analyzer.grid(result, swap=swap)
     return grid, [(s.block, s.score) for s in result.scores], [source] + modified
 
