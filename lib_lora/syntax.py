@@ -17,13 +17,17 @@ import re
 from dataclasses import dataclass, field
 from typing import Callable, Mapping, Sequence
 
-from .blocks import FORMATS, ElementEntry, block_ids_problem, count_message, expand, weight_token_problem, x_offset
+from .blocks import (ARCH_FORMATS, FORMATS, ElementEntry, block_ids_problem, count_message, expand,
+                     weight_token_problem, x_offset)
 
 LORA_KINDS = ("lora", "lyco")
 _TAG_RE = re.compile(r"<(\w+):([^>]+)>")  # A1111's extra-network regex
 _INT_RE = re.compile(r"^[+-]?\d+$")
 _STEP_RE = re.compile(r"^(\d+)\s*-\s*(\d+)$")
 _NUMERIC_RE = re.compile(r"[+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?")
+# LBW's X/Y/Z markers, as block weights: `XYZ` the tag the block axes vary (the user preset XYZ, else all 1);
+# `ZYX` on another tag: 1 - w of that tag's weights, block by block (letters kept), so two LoRAs share the blocks.
+VARIED, COMPLEMENT = "XYZ", "ZYX"
 KNOWN_KEYS = ("te", "unet", "dyn", "lbw", "w", "lbwe", "start", "stop", "step", "x")
 # Inline elemental entries in a tag separate their fields with ";" (the WebUI cuts tag items at every ":");
 # preset files use LBW's ":" (docs/spec/prompt_syntax.md §7).
@@ -54,6 +58,8 @@ class LoraTag:
     # which positional item (0 = name) set te / unet / blocks / dyn / x: the edit_* functions change the item
     # the parser read, so tag text is classified by one decision table only
     positions: dict[str, int] = field(default_factory=dict)
+    # blocks `ZYX`: (name, blocks as written) of the tag it complements, set by link_complements; None = alone
+    complement_of: tuple[str, str | None] | None = None
 
     @property
     def ok(self) -> bool:
@@ -359,7 +365,42 @@ def parse_prompt(text: str, kinds: Sequence[str] = LORA_KINDS) -> list[LoraTag]:
             if counts[tag.name] == 2:
                 tag.warnings.append(f"`{tag.name}` appears more than once in the prompt; "
                                     f"every occurrence is applied and their effects add")
+    return link_complements(tags)
+
+
+def parse_item_lists(item_lists: Sequence[Sequence[str]]) -> list[LoraTag]:
+    """The tags of one prompt from their ':'-separated items (the WebUI's extra-network params), in prompt
+    order, with `ZYX` tags linked to the tag they complement."""
+    return link_complements([parse_items(items) for items in item_lists])
+
+
+def varied_index(tags: Sequence[LoraTag]) -> int | None:
+    """Which tag the block axes vary and `ZYX` complements: the first tag written `XYZ`, else the first tag
+    not written `ZYX`; None when there is none."""
+    for want in (lambda t: t.blocks == VARIED, lambda t: t.blocks != COMPLEMENT):
+        i = next((i for i, t in enumerate(tags) if want(t)), None)
+        if i is not None:
+            return i
+    return None
+
+
+def link_complements(tags: list[LoraTag]) -> list[LoraTag]:
+    """Point each `ZYX` tag at the tag it complements (varied_index). Returns `tags`."""
+    i = varied_index(tags)
+    if i is not None:
+        for t in tags:
+            if t.blocks == COMPLEMENT:
+                t.complement_of = (tags[i].name, tags[i].blocks)
     return tags
+
+
+def complement_tokens(tokens: Sequence[str]) -> list[str]:
+    """LBW's ZYX: each number w becomes 1 - w (shortest exact text, float noise rounded away); letters kept."""
+    out = []
+    for t in tokens:
+        v = parse_number(t)
+        out.append(t if v is None else format_number(round(1.0 - v, 9)))
+    return out
 
 
 def rewrite_prompt(text: str, fn: Callable[[LoraTag], str | None]) -> str:
@@ -393,7 +434,14 @@ def _resolve_vector(tag: LoraTag, presets, arch: str | None, seed: int) -> Resol
     label = _shown(tag.name) if tag.name else "?"
     if tag.blocks is None:
         return res
-    if is_block_list(tag.blocks):
+    marker = _marker_tokens(tag, presets, arch, res, label)
+    if marker is not None:
+        if not marker:          # XYZ without a preset of that name: all 1
+            return res
+        tokens = marker
+        if res.errors:
+            return res
+    elif is_block_list(tag.blocks):
         tokens = [t.strip() for t in tag.blocks.split(",")]
         res.source = "list"
     else:
@@ -401,6 +449,8 @@ def _resolve_vector(tag: LoraTag, presets, arch: str | None, seed: int) -> Resol
         if hit is None:
             close = presets.close_matches(tag.blocks) if presets is not None else []
             near = f" (close: {', '.join(close)})" if close else ""
+            if tag.blocks == COMPLEMENT:
+                near += f" ({COMPLEMENT} complements another LoRA tag's block weights: the prompt has no other)"
             # same rule as a wrong weight count: the LoRA is skipped (all 1 would silently apply what the
             # user meant to restrict)
             res.errors.append(f"`{label}`: unknown preset '{_shown(tag.blocks)}'{near}; use a preset name from the "
@@ -432,6 +482,38 @@ def _resolve_vector(tag: LoraTag, presets, arch: str | None, seed: int) -> Resol
     res.values, res.count = values, len(values)
     res.vector, res.listed = expand(values, label)
     return res
+
+
+def _marker_tokens(tag: LoraTag, presets, arch: str | None, res: ResolvedBlocks, label: str) -> list[str] | None:
+    """Tokens for the X/Y/Z markers: None = not a marker (ordinary resolution); [] = all 1 (XYZ with no preset
+    of that name). A problem goes to res.errors (the LoRA is skipped, as for an unknown preset)."""
+    def user_preset():
+        return presets.lookup(tag.blocks, arch) if presets is not None else None
+
+    if tag.blocks == VARIED:
+        if user_preset() is not None:
+            return None
+        res.source = f"{VARIED} (all 1)"
+        return []
+    if tag.blocks != COMPLEMENT or tag.complement_of is None:
+        return None
+    name, blocks = tag.complement_of
+    other = _shown(name) if name else "?"
+    res.source = f"{COMPLEMENT} of {other}"
+    if blocks is None or blocks == COMPLEMENT or (blocks == VARIED and (presets is None
+                                                                         or presets.lookup(VARIED, arch) is None)):
+        small = ARCH_FORMATS.get((arch or "").lower(), (17,))[0]
+        return ["0"] * small       # the other LoRA at all 1: this one at 0 everywhere
+    if is_block_list(blocks):
+        tokens = [t.strip() for t in blocks.split(",")]
+    else:
+        hit = presets.lookup(blocks, arch) if presets is not None else None
+        if hit is None:
+            res.errors.append(f"`{label}`: {COMPLEMENT} complements `{other}`, whose preset '{_shown(blocks)}' is "
+                              f"unknown; fix that preset name")
+            return ["0"]
+        tokens = hit.tokens
+    return complement_tokens(tokens)
 
 
 def parse_element_entries(text: str, sep: str = ":") -> tuple[list[ElementEntry], str, str | None]:

@@ -181,8 +181,8 @@ class Engine:
         from lib_lora import syntax
 
         seen_paths = set()
-        for index, params in enumerate(params_list):
-            tag = syntax.parse_items(params.items)
+        tags = syntax.parse_item_lists([params.items for params in params_list])  # links ZYX to its partner
+        for index, tag in enumerate(tags):
             act.warnings += tag.warnings
             if tag.errors:
                 act.warnings += [f"{e} (skipped)" for e in tag.errors]

@@ -26,7 +26,7 @@ _REMOVE = str.maketrans("", "", ":,;=")
 def needs_record(tag, rb) -> bool:
     if rb is None or rb.values is None:
         return False
-    if rb.randomised or (rb.source or "").startswith("preset"):
+    if rb.randomised or (rb.source or "").startswith(("preset", syntax.COMPLEMENT)):
         return True
     return any(t.strip().upper().startswith("X") for t in (tag.blocks or "").split(","))
 

@@ -15,7 +15,8 @@ class LoraStudioScript(scripts.Script):
         return scripts.AlwaysVisible
 
     def ui(self, is_img2img):
-        return []
+        from . import block_sliders
+        return block_sliders.build(is_img2img)   # per-block sliders for the tag under the cursor
 
     def process(self, p, *args):
         from . import forge

@@ -180,9 +180,12 @@ def register(extra=()) -> int:
     if any(str(getattr(o, "label", "")).startswith(LABEL_PREFIX) for o in xyz.axis_options):
         return 0
     new = axes(xyz)
+    import sys
+
+    from . import forge, xyz_blocks
+    new += xyz_blocks.axes(xyz, sys.modules[__name__])   # LBW's block axes: original weights, block ID
     for more in extra:
         new += more(xyz)
-    from . import forge
     if forge.active() and not forge.supported():   # Forge's own Lora handles the tags: block axes would do nothing
         new = [o for o in new if o.label.endswith(("LoRA epoch", "LoRA weight"))]
     xyz.axis_options.extend(new)

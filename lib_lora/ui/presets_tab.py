@@ -345,6 +345,113 @@ def export_file(ctx):
     return path, f"Exported {n} presets (LoRA Block Weight format)."
 
 
+# ---- callbacks: elemental presets (lbwe=NAME) ---------------------------------------------------------
+# The elemental presets live in their own user file beside the block presets (ElementPresetStore); a save
+# goes through the store's `update`: under its lock, merged into the file as it is now, written atomically.
+
+
+def _need_elemental(ctx):
+    store = getattr(_need_store(ctx), "elemental", None)
+    if store is None:
+        raise LoraStudioError("Elemental presets are unavailable: the presets store has none.")
+    return store
+
+
+def element_names(ctx) -> list[str]:
+    try:
+        return list(_need_elemental(ctx).names())
+    except LoraStudioError:
+        return []
+
+
+def element_text(tokens) -> str:
+    """Entries one per line, as the editor shows them (LBW's `blocks:elements:ratio`)."""
+    return "\n".join(tokens)
+
+
+def element_load(ctx, name: str):
+    """(name, entries text, status) of an elemental preset, for the editor."""
+    name = (name or "").strip()
+    if not name:
+        return "", "", ""
+    try:
+        store = _need_elemental(ctx)
+    except LoraStudioError as exc:
+        return name, "", f"⚠ {exc}"
+    hit = store.lookup(name)
+    if hit is None:
+        return name, "", f"⚠ No elemental preset named '{name}'."
+    where = "shipped (saving it keeps a user copy that overrides it)" if hit.origin == "builtin" else "yours"
+    return hit.name, element_text(hit.tokens), f"'{hit.name}': {len(hit.tokens)} entries, {where}."
+
+
+def validate_element(name: str, text: str) -> tuple[str, list[str]]:
+    """(name, entries) from the editor, or LoraStudioError: one line naming the entry and the fix."""
+    from lib_lora.presets import ELEMENT_BAD_NAME_CHARS, name_problem, normalise_entries
+    from lib_lora.syntax import parse_element_entries
+    name = str(name or "").strip()
+    problem = name_problem(name, ELEMENT_BAD_NAME_CHARS)
+    if problem:
+        raise LoraStudioError(f"Elemental preset name not allowed: {problem}; type another name.")
+    tokens = normalise_entries(str(text or ""))
+    if not tokens:
+        raise LoraStudioError(f"Elemental preset '{name}' has no entries; write one entry per line as "
+                              "blocks:elements:ratio (e.g. IN05-OUT05:attn:0.5).")
+    for i, tok in enumerate(tokens, 1):
+        problem = parse_element_entries(tok, ":")[2]
+        if problem:
+            problem = problem.replace("entry 1 ", "", 1)
+            raise LoraStudioError(f"Elemental preset '{name}', entry {i}: {problem}; fix that line and "
+                                  "Save again.")
+    return name, tokens
+
+
+def element_save(ctx, name: str, text: str):
+    """Save one elemental preset into the user elemental file. Returns (choices update, status)."""
+    from lib_lora.ui.compat import update
+    try:
+        ctx.check_writes()
+        store = _need_elemental(ctx)
+        name, tokens = validate_element(name, text)
+        clash = store.case_clash(name)
+        if clash:
+            raise LoraStudioError(f"'{name}' differs from '{clash}' only by case and preset names are "
+                                  f"case-insensitive; load '{clash}' and edit it, or choose another name.")
+        try:
+            path = store.update({name: tokens}, [])
+        finally:
+            store.reload()
+    except LoraStudioError as exc:
+        return update(), f"⚠ {exc}"
+    return (update(choices=list(store.names()), value=name),
+            f"Saved elemental preset '{name}' ({len(tokens)} entries) → {path}. Use it as lbwe={name}.")
+
+
+def element_delete(ctx, name: str):
+    """Delete a user elemental preset (a shipped one of the same name comes back). (choices update, status)."""
+    from lib_lora.ui.compat import update
+    name = (name or "").strip()
+    try:
+        ctx.check_writes()
+        store = _need_elemental(ctx)
+        origin = store.origin(name)
+        if origin is None:
+            raise LoraStudioError(f"No elemental preset named '{name}'; pick one in the list.")
+        if origin == "builtin":
+            raise LoraStudioError(f"'{name}' is a shipped elemental preset and cannot be deleted; save a preset "
+                                  "of the same name to override it.")
+        shipped = name in store._builtin
+        try:
+            store.update({}, [name])
+        finally:
+            store.reload()
+    except LoraStudioError as exc:
+        return update(), f"⚠ {exc}"
+    return (update(choices=list(store.names()), value=name if shipped else None),
+            f"Deleted elemental preset '{name}'" + (" (the shipped one of that name is used again)." if shipped
+                                                     else "."))
+
+
 # ---- callbacks: LoRA bars and tag -------------------------------------------------------------------
 
 
@@ -464,6 +571,20 @@ def build(ctx) -> None:
         with gr.Row():
             import_btn = gr.Button("Import", elem_id="lora_studio_presets_import")
             export_btn = gr.Button("Export", elem_id="lora_studio_presets_export")
+    with gr.Accordion("Elemental presets (lbwe=NAME)", open=False):
+        gr.Markdown("One entry per line: `blocks:elements:ratio`, e.g. `IN05-OUT05:attn:0.5` (blocks: IDs and "
+                    "ranges, elements: parts of layer names, either may start with NOT; later entries win)."
+                    + (f" Saved to `{store.elemental.user_path}`." if store is not None
+                       and getattr(store.elemental, "user_path", None) else ""))
+        with gr.Row():
+            el_pick = gr.Dropdown(choices=element_names(ctx), label="Elemental preset", scale=2,
+                                  elem_id="lora_studio_elem_pick")
+            el_name = gr.Textbox(label="Name", scale=2, elem_id="lora_studio_elem_name")
+        el_text = gr.Textbox(label="Entries", lines=5, elem_id="lora_studio_elem_entries")
+        with gr.Row():
+            el_save = gr.Button("Save elemental preset", variant="primary", elem_id="lora_studio_elem_save")
+            el_del = gr.Button("Delete elemental preset", elem_id="lora_studio_elem_delete")
+        el_status = gr.Markdown(elem_id="lora_studio_elem_status")
     gr.Markdown("### LoRA blocks and tag")
     with gr.Row():
         with gr.Column(scale=3):
@@ -492,10 +613,15 @@ def build(ctx) -> None:
         # Component values are fixed when the UI is built; each page load shows the files as they are now.
         if ctx.presets is not None:
             ctx.presets.reload()
+            ctx.presets.elemental.reload()
         return (*load_table(ctx, FORMAT_CHOICES[0]), preset_choices(),
-                compat.update(choices=lora_tab.list_loras(ctx)))
+                compat.update(choices=lora_tab.list_loras(ctx)), compat.update(choices=element_names(ctx)))
 
-    compat.on_page_load(page_load, outputs=[table, orig, status, preset, lora])
+    compat.on_page_load(page_load, outputs=[table, orig, status, preset, lora, el_pick])
+    el_pick.change(lambda n: element_load(ctx, n), inputs=[el_pick], outputs=[el_name, el_text, el_status])
+    el_save.click(lambda n, t: element_save(ctx, n, t), inputs=[el_name, el_text], outputs=[el_pick, el_status])
+    el_del.click(lambda n: element_delete(ctx, n), inputs=[el_name], outputs=[el_pick, el_status])
+
     compat.on_page_load_js(UNSAVED_HOOK_JS)
     for edited in (table.input, set_btn.click, del_btn.click):
         edited(None, inputs=None, outputs=None, **compat.js_kwargs(MARK_UNSAVED_JS))

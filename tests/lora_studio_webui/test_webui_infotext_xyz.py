@@ -59,13 +59,14 @@ def axes():
 
 def test_axes_registered_once_even_after_reloads(webui):
     xyz, ours = axes()
-    assert sorted(ours) == ["[LoRA Studio] LoRA block weights", "[LoRA Studio] LoRA epoch",
+    assert sorted(ours) == ["[LoRA Studio] LoRA block ID", "[LoRA Studio] LoRA block weights",
+                            "[LoRA Studio] LoRA epoch", "[LoRA Studio] LoRA original weights",
                             "[LoRA Studio] LoRA weight", "[LoRA Studio] LoRA x=",
                             "[LoRA Studio] Merge: alpha", "[LoRA Studio] Merge: block weights"]
     webui.reload_ui()
     webui.reload_ui()
     xyz, ours2 = axes()
-    assert len([o for o in xyz.axis_options if o.label.startswith("[LoRA Studio]")]) == 6
+    assert len([o for o in xyz.axis_options if o.label.startswith("[LoRA Studio]")]) == 8
     # a second import of our package into the same xyz module (A1111 keeps it when not reloaded) adds nothing
     import lora_studio_webui.xyz as ax
     assert ax.register() == 0

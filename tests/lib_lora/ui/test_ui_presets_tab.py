@@ -326,3 +326,57 @@ def test_import_keeps_the_tables_unsaved_rows(ctx, upload):
     assert got["IMP"] == ["0.5"] * 17 and got["draft"] == ["1"] * 17 and got["face"][0] == "0.25"
     assert "pose" not in got and pt.unsaved_count(table.values.tolist(), orig2) == 3
     assert "IMP" in orig2 and "draft" not in orig2
+
+
+# ---- elemental presets editor ------------------------------------------------------------------------
+
+ELEM_FILE = "user_elempresets.txt"   # beside user_presets.txt (presets.elemental_user_path)
+
+
+def test_elemental_editor_saves_loads_and_prompts_use_it_at_once(ctx, tmp_path):
+    from lib_lora import syntax
+    assert "ATTNDEEPON" in pt.element_names(ctx)
+    name, text, status = pt.element_load(ctx, "ATTNDEEPON")
+    assert (name, text) == ("ATTNDEEPON", "IN05-OUT05:attn:1") and "shipped" in status
+    upd, msg = pt.element_save(ctx, "deep attn", "IN05-OUT05:attn:0.5\nNOT M00:ff:0")
+    assert not msg.startswith("⚠") and "lbwe=deep attn" in msg and "deep attn" in upd["choices"]
+    body = (tmp_path / ELEM_FILE).read_text()
+    assert "deep attn:IN05-OUT05:attn:0.5,NOT M00:ff:0\n" in body
+    res = syntax.resolve_elements(syntax.parse_params(["n", "1"], {"lbwe": "deep attn"}), ctx.presets)
+    assert res.problem is None and [e.ratio for e in res.entries] == [0.5, 0.0]
+    assert pt.element_load(ctx, "deep attn")[1] == "IN05-OUT05:attn:0.5\nNOT M00:ff:0"
+
+
+def test_elemental_editor_bad_entry_is_one_line_naming_it_and_nothing_is_written(ctx, tmp_path):
+    _, msg = pt.element_save(ctx, "bad", "IN05-OUT05:attn:0.5\nIN05-OUT99:attn:1")
+    assert msg.startswith("⚠") and "\n" not in msg
+    assert "entry 2" in msg and "OUT99" in msg and "fix that line" in msg
+    _, msg = pt.element_save(ctx, "bad", "IN05:attn")
+    assert "entry 1" in msg and "expected blocks:elements:ratio" in msg
+    _, msg = pt.element_save(ctx, "a:b", "IN05:attn:1")
+    assert msg.startswith("⚠") and "name" in msg
+    _, msg = pt.element_save(ctx, "attndeepon", "IN05:attn:1")
+    assert "only by case" in msg
+    assert not (tmp_path / ELEM_FILE).exists() and ctx.presets.elemental.get("bad") is None
+
+
+def test_elemental_editor_delete_rules_and_listen_gate(ctx, tmp_path):
+    _, msg = pt.element_delete(ctx, "ATTNDEEPON")
+    assert msg.startswith("⚠") and "shipped" in msg
+    pt.element_save(ctx, "ATTNDEEPON", "IN05-OUT05:attn:0.25")      # a user copy overrides the shipped one
+    assert ctx.presets.elemental.get("ATTNDEEPON") == ["IN05-OUT05:attn:0.25"]
+    _, msg = pt.element_delete(ctx, "ATTNDEEPON")
+    assert "shipped one of that name is used again" in msg
+    assert ctx.presets.elemental.get("ATTNDEEPON") == ["IN05-OUT05:attn:1"]
+    locked = make_ctx(tmp_path, listen=True, allow_writes=False)
+    assert "--allow-writes" in pt.element_save(locked, "x", "IN05:attn:1")[1]
+    assert locked.presets.elemental.get("x") is None
+
+
+def test_two_tabs_saving_elemental_presets_keep_each_others(tmp_path):
+    a, b = make_ctx(tmp_path), make_ctx(tmp_path)
+    assert not pt.element_save(a, "from_a", "IN05:attn:1")[1].startswith("⚠")
+    assert not pt.element_save(b, "from_b", "OUT03:ff:0")[1].startswith("⚠")   # b never re-read the file
+    body = (tmp_path / ELEM_FILE).read_text()
+    assert "from_a:IN05:attn:1" in body and "from_b:OUT03:ff:0" in body
+    assert not [f for f in os.listdir(tmp_path) if "tmp" in f]   # written by rename, no leftovers

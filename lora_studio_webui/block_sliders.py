@@ -1,0 +1,48 @@
+"""Per-block sliders under the txt2img / img2img prompt: a small Gradio HTML block that
+javascript/lora_studio_sliders.js fills with one slider per block of the `<lora:…>` tag under the cursor.
+
+The block names of each format come from lib_lora.blocks (one home); the presets' values are embedded
+so a tag written with a preset shows its weights (as the page was built: a preset saved later shows after
+a reload of the page).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+
+from lib_lora.blocks import FORMATS, format_names
+
+FORMAT_ORDER = (17, 26, 12, 20)
+
+
+def panel_html(prompt_id: str, presets=None) -> str:
+    formats = {str(n): format_names(n) for n in FORMATS}
+    values = {}
+    if presets is not None:
+        for name in presets.names():
+            tokens = presets.get(name)
+            if tokens and len(tokens) in FORMATS:
+                values[name] = list(tokens)
+    options = "".join(f'<option value="{n}">{n} values</option>' for n in FORMAT_ORDER)
+    return (f'<div class="lora-studio-sliders" data-prompt="{html.escape(prompt_id)}" '
+            f'data-formats="{html.escape(json.dumps(formats))}" data-presets="{html.escape(json.dumps(values))}">'
+            f'<div class="lora-studio-sliders-top"><span class="lora-studio-sliders-head">Put the cursor in a '
+            f'&lt;lora:…&gt; tag.</span> <select class="lora-studio-sliders-format">{options}</select></div>'
+            f'<div class="lora-studio-sliders-body"></div></div>')
+
+
+def build(is_img2img: bool, presets=None):
+    """The accordion (inside a script's ui()); returns no inputs."""
+    import gradio as gr
+    if presets is None:
+        try:
+            from .engine import ENGINE
+            presets = ENGINE.presets()
+        except Exception:       # the sliders still work on lists without the presets' values
+            presets = None
+    tab = "img2img" if is_img2img else "txt2img"
+    with gr.Accordion("LoRA block weights (tag under the cursor)", open=False,
+                      elem_id=f"lora_studio_sliders_{tab}"):
+        gr.HTML(panel_html(f"{tab}_prompt", presets))
+    return []
