@@ -382,6 +382,9 @@ def build(ctx) -> None:
             table = gr.Dataframe(headers=["tag", "count"], datatype=["str", "number"], value=[["", 0]],
                                  label="Tag frequencies", interactive=False, elem_id="lora_studio_tagger_table")
             log = gr.Textbox(label="Log", lines=6, max_lines=12, elem_id="lora_studio_tagger_log")
+        with gr.Tab("Captions"):          # the caption browser: edit what the tagger (or anyone) wrote
+            from lib_lora.ui import captions_tab
+            captions_tab.build(ctx)
 
     def do_load(m, f, p, dl):
         try:
