@@ -311,8 +311,10 @@ def build(ctx) -> None:
 
     choices = model_choices(ctx)
     first = default_choice(ctx, choices)
-    gr.Markdown(f"WD14 tagger. Models: a folder with `model.onnx` + `selected_tags.csv` in "
-                f"`{ctx.tagger_models_dir}` (listed by name), or a known model (downloaded there when allowed).")
+    gr.Markdown(f"Image tagger (WD14, Z3D-E621, DeepDanbooru). Models: a folder in `{ctx.tagger_models_dir}` "
+                "(listed by name) with `model.onnx` + `selected_tags.csv` (WD14), `model.onnx` + "
+                "`tags-selected.csv` (Z3D-E621) or `deepdanbooru.onnx` + `tags.txt` (DeepDanbooru), or a known "
+                "model (downloaded there when allowed).")
     with gr.Row():
         # A plain list: typing into a dropdown that has a value appends to that value, so folder paths get
         # their own box.
