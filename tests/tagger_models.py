@@ -8,6 +8,10 @@ padding turns "white background" into "black background", and ignoring alpha cha
 - v3 style: input `input` ['batch_size', S, S, 3], output `output` ['batch_size', T], declares ai.onnx.ml 4.
 - v2 style: input `input_1:0` [1, S, S, 3], output `predictions_sigmoid` [1, T], with a Reshape tied to
   batch 1 inside the graph (as the Keras exports), so feeding a larger batch fails.
+- Z3D-E621: the v2 graph with `tags-selected.csv` holding only a `name` column.
+- DeepDanbooru: input RGB 0–1 (the graph scales by 255 and swaps to BGR first, so the same image gives the
+  same scores only when the pixels were prepared as DeepDanbooru wants), labels in `tags.txt` (ratings as
+  `rating:*`) plus `tags-character.txt`.
 """
 
 from __future__ import annotations
@@ -67,11 +71,15 @@ def reference_probs(bgr: np.ndarray) -> np.ndarray:
     return 1 / (1 + np.exp(-(f @ W + b)))
 
 
-def _graph(in_name, out_name, batch, fixed_batch_reshape):
+def _graph(in_name, out_name, batch, fixed_batch_reshape, rgb_unit=False):
     from onnx import TensorProto, helper, numpy_helper
 
     W, b = weights()
     T = len(ROWS)
+    pre = []
+    if rgb_unit:    # RGB 0–1 in: back to BGR 0–255 before the shared feature nodes
+        pre = [helper.make_node("Mul", [in_name, "k255"], ["x255"]),
+               helper.make_node("Gather", ["x255", "bgr_idx"], ["xbgr"], axis=3)]
     nodes = [
         helper.make_node("ReduceMean", ["x"], ["m"], axes=[1, 2], keepdims=0),
         helper.make_node("Slice", ["x", "starts", "ends", "axes"], ["corner_px"]),
@@ -89,8 +97,9 @@ def _graph(in_name, out_name, batch, fixed_batch_reshape):
         helper.make_node("Sigmoid", ["z"], ["y"]),
         helper.make_node("Identity", ["y"], [out_name]),
     ]
-    nodes[0].input[0] = in_name
-    nodes[1].input[0] = in_name
+    nodes[0].input[0] = "xbgr" if rgb_unit else in_name
+    nodes[1].input[0] = "xbgr" if rgb_unit else in_name
+    nodes = pre + nodes
     inits = [
         numpy_helper.from_array(np.array([0, 0], dtype=np.int64), "starts"),
         numpy_helper.from_array(np.array([CORNER, CORNER], dtype=np.int64), "ends"),
@@ -101,6 +110,9 @@ def _graph(in_name, out_name, batch, fixed_batch_reshape):
     ]
     if fixed_batch_reshape:
         inits.append(numpy_helper.from_array(np.array([1, 6], dtype=np.int64), "shape_1"))
+    if rgb_unit:
+        inits += [numpy_helper.from_array(np.array(255.0, dtype=np.float32), "k255"),
+                  numpy_helper.from_array(np.array([2, 1, 0], dtype=np.int64), "bgr_idx")]
     graph = helper.make_graph(
         nodes, "tagger",
         [helper.make_tensor_value_info(in_name, TensorProto.FLOAT, [batch, SIZE, SIZE, 3])],
@@ -130,9 +142,50 @@ def build_v2(path) -> Path:
     return Path(path)
 
 
+def build_deepdanbooru(path) -> Path:
+    from onnx import helper, save
+
+    g = _graph("input_1", "activation_172", "N", False, rgb_unit=True)
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 7
+    save(model, str(path))
+    return Path(path)
+
+
+DD_NAMES = [f"rating:{n}" if cat == 9 else n for _, n, cat, _, _ in ROWS]
+
+
+def write_tag_lines(folder) -> Path:
+    """DeepDanbooru's tags.txt (ratings as rating:*) and tags-character.txt."""
+    folder = Path(folder)
+    (folder / "tags.txt").write_text("\n".join(DD_NAMES) + "\n", encoding="utf-8")
+    (folder / "tags-character.txt").write_text("\n".join(n for _, n, c, _, _ in ROWS if c == 4) + "\n",
+                                               encoding="utf-8")
+    return folder / "tags.txt"
+
+
+def write_names_csv(path) -> Path:
+    """Z3D-E621's tags-selected.csv: a name column only (no categories)."""
+    path = Path(path)
+    with open(path, "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["name"])
+        for _, name, _, _, _ in ROWS:
+            w.writerow([name])
+    return path
+
+
 def make_model_dir(folder, kind: str = "v3") -> Path:
+    """kind: v3 | v2 (WD14), z3d (Z3D-E621), deepdanbooru."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    if kind == "deepdanbooru":
+        build_deepdanbooru(folder / "deepdanbooru.onnx")
+        write_tag_lines(folder)
+        return folder
     (build_v3 if kind == "v3" else build_v2)(folder / "model.onnx")
-    write_csv(folder / "selected_tags.csv")
+    if kind == "z3d":
+        write_names_csv(folder / "tags-selected.csv")
+    else:
+        write_csv(folder / "selected_tags.csv")
     return folder

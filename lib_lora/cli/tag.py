@@ -56,19 +56,13 @@ class ProgressBar:
 
 def run(args: argparse.Namespace) -> int:
     from lib_lora import fileio
-    from lib_lora.errors import LoraStudioError
     from lib_lora.tagger.model import get_tagger
     from lib_lora.tagger.pipeline import FolderJob, check_job, run_folder, summary_lines
-    from lib_lora.tagger.postprocess import TagOptions
+    from lib_lora.tagger.postprocess import TagOptions, parse_replace
 
     o = from_args(TagFolderOptions, args)
     log = lambda msg: print(msg, file=sys.stderr, flush=True)  # noqa: E731
-    replace = {}
-    for pair in o.replace:
-        if "=" not in pair:
-            raise LoraStudioError(f"--replace '{pair}' must look like OLD=NEW.")
-        old, new = pair.split("=", 1)
-        replace[old] = new
+    replace = parse_replace(o.replace)
     opts = TagOptions(
         general_threshold=o.general_threshold, character_threshold=o.character_threshold,
         general_mcut=o.general_mcut, character_mcut=o.character_mcut,

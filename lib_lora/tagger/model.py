@@ -1,5 +1,6 @@
-"""WD14 models: where the two files come from (local folder, HF cache, download) and the ONNX session
-(provider chosen and verified, input name/size/batch read from the model, unload)."""
+"""Tagger models (WD14, Z3D-E621, DeepDanbooru): where the two files come from (local folder, HF cache,
+download), which family a folder holds, and the ONNX session (provider chosen and verified, input
+name/size/batch read from the model, unload)."""
 
 from __future__ import annotations
 
@@ -12,9 +13,37 @@ import numpy as np
 
 from lib_lora.errors import LoraStudioError
 from lib_lora.tagger import runtime
+from lib_lora.tagger.preprocess import DEEPDANBOORU_PIXELS, WD14_PIXELS, Pixels
 from lib_lora.tagger.tags import TagSet, load_tags
 
 MODEL_FILE, TAGS_FILE = "model.onnx", "selected_tags.csv"
+
+
+@dataclass(frozen=True)
+class Family:
+    """What differs between tagger families with the same interface (one NHWC image input, one output of
+    probabilities, one label per output column): file names, pixel format, label-file format."""
+    name: str
+    label: str
+    model_files: tuple           # accepted .onnx names, the first is the one downloaded
+    tags_file: str
+    pixels: Pixels
+    require_category: bool = True
+
+    @property
+    def model_file(self) -> str:
+        return self.model_files[0]
+
+
+FAMILIES = {
+    "wd14": Family("wd14", "WD14", (MODEL_FILE,), TAGS_FILE, WD14_PIXELS),
+    # Z3D-E621: WD14's pixel contract (BGR 0–255, white pad, 448); labels in tags-selected.csv.
+    "z3d-e621": Family("z3d-e621", "Z3D-E621", (MODEL_FILE,), "tags-selected.csv", WD14_PIXELS,
+                       require_category=False),
+    # DeepDanbooru (ONNX port of the Keras model): RGB 0–1, black pad, 512; one tag per line in tags.txt.
+    "deepdanbooru": Family("deepdanbooru", "DeepDanbooru", ("deepdanbooru.onnx", MODEL_FILE), "tags.txt",
+                           DEEPDANBOORU_PIXELS),
+}
 
 
 @dataclass(frozen=True)
@@ -22,6 +51,7 @@ class KnownModel:
     repo: str
     revision: str          # pinned: v3 `main` was replaced by new weights on 2024-03-16
     threshold_hint: float | None   # the card's P=R threshold (shown as a hint; defaults stay 0.35/0.85)
+    family: str = "wd14"
 
 
 # v2 repos are pinned to their `v2.0` tag; v3 repos to `v2.0` (the "Model v2.0" weights). Override with revision=.
@@ -36,6 +66,9 @@ KNOWN_MODELS = {
     "wd-v1-4-convnextv2-tagger-v2": KnownModel("SmilingWolf/wd-v1-4-convnextv2-tagger-v2", "v2.0", 0.3710),
     "wd-v1-4-convnext-tagger-v2": KnownModel("SmilingWolf/wd-v1-4-convnext-tagger-v2", "v2.0", 0.3685),
     "wd-v1-4-vit-tagger-v2": KnownModel("SmilingWolf/wd-v1-4-vit-tagger-v2", "v2.0", 0.3537),
+    # Not SmilingWolf's: no release tags to pin, so `main` (pass revision= to pin a commit).
+    "z3d-e621-convnext": KnownModel("toynya/Z3D-E621-Convnext", "main", None, "z3d-e621"),
+    "deepdanbooru-v3": KnownModel("chinoll/deepdanbooru", "main", None, "deepdanbooru"),
 }
 DEFAULT_MODEL = "wd-vit-tagger-v3"        # ViT-B: the quick one for CPUs
 DEFAULT_GPU_MODEL = "wd-eva02-large-tagger-v3"   # the most accurate, when a GPU runs it
@@ -47,7 +80,7 @@ class ModelNotFound(LoraStudioError):
 
 
 class ModelFormatError(LoraStudioError):
-    """model.onnx is not a WD14-style tagger."""
+    """model.onnx is not an image tagger with the expected interface."""
 
 
 @dataclass
@@ -57,26 +90,41 @@ class ModelFiles:
     tags: Path
     source: str            # "local folder", "HF cache", "downloaded"
     threshold_hint: float | None = None
+    family: str = "wd14"
 
 
-def _pair(folder: Path, strict: bool = True) -> tuple[Path, Path] | None:
-    """Both files, None if neither; only one is an error (strict) or "not there yet" (a download target)."""
-    onnx, tags = folder / MODEL_FILE, folder / TAGS_FILE
-    if onnx.is_file() and tags.is_file():
-        return onnx, tags
-    if strict and (onnx.is_file() or tags.is_file()):
-        missing = TAGS_FILE if onnx.is_file() else MODEL_FILE
-        raise ModelNotFound(f"{folder} has only one of the two model files: put {missing} there too.")
+def _label_files_hint() -> str:
+    return "; ".join(f"{f.label}: {f.tags_file}" for f in FAMILIES.values())
+
+
+def _pair(folder: Path, strict: bool = True) -> tuple[Path, Path, str] | None:
+    """(model, labels, family) found in `folder`, None if it holds neither; a model without labels (or
+    labels without their model) is an error (strict) or "not there yet" (a download target)."""
+    onnx_any = next((folder / n for f in FAMILIES.values() for n in f.model_files if (folder / n).is_file()), None)
+    for fam in FAMILIES.values():
+        tags = folder / fam.tags_file
+        if not tags.is_file():
+            continue
+        onnx = next((folder / n for n in fam.model_files if (folder / n).is_file()), None)
+        if onnx is not None:
+            return onnx, tags, fam.name
+        if strict:
+            raise ModelNotFound(f"{folder} has {fam.tags_file} but no {' or '.join(fam.model_files)}: put the "
+                                f"{fam.label} model file there too.")
+        return None
+    if strict and onnx_any is not None:
+        raise ModelNotFound(f"{folder} has {onnx_any.name} but no label file: put {TAGS_FILE} there too "
+                            f"({_label_files_hint()}).")
     return None
 
 
 def list_local_models(models_dir) -> list[str]:
-    """Sub-folders of the models folder that hold both files, plus the known names."""
+    """Sub-folders of the models folder that hold a model and its labels (any family), plus the known names."""
     found = []
     d = Path(models_dir)
     if d.is_dir():
         for sub in sorted(d.iterdir()):
-            if (sub / MODEL_FILE).is_file() and (sub / TAGS_FILE).is_file():
+            if sub.is_dir() and _pair(sub, strict=False):
                 found.append(sub.name)
     return found + [n for n in KNOWN_MODELS if n not in found]
 
@@ -150,15 +198,18 @@ def resolve_model(spec: str, models_dir, allow_download: bool = True, revision: 
     if paths:
         p = Path(spec).expanduser()
         if p.is_file() and p.suffix.lower() == ".onnx":
-            tags = p.with_name(TAGS_FILE)
-            if not tags.is_file():
-                raise ModelNotFound(f"{tags} is missing: put the model's {TAGS_FILE} next to {p.name}.")
-            return ModelFiles(p.parent.name, p, tags, "local folder")
+            fam = next((f for f in FAMILIES.values() if p.with_name(f.tags_file).is_file()), None)
+            if fam is None:
+                raise ModelNotFound(f"{p.parent} has no label file for {p.name}: put {TAGS_FILE} next to it "
+                                    f"({_label_files_hint()}).")
+            return ModelFiles(p.parent.name, p, p.with_name(fam.tags_file), "local folder", family=fam.name)
         if p.is_dir():
             pair = _pair(p)
             if pair is None:
-                raise ModelNotFound(f"{p} holds neither {MODEL_FILE} nor {TAGS_FILE}: put both files there.")
-            return ModelFiles(p.name, *pair, "local folder")
+                raise ModelNotFound(f"{p} holds no tagger model: put {MODEL_FILE} + {TAGS_FILE} (WD14), "
+                                    f"{MODEL_FILE} + tags-selected.csv (Z3D-E621) or deepdanbooru.onnx + tags.txt "
+                                    "(DeepDanbooru) there.")
+            return ModelFiles(p.name, *pair[:2], "local folder", family=pair[2])
     elif "\\" in spec or spec.startswith(("/", "~", ".")) or ".." in spec.split("/"):
         raise ModelNotFound(f"'{spec}' is not a model name; pick one from the list (or give a folder inside "
                             f"{models_dir}).")
@@ -166,28 +217,30 @@ def resolve_model(spec: str, models_dir, allow_download: bool = True, revision: 
     if "/" not in spec and "\\" not in spec and local.is_dir():   # a sub-folder of the models folder, by name
         pair = _pair(local, strict=spec not in KNOWN_MODELS)   # a known one may be a download in progress
         if pair:
-            return ModelFiles(spec, *pair, "local folder",
-                              KNOWN_MODELS[spec].threshold_hint if spec in KNOWN_MODELS else None)
+            return ModelFiles(spec, *pair[:2], "local folder",
+                              KNOWN_MODELS[spec].threshold_hint if spec in KNOWN_MODELS else None, pair[2])
     known = KNOWN_MODELS.get(spec) or next((k for k in KNOWN_MODELS.values() if k.repo == spec), None)
     if known is None and spec.count("/") != 1:
         raise ModelNotFound(f"'{spec}' is neither a folder nor a known model; known: {', '.join(KNOWN_MODELS)}.")
     repo = known.repo if known else spec
     name = repo.split("/")[-1]
     hint = known.threshold_hint if known else None
+    fam = FAMILIES[known.family if known else "wd14"]
+    model_file, tags_file = fam.model_file, fam.tags_file
     rev = revision or (known.revision if known else "main")
     target = Path(models_dir) / name
     pair = _pair(target, strict=False) if target.is_dir() else None   # half there: an interrupted download
     if pair:
-        return ModelFiles(name, *pair, "local folder", hint)
-    where = f"put {MODEL_FILE} and {TAGS_FILE} from https://huggingface.co/{repo} into {target}"
+        return ModelFiles(name, *pair[:2], "local folder", hint, pair[2])
+    where = f"put {model_file} and {tags_file} from https://huggingface.co/{repo} into {target}"
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise ModelNotFound(f"Tagger model {name} is not on this computer and huggingface_hub is not installed: "
                             f"{where}.") from None
     try:  # the HF cache first, without touching the network (hf_hub_download otherwise hangs offline)
-        files = [Path(hf_hub_download(repo, f, revision=rev, local_files_only=True)) for f in (MODEL_FILE, TAGS_FILE)]
-        return ModelFiles(name, files[0], files[1], "HF cache", hint)
+        files = [Path(hf_hub_download(repo, f, revision=rev, local_files_only=True)) for f in (model_file, tags_file)]
+        return ModelFiles(name, files[0], files[1], "HF cache", hint, fam.name)
     except Exception:  # noqa: BLE001 — any miss means "not cached"
         pass
     if not allow_download:
@@ -204,7 +257,7 @@ def resolve_model(spec: str, models_dir, allow_download: bool = True, revision: 
         if runtime.version_tuple(huggingface_hub.__version__) < (0, 23):
             extra["local_dir_use_symlinks"] = False   # older hubs symlink big files into the system-drive cache
         files = [Path(hf_hub_download(repo, f, revision=rev, local_dir=str(target), **extra))
-                 for f in (TAGS_FILE, MODEL_FILE)]
+                 for f in (tags_file, model_file)]
     except Exception as exc:  # noqa: BLE001
         # LocalEntryNotFoundError (offline, nothing cached) subclasses EntryNotFoundError: test it first.
         if not (not_local and isinstance(exc, not_local)):
@@ -213,11 +266,11 @@ def resolve_model(spec: str, models_dir, allow_download: bool = True, revision: 
             if repo_missing and isinstance(exc, repo_missing):
                 raise ModelNotFound(f"Hugging Face repo {repo} does not exist (or is private): check the name.") from None
             if entry_missing and isinstance(exc, entry_missing):
-                raise ModelNotFound(f"{repo}@{rev} has no {MODEL_FILE}/{TAGS_FILE}: it is not an ONNX WD14 "
-                                    "tagger.") from None
+                raise ModelNotFound(f"{repo}@{rev} has no {model_file}/{tags_file}: it is not an ONNX "
+                                    f"{fam.label} tagger.") from None
         raise ModelNotFound(f"Tagger model {name} is not on this computer and could not be downloaded "
                             f"(offline? {type(exc).__name__}): {where}.") from None
-    return ModelFiles(name, files[1], files[0], "downloaded", hint)
+    return ModelFiles(name, files[1], files[0], "downloaded", hint, fam.name)
 
 
 def cpu_count() -> int:
@@ -240,7 +293,9 @@ class Tagger:
         ort = runtime.import_ort()
         runtime.check_runtime(files.onnx, ort.__version__)
         self.files, self.name = files, files.name
-        self.tagset: TagSet = load_tags(files.tags)
+        self.family = FAMILIES[files.family]
+        self.pixels = self.family.pixels
+        self.tagset: TagSet = load_tags(files.tags, self.family.require_category)
         requested, strict = runtime.plan_providers(provider, ort.get_available_providers())
         self._requested, self.threads = requested, threads
         cpu_only = requested == [runtime.CPU]
@@ -279,14 +334,16 @@ class Tagger:
     def _read_io(self, sess) -> None:
         ins, outs = sess.get_inputs(), sess.get_outputs()
         if len(ins) != 1 or len(outs) < 1:
-            raise ModelFormatError(f"{self.files.onnx} has {len(ins)} inputs: a WD14 tagger has one image input.")
+            raise ModelFormatError(f"{self.files.onnx} has {len(ins)} inputs: a {self.family.label} tagger has one "
+                                   "image input.")
         inp, out = ins[0], outs[0]
         shape = list(inp.shape)
         if len(shape) != 4 or shape[3] != 3 or not isinstance(shape[1], int) or shape[1] != shape[2]:
-            raise ModelFormatError(f"{self.files.onnx} takes input {shape}; a WD14 tagger takes "
-                                   "[batch, size, size, 3] (NHWC, BGR).")
+            raise ModelFormatError(f"{self.files.onnx} takes input {shape}; a {self.family.label} tagger takes "
+                                   "[batch, size, size, 3] (NHWC).")
         if "float" not in str(inp.type):
-            raise ModelFormatError(f"{self.files.onnx} takes {inp.type}; a WD14 tagger takes float32 pixels.")
+            raise ModelFormatError(f"{self.files.onnx} takes {inp.type}; a {self.family.label} tagger takes "
+                                   "float32 pixels.")
         self.input_name, self.output_name = inp.name, out.name
         self.size = int(shape[1])
         # An int batch dim is fixed (v2 exports are tied to 1 inside the graph); a string/None is dynamic.
@@ -350,7 +407,8 @@ class Tagger:
 
     def describe(self) -> str:
         batch = f"fixed batch {self.fixed_batch}" if self.fixed_batch else "dynamic batch"
-        return (f"{self.name} ({self.files.source}), {len(self.tagset)} tags, input {self.size}x{self.size} "
+        kind = "" if self.family.name == "wd14" else f"{self.family.label} "
+        return (f"{kind}{self.name} ({self.files.source}), {len(self.tagset)} tags, input {self.size}x{self.size} "
                 f"'{self.input_name}', {batch}, running on {self.provider_label}")
 
 

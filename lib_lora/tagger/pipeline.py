@@ -163,9 +163,9 @@ def tag_image(tagger: Tagger, image, opts: TagOptions | None = None, resize: str
     """One image (path, bytes or PIL image) → tags, ratings and confidences."""
     post = Postprocessor(tagger.tagset, opts or TagOptions())
     if isinstance(image, (str, Path, bytes, bytearray)):
-        arr = load_and_prepare(image, tagger.size, resize)
+        arr = load_and_prepare(image, tagger.size, resize, tagger.pixels)
     else:
-        arr = prepare_loaded(image, tagger.size, resize)
+        arr = prepare_loaded(image, tagger.size, resize, tagger.pixels)
     return post(tagger.infer(arr[None])[0])
 
 
@@ -224,7 +224,7 @@ def run_folder(tagger: Tagger, job: FolderJob, progress: Callable[[Progress], No
                 except OSError:
                     pass
             else:
-                window.append((it, pool.submit(decode, it.image, tagger.size, job.resize)))
+                window.append((it, pool.submit(decode, it.image, tagger.size, job.resize, tagger.pixels)))
 
     def emit(current: str) -> None:
         if progress is None:

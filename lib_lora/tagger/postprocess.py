@@ -90,6 +90,22 @@ class TagResult:
         return separator.join(self.tags)
 
 
+def parse_replace(pairs) -> dict[str, str]:
+    """`OLD=NEW` rules (the CLI's repeated --replace, the tab's lines) → {old: new}; NEW may be empty."""
+    out = {}
+    for pair in pairs:
+        pair = str(pair).strip()
+        if not pair:
+            continue
+        if "=" not in pair:
+            raise LoraStudioError(f"replace rule '{pair[:60]}' must look like OLD=NEW.")
+        old, new = pair.split("=", 1)
+        if not old.strip():
+            raise LoraStudioError(f"replace rule '{pair[:60]}' has no tag before '='; write OLD=NEW.")
+        out[old] = new
+    return out
+
+
 def mcut_threshold(probs) -> float:
     """Maximum Cut: the midpoint of the largest gap between consecutive sorted probabilities."""
     p = np.sort(np.asarray(probs, dtype=np.float64))[::-1]
@@ -156,9 +172,14 @@ class Postprocessor:
         o = self.opts
         key = normalize(name)
         text = self._replace.get(key)
+        if text == "":                      # OLD= : replaced by nothing (dropped, also with weights)
+            return ""
         if text is None:
             text = format_tag(name, o.replace_underscores, o.escape_brackets)
-        return f"({text}:{prob:.2f})" if o.weights else text
+        if not o.weights:
+            return text
+        # A replacement holding commas is several tags to a trainer: weight each, never "(a, b:0.9)".
+        return ", ".join(f"({t.strip()}:{prob:.2f})" for t in text.split(",") if t.strip())
 
     def __call__(self, probs) -> TagResult:
         o, ts = self.opts, self.tagset

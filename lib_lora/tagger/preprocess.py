@@ -1,5 +1,6 @@
-"""Image → model input, as the WD14 models were trained: alpha on white, centred white square pad,
-resize to the model size, float32 BGR 0–255 (NHWC; normalisation lives in the graph)."""
+"""Image → model input, as each tagger family was trained. WD14 and Z3D-E621: alpha on white, centred
+white square pad, resize to the model size, float32 BGR 0–255 (NHWC; normalisation lives in the graph).
+DeepDanbooru: the same geometry, padded with black, RGB scaled to 0–1."""
 
 from __future__ import annotations
 
@@ -19,6 +20,18 @@ RESIZE_METHODS = ("bicubic", "area")
 WHITE = (255, 255, 255)
 _truncated_lock = threading.Lock()
 _warn_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class Pixels:
+    """How a family wants its pixels: channel order, value scale (times the 0–255 values), pad colour."""
+    bgr: bool = True
+    scale: float = 1.0
+    fill: tuple = WHITE
+
+
+WD14_PIXELS = Pixels()
+DEEPDANBOORU_PIXELS = Pixels(bgr=False, scale=1 / 255, fill=(0, 0, 0))
 
 
 class ImageReadError(LoraStudioError):
@@ -187,13 +200,13 @@ def to_rgb_on_white(img: Image.Image) -> Image.Image:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def pad_square(img: Image.Image) -> Image.Image:
-    """Centre on a white square of side max(w, h): never crop, never stretch."""
+def pad_square(img: Image.Image, fill: tuple = WHITE) -> Image.Image:
+    """Centre on a square of side max(w, h) (white unless told): never crop, never stretch."""
     w, h = img.size
     side = max(w, h)
     if w == h:
         return img
-    canvas = Image.new("RGB", (side, side), WHITE)
+    canvas = Image.new("RGB", (side, side), tuple(fill))
     canvas.paste(img, ((side - w) // 2, (side - h) // 2))
     return canvas
 
@@ -209,14 +222,16 @@ def resize(img: Image.Image, size: int, method: str = "bicubic") -> Image.Image:
     return img.resize((size, size), resample)
 
 
-def prepare(img: Image.Image, size: int, method: str = "bicubic") -> np.ndarray:
-    """One image → float32 array [size, size, 3], BGR, 0–255 (no batch axis)."""
-    img = resize(pad_square(to_rgb_on_white(img)), size, method)
+def prepare(img: Image.Image, size: int, method: str = "bicubic", pixels: Pixels = WD14_PIXELS) -> np.ndarray:
+    """One image → float32 array [size, size, 3] (no batch axis): BGR 0–255 for WD14, as `pixels` says."""
+    img = resize(pad_square(to_rgb_on_white(img), pixels.fill), size, method)
     arr = np.asarray(img, dtype=np.float32)
-    return np.ascontiguousarray(arr[:, :, ::-1])
+    if pixels.scale != 1.0:
+        arr = arr * np.float32(pixels.scale)
+    return np.ascontiguousarray(arr[:, :, ::-1] if pixels.bgr else arr)
 
 
-def decode(path, size: int, method: str = "bicubic") -> Decoded:
+def decode(path, size: int, method: str = "bicubic", pixels: Pixels = WD14_PIXELS) -> Decoded:
     """A file → model input. Decoded pixels are counted against a budget shared by all decode workers and
     reduced at once to about twice the model size, so a folder of huge scans never holds several
     full-size copies. `path` may be the bytes of an upload."""
@@ -243,7 +258,7 @@ def decode(path, size: int, method: str = "bicubic") -> Decoded:
             if small is not img:
                 img.close()
                 img = small
-            return Decoded(prepare(img, size, method), truncated)
+            return Decoded(prepare(img, size, method, pixels), truncated)
         except (OSError, ValueError) as exc:  # lazy decoders may fail only here
             raise _unreadable(name, exc) from None
     finally:
@@ -252,11 +267,12 @@ def decode(path, size: int, method: str = "bicubic") -> Decoded:
         _budget.release(held)
 
 
-def prepare_loaded(img: Image.Image, size: int, method: str = "bicubic") -> np.ndarray:
+def prepare_loaded(img: Image.Image, size: int, method: str = "bicubic",
+                   pixels: Pixels = WD14_PIXELS) -> np.ndarray:
     """An image someone else decoded (an upload): the same pixel limit, then reduced before converting."""
     _check_pixels(img, "the image")
-    return prepare(shrink(img, size), size, method)
+    return prepare(shrink(img, size), size, method, pixels)
 
 
-def load_and_prepare(path, size: int, method: str = "bicubic") -> np.ndarray:
-    return decode(path, size, method).array
+def load_and_prepare(path, size: int, method: str = "bicubic", pixels: Pixels = WD14_PIXELS) -> np.ndarray:
+    return decode(path, size, method, pixels).array

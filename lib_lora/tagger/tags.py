@@ -1,4 +1,7 @@
-"""`selected_tags.csv`: the label list of a WD14 model, one row per output column, in file order."""
+"""A tagger's label list, one entry per output column, in file order: WD14 `selected_tags.csv`
+(tag_id,name,category,count), Z3D-E621 `tags-selected.csv` (a `name` column; `category` when present),
+DeepDanbooru `tags.txt` (one tag per line; `rating:*` tags are ratings; character tags listed in a
+`tags-character.txt` beside it, when there is one)."""
 
 from __future__ import annotations
 
@@ -38,32 +41,61 @@ class TagSet:
         return len(self.names)
 
 
-def load_tags(path) -> TagSet:
-    """Parse with a real CSV reader: names may be quoted with doubled quotes (`don't_say_"lazy"`)."""
+CHARACTER_LIST = "tags-character.txt"
+
+
+def _lines(path: Path) -> list[str]:
+    with open(path, encoding="utf-8-sig") as fh:
+        return [ln.strip() for ln in fh if ln.strip()]
+
+
+def load_tag_lines(path) -> TagSet:
+    """DeepDanbooru: one tag per line, in output order."""
     path = Path(path)
+    try:
+        names = _lines(path)
+        chars = set(_lines(path.with_name(CHARACTER_LIST))) if path.with_name(CHARACTER_LIST).is_file() else set()
+    except FileNotFoundError:
+        raise TagFileError(f"{path} is missing; put the model's tag list next to the .onnx file.") from None
+    except UnicodeDecodeError:
+        raise TagFileError(f"{path} (or its {CHARACTER_LIST}) is not UTF-8 text; re-download it.") from None
+    if not names:
+        raise TagFileError(f"{path} has no tags; re-download the model's tags.txt.")
+    cats = [RATING if n.startswith("rating:") else CHARACTER if n in chars else GENERAL for n in names]
+    return TagSet(names, np.array(cats))
+
+
+def load_tags(path, require_category: bool = True) -> TagSet:
+    """Parse with a real CSV reader: names may be quoted with doubled quotes (`don't_say_"lazy"`).
+    `require_category=False` (Z3D-E621): a file without a category column is all general tags.
+    A `.txt` list is read as DeepDanbooru's."""
+    path = Path(path)
+    if path.suffix.lower() == ".txt":
+        return load_tag_lines(path)
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [h.strip() for h in (reader.fieldnames or [])]
-            if "name" not in header or "category" not in header:
+            if "name" not in header or ("category" not in header and require_category):
                 raise TagFileError(f"{path}: not a tagger label file (header {header or 'missing'}); "
                                    "expected tag_id,name,category,count as in the model's selected_tags.csv.")
             reader.fieldnames = header
             names, cats = [], []
             for line_no, row in enumerate(reader, start=2):
-                name, cat = (row.get("name") or "").strip(), (row.get("category") or "").strip()
+                name = (row.get("name") or "").strip()
+                cat = (row.get("category") or "").strip() if "category" in header else str(GENERAL)
                 if not name:
-                    raise TagFileError(f"{path}:{line_no}: empty tag name; re-download selected_tags.csv.")
+                    raise TagFileError(f"{path}:{line_no}: empty tag name; re-download {path.name}.")
                 try:
                     cats.append(int(cat))
                 except ValueError:
                     raise TagFileError(f"{path}:{line_no}: category '{cat}' is not a number; "
-                                       "re-download selected_tags.csv.") from None
+                                       f"re-download {path.name}.") from None
                 names.append(name)
     except FileNotFoundError:
-        raise TagFileError(f"{path} is missing; put the model's selected_tags.csv next to model.onnx.") from None
+        raise TagFileError(f"{path} is missing; put the model's {path.name} next to its .onnx file.") from None
     except UnicodeDecodeError:
-        raise TagFileError(f"{path} is not UTF-8 text; re-download selected_tags.csv.") from None
+        raise TagFileError(f"{path} is not UTF-8 text; re-download {path.name}.") from None
     if not names:
-        raise TagFileError(f"{path} has no tag rows; re-download selected_tags.csv.")
+        raise TagFileError(f"{path} has no tag rows; re-download {path.name}.")
     return TagSet(names, np.array(cats))

@@ -26,7 +26,7 @@ _ACTIVE_LOCK = threading.Lock()
 # The option components, in order; `options_from` turns their values into TagOptions.
 OPTION_FIELDS = ("general_threshold", "character_threshold", "general_mcut", "character_mcut",
                  "include_characters", "characters_first", "sort", "replace_underscores", "escape_brackets",
-                 "rating", "max_tags", "exclude", "prepend", "append")
+                 "rating", "max_tags", "exclude", "prepend", "append", "exclude_regex", "replace", "weights")
 
 
 def image_roots(ctx) -> list[Path]:
@@ -70,8 +70,14 @@ def _whole(value, what: str) -> int:
     return int(f)
 
 
+def _lines(text) -> list[str]:
+    """One entry per line: regexes and OLD=NEW rules may hold commas (`a{1,3}`), so they are not
+    comma-separated as the tag lists are."""
+    return [t.strip() for t in str(text or "").splitlines() if t.strip()]
+
+
 def options_from(values) -> "TagOptions":  # noqa: F821
-    from lib_lora.tagger.postprocess import TagOptions
+    from lib_lora.tagger.postprocess import TagOptions, parse_replace
     v = dict(zip(OPTION_FIELDS, values))
     for k in ("general_threshold", "character_threshold"):
         try:
@@ -85,7 +91,9 @@ def options_from(values) -> "TagOptions":  # noqa: F821
         include_characters=bool(v["include_characters"]), characters_first=bool(v["characters_first"]),
         sort=v["sort"], replace_underscores=bool(v["replace_underscores"]),
         escape_brackets=bool(v["escape_brackets"]), rating=v["rating"], max_tags=v["max_tags"],
-        exclude=_split(v["exclude"]), prepend=_split(v["prepend"]), append=_split(v["append"])).validate()
+        exclude=_split(v["exclude"]), prepend=_split(v["prepend"]), append=_split(v["append"]),
+        exclude_patterns=_lines(v.get("exclude_regex")), replace=parse_replace(_lines(v.get("replace"))),
+        weights=bool(v.get("weights"))).validate()
 
 
 def provider_choices() -> list[str]:
@@ -303,8 +311,10 @@ def build(ctx) -> None:
 
     choices = model_choices(ctx)
     first = default_choice(ctx, choices)
-    gr.Markdown(f"WD14 tagger. Models: a folder with `model.onnx` + `selected_tags.csv` in "
-                f"`{ctx.tagger_models_dir}` (listed by name), or a known model (downloaded there when allowed).")
+    gr.Markdown(f"Image tagger (WD14, Z3D-E621, DeepDanbooru). Models: a folder in `{ctx.tagger_models_dir}` "
+                "(listed by name) with `model.onnx` + `selected_tags.csv` (WD14), `model.onnx` + "
+                "`tags-selected.csv` (Z3D-E621) or `deepdanbooru.onnx` + `tags.txt` (DeepDanbooru), or a known "
+                "model (downloaded there when allowed).")
     with gr.Row():
         # A plain list: typing into a dropdown that has a value appends to that value, so folder paths get
         # their own box.
@@ -347,8 +357,16 @@ def build(ctx) -> None:
             exclude = gr.Textbox(label="Exclude tags (comma-separated; any case, _ or space)")
             prepend = gr.Textbox(label="Prepend tags (e.g. trigger word)")
             append = gr.Textbox(label="Append tags")
+        with gr.Row():   # the `tag` command's --exclude-regex, --replace and --weights (same declarations)
+            ex_regex = compat.option_control(TagFolderOptions, "exclude_regex", lines=2,
+                                             label="Exclude regexes (one per line; full match, any case)",
+                                             elem_id="lora_studio_tagger_exclude_regex")
+            replace = compat.option_control(TagFolderOptions, "replace", lines=2,
+                                            label="Replace tags (one OLD=NEW per line)",
+                                            elem_id="lora_studio_tagger_replace")
+            weights = compat.option_control(TagFolderOptions, "weights", elem_id="lora_studio_tagger_weights")
     opt_inputs = [g_thr, c_thr, g_mcut, c_mcut, inc_chars, chars_first, sort, spaces, escape, rating, max_tags,
-                  exclude, prepend, append]
+                  exclude, prepend, append, ex_regex, replace, weights]
     with gr.Tabs():
         with gr.Tab("Single image") as single_tab:
             with gr.Row():
@@ -382,6 +400,9 @@ def build(ctx) -> None:
             table = gr.Dataframe(headers=["tag", "count"], datatype=["str", "number"], value=[["", 0]],
                                  label="Tag frequencies", interactive=False, elem_id="lora_studio_tagger_table")
             log = gr.Textbox(label="Log", lines=6, max_lines=12, elem_id="lora_studio_tagger_log")
+        with gr.Tab("Captions"):          # the caption browser: edit what the tagger (or anyone) wrote
+            from lib_lora.ui import captions_tab
+            captions_tab.build(ctx)
 
     def do_load(m, f, p, dl):
         try:

@@ -23,7 +23,7 @@ from tests.faults.test_app_http import fn_index, run_queued  # noqa: E402
 from tests.tagger_models import make_model_dir  # noqa: E402
 
 # tagger options in the tab's order (tagger_tab.OPTION_FIELDS)
-OPTS = [0.35, 0.85, False, False, True, False, "confidence", True, False, "none", 0, "", "", ""]
+OPTS = [0.35, 0.85, False, False, True, False, "confidence", True, False, "none", 0, "", "", "", "", "", False]
 
 
 def _folder_run(app, folder) -> str:

@@ -11,7 +11,7 @@ from lib_lora.ui import tagger_tab as tab
 from lib_lora.ui.context import UiContext
 from tests.tagger_models import make_model_dir
 
-OPTS = [0.35, 0.85, False, False, True, False, "confidence", True, False, "none", 0, "", "", ""]
+OPTS = [0.35, 0.85, False, False, True, False, "confidence", True, False, "none", 0, "", "", "", "", "", False]
 
 
 @pytest.fixture

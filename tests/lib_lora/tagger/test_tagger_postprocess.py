@@ -32,7 +32,7 @@ def test_csv_reader_quotes_and_categories(tagset, tmp_path):
     (tmp_path / "bad.csv").write_text("a,b\n1,2\n")
     with pytest.raises(LoraStudioError, match="expected tag_id,name,category,count"):
         load_tags(tmp_path / "bad.csv")
-    with pytest.raises(LoraStudioError, match="selected_tags.csv next to model.onnx"):
+    with pytest.raises(LoraStudioError, match="missing.csv next to its .onnx file"):
         load_tags(tmp_path / "missing.csv")
 
 

@@ -136,3 +136,21 @@ def test_typed_model_folder_inside_the_models_folder(ctx, tmp_path):
     Image.new("RGB", (16, 16), (0, 0, 255)).save(d / "a.png")
     out = run(ctx, d, model="wd-eva02-large-tagger-v3", model_folder=str(tmp_path / "TM" / "tiny"))
     assert out[-1][0].startswith("**Done:** 1 images tagged"), out[-1]
+
+
+def test_regex_replace_weights_controls(ctx):
+    """The `tag` command's --exclude-regex, --replace and --weights as tab controls (one rule per line)."""
+    img = Image.new("RGB", (30, 20), (255, 0, 0))
+    plain = tab.tag_single(ctx, img, "tiny", "", "auto", False, *DEFAULT_OPTS)[0]
+    assert "white background" in plain and "red theme" in plain
+    opts = DEFAULT_OPTS + ["white.*\n.*theme{1,2}", "", False]          # a regex holding a comma
+    caption = tab.tag_single(ctx, img, "tiny", "", "auto", False, *opts)[0]
+    assert "white background" not in caption and "theme" not in caption and caption
+    opts = DEFAULT_OPTS + ["", "red_theme=crimson, scarlet\nwhite background=", True]
+    caption = tab.tag_single(ctx, img, "tiny", "", "auto", False, *opts)[0]
+    assert caption.startswith("(crimson:1.00), (scarlet:1.00), ") and "white background" not in caption
+    assert "(:" not in caption and all(t.startswith("(") and t.endswith(")") for t in caption.split(", "))
+    bad = tab.tag_single(ctx, img, "tiny", "", "auto", False, *(DEFAULT_OPTS + ["", "no equals sign", False]))
+    assert bad[4] == "**Error:** replace rule 'no equals sign' must look like OLD=NEW."
+    bad = tab.tag_single(ctx, img, "tiny", "", "auto", False, *(DEFAULT_OPTS + ["(", "", False]))
+    assert bad[4].startswith("**Error:** exclude pattern '(' is not a valid regular expression")
