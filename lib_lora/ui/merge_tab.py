@@ -461,7 +461,7 @@ def _run_extract(ctx, o, rep) -> str:
 
 
 def _run_bake(ctx, o, rep) -> str:
-    from lib_lora.bake import bake_checkpoint
+    from lib_lora.merge.bake import bake_checkpoint
     res = bake_checkpoint(o.base, o.prompt, o.lora_dir, o.out, dtype=o.dtype, overwrite=o.overwrite,
                           presets_path=o.presets, seed=o.seed, allow_overflow=o.allow_overflow, progress=rep)
     warn = f"; {len(res.messages)} warning(s): {res.messages[0]}" if res.messages else ""
@@ -469,7 +469,7 @@ def _run_bake(ctx, o, rep) -> str:
 
 
 def _run_bake_lora(ctx, o, rep) -> str:
-    from lib_lora.bake_lora import bake_lora
+    from lib_lora.merge.bake_lora import bake_lora
     rep.check()
     out, stats, messages = bake_lora(o.prompt, o.lora_dir, o.out, overwrite=o.overwrite, presets_path=o.presets,
                                      seed=o.seed)
