@@ -21,7 +21,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 WRITER = r"""
 import sys, torch
 from lib_lora import fileio
-fileio.USE_O_TMPFILE = sys.argv[2] == "1"
+fileio.atomic.USE_O_TMPFILE = sys.argv[2] == "1"
 said = []
 def progress(done, total):
     if not said and done < total:
@@ -50,7 +50,7 @@ def _kill_mid_write(target, o_tmpfile: bool):
 
 @pytest.mark.parametrize("o_tmpfile", [True, False], ids=["o_tmpfile", "named_temp"])
 def test_sigkill_mid_write_leaves_nothing_a_later_write_does_not_remove(tmp_path, o_tmpfile):
-    if o_tmpfile and not fileio.USE_O_TMPFILE:
+    if o_tmpfile and not fileio.atomic.USE_O_TMPFILE:
         pytest.skip("O_TMPFILE is not available here")
     target = tmp_path / "model.safetensors"
     target.write_bytes(b"the user's old file")
@@ -67,7 +67,7 @@ def test_sigkill_mid_write_leaves_nothing_a_later_write_does_not_remove(tmp_path
 
 
 def test_cleanup_keeps_temporaries_of_live_processes_and_other_hosts(tmp_path):
-    host = fileio._host_tag()
+    host = fileio.atomic._host_tag()
     live = tmp_path / f".a.txt.{host}.{os.getpid()}.abcd{fileio.TMP_SUFFIX}"        # a write in progress
     other = tmp_path / f".b.txt.00000000.999999999.abcd{fileio.TMP_SUFFIX}"       # another machine's
     mine = tmp_path / "x.lorastudio-tmp"                                           # not our pattern
@@ -93,7 +93,7 @@ def tiny_disk(tmp_path):
 
 @pytest.mark.parametrize("o_tmpfile", [True, False], ids=["o_tmpfile", "named_temp"])
 def test_disk_full_is_one_line_target_untouched_no_temporary(tiny_disk, monkeypatch, o_tmpfile):
-    monkeypatch.setattr(fileio, "USE_O_TMPFILE", o_tmpfile and fileio.USE_O_TMPFILE)
+    monkeypatch.setattr(fileio.atomic, "USE_O_TMPFILE", o_tmpfile and fileio.atomic.USE_O_TMPFILE)
     target = tiny_disk / "out.safetensors"
     target.write_bytes(b"old")
     with pytest.raises(LoraFileError) as exc:

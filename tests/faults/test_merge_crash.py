@@ -19,7 +19,7 @@ MERGER = r"""
 import sys
 from lib_lora import fileio
 from lib_lora.cli import progress
-fileio.USE_O_TMPFILE = sys.argv[1] == "1"
+fileio.atomic.USE_O_TMPFILE = sys.argv[1] == "1"
 said = []
 def stop(self, phase, done, total):
     if not said and done < total:
@@ -55,7 +55,7 @@ def _start(models, out, o_tmpfile: bool):
 
 @pytest.mark.parametrize("o_tmpfile", [True, False], ids=["o_tmpfile", "named_temp"])
 def test_sigkill_mid_merge_leaves_no_file_at_the_output(models, tmp_path, o_tmpfile):
-    if o_tmpfile and not fileio.USE_O_TMPFILE:
+    if o_tmpfile and not fileio.atomic.USE_O_TMPFILE:
         pytest.skip("O_TMPFILE is not available here")
     fresh, old = tmp_path / "new.safetensors", tmp_path / "old.safetensors"
     old.write_bytes(b"the user's model")
@@ -75,7 +75,7 @@ def test_sigkill_mid_merge_leaves_no_file_at_the_output(models, tmp_path, o_tmpf
 
 def test_ctrl_c_mid_merge_says_cancelled_and_leaves_nothing(models, tmp_path):
     out = tmp_path / "m.safetensors"
-    p = _start(models, out, fileio.USE_O_TMPFILE)
+    p = _start(models, out, fileio.atomic.USE_O_TMPFILE)
     p.send_signal(signal.SIGINT)
     _, err = p.communicate(timeout=60)
     assert p.returncode == 130 and err.strip().splitlines()[-1] == "cancelled", err

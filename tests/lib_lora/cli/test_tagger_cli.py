@@ -99,9 +99,9 @@ def replace(src, dst):
     if n[0] == 4:                    # the 4th caption is fully written to its temporary, then: power cut
         os.kill(os.getpid(), signal.SIGKILL)
     return real(src, dst)
-fileio.os = type(sys)("os_shim")            # captions are written by fileio.atomic_write_text
-fileio.os.__dict__.update(os.__dict__)
-fileio.os.replace = replace
+fileio.atomic.os = type(sys)("os_shim")     # captions are written by fileio.atomic_write_text
+fileio.atomic.os.__dict__.update(os.__dict__)
+fileio.atomic.os.replace = replace
 from lib_lora.__main__ import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -1,0 +1,278 @@
+"""Writing safetensors: the file layout (byte-identical to safetensors' own files), whole-dict and streamed writers
+(one producer per tensor, worker threads, kernel copies of unchanged pieces), and the trainer's precomputed
+hashes.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import struct
+
+from lib_lora.errors import LoraFileError, LoraStudioError
+from .atomic import atomic_write, check_target
+from .paths import _name
+
+_WRITE_CHUNK = 16 << 20  # progress and Ctrl-C granularity of big writes
+
+_ST_DTYPES = [("BOOL", "bool"), ("U8", "uint8"), ("I8", "int8"), ("F8_E5M2", "float8_e5m2"),
+              ("F8_E4M3", "float8_e4m3fn"), ("I16", "int16"), ("F16", "float16"), ("BF16", "bfloat16"),
+              ("I32", "int32"), ("F32", "float32"), ("F64", "float64"), ("I64", "int64")]
+
+
+def _st_rank() -> dict:
+    import torch
+
+    return {getattr(torch, tname): (i, sname) for i, (sname, tname) in enumerate(_ST_DTYPES)
+            if hasattr(torch, tname)}
+
+
+def _st_layout(tensors: dict, metadata: dict | None) -> tuple[bytes, list]:
+    """(header bytes incl. length prefix, [(key, tensor)] in file order), laid out as safetensors.torch.save
+    does (byte-identical files), so the body hash matches a file written by safetensors itself."""
+    import torch
+
+    items = []
+    for k, t in tensors.items():
+        if not isinstance(t, torch.Tensor):
+            raise LoraStudioError(f"cannot save '{k}': not a tensor")
+        items.append((str(k), t))
+    head, order = _st_header([(k, t.dtype, tuple(t.shape)) for k, t in items], metadata)
+    by_key = dict(items)
+    return head, [(k, by_key[k]) for k, _, _ in order]
+
+
+def _st_header(specs: list, metadata: dict | None) -> tuple[bytes, list]:
+    """`specs` = [(key, torch dtype, shape)] → (header bytes incl. length prefix, specs in file order)."""
+    rank = _st_rank()
+    for k, dt, _ in specs:
+        if dt not in rank:
+            raise LoraStudioError(f"cannot save '{k}': dtype {dt} has no safetensors equivalent")
+    order = sorted(specs, key=lambda s: (-rank[s[1]][0], s[0]))
+    header: dict = {}
+    if metadata:
+        header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    off = 0
+    for k, dt, shape in order:
+        n = _numel(shape) * _itemsize(dt)
+        header[k] = {"dtype": rank[dt][1], "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    raw = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    raw += b" " * (-len(raw) % 8)
+    return struct.pack("<Q", len(raw)) + raw, order
+
+
+def _numel(shape) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _itemsize(dtype) -> int:
+    import torch
+
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _tensor_bytes(t):
+    import torch
+
+    t = t.detach()
+    if t.device.type != "cpu":
+        t = t.cpu()
+    t = t.contiguous().reshape(-1)
+    if t.numel() == 0:
+        return memoryview(b"")
+    return memoryview(t.view(torch.uint8).numpy()).cast("B")
+
+
+
+def kohya_hashes(tensors: dict, metadata: dict) -> dict:
+    """sshs_model_hash (sha256 of the data section) and sshs_legacy_hash (8 hex of sha256 over 64 KiB at
+    1 MiB of the file these tensors make with only the ss_* metadata), as sd-scripts precomputes them."""
+    metadata = {k: v for k, v in metadata.items() if k.startswith("ss_")}   # as sd-scripts hashes
+    head, items = _st_layout(tensors, metadata)
+    body = hashlib.sha256()
+    window = bytearray()
+    pos = len(head)
+    if pos > 0x100000:
+        window += head[0x100000:0x110000]
+    for _, t in items:
+        mv = _tensor_bytes(t)
+        body.update(mv)
+        lo, hi = max(0x100000, pos), min(0x110000, pos + len(mv))
+        if lo < hi:
+            window += bytes(mv[lo - pos:hi - pos])
+        pos += len(mv)
+    return {"sshs_model_hash": body.hexdigest(), "sshs_legacy_hash": hashlib.sha256(bytes(window)).hexdigest()[:8]}
+
+def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, overwrite: bool = False,
+                            progress=None) -> str:
+    """Stream `tensors` as a .safetensors file through `atomic_write` (no second copy in memory).
+
+    `progress(done_bytes, total_bytes)` is called as the data are written."""
+    path = _name(path)
+    check_target(path, overwrite, ".safetensors")
+    head, items = _st_layout(tensors, metadata)
+    total = len(head) + sum(t.numel() * t.element_size() for _, t in items)
+
+    def write(f):
+        f.write(head)
+        done = len(head)
+        for _, t in items:
+            mv = _tensor_bytes(t)
+            for i in range(0, len(mv), _WRITE_CHUNK):
+                f.write(mv[i:i + _WRITE_CHUNK])
+                done += min(_WRITE_CHUNK, len(mv) - i)
+                if progress is not None:
+                    progress(done, total)
+        if progress is not None:
+            progress(total, total)
+
+    return atomic_write(path, write, overwrite)
+
+
+def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, overwrite: bool = False,
+                                   progress=None, final_metadata=None, workers: int = 0) -> str:
+    """Write a .safetensors file whose tensors are produced one at a time (never all in memory).
+
+    `specs` = [(key, torch dtype, shape, produce)]: the header is written first from the dtypes and shapes,
+    then, in file order, `produce()` yields CPU tensors of that dtype whose elements, concatenated, are the
+    tensor (one tensor or row chunks). A piece may also be a zero-argument function returning such a
+    tensor: with `workers` > 0 those run on that many threads, ahead of the writer (at most a few pieces
+    per worker wait in memory), so computing and writing overlap (torch and the OS write both release the
+    GIL). The layout equals `atomic_save_safetensors`'s for the same tensors.
+    `final_metadata()`, when given, is called after the data and its result replaces `metadata` in the header
+    (it must render to the same header length: e.g. hashes computed meanwhile, written first as
+    placeholders of the same length). `progress(done_bytes, total_bytes)` as in `atomic_save_safetensors`.
+    Through `atomic_write`: a failure, Ctrl-C or kill leaves no file at `path`."""
+    path = _name(path)
+    check_target(path, overwrite, ".safetensors")
+    produce = {str(k): fn for k, _, _, fn in specs}
+    head, order = _st_header([(str(k), dt, tuple(shape)) for k, dt, shape, _ in specs], metadata)
+    total = len(head) + sum(_numel(shape) * _itemsize(dt) for _, dt, shape in order)
+
+    def pieces():   # (key, piece) in file order, (key, None) after each tensor's last piece
+        for key, _, _ in order:
+            for t in produce[key]():
+                yield key, t
+            yield key, None
+
+    def write(f):
+        f.write(head)
+        done = len(head)
+        wants = {key: _numel(shape) * _itemsize(dt) for key, dt, shape in order}
+        dtypes = {key: dt for key, dt, _ in order}
+        got = 0
+        for key, t in _ahead(pieces(), workers):
+            if t is None:
+                if got != wants[key]:
+                    raise LoraStudioError(f"internal error: '{key}' produced {got} bytes, expected {wants[key]}")
+                got = 0
+                continue
+            if t.dtype != dtypes[key]:
+                raise LoraStudioError(f"internal error: '{key}' produced {t.dtype}, expected {dtypes[key]}")
+            if isinstance(t, FilePiece):
+                got += t.nbytes
+                if got > wants[key]:
+                    raise LoraStudioError(f"internal error: '{key}' produced more than {wants[key]} bytes")
+                f.flush()
+                t.copy_to(f.fileno())
+                done += t.nbytes
+                if progress is not None:
+                    progress(done, total)
+                continue
+            mv = _tensor_bytes(t)
+            got += len(mv)
+            if got > wants[key]:
+                raise LoraStudioError(f"internal error: '{key}' produced more than {wants[key]} bytes")
+            for i in range(0, len(mv), _WRITE_CHUNK):
+                f.write(mv[i:i + _WRITE_CHUNK])
+                done += min(_WRITE_CHUNK, len(mv) - i)
+                if progress is not None:
+                    progress(done, total)
+        if final_metadata is not None:
+            head2, _ = _st_header([(k, dt, shape) for k, dt, shape in order], final_metadata())
+            if len(head2) != len(head):
+                raise LoraStudioError("internal error: the final header does not fit the space written for it")
+            f.flush()
+            f.seek(0)
+            f.write(head2)
+            f.seek(0, os.SEEK_END)
+        if progress is not None:
+            progress(total, total)
+
+    return atomic_write(path, write, overwrite)
+
+
+def _ahead(items, workers: int, per_worker: int = 3):
+    """(key, piece) pairs in order with every callable piece replaced by its result; with `workers` > 0 the
+    callables run on a thread pool, at most `per_worker`·workers pieces ahead of the consumer."""
+    if workers <= 0:
+        for key, t in items:
+            yield key, (t() if callable(t) else t)
+        return
+    import collections
+    from concurrent.futures import ThreadPoolExecutor
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="st-writer")
+    pending: collections.deque = collections.deque()
+    try:
+        for key, t in items:
+            pending.append((key, pool.submit(t) if callable(t) else t))
+            while len(pending) > per_worker * workers:
+                key0, t0 = pending.popleft()
+                yield key0, _result(t0)
+        while pending:
+            key0, t0 = pending.popleft()
+            yield key0, _result(t0)
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)   # an error or Ctrl-C: nothing keeps running
+
+
+def _result(t):
+    from concurrent.futures import Future
+    from concurrent.futures import TimeoutError as Pending   # not the builtin on Python 3.10
+
+    if not isinstance(t, Future):
+        return t
+    while True:
+        try:
+            return t.result(timeout=0.2)   # short waits: Ctrl-C still reaches the main thread
+        except Pending:
+            continue
+
+
+class FilePiece:
+    """A tensor's bytes as they are in an input file, written to the output by the kernel (copy_file_range:
+    no page faults, no copy through Python); a piece the stream writer accepts where a tensor is expected."""
+
+    def __init__(self, fd: int, offset: int, nbytes: int, dtype):
+        self.fd, self.offset, self.nbytes, self.dtype = fd, offset, nbytes, dtype
+
+    def copy_to(self, out_fd: int) -> None:
+        off, left = self.offset, self.nbytes
+        fast = hasattr(os, "copy_file_range")
+        while left:
+            n = 0
+            if fast:
+                try:
+                    n = os.copy_file_range(self.fd, out_fd, min(left, 1 << 30), off)
+                except OSError as exc:
+                    if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                        raise
+                    fast = False   # this kernel/filesystem pair cannot: plain reads and writes
+            if not fast:
+                data = os.pread(self.fd, min(left, _WRITE_CHUNK), off)
+                n = len(data)
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(out_fd, view):]
+            if n <= 0:
+                raise LoraFileError("an input file got shorter while it was being copied; is another program "
+                                    "writing it?")
+            off += n
+            left -= n
