@@ -54,6 +54,30 @@ class UiContext:
         if not self.writes_allowed:
             raise LoraStudioError(self.writes_blocked_reason)
 
+    def under_queue_lock(self, fn: Callable[[], object], what: str = "the action"):
+        """fn() under the host's queue lock (`wrap_gpu_call`), so no generation runs meanwhile. A1111's
+        wrapper appends a stats string to the result and turns exceptions into HTML: the result and any
+        error travel through a closure instead, and are returned / raised here unchanged."""
+        box: dict = {}
+
+        def work(*_):
+            try:
+                box["result"] = fn()
+            except BaseException as exc:  # noqa: BLE001 — re-raised below, outside the wrapper
+                box["error"] = exc
+            return ("",)
+
+        try:
+            self.wrap_gpu_call(work)()
+        except Exception:  # noqa: BLE001 — a wrapper failing after our work ran must not lose the result
+            if not box:
+                raise
+        if "error" in box:
+            raise box["error"]
+        if "result" not in box:
+            raise LoraStudioError(f"{what} did not run; see the console.")
+        return box["result"]
+
     def resolve_inside(self, name: str, roots: list[Path], what: str = "file") -> Path:
         """A user-given name → an existing path inside one of `roots` (fileio.resolve_inside: lexical, so
         links the user placed in a folder are followed as the WebUI does; '..' and outside paths refused)."""

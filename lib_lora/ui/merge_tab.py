@@ -107,31 +107,6 @@ class Reporter:
         return lambda done, total: self(phase, done, total)
 
 
-def under_queue_lock(ctx, fn):
-    """Run `fn` under the WebUI's queue lock (ctx.wrap_gpu_call), so no generation runs meanwhile. A1111's
-    wrapper appends a stats string to the result and turns exceptions into HTML: result and error travel
-    through a closure instead."""
-    box: dict = {}
-
-    def work(*_):
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 — re-raised below, outside the wrapper
-            box["error"] = exc
-        return ("",)
-
-    try:
-        ctx.wrap_gpu_call(work)()
-    except Exception:  # noqa: BLE001 — a wrapper failing after our work ran must not lose the result
-        if not box:
-            raise
-    if "error" in box:
-        raise box["error"]
-    if "result" not in box:
-        raise LoraStudioError("the action did not run; see the console.")
-    return box["result"]
-
-
 def _error(exc: BaseException) -> str:
     """One line for the tab: a LoraStudioError verbatim; anything else (a bug) named, its traceback on the
     console, so the user still gets a line and not Gradio's bare "Error"."""
@@ -370,7 +345,7 @@ def live_apply(ctx, jobs: Jobs, b, c, mode, alpha, per_block, a, *values, progre
                 arch = model_arch(checkpoint_path(ctx, a, "A")) if a else None
         with jobs.job() as cancel:
             rep = Reporter(progress, cancel, {"apply": "tensors"})
-            return "✓ " + under_queue_lock(ctx, lambda: live.apply(
+            return "✓ " + ctx.under_queue_lock(lambda: live.apply(
                 b=b_path, c=c_path, mode=mode, alpha=float(alpha),
                 block_weights=block_text(arch, values) if per_block else None, base_alpha=None,
                 presets=merge_store(ctx), progress=rep.bytes("apply"), cancel=rep.cancelled))
@@ -381,7 +356,7 @@ def live_apply(ctx, jobs: Jobs, b, c, mode, alpha, per_block, a, *values, progre
 def live_restore(ctx) -> str:
     try:
         live = _live(ctx)
-        return "✓ " + under_queue_lock(ctx, live.restore)
+        return "✓ " + ctx.under_queue_lock(live.restore)
     except Exception as exc:  # noqa: BLE001 — shown as one line (_error)
         return _error(exc)
 
@@ -393,7 +368,7 @@ def live_save(ctx, jobs: Jobs, dtype, out_name, overwrite, progress=None) -> str
         live = _live(ctx)
         with jobs.job() as cancel:
             rep = Reporter(progress, cancel, {"save": "bytes"})
-            line = under_queue_lock(ctx, lambda: live.save(out, dtype=None if dtype in (None, "", AS_INPUT) else dtype,
+            line = ctx.under_queue_lock(lambda: live.save(out, dtype=None if dtype in (None, "", AS_INPUT) else dtype,
                                                            overwrite=bool(overwrite), progress=rep.bytes("save")))
     except Exception as exc:  # noqa: BLE001 — shown as one line (_error)
         return _error(exc)

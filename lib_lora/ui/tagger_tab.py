@@ -166,30 +166,10 @@ def current_status() -> str:
 
 
 def gpu_section(ctx, tagger, fn):
-    """Run `fn` under the WebUI queue lock when a GPU is used. A1111's wrapper appends a stats string to
-    the last output (so `work` returns one string) and turns exceptions into HTML, so the result and
-    any error travel through a closure instead."""
+    """Run `fn` under the WebUI queue lock when a GPU is used (a CPU tagger does not hold up generation)."""
     if not tagger.is_gpu:
         return fn()
-    box: dict = {}
-
-    def work(*_):
-        try:
-            box["result"] = fn()
-        except BaseException as exc:  # noqa: BLE001 — re-raised below, outside the wrapper
-            box["error"] = exc
-        return ("",)
-
-    try:
-        ctx.wrap_gpu_call(work)()
-    except Exception:  # noqa: BLE001 — a wrapper failing after our work ran must not lose the result
-        if not box:
-            raise
-    if "error" in box:
-        raise box["error"]
-    if "result" not in box:
-        raise LoraStudioError("the tagging job did not run; see the console.")
-    return box["result"]
+    return ctx.under_queue_lock(fn, "the tagging job")
 
 
 def tag_single(ctx, image, model, model_folder, provider, allow_download, *option_values):
