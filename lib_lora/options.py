@@ -694,6 +694,64 @@ class MergeOptions:
 
 
 @dataclass
+class ResizeOptions:
+    """`resize`: a LoRA to a fixed rank or to the rank a singular-value criterion keeps."""
+    src: str = option(flag="", metavar="IN", help="LoRA file (.safetensors) to resize", label="LoRA file")
+    rank: int = option(help="new rank; with a dynamic --method the largest rank kept", low=1, label="Rank")
+    out: str = option(help="output file, ending in .safetensors", label="Output file")
+    conv_rank: int | None = option(None, low=1, metavar="R2", label="Conv rank",
+                                   help="rank of conv modules (1×1 and 3×3; default: --rank)")
+    method: str = option("none", choices="lib_lora.merge.resize:METHODS", label="Method",
+                         help="none: fixed rank; sv_ratio: keep S_i > S_0/P; sv_fro: keep a Frobenius share P; "
+                              "sv_cumulative: keep a share P of ΣS (ranks as sd-scripts' resize_lora)")
+    param: float | None = option(None, metavar="P", label="Parameter",
+                                 help="the dynamic method's parameter (sv_ratio > 1; sv_fro, sv_cumulative in (0, 1])")
+    overwrite: bool = option(False, help="replace --out if it exists", label="Replace the output file")
+    verbose: bool = option(False, help="one line per module: rank, alpha, Frobenius share kept")
+    quiet: bool = option(False, help="no progress line")
+
+
+@dataclass
+class MergeLorasOptions:
+    """`merge-loras`: LoRA + LoRA, each with its multiplier and block weights."""
+    tags: list[str] = option(flag="", nargs="+", metavar="TAG",
+                             help='LoRA tags, e.g. "<lora:a:0.5>" "<lora:b:0.7:face>"')
+    lora_dir: str = option(help="folder the LoRA names are looked up in", metavar="DIR", label="LoRA folder")
+    out: str = option(help="output file, ending in .safetensors", label="Output file")
+    mode: str = option("concat", choices="lib_lora.merge.lora_merge:MODES", label="Mode",
+                       help="concat: exact (ranks add up, alpha = rank); svd: best approximation at --rank")
+    rank: int | None = option(None, low=1, label="Rank", help="rank of the merged LoRA (--mode svd)")
+    conv_rank: int | None = option(None, low=1, metavar="R2", label="Conv rank",
+                                   help="rank of 3×3 conv modules with --mode svd (default: --rank)")
+    clamp_quantile: float | None = option(None, low=0.0, high=1.0, metavar="Q", label="Clamp quantile",
+                                          help="clamp the SVD factors at this quantile of their |values| "
+                                               "(sd-scripts uses 0.99; lossy, off by default)")
+    overwrite: bool = option(False, help="replace --out if it exists", label="Replace the output file")
+    presets: str | None = option(None, metavar="FILE", label="User presets file",
+                                 help="user block-weight presets file (default: lora_studio_presets.txt in --lora-dir)")
+    seed: int = option(0, help="seed for R/U block-weight letters (default 0)", label="Seed for R/U letters")
+    quiet: bool = option(False, help="no progress line")
+
+
+@dataclass
+class ExtractOptions:
+    """`extract`: tuned − base as a LoRA."""
+    base: str = option(help="the original checkpoint (.safetensors)", metavar="A", label="Base model")
+    tuned: str = option(help="the fine-tuned checkpoint (.safetensors)", metavar="B", label="Tuned model")
+    rank: int = option(help="rank of linear and 1×1 conv modules", low=1, label="Rank")
+    out: str = option(help="output file, ending in .safetensors", label="Output file")
+    conv_rank: int | None = option(None, low=1, metavar="R2", label="Conv rank",
+                                   help="also extract ResNet/sampler layers, 3×3 convs at this rank")
+    clamp_quantile: float | None = option(None, low=0.0, high=1.0, metavar="Q", label="Clamp quantile",
+                                          help="clamp the factors at this quantile of their |values| "
+                                               "(sd-scripts uses 0.99; lossy, off by default)")
+    min_diff: float = option(0.01, low=0.0, label="Text encoder threshold",
+                             help="leave the text encoder out when no weight differs by more (default 0.01)")
+    overwrite: bool = option(False, help="replace --out if it exists", label="Replace the output file")
+    quiet: bool = option(False, help="no progress line")
+
+
+@dataclass
 class InspectOptions:
     """`inspect`: what LoRA files contain."""
     files: list[str] = option(flag="", nargs="+", metavar="FILE", help=".safetensors file(s) to inspect")

@@ -2,29 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from lib_lora.options import add_arguments as add_options, from_args, option
+from lib_lora.options import ExtractOptions, add_arguments as add_options, from_args
 
 HELP = "extract a LoRA (LoCon with --conv-rank) from the difference of two checkpoints"
-
-
-@dataclass
-class ExtractOptions:
-    """`extract`: tuned − base as a LoRA."""
-    base: str = option(help="the original checkpoint (.safetensors)", metavar="A", label="Base model")
-    tuned: str = option(help="the fine-tuned checkpoint (.safetensors)", metavar="B", label="Tuned model")
-    rank: int = option(help="rank of linear and 1×1 conv modules", low=1, label="Rank")
-    out: str = option(help="output file, ending in .safetensors", label="Output file")
-    conv_rank: int | None = option(None, low=1, metavar="R2", label="Conv rank",
-                                   help="also extract ResNet/sampler layers, 3×3 convs at this rank")
-    clamp_quantile: float | None = option(None, low=0.0, high=1.0, metavar="Q", label="Clamp quantile",
-                                          help="clamp the factors at this quantile of their |values| "
-                                               "(sd-scripts uses 0.99; lossy, off by default)")
-    min_diff: float = option(0.01, low=0.0, label="Text encoder threshold",
-                             help="leave the text encoder out when no weight differs by more (default 0.01)")
-    overwrite: bool = option(False, help="replace --out if it exists", label="Replace the output file")
-    quiet: bool = option(False, help="no progress line")
 
 
 def add_arguments(parser) -> None:

@@ -2,33 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from lib_lora.options import add_arguments as add_options, from_args, option
+from lib_lora.options import MergeLorasOptions, add_arguments as add_options, from_args
 
 HELP = "merge LoRAs given as <lora:…> tags into one: exact concatenation, or SVD to a rank"
-
-
-@dataclass
-class MergeLorasOptions:
-    """`merge-loras`: LoRA + LoRA, each with its multiplier and block weights."""
-    tags: list[str] = option(flag="", nargs="+", metavar="TAG",
-                             help='LoRA tags, e.g. "<lora:a:0.5>" "<lora:b:0.7:face>"')
-    lora_dir: str = option(help="folder the LoRA names are looked up in", metavar="DIR", label="LoRA folder")
-    out: str = option(help="output file, ending in .safetensors", label="Output file")
-    mode: str = option("concat", choices="lib_lora.merge.lora_merge:MODES", label="Mode",
-                       help="concat: exact (ranks add up, alpha = rank); svd: best approximation at --rank")
-    rank: int | None = option(None, low=1, label="Rank", help="rank of the merged LoRA (--mode svd)")
-    conv_rank: int | None = option(None, low=1, metavar="R2", label="Conv rank",
-                                   help="rank of 3×3 conv modules with --mode svd (default: --rank)")
-    clamp_quantile: float | None = option(None, low=0.0, high=1.0, metavar="Q", label="Clamp quantile",
-                                          help="clamp the SVD factors at this quantile of their |values| "
-                                               "(sd-scripts uses 0.99; lossy, off by default)")
-    overwrite: bool = option(False, help="replace --out if it exists", label="Replace the output file")
-    presets: str | None = option(None, metavar="FILE", label="User presets file",
-                                 help="user block-weight presets file (default: lora_studio_presets.txt in --lora-dir)")
-    seed: int = option(0, help="seed for R/U block-weight letters (default 0)", label="Seed for R/U letters")
-    quiet: bool = option(False, help="no progress line")
 
 
 def add_arguments(parser) -> None:

@@ -2,29 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-from lib_lora.options import add_arguments as add_options, from_args, option
+from lib_lora.options import ResizeOptions, add_arguments as add_options, from_args
 
 HELP = "resize a LoRA/LoCon to a rank, or per module by sv_ratio / sv_fro / sv_cumulative (as sd-scripts)"
-
-
-@dataclass
-class ResizeOptions:
-    """`resize`: a LoRA to a fixed rank or to the rank a singular-value criterion keeps."""
-    src: str = option(flag="", metavar="IN", help="LoRA file (.safetensors) to resize", label="LoRA file")
-    rank: int = option(help="new rank; with a dynamic --method the largest rank kept", low=1, label="Rank")
-    out: str = option(help="output file, ending in .safetensors", label="Output file")
-    conv_rank: int | None = option(None, low=1, metavar="R2", label="Conv rank",
-                                   help="rank of conv modules (1×1 and 3×3; default: --rank)")
-    method: str = option("none", choices="lib_lora.merge.resize:METHODS", label="Method",
-                         help="none: fixed rank; sv_ratio: keep S_i > S_0/P; sv_fro: keep a Frobenius share P; "
-                              "sv_cumulative: keep a share P of ΣS (ranks as sd-scripts' resize_lora)")
-    param: float | None = option(None, metavar="P", label="Parameter",
-                                 help="the dynamic method's parameter (sv_ratio > 1; sv_fro, sv_cumulative in (0, 1])")
-    overwrite: bool = option(False, help="replace --out if it exists", label="Replace the output file")
-    verbose: bool = option(False, help="one line per module: rank, alpha, Frobenius share kept")
-    quiet: bool = option(False, help="no progress line")
 
 
 def add_arguments(parser) -> None:

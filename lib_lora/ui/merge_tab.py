@@ -454,12 +454,12 @@ def _run_bake_lora(ctx, o, rep) -> str:
 
 
 TOOLS = [
-    Tool("resize", "Resize", "lib_lora.cli.resize:ResizeOptions", ["rank", "conv_rank", "method", "param"],
+    Tool("resize", "Resize", "lib_lora.options:ResizeOptions", ["rank", "conv_rank", "method", "param"],
          _run_resize, "lora", pickers={"src": "lora"}),
-    Tool("merge_loras", "Merge LoRAs", "lib_lora.cli.merge_loras:MergeLorasOptions",
+    Tool("merge_loras", "Merge LoRAs", "lib_lora.options:MergeLorasOptions",
          ["mode", "rank", "conv_rank", "clamp_quantile", "seed"], _run_merge_loras, "lora",
          pickers={"lora_dir": "lora_dir"}, text={"tags": 'LoRA tags, e.g. <lora:a:0.5> <lora:b:0.7:face>'}),
-    Tool("extract", "Extract", "lib_lora.cli.extract:ExtractOptions",
+    Tool("extract", "Extract", "lib_lora.options:ExtractOptions",
          ["rank", "conv_rank", "clamp_quantile", "min_diff"], _run_extract, "lora",
          pickers={"base": "checkpoint", "tuned": "checkpoint"}),
     Tool("bake", "Bake into checkpoint", "lib_lora.options:BakeOptions", ["dtype", "seed", "allow_overflow"],
