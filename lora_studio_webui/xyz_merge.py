@@ -167,3 +167,18 @@ def process(p) -> None:
         env.log.info(line)
     except LoraStudioError as e:
         env.emit(p, f"merge cell not applied: {e}")
+    finally:
+        _note_merge(p, host)
+
+
+FIELD = "LoRA Studio merge"   # infotext: the model hash names A, so a live merge must say what was merged in
+
+
+def _note_merge(p, host) -> None:
+    """Write the active live merge (this cell's, or the one the user applied) into the generation
+    parameters: without it an image made on a live merge would claim to come from model A alone."""
+    live = getattr(host, "live", None)
+    active = getattr(live, "active", None) if live is not None else None
+    params = getattr(p, "extra_generation_params", None)
+    if active is not None and isinstance(params, dict):
+        params[FIELD] = active.describe()

@@ -223,7 +223,7 @@ class LiveMerge:
                 self.after_write(keys)
         if was is None:
             return f"no live merge was applied; the {self.name} is unchanged"
-        return f"live merge removed: {len(keys)} tensors restored to the {self.name}'s own weights"
+        return f"live merge removed: {len(keys)} tensors restored to the weights of {self.name}"
 
     def forget(self) -> None:
         """The host reloaded its weights: drop every clone and state without writing anything."""

@@ -58,6 +58,24 @@ def test_alpha_cells_then_the_grid_is_put_back(webui, recipe):
     assert live.active.alpha == 0.3
 
 
+def test_images_on_a_live_merge_say_so_in_their_parameters(webui, recipe):
+    live_merge, b = recipe
+    p, _ = webui.generate("x")
+    assert "LoRA Studio merge" not in p.extra_generation_params          # no merge: nothing claimed
+    live_merge.provider().apply(b=b, alpha=0.3)
+    p, _ = webui.generate("x")
+    assert p.extra_generation_params["LoRA Studio merge"] == "weighted with b.safetensors, alpha 0.3"
+    xyz, opt = option("Merge: alpha")
+    q = webui.processing("x")
+    notes = []
+    q.observer = lambda proc: notes.append(dict(proc.extra_generation_params))
+    xyz.run_axis(q, opt, [0.7])
+    assert notes[-1]["LoRA Studio merge"] == "weighted with b.safetensors, alpha 0.7"   # the cell's own merge
+    live_merge.provider().restore()
+    p, _ = webui.generate("x")
+    assert "LoRA Studio merge" not in p.extra_generation_params
+
+
 def webui_original(webui, live):
     """A stand-in object whose model tensors are A (the loaded weights before the live merge)."""
     class _W:
