@@ -205,8 +205,9 @@ class Runner:
     """Runs queued trainings one after another in one worker thread. `wrap(fn)` runs a training (the WebUI:
     under its queue lock, so no generation competes for the device); `trainer` builds the Trainer."""
 
-    def __init__(self, wrap=None, trainer=None):
+    def __init__(self, wrap=None, trainer=None, on_done=None):
         self.runs: list[Run] = []
+        self._on_done = on_done      # after each run that wrote files (the host lists the new LoRAs)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
@@ -260,11 +261,21 @@ class Runner:
             if run is None:
                 return
             try:
-                self._wrap(lambda: self._train(run))
+                files = self._wrap(lambda: self._train(run))
+                state = "cancelled" if run.cancel.is_set() else "done"
+                message = (f"stopped at step {run.step}/{run.total}" if state == "cancelled"
+                           else f"finished: {len(files)} file(s)")
             except BaseException as exc:  # noqa: BLE001 — the run fails, the thread and the host go on
-                run.state, run.message = "failed", _error(exc)
+                files, state, message = [], "failed", _error(exc)
+            if files and self._on_done is not None:
+                try:
+                    self._on_done()
+                except Exception as exc:  # noqa: BLE001 — a failed refresh must not stop the queue
+                    message += f" (the LoRA list was not refreshed: {exc})"
+            with self._lock:          # one step: a status read sees the files with the final state
+                run.files, run.state, run.message = files, state, message
 
-    def _train(self, run: Run) -> None:
+    def _train(self, run: Run) -> list:
         def progress(p):
             run.step, run.total, run.epoch, run.epochs, run.eta = p.step, p.total, p.epoch, p.epochs, p.eta
             run.losses.append(float(p.loss))
@@ -281,10 +292,7 @@ class Runner:
                     if pkg == "lycoris" else pkg)
             raise LoraStudioError(f"training needs the Python package '{pkg}', which this Python lacks; install "
                                   f"{hint}.") from None
-        run.files = [str(f) for f in result.files]
-        run.state = "cancelled" if run.cancel.is_set() else "done"
-        run.message = (f"stopped at step {run.step}/{run.total}" if run.state == "cancelled"
-                       else f"finished: {len(run.files)} file(s)")
+        return [str(f) for f in result.files]
 
 
 def _default_trainer(cfg, **kw):
@@ -382,7 +390,7 @@ def build(ctx, runner: Runner | None = None) -> None:
     from lib_lora.train.config import TrainConfig
     from lib_lora.ui import compat
 
-    runner = runner or Runner(wrap=lambda fn: ctx.under_queue_lock(fn, "the training"))
+    runner = runner or Runner(wrap=lambda fn: ctx.under_queue_lock(fn, "the training"), on_done=ctx.refresh_loras)
     gr.Markdown("Train a LoRA from a folder of `<repeats>_<concept>` sub-folders (captions beside the images: "
                 "the Tagger tab writes them). The parameters are sd-scripts' own; **Save** writes them as a "
                 "TOML that `python -m lib_lora train --config` and sd-scripts read. LoRAs are written into "

@@ -35,17 +35,18 @@ def ctx(tmp_path):
                      tagger_models_dir=tmp_path / "models", image_dirs=[tmp_path / "data"])
 
 
-def runner(**kw):
+def runner(on_done=None):
     from lib_lora.train.trainer import Trainer
 
-    return tt.Runner(trainer=lambda cfg, **k: Trainer(cfg, model=tiny_model(), **{**k, **kw}))
+    return tt.Runner(trainer=lambda cfg, **k: Trainer(cfg, model=tiny_model(), **k), on_done=on_done)
 
 
 def test_a_queued_run_trains_and_lists_its_epoch_files(ctx, tmp_path):
-    r = runner()
+    refreshed = []
+    r = runner(on_done=lambda: refreshed.append(1))
     msg = tt.start(ctx, r, "base.safetensors", "set1", dict(VALUES))
     assert msg == "✓ queued 'toy'", msg
-    assert r.wait(120)
+    assert r.wait(120) and refreshed == [1]             # the host lists the new files
     run = r.runs[0]
     assert run.state == "done", run.message
     names = sorted(os.path.basename(f) for f in run.files)
