@@ -171,6 +171,52 @@ def show_lora(ctx, name: str):
     return chart, summary_markdown(name, report), json.dumps(meta, indent=1, ensure_ascii=False, default=str)
 
 
+def training_markdown(report: dict) -> str:
+    """The training record (kohya ss_* metadata) and the top training tags."""
+    from lib_lora import sidecar
+
+    rows = sidecar.training_record(report.get("metadata") or {})
+    if not rows:
+        return "No training record in this file's metadata."
+    text = "\n".join(f"- **{k}**: {html.escape(str(v))}" for k, v in rows)
+    tags = sidecar.tag_frequency(report.get("metadata") or {})
+    if tags:
+        text += "\n\n**Training tags** (captions holding each): " + ", ".join(
+            f"{html.escape(t)} ({n})" for t, n in tags[:40]) + (" …" if len(tags) > 40 else "")
+    return text
+
+
+def card_fields(ctx, name: str) -> tuple[list, str]:
+    """The sidecar's editable fields of LoRA `name` in sidecar.EDITABLE order, and a status line."""
+    from lib_lora import sidecar
+
+    try:
+        data = sidecar.read_sidecar(lora_path(ctx, name))
+    except LoraStudioError as exc:
+        return [None] * len(sidecar.EDITABLE), f"⚠ {exc}"
+    values = [data.get(k) for k in sidecar.EDITABLE]
+    values[sidecar.EDITABLE.index(sidecar.WEIGHT)] = float(data.get(sidecar.WEIGHT) or 0)
+    values[sidecar.EDITABLE.index(sidecar.SD_VERSION)] = data.get(sidecar.SD_VERSION) or "Unknown"
+    return values, ""
+
+
+def save_card(ctx, name: str, *values) -> str:
+    """Write the editable fields into the WebUI's sidecar `<stem>.json` (other keys kept; weights untouched)."""
+    from lib_lora import sidecar
+
+    try:
+        ctx.check_writes()
+        path = lora_path(ctx, name)
+        sidecar.write_sidecar(path, dict(zip(sidecar.EDITABLE, values)))
+        preset = values[sidecar.EDITABLE.index(sidecar.PRESET)]
+        if preset and ctx.presets is not None and ctx.presets.get(str(preset).strip()) is None:
+            return (f"✓ saved {sidecar.sidecar_path(path).name}; note: no preset named '{preset}' exists yet "
+                    "(a tag using it will be skipped until it does)")
+    except LoraStudioError as exc:
+        return f"⚠ {exc}"
+    return f"✓ saved {sidecar.sidecar_path(path).name}"
+
+
 def build(ctx) -> None:
     import gradio as gr
     from lib_lora.ui import compat
@@ -184,6 +230,24 @@ def build(ctx) -> None:
                             min_width=80)
     chart = gr.HTML(elem_id="lora_studio_inspect_chart")
     summary = gr.Markdown(elem_id="lora_studio_inspect_summary")
+    with gr.Accordion("Training", open=False):
+        training = gr.Markdown(elem_id="lora_studio_inspect_training")
+    with gr.Accordion("Card (the WebUI's user metadata: <name>.json beside the file)", open=False):
+        from lib_lora import sidecar
+        card = [
+            gr.Textbox(label="Description", lines=2, elem_id="lora_studio_card_description"),
+            gr.Textbox(label="Activation text (added after the tag)", elem_id="lora_studio_card_activation"),
+            gr.Slider(0.0, 2.0, value=0.0, step=0.01, label="Preferred weight (0 = the default)",
+                      elem_id="lora_studio_card_weight"),
+            gr.Textbox(label="Preferred preset (block weights a card click writes)", elem_id="lora_studio_card_preset"),
+            gr.Textbox(label="Negative text", elem_id="lora_studio_card_negative"),
+            gr.Textbox(label="Notes", lines=3, elem_id="lora_studio_card_notes"),
+            gr.Dropdown(choices=list(sidecar.SD_VERSIONS), value="Unknown", label="Stable Diffusion version",
+                        elem_id="lora_studio_card_sd_version"),
+        ]
+        with gr.Row():
+            save = gr.Button("Save card", elem_id="lora_studio_card_save")
+            card_status = gr.Markdown(elem_id="lora_studio_card_status")
     with gr.Accordion("Metadata", open=False):
         meta = gr.Code(language="json", label="metadata", elem_id="lora_studio_inspect_meta")
     with gr.Accordion("All files", open=False):
@@ -200,4 +264,14 @@ def build(ctx) -> None:
         return rows[index[0]][0] if index and 0 <= index[0] < len(rows) else compat.update()
 
     files.select(compat.with_select_index(row_name, 1), inputs=[files], outputs=[pick])
-    pick.change(lambda n: show_lora(ctx, n) if n else ("", "", ""), inputs=[pick], outputs=[chart, summary, meta])
+    def picked(n):
+        if not n:
+            return ("", "", "", "", *[compat.update() for _ in card], "")
+        chart_html, text, meta_text = show_lora(ctx, n)
+        record = training_markdown({"metadata": json.loads(meta_text)}) if meta_text else ""
+        values, status = card_fields(ctx, n)
+        return (chart_html, text, meta_text, record, *values, status)
+
+    pick.change(picked, inputs=[pick], outputs=[chart, summary, meta, training, *card, card_status])
+    save.click(lambda n, *v: save_card(ctx, n, *v) if n else "⚠ pick a LoRA first", inputs=[pick, *card],
+               outputs=[card_status])
