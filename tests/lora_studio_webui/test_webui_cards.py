@@ -1,0 +1,60 @@
+"""LoRA Studio's cards page in a fake AUTOMATIC1111 (built-in Lora disabled): a card click writes the preferred
+weight and preset into the tag, the editor shows the training record and tags, saves the WebUI's sidecar
+(other keys kept) and a tag click toggles it in the activation text."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.fake_webui.harness import write_lora
+from tests.lib_lora.test_sidecar import KOHYA
+
+
+def page_and_item(webui, name):
+    from lora_studio_webui import cards
+    page = cards.make_page()
+    page.refresh()                                           # the WebUI lists the page before showing a card
+    return page, page.create_item_into_items(name)
+
+
+def test_card_prompt_carries_preferred_weight_and_preset(webui):
+    path = write_lora(webui, "mychar")
+    _, item = page_and_item(webui, "mychar")
+    assert item["prompt"] == '"<lora:mychar:" + opts.extra_networks_default_multiplier + ">"'
+    path.with_suffix(".json").write_text(json.dumps({"preferred weight": 0.7, "preferred preset": "face",
+                                                     "activation text": "mychar"}), encoding="utf-8")
+    _, item = page_and_item(webui, "mychar")
+    assert item["prompt"] == '"<lora:mychar:" + 0.7 + ":face>" + " mychar"'
+    path.with_suffix(".json").write_text(json.dumps({"preferred preset": "a>b"}), encoding="utf-8")
+    _, item = page_and_item(webui, "mychar")                 # a hand-edited bad preset never breaks the tag
+    assert item["prompt"].endswith('+ ">"')
+
+
+def test_editor_shows_the_training_record_and_saves_the_sidecar(webui):
+    import gradio as gr
+    from lora_studio_webui import cards
+
+    path = write_lora(webui, "mychar", **KOHYA)
+    path.with_suffix(".json").write_text(json.dumps({"description": "d", "custom": 1}), encoding="utf-8")
+    page, item = page_and_item(webui, "mychar")
+    with gr.Blocks():
+        editor = page.create_user_metadata_editor(None, "txt2img")
+        editor.create_ui()
+    table = dict(editor.get_metadata_table("mychar"))
+    assert table["Network:"] == "networks.lora, dim 32, alpha 16.0, conv_dim=8" and table["Epoch:"] == "4 of 10"
+    shown = editor.put_values_into_components("mychar")
+    assert shown[1] == "d" and shown[5] == "Unknown"
+    assert shown[6]["value"] == [("red hair", "5"), ("mychar", "4"), ("smile", "1")] and shown[6]["visible"]
+    editor.save_card("mychar", "new", "SD1", "mychar, red hair", 0.8, "face", "", "notes")
+    on_disk = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
+    assert on_disk == {"description": "new", "custom": 1, "sd version": "SD1", "activation text": "mychar, red hair",
+                       "preferred weight": 0.8, "preferred preset": "face", "negative text": "", "notes": "notes"}
+    assert page.items["mychar"]["user_metadata"] == on_disk
+    with pytest.raises(gr.Error, match="not saved: preferred preset 'a:b' cannot hold"):
+        editor.save_card("mychar", "x", "SD1", "", 1, "a:b", "", "")          # refused: the file stays as it was
+    assert json.loads(path.with_suffix(".json").read_text(encoding="utf-8")) == on_disk
+    assert cards.add_tag("mychar", ["red hair", "5"]) == "mychar, red hair"
+    assert cards.add_tag("mychar, red hair", ["red hair", "5"]) == "mychar"
+    assert cards.add_tag("", ["smile", "1"]) == "smile"
