@@ -81,9 +81,41 @@
             if (NUMBER.test(tok)) { input.value = tok; out.textContent = number(tok); }
             else { input.disabled = true; input.dataset.token = tok; out.textContent = tok; }  // R/U/X kept
             input.addEventListener('input', function() { out.textContent = number(input.value); write(panel); });
-            row.appendChild(span); row.appendChild(input); row.appendChild(out);
+            var bar = document.createElement('span');
+            bar.className = 'lora-studio-norm';
+            bar.dataset.block = names[i];
+            row.appendChild(span); row.appendChild(input); row.appendChild(out); row.appendChild(bar);
             body.appendChild(row);
         });
+        showNorms(panel, tag.name);
+    }
+
+    // The LoRA's ΔW norm per block (the status API's block-norms route), drawn as a bar beside each slider:
+    // which blocks the LoRA actually changes, and how much, before moving their sliders.
+    var normCache = {};
+    function drawNorms(panel, data) {
+        var bars = panel.querySelectorAll('.lora-studio-norm');
+        if (!data || data.error || !data.norms) {
+            Array.prototype.forEach.call(bars, function(b) { b.style.width = '0'; b.title = data && data.error ? data.error : ''; });
+            return;
+        }
+        var max = 0;
+        Object.keys(data.norms).forEach(function(k) { if (data.norms[k] > max) max = data.norms[k]; });
+        Array.prototype.forEach.call(bars, function(b) {
+            var blocks = b.dataset.block.split(/\s*[+,]\s*/), v = 0, any = false;  // a grouped label sums its blocks
+            blocks.forEach(function(n) { var x = data.norms[n]; if (x !== null && x !== undefined) { v = Math.sqrt(v * v + x * x); any = true; } });
+            b.style.width = (max > 0 && any ? Math.round(60 * v / max) : 0) + 'px';
+            b.title = any ? 'ΔW norm ' + v.toPrecision(3) : 'no module in this block';
+        });
+    }
+
+    function showNorms(panel, name) {
+        if (normCache[name]) { drawNorms(panel, normCache[name]); return; }
+        if (typeof fetch !== 'function') return;
+        fetch('/lora-studio/v1/block-norms?name=' + encodeURIComponent(name), {credentials: 'same-origin'})
+            .then(function(r) { return r.ok ? r.json() : null; })
+            .then(function(data) { if (data && !data.error) normCache[name] = data; drawNorms(panel, data); })
+            .catch(function() {});
     }
 
     function write(panel) {
@@ -124,7 +156,7 @@
         Array.prototype.forEach.call(document.querySelectorAll('.lora-studio-sliders'), hook);
     }
 
-    window.loraStudioSliders = {tagAt: tagAt, setBlocks: setBlocks, hookAll: hookAll, render: render};
+    window.loraStudioSliders = {tagAt: tagAt, setBlocks: setBlocks, hookAll: hookAll, render: render, drawNorms: drawNorms};
     if (typeof onUiLoaded === 'function') onUiLoaded(hookAll);
     if (typeof onUiUpdate === 'function') onUiUpdate(hookAll);
     document.addEventListener('DOMContentLoaded', hookAll);

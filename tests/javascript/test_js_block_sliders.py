@@ -90,3 +90,19 @@ def test_format_choice_gives_a_plain_tag_a_list_of_that_size(driver):
     assert value == "<lora:plain:0.7:lbw=" + ",".join(["1"] * 26) + ">"
     assert len(click_at(driver, value, 3)[1]) == 26
     driver.execute_script("document.querySelector('.lora-studio-sliders').dataset.chosen = '17';")
+
+
+def test_norm_bars_beside_the_sliders(driver):
+    click_at(driver, "<lora:hina:0.8>", 3)
+    bars = driver.execute_script(
+        "var p = document.querySelector('.lora-studio-sliders');"
+        "window.loraStudioSliders.drawNorms(p, {norms: {BASE: 1.0, IN01: 4.0, M00: 2.0, OUT11: null}});"
+        "return Array.from(p.querySelectorAll('.lora-studio-norm')).map(b => [b.dataset.block, b.style.width, b.title]);")
+    by = {b: (w, t) for b, w, t in bars}
+    assert len(bars) == 17 and by["IN01"] == ("60px", "ΔW norm 4.00") and by["M00"] == ("30px", "ΔW norm 2.00")
+    assert by["OUT11"] == ("0px", "no module in this block")
+    bars = driver.execute_script(
+        "var p = document.querySelector('.lora-studio-sliders');"
+        "window.loraStudioSliders.drawNorms(p, {error: \"no LoRA named 'x'\"});"
+        "return Array.from(p.querySelectorAll('.lora-studio-norm')).map(b => [b.style.width, b.title]);")
+    assert bars[0] == ["0px", "no LoRA named 'x'"]

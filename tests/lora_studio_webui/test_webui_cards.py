@@ -58,3 +58,15 @@ def test_editor_shows_the_training_record_and_saves_the_sidecar(webui):
     assert cards.add_tag("mychar", ["red hair", "5"]) == "mychar, red hair"
     assert cards.add_tag("mychar, red hair", ["red hair", "5"]) == "mychar"
     assert cards.add_tag("", ["smile", "1"]) == "smile"
+
+
+def test_block_norms_route_gives_the_charts_norms_without_paths(webui):
+    from lib_lora.lora_info import inspect_file
+    from lora_studio_webui import api
+
+    path = write_lora(webui, "mychar")
+    got = api.block_norms("mychar")
+    assert got["name"] == "mychar" and got["arch"] == "sd1"
+    assert got["norms"] == inspect_file(str(path), with_hash=False)["block_norms"]
+    assert str(path.parent) not in repr(got)
+    assert api.block_norms("nosuch") == {"name": "nosuch", "error": "no LoRA named 'nosuch'"}
