@@ -88,6 +88,16 @@
             body.appendChild(row);
         });
         showNorms(panel, tag.name);
+        showWeights(panel, tokens);
+    }
+
+    // The "Weights shown" box under the panel (what "Save as preset" saves).
+    function showWeights(panel, values) {
+        var tab = (panel.dataset.prompt || '').split('_')[0];
+        var box = document.querySelector('#lora_studio_sliders_vector_' + tab + ' textarea');
+        if (!box) return;
+        box.value = values.join(',');
+        if (typeof updateInput === 'function') updateInput(box);
     }
 
     // The LoRA's ΔW norm per block (the status API's block-norms route), drawn as a bar beside each slider:
@@ -127,6 +137,7 @@
             return inp.disabled ? inp.dataset.token : number(inp.value);
         });
         ta.value = setBlocks(ta.value, tag, values);
+        showWeights(panel, values);
         ta.selectionStart = ta.selectionEnd = Math.min(st.pos, ta.value.length);
         if (typeof updateInput === 'function') updateInput(ta);
     }

@@ -106,3 +106,14 @@ def test_norm_bars_beside_the_sliders(driver):
         "window.loraStudioSliders.drawNorms(p, {error: \"no LoRA named 'x'\"});"
         "return Array.from(p.querySelectorAll('.lora-studio-norm')).map(b => [b.style.width, b.title]);")
     assert bars[0] == ["0px", "no LoRA named 'x'"]
+
+
+def test_weights_shown_box_follows_the_tag_and_the_sliders(driver):
+    driver.execute_script("var d = document.createElement('div'); d.id = 'lora_studio_sliders_vector_txt2img';"
+                          "d.appendChild(document.createElement('textarea')); document.body.appendChild(d);")
+    box = "return document.querySelector('#lora_studio_sliders_vector_txt2img textarea').value;"
+    click_at(driver, "<lora:x:1:lbw=ALL_XL>", 3)
+    assert driver.execute_script(box) == ",".join(["1"] * 12)
+    slide(driver, "IN05", "0.5")
+    assert driver.execute_script(box) == "1,1,0.5,1,1,1,1,1,1,1,1,1"
+    driver.execute_script("document.getElementById('lora_studio_sliders_vector_txt2img').remove();")

@@ -70,3 +70,22 @@ def test_block_norms_route_gives_the_charts_norms_without_paths(webui):
     assert got["norms"] == inspect_file(str(path), with_hash=False)["block_norms"]
     assert str(path.parent) not in repr(got)
     assert api.block_norms("nosuch") == {"name": "nosuch", "error": "no LoRA named 'nosuch'"}
+
+
+def test_save_sliders_as_a_preset(tmp_path):
+    from lib_lora.presets import PresetStore
+    from lora_studio_webui.block_sliders import save_preset
+
+    store = PresetStore(user_path=tmp_path / "user.txt")
+    w = "1,1,0.5,1,1,1,1,1,1,1,1,1,1,1,1,1,1"
+    assert save_preset(store, "mine", w, False) == \
+        "✓ saved preset 'mine' (17 values); write it in a tag as <lora:NAME:1:mine>"
+    assert store.get("mine") == w.split(",") and "mine:" in (tmp_path / "user.txt").read_text()
+    assert "exists; tick Replace" in save_preset(store, "mine", w, False)
+    assert "exists; tick Replace" in save_preset(store, "face", w, False)          # a shipped name too
+    assert save_preset(store, "mine", "0," + w[2:], True).startswith("✓")
+    assert save_preset(store, "", w, False) == "⚠ type a name for the preset."
+    assert save_preset(store, "x", "", False).startswith("⚠ put the cursor in a <lora:…> tag")
+    assert save_preset(store, "bad", "1,2,3", False).startswith("⚠ ")            # not a block format
+    assert save_preset(store, "y", w, False, writes_allowed=False).startswith("⚠ Writing files is disabled")
+    assert store.get("y") is None and store.get("bad") is None
