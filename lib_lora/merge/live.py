@@ -265,6 +265,8 @@ class LiveMerge:
                 "mode": recipe.mode, "alpha": recipe.alpha, "base_alpha": recipe.base_alpha,
                 "block_weights": dict(zip(blocks.format_names(full), blocks.compress(list(recipe.weights), full))),
                 "dtype": dtype, "arch": recipe.arch, "inputs": inputs, "live": True,
+                # keys the host keeps as it loaded them (the WebUI's VAE setting owns the VAE): not merged
+                **({"kept_as_loaded": list(self.keep)} if self.keep else {}),
             }, ensure_ascii=False)}
             fileio.atomic_save_safetensors_stream(specs, out, meta, overwrite=overwrite, progress=progress)
         return f"saved the live merge ({recipe.describe()}) to {fileio.display_path(out)}"

@@ -161,6 +161,23 @@ def test_save_writes_the_live_weights(files, tmp_path):
     assert saved["cond_stage_model.transformer.text_model.embeddings.position_ids"].dtype == torch.int64
 
 
+def test_keys_kept_as_loaded_are_not_merged_and_the_saved_recipe_says_so(files, tmp_path):
+    import json
+
+    t = loaded(files)
+    vae = {k: v.clone() for k, v in t.items() if k.startswith("first_stage_model.")}
+    assert vae
+    lm = LiveMerge(t, keep=("first_stage_model.",))
+    lm.apply(b=files["b"], alpha=0.6)
+    assert all(torch.equal(t[k], v) for k, v in vae.items())          # the host's VAE stays as loaded
+    out = tmp_path / "kept.safetensors"
+    lm.save(out)
+    from safetensors import safe_open
+    with safe_open(str(out), "pt") as f:
+        recipe = json.loads(f.metadata()[RECIPE_KEY])
+    assert recipe["kept_as_loaded"] == ["first_stage_model."]
+
+
 def test_refusals_leave_the_model_untouched(files):
     t = loaded(files)
     a = snapshot(t)
