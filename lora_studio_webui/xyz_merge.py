@@ -1,9 +1,11 @@
-"""X/Y/Z axes "Merge: block weights" and "Merge: alpha": a grid of live merges, nothing written to disk.
+"""X/Y/Z axes "Merge: model B", "Merge: block weights" and "Merge: alpha": a grid of live merges, nothing
+written to disk.
 
 An axis only notes its value on the cell's copy of `p`; the merge is applied once per cell when the cell's
-generation starts (`process`, from our AlwaysVisible script), so the two axes combine in one grid (alpha on
-X, block weights on Y). B, C and the mode come from the merge tab's last recipe (`TAB_RECIPE`, set by the
-tab) or else the live merge active on the model. The first generation after the grid that is not a cell puts
+generation starts (`process`, from our AlwaysVisible script), so the axes combine in one grid (alpha on
+X, block weights on Y, model B on Z). B, C and the mode come from the merge tab's last recipe (`TAB_RECIPE`,
+set by the tab) or else the live merge active on the model; with a "Merge: model B" axis neither is needed
+(weighted, alpha 0.5 unless an alpha axis says otherwise), so an API client can run a merge grid alone. The first generation after the grid that is not a cell puts
 the model back as it was before the grid (the recipe active then, or the loaded weights).
 
 Block-weight values: preset names or weight lists; in a text box lists are separated by `|` (or quoted,
@@ -29,11 +31,17 @@ def _host():
     return HOST
 
 
-def base_recipe(live) -> dict:
-    """B/C/mode (and alpha, block weights, base alpha) every cell starts from."""
+DEFAULT_RECIPE = {"b": None, "c": None, "mode": "weighted", "alpha": 0.5, "block_weights": None, "base_alpha": None}
+
+
+def base_recipe(live, need_b: bool = True) -> dict:
+    """B/C/mode (and alpha, block weights, base alpha) every cell starts from; `need_b` False (a model B
+    axis gives B): the defaults when there is no recipe yet."""
     if TAB_RECIPE and TAB_RECIPE.get("b"):
         return dict(TAB_RECIPE)
     r = _GRID["before"] if _GRID["running"] and _GRID["before"] is not None else live.active
+    if r is None and not need_b:
+        return dict(DEFAULT_RECIPE)
     if r is None:
         raise LoraStudioError("no merge recipe yet: pick model B (and C) in the Merge tab and apply it to the "
                               "loaded model once, then run the grid")
@@ -76,7 +84,7 @@ def _check(p, xs, what, choices, **vary) -> None:
     _require_values(xs, what, choices)
     try:
         live = _host()()
-        recipe = base_recipe(live)
+        recipe = base_recipe(live, need_b=not _has_b_axis(p))
         from lib_lora.merge.checkpoint import resolve_weights
         for v in xs:
             r = {**recipe, **{k: (v if fn is None else fn(v)) for k, fn in vary.items()}}
@@ -93,6 +101,60 @@ def confirm_blocks(p, xs):
 
 def confirm_alpha(p, xs):
     _check(p, xs, "Merge: alpha", False, alpha=float)
+
+
+def checkpoints() -> dict:
+    """{name: file} of the WebUI's checkpoint list (what its own model dropdown shows)."""
+    from .tabs import webui_checkpoints
+    return webui_checkpoints()
+
+
+B_LABEL = LABEL_PREFIX + "Merge: model B"
+
+
+def _grid_labels() -> list[str] | None:
+    """The labels of the X/Y/Z grid being confirmed: the confirm callbacks run from the X/Y/Z script's
+    run(), one axis after another, and only its arguments tell whether a later axis gives model B. None when
+    the caller is not that script (another fork): then every axis needs a recipe of its own."""
+    import sys
+
+    frame = sys._getframe(1)
+    for _ in range(8):
+        frame = frame.f_back
+        if frame is None:
+            return None
+        f = frame.f_locals
+        options = getattr(f.get("self"), "current_axis_options", None)
+        if options is not None and all(k in f for k in ("x_type", "y_type", "z_type")):
+            try:
+                return [str(options[f[k]].label) for k in ("x_type", "y_type", "z_type")]
+            except (IndexError, TypeError, AttributeError):
+                return None
+    return None
+
+
+def _has_b_axis(p) -> bool:
+    """Whether this grid also varies model B (then the other merge axes need no recipe)."""
+    if getattr(p, "_lora_studio_b_axis", False):
+        return True
+    labels = _grid_labels()
+    return bool(labels) and B_LABEL in labels
+
+
+def confirm_b(p, xs):
+    _require_values(xs, "Merge: model B", True)
+    listed = checkpoints()
+    missing = [x for x in xs if str(x) not in listed]
+    if missing:
+        raise _fail("Merge: model B", LoraStudioError(
+            f"{', '.join(repr(str(x)) for x in missing)} not in the checkpoint list; pick models from the list "
+            "(refresh it after adding files)"))
+    p._lora_studio_b_axis = True        # the other merge axes of this grid need no recipe then
+
+
+def apply_b(p, x, xs):
+    listed = checkpoints()
+    setattr(p, ATTR, {**(getattr(p, ATTR, None) or {}), "b": listed.get(str(x), str(x)), "b_name": str(x)})
 
 
 def apply_blocks(p, x, xs):
@@ -142,6 +204,8 @@ def axes(xyz):
         A(LABEL_PREFIX + "Merge: block weights", str, apply_blocks, format_value=format_label,
           confirm=confirm_blocks, choices=choices_blocks, prepare=prepare_blocks),
         A(LABEL_PREFIX + "Merge: alpha", float, apply_alpha, format_value=format_label, confirm=confirm_alpha),
+        A(B_LABEL, str, apply_b, format_value=format_label, confirm=confirm_b,
+          choices=lambda: list(checkpoints())),
     ]
 
 
@@ -159,7 +223,8 @@ def process(p) -> None:
         live = host()
         if not _GRID["running"]:
             _GRID["before"], _GRID["running"] = live.active, True
-        recipe = base_recipe(live)
+        recipe = base_recipe(live, need_b="b" not in cell)
+        cell = {k: v for k, v in cell.items() if k != "b_name"}
         if "alpha" in cell and "block_weights" not in cell:
             recipe["block_weights"] = None       # an alpha sweep is uniform
         recipe.update(cell)

@@ -62,11 +62,12 @@ def test_axes_registered_once_even_after_reloads(webui):
     assert sorted(ours) == ["[LoRA Studio] LoRA block ID", "[LoRA Studio] LoRA block weights",
                             "[LoRA Studio] LoRA epoch", "[LoRA Studio] LoRA original weights",
                             "[LoRA Studio] LoRA weight", "[LoRA Studio] LoRA x=",
-                            "[LoRA Studio] Merge: alpha", "[LoRA Studio] Merge: block weights"]
+                            "[LoRA Studio] Merge: alpha", "[LoRA Studio] Merge: block weights",
+                            "[LoRA Studio] Merge: model B"]
     webui.reload_ui()
     webui.reload_ui()
     xyz, ours2 = axes()
-    assert len([o for o in xyz.axis_options if o.label.startswith("[LoRA Studio]")]) == 8
+    assert len([o for o in xyz.axis_options if o.label.startswith("[LoRA Studio]")]) == 9
     # a second import of our package into the same xyz module (A1111 keeps it when not reloaded) adds nothing
     import lora_studio_webui.xyz as ax
     assert ax.register() == 0

@@ -130,3 +130,35 @@ def test_prepare_splits_lists(webui):
     assert prepare_blocks(f'"{W26}", MIX26') == [W26, "MIX26"]
     assert prepare_blocks(f"{W26} | MIX26") == [W26, "MIX26"]
     assert prepare_blocks("  ") == []
+
+
+def test_model_b_axis_makes_a_grid_without_any_recipe(webui, recipe, tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from modules import sd_models
+    from tests.lora_studio_webui.test_webui_live_merge import write_other as other
+    live_merge, b = recipe
+    b2 = other(webui, tmp_path, "b2", 33)
+    monkeypatch.setattr(sd_models, "checkpoints_list", {n: SimpleNamespace(name=n, filename=f) for n, f in
+                                                        (("b.safetensors", b), ("b2.safetensors", b2))}, raising=False)
+    xyz, _ = option("Merge: alpha")
+    labels = [o.label for o in xyz.axis_options]
+    ix_alpha, ix_b = labels.index("[LoRA Studio] Merge: alpha"), labels.index("[LoRA Studio] Merge: model B")
+    assert xyz.axis_options[ix_b].choices() == ["b.safetensors", "b2.safetensors"]
+    before = webui.weights()
+    live = live_merge.provider()
+    p = webui.processing("x")
+    p.observer = lambda proc: (webui.weight(LAYER), dict(proc.extra_generation_params))
+    cells = xyz.Script().run(p, ix_alpha, ["0.2", "0.8"], ix_b, ["b.safetensors", "b2.safetensors"])
+    assert len(cells) == 4
+    for (alpha, name, _), pc, res in cells:
+        weight, params = res.trace[0][3]
+        ref = merged_reference(webui_original(webui, live), b if name == "b.safetensors" else b2, alpha=alpha)
+        assert torch.equal(bits(weight), bits(ref[LAYER + ".weight"])), (alpha, name)
+        assert params["LoRA Studio merge"] == f"weighted with {name}, alpha {alpha:g}"   # as the cell generated
+    webui.generate("x")                                  # the grid ends: the loaded weights come back
+    assert same(webui.weights(), before) and live.active is None
+    with pytest.raises(RuntimeError, match=r"'nope.safetensors' not in the checkpoint list"):
+        xyz.Script().run(webui.processing("x"), ix_alpha, ["0.2"], ix_b, ["nope.safetensors"])
+    with pytest.raises(RuntimeError, match=r"Merge: alpha: no merge recipe yet"):   # no B axis: still refused
+        xyz.Script().run(webui.processing("x"), ix_alpha, ["0.2"], 0, [""])

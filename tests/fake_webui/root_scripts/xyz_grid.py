@@ -39,3 +39,26 @@ def run_axis(p, opt, xs):
 class Script(scripts.Script):
     def title(self):
         return "X/Y/Z plot"
+
+    # A1111's run() in miniature: the axes are confirmed X, Y, Z in turn (a confirm can read the script's
+    # arguments x_type/y_type/z_type in this frame, as in the real script), then every cell is generated.
+    current_axis_options = axis_options
+
+    def run(self, p, x_type, x_values, y_type, y_values, z_type=0, z_values=("",)):
+        def process_axis(opt, vals):
+            vals = [opt.type(v) for v in vals]
+            if opt.confirm:
+                opt.confirm(p, vals)
+            return vals
+
+        x_opt, y_opt, z_opt = (self.current_axis_options[t] for t in (x_type, y_type, z_type))
+        xs, ys, zs = process_axis(x_opt, x_values), process_axis(y_opt, y_values), process_axis(z_opt, z_values)
+        out = []
+        for z in zs:
+            for y in ys:
+                for x in xs:
+                    pc = copy(p)
+                    for opt, v, vs in ((x_opt, x, xs), (y_opt, y, ys), (z_opt, z, zs)):
+                        opt.apply(pc, v, vs)
+                    out.append(((x, y, z), pc, process_images(pc)))
+        return out
