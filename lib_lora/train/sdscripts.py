@@ -186,10 +186,11 @@ def export(cfg_or_path, out_dir, *, accelerate_args=None, arch: str | None = Non
     for p in (config_path, dataset_path):
         if os.path.exists(p) and not overwrite:
             raise LoraStudioError(f"'{p}' exists; choose another folder or move the file away.")
-        check_target(p, overwrite)
     doc = dataset_document(dataset_specs(cfg))
     values = config_values(cfg, arch, dataset_path)
     os.makedirs(out_dir, exist_ok=True)
+    for p in (config_path, dataset_path):
+        check_target(p, overwrite)
     atomic_write_text(dataset_path, dataset_toml(doc), overwrite=overwrite)
     atomic_write_text(config_path, config_toml(values), overwrite=overwrite)
     acc = list(DEFAULT_ACCELERATE_ARGS if accelerate_args is None else accelerate_args)
