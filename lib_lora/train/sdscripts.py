@@ -231,8 +231,10 @@ def _seconds(text: str) -> float | None:
 def parse_progress(line: str) -> tuple[int, int, float | None, float | None] | None:
     """A tqdm "steps" line → (step, total, avr_loss, eta seconds), else None."""
     m = _BAR.match(line.strip())
-    if not m:
-        return None
+    return None if m is None else _bar_values(m)
+
+
+def _bar_values(m) -> tuple[int, int, float | None, float | None]:
     loss = None
     if m.group(5):
         lm = _LOSS.search(m.group(5))
@@ -339,13 +341,15 @@ def launch(sd_scripts_dir, exp: Export, progress=None, log=None, cancel=None, py
     buf = ""
 
     def handle(line: str) -> None:
-        parsed = parse_progress(line)
-        if parsed is not None:
+        m = _BAR.match(line.lstrip())
+        if m is not None:
+            parsed = _bar_values(m)
             if parsed != state["last"]:
                 state["last"] = parsed
                 if progress is not None:
                     progress(SdProgress(*parsed, epoch=state["epoch"], epochs=state["epochs"]))
-            return
+            # a log line written while the bar is open follows the last frame without a line break
+            line = line.lstrip()[m.end():]
         line = line.rstrip()
         m = _EPOCH.match(line.strip())
         if m:
