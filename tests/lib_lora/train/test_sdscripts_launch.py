@@ -41,6 +41,11 @@ for epoch in range(2):
                          % (100 * step // total, step, total, step, left, 1.0 / step))
         sys.stderr.flush()
         time.sleep(0.02)
+if forever:      # like a data-loader worker: a process of its own that only a process-group stop reaches
+    import subprocess
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    open(os.path.join(os.getcwd(), "worker.pid"), "w").write(str(worker.pid))
+    print("worker started", flush=True)
 while forever:
     time.sleep(0.05)
 sys.stderr.write("\n")
@@ -98,24 +103,58 @@ def test_cancel_ends_the_whole_process_group(checkout, exported, monkeypatch):
     stop = threading.Event()
     seen = []
 
-    def progress(p):
-        seen.append(p)
-        if p.step >= 2:
+    def log(line):
+        if line == "worker started":
             stop.set()
 
     t0 = time.monotonic()
-    code = sdscripts.launch(checkout, exported, progress=progress, log=lambda s: None, cancel=stop)
-    assert code != 0 and time.monotonic() - t0 < 60
-    pid = int((checkout / "child.pid").read_text())
-    # the training process (accelerate's child, not the process launch() started) is gone too
-    for _ in range(50):
+    code = sdscripts.launch(checkout, exported, progress=seen.append, log=log, cancel=stop)
+    assert code != 0 and time.monotonic() - t0 < 60 and seen[-1].step == 6
+    # the training process (accelerate's child) and its worker (a grandchild) are gone too
+    for name in ("child.pid", "worker.pid"):
+        pid = int((checkout / name).read_text())
+        for _ in range(50):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            os.kill(pid, 9)
+            pytest.fail(f"{name} {pid} still runs after cancel")
+
+
+def _gone(pid, wait=5.0) -> bool:
+    end = time.monotonic() + wait
+    while time.monotonic() < end:
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX process groups")
+def test_stop_reaches_processes_the_launcher_does_not_end(tmp_path):
+    """Older accelerate (what sd-scripts pins) does not end its child's children on SIGTERM: the stop
+    signals the whole group, so a grandchild that ignores its parent's death still goes."""
+    pidfile = tmp_path / "grandchild.pid"
+    code = ("import subprocess, sys, time\n"
+            "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+            f"open({str(pidfile)!r}, 'w').write(str(g.pid))\n"
+            "time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    for _ in range(100):
+        if pidfile.exists() and pidfile.read_text():
             break
-        time.sleep(0.1)
-    else:
-        pytest.fail(f"training process {pid} still runs after cancel")
+        time.sleep(0.05)
+    grandchild = int(pidfile.read_text())
+    sdscripts._stop(proc, grace=5)
+    ok = _gone(grandchild)
+    if not ok:
+        os.kill(grandchild, 9)
+    assert proc.returncode is not None and ok
 
 
 def test_missing_folder_venv_or_script_is_one_line(tmp_path, checkout, exported):
