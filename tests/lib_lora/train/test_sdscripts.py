@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from lib_lora.errors import LoraStudioError
 from lib_lora.train import sdscripts
-from lib_lora.train.config import config_from_dict, load_dataset_config
+from lib_lora.train.config import config_from_dict, load_dataset_config, read_toml_file
 from tests.lib_lora.train.helpers import make_images
 from tests.paths import FIXTURES
 
@@ -105,7 +104,7 @@ def check_values(values: dict, sdxl: bool = False):
 def test_export_writes_only_sd_scripts_arguments_with_their_types(tmp_path):
     cfg = rich_config(tmp_path)
     exp = sdscripts.export(cfg, tmp_path / "exp", arch="sd1")
-    values = tomllib.loads(Path(exp.config_path).read_text(encoding="utf-8"))
+    values = read_toml_file(exp.config_path, "config")
     assert values == exp.values
     check_values(values)
     assert values["network_args"] == ["conv_dim=4", "conv_alpha=2", "rank_dropout=0.1", "module_dropout=0.05"]
@@ -122,7 +121,7 @@ def test_export_writes_only_sd_scripts_arguments_with_their_types(tmp_path):
 def test_dataset_toml_keys_are_in_sd_scripts_schema_and_round_trip(tmp_path):
     cfg = rich_config(tmp_path)
     exp = sdscripts.export(cfg, tmp_path / "exp", arch="sd1")
-    doc = tomllib.loads(Path(exp.dataset_path).read_text(encoding="utf-8"))
+    doc = read_toml_file(exp.dataset_path, "dataset")
     sch = MANIFEST["dataset_schema"]
     subset_schema = {**sch["SUBSET_ASCENDABLE_SCHEMA"], **sch["DB_SUBSET_DISTINCT_SCHEMA"],
                      **sch["DB_SUBSET_ASCENDABLE_SCHEMA"], **sch["DO_SUBSET_ASCENDABLE_SCHEMA"]}

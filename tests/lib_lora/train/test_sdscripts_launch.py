@@ -20,13 +20,14 @@ from tests.lib_lora.train.helpers import make_images
 from tests.paths import REPO
 
 FAKE_TRAIN = r'''
-import os, sys, time, tomllib
+import os, sys, time
 args = sys.argv[1:]
-cfg = tomllib.load(open(args[args.index("--config_file") + 1], "rb"))
-ds = tomllib.load(open(cfg["dataset_config"], "rb"))
+cfg = dict(l.split(" = ", 1) for l in open(args[args.index("--config_file") + 1], encoding="utf-8")
+           if " = " in l and not l.startswith("#"))
+ds = open(cfg["dataset_config"].strip().strip('"'), encoding="utf-8").read()
 print("cwd", os.getcwd(), flush=True)
 print("pid", os.getpid(), flush=True)
-print("network_dim", cfg["network_dim"], "subsets", len(ds["datasets"][0]["subsets"]), flush=True)
+print("network_dim", cfg["network_dim"].strip(), "subsets", ds.count("[[datasets.subsets]]"), flush=True)
 open(os.path.join(os.getcwd(), "child.pid"), "w").write(str(os.getpid()))
 total = int(os.environ.get("FAKE_STEPS", "6"))
 forever = os.environ.get("FAKE_FOREVER") == "1"
