@@ -216,3 +216,26 @@ def test_tqdm_lines_parse_into_step_total_loss_eta():
         == (12, 100, 0.123, 3675.0)
     assert sdscripts.parse_progress("steps:   0%|          | 0/100 [00:00<?, ?it/s]") == (0, 100, None, None)
     assert sdscripts.parse_progress("validating:  50%|##| 1/2 [00:01<00:01, 1.0it/s]") is None
+
+
+def test_every_config_key_has_its_sd_scripts_argument_of_the_same_kind():
+    """A key added to TrainConfig must map to an sd-scripts argument of the same kind (or be written to the
+    dataset TOML): the export writes keys under their own names."""
+    from lib_lora.options import fields
+
+    kinds = {bool: ("store_true",), int: ("int",), float: ("float", "int_or_float"), str: ("str", "Path"),
+             list: ("nargs",)}
+    bad = []
+    for o in fields(sdscripts.TrainConfig):
+        if o.name in sdscripts._DATASET_ONLY:
+            continue
+        a = MANIFEST["arguments"].get(o.name)
+        if a is None:
+            bad.append(f"{o.name}: not an sd-scripts argument (map it in sdscripts.config_values)")
+            continue
+        have = a.get("action") or ("nargs" if "nargs" in a and o.kind is list else a.get("type", "str"))
+        if o.name == "text_encoder_lr":
+            have = "float"                        # nargs="*" of floats; a float is written (see check_values)
+        if have not in kinds.get(o.kind, ()):
+            bad.append(f"{o.name}: ours {o.kind}, sd-scripts {have}")
+    assert bad == []
