@@ -15,6 +15,12 @@ HELP = ("train a LoRA/LyCORIS from kohya folders or a dataset TOML with an sd-sc
 
 def add_arguments(parser) -> None:
     add_options(parser, TrainCliOptions)
+    g = parser.add_argument_group("kohya sd-scripts")
+    g.add_argument("--export-sd-scripts", metavar="DIR", help="write the run as an sd-scripts config + dataset TOML "
+                   "into DIR and print the accelerate command")
+    g.add_argument("--sd-scripts", metavar="DIR", help="run the training with the sd-scripts checkout in DIR (its "
+                   "own venv); the files go to --export-sd-scripts DIR or <output_dir>/sd-scripts")
+    g.add_argument("--sd-scripts-python", metavar="FILE", help="that checkout's python (default: DIR/venv)")
 
 
 def run(args) -> int:
@@ -38,6 +44,10 @@ def run(args) -> int:
     cfg = load_config(o.config)
     if o.dataset_config:
         cfg.dataset_config = o.dataset_config
+    if getattr(args, "export_sd_scripts", None) or getattr(args, "sd_scripts", None):
+        from lib_lora.cli.train_sdscripts import run_sd_scripts
+
+        return run_sd_scripts(cfg, args, o.quiet)
     if o.validate_only:
         report = validate(cfg, check_model=True)
         print(report.format())
