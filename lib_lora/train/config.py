@@ -29,6 +29,7 @@ SAVE_PRECISIONS = ("float", "fp16", "bf16")
 LOSS_TYPES = ("l2", "l1")
 
 G_MODEL, G_DATA, G_NET, G_OPT, G_NOISE, G_SAVE = "model", "dataset", "network", "optimizer", "noise", "saving"
+G_SAMPLE = "samples"
 
 
 @dataclass
@@ -129,6 +130,15 @@ class TrainConfig:
     logging_dir: str | None = option(None, group=G_SAVE, help="loss/LR logs (TensorBoard or CSV)")
     log_prefix: str | None = option(None, group=G_SAVE, help="log run-folder prefix")
     log_with: str | None = option(None, group=G_SAVE, choices=("tensorboard",), help="logger")
+    # sample images
+    sample_prompts: str | None = option(None, group=G_SAMPLE, help="prompt file (.txt: one prompt per line with "
+                                                                   "--n negative --w/--h size --s steps --l CFG "
+                                                                   "--d seed; .toml/.json also)")
+    sample_every_n_epochs: int | None = option(None, group=G_SAMPLE, low=1, help="sample every N epochs")
+    sample_every_n_steps: int | None = option(None, group=G_SAMPLE, low=1,
+                                              help="sample every N steps (ignored when every_n_epochs is set)")
+    sample_sampler: str = option("ddim", group=G_SAMPLE, help="ddim (default) or euler (k_euler)")
+    sample_at_first: bool = option(False, group=G_SAMPLE, help="also sample before the first step")
     # accepted, no effect on the result (attention kernels, memory knobs)
     xformers: bool = option(False, group=G_OPT, help="accepted (attention uses torch's SDPA)")
     sdpa: bool = option(False, group=G_OPT, help="accepted (attention uses torch's SDPA)")
@@ -150,6 +160,13 @@ class TrainConfig:
             parse_resolution(self.resolution)
         except LoraStudioError as exc:
             out.append(str(exc))
+        if self.sample_prompts:
+            from lib_lora.train.samples import sampler_name
+
+            try:
+                sampler_name(self.sample_sampler)
+            except LoraStudioError as exc:
+                out.append(str(exc))
         opt = optimizer_name(self.optimizer_type)
         if opt not in OPTIMIZERS:
             out.append(f"optimizer_type '{self.optimizer_type}' is not supported; use one of "
@@ -206,8 +223,7 @@ KNOWN_UNSUPPORTED = {
     "adaptive_noise_scale": None, "ip_noise_gamma": None, "ip_noise_gamma_random_strength": False,
     "zero_terminal_snr": False, "scale_v_pred_loss_like_noise_pred": False, "v_pred_like_loss": None,
     "debiased_estimation_loss": False, "huber_c": None, "huber_schedule": None, "huber_scale": None,
-    "sample_prompts": None, "sample_every_n_epochs": None, "sample_every_n_steps": None, "sample_sampler": None,
-    "sample_at_first": False, "wandb_api_key": None, "wandb_run_name": None, "huggingface_repo_id": None,
+    "wandb_api_key": None, "wandb_run_name": None, "huggingface_repo_id": None,
     "save_last_n_epochs": None, "save_last_n_steps": None, "save_last_n_epochs_state": None,
     "save_last_n_steps_state": None, "save_n_epoch_ratio": None, "enable_wildcard": False,
     "cache_text_encoder_outputs": False, "cache_text_encoder_outputs_to_disk": False, "lr_scheduler_type": "",

@@ -28,6 +28,7 @@ from lib_lora import fileio
 from lib_lora.errors import LoraStudioError
 from lib_lora.train import dataset as D
 from lib_lora.train import optim as O
+from lib_lora.train import samples as SP
 from lib_lora.train import state as S
 from lib_lora.train.config import TrainConfig, parse_resolution
 from lib_lora.train.network import TrainNetwork, build_network
@@ -64,6 +65,7 @@ class TrainResult:
     steps: int = 0
     epochs_done: int = 0
     losses: list = field(default_factory=list)     # (step, loss) of every optimizer step on this process
+    samples: list = field(default_factory=list)    # sample image paths
     cancelled: bool = False
     log_path: str | None = None
     log_kind: str | None = None
@@ -228,6 +230,7 @@ class Trainer:
         final = os.path.join(cfg.output_dir, f"{cfg.name}.safetensors")
         if main and os.path.exists(final):     # before any minute is spent: nothing is overwritten
             raise LoraStudioError(f"'{final}' exists; choose another output_name or move the file away.")
+        prompts = SP.read_prompts(cfg.sample_prompts) if cfg.sample_prompts else []
         seed = cfg.seed if cfg.seed is not None else secrets.randbelow(1 << 31)
         if cfg.mixed_precision == "fp16" and device.type == "cpu":
             say("note: fp16 autocast is not available on the CPU; training in bf16 autocast.")
@@ -241,6 +244,8 @@ class Trainer:
             say(f"loading {cfg.pretrained_model_name_or_path}")
             model = load_base_model(cfg, device, weight_dtype)
         arch = model.arch
+        if prompts:
+            SP.check_model(model)
         if cfg.v2 or arch == "sd2":
             raise LoraStudioError("SD2 checkpoints are not supported by the built-in trainer yet; use an SD1.x or "
                                   "SDXL checkpoint.")
@@ -344,6 +349,15 @@ class Trainer:
                                             "schedule": sched.state_dict(), "total_steps": total_steps})
             result.states.append(folder)
 
+        def sample(epoch_no: int | None) -> None:
+            if prompts and SP.due(cfg, epoch_no, global_step):
+                if main:
+                    result.samples += SP.render(model, net, cfg, prompts, seed, epoch_no, global_step, say)
+                if acc and world > 1:
+                    acc.wait_for_everyone()
+
+        if global_step == 0:
+            sample(None)
         t0 = time.monotonic()
         step0 = global_step
         cancelled = False
@@ -389,6 +403,7 @@ class Trainer:
                     done = global_step - step0
                     eta = el / done * (total_steps - global_step) if done else None
                     self.progress(Progress(global_step, total_steps, epoch + 1, epochs, step_loss, lrs, el, eta))
+                sample(None)
                 if cfg.save_every_n_steps and global_step % cfg.save_every_n_steps == 0 and \
                         global_step < total_steps:
                     save(f"{name}-step{global_step:08d}.safetensors", epoch + 1)
@@ -400,6 +415,7 @@ class Trainer:
             if cancelled:
                 break
             result.epochs_done = epoch + 1
+            sample(epoch + 1)
             last = epoch + 1 >= epochs or global_step >= total_steps
             if not last and cfg.save_every_n_epochs and (epoch + 1) % cfg.save_every_n_epochs == 0:
                 save(f"{name}-{epoch + 1:06d}.safetensors", epoch + 1)
