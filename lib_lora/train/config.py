@@ -75,6 +75,8 @@ class TrainConfig:
     random_crop: bool = option(False, group=G_DATA, help="random crop offset instead of centre")
     prior_loss_weight: float = option(1.0, group=G_DATA, low=0.0, help="loss weight of regularisation images")
     cache_latents: bool = option(False, group=G_DATA, help="encode images once and keep the latents in memory")
+    cache_latents_to_disk: bool = option(False, group=G_DATA, help="keep the latents in a .npz beside each image, "
+                                                                   "reused while the image and its bucket stay")
     vae_batch_size: int = option(1, group=G_DATA, low=1, help="images per VAE call when caching")
     max_data_loader_n_workers: int = option(8, group=G_DATA, low=0,
                                             help="accepted for compatibility (data is prepared in-process)")
@@ -237,7 +239,7 @@ KNOWN_UNSUPPORTED = {
     "loraplus_text_encoder_lr_ratio": None, "resize_interpolation": None, "log_tracker_name": None,
     "log_tracker_config": None, "log_config": False, "metadata_title": None, "metadata_author": None,
     "metadata_description": None, "metadata_license": None, "metadata_tags": None, "mem_eff_save": False,
-    "scale_weight_norms": None, "cache_latents_to_disk": False,
+    "scale_weight_norms": None,
 }
 
 

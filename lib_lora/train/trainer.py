@@ -296,6 +296,9 @@ class Trainer:
         sched = O.Schedule(opt, cfg.lr_scheduler, total_steps, warm, cfg.lr_scheduler_num_cycles,
                            cfg.lr_scheduler_power)
 
+        self._cache, self._disk_sha = {}, None
+        if cfg.cache_latents_to_disk:
+            self._prepare_disk_cache(model, datasets, device, main, acc if acc and world > 1 else None)
         loss_module = LossModule(net, model, cfg, _alphas_cumprod(model).to(device))
         step_module = acc.prepare(loss_module) if acc and world > 1 else loss_module
 
@@ -482,19 +485,47 @@ class Trainer:
         if cache is None:
             cache = self._cache = {}
         key = (item.path, item.bucket, flip)
-        if self.cfg.cache_latents and key in cache:
+        if key in cache:
             return cache[key]
-        img = D.load_image(item, flip, rng).unsqueeze(0).to(device)
-        with torch.no_grad():
-            vdtype = next(model.vae.parameters()).dtype
-            mean, logvar = model.vae.encode(img.to(vdtype))
-            gen = torch.Generator().manual_seed(_seed_of(seed, "vae", item.path, flip))
-            eps = torch.randn(mean.shape, generator=gen).to(mean)
-            lat = (mean + torch.exp(0.5 * logvar) * eps) * model.scale_factor
-        lat = lat[0].float().cpu()
-        if self.cfg.cache_latents:
+        disk = getattr(self, "_disk_sha", None)
+        if disk is not None:
+            got = D.read_latent_cache(item, disk[item.path], item.subset.flip_aug)
+            if got is None:
+                raise LoraStudioError(f"the latent cache file '{D.cache_path(item)}' changed during training; "
+                                      "start the run again (it rebuilds the cache).")
+            lat = torch.from_numpy(got[flip]) * model.scale_factor
+        else:
+            img = D.load_image(item, flip, rng).unsqueeze(0).to(device)
+            lat = _encode(model, img, _seed_of(seed, "vae", item.path, flip)) * model.scale_factor
+        if self.cfg.cache_latents or self.cfg.cache_latents_to_disk:   # sd-scripts: to_disk implies cache_latents
             cache[key] = lat
         return lat
+
+    def _prepare_disk_cache(self, model, datasets, device, main: bool, acc) -> None:
+        """sd-scripts' cache_latents_to_disk: every image's .npz is checked (same image, same bucket) and the
+        missing or stale ones are encoded before the first step. A cached latent is drawn from the VAE with a
+        seed of the image's content, so it is the same whichever run made it."""
+        sha, stale = {}, []
+        for ds in datasets:
+            for it in ds.items:
+                if it.path in sha:
+                    continue
+                sha[it.path] = D.image_sha256(it.path)
+                if D.read_latent_cache(it, sha[it.path], it.subset.flip_aug) is None:
+                    stale.append(it)
+        if main and stale:
+            self.log(f"caching latents of {len(stale)} image(s) beside the images (.npz)")
+            for it in stale:
+                lats = {}
+                for flip in ((False, True) if it.subset.flip_aug else (False,)):
+                    img = D.load_image(it, flip).unsqueeze(0).to(device)
+                    lats[flip] = _encode(model, img, _seed_of("vae-cache", sha[it.path], flip)).numpy()
+                D.write_latent_cache(it, sha[it.path], lats)
+        elif main:
+            self.log(f"latent cache: all {len(sha)} image(s) reused")
+        if acc is not None and acc.num_processes > 1:
+            acc.wait_for_everyone()
+        self._disk_sha = sha
 
     def _encode_text(self, model, captions, items, train_te: bool, device):
         cfg = self.cfg
@@ -548,7 +579,7 @@ class Trainer:
             "ss_mixed_precision": cfg.mixed_precision, "ss_full_fp16": False, "ss_v2": False,
             "ss_base_model_version": BASE_VERSION[arch] + ("_v" if v and arch != "sdxl" else ""),
             "ss_clip_skip": cfg.clip_skip, "ss_max_token_length": cfg.max_token_length,
-            "ss_cache_latents": cfg.cache_latents, "ss_seed": seed, "ss_lowram": cfg.lowram,
+            "ss_cache_latents": cfg.cache_latents or cfg.cache_latents_to_disk, "ss_seed": seed, "ss_lowram": cfg.lowram,
             "ss_noise_offset": cfg.noise_offset, "ss_multires_noise_iterations": cfg.multires_noise_iterations,
             "ss_multires_noise_discount": cfg.multires_noise_discount, "ss_adaptive_noise_scale": None,
             "ss_zero_terminal_snr": False, "ss_training_comment": cfg.training_comment,
@@ -627,6 +658,17 @@ class _null:
 
     def __exit__(self, *a):
         return False
+
+
+def _encode(model, img, eps_seed: int) -> torch.Tensor:
+    """One image → its latent sample (C×H×W, float32, CPU), before the VAE scale factor."""
+    with torch.no_grad():
+        vdtype = next(model.vae.parameters()).dtype
+        mean, logvar = model.vae.encode(img.to(vdtype))
+        gen = torch.Generator().manual_seed(eps_seed)
+        eps = torch.randn(mean.shape, generator=gen).to(mean)
+        lat = mean + torch.exp(0.5 * logvar) * eps
+    return lat[0].float().cpu()
 
 
 def _all_params(model):
