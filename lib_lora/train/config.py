@@ -89,6 +89,8 @@ class TrainConfig:
     network_dropout: float | None = option(None, group=G_NET, low=0.0, high=1.0, help="neuron dropout")
     network_args: list[str] = option([], group=G_NET, help='"key=value" network arguments (conv_dim, algo, …)')
     network_weights: str | None = option(None, group=G_NET, help="start from this LoRA's weights")
+    scale_weight_norms: float | None = option(None, group=G_NET, low=0.0,
+                                              help="cap each module's weight norm after every step (1.0)")
     network_train_unet_only: bool = option(False, group=G_NET, help="train only the U-Net")
     network_train_text_encoder_only: bool = option(False, group=G_NET, help="train only the text encoder(s)")
     # optimizer
@@ -239,7 +241,6 @@ KNOWN_UNSUPPORTED = {
     "loraplus_text_encoder_lr_ratio": None, "resize_interpolation": None, "log_tracker_name": None,
     "log_tracker_config": None, "log_config": False, "metadata_title": None, "metadata_author": None,
     "metadata_description": None, "metadata_license": None, "metadata_tags": None, "mem_eff_save": False,
-    "scale_weight_norms": None,
 }
 
 

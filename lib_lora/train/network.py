@@ -285,6 +285,35 @@ class TrainNetwork(nn.Module):
                     target = target.weight if isinstance(target, nn.Module) else target
                     target.copy_(src.to(target.dtype))
 
+    def check_max_norm(self) -> None:
+        from lycoris.modules import LoConModule
+
+        if any(type(m) is not LoConModule or m.tucker for m in self.loras.values()):
+            raise LoraStudioError("scale_weight_norms works on LoRA/LoCon modules (down/up pairs); remove it for "
+                                  "LoHa, LoKr or use_tucker.")
+
+    @torch.no_grad()
+    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+        """sd-scripts' scale_weight_norms after a step: every module whose ΔW = up·down·alpha/dim has a
+        Frobenius norm above `max_norm` gets up and down scaled by √(max_norm/‖ΔW‖). Returns (keys scaled,
+        mean norm, max norm) after scaling."""
+        scaled, norms = 0, []
+        for m in self.loras.values():
+            down, up = m.lora_down.weight, m.lora_up.weight
+            if down.dim() == 4 and down.shape[2:] != (1, 1):
+                updown = nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+            else:
+                updown = up.flatten(1) @ down.flatten(1)
+            updown = updown * float(m.scale)
+            norm = updown.norm().clamp(min=max_norm / 2)
+            ratio = float(norm.clamp(max=max_norm) / norm)
+            if ratio != 1:
+                scaled += 1
+                down.mul_(ratio ** 0.5)
+                up.mul_(ratio ** 0.5)
+            norms.append(float(updown.norm()) * ratio)
+        return scaled, sum(norms) / max(1, len(norms)), max(norms, default=0.0)
+
     def metadata_args(self) -> str:
         return json.dumps(self.spec.args)
 

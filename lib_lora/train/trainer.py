@@ -66,6 +66,7 @@ class TrainResult:
     epochs_done: int = 0
     losses: list = field(default_factory=list)     # (step, loss) of every optimizer step on this process
     samples: list = field(default_factory=list)    # sample image paths
+    keys_scaled: list = field(default_factory=list)   # scale_weight_norms: modules scaled at each step
     cancelled: bool = False
     log_path: str | None = None
     log_kind: str | None = None
@@ -260,6 +261,8 @@ class Trainer:
         if cfg.network_weights:
             tensors, _ = fileio.read_tensors(cfg.network_weights)
             net.load_weights(tensors)
+        if cfg.scale_weight_norms:
+            net.check_max_norm()
         net.to(device)
         net.apply_to()
         net.train()
@@ -395,6 +398,12 @@ class Trainer:
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
+                if cfg.scale_weight_norms:
+                    keys_scaled, mean_norm, max_norm = net.apply_max_norm(cfg.scale_weight_norms)
+                    result.keys_scaled.append(keys_scaled)
+                    logger.scalars(global_step + 1, {"train/keys_scaled": keys_scaled,
+                                                     "train/average_key_norm": mean_norm,
+                                                     "train/max_key_norm": max_norm})
                 global_step += 1
                 step_loss = loss_acc / n_acc
                 loss_acc, n_acc = 0.0, 0
@@ -588,7 +597,7 @@ class Trainer:
             "ss_caption_dropout_every_n_epochs": cfg.caption_dropout_every_n_epochs,
             "ss_caption_tag_dropout_rate": cfg.caption_tag_dropout_rate, "ss_face_crop_aug_range": None,
             "ss_prior_loss_weight": cfg.prior_loss_weight, "ss_min_snr_gamma": cfg.min_snr_gamma,
-            "ss_scale_weight_norms": None, "ss_ip_noise_gamma": None,
+            "ss_scale_weight_norms": cfg.scale_weight_norms, "ss_ip_noise_gamma": None,
             "ss_debiased_estimation": False, "ss_noise_offset_random_strength": False,
             "ss_ip_noise_gamma_random_strength": False, "ss_loss_type": cfg.loss_type, "ss_huber_schedule": None,
             "ss_huber_scale": None, "ss_huber_c": None, "ss_fp8_base": False, "ss_fp8_base_unet": False,
@@ -733,6 +742,11 @@ class _Logger:
                 self.writer.add_scalar(f"lr/{n or 'group'}", lr, step)
         elif self.csv is not None:
             self.csv.write(f"{step},{loss!r},{' '.join(repr(x) for x in lrs)}\n")
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
 
     def close(self) -> None:
         if self.writer is not None:

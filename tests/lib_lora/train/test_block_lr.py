@@ -86,3 +86,36 @@ def test_training_with_block_weights_writes_only_live_blocks(tmp_path):
     assert tensors and not any("output_blocks" in k for k in tensors)
     assert any("middle_block" in k for k in tensors) and any("input_blocks" in k for k in tensors)
     assert json.loads(md["ss_network_args"]) == {"up_lr_weight": "zeros", "mid_lr_weight": "0.5"}
+
+
+def _delta_norms(path):
+    import torch
+
+    t, _ = fileio.read_tensors(path)
+    out = []
+    for k in t:
+        if k.endswith(".lora_down.weight"):
+            base = k[: -len(".lora_down.weight")]
+            down, up, alpha = t[k].float(), t[base + ".lora_up.weight"].float(), float(t[base + ".alpha"])
+            if down.dim() == 4 and down.shape[2:] != (1, 1):
+                ud = torch.nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+            else:
+                ud = up.flatten(1) @ down.flatten(1)
+            out.append(float((ud * alpha / down.shape[0]).norm()))
+    return out
+
+
+def test_scale_weight_norms_caps_every_module(tmp_path):
+    data = make_images(tmp_path / "data")
+    kw = dict(max_train_epochs=1, save_every_n_epochs=None, learning_rate=1e-2, network_args=["conv_dim=2"])
+    free = Trainer(config(tmp_path / "a", data, **kw), model=tiny_model(), log=lambda *_: None).run()
+    cap = 0.6 * max(_delta_norms(free.files[-1]))
+    res = Trainer(config(tmp_path / "b", data, scale_weight_norms=cap, **kw), model=tiny_model(),
+                  log=lambda *_: None).run()
+    norms = _delta_norms(res.files[-1])
+    assert max(norms) <= cap * (1 + 1e-4) and any(n > cap for n in _delta_norms(free.files[-1]))
+    assert res.keys_scaled and max(res.keys_scaled) > 0
+    assert fileio.read_metadata(res.files[-1])["ss_scale_weight_norms"] == str(cap)
+    with pytest.raises(LoraStudioError, match="scale_weight_norms works on LoRA/LoCon"):
+        Trainer(config(tmp_path / "c", data, scale_weight_norms=1.0, network_module="lycoris.kohya",
+                       network_args=["algo=loha"]), model=tiny_model(), log=lambda *_: None).run()
