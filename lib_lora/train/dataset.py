@@ -458,6 +458,7 @@ def validate(cfg, num_processes: int = 1, check_model: bool = False) -> Report:
         report.datasets.append(scan_dataset(spec, report))
     report.steps = step_counts(report.datasets, cfg, num_processes)
     report.problems.extend(cache_problems(report.datasets, cfg))
+    report.problems.extend(sample_problems(cfg, report.warnings))
     if report.steps["batches_per_epoch"] == 0 and not report.problems:
         report.problems.append("no image can be trained on; see the lines above.")
     return report
@@ -584,6 +585,22 @@ def cache_problems(datasets: list[Dataset], cfg) -> list[str]:
                                "image; give both datasets the same resolution or use cache_latents only.")
                     break
     return out
+
+
+def sample_problems(cfg, warnings: list) -> list[str]:
+    """The sample prompt file is read before the run starts, so a typo in it does not stop training later."""
+    if not getattr(cfg, "sample_prompts", None):
+        return []
+    from lib_lora.train.samples import read_prompts
+
+    try:
+        read_prompts(cfg.sample_prompts)
+    except LoraStudioError as exc:
+        return [str(exc)]
+    if not (cfg.sample_every_n_epochs or cfg.sample_every_n_steps or cfg.sample_at_first):
+        warnings.append("sample_prompts is set but none of sample_every_n_epochs, sample_every_n_steps, "
+                        "sample_at_first; no sample image will be made.")
+    return []
 
 
 def cache_path(item: ImageItem) -> str:

@@ -106,3 +106,19 @@ def test_step_samples_and_model_without_decoder(tmp_path):
     with pytest.raises(LoraStudioError, match="sample_prompts needs the whole model"):
         Trainer(cfg2, model=trainable_model(), log=lambda *_: None).run()
     assert not os.path.exists(tmp_path / "x" / "out")
+
+
+def test_validation_reports_the_prompt_file(tmp_path):
+    from lib_lora.train.dataset import validate
+
+    data = make_images(tmp_path / "data")
+    bad = tmp_path / "bad.txt"
+    bad.write_text("toy --h 30\n")
+    report = validate(config(tmp_path, data, sample_prompts=str(bad), sample_every_n_epochs=1))
+    assert any("prompt 1 size 512x30" in p for p in report.problems)
+    good = tmp_path / "good.txt"
+    good.write_text("toy\n")
+    report = validate(config(tmp_path, data, sample_prompts=str(good)))
+    assert report.ok and any("no sample image will be made" in w for w in report.warnings)
+    report = validate(config(tmp_path, data, sample_prompts=str(tmp_path / "missing.txt")))
+    assert any("does not exist" in p for p in report.problems)
