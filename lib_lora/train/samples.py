@@ -3,7 +3,8 @@
 The prompt file is sd-scripts' format: a .txt with one prompt per line (`#` comments, blank lines skipped) and
 options after " --": `--n` negative prompt, `--w`/`--h` size, `--s` steps, `--l` CFG scale, `--d` seed,
 `--ss` sampler; or a .toml (`[[prompt]]` tables) / .json (a list of objects) with the keys prompt,
-negative_prompt, width, height, sample_steps, scale, seed, sample_sampler. Images are rendered with
+negative_prompt, width, height, sample_steps, scale, seed, sample_sampler (.toml: a [prompt] table of shared
+values with one [[prompt.subset]] per prompt). Images are rendered with
 `lib_lora.sd.sample` on the model being trained (the LoRA active, in eval mode) and saved as
 `<output_dir>/sample/<name>_e000003_00_<timestamp>_<seed>.png` (`_000300_` for step samples).
 
@@ -48,7 +49,7 @@ def _from_line(line: str, where: str) -> SamplePrompt:
     p = SamplePrompt(parts[0].strip())
     for part in parts[1:]:
         key, _, value = part.strip().partition(" ")
-        value = value.strip()
+        key, value = key.lower(), value.strip()     # sd-scripts matches the option letters case-insensitively
         try:
             if key == "n":
                 p.negative = value
@@ -93,11 +94,12 @@ def read_prompts(path: str) -> list[SamplePrompt]:
     if path.lower().endswith(".toml"):
         from lib_lora.train.config import read_toml_file
 
-        data = read_toml_file(path, "sample_prompts")
-        entries = data.get("prompt")
-        if isinstance(entries, dict):
-            entries = [entries]
-        prompts = [_from_dict(e, where) for e in entries or []]
+        # sd-scripts' form: a [prompt] table of shared values and [[prompt.subset]] tables, one per image
+        table = read_toml_file(path, "sample_prompts").get("prompt")
+        if not isinstance(table, dict) or not isinstance(table.get("subset"), list):
+            raise LoraStudioError(f"{where}: write a [prompt] table with one [[prompt.subset]] per prompt.")
+        shared = {k: v for k, v in table.items() if k != "subset"}
+        prompts = [_from_dict({**shared, **sub}, where) for sub in table["subset"]]
     elif path.lower().endswith(".json"):
         try:
             data = json.loads(read_small_text(path, "sample_prompts"))

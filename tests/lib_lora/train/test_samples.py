@@ -33,11 +33,13 @@ def test_prompt_file_txt_options_comments(tmp_path):
 
 def test_prompt_file_toml_and_json(tmp_path):
     t = tmp_path / "p.toml"
-    t.write_text('[[prompt]]\nprompt = "toy"\nnegative_prompt = "bad"\nwidth = 64\nsample_steps = 4\nseed = 3\n')
+    t.write_text('[prompt]\nnegative_prompt = "bad"\nwidth = 64\nsample_steps = 4\n\n[[prompt.subset]]\n'
+                 'prompt = "toy"\nseed = 3\n\n[[prompt.subset]]\nprompt = "two"\nwidth = 128\n')
     j = tmp_path / "p.json"
     j.write_text('[{"prompt": "toy", "height": 128, "scale": 4, "sample_sampler": "k_euler"}]')
-    (p,) = SP.read_prompts(str(t))
+    p, p2 = SP.read_prompts(str(t))
     assert (p.prompt, p.negative, p.width, p.steps, p.seed) == ("toy", "bad", 64, 4, 3)
+    assert (p2.prompt, p2.negative, p2.width, p2.steps, p2.seed) == ("two", "bad", 128, 4, None)
     (q,) = SP.read_prompts(str(j))
     assert (q.height, q.scale, q.sampler) == (128, 4.0, "euler")
 
