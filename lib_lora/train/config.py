@@ -29,6 +29,7 @@ SAVE_PRECISIONS = ("float", "fp16", "bf16")
 LOSS_TYPES = ("l2", "l1")
 
 G_MODEL, G_DATA, G_NET, G_OPT, G_NOISE, G_SAVE = "model", "dataset", "network", "optimizer", "noise", "saving"
+G_SAMPLE = "samples"
 
 
 @dataclass
@@ -74,6 +75,8 @@ class TrainConfig:
     random_crop: bool = option(False, group=G_DATA, help="random crop offset instead of centre")
     prior_loss_weight: float = option(1.0, group=G_DATA, low=0.0, help="loss weight of regularisation images")
     cache_latents: bool = option(False, group=G_DATA, help="encode images once and keep the latents in memory")
+    cache_latents_to_disk: bool = option(False, group=G_DATA, help="keep the latents in a .npz beside each image, "
+                                                                   "reused while the image and its bucket stay")
     vae_batch_size: int = option(1, group=G_DATA, low=1, help="images per VAE call when caching")
     max_data_loader_n_workers: int = option(8, group=G_DATA, low=0,
                                             help="accepted for compatibility (data is prepared in-process)")
@@ -86,6 +89,8 @@ class TrainConfig:
     network_dropout: float | None = option(None, group=G_NET, low=0.0, high=1.0, help="neuron dropout")
     network_args: list[str] = option([], group=G_NET, help='"key=value" network arguments (conv_dim, algo, …)')
     network_weights: str | None = option(None, group=G_NET, help="start from this LoRA's weights")
+    scale_weight_norms: float | None = option(None, group=G_NET, low=0.0,
+                                              help="cap each module's weight norm after every step (1.0)")
     network_train_unet_only: bool = option(False, group=G_NET, help="train only the U-Net")
     network_train_text_encoder_only: bool = option(False, group=G_NET, help="train only the text encoder(s)")
     # optimizer
@@ -129,6 +134,15 @@ class TrainConfig:
     logging_dir: str | None = option(None, group=G_SAVE, help="loss/LR logs (TensorBoard or CSV)")
     log_prefix: str | None = option(None, group=G_SAVE, help="log run-folder prefix")
     log_with: str | None = option(None, group=G_SAVE, choices=("tensorboard",), help="logger")
+    # sample images
+    sample_prompts: str | None = option(None, group=G_SAMPLE, help="prompt file (.txt: one prompt per line with "
+                                                                   "--n negative --w/--h size --s steps --l CFG "
+                                                                   "--d seed; .toml/.json also)")
+    sample_every_n_epochs: int | None = option(None, group=G_SAMPLE, low=1, help="sample every N epochs")
+    sample_every_n_steps: int | None = option(None, group=G_SAMPLE, low=1,
+                                              help="sample every N steps (ignored when every_n_epochs is set)")
+    sample_sampler: str = option("ddim", group=G_SAMPLE, help="ddim (default) or euler (k_euler)")
+    sample_at_first: bool = option(False, group=G_SAMPLE, help="also sample before the first step")
     # accepted, no effect on the result (attention kernels, memory knobs)
     xformers: bool = option(False, group=G_OPT, help="accepted (attention uses torch's SDPA)")
     sdpa: bool = option(False, group=G_OPT, help="accepted (attention uses torch's SDPA)")
@@ -150,6 +164,13 @@ class TrainConfig:
             parse_resolution(self.resolution)
         except LoraStudioError as exc:
             out.append(str(exc))
+        if self.sample_prompts:
+            from lib_lora.train.samples import sampler_name
+
+            try:
+                sampler_name(self.sample_sampler)
+            except LoraStudioError as exc:
+                out.append(str(exc))
         opt = optimizer_name(self.optimizer_type)
         if opt not in OPTIMIZERS:
             out.append(f"optimizer_type '{self.optimizer_type}' is not supported; use one of "
@@ -206,8 +227,7 @@ KNOWN_UNSUPPORTED = {
     "adaptive_noise_scale": None, "ip_noise_gamma": None, "ip_noise_gamma_random_strength": False,
     "zero_terminal_snr": False, "scale_v_pred_loss_like_noise_pred": False, "v_pred_like_loss": None,
     "debiased_estimation_loss": False, "huber_c": None, "huber_schedule": None, "huber_scale": None,
-    "sample_prompts": None, "sample_every_n_epochs": None, "sample_every_n_steps": None, "sample_sampler": None,
-    "sample_at_first": False, "wandb_api_key": None, "wandb_run_name": None, "huggingface_repo_id": None,
+    "wandb_api_key": None, "wandb_run_name": None, "huggingface_repo_id": None,
     "save_last_n_epochs": None, "save_last_n_steps": None, "save_last_n_epochs_state": None,
     "save_last_n_steps_state": None, "save_n_epoch_ratio": None, "enable_wildcard": False,
     "cache_text_encoder_outputs": False, "cache_text_encoder_outputs_to_disk": False, "lr_scheduler_type": "",
@@ -221,7 +241,6 @@ KNOWN_UNSUPPORTED = {
     "loraplus_text_encoder_lr_ratio": None, "resize_interpolation": None, "log_tracker_name": None,
     "log_tracker_config": None, "log_config": False, "metadata_title": None, "metadata_author": None,
     "metadata_description": None, "metadata_license": None, "metadata_tags": None, "mem_eff_save": False,
-    "scale_weight_norms": None, "cache_latents_to_disk": False,
 }
 
 

@@ -11,6 +11,8 @@ Ranks as sd-scripts: linear and 1×1 layers take network_dim/alpha, 3×3 convs c
 from __future__ import annotations
 
 import json
+import math
+import re
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +25,8 @@ from lib_lora.train.config import LYCORIS_ALGOS, TrainConfig, parse_kv_args
 _BOOL_ARGS = ("use_tucker", "use_scalar", "rank_dropout_scale", "dora_wd", "wd_on_output", "rs_lora",
               "full_matrix", "unbalanced_factorization", "bypass_mode")
 _KNOWN_ARGS = {
-    "networks.lora": {"conv_dim", "conv_alpha", "rank_dropout", "module_dropout"},
+    "networks.lora": {"conv_dim", "conv_alpha", "rank_dropout", "module_dropout", "down_lr_weight", "mid_lr_weight",
+                      "up_lr_weight", "block_lr_zero_threshold"},
     "lycoris.kohya": {"algo", "conv_dim", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "preset",
                       "factor", "decompose_both", "block_size", *_BOOL_ARGS},
 }
@@ -42,6 +45,7 @@ class NetworkSpec:
     module_dropout: float
     extra: dict                # LyCORIS keyword arguments (factor, use_tucker, dora_wd, …)
     args: dict                 # network_args as given (for ss_network_args)
+    block_lr: tuple | None = None    # (down[12] | None, mid | None, up[12] | None): U-Net LR weights per block
 
 
 def _str_bool(v: str) -> bool:
@@ -97,7 +101,79 @@ def network_spec(cfg: TrainConfig) -> NetworkSpec:
     except ValueError as exc:
         raise LoraStudioError(f"network_args: a value is not a number ({exc}); write e.g. conv_dim=8.") from None
     return NetworkSpec(cfg.network_module, algo, dim, alpha, conv_dim, conv_alpha, dropout, rank_dropout,
-                       module_dropout, extra, args)
+                       module_dropout, extra, args, block_lr_weights(args))
+
+
+# ---- per-block learning rates (sd-scripts networks.lora: down_lr_weight / mid_lr_weight / up_lr_weight) ----
+NUM_BLOCKS = 12         # SD1: IN00-IN11, OUT00-OUT11; the middle block is one more
+LR_PRESETS = ("cosine", "sine", "linear", "reverse_linear", "zeros")
+_BLOCK_RE = re.compile(r"(?:^|\.)(input_blocks|middle_block|output_blocks)\.(\d+)\.")
+
+
+def _lr_curve(text: str, key: str) -> list[float]:
+    """"1,0.5,…" or a preset name with an optional "+base" (sd-scripts' curves over the 12 blocks)."""
+    name, _, base = text.partition("+")
+    n = NUM_BLOCKS
+    try:
+        if name.strip() in LR_PRESETS:
+            b = float(base) if base else 0.0
+            i_s = range(n)
+            return {"cosine": [math.sin(math.pi * (i / (n - 1)) / 2) + b for i in reversed(i_s)],
+                    "sine": [math.sin(math.pi * (i / (n - 1)) / 2) + b for i in i_s],
+                    "linear": [i / (n - 1) + b for i in i_s],
+                    "reverse_linear": [i / (n - 1) + b for i in reversed(i_s)],
+                    "zeros": [0.0 + b] * n}[name.strip()]
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise LoraStudioError(f"network_args {key}={text} is neither numbers nor a curve; write 12 comma-separated "
+                              f"weights or one of {', '.join(LR_PRESETS)} (optionally +base).") from None
+
+
+def block_lr_weights(args: dict) -> tuple | None:
+    """sd-scripts' rules: lists are padded with 1 / cut to 12; weights at or below block_lr_zero_threshold
+    become 0 (and such blocks get no module)."""
+    keys = ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
+    if not any(k in args for k in keys):
+        return None
+    try:
+        zero = float(args.get("block_lr_zero_threshold", 0.0))
+        mid = float(args["mid_lr_weight"]) if "mid_lr_weight" in args else None
+    except ValueError:
+        raise LoraStudioError("network_args mid_lr_weight and block_lr_zero_threshold take one number; write e.g. "
+                              "mid_lr_weight=0.5.") from None
+    out = []
+    for k in ("down_lr_weight", "up_lr_weight"):
+        if k not in args:
+            out.append(None)
+            continue
+        w = (_lr_curve(args[k], k) + [1.0] * NUM_BLOCKS)[:NUM_BLOCKS]
+        out.append([x if x > zero else 0.0 for x in w])
+    if mid is not None and mid <= zero:
+        mid = 0.0
+    return out[0], mid, out[1]
+
+
+def block_index(layer: str) -> int:
+    """sd-scripts' block index of a U-Net layer: IN n → n, MID → 12, OUT n → 13 + n; other layers -1."""
+    m = _BLOCK_RE.search(layer)
+    if not m:
+        return -1
+    kind, n = m.group(1), int(m.group(2))
+    return n if kind == "input_blocks" else NUM_BLOCKS if kind == "middle_block" else NUM_BLOCKS + 1 + n
+
+
+def lr_weight(block_lr: tuple | None, layer: str) -> float:
+    if block_lr is None:
+        return 1.0
+    down, mid, up = block_lr
+    i = block_index(layer)
+    if i < 0:
+        return 1.0
+    if i < NUM_BLOCKS:
+        return down[i] if down is not None else 1.0
+    if i == NUM_BLOCKS:
+        return mid if mid is not None else 1.0
+    return up[i - NUM_BLOCKS - 1] if up is not None else 1.0
 
 
 def _lycoris_class(algo: str):
@@ -161,12 +237,24 @@ class TrainNetwork(nn.Module):
                 m.restore()
 
     def param_groups(self, unet_lr, te_lr) -> list[dict]:
+        """U-Net, text encoder; with per-block LR weights one U-Net group per block (in module order,
+        lr = unet_lr × the block's weight), as sd-scripts builds them. A group with learning rate 0 is dropped
+        (sd-scripts drops it too)."""
         groups = []
+        block_lr = self.spec.block_lr
         for is_te, lr in ((False, unet_lr), (True, te_lr)):
-            params = [p for k, m in self.loras.items() if self.is_te[k] == is_te for p in m.parameters()
-                      if p.requires_grad]
-            if params and lr:      # a part with learning rate 0 is not trained (sd-scripts drops the group)
-                groups.append({"params": params, "lr": lr, "name": "textencoder" if is_te else "unet"})
+            parts: dict = {}
+            for k, m in self.loras.items():
+                if self.is_te[k] != is_te:
+                    continue
+                layer = self.layer_of[k]
+                part = block_index(layer) if (block_lr is not None and not is_te) else None
+                entry = parts.setdefault(part, ([], lr_weight(block_lr, layer) if part is not None else 1.0))
+                entry[0].extend(p for p in m.parameters() if p.requires_grad)
+            for part, (params, weight) in parts.items():
+                if params and lr * weight:
+                    name = "textencoder" if is_te else ("unet" if part is None else f"unet_block{part}")
+                    groups.append({"params": params, "lr": lr * weight, "name": name})
         return groups
 
     def weights(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
@@ -197,6 +285,35 @@ class TrainNetwork(nn.Module):
                     target = target.weight if isinstance(target, nn.Module) else target
                     target.copy_(src.to(target.dtype))
 
+    def check_max_norm(self) -> None:
+        from lycoris.modules import LoConModule
+
+        if any(type(m) is not LoConModule or m.tucker for m in self.loras.values()):
+            raise LoraStudioError("scale_weight_norms works on LoRA/LoCon modules (down/up pairs); remove it for "
+                                  "LoHa, LoKr or use_tucker.")
+
+    @torch.no_grad()
+    def apply_max_norm(self, max_norm: float) -> tuple[int, float, float]:
+        """sd-scripts' scale_weight_norms after a step: every module whose ΔW = up·down·alpha/dim has a
+        Frobenius norm above `max_norm` gets up and down scaled by √(max_norm/‖ΔW‖). Returns (keys scaled,
+        mean norm, max norm) after scaling."""
+        scaled, norms = 0, []
+        for m in self.loras.values():
+            down, up = m.lora_down.weight, m.lora_up.weight
+            if down.dim() == 4 and down.shape[2:] != (1, 1):
+                updown = nn.functional.conv2d(down.permute(1, 0, 2, 3), up).permute(1, 0, 2, 3)
+            else:
+                updown = up.flatten(1) @ down.flatten(1)
+            updown = updown * float(m.scale)
+            norm = updown.norm().clamp(min=max_norm / 2)
+            ratio = float(norm.clamp(max=max_norm) / norm)
+            if ratio != 1:
+                scaled += 1
+                down.mul_(ratio ** 0.5)
+                up.mul_(ratio ** 0.5)
+            norms.append(float(updown.norm()) * ratio)
+        return scaled, sum(norms) / max(1, len(norms)), max(norms, default=0.0)
+
     def metadata_args(self) -> str:
         return json.dumps(self.spec.args)
 
@@ -223,6 +340,9 @@ def build_network(cfg: TrainConfig, arch: str, layers, seed: int) -> TrainNetwor
     """`layers`: (canonical layer name, nn.Module, is_te) of the model. The modules are created under a fixed
     seed, so a run's initial weights depend only on its seed."""
     spec = network_spec(cfg)
+    if spec.block_lr is not None and arch != "sd1":
+        raise LoraStudioError("down_lr_weight / mid_lr_weight / up_lr_weight are implemented for SD1 only; remove "
+                              "them from network_args for this model.")
     names = kohya_names(arch)
     net = TrainNetwork(spec, arch)
     state = torch.random.get_rng_state()
@@ -241,6 +361,8 @@ def build_network(cfg: TrainConfig, arch: str, layers, seed: int) -> TrainNetwor
             key = names.get((layer, None))
             if key is None:
                 continue
+            if not is_te and lr_weight(spec.block_lr, layer) == 0:
+                continue        # sd-scripts: a block with LR weight 0 gets no module
             net.add(key, layer, module, is_te)
     finally:
         torch.random.set_rng_state(state)

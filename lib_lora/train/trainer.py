@@ -28,6 +28,7 @@ from lib_lora import fileio
 from lib_lora.errors import LoraStudioError
 from lib_lora.train import dataset as D
 from lib_lora.train import optim as O
+from lib_lora.train import samples as SP
 from lib_lora.train import state as S
 from lib_lora.train.config import TrainConfig, parse_resolution
 from lib_lora.train.network import TrainNetwork, build_network
@@ -64,6 +65,8 @@ class TrainResult:
     steps: int = 0
     epochs_done: int = 0
     losses: list = field(default_factory=list)     # (step, loss) of every optimizer step on this process
+    samples: list = field(default_factory=list)    # sample image paths
+    keys_scaled: list = field(default_factory=list)   # scale_weight_norms: modules scaled at each step
     cancelled: bool = False
     log_path: str | None = None
     log_kind: str | None = None
@@ -228,6 +231,7 @@ class Trainer:
         final = os.path.join(cfg.output_dir, f"{cfg.name}.safetensors")
         if main and os.path.exists(final):     # before any minute is spent: nothing is overwritten
             raise LoraStudioError(f"'{final}' exists; choose another output_name or move the file away.")
+        prompts = SP.read_prompts(cfg.sample_prompts) if cfg.sample_prompts else []
         seed = cfg.seed if cfg.seed is not None else secrets.randbelow(1 << 31)
         if cfg.mixed_precision == "fp16" and device.type == "cpu":
             say("note: fp16 autocast is not available on the CPU; training in bf16 autocast.")
@@ -241,6 +245,8 @@ class Trainer:
             say(f"loading {cfg.pretrained_model_name_or_path}")
             model = load_base_model(cfg, device, weight_dtype)
         arch = model.arch
+        if prompts:
+            SP.check_model(model)
         if cfg.v2 or arch == "sd2":
             raise LoraStudioError("SD2 checkpoints are not supported by the built-in trainer yet; use an SD1.x or "
                                   "SDXL checkpoint.")
@@ -255,6 +261,8 @@ class Trainer:
         if cfg.network_weights:
             tensors, _ = fileio.read_tensors(cfg.network_weights)
             net.load_weights(tensors)
+        if cfg.scale_weight_norms:
+            net.check_max_norm()
         net.to(device)
         net.apply_to()
         net.train()
@@ -291,6 +299,9 @@ class Trainer:
         sched = O.Schedule(opt, cfg.lr_scheduler, total_steps, warm, cfg.lr_scheduler_num_cycles,
                            cfg.lr_scheduler_power)
 
+        self._cache, self._disk_sha = {}, None
+        if cfg.cache_latents_to_disk:
+            self._prepare_disk_cache(model, datasets, device, main, acc if acc and world > 1 else None)
         loss_module = LossModule(net, model, cfg, _alphas_cumprod(model).to(device))
         step_module = acc.prepare(loss_module) if acc and world > 1 else loss_module
 
@@ -344,6 +355,15 @@ class Trainer:
                                             "schedule": sched.state_dict(), "total_steps": total_steps})
             result.states.append(folder)
 
+        def sample(epoch_no: int | None) -> None:
+            if prompts and SP.due(cfg, epoch_no, global_step):
+                if main:
+                    result.samples += SP.render(model, net, cfg, prompts, seed, epoch_no, global_step, say)
+                if acc and world > 1:
+                    acc.wait_for_everyone()
+
+        if global_step == 0:
+            sample(None)
         t0 = time.monotonic()
         step0 = global_step
         cancelled = False
@@ -378,6 +398,12 @@ class Trainer:
                 opt.step()
                 sched.step()
                 opt.zero_grad(set_to_none=True)
+                if cfg.scale_weight_norms:
+                    keys_scaled, mean_norm, max_norm = net.apply_max_norm(cfg.scale_weight_norms)
+                    result.keys_scaled.append(keys_scaled)
+                    logger.scalars(global_step + 1, {"train/keys_scaled": keys_scaled,
+                                                     "train/average_key_norm": mean_norm,
+                                                     "train/max_key_norm": max_norm})
                 global_step += 1
                 step_loss = loss_acc / n_acc
                 loss_acc, n_acc = 0.0, 0
@@ -389,6 +415,7 @@ class Trainer:
                     done = global_step - step0
                     eta = el / done * (total_steps - global_step) if done else None
                     self.progress(Progress(global_step, total_steps, epoch + 1, epochs, step_loss, lrs, el, eta))
+                sample(None)
                 if cfg.save_every_n_steps and global_step % cfg.save_every_n_steps == 0 and \
                         global_step < total_steps:
                     save(f"{name}-step{global_step:08d}.safetensors", epoch + 1)
@@ -400,6 +427,7 @@ class Trainer:
             if cancelled:
                 break
             result.epochs_done = epoch + 1
+            sample(epoch + 1)
             last = epoch + 1 >= epochs or global_step >= total_steps
             if not last and cfg.save_every_n_epochs and (epoch + 1) % cfg.save_every_n_epochs == 0:
                 save(f"{name}-{epoch + 1:06d}.safetensors", epoch + 1)
@@ -466,19 +494,47 @@ class Trainer:
         if cache is None:
             cache = self._cache = {}
         key = (item.path, item.bucket, flip)
-        if self.cfg.cache_latents and key in cache:
+        if key in cache:
             return cache[key]
-        img = D.load_image(item, flip, rng).unsqueeze(0).to(device)
-        with torch.no_grad():
-            vdtype = next(model.vae.parameters()).dtype
-            mean, logvar = model.vae.encode(img.to(vdtype))
-            gen = torch.Generator().manual_seed(_seed_of(seed, "vae", item.path, flip))
-            eps = torch.randn(mean.shape, generator=gen).to(mean)
-            lat = (mean + torch.exp(0.5 * logvar) * eps) * model.scale_factor
-        lat = lat[0].float().cpu()
-        if self.cfg.cache_latents:
+        disk = getattr(self, "_disk_sha", None)
+        if disk is not None:
+            got = D.read_latent_cache(item, disk[item.path], item.subset.flip_aug)
+            if got is None:
+                raise LoraStudioError(f"the latent cache file '{D.cache_path(item)}' changed during training; "
+                                      "start the run again (it rebuilds the cache).")
+            lat = torch.from_numpy(got[flip]) * model.scale_factor
+        else:
+            img = D.load_image(item, flip, rng).unsqueeze(0).to(device)
+            lat = _encode(model, img, _seed_of(seed, "vae", item.path, flip)) * model.scale_factor
+        if self.cfg.cache_latents or self.cfg.cache_latents_to_disk:   # sd-scripts: to_disk implies cache_latents
             cache[key] = lat
         return lat
+
+    def _prepare_disk_cache(self, model, datasets, device, main: bool, acc) -> None:
+        """sd-scripts' cache_latents_to_disk: every image's .npz is checked (same image, same bucket) and the
+        missing or stale ones are encoded before the first step. A cached latent is drawn from the VAE with a
+        seed of the image's content, so it is the same whichever run made it."""
+        sha, stale = {}, []
+        for ds in datasets:
+            for it in ds.items:
+                if it.path in sha:
+                    continue
+                sha[it.path] = D.image_sha256(it.path)
+                if D.read_latent_cache(it, sha[it.path], it.subset.flip_aug) is None:
+                    stale.append(it)
+        if main and stale:
+            self.log(f"caching latents of {len(stale)} image(s) beside the images (.npz)")
+            for it in stale:
+                lats = {}
+                for flip in ((False, True) if it.subset.flip_aug else (False,)):
+                    img = D.load_image(it, flip).unsqueeze(0).to(device)
+                    lats[flip] = _encode(model, img, _seed_of("vae-cache", sha[it.path], flip)).numpy()
+                D.write_latent_cache(it, sha[it.path], lats)
+        elif main:
+            self.log(f"latent cache: all {len(sha)} image(s) reused")
+        if acc is not None and acc.num_processes > 1:
+            acc.wait_for_everyone()
+        self._disk_sha = sha
 
     def _encode_text(self, model, captions, items, train_te: bool, device):
         cfg = self.cfg
@@ -532,7 +588,7 @@ class Trainer:
             "ss_mixed_precision": cfg.mixed_precision, "ss_full_fp16": False, "ss_v2": False,
             "ss_base_model_version": BASE_VERSION[arch] + ("_v" if v and arch != "sdxl" else ""),
             "ss_clip_skip": cfg.clip_skip, "ss_max_token_length": cfg.max_token_length,
-            "ss_cache_latents": cfg.cache_latents, "ss_seed": seed, "ss_lowram": cfg.lowram,
+            "ss_cache_latents": cfg.cache_latents or cfg.cache_latents_to_disk, "ss_seed": seed, "ss_lowram": cfg.lowram,
             "ss_noise_offset": cfg.noise_offset, "ss_multires_noise_iterations": cfg.multires_noise_iterations,
             "ss_multires_noise_discount": cfg.multires_noise_discount, "ss_adaptive_noise_scale": None,
             "ss_zero_terminal_snr": False, "ss_training_comment": cfg.training_comment,
@@ -541,7 +597,7 @@ class Trainer:
             "ss_caption_dropout_every_n_epochs": cfg.caption_dropout_every_n_epochs,
             "ss_caption_tag_dropout_rate": cfg.caption_tag_dropout_rate, "ss_face_crop_aug_range": None,
             "ss_prior_loss_weight": cfg.prior_loss_weight, "ss_min_snr_gamma": cfg.min_snr_gamma,
-            "ss_scale_weight_norms": None, "ss_ip_noise_gamma": None,
+            "ss_scale_weight_norms": cfg.scale_weight_norms, "ss_ip_noise_gamma": None,
             "ss_debiased_estimation": False, "ss_noise_offset_random_strength": False,
             "ss_ip_noise_gamma_random_strength": False, "ss_loss_type": cfg.loss_type, "ss_huber_schedule": None,
             "ss_huber_scale": None, "ss_huber_c": None, "ss_fp8_base": False, "ss_fp8_base_unet": False,
@@ -613,6 +669,17 @@ class _null:
         return False
 
 
+def _encode(model, img, eps_seed: int) -> torch.Tensor:
+    """One image → its latent sample (C×H×W, float32, CPU), before the VAE scale factor."""
+    with torch.no_grad():
+        vdtype = next(model.vae.parameters()).dtype
+        mean, logvar = model.vae.encode(img.to(vdtype))
+        gen = torch.Generator().manual_seed(eps_seed)
+        eps = torch.randn(mean.shape, generator=gen).to(mean)
+        lat = mean + torch.exp(0.5 * logvar) * eps
+    return lat[0].float().cpu()
+
+
 def _all_params(model):
     seen = set()
     for part in [model.unet, model.vae] + list(model.text_encoders or []):
@@ -675,6 +742,11 @@ class _Logger:
                 self.writer.add_scalar(f"lr/{n or 'group'}", lr, step)
         elif self.csv is not None:
             self.csv.write(f"{step},{loss!r},{' '.join(repr(x) for x in lrs)}\n")
+
+    def scalars(self, step: int, values: dict) -> None:
+        if self.writer is not None:
+            for k, v in values.items():
+                self.writer.add_scalar(k, v, step)
 
     def close(self) -> None:
         if self.writer is not None:

@@ -45,10 +45,10 @@ def test_validate_only_fails_with_the_problem_list(tmp_path):
 
 def test_unsupported_keys_one_line_no_traceback(tmp_path):
     data = make_images(tmp_path / "data")
-    r = cli("--config", str(write_cfg(tmp_path / "c.toml", data, "full_fp16 = true\nsample_prompts = 'p.txt'\n")))
+    r = cli("--config", str(write_cfg(tmp_path / "c.toml", data, "full_fp16 = true\nzero_terminal_snr = true\n")))
     assert r.returncode == 2 and "Traceback" not in r.stderr
     line = r.stderr.strip()
-    assert "\n" not in line and "full_fp16" in line and "sample_prompts" in line
+    assert "\n" not in line and "full_fp16" in line and "zero_terminal_snr" in line
 
 
 def test_prepare_folder(tmp_path):
