@@ -710,13 +710,15 @@ def compare_epochs(ctx, checkpoint, run_name, weights, prompt, negative="", seed
 
 
 def xyz_settings(run_name, files, weights) -> str:
-    """WebUI: the X/Y/Z plot settings that draw the same grid with the WebUI's own sampler."""
-    epochs = ", ".join(Path(f).stem for f in files)
-    return ("In txt2img, put the LoRA in the prompt: `<lora:" + html.escape(str(run_name)) + ":1>` (and the "
-            "trigger word), fix the seed, then pick Script → X/Y/Z plot with\n"
-            f"- X type **LoRA Studio: LoRA epoch**, X values `{html.escape(epochs)}`\n"
-            f"- Y type **LoRA Studio: LoRA weight**, Y values `0, {html.escape(str(weights))}` (0 is the no-LoRA "
-            "column)\n- Keep -1 seeds off (the seed stays fixed).")
+    """WebUI: the X/Y/Z plot settings that draw the same grid with the WebUI's own sampler (the LoRA epoch
+    axis of lora_studio_webui.xyz swaps the file, its "no LoRA" value drops the tag)."""
+    epochs = ", ".join(["no LoRA", *[Path(f).stem for f in files]])
+    ws = ", ".join(f"{w:g}" for w in parse_weights(weights))
+    return ("In txt2img put the LoRA and its trigger word in the prompt, e.g. `<lora:" + html.escape(str(run_name))
+            + ":1>`, set a fixed seed (not -1), then Script → **X/Y/Z plot** with:\n\n"
+            f"- X type **[LoRA Studio] LoRA epoch**, X values `{html.escape(epochs)}`\n"
+            f"- Y type **[LoRA Studio] LoRA weight**, Y values `{ws}`\n\n"
+            "Rows are weights, columns epochs; the \"no LoRA\" column is the base model with the same seed.")
 
 
 # ---- layout ---------------------------------------------------------------------------------------------
@@ -786,7 +788,7 @@ def build(ctx) -> None:
         with gr.Row():
             cmp_steps = gr.Slider(1, 50, value=20, step=1, label="Steps", elem_id=_elem("cmp_steps"))
             cmp_size = gr.Slider(64, 1024, value=512, step=64, label="Size", elem_id=_elem("cmp_size"))
-            cmp_btn = gr.Button("Render the grid" if ctx.live_merge is None else "Show the X/Y/Z settings",
+            cmp_btn = gr.Button("Render the grid" if ctx.train_host is None else "Show the X/Y/Z settings",
                                 elem_id=_elem("cmp_run_btn"))
         cmp_status = gr.Markdown(elem_id=_elem("cmp_status"))
         cmp_grid = gr.Image(type="pil", label="Epoch × weight grid", interactive=False, elem_id=_elem("cmp_grid"))
@@ -851,7 +853,7 @@ def build(ctx) -> None:
     watch.click(stream, inputs=[], outputs=[status, plot, files])
 
     def do_compare(run_name, ws, seed, prompt, steps, size, ck, progress=None):
-        if ctx.live_merge is not None:       # WebUI: its own sampler draws the grid through X/Y/Z
+        if ctx.train_host is not None:       # WebUI: its own sampler draws the grid through X/Y/Z
             try:
                 return xyz_settings(run_name, epoch_files(ctx, run_name), ws), None
             except Exception as exc:  # noqa: BLE001
