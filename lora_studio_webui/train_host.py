@@ -13,6 +13,7 @@ it terminated, which still leaves no half-written file under a final name.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import subprocess
@@ -32,12 +33,63 @@ def command(config_path, python: str | None = None) -> list[str]:
     return [python or sys.executable, "-m", "lib_lora", "train", "--config", str(config_path), "--progress-json"]
 
 
+# A WebUI started through `accelerate launch` passes these on; the child is one plain process (the trainer
+# would otherwise set up accelerate's process group for a run of one).
+LAUNCHER_VARS = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                 "GROUP_RANK", "ROLE_RANK", "TORCHELASTIC_RUN_ID")
+
+
 def child_env(root: Path = env.EXT_DIR) -> dict:
     """The WebUI's environment with the extension on PYTHONPATH (so `-m lib_lora` is this extension's)."""
-    out = dict(os.environ)
+    out = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARS and not k.startswith("ACCELERATE_")}
     out["PYTHONPATH"] = os.pathsep.join([str(root), *[p for p in out.get("PYTHONPATH", "").split(os.pathsep) if p]])
     out["PYTHONUNBUFFERED"] = "1"
     return out
+
+
+def missing_packages(python: str | None = None) -> str | None:
+    """One line naming what the trainer lacks in the Python that runs it, or None. lycoris-lora makes every
+    network; its 4.x releases call torch.compiler.is_compiling (torch >= 2.3), so on the WebUI's torch 2.1.2
+    only 3.1.x works. Other Pythons are asked in a child process (nothing is imported into the WebUI)."""
+    if python and os.path.abspath(python) != os.path.abspath(sys.executable):    # (a venv's python is a symlink)
+        try:
+            out = subprocess.run([python, "-c", _CHECK], capture_output=True, text=True, timeout=120)
+            found = json.loads(out.stdout.strip().splitlines()[-1])
+        except (OSError, subprocess.SubprocessError, ValueError, IndexError) as exc:
+            return f"Training cannot start: {python} does not answer ({exc})."
+        return _missing(found.get("lycoris-lora"), found.get("torch"))
+    return _missing(_version("lycoris-lora"), _version("torch"))
+
+
+def _version(dist: str) -> str | None:
+    from importlib import metadata
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def _major_minor(v: str) -> tuple:
+    nums = []
+    for part in v.split("+")[0].split(".")[:2]:
+        digits = "".join(itertools.takewhile(str.isdigit, part))
+        nums.append(int(digits or 0))
+    return tuple(nums)
+
+
+def _missing(lycoris: str | None, torch_v: str | None) -> str | None:
+    if lycoris is None:
+        return ("Training needs lycoris-lora, which the WebUI's Python lacks: restart the WebUI once (the "
+                "extension's installer adds it), or run `pip install \"lycoris-lora>=3.1,<4\"` in the WebUI's venv.")
+    if torch_v and _major_minor(torch_v) < (2, 3) and _major_minor(lycoris) >= (4, 0):
+        return (f"Training needs lycoris-lora 3.1.x on torch {torch_v} (4.x needs torch 2.3 or newer): run "
+                "`pip install \"lycoris-lora>=3.1,<4\"` in the WebUI's venv.")
+    return None
+
+
+_CHECK = ("import json\nfrom importlib import metadata as m\nout = {}\n"
+          "for d in ('lycoris-lora', 'torch'):\n    try:\n        out[d] = m.version(d)\n"
+          "    except m.PackageNotFoundError:\n        out[d] = None\nprint(json.dumps(out))\n")
 
 
 class SubprocessHost:
@@ -49,7 +101,14 @@ class SubprocessHost:
                  cancel_grace: float = CANCEL_GRACE_S):
         self.python, self.root, self.free_vram, self.cancel_grace = python, Path(root), free_vram, cancel_grace
 
+    def unavailable(self) -> str | None:
+        """One line when the trainer cannot run in this Python (shown by the tab; Start refuses)."""
+        return missing_packages(self.python)
+
     def __call__(self, run, cancel: threading.Event) -> None:
+        problem = self.unavailable()
+        if problem:
+            raise LoraStudioError(problem)
         if not run.toml_path:
             raise LoraStudioError("this run has no config file to start from; press Start again.")
         with _vram_freed(self.free_vram):

@@ -721,6 +721,17 @@ def xyz_settings(run_name, files, weights) -> str:
             "Rows are weights, columns epochs; the \"no LoRA\" column is the base model with the same seed.")
 
 
+def host_problem(ctx) -> str | None:
+    """One line when runs cannot start in this host (the WebUI's Python lacks the trainer's packages)."""
+    check = getattr(ctx.train_host, "unavailable", None)
+    if check is None:
+        return None
+    try:
+        return check()
+    except Exception as exc:  # noqa: BLE001 — the check itself failing is shown, not raised
+        return _error(exc)[2:]
+
+
 # ---- layout ---------------------------------------------------------------------------------------------
 
 
@@ -739,6 +750,9 @@ def build(ctx) -> None:
                 "pick it, check the report, set the parameters (sd-scripts names), Start. Files go into "
                 f"the LoRA folder ({html.escape(', '.join(str(d) for d in ctx.lora_dirs))}) as "
                 "`<name>-000001.safetensors` … `<name>.safetensors`.")
+    problem = host_problem(ctx)
+    if problem:
+        gr.Markdown(f"⚠ {html.escape(problem)}", elem_id=_elem("unavailable"))
     with gr.Row():
         dataset = gr.Dropdown(choices=list_datasets(ctx), label="Dataset folder", scale=3, elem_id=_elem("dataset"))
         checkpoint = gr.Dropdown(choices=ckpts, label="Base checkpoint", scale=3, elem_id=_elem("checkpoint"))
