@@ -114,3 +114,33 @@ def test_a_failing_run_is_one_line_and_the_queue_goes_on(setup, tmp_path):
     assert "not a safetensors file" in runs["bad2"].message
     assert "\n" not in runs["bad2"].message and "Traceback" not in runs["bad2"].message
     assert runs["good"].state == "done" and runs["good"].files
+
+
+def test_missing_lycoris_is_one_line_and_blocks_start(tmp_path, monkeypatch):
+    from lora_studio_webui import train_host as H
+    # a real Python without lycoris-lora: a bare venv (no site packages)
+    import venv
+    venv.EnvBuilder(with_pip=False).create(tmp_path / "venv")
+    py = str(tmp_path / "venv" / "bin" / "python")
+    line = H.missing_packages(py)
+    assert line and "lycoris-lora" in line and "\n" not in line
+    assert H.missing_packages() is None                          # this Python has it
+    assert "3.1.x" in H._missing("4.1.3", "2.1.2+cu121")       # 4.x needs torch >= 2.3
+    assert H._missing("3.1.1", "2.1.2") is None and H._missing("4.1.3", "2.13.0+cpu") is None
+    ctx = UiContext(lora_dirs=[tmp_path], checkpoint_dirs=[tmp_path], tagger_models_dir=tmp_path,
+                    train_host=SubprocessHost(python=py))
+    assert T.host_problem(ctx) == line
+    run = T.Run(1, "x", None, "/nonexistent.toml")
+    with pytest.raises(Exception) as e:
+        ctx.train_host(run, threading.Event())
+    assert str(e.value) == line
+
+
+def test_child_env_is_one_plain_process(monkeypatch):
+    from lora_studio_webui.train_host import child_env
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")
+    monkeypatch.setenv("PYTHONPATH", "/elsewhere")
+    e = child_env(REPO)
+    assert "WORLD_SIZE" not in e and "ACCELERATE_MIXED_PRECISION" not in e
+    assert e["PYTHONPATH"].split(os.pathsep) == [str(REPO), "/elsewhere"]
