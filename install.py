@@ -1,8 +1,10 @@
 """Run by AUTOMATIC1111's launcher on every start (separate process, `import launch` works).
 
-Adds only what the WebUI lacks: onnxruntime for the tagger, lycoris-lora for the Train tab (3.x on torch < 2.3:
-4.x needs a newer torch). Never installs torch, gradio or numpy, and never a second onnxruntime flavour
-(onnxruntime-gpu / -directml / -openvino users keep theirs).
+Adds only what the WebUI lacks: onnxruntime for the tagger, lycoris-lora for the Training tab. Never installs
+torch, gradio or numpy, and never a second onnxruntime flavour (onnxruntime-gpu / -directml / -openvino users
+keep theirs). lycoris-lora's requirements (torch, einops, tqdm, numpy, safetensors) are WebUI pins already
+and toml is new, so nothing the WebUI pins changes; 4.x needs torch >= 2.3 (torch.compiler.is_compiling), A1111 v1.10.1 pins
+torch 2.1.2, hence 3.1.x there.
 """
 
 import importlib.util
@@ -23,15 +25,16 @@ if not has_onnxruntime():
     launch.run_pip("install onnxruntime", "onnxruntime for LoRA Studio's tagger")
 
 
-def lycoris_requirement() -> str:
-    """lycoris-lora 4.x calls torch.compiler.is_compiling (torch >= 2.3); 3.1.x imports on torch 2.1.2."""
+def lycoris_spec() -> str:
     try:
         import torch
         major, minor = (int(x) for x in torch.__version__.split("+")[0].split(".")[:2])
-    except Exception:                 # no usable torch yet: the older line is the safe one
-        return "lycoris-lora>=3.1,<4"
-    return "lycoris-lora>=3.1" if (major, minor) >= (2, 3) else "lycoris-lora>=3.1,<4"
+    except Exception:  # noqa: BLE001 — unknown torch: the series that imports on the oldest pins
+        return "lycoris-lora>=3.1,<3.2"
+    return "lycoris-lora>=3.1,<3.2" if (major, minor) < (2, 3) else "lycoris-lora>=3.1"
 
 
 if importlib.util.find_spec("lycoris") is None:
-    launch.run_pip(f'install "{lycoris_requirement()}"', "lycoris-lora for LoRA Studio's Train tab")
+    # run_pip hands the line to a shell: the version range is quoted (its "<" would redirect)
+    launch.run_pip(f"install \"{lycoris_spec()}\"", "lycoris-lora for LoRA Studio's training")
+

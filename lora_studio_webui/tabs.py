@@ -36,6 +36,7 @@ def build_context():
         refresh_checkpoints=refresh_webui_checkpoints,
         refresh_loras=ENGINE.library.scan,
         live_merge=_live_merge_provider(),
+        train_host=_train_host(),
     )
     # The tagger tab's image roots (empty: tagger_tab.image_roots falls back to the model folders).
     ctx.image_dirs = [Path(os.path.expanduser(p.strip())) for p in
@@ -61,6 +62,12 @@ def _live_merge_provider():
     from .live_merge import provider   # the loaded model's LiveMerge
 
     return provider
+
+
+def _train_host():
+    from .train_host import SubprocessHost   # runs train in a child process of the WebUI's Python
+
+    return SubprocessHost()
 
 
 def refresh_webui_checkpoints() -> None:

@@ -27,7 +27,7 @@ def run_hook(monkeypatch, missing: set, torch_version: str) -> list:
     return calls
 
 
-@pytest.mark.parametrize("version, want", [("2.1.2+cu121", 'install "lycoris-lora>=3.1,<4"'),
+@pytest.mark.parametrize("version, want", [("2.1.2+cu121", 'install "lycoris-lora>=3.1,<3.2"'),
                                            ("2.3.0", 'install "lycoris-lora>=3.1"')])
 def test_missing_packages_are_added_with_the_lycoris_line_for_this_torch(monkeypatch, version, want):
     flavours = {"onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",

@@ -55,8 +55,14 @@ def run(args) -> int:
     from lib_lora.cli.progress import PhaseProgress
     from lib_lora.train.trainer import Trainer
 
-    bar = PhaseProgress({"train": "steps"}, enabled=False if o.quiet else None)
+    bar = PhaseProgress({"train": "steps"}, enabled=False if (o.quiet or o.progress_json) else None)
+    emit, cancel = _machine_channel() if o.progress_json else (None, None)
+
     def progress(p) -> None:
+        if emit is not None:
+            emit(event="progress", step=p.step, total=p.total, epoch=p.epoch, epochs=p.epochs, loss=p.loss,
+                 eta=p.eta)
+            return
         bar("train", p.step, p.total)
         if not bar.enabled and not o.quiet and (p.step == p.total or p.step % 50 == 0):   # logs: a line now and then
             eta = "" if p.eta is None else f", ETA {int(p.eta) // 60}:{int(p.eta) % 60:02d}"
@@ -67,11 +73,38 @@ def run(args) -> int:
         print(msg, file=sys.stderr)
 
     try:
-        result = Trainer(cfg, progress=progress, log=log).run()
+        result = Trainer(cfg, progress=progress, cancel=cancel, log=log).run()
     finally:
         bar.close()
     for f in result.files:
-        print(f)
+        if emit is None:
+            print(f)
+        else:
+            emit(event="file", path=str(f))
+    if emit is not None:
+        emit(event="done", cancelled=result.cancelled, steps=result.steps)
     if result.log_kind:
         print(f"log: {result.log_path} ({result.log_kind})", file=sys.stderr)
     return 0
+
+
+def _machine_channel():
+    """--progress-json: (emit(**fields) → one JSON line on stdout, cancel() → True once stdin said "cancel" or
+    ended, i.e. the parent asked to stop or went away)."""
+    import json
+    import threading
+
+    stop = threading.Event()
+
+    def watch() -> None:
+        for line in sys.stdin:
+            if line.strip() == "cancel":
+                break
+        stop.set()
+
+    threading.Thread(target=watch, name="train-stdin", daemon=True).start()
+
+    def emit(**fields) -> None:
+        print(json.dumps(fields), flush=True)
+
+    return emit, stop.is_set

@@ -490,3 +490,6 @@ class TrainCliOptions:
     mode: str = option("copy", choices=("copy", "link", "symlink"), group="prepare a folder",
                        help="copy the files, hard-link them (copy across drives) or symlink them")
     quiet: bool = option(False, help="no progress line")
+    progress_json: bool = option(False, help="for programs running the trainer: one JSON line per step and per "
+                                             "file on stdout; a 'cancel' line on stdin (or its end) stops after "
+                                             "the current step")

@@ -33,7 +33,7 @@ TABS = [
     ("LoRAs", "lib_lora.ui.lora_tab", "lora_studio_tab_loras"),
     ("Tagger", "lib_lora.ui.tagger_tab", "lora_studio_tab_tagger"),
     ("Merge", "lib_lora.ui.merge_tab", "lora_studio_tab_merge"),
-    ("Train", "lib_lora.ui.train_tab", "lora_studio_tab_train"),
+    ("Training", "lib_lora.ui.train_tab", "lora_studio_tab_train"),
 ]
 
 STANDALONE_WRITES_BLOCKED = (

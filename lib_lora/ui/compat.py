@@ -184,12 +184,6 @@ def option_controls(cls, names=None, values=None, **per_name) -> dict:
             for n in names}
 
 
-def poll(trigger, fn, outputs, seconds: float):
-    """After `trigger` is clicked, call `fn()` every `seconds` and show its results in `outputs` (a listener's
-    `every=`: Gradio 3.41 and 4.x; a later Gradio replaces it with gr.Timer, which belongs here too)."""
-    return trigger.click(fn, [], outputs, every=seconds)
-
-
 def with_progress(fn, n_inputs: int):
     """`fn(*inputs, progress=…)` as a listener that gets a gr.Progress: Gradio finds it by the default of a
     POSITIONAL parameter (not after *args), so the signature is spelt out for `n_inputs` inputs."""

@@ -48,6 +48,11 @@ class UiContext:
     live_merge: Callable[[], object] | None = None
     # Checkpoint-merge presets (a PresetStore); None until the Merge tab builds it (merge_tab.merge_store).
     merge_presets: object | None = None
+    # Training tab: the folder for run configs, user presets and run TOMLs (None: `lora_studio_train` beside
+    # the first LoRA folder), and how a run trains: `train_host(run, cancel_event)` (None: in this process;
+    # WebUI: a subprocess, lora_studio_webui.train_host).
+    train_dir: Path | None = None
+    train_host: Callable | None = None
 
     def check_writes(self) -> None:
         """Call first in every action that writes a file."""

@@ -1,141 +1,164 @@
-"""The Train tab's functions as the buttons call them: dataset problems block Start, a queued run trains for
-real (tiny model) and lists its epoch files, Cancel stops after a step with only whole files written, configs
-round-trip through the TOML the CLI reads, presets give valid configs, names stay inside the folders."""
+"""Training tab functions called directly: dataset picking and validation (problems block Start), the run
+TOML round trip with the CLI's reader, presets, a real tiny training in the queue's worker thread, Cancel,
+and the epoch × weight grid."""
 
 from __future__ import annotations
 
 import os
-import threading
 
 import pytest
-from safetensors.torch import save_file
+import torch
 
-from lib_lora.fileio import read_tensors
-from lib_lora.train.config import load_config as read_config
-from lib_lora.ui import train_tab as tt
+from lib_lora.ui import train_tab as T
 from lib_lora.ui.context import UiContext
-from tests.lib_lora.train.helpers import make_images, tiny_model
+from tests.lib_lora.train.helpers import make_images
 
 pytest.importorskip("lycoris")
 
-VALUES = {"resolution": "64", "train_batch_size": 4, "caption_extension": ".txt", "network_dim": 4,
-          "network_alpha": 4.0, "learning_rate": 1e-3, "max_train_epochs": 2, "save_every_n_epochs": 1,
-          "seed": 1, "output_name": "toy"}
+SMALL = dict(resolution="64", train_batch_size=4, network_dim=2, network_alpha=2.0, max_train_epochs=2,
+             mixed_precision="no", save_precision=None, max_token_length=None, min_snr_gamma=None,
+             lr_warmup_steps=0.0, lr_scheduler="constant", learning_rate=1e-3, unet_lr=None, text_encoder_lr=None,
+             cache_latents=False, enable_bucket=False)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ckpt_file(tmp_path_factory):
+    from lib_lora.sd.model import build_model, save_model
+    d = tmp_path_factory.mktemp("ckpt")
+    save_model(build_model("sd1", "tiny", seed=0, dtype=torch.float32), d / "tiny.safetensors")
+    return d
 
 
 @pytest.fixture
-def ctx(tmp_path):
-    import torch
-
-    for d in ("lora", "ckpt", "data", "models"):
-        (tmp_path / d).mkdir()
-    save_file({"x": torch.zeros(1)}, str(tmp_path / "ckpt" / "base.safetensors"))   # the runner's model is given
-    make_images(tmp_path / "data" / "set1")
-    return UiContext(lora_dirs=[tmp_path / "lora"], checkpoint_dirs=[tmp_path / "ckpt"],
-                     tagger_models_dir=tmp_path / "models", image_dirs=[tmp_path / "data"])
+def ctx(tmp_path, ckpt_file):
+    (tmp_path / "lora").mkdir()
+    make_images(tmp_path / "images" / "set1", repeats=1)
+    return UiContext(lora_dirs=[tmp_path / "lora"], checkpoint_dirs=[ckpt_file], tagger_models_dir=tmp_path / "tm",
+                     image_dirs=[tmp_path / "images"])
 
 
-def runner(on_done=None):
-    from lib_lora.train.trainer import Trainer
-
-    return tt.Runner(trainer=lambda cfg, **k: Trainer(cfg, model=tiny_model(), **k), on_done=on_done)
-
-
-def test_a_queued_run_trains_and_lists_its_epoch_files(ctx, tmp_path):
-    refreshed = []
-    r = runner(on_done=lambda: refreshed.append(1))
-    msg = tt.start(ctx, r, "base.safetensors", "set1", dict(VALUES))
-    assert msg == "✓ queued 'toy'", msg
-    assert r.wait(120) and refreshed == [1]             # the host lists the new files
-    run = r.runs[0]
-    assert run.state == "done", run.message
-    names = sorted(os.path.basename(f) for f in run.files)
-    assert names == ["toy-000001.safetensors", "toy.safetensors"]
-    assert sorted(os.listdir(tmp_path / "lora")) == names          # written into the first LoRA folder
-    text = tt.status_text(r)
-    assert "**toy**: done: finished: 2 file(s)" in text and "toy.safetensors" in text
-    img = tt.loss_plot(r)
-    assert img is not None and img.size == (480, 180) and len(run.losses) == run.total > 0
+def values(**kw):
+    v = T.default_values()
+    v.update(SMALL)
+    v.update(kw)
+    return [T.control_value(n, v[n]) for n in T.SHOWN]
 
 
-def test_dataset_problems_block_start_and_names_stay_inside(ctx, tmp_path):
-    (tmp_path / "data" / "empty" / "3_thing").mkdir(parents=True)
-    r = runner()
-    msg = tt.start(ctx, r, "base.safetensors", "empty", dict(VALUES))
-    assert msg.startswith("⚠ the dataset has problems") and not r.runs, msg
-    report, ok = tt.validate(ctx, "base.safetensors", "set1", dict(VALUES))
-    assert ok and report.startswith("✓ ready to train"), report
-    assert tt.start(ctx, r, "base.safetensors", "../ckpt", dict(VALUES)).startswith("⚠ ")
-    assert tt.start(ctx, r, "base.safetensors", str(tmp_path), dict(VALUES)).startswith("⚠ ")
-    assert tt.start(ctx, r, "other.safetensors", "set1", dict(VALUES)) == \
-        "⚠ pick a base checkpoint in the list (press Refresh if it is new)."
-    bad = dict(VALUES, lr_scheduler="constant", lr_warmup_steps=10)
-    assert "constant_with_warmup" in tt.start(ctx, r, "base.safetensors", "set1", bad)
-    assert not r.runs
-    ctx.writes_allowed = False
-    assert tt.start(ctx, r, "base.safetensors", "set1", dict(VALUES)).startswith("⚠ Writing files is disabled")
+def test_datasets_are_listed_inside_the_roots_only(ctx, tmp_path):
+    assert T.list_datasets(ctx) == ["set1"]
+    assert T.dataset_path(ctx, "set1") == tmp_path / "images" / "set1"
+    for bad in ("../lora", str(tmp_path), "/etc"):
+        with pytest.raises(Exception) as e:
+            T.dataset_path(ctx, bad)
+        assert "\n" not in str(e.value)
 
 
-def test_cancel_stops_after_a_step_and_leaves_only_whole_files(ctx, tmp_path):
-    started = threading.Event()
-    r = runner()
-    values = dict(VALUES, max_train_epochs=30)
-    assert tt.start(ctx, r, "base.safetensors", "set1", values).startswith("✓")
-    assert tt.start(ctx, r, "base.safetensors", "set1", dict(values, output_name="second")).endswith("behind 1 run(s)")
-    run = r.runs[0]
-    for _ in range(2000):
-        if run.step >= 1:
-            started.set()
-            break
-        threading.Event().wait(0.01)
-    assert started.is_set()
-    assert r.cancel() == "✓ cancelling 2 run(s)"
-    assert r.wait(60)
-    assert run.state == "cancelled" and run.message.startswith("stopped at step ") and run.step < run.total
-    assert r.runs[1].state == "cancelled" and r.runs[1].message == "cancelled before it started"
-    for f in os.listdir(tmp_path / "lora"):
-        read_tensors(str(tmp_path / "lora" / f))                     # every file left is complete
-    assert not any(f.startswith("second") for f in os.listdir(tmp_path / "lora"))
+def test_validation_report_and_problems_block_start(ctx, tmp_path):
+    md, ok = T.validate_run(ctx, "set1", "tiny.safetensors", "toy", values())
+    assert ok and "ready to train" in md and "1_toy: 8 images x 1 repeats" in md
+    (tmp_path / "images" / "set1" / "1_toy" / "img0.txt").write_bytes(b"")
+    md, ok = T.validate_run(ctx, "set1", "tiny.safetensors", "toy", values())
+    assert not ok and "1 problem must be fixed" in md and "img0.txt' is empty" in md
+    q = T.TrainQueue(ctx)
+    line = T.start_run(ctx, q, "set1", "tiny.safetensors", "toy", values())
+    assert "problem" in line and not q.busy() and not os.listdir(tmp_path / "lora")
 
 
-def test_config_round_trip_through_the_cli_toml(ctx, tmp_path):
-    vals = dict(VALUES, network_args="conv_dim=2, conv_alpha=1", shuffle_caption=True, keep_tokens=1)
-    msg = tt.save_config(ctx, "my run", "base.safetensors", "set1", vals, False)
-    path = tmp_path / "lora" / tt.CONFIG_DIR / "my run.toml"
-    assert msg.startswith(f"✓ saved {path}") and "accelerate launch -m lib_lora train" in msg, msg
-    cfg = read_config(path)                                       # what `python -m lib_lora train --config` reads
-    assert cfg.network_args == ["conv_dim=2", "conv_alpha=1"] and cfg.shuffle_caption and cfg.keep_tokens == 1
-    assert cfg.train_data_dir == str(tmp_path / "data" / "set1") and cfg.output_dir == str(tmp_path / "lora")
-    assert tt.config_names(ctx) == ["my run"]
-    assert "already exists" in tt.save_config(ctx, "my run", "base.safetensors", "set1", vals, False)
-    assert tt.save_config(ctx, "../evil", "base.safetensors", "set1", vals, True).startswith("⚠ give the config")
-    ck, data, loaded, note = tt.load_config(ctx, "my run")
-    assert (ck, note) == ("base.safetensors", "✓ loaded my run")
-    assert loaded["network_args"] == "conv_dim=2, conv_alpha=1" and loaded["max_train_epochs"] == 2
-    assert tt.load_config(ctx, "nope")[3].startswith("⚠ ")
+def test_bad_values_are_one_line(ctx):
+    line = T.start_run(ctx, T.TrainQueue(ctx), "set1", "nope.safetensors", "toy", values())
+    assert line.startswith("⚠") and "not in the checkpoint list" in line
+    line = T.start_run(ctx, T.TrainQueue(ctx), "set1", "tiny.safetensors", "../x", values())
+    assert line.startswith("⚠") and "plain file name" in line
+    line = T.start_run(ctx, T.TrainQueue(ctx), "set1", "tiny.safetensors", "toy",
+                       values(lr_scheduler="constant", lr_warmup_steps=5.0))
+    assert line.startswith("⚠") and "constant_with_warmup" in line
 
 
-@pytest.mark.parametrize("preset", list(tt.PRESETS))
-def test_presets_make_valid_configs(ctx, preset):
-    vals = dict(VALUES)
-    vals.update(tt.preset_values(preset))
-    cfg = tt.make_config(ctx, "base.safetensors", "set1", vals)
-    assert cfg.network_dim == tt.PRESETS[preset]["network_dim"] and not cfg.check()
+def test_config_toml_round_trip_reads_in_the_cli(ctx, tmp_path):
+    from lib_lora.train.config import load_config
+    vals = values(network_args="conv_dim=4, conv_alpha=2", noise_offset=0.05, keep_tokens=2)
+    line, text = T.save_config(ctx, "run1", "set1", "tiny.safetensors", "toy", vals, {"random_crop": True,
+                                                                                      "prior_loss_weight": 0.5})
+    assert line.startswith("✓"), line
+    path = T.train_folder(ctx) / "configs" / "run1.toml"
+    assert "accelerate launch --num_processes 2 -m lib_lora train --config" in text and str(path) in text
+    cfg = load_config(path)        # the CLI's reader
+    assert cfg.network_args == ["conv_dim=4", "conv_alpha=2"] and cfg.noise_offset == 0.05
+    assert cfg.train_data_dir == str(tmp_path / "images" / "set1") and cfg.output_name == "toy"
+    status, ds, ck, out, got, extra = T.load_config_values(ctx, "run1")
+    assert status.startswith("✓ Loaded") and "Note" not in status
+    assert (ds, ck, out) == ("set1", "tiny.safetensors", "toy") and got == vals
+    assert extra == {"random_crop": True, "prior_loss_weight": 0.5}     # keys the tab does not show are kept
+    # nothing is overwritten silently
+    line, _ = T.save_config(ctx, "run1", "set1", "tiny.safetensors", "toy", vals)
+    assert line.startswith("⚠") and "Replace" in line
 
 
-def test_a_failing_run_says_why_and_the_queue_goes_on(ctx):
-    calls = []
+def test_presets_shipped_and_saved(ctx):
+    style = dict(zip(T.SHOWN, T.preset_values(ctx, "style")))
+    assert style["network_args"] == "conv_dim=16, conv_alpha=8" and style["caption_tag_dropout_rate"] == 0.3
+    char = dict(zip(T.SHOWN, T.preset_values(ctx, "character")))
+    assert char["keep_tokens"] == 1 and char["network_dim"] == 32 and char["lr_scheduler"] == "cosine"
+    assert T.save_preset(ctx, "mine", values(network_dim=8)).startswith("✓")
+    assert "mine" in T.preset_names(ctx)
+    assert dict(zip(T.SHOWN, T.preset_values(ctx, "mine")))["network_dim"] == 8
+    assert T.save_preset(ctx, "mine", values()).startswith("⚠")       # not replaced
+    assert T.save_preset(ctx, "style", values()).startswith("⚠")
 
-    def trainer(cfg, **kw):
-        calls.append(cfg.name)
-        if cfg.name == "broken":
-            raise ModuleNotFoundError("No module named 'lycoris'", name="lycoris")
-        from lib_lora.train.trainer import Trainer
-        return Trainer(cfg, model=tiny_model(), **kw)
 
-    r = tt.Runner(trainer=trainer)
-    tt.start(ctx, r, "base.safetensors", "set1", dict(VALUES, output_name="broken"))
-    tt.start(ctx, r, "base.safetensors", "set1", dict(VALUES, max_train_epochs=1))
-    assert r.wait(120)
-    assert r.runs[0].state == "failed" and "lycoris" in r.runs[0].message and r.runs[0].message.startswith("⚠ ")
-    assert r.runs[1].state == "done" and calls == ["broken", "toy"]
+def test_real_training_in_the_queue_then_files_and_plot(ctx, tmp_path):
+    q = T.TrainQueue(ctx)
+    line = T.start_run(ctx, q, "set1", "tiny.safetensors", "toy", values())
+    assert line.startswith("✓ Queued 'toy'"), line
+    line2 = T.start_run(ctx, q, "set1", "tiny.safetensors", "toy2", values(max_train_epochs=1))
+    assert line2.startswith("✓ Queued"), line2
+    assert q.wait(300)
+    runs = {r.name: r for r in q.finished}
+    assert runs["toy"].state == "done", runs["toy"].message
+    assert [os.path.basename(f) for f in runs["toy"].files] == ["toy-000001.safetensors", "toy.safetensors"]
+    assert runs["toy"].losses and runs["toy"].total == 4 and runs["toy"].step == 4
+    assert runs["toy2"].state == "done" and len(runs["toy2"].files) == 1
+    status, plot, files = T.snapshot(q)
+    assert "'toy' done" in status and "toy-000001.safetensors" in files and plot.size == (560, 220)
+    # the same output name again is refused before any work
+    assert "exists" in T.start_run(ctx, q, "set1", "tiny.safetensors", "toy", values())
+
+
+def test_cancel_stops_after_the_current_step(ctx, tmp_path):
+    q = T.TrainQueue(ctx)
+    assert T.start_run(ctx, q, "set1", "tiny.safetensors", "long", values(max_train_epochs=50,
+                                                                          train_batch_size=1)).startswith("✓")
+    assert T.start_run(ctx, q, "set1", "tiny.safetensors", "later", values()).startswith("✓")
+    import time
+    t0 = time.monotonic()
+    while not (q.current and q.current.step >= 1) and time.monotonic() - t0 < 120:
+        time.sleep(0.05)
+    assert "Cancelling" in q.cancel()
+    assert q.wait(120)
+    runs = {r.name: r for r in q.finished}
+    assert runs["long"].state == "cancelled" and runs["long"].step < 400
+    assert runs["later"].state == "cancelled"        # the queued run is dropped, not started
+    assert not (tmp_path / "lora" / "long.safetensors").exists()
+    assert not [f for f in os.listdir(tmp_path / "lora") if not f.endswith(".safetensors")]   # no temp files
+    assert q.cancel() == "Nothing is running."
+
+
+def test_compare_epochs_grid(ctx, tmp_path):
+    q = T.TrainQueue(ctx)
+    assert T.start_run(ctx, q, "set1", "tiny.safetensors", "cmp", values()).startswith("✓")
+    assert q.wait(300) and q.finished[-1].state == "done"
+    grid = T.compare_epochs(ctx, "tiny.safetensors", "cmp", "0.5, 1", "toy, color1", seed=3, steps=2, size=64)
+    assert grid.size == (150 + 64 * 3, 24 + 64 * 2)        # 2 epoch files × (no LoRA + 2 weights)
+    import numpy as np
+    a = np.asarray(grid)
+    first = a[24:88, 150:214]
+    assert not np.array_equal(first, a[24:88, 150 + 128:214 + 128])     # the LoRA changes the image
+    assert "LoRA epoch" in T.xyz_settings("cmp", T.epoch_files(ctx, "cmp"), "0.5, 1")
