@@ -171,6 +171,25 @@ def show_lora(ctx, name: str):
     return chart, summary_markdown(name, report), json.dumps(meta, indent=1, ensure_ascii=False, default=str)
 
 
+def show_card(ctx, name: str):
+    """Callback: (training html, the 5 sidecar fields, status line) of a LoRA (header only, no tensors read)."""
+    from lib_lora import fileio
+    if not name:
+        return ("",) + EMPTY_FIELDS + ("",)
+    try:
+        meta = fileio.read_metadata(str(lora_path(ctx, name)))
+    except LoraStudioError as exc:
+        return ("",) + EMPTY_FIELDS + (f"⚠ {exc}",)
+    try:
+        fields, status = sidecar_values(ctx, name), ""
+    except LoraStudioError as exc:   # a broken sidecar: shown, and saving refuses rather than replaces it
+        fields, status = EMPTY_FIELDS, f"⚠ {exc}"
+    return (training_html(meta),) + tuple(fields) + (status,)
+
+
+EMPTY_FIELDS = ("", "", 0.0, "", "")
+
+
 def build(ctx) -> None:
     import gradio as gr
     from lib_lora.ui import compat
@@ -184,6 +203,20 @@ def build(ctx) -> None:
                             min_width=80)
     chart = gr.HTML(elem_id="lora_studio_inspect_chart")
     summary = gr.Markdown(elem_id="lora_studio_inspect_summary")
+    with gr.Accordion("Training (from the file's metadata)", open=True):
+        training = gr.HTML(elem_id="lora_studio_inspect_training")
+    with gr.Accordion("Card: description, activation text, preferred weight (the WebUI's .json beside the file)",
+                      open=False):
+        desc = gr.Textbox(label="Description", lines=2, elem_id="lora_studio_card_description")
+        activation = gr.Textbox(label="Activation text", elem_id="lora_studio_card_activation")
+        with gr.Row():
+            weight = gr.Number(label="Preferred weight (0 = the default)", value=0.0,
+                               elem_id="lora_studio_card_weight")
+            preset = gr.Dropdown(choices=[""] + (ctx.presets.names() if ctx.presets is not None else []),
+                                 value="", label="Preferred block-weight preset", elem_id="lora_studio_card_preset")
+        notes = gr.Textbox(label="Notes", lines=2, elem_id="lora_studio_card_notes")
+        save = gr.Button("Save card", elem_id="lora_studio_card_save", size="sm")
+        status = gr.Markdown(elem_id="lora_studio_card_status")
     with gr.Accordion("Metadata", open=False):
         meta = gr.Code(language="json", label="metadata", elem_id="lora_studio_inspect_meta")
     with gr.Accordion("All files", open=False):
@@ -200,4 +233,78 @@ def build(ctx) -> None:
         return rows[index[0]][0] if index and 0 <= index[0] < len(rows) else compat.update()
 
     files.select(compat.with_select_index(row_name, 1), inputs=[files], outputs=[pick])
+    fields = [desc, activation, weight, preset, notes]
     pick.change(lambda n: show_lora(ctx, n) if n else ("", "", ""), inputs=[pick], outputs=[chart, summary, meta])
+    pick.change(lambda n: show_card(ctx, n), inputs=[pick], outputs=[training, *fields, status])
+    save.click(lambda n, *v: save_sidecar(ctx, n, *v), inputs=[pick, *fields], outputs=[status])
+
+
+# --- training metadata and the user-metadata sidecar (shared with the WebUI's card editor) -------------------
+
+def training_html(meta: dict, add_to_prompt: bool = False, max_tags: int = 200) -> str:
+    """The training facts of a LoRA's ss_* header as HTML: a facts table, the dataset folders, the network
+    arguments and the training tags by frequency. With `add_to_prompt`, each tag is a button
+    (class lora-studio-tag, data-tag) that javascript/lora_studio_cards.js adds to the prompt."""
+    from lib_lora.sidecar import training_view
+
+    view = training_view(meta)
+    esc = html.escape
+    parts = ['<div class="lora-studio-training">']
+    rows = list(view["facts"])
+    if view["network_args"]:
+        rows.append(("network args", ", ".join(f"{k}={v}" for k, v in view["network_args"].items())))
+    if rows:
+        parts.append('<table class="lora-studio-facts">' + "".join(
+            f'<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>' for k, v in rows) + "</table>")
+    if view["datasets"]:
+        parts.append('<div class="lora-studio-datasets"><b>Dataset</b><ul>' + "".join(
+            f'<li>{esc(d["dir"])}: {esc(str(d["images"] if d["images"] is not None else "?"))} images'
+            + (f' × {esc(str(d["repeats"]))} repeats' if d["repeats"] is not None else "") + "</li>"
+            for d in view["datasets"]) + "</ul></div>")
+    tags = view["tags"]
+    if tags:
+        shown = tags[:max_tags]
+        more = f" (first {len(shown)} of {len(tags)})" if len(tags) > len(shown) else ""
+        head = "Training tags by frequency" + more + (": click to add to the prompt" if add_to_prompt else "")
+        items = []
+        for tag, n in shown:
+            if add_to_prompt:
+                items.append(f'<button type="button" class="lora-studio-tag" data-tag="{esc(tag)}">'
+                             f'{esc(tag)} <span class="lora-studio-tag-count">{n}</span></button>')
+            else:
+                items.append(f'<span class="lora-studio-tag" data-tag="{esc(tag)}">{esc(tag)} '
+                             f'<span class="lora-studio-tag-count">{n}</span></span>')
+        parts.append(f'<div class="lora-studio-tags"><b>{esc(head)}</b><div>{" ".join(items)}</div></div>')
+    if not rows and not view["datasets"] and not tags:
+        parts.append("<p>No training metadata in this file.</p>")
+    for p in view["problems"]:
+        parts.append(f'<p class="lora-studio-problem">⚠ {esc(p)}</p>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def sidecar_values(ctx, name: str) -> tuple:
+    """(description, activation text, preferred weight, preferred preset, notes) of a LoRA's sidecar."""
+    from lib_lora import sidecar
+    data = sidecar.read_sidecar(lora_path(ctx, name))
+    try:
+        weight = float(data.get(sidecar.WEIGHT) or 0.0)
+    except (TypeError, ValueError):
+        weight = 0.0
+    return (str(data.get(sidecar.DESCRIPTION, "")), str(data.get(sidecar.ACTIVATION, "")), weight,
+            str(data.get(sidecar.PRESET, "")), str(data.get(sidecar.NOTES, "")))
+
+
+def save_sidecar(ctx, name: str, description, activation, weight, preset, notes) -> str:
+    """Callback: write the user fields into the LoRA's sidecar; returns a status line."""
+    from lib_lora import sidecar
+    try:
+        path = lora_path(ctx, name)
+        preset = (preset or "").strip()
+        if preset and ctx.presets is not None and ctx.presets.get(preset) is None:
+            raise LoraStudioError(f"preset '{preset}' is not known; pick one from the Presets tab or leave it empty")
+        sidecar.update_sidecar(path, {sidecar.DESCRIPTION: description, sidecar.ACTIVATION: activation,
+                                      sidecar.WEIGHT: weight, sidecar.PRESET: preset, sidecar.NOTES: notes})
+    except LoraStudioError as exc:
+        return f"⚠ {exc}"
+    return f"Saved {Path(sidecar.sidecar_path(path)).name}."
