@@ -711,9 +711,10 @@ class TagFolderOptions:
     dir: str = option(flag="", metavar="DIR", help="folder of images (or one image)", label="Image folder")
     # model
     model: str = option(flag="--model-dir", aliases=("--model",), metavar="M", group="model", label="Model",
-                        help="folder holding model.onnx + selected_tags.csv, or a model name (e.g. "
-                             "wd-vit-tagger-v3) or Hugging Face repo id, looked up in --models-root, then the "
-                             "HF cache, then downloaded")
+                        help="folder holding a tagger model: WD14 (model.onnx + selected_tags.csv), Z3D-E621 "
+                             "(model.onnx + tags-selected.csv) or DeepDanbooru (deepdanbooru.onnx or model.onnx + "
+                             "tags.txt); or a model name (e.g. wd-vit-tagger-v3) or Hugging Face repo id, looked up "
+                             "in --models-root, then the HF cache, then downloaded")
     models_root: str = option(DEFAULT_TAGGER_MODELS_DIR, metavar="DIR", group="model",
                               help="where named models live and are downloaded to "
                                    f"(default: ./{DEFAULT_TAGGER_MODELS_DIR})")
