@@ -84,6 +84,31 @@
             row.appendChild(span); row.appendChild(input); row.appendChild(out);
             body.appendChild(row);
         });
+        requestPreview(panel, tag.name, currentValues(panel));
+    }
+
+    // The norms chart beside the sliders (block_sliders.preview_html): the request goes through a hidden
+    // textbox + button of the panel's tab, debounced, and only when the LoRA or the values changed.
+    function requestPreview(panel, name, values) {
+        var tab = panel.dataset.prompt.replace(/_prompt$/, '');
+        var box = document.querySelector('#lora_studio_sliders_' + tab + '_req textarea');
+        var go = document.getElementById('lora_studio_sliders_' + tab + '_go');
+        if (!box || !go) return;
+        var req = JSON.stringify({name: name, values: values});
+        if (req == panel.dataset.lastRequest) return;
+        clearTimeout(panel.previewTimer);
+        panel.previewTimer = setTimeout(function() {
+            panel.dataset.lastRequest = req;
+            box.value = req;
+            if (typeof updateInput === 'function') updateInput(box);
+            go.click();
+        }, 250);
+    }
+
+    function currentValues(panel) {
+        return Array.prototype.map.call(panel.querySelectorAll('.lora-studio-sliders-body input'), function(inp) {
+            return inp.disabled ? inp.dataset.token : number(inp.value);
+        });
     }
 
     function write(panel) {
@@ -91,10 +116,9 @@
         if (!st) return;
         var ta = st.textarea, tag = tagAt(ta.value, st.pos);
         if (!tag) return;
-        var values = Array.prototype.map.call(panel.querySelectorAll('.lora-studio-sliders-body input'), function(inp) {
-            return inp.disabled ? inp.dataset.token : number(inp.value);
-        });
+        var values = currentValues(panel);
         ta.value = setBlocks(ta.value, tag, values);
+        requestPreview(panel, tag.name, values);
         ta.selectionStart = ta.selectionEnd = Math.min(st.pos, ta.value.length);
         if (typeof updateInput === 'function') updateInput(ta);
     }
@@ -124,7 +148,8 @@
         Array.prototype.forEach.call(document.querySelectorAll('.lora-studio-sliders'), hook);
     }
 
-    window.loraStudioSliders = {tagAt: tagAt, setBlocks: setBlocks, hookAll: hookAll, render: render};
+    window.loraStudioSliders = {tagAt: tagAt, setBlocks: setBlocks, hookAll: hookAll, render: render,
+                                 requestPreview: requestPreview};
     if (typeof onUiLoaded === 'function') onUiLoaded(hookAll);
     if (typeof onUiUpdate === 'function') onUiUpdate(hookAll);
     document.addEventListener('DOMContentLoaded', hookAll);

@@ -10,10 +10,59 @@ from __future__ import annotations
 
 import html
 import json
+import os
+import threading
 
 from lib_lora.blocks import FORMATS, format_names
 
 FORMAT_ORDER = (17, 26, 12, 20)
+_NORMS: dict = {}        # (path, mtime_ns, size) → (26 block norms, arch): a LoRA is inspected once per version
+_NORMS_LOCK = threading.Lock()
+
+
+def block_norms_of(path) -> tuple[list, str | None]:
+    """The LoRA's per-block ΔW norms (the LoRAs/Presets tabs' inspect report) and its arch, cached per file version."""
+    from lib_lora.lora_info import inspect_file
+    from lib_lora.ui.lora_tab import block_norms
+    st = os.stat(path)
+    key = (os.fspath(path), st.st_mtime_ns, st.st_size)
+    with _NORMS_LOCK:
+        hit = _NORMS.get(key)
+    if hit is None:
+        report = inspect_file(os.fspath(path), with_hash=False)
+        hit = (block_norms(report), report.get("arch"))
+        with _NORMS_LOCK:
+            for old in [k for k in _NORMS if k[0] == key[0]]:
+                del _NORMS[old]
+            _NORMS[key] = hit
+    return hit
+
+
+def preview_html(request: str, library=None) -> str:
+    """The norms chart beside the sliders for a request {"name": LoRA, "values": [block tokens]} (the JS sends
+    it): lora_tab.render_bars, the one chart of per-block norms, with the sliders' values overlaid."""
+    from lib_lora.errors import LoraStudioError
+    from lib_lora.ui.lora_tab import render_bars
+    from lib_lora.ui.presets_tab import token_weights
+    try:
+        req = json.loads(request or "{}")
+        name = str(req.get("name") or "").strip()
+        values = [str(v) for v in (req.get("values") or [])]
+    except (ValueError, AttributeError, TypeError):
+        return ""
+    if not name:
+        return ""
+    if library is None:
+        from .engine import ENGINE
+        library = ENGINE.library
+    entry = library.find(name)
+    if entry is None:
+        return f'<p class="lora-studio-problem">LoRA \'{html.escape(name)}\' is not in the LoRA folders.</p>'
+    try:
+        norms, arch = block_norms_of(entry.path)
+    except (LoraStudioError, OSError) as exc:
+        return f'<p class="lora-studio-problem">⚠ {html.escape(str(exc))}</p>'
+    return render_bars(norms, token_weights(values), title=f"{name}: weight norm per block", arch=arch)
 
 
 def panel_html(prompt_id: str, presets=None) -> str:
@@ -45,4 +94,11 @@ def build(is_img2img: bool, presets=None):
     with gr.Accordion("LoRA block weights (tag under the cursor)", open=False,
                       elem_id=f"lora_studio_sliders_{tab}"):
         gr.HTML(panel_html(f"{tab}_prompt", presets))
+        chart = gr.HTML(elem_id=f"lora_studio_sliders_{tab}_chart")
+        # the JS writes the request here and clicks the button; shown by CSS as nothing (kept in the DOM on
+        # Gradio 3 and 4, where an invisible component is not rendered)
+        request = gr.Textbox(elem_id=f"lora_studio_sliders_{tab}_req", elem_classes=["lora-studio-hidden"],
+                             show_label=False)
+        go = gr.Button(elem_id=f"lora_studio_sliders_{tab}_go", elem_classes=["lora-studio-hidden"])
+        go.click(fn=preview_html, inputs=[request], outputs=[chart], show_progress="hidden")
     return []

@@ -13,7 +13,10 @@ from tests.paths import REPO
 PAGE = """<!doctype html><html><body>
 <div id="txt2img_prompt"><textarea id="t"></textarea></div>
 PANEL
-<script>var updated = 0; function updateInput(t) { updated++; }</script>
+<div id="lora_studio_sliders_txt2img_req"><textarea></textarea></div>
+<button id="lora_studio_sliders_txt2img_go"
+ onclick="requests.push(document.querySelector('#lora_studio_sliders_txt2img_req textarea').value)"></button>
+<script>var updated = 0, requests = []; function updateInput(t) { updated++; }</script>
 <script src="SCRIPT"></script></body></html>"""
 
 
@@ -90,3 +93,20 @@ def test_format_choice_gives_a_plain_tag_a_list_of_that_size(driver):
     assert value == "<lora:plain:0.7:lbw=" + ",".join(["1"] * 26) + ">"
     assert len(click_at(driver, value, 3)[1]) == 26
     driver.execute_script("document.querySelector('.lora-studio-sliders').dataset.chosen = '17';")
+
+
+def test_norms_preview_is_requested_once_per_change(driver):
+    """The sliders ask the server for the norms chart (hidden textbox + button), debounced, for the LoRA under
+    the cursor and the values shown; the same request is not sent twice."""
+    import json
+    import time
+    driver.execute_script("requests.length = 0;")
+    click_at(driver, "<lora:blocky:1:lbw=1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1>", 3)
+    slide(driver, "OUT03", "0.25")
+    slide(driver, "OUT03", "0.5")            # within the debounce: only the last is sent
+    time.sleep(0.6)
+    sent = [json.loads(r) for r in driver.execute_script("return requests;")]
+    assert sent == [{"name": "blocky", "values": ["1"] * 8 + ["0.5"] + ["1"] * 8}]
+    click_at(driver, "<lora:blocky:1:lbw=1,1,1,1,1,1,1,1,0.5,1,1,1,1,1,1,1,1>", 3)
+    time.sleep(0.6)
+    assert len(driver.execute_script("return requests;")) == 1   # unchanged: not asked again
