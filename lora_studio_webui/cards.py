@@ -120,6 +120,7 @@ def save_card(page, name: str, desc, activation, weight, preset, negative, notes
 
 def make_editor(ui, tabname, page):
     import gradio as gr
+    from lib_lora.ui import compat
     from modules import ui_extra_networks_user_metadata as base
 
     class LoraStudioMetadataEditor(base.UserMetadataEditor):
@@ -162,7 +163,7 @@ def make_editor(ui, tabname, page):
                        + "," + json.dumps(self.tabname) + ", name);}")
             # .success: the popup closes only when the file was written
             self.button_save.click(fn=self.save_lora_user_metadata, inputs=inputs, outputs=[])\
-                .success(fn=None, _js=refresh, inputs=[self.edit_name_input], outputs=[])
+                .success(fn=None, inputs=[self.edit_name_input], outputs=[], **compat.js_kwargs(refresh))
 
     return LoraStudioMetadataEditor(ui, tabname, page)
 
