@@ -102,6 +102,9 @@ def save_card(page, name: str, desc, activation, weight, preset, negative, notes
         return f"⚠ LoRA card '{name}' is gone; refresh the page"
     preset = (preset or "").strip()
     try:
+        if env.cmd_opt("disable_extension_access", False):    # --listen without insecure access: no writes
+            from .tabs import WEBUI_WRITES_BLOCKED
+            raise LoraStudioError(WEBUI_WRITES_BLOCKED)
         if preset and ENGINE.presets().get(preset) is None:
             raise LoraStudioError(f"preset '{preset}' is not known; leave it empty or use a preset name from "
                                   f"the Presets tab")

@@ -299,6 +299,7 @@ def save_sidecar(ctx, name: str, description, activation, weight, preset, notes)
     """Callback: write the user fields into the LoRA's sidecar; returns a status line."""
     from lib_lora import sidecar
     try:
+        ctx.check_writes()
         path = lora_path(ctx, name)
         preset = (preset or "").strip()
         if preset and ctx.presets is not None and ctx.presets.get(preset) is None:

@@ -60,3 +60,17 @@ def test_card_editor_ui_shows_training_tags(webui):
     assert "network dim" in training and "(512, 512)" in training
     with pytest.raises(gr.Error, match="not a number"):
         editor.save_lora_user_metadata("foo", "", "", "", "heavy", "", "")
+
+
+def test_card_editor_honours_the_listen_gate(webui):
+    from modules import shared
+    from lora_studio_webui import cards
+    path = webui.lora_dir / "foo.safetensors"
+    page, _, _ = _page(webui, path)
+    shared.cmd_opts.disable_extension_access = True
+    try:
+        status = cards.save_card(page, "foo", "d", "", 1, "", "", "")
+    finally:
+        shared.cmd_opts.disable_extension_access = False
+    assert status.startswith("⚠") and "--enable-insecure-extension-access" in status
+    assert not (webui.lora_dir / "foo.json").exists()

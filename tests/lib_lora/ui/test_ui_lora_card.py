@@ -54,3 +54,12 @@ def test_broken_sidecar_is_shown_and_kept(ctx, tmp_path):
     assert out[-1].startswith("⚠") and "not valid JSON" in out[-1] and "No training metadata" in out[0]
     assert lora_tab.save_sidecar(ctx, "b.safetensors", "x", "", 0, "", "").startswith("⚠")
     assert (tmp_path / "lora" / "b.json").read_text() == "{oops"
+
+
+def test_card_save_honours_the_listen_gate(tmp_path):
+    ctx = app.build_context([tmp_path / "lora"], [tmp_path / "ckpt"], tmp_path / "tagger",
+                            presets_file=tmp_path / "user_presets.txt")
+    ctx.writes_allowed = False
+    _lora(tmp_path / "lora" / "g.safetensors")
+    assert lora_tab.save_sidecar(ctx, "g.safetensors", "x", "", 0, "", "") == f"⚠ {ctx.writes_blocked_reason}"
+    assert not (tmp_path / "lora" / "g.json").exists()
