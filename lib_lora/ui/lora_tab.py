@@ -206,7 +206,7 @@ def build(ctx) -> None:
     with gr.Accordion("Training (from the file's metadata)", open=True):
         training = gr.HTML(elem_id="lora_studio_inspect_training")
     with gr.Accordion("Card: description, activation text, preferred weight (the WebUI's .json beside the file)",
-                      open=False):
+                      open=True):
         desc = gr.Textbox(label="Description", lines=2, elem_id="lora_studio_card_description")
         activation = gr.Textbox(label="Activation text", elem_id="lora_studio_card_activation")
         with gr.Row():
