@@ -81,51 +81,34 @@
             if (NUMBER.test(tok)) { input.value = tok; out.textContent = number(tok); }
             else { input.disabled = true; input.dataset.token = tok; out.textContent = tok; }  // R/U/X kept
             input.addEventListener('input', function() { out.textContent = number(input.value); write(panel); });
-            var bar = document.createElement('span');
-            bar.className = 'lora-studio-norm';
-            bar.dataset.block = names[i];
-            row.appendChild(span); row.appendChild(input); row.appendChild(out); row.appendChild(bar);
+            row.appendChild(span); row.appendChild(input); row.appendChild(out);
             body.appendChild(row);
         });
-        showNorms(panel, tag.name);
-        showWeights(panel, tokens);
+        requestPreview(panel, tag.name, currentValues(panel));
     }
 
-    // The "Weights shown" box under the panel (what "Save as preset" saves).
-    function showWeights(panel, values) {
-        var tab = (panel.dataset.prompt || '').split('_')[0];
-        var box = document.querySelector('#lora_studio_sliders_vector_' + tab + ' textarea');
-        if (!box) return;
-        box.value = values.join(',');
-        if (typeof updateInput === 'function') updateInput(box);
+    // The norms chart beside the sliders (block_sliders.preview_html): the request goes through a hidden
+    // textbox + button of the panel's tab, debounced, and only when the LoRA or the values changed.
+    function requestPreview(panel, name, values) {
+        var tab = panel.dataset.prompt.replace(/_prompt$/, '');
+        var box = document.querySelector('#lora_studio_sliders_' + tab + '_req textarea');
+        var go = document.getElementById('lora_studio_sliders_' + tab + '_go');
+        if (!box || !go) return;
+        var req = JSON.stringify({name: name, values: values});
+        if (req == panel.dataset.lastRequest) return;
+        clearTimeout(panel.previewTimer);
+        panel.previewTimer = setTimeout(function() {
+            panel.dataset.lastRequest = req;
+            box.value = req;
+            if (typeof updateInput === 'function') updateInput(box);
+            go.click();
+        }, 250);
     }
 
-    // The LoRA's ΔW norm per block (the status API's block-norms route), drawn as a bar beside each slider:
-    // which blocks the LoRA actually changes, and how much, before moving their sliders.
-    var normCache = {};
-    function drawNorms(panel, data) {
-        var bars = panel.querySelectorAll('.lora-studio-norm');
-        if (!data || data.error || !data.norms) {
-            Array.prototype.forEach.call(bars, function(b) { b.style.width = '0'; b.title = data && data.error ? data.error : ''; });
-            return;
-        }
-        var max = 0;
-        Object.keys(data.norms).forEach(function(k) { if (data.norms[k] > max) max = data.norms[k]; });
-        Array.prototype.forEach.call(bars, function(b) {
-            var blocks = b.dataset.block.split(/\s*[+,]\s*/), v = 0, any = false;  // a grouped label sums its blocks
-            blocks.forEach(function(n) { var x = data.norms[n]; if (x !== null && x !== undefined) { v = Math.sqrt(v * v + x * x); any = true; } });
-            b.style.width = (max > 0 && any ? Math.round(60 * v / max) : 0) + 'px';
-            b.title = any ? 'ΔW norm ' + v.toPrecision(3) : 'no module in this block';
+    function currentValues(panel) {
+        return Array.prototype.map.call(panel.querySelectorAll('.lora-studio-sliders-body input'), function(inp) {
+            return inp.disabled ? inp.dataset.token : number(inp.value);
         });
-    }
-
-    function showNorms(panel, name) {
-        if (normCache[name]) { drawNorms(panel, normCache[name]); return; }
-        if (typeof fetch !== 'function') return;
-        fetch('/lora-studio/v1/block-norms?name=' + encodeURIComponent(name), {credentials: 'same-origin'})
-            .then(function(r) { return r.ok ? r.json() : null; })
-            .then(function(data) { if (data && !data.error) normCache[name] = data; drawNorms(panel, data); })
-            .catch(function() {});
     }
 
     function write(panel) {
@@ -133,11 +116,9 @@
         if (!st) return;
         var ta = st.textarea, tag = tagAt(ta.value, st.pos);
         if (!tag) return;
-        var values = Array.prototype.map.call(panel.querySelectorAll('.lora-studio-sliders-body input'), function(inp) {
-            return inp.disabled ? inp.dataset.token : number(inp.value);
-        });
+        var values = currentValues(panel);
         ta.value = setBlocks(ta.value, tag, values);
-        showWeights(panel, values);
+        requestPreview(panel, tag.name, values);
         ta.selectionStart = ta.selectionEnd = Math.min(st.pos, ta.value.length);
         if (typeof updateInput === 'function') updateInput(ta);
     }
@@ -167,7 +148,8 @@
         Array.prototype.forEach.call(document.querySelectorAll('.lora-studio-sliders'), hook);
     }
 
-    window.loraStudioSliders = {tagAt: tagAt, setBlocks: setBlocks, hookAll: hookAll, render: render, drawNorms: drawNorms};
+    window.loraStudioSliders = {tagAt: tagAt, setBlocks: setBlocks, hookAll: hookAll, render: render,
+                                 requestPreview: requestPreview};
     if (typeof onUiLoaded === 'function') onUiLoaded(hookAll);
     if (typeof onUiUpdate === 'function') onUiUpdate(hookAll);
     document.addEventListener('DOMContentLoaded', hookAll);

@@ -20,8 +20,6 @@ except ImportError:                                    # no FastAPI outside a We
     HTTPException = Request = None
 
 ROUTE = "/lora-studio/v1/status"
-NORMS_ROUTE = "/lora-studio/v1/block-norms"   # per-block ΔW norms of one LoRA, for the per-block sliders
-_NORMS: dict = {}                             # (path, size, mtime) → norms: computed once per file version
 
 
 def _credentials() -> list[tuple[str, str]]:
@@ -100,36 +98,9 @@ def _report(report) -> dict | None:
     return fields
 
 
-def block_norms(name: str) -> dict:
-    """{"name", "arch", "norms": {block name: ΔW norm or None}} of the LoRA the tag name `name` resolves to,
-    as the presets tab's chart computes them; no paths."""
-    from lib_lora.lora_info import inspect_file
-
-    entry = ENGINE.library.find(name)      # the tag's own resolution: stem, alias, case (one rescan on a miss)
-    if entry is None:
-        return {"name": name, "error": f"no LoRA named '{without_paths(name)}'"}
-    path = str(entry.path)
-    st = os.stat(path)
-    key = (path, st.st_size, st.st_mtime_ns)
-    if key not in _NORMS:
-        report = inspect_file(path, with_hash=False)
-        _NORMS.clear()          # one file's norms at a time: the slider panel shows one tag
-        _NORMS[key] = {"arch": report["arch"], "norms": dict(report["block_norms"])}
-    return {"name": name, **_NORMS[key]}
-
-
 def on_app_started(demo, app) -> None:
     if any(getattr(r, "path", None) == ROUTE for r in getattr(app, "routes", [])):
         return
-
-    @app.get(NORMS_ROUTE)
-    def lora_studio_block_norms(request: Request, name: str):
-        if not authorized(request.headers.get("authorization")):
-            raise HTTPException(status_code=401, detail="Unauthorized", headers={"WWW-Authenticate": "Basic"})
-        try:
-            return block_norms(name)
-        except Exception as exc:    # a damaged file: said, not a 500
-            return {"name": name, "error": without_paths(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}
 
     @app.get(ROUTE)
     def lora_studio_status(request: Request, checksum: bool = False):

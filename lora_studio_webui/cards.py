@@ -1,13 +1,10 @@
 """The LoRA cards page, registered only when the built-in Lora extension is disabled (otherwise its own
-"Lora" page is used, and its cards insert tags that we handle). Distinct title, so HTML ids never collide.
-
-Its card editor shows the training record (lib_lora.sidecar: tags by frequency, datasets, resolutions, learning
-rates, epochs, base model, network) and edits the WebUI's own sidecar `<stem>.json` with the built-in editor's
-keys plus "preferred preset", which a card click writes as the tag's block weights."""
+"Lora" page is used, and its cards insert tags that we handle). Distinct title, so HTML ids never collide."""
 
 from __future__ import annotations
 
 import html
+import json
 import os
 
 from lib_lora import sidecar
@@ -50,12 +47,12 @@ def make_page():
             self.read_user_metadata(item)
             um = item.get("user_metadata") or {}
             weight = um.get("preferred weight") or 0
-            preset = str(um.get(sidecar.PRESET) or "").strip()
-            if any(c in preset for c in ":<>"):      # hand-edited sidecar: never break the tag
-                preset = ""
             item["prompt"] = (quote_js(f"<lora:{alias}:") + " + "
                               + (str(weight) if weight else "opts.extra_networks_default_multiplier")
-                              + " + " + quote_js((f":{preset}" if preset else "") + ">"))
+                              + " + " + quote_js(">"))
+            preset = str(um.get(sidecar.PRESET) or "").strip()
+            if preset:   # ours: the card writes the preferred block-weight preset into the tag
+                item["prompt"] = item["prompt"][:-len(quote_js(">"))] + quote_js(f":lbw={preset}>")
             if um.get("activation text"):
                 item["prompt"] += " + " + quote_js(" " + um["activation text"])
             item["negative_prompt"] = quote_js("(" + um["negative text"] + ":1)") if um.get("negative text") else quote_js("")
@@ -72,86 +69,106 @@ def make_page():
             return [str(d) for d in env.lora_dirs() if d.is_dir()]
 
         def create_user_metadata_editor(self, ui, tabname):
-            return make_editor_class()(ui, tabname, self)
+            return make_editor(ui, tabname, self)
 
     return LoraStudioCards()
 
 
-def make_editor_class():
-    """The card editor: the WebUI's UserMetadataEditor with the training record, the training tags (a click
-    adds one to the activation text) and the LoRA fields, saved through lib_lora.sidecar (atomic, keys kept)."""
+# --- the card's metadata view and user-metadata editor ----------------------------------------------------
+
+def card_fields(item: dict) -> tuple:
+    """(activation text, preferred weight, preferred preset, negative text) of a card's user metadata."""
+    um = item.get("user_metadata") or {}
+    try:
+        weight = float(um.get(sidecar.WEIGHT) or 0.0)
+    except (TypeError, ValueError):
+        weight = 0.0
+    return (str(um.get(sidecar.ACTIVATION, "")), weight, str(um.get(sidecar.PRESET, "")),
+            str(um.get(sidecar.NEGATIVE, "")))
+
+
+def card_training_html(item: dict, tabname: str) -> str:
+    """The training facts and tags of a card (its file's ss_* header), tags as "add to prompt" buttons."""
+    from lib_lora.ui.lora_tab import training_html
+    return (f'<div class="lora-studio-card-meta" data-tabname="{html.escape(tabname)}">'
+            + training_html(item.get("metadata") or {}, add_to_prompt=True) + "</div>")
+
+
+def save_card(page, name: str, desc, activation, weight, preset, negative, notes) -> str:
+    """Writes the card's user fields into the WebUI's sidecar (the weights file is never touched); returns a
+    status line. Unknown keys already in the sidecar are kept; an unreadable sidecar is refused, not replaced."""
+    item = page.items.get(name)
+    if not item or not item.get("filename"):
+        return f"⚠ LoRA card '{name}' is gone; refresh the page"
+    preset = (preset or "").strip()
+    try:
+        if env.cmd_opt("disable_extension_access", False):    # --listen without insecure access: no writes
+            from .tabs import WEBUI_WRITES_BLOCKED
+            raise LoraStudioError(WEBUI_WRITES_BLOCKED)
+        if preset and ENGINE.presets().get(preset) is None:
+            raise LoraStudioError(f"preset '{preset}' is not known; leave it empty or use a preset name from "
+                                  f"the Presets tab")
+        data = sidecar.update_sidecar(item["filename"], {
+            sidecar.DESCRIPTION: desc, sidecar.ACTIVATION: activation, sidecar.WEIGHT: weight,
+            sidecar.PRESET: preset, sidecar.NEGATIVE: negative, sidecar.NOTES: notes})
+    except LoraStudioError as exc:
+        return f"⚠ {exc}"
+    item["user_metadata"] = data
+    item["description"] = data.get(sidecar.DESCRIPTION, "")
+    lister = getattr(page, "lister", None)
+    if lister is not None and hasattr(lister, "update_file_entry"):   # the WebUI caches which files exist
+        lister.update_file_entry(sidecar.sidecar_path(item["filename"]))
+    return "Saved."
+
+
+def make_editor(ui, tabname, page):
     import gradio as gr
-    from modules import ui_extra_networks_user_metadata
-
     from lib_lora.ui import compat
+    from modules import ui_extra_networks_user_metadata as base
 
-    class LoraStudioMetadataEditor(ui_extra_networks_user_metadata.UserMetadataEditor):
-        def get_metadata_table(self, name):
-            table = super().get_metadata_table(name)
-            metadata = self.page.items.get(name, {}).get("metadata") or {}
-            return table + [(f"{label}:", html.escape(value)) for label, value in sidecar.training_record(metadata)]
+    class LoraStudioMetadataEditor(base.UserMetadataEditor):
+        """The WebUI's own editor (description, notes, preview) plus activation text, preferred weight,
+        preferred preset, negative text, and the training metadata with "add to prompt" tags."""
 
         def put_values_into_components(self, name):
-            values = list(super().put_values_into_components(name))[:5]
-            um = self.get_user_metadata(name)
-            metadata = self.page.items.get(name, {}).get("metadata") or {}
-            tags = [(tag, str(n)) for tag, n in sidecar.tag_frequency(metadata)[:40]]
-            try:
-                weight = float(um.get(sidecar.WEIGHT) or 0)
-            except (TypeError, ValueError):
-                weight = 0.0
-            return [*values, um.get(sidecar.SD_VERSION) or "Unknown",
-                    gr.update(value=tags, visible=bool(tags)), um.get(sidecar.ACTIVATION, ""), weight,
-                    um.get(sidecar.PRESET, ""), um.get(sidecar.NEGATIVE, "")]
-
-        def save_card(self, name, description, sd_version, activation, weight, preset, negative, notes):
+            values = super().put_values_into_components(name)
             item = self.page.items.get(name, {})
-            try:
-                data = sidecar.write_sidecar(item["filename"], {
-                    sidecar.DESCRIPTION: description, sidecar.SD_VERSION: sd_version, sidecar.ACTIVATION: activation,
-                    sidecar.WEIGHT: weight, sidecar.PRESET: preset, sidecar.NEGATIVE: negative, sidecar.NOTES: notes})
-            except (LoraStudioError, KeyError) as exc:
-                env.log.warning(f"card of '{name}' not saved: {exc}")
-                raise gr.Error(f"not saved: {exc}") from None   # shown in the browser; the file is unchanged
-            item["user_metadata"] = data
-            lister = getattr(self.page, "lister", None)
-            if lister is not None and hasattr(lister, "update_file_entry"):
-                lister.update_file_entry(str(sidecar.sidecar_path(item["filename"])))
+            self.get_user_metadata(name)
+            return [*values[0:5], *card_fields(item), card_training_html(item, self.tabname)]
+
+        def save_lora_user_metadata(self, name, desc, notes, activation, weight, preset, negative):
+            status = save_card(self.page, name, desc, activation, weight, preset, negative, notes)
+            if status.startswith("⚠"):    # shown by Gradio; the popup stays open with the user's text
+                raise gr.Error(status[2:])
 
         def create_editor(self):
             self.create_default_editor_elems()
-            self.sd_version = gr.Dropdown(list(sidecar.SD_VERSIONS), value="Unknown",
-                                          label="Stable Diffusion version", interactive=True)
-            self.taginfo = gr.HighlightedText(label="Training tags (click one: add it to the activation text)")
-            self.activation = gr.Textbox(label="Activation text", info="added to the prompt after the tag")
-            self.weight = gr.Slider(label="Preferred weight", info="0: the default multiplier", minimum=0.0,
-                                    maximum=2.0, step=0.01)
-            self.preset = gr.Textbox(label="Preferred preset", info="block-weight preset the tag gets (e.g. face)")
-            self.negative = gr.Textbox(label="Negative prompt", info="added to the negative prompt")
-            self.edit_notes = gr.TextArea(label="Notes", lines=4)
+            self.edit_activation = gr.Text(label="Activation text", info="added to the prompt with the tag")
+            self.edit_weight = gr.Slider(label="Preferred weight (0 = the default)", minimum=0.0, maximum=2.0,
+                                         step=0.01)
+            try:
+                presets = [""] + ENGINE.presets().names()
+            except Exception:     # the editor still works without the presets list
+                presets = [""]
+            self.edit_preset = gr.Dropdown(label="Preferred block-weight preset (lbw=)", choices=presets, value="")
+            self.edit_negative = gr.Text(label="Negative prompt text")
+            self.edit_notes = gr.TextArea(label="Notes", lines=3)
+            self.html_training = gr.HTML(elem_classes="lora-studio-card-training")
             self.create_default_buttons()
-            self.taginfo.select(fn=compat.with_select_index(add_tag, 1, "value"), inputs=[self.activation],
-                                outputs=[self.activation], show_progress=False)
-            shown = [self.edit_name, self.edit_description, self.html_filedata, self.html_preview, self.edit_notes,
-                     self.sd_version, self.taginfo, self.activation, self.weight, self.preset, self.negative]
-            self.button_edit.click(fn=self.put_values_into_components, inputs=[self.edit_name_input], outputs=shown)\
+            outputs = [self.edit_name, self.edit_description, self.html_filedata, self.html_preview, self.edit_notes,
+                       self.edit_activation, self.edit_weight, self.edit_preset, self.edit_negative, self.html_training]
+            self.button_edit.click(fn=self.put_values_into_components, inputs=[self.edit_name_input],
+                                   outputs=outputs)\
                 .then(fn=lambda: gr.update(visible=True), inputs=[], outputs=[self.box])
-            self.setup_save_handler(self.button_save, self.save_card,
-                                    [self.edit_description, self.sd_version, self.activation, self.weight, self.preset,
-                                     self.negative, self.edit_notes])
+            inputs = [self.edit_name_input, self.edit_description, self.edit_notes, self.edit_activation,
+                      self.edit_weight, self.edit_preset, self.edit_negative]
+            refresh = ("function(name){closePopup(); extraNetworksRefreshSingleCard(" + json.dumps(self.page.name)
+                       + "," + json.dumps(self.tabname) + ", name);}")
+            # .success: the popup closes only when the file was written
+            self.button_save.click(fn=self.save_lora_user_metadata, inputs=inputs, outputs=[])\
+                .success(fn=None, inputs=[self.edit_name_input], outputs=[], **compat.js_kwargs(refresh))
 
-    return LoraStudioMetadataEditor
-
-
-def add_tag(activation: str, value):
-    """A click on a training tag ([tag, count]): add it to the activation text, or take it out when there."""
-    tag = str(value[0] if isinstance(value, (list, tuple)) else value or "").strip()
-    if not tag:
-        return activation
-    words = [w.strip() for w in (activation or "").split(",") if w.strip()]
-    if tag in words:
-        return ", ".join(w for w in words if w != tag)
-    return ", ".join([*words, tag])
+    return LoraStudioMetadataEditor(ui, tabname, page)
 
 
 def on_before_ui():

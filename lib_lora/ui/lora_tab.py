@@ -171,50 +171,23 @@ def show_lora(ctx, name: str):
     return chart, summary_markdown(name, report), json.dumps(meta, indent=1, ensure_ascii=False, default=str)
 
 
-def training_markdown(report: dict) -> str:
-    """The training record (kohya ss_* metadata) and the top training tags."""
-    from lib_lora import sidecar
-
-    rows = sidecar.training_record(report.get("metadata") or {})
-    if not rows:
-        return "No training record in this file's metadata."
-    text = "\n".join(f"- **{k}**: {html.escape(str(v))}" for k, v in rows)
-    tags = sidecar.tag_frequency(report.get("metadata") or {})
-    if tags:
-        text += "\n\n**Training tags** (captions holding each): " + ", ".join(
-            f"{html.escape(t)} ({n})" for t, n in tags[:40]) + (" …" if len(tags) > 40 else "")
-    return text
-
-
-def card_fields(ctx, name: str) -> tuple[list, str]:
-    """The sidecar's editable fields of LoRA `name` in sidecar.EDITABLE order, and a status line."""
-    from lib_lora import sidecar
-
+def show_card(ctx, name: str):
+    """Callback: (training html, the 5 sidecar fields, status line) of a LoRA (header only, no tensors read)."""
+    from lib_lora import fileio
+    if not name:
+        return ("",) + EMPTY_FIELDS + ("",)
     try:
-        data = sidecar.read_sidecar(lora_path(ctx, name))
+        meta = fileio.read_metadata(str(lora_path(ctx, name)))
     except LoraStudioError as exc:
-        return [None] * len(sidecar.EDITABLE), f"⚠ {exc}"
-    values = [data.get(k) for k in sidecar.EDITABLE]
-    values[sidecar.EDITABLE.index(sidecar.WEIGHT)] = float(data.get(sidecar.WEIGHT) or 0)
-    values[sidecar.EDITABLE.index(sidecar.SD_VERSION)] = data.get(sidecar.SD_VERSION) or "Unknown"
-    return values, ""
-
-
-def save_card(ctx, name: str, *values) -> str:
-    """Write the editable fields into the WebUI's sidecar `<stem>.json` (other keys kept; weights untouched)."""
-    from lib_lora import sidecar
-
+        return ("",) + EMPTY_FIELDS + (f"⚠ {exc}",)
     try:
-        ctx.check_writes()
-        path = lora_path(ctx, name)
-        sidecar.write_sidecar(path, dict(zip(sidecar.EDITABLE, values)))
-        preset = values[sidecar.EDITABLE.index(sidecar.PRESET)]
-        if preset and ctx.presets is not None and ctx.presets.get(str(preset).strip()) is None:
-            return (f"✓ saved {sidecar.sidecar_path(path).name}; note: no preset named '{preset}' exists yet "
-                    "(a tag using it will be skipped until it does)")
-    except LoraStudioError as exc:
-        return f"⚠ {exc}"
-    return f"✓ saved {sidecar.sidecar_path(path).name}"
+        fields, status = sidecar_values(ctx, name), ""
+    except LoraStudioError as exc:   # a broken sidecar: shown, and saving refuses rather than replaces it
+        fields, status = EMPTY_FIELDS, f"⚠ {exc}"
+    return (training_html(meta),) + tuple(fields) + (status,)
+
+
+EMPTY_FIELDS = ("", "", 0.0, "", "")
 
 
 def build(ctx) -> None:
@@ -230,24 +203,20 @@ def build(ctx) -> None:
                             min_width=80)
     chart = gr.HTML(elem_id="lora_studio_inspect_chart")
     summary = gr.Markdown(elem_id="lora_studio_inspect_summary")
-    with gr.Accordion("Training", open=False):
-        training = gr.Markdown(elem_id="lora_studio_inspect_training")
-    with gr.Accordion("Card (the WebUI's user metadata: <name>.json beside the file)", open=False):
-        from lib_lora import sidecar
-        card = [
-            gr.Textbox(label="Description", lines=2, elem_id="lora_studio_card_description"),
-            gr.Textbox(label="Activation text (added after the tag)", elem_id="lora_studio_card_activation"),
-            gr.Slider(0.0, 2.0, value=0.0, step=0.01, label="Preferred weight (0 = the default)",
-                      elem_id="lora_studio_card_weight"),
-            gr.Textbox(label="Preferred preset (block weights a card click writes)", elem_id="lora_studio_card_preset"),
-            gr.Textbox(label="Negative text", elem_id="lora_studio_card_negative"),
-            gr.Textbox(label="Notes", lines=3, elem_id="lora_studio_card_notes"),
-            gr.Dropdown(choices=list(sidecar.SD_VERSIONS), value="Unknown", label="Stable Diffusion version",
-                        elem_id="lora_studio_card_sd_version"),
-        ]
+    with gr.Accordion("Training (from the file's metadata)", open=True):
+        training = gr.HTML(elem_id="lora_studio_inspect_training")
+    with gr.Accordion("Card: description, activation text, preferred weight (the WebUI's .json beside the file)",
+                      open=True):
+        desc = gr.Textbox(label="Description", lines=2, elem_id="lora_studio_card_description")
+        activation = gr.Textbox(label="Activation text", elem_id="lora_studio_card_activation")
         with gr.Row():
-            save = gr.Button("Save card", elem_id="lora_studio_card_save")
-            card_status = gr.Markdown(elem_id="lora_studio_card_status")
+            weight = gr.Number(label="Preferred weight (0 = the default)", value=0.0,
+                               elem_id="lora_studio_card_weight")
+            preset = gr.Dropdown(choices=[""] + (ctx.presets.names() if ctx.presets is not None else []),
+                                 value="", label="Preferred block-weight preset", elem_id="lora_studio_card_preset")
+        notes = gr.Textbox(label="Notes", lines=2, elem_id="lora_studio_card_notes")
+        save = gr.Button("Save card", elem_id="lora_studio_card_save", size="sm")
+        status = gr.Markdown(elem_id="lora_studio_card_status")
     with gr.Accordion("Metadata", open=False):
         meta = gr.Code(language="json", label="metadata", elem_id="lora_studio_inspect_meta")
     with gr.Accordion("All files", open=False):
@@ -264,14 +233,79 @@ def build(ctx) -> None:
         return rows[index[0]][0] if index and 0 <= index[0] < len(rows) else compat.update()
 
     files.select(compat.with_select_index(row_name, 1), inputs=[files], outputs=[pick])
-    def picked(n):
-        if not n:
-            return ("", "", "", "", *[compat.update() for _ in card], "")
-        chart_html, text, meta_text = show_lora(ctx, n)
-        record = training_markdown({"metadata": json.loads(meta_text)}) if meta_text else ""
-        values, status = card_fields(ctx, n)
-        return (chart_html, text, meta_text, record, *values, status)
+    fields = [desc, activation, weight, preset, notes]
+    pick.change(lambda n: show_lora(ctx, n) if n else ("", "", ""), inputs=[pick], outputs=[chart, summary, meta])
+    pick.change(lambda n: show_card(ctx, n), inputs=[pick], outputs=[training, *fields, status])
+    save.click(lambda n, *v: save_sidecar(ctx, n, *v), inputs=[pick, *fields], outputs=[status])
 
-    pick.change(picked, inputs=[pick], outputs=[chart, summary, meta, training, *card, card_status])
-    save.click(lambda n, *v: save_card(ctx, n, *v) if n else "⚠ pick a LoRA first", inputs=[pick, *card],
-               outputs=[card_status])
+
+# --- training metadata and the user-metadata sidecar (shared with the WebUI's card editor) -------------------
+
+def training_html(meta: dict, add_to_prompt: bool = False, max_tags: int = 200) -> str:
+    """The training facts of a LoRA's ss_* header as HTML: a facts table, the dataset folders, the network
+    arguments and the training tags by frequency. With `add_to_prompt`, each tag is a button
+    (class lora-studio-tag, data-tag) that javascript/lora_studio_cards.js adds to the prompt."""
+    from lib_lora.sidecar import training_view
+
+    view = training_view(meta)
+    esc = html.escape
+    parts = ['<div class="lora-studio-training">']
+    rows = list(view["facts"])
+    if view["network_args"]:
+        rows.append(("network args", ", ".join(f"{k}={v}" for k, v in view["network_args"].items())))
+    if rows:
+        parts.append('<table class="lora-studio-facts">' + "".join(
+            f'<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>' for k, v in rows) + "</table>")
+    if view["datasets"]:
+        parts.append('<div class="lora-studio-datasets"><b>Dataset</b><ul>' + "".join(
+            f'<li>{esc(d["dir"])}: {esc(str(d["images"] if d["images"] is not None else "?"))} images'
+            + (f' × {esc(str(d["repeats"]))} repeats' if d["repeats"] is not None else "") + "</li>"
+            for d in view["datasets"]) + "</ul></div>")
+    tags = view["tags"]
+    if tags:
+        shown = tags[:max_tags]
+        more = f" (first {len(shown)} of {len(tags)})" if len(tags) > len(shown) else ""
+        head = "Training tags by frequency" + more + (": click to add to the prompt" if add_to_prompt else "")
+        items = []
+        for tag, n in shown:
+            if add_to_prompt:
+                items.append(f'<button type="button" class="lora-studio-tag" data-tag="{esc(tag)}">'
+                             f'{esc(tag)} <span class="lora-studio-tag-count">{n}</span></button>')
+            else:
+                items.append(f'<span class="lora-studio-tag" data-tag="{esc(tag)}">{esc(tag)} '
+                             f'<span class="lora-studio-tag-count">{n}</span></span>')
+        parts.append(f'<div class="lora-studio-tags"><b>{esc(head)}</b><div>{" ".join(items)}</div></div>')
+    if not rows and not view["datasets"] and not tags:
+        parts.append("<p>No training metadata in this file.</p>")
+    for p in view["problems"]:
+        parts.append(f'<p class="lora-studio-problem">⚠ {esc(p)}</p>')
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def sidecar_values(ctx, name: str) -> tuple:
+    """(description, activation text, preferred weight, preferred preset, notes) of a LoRA's sidecar."""
+    from lib_lora import sidecar
+    data = sidecar.read_sidecar(lora_path(ctx, name))
+    try:
+        weight = float(data.get(sidecar.WEIGHT) or 0.0)
+    except (TypeError, ValueError):
+        weight = 0.0
+    return (str(data.get(sidecar.DESCRIPTION, "")), str(data.get(sidecar.ACTIVATION, "")), weight,
+            str(data.get(sidecar.PRESET, "")), str(data.get(sidecar.NOTES, "")))
+
+
+def save_sidecar(ctx, name: str, description, activation, weight, preset, notes) -> str:
+    """Callback: write the user fields into the LoRA's sidecar; returns a status line."""
+    from lib_lora import sidecar
+    try:
+        ctx.check_writes()
+        path = lora_path(ctx, name)
+        preset = (preset or "").strip()
+        if preset and ctx.presets is not None and ctx.presets.get(preset) is None:
+            raise LoraStudioError(f"preset '{preset}' is not known; pick one from the Presets tab or leave it empty")
+        sidecar.update_sidecar(path, {sidecar.DESCRIPTION: description, sidecar.ACTIVATION: activation,
+                                      sidecar.WEIGHT: weight, sidecar.PRESET: preset, sidecar.NOTES: notes})
+    except LoraStudioError as exc:
+        return f"⚠ {exc}"
+    return f"Saved {Path(sidecar.sidecar_path(path)).name}."

@@ -475,7 +475,11 @@ def preset_weights(ctx, preset: str, arch: str | None):
     store = ctx.presets
     if store is None or not preset:
         return None
-    vals = store.get(preset, arch if arch in ("sd1", "sd2", "sdxl") else None)
+    return token_weights(store.get(preset, arch if arch in ("sd1", "sd2", "sdxl") else None))
+
+
+def token_weights(vals):
+    """26 slot weights of a 12/17/20/26-token block list (letters → None, unlisted slots 0), or None."""
     if not vals or len(vals) not in FORMATS:
         return None
     nums = [float(x) if _NUMBER_RE.match(x) else 0.0 for x in vals]

@@ -13,7 +13,10 @@ from tests.paths import REPO
 PAGE = """<!doctype html><html><body>
 <div id="txt2img_prompt"><textarea id="t"></textarea></div>
 PANEL
-<script>var updated = 0; function updateInput(t) { updated++; }</script>
+<div id="lora_studio_sliders_txt2img_req"><textarea></textarea></div>
+<button id="lora_studio_sliders_txt2img_go"
+ onclick="requests.push(document.querySelector('#lora_studio_sliders_txt2img_req textarea').value)"></button>
+<script>var updated = 0, requests = []; function updateInput(t) { updated++; }</script>
 <script src="SCRIPT"></script></body></html>"""
 
 
@@ -92,28 +95,18 @@ def test_format_choice_gives_a_plain_tag_a_list_of_that_size(driver):
     driver.execute_script("document.querySelector('.lora-studio-sliders').dataset.chosen = '17';")
 
 
-def test_norm_bars_beside_the_sliders(driver):
-    click_at(driver, "<lora:hina:0.8>", 3)
-    bars = driver.execute_script(
-        "var p = document.querySelector('.lora-studio-sliders');"
-        "window.loraStudioSliders.drawNorms(p, {norms: {BASE: 1.0, IN01: 4.0, M00: 2.0, OUT11: null}});"
-        "return Array.from(p.querySelectorAll('.lora-studio-norm')).map(b => [b.dataset.block, b.style.width, b.title]);")
-    by = {b: (w, t) for b, w, t in bars}
-    assert len(bars) == 17 and by["IN01"] == ("60px", "ΔW norm 4.00") and by["M00"] == ("30px", "ΔW norm 2.00")
-    assert by["OUT11"] == ("0px", "no module in this block")
-    bars = driver.execute_script(
-        "var p = document.querySelector('.lora-studio-sliders');"
-        "window.loraStudioSliders.drawNorms(p, {error: \"no LoRA named 'x'\"});"
-        "return Array.from(p.querySelectorAll('.lora-studio-norm')).map(b => [b.style.width, b.title]);")
-    assert bars[0] == ["0px", "no LoRA named 'x'"]
-
-
-def test_weights_shown_box_follows_the_tag_and_the_sliders(driver):
-    driver.execute_script("var d = document.createElement('div'); d.id = 'lora_studio_sliders_vector_txt2img';"
-                          "d.appendChild(document.createElement('textarea')); document.body.appendChild(d);")
-    box = "return document.querySelector('#lora_studio_sliders_vector_txt2img textarea').value;"
-    click_at(driver, "<lora:x:1:lbw=ALL_XL>", 3)
-    assert driver.execute_script(box) == ",".join(["1"] * 12)
-    slide(driver, "IN05", "0.5")
-    assert driver.execute_script(box) == "1,1,0.5,1,1,1,1,1,1,1,1,1"
-    driver.execute_script("document.getElementById('lora_studio_sliders_vector_txt2img').remove();")
+def test_norms_preview_is_requested_once_per_change(driver):
+    """The sliders ask the server for the norms chart (hidden textbox + button), debounced, for the LoRA under
+    the cursor and the values shown; the same request is not sent twice."""
+    import json
+    import time
+    driver.execute_script("requests.length = 0;")
+    click_at(driver, "<lora:blocky:1:lbw=1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1,1>", 3)
+    slide(driver, "OUT03", "0.25")
+    slide(driver, "OUT03", "0.5")            # within the debounce: only the last is sent
+    time.sleep(0.6)
+    sent = [json.loads(r) for r in driver.execute_script("return requests;")]
+    assert sent == [{"name": "blocky", "values": ["1"] * 8 + ["0.5"] + ["1"] * 8}]
+    click_at(driver, "<lora:blocky:1:lbw=1,1,1,1,1,1,1,1,0.5,1,1,1,1,1,1,1,1>", 3)
+    time.sleep(0.6)
+    assert len(driver.execute_script("return requests;")) == 1   # unchanged: not asked again

@@ -1,91 +1,76 @@
-"""LoRA Studio's cards page in a fake AUTOMATIC1111 (built-in Lora disabled): a card click writes the preferred
-weight and preset into the tag, the editor shows the training record and tags, saves the WebUI's sidecar
-(other keys kept) and a tag click toggles it in the activation text."""
+"""The Lora card's metadata view and editor in the (fake) WebUI: the sidecar the WebUI reads, our fields."""
 
 from __future__ import annotations
 
 import json
+import types
 
 import pytest
 
-from tests.fake_webui.harness import write_lora
-from tests.lib_lora.test_sidecar import KOHYA
+pytest.importorskip("gradio")
 
 
-def page_and_item(webui, name):
+def _page(webui, path, **um):
+    item = {"name": path.stem, "filename": str(path), "user_metadata": dict(um), "description": um.get("description", ""),
+            "metadata": {"ss_tag_frequency": json.dumps({"1_a": {"blue hair": 2, "smile": 5}}),
+                         "ss_network_dim": "8", "ss_resolution": "(512, 512)"}}
+    updated = []
+    lister = types.SimpleNamespace(update_file_entry=updated.append)
+    page = types.SimpleNamespace(items={path.stem: item}, name="lora studio", extra_networks_tabname="lora_studio",
+                                 lister=lister)
+    return page, item, updated
+
+
+def test_card_editor_writes_the_webui_sidecar(webui):
     from lora_studio_webui import cards
-    page = cards.make_page()
-    page.refresh()                                           # the WebUI lists the page before showing a card
-    return page, page.create_item_into_items(name)
+    path = webui.lora_dir / "foo.safetensors"
+    weights = path.read_bytes()
+    (webui.lora_dir / "foo.json").write_text(json.dumps({"sd version": "SD1", "other tool": {"x": 1}}))
+    page, item, updated = _page(webui, path, **{"sd version": "SD1", "other tool": {"x": 1}})
+    status = cards.save_card(page, "foo", "my style", "blue hair", 0.75, "face", "lowres", "note")
+    assert status == "Saved."
+    data = json.loads((webui.lora_dir / "foo.json").read_text(encoding="utf-8"))
+    # the WebUI's own names (its Lora editor and its card's prompt read these) + ours; unknown keys kept
+    assert data == {"sd version": "SD1", "other tool": {"x": 1}, "description": "my style", "activation text": "blue hair",
+                    "preferred weight": 0.75, "lora studio preset": "face", "negative text": "lowres", "notes": "note"}
+    assert item["user_metadata"] == data and item["description"] == "my style"
+    assert updated == [str(webui.lora_dir / "foo.json")]        # the WebUI's file cache learns of the file
+    assert path.read_bytes() == weights
+    assert cards.card_fields(item) == ("blue hair", 0.75, "face", "lowres")
+    assert cards.save_card(page, "foo", "", "", "x", "", "", "").startswith("⚠ preferred weight 'x' is not a number")
+    assert cards.save_card(page, "foo", "", "", 1, "nosuch", "", "").startswith("⚠ preset 'nosuch'")
+    assert json.loads((webui.lora_dir / "foo.json").read_text(encoding="utf-8")) == data   # refused: unchanged
+    assert cards.save_card(page, "gone", "", "", 1, "", "", "").startswith("⚠")
 
 
-def test_card_prompt_carries_preferred_weight_and_preset(webui):
-    path = write_lora(webui, "mychar")
-    _, item = page_and_item(webui, "mychar")
-    assert item["prompt"] == '"<lora:mychar:" + opts.extra_networks_default_multiplier + ">"'
-    path.with_suffix(".json").write_text(json.dumps({"preferred weight": 0.7, "preferred preset": "face",
-                                                     "activation text": "mychar"}), encoding="utf-8")
-    _, item = page_and_item(webui, "mychar")
-    assert item["prompt"] == '"<lora:mychar:" + 0.7 + ":face>" + " mychar"'
-    path.with_suffix(".json").write_text(json.dumps({"preferred preset": "a>b"}), encoding="utf-8")
-    _, item = page_and_item(webui, "mychar")                 # a hand-edited bad preset never breaks the tag
-    assert item["prompt"].endswith('+ ">"')
-
-
-def test_editor_shows_the_training_record_and_saves_the_sidecar(webui):
+def test_card_editor_ui_shows_training_tags(webui):
     import gradio as gr
     from lora_studio_webui import cards
-
-    path = write_lora(webui, "mychar", **KOHYA)
-    path.with_suffix(".json").write_text(json.dumps({"description": "d", "custom": 1}), encoding="utf-8")
-    page, item = page_and_item(webui, "mychar")
+    path = webui.lora_dir / "foo.safetensors"
+    page, item, _ = _page(webui, path, **{"activation text": "smile", "preferred weight": 0.5})
     with gr.Blocks():
-        editor = page.create_user_metadata_editor(None, "txt2img")
+        editor = cards.make_editor(None, "txt2img", page)
         editor.create_ui()
-    table = dict(editor.get_metadata_table("mychar"))
-    assert table["Network:"] == "networks.lora, dim 32, alpha 16.0, conv_dim=8" and table["Epoch:"] == "4 of 10"
-    shown = editor.put_values_into_components("mychar")
-    assert shown[1] == "d" and shown[5] == "Unknown"
-    assert shown[6]["value"] == [("red hair", "5"), ("mychar", "4"), ("smile", "1")] and shown[6]["visible"]
-    editor.save_card("mychar", "new", "SD1", "mychar, red hair", 0.8, "face", "", "notes")
-    on_disk = json.loads(path.with_suffix(".json").read_text(encoding="utf-8"))
-    assert on_disk == {"description": "new", "custom": 1, "sd version": "SD1", "activation text": "mychar, red hair",
-                       "preferred weight": 0.8, "preferred preset": "face", "negative text": "", "notes": "notes"}
-    assert page.items["mychar"]["user_metadata"] == on_disk
-    with pytest.raises(gr.Error, match="not saved: preferred preset 'a:b' cannot hold"):
-        editor.save_card("mychar", "x", "SD1", "", 1, "a:b", "", "")          # refused: the file stays as it was
-    assert json.loads(path.with_suffix(".json").read_text(encoding="utf-8")) == on_disk
-    assert cards.add_tag("mychar", ["red hair", "5"]) == "mychar, red hair"
-    assert cards.add_tag("mychar, red hair", ["red hair", "5"]) == "mychar"
-    assert cards.add_tag("", ["smile", "1"]) == "smile"
+    values = editor.put_values_into_components("foo")
+    assert values[5:9] == ["smile", 0.5, "", ""]
+    training = values[9]
+    assert 'data-tabname="txt2img"' in training
+    assert '<button type="button" class="lora-studio-tag" data-tag="smile">' in training
+    assert training.index('data-tag="smile"') < training.index('data-tag="blue hair"')   # by frequency
+    assert "network dim" in training and "(512, 512)" in training
+    with pytest.raises(gr.Error, match="not a number"):
+        editor.save_lora_user_metadata("foo", "", "", "", "heavy", "", "")
 
 
-def test_block_norms_route_gives_the_charts_norms_without_paths(webui):
-    from lib_lora.lora_info import inspect_file
-    from lora_studio_webui import api
-
-    path = write_lora(webui, "mychar")
-    got = api.block_norms("mychar")
-    assert got["name"] == "mychar" and got["arch"] == "sd1"
-    assert got["norms"] == inspect_file(str(path), with_hash=False)["block_norms"]
-    assert str(path.parent) not in repr(got)
-    assert api.block_norms("nosuch") == {"name": "nosuch", "error": "no LoRA named 'nosuch'"}
-
-
-def test_save_sliders_as_a_preset(tmp_path):
-    from lib_lora.presets import PresetStore
-    from lora_studio_webui.block_sliders import save_preset
-
-    store = PresetStore(user_path=tmp_path / "user.txt")
-    w = "1,1,0.5,1,1,1,1,1,1,1,1,1,1,1,1,1,1"
-    assert save_preset(store, "mine", w, False) == \
-        "✓ saved preset 'mine' (17 values); write it in a tag as <lora:NAME:1:mine>"
-    assert store.get("mine") == w.split(",") and "mine:" in (tmp_path / "user.txt").read_text()
-    assert "exists; tick Replace" in save_preset(store, "mine", w, False)
-    assert "exists; tick Replace" in save_preset(store, "face", w, False)          # a shipped name too
-    assert save_preset(store, "mine", "0," + w[2:], True).startswith("✓")
-    assert save_preset(store, "", w, False) == "⚠ type a name for the preset."
-    assert save_preset(store, "x", "", False).startswith("⚠ put the cursor in a <lora:…> tag")
-    assert save_preset(store, "bad", "1,2,3", False).startswith("⚠ ")            # not a block format
-    assert save_preset(store, "y", w, False, writes_allowed=False).startswith("⚠ Writing files is disabled")
-    assert store.get("y") is None and store.get("bad") is None
+def test_card_editor_honours_the_listen_gate(webui):
+    from modules import shared
+    from lora_studio_webui import cards
+    path = webui.lora_dir / "foo.safetensors"
+    page, _, _ = _page(webui, path)
+    shared.cmd_opts.disable_extension_access = True
+    try:
+        status = cards.save_card(page, "foo", "d", "", 1, "", "", "")
+    finally:
+        shared.cmd_opts.disable_extension_access = False
+    assert status.startswith("⚠") and "--enable-insecure-extension-access" in status
+    assert not (webui.lora_dir / "foo.json").exists()

@@ -1,42 +1,43 @@
-"""Stand-in for AUTOMATIC1111's card metadata editor base class: the attributes and methods a subclass uses
-(v1.10.1 names), with real Gradio components."""
+"""Stand-in for the WebUI's user-metadata editor base: the fields and the methods LoRA Studio's card editor
+builds on (item['user_metadata'] as the sidecar read; the five default values of put_values_into_components)."""
 
-import gradio as gr
+import html
 
 
 class UserMetadataEditor:
     def __init__(self, ui, tabname, page):
         self.ui, self.tabname, self.page = ui, tabname, page
-        self.box = self.edit_name_input = self.button_edit = None
+        self.id_part = f"{tabname}_{page.extra_networks_tabname}_edit_user_metadata"
+        self.box = self.edit_name_input = self.button_edit = self.edit_name = None
+        self.edit_description = self.edit_notes = self.html_filedata = self.html_preview = None
+        self.html_status = self.button_cancel = self.button_replace_preview = self.button_save = None
 
     def get_user_metadata(self, name):
         item = self.page.items.get(name, {})
-        if not item.get("user_metadata"):
-            item["user_metadata"] = {"description": item.get("description", "")}
-        return item["user_metadata"]
+        um = item.get("user_metadata") or {"description": item.get("description", "")}
+        item["user_metadata"] = um
+        return um
 
     def create_default_editor_elems(self):
+        import gradio as gr
         self.edit_name = gr.HTML()
-        self.edit_description = gr.Textbox(label="Description", lines=4)
+        self.edit_description = gr.Textbox(label="Description")
         self.html_filedata = gr.HTML()
         self.html_preview = gr.HTML()
 
     def create_default_buttons(self):
+        import gradio as gr
+        self.button_cancel = gr.Button("Cancel")
+        self.button_replace_preview = gr.Button("Replace preview")
         self.button_save = gr.Button("Save")
         self.html_status = gr.HTML()
 
-    def get_metadata_table(self, name):
-        return [("Filename: ", self.page.items.get(name, {}).get("filename"))]
-
     def put_values_into_components(self, name):
         um = self.get_user_metadata(name)
-        table = "".join(f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in self.get_metadata_table(name))
-        return name, um.get("description", ""), table, "", um.get("notes", "")
-
-    def setup_save_handler(self, button, func, components):
-        button.click(fn=func, inputs=[self.edit_name_input, *components], outputs=[])
+        return html.escape(name), um.get("description", ""), "<table></table>", "<div></div>", um.get("notes", "")
 
     def create_ui(self):
+        import gradio as gr
         with gr.Box(visible=False) as box:
             self.box = box
             self.edit_name_input = gr.Textbox(visible=False)
