@@ -65,6 +65,34 @@ def preview_html(request: str, library=None) -> str:
     return render_bars(norms, token_weights(values), title=f"{name}: weight norm per block", arch=arch)
 
 
+def save_preset(store, name: str, request: str, replace: bool, writes_allowed: bool = True) -> str:
+    """"Save as preset": the weights the sliders show (the chart request's values) as a user preset; one line,
+    and nothing replaced unless asked."""
+    from lib_lora.errors import LoraStudioError
+
+    name = (name or "").strip()
+    try:
+        values = [str(v) for v in (json.loads(request or "{}").get("values") or [])]
+    except (ValueError, AttributeError, TypeError):
+        values = []
+    try:
+        if not writes_allowed:
+            raise LoraStudioError("Writing files is disabled because the WebUI listens on the network; start it "
+                                  "with --enable-insecure-extension-access to save presets.")
+        if store is None:
+            raise LoraStudioError("the presets could not be loaded; see the console.")
+        if not name:
+            raise LoraStudioError("type a name for the preset.")
+        if not values:
+            raise LoraStudioError("put the cursor in a <lora:…> tag first: the weights its sliders show are saved.")
+        if store.get(name) is not None and not replace:
+            raise LoraStudioError(f"a preset named '{name}' exists; tick Replace to overwrite it, or pick another name.")
+        store.update({name: ",".join(values)})
+    except LoraStudioError as exc:
+        return f"⚠ {exc}"
+    return f"✓ saved preset '{name}' ({len(values)} values); use it in a tag as <lora:NAME:1:{name}>"
+
+
 def panel_html(prompt_id: str, presets=None) -> str:
     formats = {str(n): format_names(n) for n in FORMATS}
     values = {}
@@ -101,4 +129,17 @@ def build(is_img2img: bool, presets=None):
                              show_label=False)
         go = gr.Button(elem_id=f"lora_studio_sliders_{tab}_go", elem_classes=["lora-studio-hidden"])
         go.click(fn=preview_html, inputs=[request], outputs=[chart], show_progress="hidden")
+        with gr.Row():
+            name = gr.Textbox(label="Save the sliders' weights as preset", elem_id=f"lora_studio_sliders_{tab}_preset",
+                              scale=3)
+            replace = gr.Checkbox(False, label="Replace", elem_id=f"lora_studio_sliders_{tab}_replace", scale=1)
+            save = gr.Button("Save as preset", elem_id=f"lora_studio_sliders_{tab}_save", scale=1)
+        status = gr.Markdown(elem_id=f"lora_studio_sliders_{tab}_status")
+
+        def on_save(n, req, r):
+            from . import env
+            allowed = not bool(env.cmd_opt("disable_extension_access", False))
+            return save_preset(presets, n, req, bool(r), allowed), False
+
+        save.click(on_save, [name, request, replace], [status, replace])
     return []
