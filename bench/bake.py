@@ -26,24 +26,8 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-PRELUDE = r"""
-import json, sys, threading, time
-def anon():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-peak = [anon()]
-stop = []
-def sample():
-    while not stop:
-        peak[0] = max(peak[0], anon())
-        time.sleep(0.01)
-t0 = time.perf_counter()
-threading.Thread(target=sample, daemon=True).start()
-import torch
-torch.set_num_threads(1)
-"""
+from bench.merge import PRELUDE  # noqa: E402  (the same child clock and RssAnon sampler)
+
 DONE = r"""
 t1 = time.perf_counter()
 stop.append(1)

@@ -29,7 +29,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-MERGE = r"""
+# The child process's clock and RssAnon sampler (every 10 ms), shared with bench/bake.py.
+PRELUDE = r"""
 import json, sys, threading, time
 def anon():
     with open("/proc/self/status") as f:
@@ -46,6 +47,9 @@ t0 = time.perf_counter()
 threading.Thread(target=sample, daemon=True).start()
 import torch
 torch.set_num_threads(1)
+"""
+
+MERGE = PRELUDE + r"""
 from lib_lora.merge import checkpoint as mc
 from lib_lora.merge.checkpoint import merge_checkpoints
 if sys.argv[4] == "nohash":   # diagnostic only: what the recipe's input hashes cost
