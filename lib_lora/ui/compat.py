@@ -40,14 +40,13 @@ def dataframe_rows(value) -> list[list]:
     return [list(r) for r in value]
 
 
-def with_select_index(fn, n_inputs: int, what: str = "index"):
-    """`fn(*inputs, index)` as a `.select` listener (`what="value"`: the selected value instead). Gradio
-    injects the event by a `gr.SelectData` annotation, which must be a real class: string annotations
-    (`from __future__`) are not resolved."""
+def with_select_index(fn, n_inputs: int):
+    """`fn(*inputs, index)` as a `.select` listener. Gradio injects the event by a `gr.SelectData`
+    annotation, which must be a real class: string annotations (`from __future__`) are not resolved."""
     import inspect
 
     def select(*args):
-        return fn(*args[:-1], getattr(args[-1], what, None))
+        return fn(*args[:-1], getattr(args[-1], "index", None))
 
     kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
     params = [inspect.Parameter(f"arg{i}", kind) for i in range(n_inputs)]
