@@ -41,6 +41,14 @@ def chromium_missing() -> str | None:
     return None
 
 
+def pytestmarks() -> list:
+    """A browser test module's `pytestmark`: marked `browser`, and skipped with the reason when Chromium is missing."""
+    import pytest
+    missing = chromium_missing()
+    return [pytest.mark.browser] + ([pytest.mark.skip(reason=f"browser tests need Chromium: {missing}")]
+                                    if missing else [])
+
+
 def artifacts_dir() -> Path:
     d = Path(os.environ.get("ARTIFACTS_DIR") or REPO / "artifacts")
     d.mkdir(parents=True, exist_ok=True)

@@ -14,10 +14,7 @@ import pytest
 
 from tests import browser as B
 
-pytestmark = [pytest.mark.browser]
-_missing = B.chromium_missing()
-if _missing:
-    pytestmark.append(pytest.mark.skip(reason=f"browser tests need Chromium: {_missing}"))
+pytestmark = B.pytestmarks()
 
 EDIT = "edited:" + ",".join(["1", "0", "0", "0", "0", "0", "0", "0", "0.5", "1", "1", "0.2", "0", "0", "0", "0",
                               "0"])

@@ -10,10 +10,7 @@ from PIL import Image
 
 from tests import browser as B
 
-pytestmark = [pytest.mark.browser]
-_missing = B.chromium_missing()
-if _missing:
-    pytestmark.append(pytest.mark.skip(reason=f"browser tests need Chromium: {_missing}"))
+pytestmark = B.pytestmarks()
 
 
 @pytest.fixture(scope="module")

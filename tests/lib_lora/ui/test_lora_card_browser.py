@@ -6,14 +6,9 @@ from __future__ import annotations
 import json
 import time
 
-import pytest
-
 from tests import browser as B
 
-pytestmark = [pytest.mark.browser]
-_missing = B.chromium_missing()
-if _missing:
-    pytestmark.append(pytest.mark.skip(reason=f"browser tests need Chromium: {_missing}"))
+pytestmark = B.pytestmarks()
 
 
 def test_card_metadata_view_and_editor(tmp_path):

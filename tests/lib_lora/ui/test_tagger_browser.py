@@ -12,10 +12,7 @@ from PIL import Image
 from tests import browser as B
 from tests.tagger_models import make_model_dir
 
-pytestmark = [pytest.mark.browser]
-_missing = B.chromium_missing()
-if _missing:
-    pytestmark.append(pytest.mark.skip(reason=f"browser tests need Chromium: {_missing}"))
+pytestmark = B.pytestmarks()
 
 
 @pytest.fixture(scope="module")
