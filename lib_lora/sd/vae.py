@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .unet import GroupNorm32
+from .unet import GroupNorm32, Upsample  # the same module and key names (`conv`) in both
 
 
 def _norm(ch: int) -> nn.GroupNorm:
@@ -55,18 +54,6 @@ class Downsample(nn.Module):
 
     def forward(self, x):
         return self.conv(F.pad(x, (0, 1, 0, 1)))  # asymmetric padding, as the original
-
-
-class Upsample(nn.Module):
-    def __init__(self, ch: int):
-        super().__init__()
-        self.conv = nn.Conv2d(ch, ch, 3, padding=1)
-
-    def forward(self, x):
-        dtype = x.dtype
-        if dtype == torch.bfloat16:
-            x = x.float()
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest").to(dtype))
 
 
 class Mid(nn.Module):
