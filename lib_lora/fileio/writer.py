@@ -77,6 +77,16 @@ def _itemsize(dtype) -> int:
     return torch.empty((), dtype=dtype).element_size()
 
 
+def _write_chunks(f, mv, done: int, total: int, progress) -> int:
+    """Write `mv` in _WRITE_CHUNK pieces (progress and Ctrl-C between them); returns the new byte count."""
+    for i in range(0, len(mv), _WRITE_CHUNK):
+        f.write(mv[i:i + _WRITE_CHUNK])
+        done += min(_WRITE_CHUNK, len(mv) - i)
+        if progress is not None:
+            progress(done, total)
+    return done
+
+
 def _tensor_bytes(t):
     import torch
 
@@ -123,12 +133,7 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, o
         f.write(head)
         done = len(head)
         for _, t in items:
-            mv = _tensor_bytes(t)
-            for i in range(0, len(mv), _WRITE_CHUNK):
-                f.write(mv[i:i + _WRITE_CHUNK])
-                done += min(_WRITE_CHUNK, len(mv) - i)
-                if progress is not None:
-                    progress(done, total)
+            done = _write_chunks(f, _tensor_bytes(t), done, total, progress)
         if progress is not None:
             progress(total, total)
 
@@ -189,11 +194,7 @@ def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, ov
             got += len(mv)
             if got > wants[key]:
                 raise LoraStudioError(f"internal error: '{key}' produced more than {wants[key]} bytes")
-            for i in range(0, len(mv), _WRITE_CHUNK):
-                f.write(mv[i:i + _WRITE_CHUNK])
-                done += min(_WRITE_CHUNK, len(mv) - i)
-                if progress is not None:
-                    progress(done, total)
+            done = _write_chunks(f, mv, done, total, progress)
         if final_metadata is not None:
             head2, _ = _st_header([(k, dt, shape) for k, dt, shape in order], final_metadata())
             if len(head2) != len(head):
