@@ -154,7 +154,7 @@ def confirm_b(p, xs):
 
 def apply_b(p, x, xs):
     listed = checkpoints()
-    setattr(p, ATTR, {**(getattr(p, ATTR, None) or {}), "b": listed.get(str(x), str(x)), "b_name": str(x)})
+    setattr(p, ATTR, {**(getattr(p, ATTR, None) or {}), "b": listed.get(str(x), str(x))})
 
 
 def apply_blocks(p, x, xs):
@@ -224,7 +224,6 @@ def process(p) -> None:
         if not _GRID["running"]:
             _GRID["before"], _GRID["running"] = live.active, True
         recipe = base_recipe(live, need_b="b" not in cell)
-        cell = {k: v for k, v in cell.items() if k != "b_name"}
         if "alpha" in cell and "block_weights" not in cell:
             recipe["block_weights"] = None       # an alpha sweep is uniform
         recipe.update(cell)
