@@ -107,7 +107,7 @@ class Reporter:
         return lambda done, total: self(phase, done, total)
 
 
-def _error(exc: BaseException) -> str:
+def error_line(exc: BaseException) -> str:
     """One line for the tab: a LoraStudioError verbatim; anything else (a bug) named, its traceback on the
     console, so the user still gets a line and not Gradio's bare "Error"."""
     if isinstance(exc, LoraStudioError):
@@ -208,7 +208,7 @@ def arch_of_a(ctx, a_name) -> tuple[str | None, str]:
     try:
         arch = model_arch(checkpoint_path(ctx, a_name, "A"))
     except Exception as exc:  # noqa: BLE001 — a damaged header is one line here too
-        return None, _error(exc)
+        return None, error_line(exc)
     if arch == "unknown":
         return None, f"⚠ Model A '{a_name}' is not an SD1/SD2/SDXL checkpoint; pick a Stable Diffusion model."
     n = full_count(arch)
@@ -315,8 +315,8 @@ def run_merge(ctx, jobs: Jobs, a, b, c, mode, alpha, per_block, dtype, out_name,
             t = time.perf_counter()
             res = cli_merge.merge(o, progress=rep.bytes("merge"), presets=merge_store(ctx))
         line = cli_merge.summary(res, o, time.perf_counter() - t)
-    except Exception as exc:  # noqa: BLE001 — shown as one line (_error)
-        return _error(exc)
+    except Exception as exc:  # noqa: BLE001 — shown as one line (error_line)
+        return error_line(exc)
     return "✓ " + line + _refresh(ctx.refresh_checkpoints, "checkpoint")
 
 
@@ -349,16 +349,16 @@ def live_apply(ctx, jobs: Jobs, b, c, mode, alpha, per_block, a, *values, progre
                 b=b_path, c=c_path, mode=mode, alpha=float(alpha),
                 block_weights=block_text(arch, values) if per_block else None, base_alpha=None,
                 presets=merge_store(ctx), progress=rep.bytes("apply"), cancel=rep.cancelled))
-    except Exception as exc:  # noqa: BLE001 — shown as one line (_error)
-        return _error(exc)
+    except Exception as exc:  # noqa: BLE001 — shown as one line (error_line)
+        return error_line(exc)
 
 
 def live_restore(ctx) -> str:
     try:
         live = _live(ctx)
         return "✓ " + ctx.under_queue_lock(live.restore)
-    except Exception as exc:  # noqa: BLE001 — shown as one line (_error)
-        return _error(exc)
+    except Exception as exc:  # noqa: BLE001 — shown as one line (error_line)
+        return error_line(exc)
 
 
 def live_save(ctx, jobs: Jobs, dtype, out_name, overwrite, progress=None) -> str:
@@ -370,8 +370,8 @@ def live_save(ctx, jobs: Jobs, dtype, out_name, overwrite, progress=None) -> str
             rep = Reporter(progress, cancel, {"save": "bytes"})
             line = ctx.under_queue_lock(lambda: live.save(out, dtype=None if dtype in (None, "", AS_INPUT) else dtype,
                                                            overwrite=bool(overwrite), progress=rep.bytes("save")))
-    except Exception as exc:  # noqa: BLE001 — shown as one line (_error)
-        return _error(exc)
+    except Exception as exc:  # noqa: BLE001 — shown as one line (error_line)
+        return error_line(exc)
     return "✓ " + line + _refresh(ctx.refresh_checkpoints, "checkpoint")
 
 
@@ -523,8 +523,8 @@ def run_tool(ctx, jobs: Jobs, key: str, picks: dict, texts: dict, shown_values: 
         with jobs.job() as cancel:
             rep = Reporter(progress, cancel, {"read": "bytes", "write": "bytes", "merge": "layers"})
             line = tool.run(ctx, o, rep)
-    except Exception as exc:  # noqa: BLE001 — shown as one line (_error)
-        return _error(exc)
+    except Exception as exc:  # noqa: BLE001 — shown as one line (error_line)
+        return error_line(exc)
     refresh = ctx.refresh_checkpoints if tool.out_kind == "checkpoint" else ctx.refresh_loras
     return "✓ " + line + _refresh(refresh, "checkpoint" if tool.out_kind == "checkpoint" else "LoRA")
 
@@ -718,7 +718,7 @@ def build(ctx) -> None:
         try:
             vec = preset_vector(ctx, name, found, alpha_v)
         except LoraStudioError as exc:
-            return (_error(exc), compat.update(), compat.update(), *[compat.update() for _ in sliders])
+            return (error_line(exc), compat.update(), compat.update(), *[compat.update() for _ in sliders])
         return (f"Preset '{name}' written into the sliders.", True, diagram(found, alpha_v, True, *vec),
                 *[round(v, 6) for v in vec])
 

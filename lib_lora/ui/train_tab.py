@@ -24,7 +24,7 @@ from pathlib import Path
 from lib_lora import options
 from lib_lora.errors import LoraStudioError
 from lib_lora.train.config import TrainConfig
-from lib_lora.ui.merge_tab import _error, checkpoint_choices, checkpoint_path
+from lib_lora.ui.merge_tab import error_line, checkpoint_choices, checkpoint_path
 
 # The groups the tab shows, in order (sd-scripts key names; every other key keeps its value from a loaded
 # config, or its sd-scripts default).
@@ -225,7 +225,7 @@ def validate_run(ctx, dataset, checkpoint, output_name, values: list, extra: dic
         cfg = build_config(ctx, dataset, checkpoint, output_name, values, extra)
         report = validate(cfg, check_model=True)
     except Exception as exc:  # noqa: BLE001 — shown as one line
-        return _error(exc), False
+        return error_line(exc), False
     return report_markdown(report), report.ok
 
 
@@ -317,7 +317,7 @@ def save_preset(ctx, name, values: list) -> str:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(str(path), "\n".join(lines) + "\n", overwrite=False)
     except Exception as exc:  # noqa: BLE001 — shown as one line
-        return _error(exc)
+        return error_line(exc)
     return f"✓ Saved preset '{name}' to {path}."
 
 
@@ -336,7 +336,7 @@ def save_config(ctx, config_name, dataset, checkpoint, output_name, values: list
         text = config_toml(cfg)
         atomic_write_text(str(path), text, overwrite=True)
     except Exception as exc:  # noqa: BLE001 — shown as one line
-        return _error(exc), ""
+        return error_line(exc), ""
     return f"✓ Saved {path}.", command_text(path, text)
 
 
@@ -489,7 +489,7 @@ class TrainQueue:
             except _Stopped:
                 run.state, run.message = "cancelled", "stopped by Cancel; the files saved so far are complete"
             except Exception as exc:  # noqa: BLE001 — a failed run is one line; the queue goes on
-                run.state, run.message = "failed", _error(exc)[2:]
+                run.state, run.message = "failed", error_line(exc)[2:]
             finally:
                 refresh = self.ctx.refresh_loras
                 if refresh is not None and run.files:
@@ -612,7 +612,7 @@ def start_run(ctx, queue: TrainQueue, dataset, checkpoint, output_name, values: 
         atomic_write_text(str(toml_path), config_toml(cfg), overwrite=True)
         run = queue.submit(cfg.name, cfg, str(toml_path))
     except Exception as exc:  # noqa: BLE001 — shown as one line
-        return _error(exc)
+        return error_line(exc)
     return f"✓ Queued '{run.name}' ({report.steps.get('max_train_steps', '?')} steps); config {toml_path}."
 
 
@@ -729,7 +729,7 @@ def host_problem(ctx) -> str | None:
     try:
         return check()
     except Exception as exc:  # noqa: BLE001 — the check itself failing is shown, not raised
-        return _error(exc)[2:]
+        return error_line(exc)[2:]
 
 
 # ---- layout ---------------------------------------------------------------------------------------------
@@ -825,7 +825,7 @@ def build(ctx) -> None:
         try:
             return ("", *preset_values(ctx, name))
         except Exception as exc:  # noqa: BLE001
-            return (_error(exc), *[compat.update() for _ in values])
+            return (error_line(exc), *[compat.update() for _ in values])
 
     preset_apply.click(use_preset, inputs=[preset], outputs=[report, *values])
     preset_save.click(lambda name, *vals: save_preset(ctx, name, list(vals)), inputs=[preset_name, *values],
@@ -843,7 +843,7 @@ def build(ctx) -> None:
         try:
             line, ds, ck, out, vals, ex = load_config_values(ctx, cname)
         except Exception as exc:  # noqa: BLE001
-            return (_error(exc), *[compat.update() for _ in range(4)], *[compat.update() for _ in values])
+            return (error_line(exc), *[compat.update() for _ in range(4)], *[compat.update() for _ in values])
         return (line, ds, ck, out, ex, *vals)
 
     load_btn.click(do_load, inputs=[config_pick], outputs=[report, dataset, checkpoint, output_name, extra, *values])
@@ -871,12 +871,12 @@ def build(ctx) -> None:
             try:
                 return xyz_settings(run_name, epoch_files(ctx, run_name), ws), None
             except Exception as exc:  # noqa: BLE001
-                return _error(exc), None
+                return error_line(exc), None
         try:
             rep = (lambda d, t: progress(d / t, desc=f"image {d}/{t}")) if progress is not None else None
             grid = compare_epochs(ctx, ck, run_name, ws, prompt, seed=seed, steps=steps, size=size, progress=rep)
         except Exception as exc:  # noqa: BLE001
-            return _error(exc), None
+            return error_line(exc), None
         return "✓ Rows: epochs; columns: no LoRA, then each weight (one seed).", grid
 
     cmp_inputs = [cmp_run, cmp_weights, cmp_seed, cmp_prompt, cmp_steps, cmp_size, checkpoint]
