@@ -113,6 +113,53 @@ def diffusers_to_compvis(path: str, arch: str = "sd1") -> str | None:
     return None if rel is None else UNET + rel
 
 
+def compvis_to_diffusers(rel: str, arch: str = "sd1") -> str | None:
+    """The inverse of `_translate_unet` on dotted paths relative to the U-Net: `input_blocks.4.1.proj_in` →
+    `down_blocks.1.attentions.0.proj_in` (None for a path diffusers has no name for). kohya sd-scripts builds its
+    SD1/SD2 networks on the diffusers U-Net, so this is how it names their modules."""
+    parts = rel.split(".")
+
+    def res(prefix: str, rest: list) -> str | None:
+        child = ".".join(rest)
+        for old, new in _RES_CHILD:
+            if child == new or child.startswith(new + "."):
+                return f"{prefix}.{old}{child[len(new):]}"
+        return None
+
+    try:
+        head, n = parts[0], int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else None
+        if head == "input_blocks" and n is not None:
+            if n == 0:
+                return "conv_in" + rel[len("input_blocks.0.0"):] if parts[2] == "0" else None
+            i, k = divmod(n - 1, 3)
+            if k == 2:
+                return f"down_blocks.{i}.downsamplers.0.conv" + rel[len(f"input_blocks.{n}.0.op"):] \
+                    if parts[2:4] == ["0", "op"] else None
+            if parts[2] == "0":
+                return res(f"down_blocks.{i}.resnets.{k}", parts[3:])
+            return f"down_blocks.{i}.attentions.{k}." + ".".join(parts[3:]) if parts[2] == "1" else None
+        if head == "middle_block" and n is not None:
+            if n == 1:
+                return "mid_block.attentions.0." + ".".join(parts[2:])
+            return res(f"mid_block.resnets.{n // 2}", parts[2:]) if n in (0, 2) else None
+        if head == "output_blocks" and n is not None:
+            i, k = divmod(n, 3)
+            if parts[2] == "0":
+                return res(f"up_blocks.{i}.resnets.{k}", parts[3:])
+            if parts[3] == "conv" and k == 2 and parts[2] == ("2" if (arch == "sdxl" or i > 0) else "1"):
+                return f"up_blocks.{i}.upsamplers.0.conv" + rel[len(".".join(parts[:4])):]
+            return f"up_blocks.{i}.attentions.{k}." + ".".join(parts[3:]) if parts[2] == "1" else None
+        if head in ("time_embed", "label_emb"):
+            j = parts[1] if head == "time_embed" else parts[2]
+            base = "time_embedding" if head == "time_embed" else "add_embedding"
+            return f"{base}.linear_{int(j) // 2 + 1}" if j in ("0", "2") else None
+        if head == "out" and n in (0, 2):
+            return ("conv_norm_out", None, "conv_out")[n] + rel[len(f"out.{n}"):]
+    except IndexError:
+        return None
+    return None
+
+
 # ---------------------------------------------------------------- per-arch name index
 
 def _flat(path: str) -> str:

@@ -47,11 +47,19 @@ def _layer_of(key: str):
 
 
 def kohya_names(arch: str) -> dict:
-    """(canonical layer, qkv) → kohya module key, from the key mapper's own index (so the file loads back)."""
-    from lib_lora.keys import _index
+    """(canonical layer, qkv) → kohya module key, from the key mapper's own index (so the file loads back).
+
+    U-Net modules are spelled as kohya sd-scripts spells them: from the diffusers U-Net on SD1/SD2
+    (`lora_unet_down_blocks_0_attentions_0_proj_in`), from the original (SGM) U-Net on SDXL
+    (`lora_unet_input_blocks_4_1_proj_in`)."""
+    from lib_lora.arch import UNET
+    from lib_lora.keys import _flat, _index, compvis_to_diffusers
 
     unet, te = _index(arch)
-    out = {(layer, None): _PREFIX["unet"] + flat for flat, layer in unet.items()}
+    out = {}
+    for flat, layer in unet.items():
+        name = compvis_to_diffusers(layer[len(UNET):], arch) if arch != "sdxl" else None
+        out[(layer, None)] = _PREFIX["unet"] + (_flat(name) if name else flat)
     for comp, names in te.items():
         for flat, where in names.items():  # HF names come after native ones: kohya writes those
             out[where] = _PREFIX[comp] + flat

@@ -46,6 +46,33 @@ def test_diffusers_to_compvis_is_a_shape_preserving_bijection(model):
     assert set(mapped) == set(comp)
 
 
+@pytest.mark.parametrize("model", ["sd15", "sdxl"])
+def test_compvis_to_diffusers_inverts_the_real_diffusers_key_list(model):
+    from lib_lora.keys import compvis_to_diffusers as inverse
+
+    want = compvis_to_diffusers(model)  # from the diffusers fixture, independent of the inverse rules
+    for rel in arch.unet_layers(MODEL_ARCH[model]):
+        assert inverse(rel, MODEL_ARCH[model]) == want[arch.UNET + rel], rel
+
+
+@pytest.mark.parametrize("model", ["sd15", "sdxl"])
+def test_written_kohya_names_are_spelled_as_sd_scripts_spells_them(model):
+    from lib_lora.keys import resolve
+    from lib_lora.merge.extract import kohya_names
+
+    a, diff = MODEL_ARCH[model], compvis_to_diffusers(model)
+    names = kohya_names(a)
+    for rel in arch.unet_layers(a):
+        layer = arch.UNET + rel
+        key = names[(layer, None)]
+        # sd-scripts builds SD1/SD2 networks on the diffusers U-Net and SDXL ones on the original U-Net
+        want = diff[layer] if a == "sd1" else rel
+        assert key == "lora_unet_" + want.replace(".", "_")
+        assert resolve("unet", key[len("lora_unet_"):], a) == (layer, None)  # and they read back
+    assert names[("model.diffusion_model.input_blocks.4.1.proj_in", None)] == \
+        {"sd1": "lora_unet_down_blocks_1_attentions_0_proj_in", "sdxl": "lora_unet_input_blocks_4_1_proj_in"}[a]
+
+
 def test_diffusers_to_compvis_known_names():
     f = diffusers_to_compvis
     assert f("up_blocks.1.attentions.2.transformer_blocks.0.attn2.to_k") == \

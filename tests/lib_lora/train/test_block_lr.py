@@ -83,8 +83,8 @@ def test_training_with_block_weights_writes_only_live_blocks(tmp_path):
                network_args=["up_lr_weight=zeros", "mid_lr_weight=0.5"])
     res = Trainer(c, model=tiny_model(), log=lambda *_: None).run()
     tensors, md = fileio.read_tensors(res.files[-1])
-    assert tensors and not any("output_blocks" in k for k in tensors)
-    assert any("middle_block" in k for k in tensors) and any("input_blocks" in k for k in tensors)
+    assert tensors and not any("up_blocks" in k for k in tensors)        # SD1: sd-scripts' diffusers names
+    assert any("mid_block" in k for k in tensors) and any("down_blocks" in k for k in tensors)
     assert json.loads(md["ss_network_args"]) == {"up_lr_weight": "zeros", "mid_lr_weight": "0.5"}
 
 

@@ -44,13 +44,14 @@ def test_kohya_names_and_ranks():
     net = build_network(cfg(args=["conv_dim=2", "conv_alpha=1"]), "sd1", layers(), seed=0)
     w = net.weights()
     assert set(k.rsplit(".", 2)[0] if k.endswith(".weight") else k.rsplit(".", 1)[0] for k in w) == {
-        "lora_unet_input_blocks_1_1_transformer_blocks_0_attn1_to_q", "lora_unet_input_blocks_1_1_proj_in",
-        "lora_unet_input_blocks_1_0_in_layers_2", "lora_unet_input_blocks_1_0_emb_layers_1",
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q",  # SD1: sd-scripts' diffusers names
+        "lora_unet_down_blocks_0_attentions_0_proj_in", "lora_unet_down_blocks_0_resnets_0_conv1",
+        "lora_unet_down_blocks_0_resnets_0_time_emb_proj",
         "lora_te_text_model_encoder_layers_0_self_attn_q_proj", "lora_te_text_model_encoder_layers_0_mlp_fc1"}
-    assert w["lora_unet_input_blocks_1_0_in_layers_2.lora_down.weight"].shape == (2, 32, 3, 3)   # conv_dim
-    assert float(w["lora_unet_input_blocks_1_0_in_layers_2.alpha"]) == 1.0
-    assert w["lora_unet_input_blocks_1_0_emb_layers_1.lora_down.weight"].shape == (4, 64)         # network_dim
-    assert float(w["lora_unet_input_blocks_1_1_proj_in.alpha"]) == 2.0
+    assert w["lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight"].shape == (2, 32, 3, 3)   # conv_dim
+    assert float(w["lora_unet_down_blocks_0_resnets_0_conv1.alpha"]) == 1.0
+    assert w["lora_unet_down_blocks_0_resnets_0_time_emb_proj.lora_down.weight"].shape == (4, 64)         # network_dim
+    assert float(w["lora_unet_down_blocks_0_attentions_0_proj_in.alpha"]) == 2.0
     # no conv_dim: kohya's networks.lora trains only the transformer and text-encoder layers
     plain = build_network(cfg(), "sd1", layers(), seed=0)
     assert len(plain.loras) == 4

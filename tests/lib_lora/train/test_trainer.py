@@ -44,7 +44,7 @@ def test_epoch_files_names_keys_metadata_and_effect(tmp_path):
     tensors, md = fileio.read_tensors(str(out / "toy.safetensors"))
     assert all(k.startswith(("lora_unet_", "lora_te_")) for k in tensors)
     assert any(k.startswith("lora_te_text_model_encoder_layers_0_") for k in tensors)
-    assert any("_in_layers_2.lora_down" in k for k in tensors)       # conv_dim: ResNet 3×3 convs
+    assert any("_resnets_0_conv1.lora_down" in k for k in tensors)   # conv_dim: ResNet 3×3 convs
     assert md["ss_network_module"] == "networks.lora" and md["ss_network_dim"] == "4"
     assert md["ss_network_alpha"] == "4.0" and json.loads(md["ss_network_args"]) == {"conv_dim": "2",
                                                                                        "conv_alpha": "1"}
