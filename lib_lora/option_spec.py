@@ -1,7 +1,8 @@
 """The option machinery. Options of every action are declared once: a dataclass whose fields carry their help,
-choices, default, CLI flag and UI label. From that one declaration come the argparse options (`add_arguments`, `from_args`), the
-Gradio controls (`lib_lora.ui.compat.option_controls`, values back with `from_ui`), TOML files (`to_toml`,
-`from_toml`, `load_toml`) and validation (`problems`, `validate`: one line per bad value).
+choices, default, CLI flag and UI label. From that one declaration come the argparse options
+(`add_arguments`, `from_args`), the Gradio controls (`lib_lora.ui.compat.option_controls`, values back with
+`from_ui`), TOML files (`to_toml`, `from_toml`, `load_toml`) and validation (`problems`, `validate`: one line
+per bad value).
 
     @dataclass
     class BakeOptions:
@@ -9,8 +10,9 @@ Gradio controls (`lib_lora.ui.compat.option_controls`, values back with `from_ui
 
 A class attribute `OPTION_FLAGS = "_"` keeps underscores in the generated flags (`--learning_rate`, as
 kohya sd-scripts spells them); the default is `--learning-rate`. An optional `check()` method returns
-cross-field problems (one line each). Choices may be named as "module:NAME" so the list keeps its one home in the core module that uses it and is
-imported only when an option is built (`--help` stays light). Only the standard library is imported here.
+cross-field problems (one line each). Choices may be named as "module:NAME" so the list keeps its one home in
+the core module that uses it and is imported only when an option is built (`--help` stays light). Only the
+standard library is imported here.
 """
 
 from __future__ import annotations
