@@ -8,7 +8,7 @@ LoKr. What is not admitted is written from its factors where it has them (LoRA/L
 budget of 0 holds nothing beyond the backups.
 
 Storage: on the device it was computed on; a dense ΔW in the weight's dtype on fp16/bf16 models (half the
-bytes, and a change is one fused add in that dtype; the error bound is stated at patcher._Dense and tested
+bytes, and a change is one fused add in that dtype; the error bound is stated at patch_terms.Dense and tested
 against float64), fp32 otherwise. Factor forms (LoKr) stay fp32: they are small, and rounding them would
 compound in their product.
 

@@ -13,8 +13,8 @@ What is written per module ("term"): plain LoRA/LoCon (linear in their factors) 
 factors, W = W0 + m·(s·up) @ down as one fused fp32 addmm, with no dense ΔW built or cached (unless
 `dense_lowrank`: then as a cached dense ΔW where the budget admits it); LoKr from its
 two Kronecker factors (one broadcast addcmul, cached); LoHa as a cached dense ΔW where the budget admits it,
-else from its four factors in cache-sized row blocks (_Hada: no ΔW-sized memory, so a budget of 0 holds no more
-than the backups); everything else from a dense fp32 ΔW (cached when expensive: Tucker, DoRA, OFT/BOFT,
+else from its four factors in cache-sized row blocks (patch_terms.Hada: no ΔW-sized memory, so a budget of 0
+holds no more than the backups); everything else from a dense fp32 ΔW (cached when expensive: Tucker, DoRA, OFT/BOFT,
 GLoRA; recomputed when a cast or a product with W0 is all it costs: full, norm, IA3). bench/apply_webui_budget.py measures each against the memory-copy bound.
 """
 
@@ -29,6 +29,7 @@ from lib_lora.algos import Delta, algorithm_of, compute_delta
 from lib_lora.delta_cache import AUTO, DeltaCache, network_identity
 from lib_lora.errors import ArchitectureMismatch
 from lib_lora.network import LoraNetwork, mismatch_message
+from lib_lora.patch_terms import HALF, Dense, Hada, Kron, LowRank, fits
 
 DEFAULT_CACHE_BYTES = AUTO
 _DIRTY = ("<being written>",)  # signature of a layer whose write has started but not finished
@@ -316,7 +317,7 @@ class Patcher:
         todo = [(rows, *drows.indices(term.rows)[:2], m, term) for rows, drows, m, term in items]
         if not fp32 and len(todo) == 1 and todo[0][0] == slice(None) and live.is_contiguous() \
                 and src.is_contiguous() and todo[0][4].add_from(src, live, *todo[0][1:4]):
-            return  # one fused read-read-write in the weight dtype, no fp32 scratch (_Dense.add_from)
+            return  # one fused read-read-write in the weight dtype, no fp32 scratch (Dense.add_from)
         acc = live if fp32 else self._scratch(live.numel(), live.device).view(live.shape)
         if not (fp32 and src.data_ptr() == live.data_ptr()):  # one_shot fp32: the "backup" is live itself
             first = todo[0] if todo else None
@@ -363,7 +364,7 @@ class Patcher:
         if kind == "lowrank":
             try:
                 f = algo.compact(mod, dyn, device)
-                if f is not None and _fits(f[0].shape[0], f[1].shape[1], shape):
+                if f is not None and fits(f[0].shape[0], f[1].shape[1], shape):
                     # dense only from a module's second write on (a change, a sweep): a single generation
                     # never pays the ΔW build or its memory
                     if self._dense_for(ref) and ckey in self._lowrank_seen:
@@ -372,7 +373,7 @@ class Patcher:
                             return term
                     self._lowrank_seen.add(ckey)
                     rep.factored += 1
-                    return _LowRank(*f, shape)
+                    return LowRank(*f, shape)
             except Exception:
                 pass  # the dense path below names what is wrong with the module
         cached = self.cache.get(ckey)
@@ -387,8 +388,8 @@ class Patcher:
         try:
             term = None
             f = algo.compact(mod, dyn, device) if kind == "kron" else None
-            if f is not None and _fits(f[0].shape[0] * f[1].shape[0], f[0].shape[1] * f[1].shape[1], shape):
-                term = _Kron(*f, shape)
+            if f is not None and fits(f[0].shape[0] * f[1].shape[0], f[0].shape[1] * f[1].shape[1], shape):
+                term = Kron(*f, shape)
             if term is None:
                 delta = self._compute_fn()(mod, base_w, base_b, dyn=dyn)
                 if delta.bias is not None and base_b is None:
@@ -396,7 +397,7 @@ class Patcher:
                     delta = type(delta)(delta.weight, None)
                     lrep.notes.append((key, "bias difference ignored: the layer has no bias"))
                 _check_shape(delta, base_w, base_b)
-                term = _Dense(delta, ref.part_tensors()[0][0].dtype)
+                term = Dense(delta, ref.part_tensors()[0][0].dtype)
         except Exception as exc:  # one bad module never stops the others
             reason = f"cannot apply: {exc}"
             self._failed[ckey] = reason
@@ -415,7 +416,7 @@ class Patcher:
         (bench/README.md)."""
         mode = self.dense_lowrank
         if mode == "auto":
-            return ref.part_tensors()[0][0].dtype in _HALF
+            return ref.part_tensors()[0][0].dtype in HALF
         return bool(mode)
 
     def _dense_lowrank(self, ckey, f, shape, ref, rep):
@@ -426,28 +427,28 @@ class Patcher:
             return cached
         dtype = ref.part_tensors()[0][0].dtype
         numel = int(f[0].shape[0]) * int(f[1].shape[1])
-        if not self.cache.admits(numel * (2 if dtype in _HALF else 4)):
+        if not self.cache.admits(numel * (2 if dtype in HALF else 4)):
             return None
-        term = _Dense(Delta((f[0] @ f[1]).reshape(shape), None), dtype)
+        term = Dense(Delta((f[0] @ f[1]).reshape(shape), None), dtype)
         if not self.cache.put(ckey, term):
             return None
         rep.deltas_computed += 1
         return term
 
     def _hada(self, ckey, algo, mod, dyn, device, shape, ref, rep):
-        """LoHa whose dense ΔW the cache does not admit: its factors, written in row blocks (_Hada), never a full
+        """LoHa whose dense ΔW the cache does not admit: its factors, written in row blocks (Hada), never a full
         ΔW in memory. None: build (and cache) the dense ΔW as for any other algorithm."""
         try:
             f = algo.compact(mod, dyn, device)
         except Exception:
             return None  # the dense path names what is wrong with the module
-        if f is None or not _fits(f[0].shape[0], f[1].shape[1], shape):
+        if f is None or not fits(f[0].shape[0], f[1].shape[1], shape):
             return None
         numel = int(f[0].shape[0]) * int(f[1].shape[1])
-        if self.cache.admits(numel * (2 if ref.part_tensors()[0][0].dtype in _HALF else 4)):
+        if self.cache.admits(numel * (2 if ref.part_tensors()[0][0].dtype in HALF else 4)):
             return None
         rep.factored += 1
-        return _Hada(*f, shape)
+        return Hada(*f, shape)
 
     def _compute_fn(self):
         return self._compute if self._compute is not None else compute_delta
@@ -482,181 +483,3 @@ def _check_shape(delta, base_w, base_b) -> None:
         raise ValueError(f"delta shape {tuple(delta.weight.shape)} does not match weight {tuple(base_w.shape)}")
     if delta.bias is not None and (base_b is None or tuple(delta.bias.shape) != tuple(base_b.shape)):
         raise ValueError("bias delta does not match the layer's bias")
-
-
-# -- terms: what one module adds to its layer, at multiplier 1 -----------------------------------------
-def _fits(rows: int, cols: int, shape) -> bool:
-    n = 1
-    for d in shape:
-        n *= int(d)
-    return len(shape) > 0 and rows == int(shape[0]) and rows * cols == n
-
-
-_HALF = (torch.float16, torch.bfloat16)
-
-
-class _Dense:
-    """A full ΔW (and Δb), shaped like the target: fp32, or the weight's dtype on fp16/bf16 models.
-
-    Why the weight dtype there: a change is then one fused read-read-write of 2-byte tensors
-    (torch.add(W0, ΔW, alpha=m, out=W)), 1.6-2.9× the copy bound where the fp32 form costs 5-7× (fp16 → fp32
-    scratch, add, cast back), and the cache holds half the bytes. torch computes that add in fp32 and casts
-    once, but rounds ΔW and m to the weight dtype first; so |W − (W0 + m·ΔW)| ≤ ½ ulp(W) + 2·u·|m·ΔW|, with
-    u = 2⁻¹¹ (fp16) / 2⁻⁸ (bf16) — the error of a weight whose delta was stored in the model's dtype, below
-    the built-in Lora's (which computes ΔW and m·ΔW in that dtype). Tested against float64 in
-    tests/lib_lora/test_patcher.py; measured in bench/README.md. Fresh apply and rescale use the same form,
-    so they agree bit for bit; restore copies the exact backup as always."""
-
-    def __init__(self, delta, dtype=torch.float32):
-        w = delta.weight
-        if w is not None and dtype in _HALF:
-            w = w.to(dtype)
-        self.weight, self.bias = w, delta.bias
-        self.rows = 0 if self.weight is None else int(self.weight.shape[0])
-
-    @property
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.weight, self.bias) if t is not None)
-
-    def dense(self):
-        return self.weight
-
-    def add_from(self, src, out, t0, t1, m) -> bool:
-        # same dtype only: a mixed fp16+fp32 add measured 2-4x slower than converting W0 first (same result)
-        if self.weight is None or not src.dtype == out.dtype == self.weight.dtype:
-            return False
-        torch.add(src, self.weight[t0:t1], alpha=m, out=out)
-        return True
-
-    def add_to(self, out, t0, t1, m) -> None:
-        if self.weight is not None:
-            out.add_(self.weight[t0:t1], alpha=m)
-
-
-class _LowRank:
-    """up [rows, r] (already × alpha/rank) and down [r, cols]: ΔW = up @ down, never materialised."""
-
-    bias = None
-
-    def __init__(self, up, down, shape):
-        self.up, self.down, self.shape = up.contiguous(), down.contiguous(), tuple(shape)
-        self.rows = int(up.shape[0])
-        self.nbytes = (up.numel() + down.numel()) * 4
-
-    def dense(self):
-        return (self.up @ self.down).reshape(self.shape)
-
-    def add_from(self, src, out, t0, t1, m) -> bool:
-        if src.dtype != torch.float32:
-            return False
-        torch.addmm(src.view(t1 - t0, -1), self.up[t0:t1], self.down, alpha=m, out=out.view(t1 - t0, -1))
-        return True
-
-    def add_to(self, out, t0, t1, m) -> None:
-        out.view(t1 - t0, -1).addmm_(self.up[t0:t1], self.down, alpha=m)
-
-
-_BLOCK = 1 << 17   # elements per row block of a factor write (512 KB in fp32): a few such blocks stay in L2/L3
-
-
-def _row_blocks(t0: int, t1: int, cols: int):
-    step = max(1, _BLOCK // max(1, cols))
-    for r0 in range(t0, t1, step):
-        yield r0, min(r0 + step, t1)
-
-
-class _Hada:
-    """LoHa: a1 [rows, r1] (already × scale), b1 [r1, cols], a2 [rows, r2], b2 [r2, cols]; ΔW = (a1@b1) ⊙ (a2@b2).
-
-    Used where the dense ΔW does not fit the cache (budget 0 = no memory beyond the backups, the built-in Lora's
-    overhead): written in row blocks that stay in the CPU cache (both products, then one fused
-    W = W0 + m·P1⊙P2 per block in fp32, cast once), so main memory sees one read of W0 and one write of W, and no
-    ΔW-sized buffer is ever allocated. The products cost 2·(r1+r2) flops per weight (bench/README.md)."""
-
-    bias = None
-
-    def __init__(self, a1, b1, a2, b2, shape):
-        self.a1, self.b1, self.a2, self.b2 = (t.contiguous() for t in (a1, b1, a2, b2))
-        self.shape = tuple(shape)
-        self.rows = int(a1.shape[0])
-        self.nbytes = sum(t.numel() for t in (a1, b1, a2, b2)) * 4
-
-    def dense(self):
-        return (self.a1 @ self.b1).mul_(self.a2 @ self.b2).reshape(self.shape)
-
-    def _products(self, r0, r1, buf):
-        n = (r1 - r0) * self.b1.shape[1]
-        p1, p2 = buf[:n].view(r1 - r0, -1), buf[_BLOCK:_BLOCK + n].view(r1 - r0, -1)
-        torch.mm(self.a1[r0:r1], self.b1, out=p1)
-        torch.mm(self.a2[r0:r1], self.b2, out=p2)
-        return p1, p2
-
-    def _buf(self, n: int):
-        return torch.empty(n * _BLOCK, dtype=torch.float32, device=self.a1.device)
-
-    def add_from(self, src, out, t0, t1, m) -> bool:
-        cols = self.b1.shape[1]
-        if out.dtype not in (torch.float32,) + _HALF or src.dtype != out.dtype or cols > _BLOCK:
-            return False
-        s2, o2 = src.view(t1 - t0, cols), out.view(t1 - t0, cols)
-        fp32 = out.dtype == torch.float32
-        buf = self._buf(2 if fp32 else 3)
-        for r0, r1 in _row_blocks(t0, t1, cols):
-            p1, p2 = self._products(r0, r1, buf)
-            if fp32:
-                torch.addcmul(s2[r0 - t0:r1 - t0], p1, p2, value=m, out=o2[r0 - t0:r1 - t0])
-            else:  # W0 to fp32 inside the block, one cast on the way out
-                acc = buf[2 * _BLOCK:2 * _BLOCK + p1.numel()].view(p1.shape)
-                acc.copy_(s2[r0 - t0:r1 - t0])
-                acc.addcmul_(p1, p2, value=m)
-                o2[r0 - t0:r1 - t0].copy_(acc)
-        return True
-
-    def add_to(self, out, t0, t1, m) -> None:
-        cols = self.b1.shape[1]
-        if cols > _BLOCK:
-            out.add_(self.dense()[t0:t1], alpha=m)
-            return
-        o2, buf = out.view(t1 - t0, cols), self._buf(2)
-        for r0, r1 in _row_blocks(t0, t1, cols):
-            p1, p2 = self._products(r0, r1, buf)
-            o2[r0 - t0:r1 - t0].addcmul_(p1, p2, value=m)
-
-
-class _Kron:
-    """LoKr: w1 [a, c] (already × scale) ⊗ w2 [b, d]; row i·b+k, column j·d+l holds w1[i,j]·w2[k,l].
-    Cached as the two factors (many times smaller than ΔW) and written with one broadcast addcmul."""
-
-    bias = None
-
-    def __init__(self, w1, w2, shape):
-        self.w1, self.w2, self.shape = w1.contiguous(), w2.contiguous(), tuple(shape)
-        self.rows = int(w1.shape[0] * w2.shape[0])
-        self.nbytes = (w1.numel() + w2.numel()) * 4
-
-    def dense(self):
-        a, c = self.w1.shape
-        b, d = self.w2.shape
-        return (self.w1[:, None, :, None] * self.w2[None, :, None, :]).reshape(a * b, c * d).reshape(self.shape)
-
-    def _views(self, t0, t1):
-        """Broadcast views for rows t0..t1 when they are whole rows of w1, else None."""
-        b = self.w2.shape[0]
-        if t0 % b or t1 % b:
-            return None
-        g, c, d = (t1 - t0) // b, self.w1.shape[1], self.w2.shape[1]
-        return self.w1[t0 // b:t1 // b].view(g, 1, c, 1), self.w2.view(1, b, 1, d), (g, b, c, d)
-
-    def add_from(self, src, out, t0, t1, m) -> bool:
-        v = self._views(t0, t1)
-        if v is None or src.dtype != torch.float32:
-            return False
-        torch.addcmul(src.view(v[2]), v[0], v[1], value=m, out=out.view(v[2]))
-        return True
-
-    def add_to(self, out, t0, t1, m) -> None:
-        v = self._views(t0, t1)
-        if v is None:  # a q/k/v slice cutting through a row of w1
-            out.add_(self.dense()[t0:t1], alpha=m)
-        else:
-            out.view(v[2]).addcmul_(v[0], v[1], value=m)

@@ -279,6 +279,7 @@ class PresetStore:
     _problem = staticmethod(tokens_problem)
     _bad_name_chars = _BAD_NAME_CHARS
     header = USER_HEADER
+    export_header = "# LoRA Studio presets (LBW format NAME:w1,...,wN)\n"   # export_text's first line
     kind = "preset"
     sdxl_counts = SDXL_COUNTS
 
@@ -438,7 +439,7 @@ class PresetStore:
         """Presets as LBW-format text (all merged presets, or only user ones, or the given names)."""
         merged = self._user if user_only else self._merged()
         chosen = list(merged.values()) if names is None else [merged[n] for n in names if n in merged]
-        return "# LoRA Studio presets (LBW format NAME:w1,...,wN)\n" + self._lines(chosen)
+        return self.export_header + self._lines(chosen)
 
     def import_text(self, text: str, source: str = "import",
                     skipped: list[int] | None = None) -> tuple[list[str], list[str]]:
@@ -475,6 +476,7 @@ class ElementPresetStore(PresetStore):
     header = ("# LoRA Studio user elemental presets in LBW's format, NAME then entries blocks, elements, ratio\n"
               "# joined by colons; a blank line ends a preset. These override shipped presets of the same name.\n\n")
     kind = "elemental preset"
+    export_header = "# LoRA Studio elemental presets\n\n"
 
     def lookup(self, name: str, arch: str | None = None) -> PresetHit | None:
         return super().lookup(name, None)  # no SDXL `_XL` variants: entries name blocks, not a format
@@ -482,11 +484,6 @@ class ElementPresetStore(PresetStore):
     @staticmethod
     def _lines(presets: Iterable[Preset]) -> str:
         return "".join(f"{p.name}:{','.join(p.tokens)}\n\n" for p in presets)
-
-    def export_text(self, user_only: bool = False, names: Iterable[str] | None = None) -> str:
-        merged = self._user if user_only else self._merged()
-        chosen = list(merged.values()) if names is None else [merged[n] for n in names if n in merged]
-        return "# LoRA Studio elemental presets\n\n" + self._lines(chosen)
 
 
 class MergePresetStore(PresetStore):

@@ -1,8 +1,10 @@
-"""Training data as sd-scripts sees it: kohya folders, captions, aspect-ratio buckets, step counts, the
-validation report that gates a run, per-sample caption processing, and "prepare a folder".
+"""Training data as sd-scripts sees it: a config's datasets scanned into items and buckets, step counts,
+the validation report that gates a run, the per-epoch batch order and the images of a batch.
 
 Bucket rules, caption lookup, tag statistics and the step count follow sd-scripts' DreamBooth dataset, so a
-folder gives the same buckets, batches and `ss_*` numbers here as there.
+folder gives the same buckets, batches and `ss_*` numbers here as there. The parts have their own homes and
+are re-exported here: `folders` (kohya folder names, "prepare a folder"), `captions` (caption files, per-sample
+caption processing), `buckets` (bucket resolutions and selection), `latent_cache` (the `.npz` disk cache).
 """
 
 from __future__ import annotations
@@ -10,193 +12,19 @@ from __future__ import annotations
 import math
 import os
 import random
-import shutil
 from collections import Counter
 from dataclasses import dataclass, field
 
 from lib_lora.errors import LoraStudioError
+from lib_lora.train.buckets import Buckets, adjust_bucket_range, make_bucket_resolutions  # noqa: F401
+from lib_lora.train.captions import Caption, process_caption, read_caption, tag_counts  # noqa: F401
 from lib_lora.train.config import DatasetSpec, SubsetSpec
+from lib_lora.train.folders import (IMAGE_EXTENSIONS, folder_subsets, glob_images,  # noqa: F401
+                                    parse_folder_name, prepare_folder, repeats_for)
+from lib_lora.train.latent_cache import (CACHE_HASH_KEY, cache_path, cache_problems,  # noqa: F401
+                                         image_sha256, read_latent_cache, write_latent_cache)
 
-# sd-scripts globs these exact spellings (all lower or all upper case)
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".PNG", ".JPG", ".JPEG", ".WEBP", ".BMP")
 TINY_SIDE = 64          # an image with a side below this is refused: it cannot fill even the smallest bucket
-
-
-# ---- folders -------------------------------------------------------------------------------------------------
-
-def parse_folder_name(name: str) -> tuple[int, str] | None:
-    """"10_sks dog" → (10, "sks dog"); None when the first '_' token is not a whole number."""
-    head, sep, rest = name.partition("_")
-    if not sep:
-        return None
-    try:
-        return int(head), rest
-    except ValueError:
-        return None
-
-
-def folder_subsets(root, is_reg: bool, common: dict, warnings: list | None = None) -> list[SubsetSpec]:
-    """The `<repeats>_<concept>` sub-folders of `root` as subsets (others skipped, as sd-scripts does)."""
-    if not root:
-        return []
-    if not os.path.isdir(root):
-        what = "reg_data_dir" if is_reg else "train_data_dir"
-        raise LoraStudioError(f"{what} '{root}' is not a folder; give the folder that holds <repeats>_<concept> "
-                              "sub-folders.")
-    out = []
-    for name in sorted(os.listdir(root)):
-        path = os.path.join(root, name)
-        if not os.path.isdir(path):
-            continue
-        parsed = parse_folder_name(name)
-        if parsed is None or parsed[0] < 1:
-            if warnings is not None:
-                warnings.append(f"folder '{name}' is skipped: name it <repeats>_<concept>, e.g. 10_{name}.")
-            continue
-        out.append(SubsetSpec(image_dir=path, num_repeats=parsed[0], is_reg=is_reg, class_tokens=parsed[1],
-                              **common))
-    return out
-
-
-def glob_images(folder: str) -> list[str]:
-    try:
-        names = os.listdir(folder)
-    except OSError:
-        return []
-    return sorted(os.path.join(folder, n) for n in set(names) if n.endswith(IMAGE_EXTENSIONS)
-                  and os.path.isfile(os.path.join(folder, n)))
-
-
-@dataclass
-class Caption:
-    text: str | None          # None: no caption file
-    path: str | None = None
-    problem: str | None = None
-
-
-def read_caption(image_path: str, extension: str) -> Caption:
-    """The first line of `<stem><ext>` (or of the face-crop name with the last 4 '_' tokens removed)."""
-    base = os.path.splitext(image_path)[0]
-    tokens = base.split("_")
-    candidates = [base + extension]
-    if len(tokens) >= 5:
-        candidates.append("_".join(tokens[:-4]) + extension)
-    for cap in candidates:
-        if not os.path.isfile(cap):
-            continue
-        try:
-            with open(cap, "rb") as f:
-                raw = f.read(1 << 20)
-        except OSError as exc:
-            return Caption(None, cap, f"cannot read caption '{cap}': {exc.strerror or exc}")
-        if not raw:
-            return Caption("", cap, f"caption file '{cap}' is empty (sd-scripts stops on it); write tags into it "
-                                    "or delete it to use the concept name")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError:
-            return Caption(None, cap, f"caption file '{cap}' is not UTF-8; save it as UTF-8")
-        first = text.lstrip("\ufeff").splitlines()[0].strip() if text.strip() else ""
-        if not first:
-            return Caption("", cap, f"caption file '{cap}' has an empty first line; write tags on it or delete it "
-                                    "to use the concept name")
-        return Caption(first, cap)
-    return Caption(None)
-
-
-def tag_counts(captions) -> dict[str, int]:
-    """sd-scripts' tag statistics: split on ',', strip, lower-case, count."""
-    counts: Counter = Counter()
-    for c in captions:
-        for tag in c.split(","):
-            tag = tag.strip()
-            if tag:
-                counts[tag.lower()] += 1
-    return dict(counts)
-
-
-# ---- buckets -------------------------------------------------------------------------------------------------
-
-def make_bucket_resolutions(max_reso, min_size: int = 256, max_size: int = 1024, divisible: int = 64):
-    """The predefined buckets: the square of the resolution's area, plus every width from min to max (step
-    `divisible`) with the tallest height that keeps the area, both orientations; sorted."""
-    area = max_reso[0] * max_reso[1]
-    side = int(math.sqrt(area) // divisible) * divisible
-    resos = {(side, side)}
-    width = min_size
-    while width <= max_size:
-        height = min(max_size, int((area // width) // divisible) * divisible)
-        if height >= min_size:
-            resos.add((width, height))
-            resos.add((height, width))
-        width += divisible
-    return sorted(resos)
-
-
-def adjust_bucket_range(resolution, min_reso: int, max_reso: int, steps: int) -> tuple[int, int]:
-    if min_reso % steps:
-        min_reso -= min_reso % steps
-    if max_reso % steps:
-        max_reso += steps - max_reso % steps
-    if min(resolution) < min_reso:
-        raise LoraStudioError(f"min_bucket_reso {min_reso} is above the resolution {resolution[0]}x{resolution[1]}; "
-                              "lower min_bucket_reso.")
-    if max(resolution) > max_reso:
-        raise LoraStudioError(f"max_bucket_reso {max_reso} is below the resolution {resolution[0]}x{resolution[1]}; "
-                              "raise max_bucket_reso.")
-    return min_reso, max_reso
-
-
-class Buckets:
-    """Assigns image sizes to buckets as sd-scripts' BucketManager does."""
-
-    def __init__(self, spec: DatasetSpec):
-        w, h = spec.resolution
-        self.area = w * h
-        self.steps = spec.bucket_reso_steps
-        if spec.enable_bucket:
-            self.min_reso, self.max_reso = adjust_bucket_range(spec.resolution, spec.min_bucket_reso,
-                                                               spec.max_bucket_reso, spec.bucket_reso_steps)
-            self.no_upscale = spec.bucket_no_upscale
-            self.predefined = [] if self.no_upscale else \
-                make_bucket_resolutions((w, h), self.min_reso, self.max_reso, self.steps)
-        else:
-            self.min_reso = self.max_reso = None
-            self.no_upscale = False
-            self.predefined = [(w, h)]
-        self._set = set(self.predefined)
-        self._ratios = [a / b for a, b in self.predefined]
-
-    def _round(self, x: float) -> int:
-        x = int(x + 0.5)
-        return x - x % self.steps
-
-    def select(self, width: int, height: int):
-        """(bucket (w, h), resized size (w, h), aspect-ratio error) of an image."""
-        ar = width / height
-        if not self.no_upscale:
-            reso = (width, height)
-            if reso not in self._set:
-                errs = [abs(r - ar) for r in self._ratios]
-                reso = self.predefined[errs.index(min(errs))]   # first minimum, as numpy's argmin
-            scale = reso[1] / height if ar > reso[0] / reso[1] else reso[0] / width
-            resized = (int(width * scale + 0.5), int(height * scale + 0.5))
-        else:
-            if width * height > self.area:
-                rw = math.sqrt(self.area * ar)
-                rh = self.area / rw
-                bw = self._round(rw)
-                bh_w = self._round(bw / ar)
-                bh = self._round(rh)
-                bw_h = self._round(bh * ar)
-                if abs(bw / bh_w - ar) < abs(bw_h / bh - ar):
-                    resized = (bw, int(bw / ar + 0.5))
-                else:
-                    resized = (int(bh * ar + 0.5), bh)
-            else:
-                resized = (width, height)
-            reso = (resized[0] - resized[0] % self.steps, resized[1] - resized[1] % self.steps)
-        return reso, resized, reso[0] / reso[1] - ar
 
 
 # ---- the dataset -----------------------------------------------------------------------------------------------
@@ -464,6 +292,22 @@ def validate(cfg, num_processes: int = 1, check_model: bool = False) -> Report:
     return report
 
 
+def sample_problems(cfg, warnings: list) -> list[str]:
+    """The sample prompt file is read before the run starts, so a typo in it does not stop training later."""
+    if not getattr(cfg, "sample_prompts", None):
+        return []
+    from lib_lora.train.samples import read_prompts
+
+    try:
+        read_prompts(cfg.sample_prompts)
+    except LoraStudioError as exc:
+        return [str(exc)]
+    if not (cfg.sample_every_n_epochs or cfg.sample_every_n_steps or cfg.sample_at_first):
+        warnings.append("sample_prompts is set but none of sample_every_n_epochs, sample_every_n_steps, "
+                        "sample_at_first; no sample image will be made.")
+    return []
+
+
 # ---- per-epoch order -------------------------------------------------------------------------------------------
 
 def epoch_batches(ds: Dataset, seed: int, epoch: int, per_rank: int, world: int = 1, rank: int = 0):
@@ -486,49 +330,6 @@ def epoch_batches(ds: Dataset, seed: int, epoch: int, per_rank: int, world: int 
     if world == 1:
         return batches
     return [b[rank * per_rank:(rank + 1) * per_rank] for b in batches]
-
-
-# ---- captions per sample ---------------------------------------------------------------------------------------
-
-def process_caption(caption: str, sub: SubsetSpec, rng: random.Random, epoch: int, step: int = 0,
-                    max_steps: int = 0) -> str:
-    """sd-scripts' per-fetch caption steps: prefix/suffix, whole-caption dropout (rate, or every N-th epoch),
-    then (when shuffling, tag dropout or token warm-up are on) fixed tags by keep_tokens or
-    keep_tokens_separator, token warm-up, shuffle, tag dropout; finally secondary_separator."""
-    if sub.caption_prefix:
-        caption = sub.caption_prefix + " " + caption
-    if sub.caption_suffix:
-        caption = caption + " " + sub.caption_suffix
-    drop_epoch = sub.caption_dropout_every_n_epochs > 0 and epoch % sub.caption_dropout_every_n_epochs == 0
-    if drop_epoch or (sub.caption_dropout_rate > 0 and rng.random() < sub.caption_dropout_rate):
-        return ""
-    warmup = sub.token_warmup_step
-    if warmup and warmup < 1:
-        warmup = math.floor(warmup * max_steps)
-    if sub.shuffle_caption or warmup > 0 or sub.caption_tag_dropout_rate > 0:
-        sep = sub.caption_separator
-        fixed_suffix: list[str] = []
-        if sub.keep_tokens_separator and sub.keep_tokens_separator in caption:
-            head, _, rest = caption.partition(sub.keep_tokens_separator)
-            if sub.keep_tokens_separator in rest:
-                rest, _, tail = rest.partition(sub.keep_tokens_separator)
-                fixed_suffix = [t.strip() for t in tail.split(sep) if t.strip()]
-            fixed = [t.strip() for t in head.split(sep) if t.strip()]
-            flex = [t.strip() for t in rest.split(sep) if t.strip()]
-        else:
-            tags = [t.strip() for t in caption.split(sep) if t.strip()]
-            fixed, flex = tags[:sub.keep_tokens], tags[sub.keep_tokens:]
-        if warmup > 0 and step < warmup:
-            keep = math.floor(step * (len(flex) - sub.token_warmup_min) / warmup) + sub.token_warmup_min
-            flex = flex[:keep]
-        if sub.shuffle_caption:
-            rng.shuffle(flex)
-        if sub.caption_tag_dropout_rate > 0:
-            flex = [t for t in flex if rng.random() >= sub.caption_tag_dropout_rate]
-        caption = ", ".join(fixed + flex + fixed_suffix)
-    if sub.secondary_separator:
-        caption = caption.replace(sub.secondary_separator, sub.caption_separator)
-    return caption
 
 
 # ---- images ---------------------------------------------------------------------------------------------------
@@ -556,156 +357,3 @@ def load_image(item: ImageItem, flip: bool, crop_rng: random.Random | None = Non
     if flip:
         t = t.flip(-1)
     return t
-
-
-# ---- latent cache ----------------------------------------------------------------------------------------------
-# sd-scripts' --cache_latents_to_disk file: `<image stem>.npz` beside the image with `latents` (C×H/8×W/8, float32,
-# before the VAE scale factor), `original_size` (w, h), `crop_ltrb` and, with flip_aug, `latents_flipped`. LoRA
-# Studio adds the image's SHA-256, so a file is reused only for the same image at the same bucket.
-
-CACHE_HASH_KEY = "lora_studio_image_sha256"
-
-
-def cache_problems(datasets: list[Dataset], cfg) -> list[str]:
-    """What sd-scripts refuses with latent caching (a random crop would be frozen into the cache), and an image
-    the disk cache would need at two sizes (one .npz per image)."""
-    if not (cfg.cache_latents or cfg.cache_latents_to_disk):
-        return []
-    out = []
-    crops = sorted({s.image_dir for ds in datasets for s in ds.subsets if s.random_crop})
-    if crops:
-        out.append(f"random_crop cannot be used with cache_latents (a cached latent has one crop); turn off "
-                   f"random_crop for {', '.join(crops)} or caching.")
-    if cfg.cache_latents_to_disk:
-        seen: dict = {}
-        for ds in datasets:
-            for it in ds.items:
-                if seen.setdefault(it.path, it.bucket) != it.bucket:
-                    out.append(f"'{it.path}' is trained at two sizes but cache_latents_to_disk keeps one .npz per "
-                               "image; give both datasets the same resolution or use cache_latents only.")
-                    break
-    return out
-
-
-def sample_problems(cfg, warnings: list) -> list[str]:
-    """The sample prompt file is read before the run starts, so a typo in it does not stop training later."""
-    if not getattr(cfg, "sample_prompts", None):
-        return []
-    from lib_lora.train.samples import read_prompts
-
-    try:
-        read_prompts(cfg.sample_prompts)
-    except LoraStudioError as exc:
-        return [str(exc)]
-    if not (cfg.sample_every_n_epochs or cfg.sample_every_n_steps or cfg.sample_at_first):
-        warnings.append("sample_prompts is set but none of sample_every_n_epochs, sample_every_n_steps, "
-                        "sample_at_first; no sample image will be made.")
-    return []
-
-
-def cache_path(item: ImageItem) -> str:
-    return os.path.splitext(item.path)[0] + ".npz"
-
-
-def image_sha256(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def read_latent_cache(item: ImageItem, sha: str, flips: bool) -> dict | None:
-    """The cached latents {False: …, True: …} (True only with `flips`) when the file is there and fits this
-    image and bucket; None when it must be (re)built."""
-    import numpy as np
-
-    path = cache_path(item)
-    if not os.path.isfile(path):
-        return None
-    bw, bh = item.bucket
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if CACHE_HASH_KEY not in z.files or bytes(z[CACHE_HASH_KEY]).hex() != sha:
-                return None
-            out = {False: np.array(z["latents"], dtype=np.float32)}
-            if flips:
-                if "latents_flipped" not in z.files:
-                    return None
-                out[True] = np.array(z["latents_flipped"], dtype=np.float32)
-    except Exception:      # truncated, not a zip, wrong keys: the cache is rebuilt
-        return None
-    if any(a.ndim != 3 or a.shape[1:] != (bh // 8, bw // 8) for a in out.values()):
-        return None
-    return out
-
-
-def write_latent_cache(item: ImageItem, sha: str, latents: dict) -> str:
-    import io
-
-    import numpy as np
-
-    from lib_lora import fileio
-
-    bw, bh = item.bucket
-    rw, rh = item.resized
-    left, top = (rw - bw) // 2, (rh - bh) // 2
-    arrays = {"latents": latents[False], "original_size": np.array(item.size, dtype=np.int64),
-              "crop_ltrb": np.array([left, top, left + bw, top + bh], dtype=np.int64),
-              CACHE_HASH_KEY: np.frombuffer(bytes.fromhex(sha), dtype=np.uint8)}
-    if True in latents:
-        arrays["latents_flipped"] = latents[True]
-    buf = io.BytesIO()
-    np.savez(buf, **arrays)
-    path = cache_path(item)
-    # a cache file: replacing a stale one is what it is for (sd-scripts does the same)
-    fileio.atomic_write(path, lambda f: f.write(buf.getvalue()), overwrite=True)
-    return path
-
-
-# ---- prepare a folder -----------------------------------------------------------------------------------------
-
-def repeats_for(target_steps: int, images: int, epochs: int = 1, batch_size: int = 1, grad_accum: int = 1) -> int:
-    """Repeats so that `epochs` epochs of `images` reach about `target_steps` optimizer steps."""
-    if images < 1:
-        raise LoraStudioError("the folder holds no images; add images first.")
-    return max(1, round(target_steps * batch_size * grad_accum / (images * max(1, epochs))))
-
-
-def prepare_folder(src: str, dest_root: str, concept: str, target_steps: int, epochs: int = 1,
-                   batch_size: int = 1, grad_accum: int = 1, mode: str = "copy",
-                   caption_extensions=(".txt", ".caption")) -> str:
-    """Copy (or hard-link, falling back to a copy across file systems; or symlink) the images of `src` and
-    their captions into `dest_root/<repeats>_<concept>`. Existing files are never replaced."""
-    if mode not in ("copy", "link", "symlink"):
-        raise LoraStudioError(f"mode '{mode}' is not copy, link or symlink.")
-    if not concept.strip() or os.sep in concept or (os.altsep and os.altsep in concept):
-        raise LoraStudioError(f"concept '{concept}' is not a folder name; give words without slashes.")
-    images = glob_images(src)
-    repeats = repeats_for(target_steps, len(images), epochs, batch_size, grad_accum)
-    dest = os.path.join(dest_root, f"{repeats}_{concept.strip()}")
-    files = []
-    for img in images:
-        files.append(img)
-        stem = os.path.splitext(img)[0]
-        files += [stem + e for e in caption_extensions if os.path.isfile(stem + e)]
-    clash = [os.path.basename(f) for f in files if os.path.lexists(os.path.join(dest, os.path.basename(f)))]
-    if clash:
-        raise LoraStudioError(f"'{dest}' already holds {', '.join(clash[:5])}"
-                              f"{' …' if len(clash) > 5 else ''}; choose another folder or remove them.")
-    os.makedirs(dest, exist_ok=True)
-    for f in files:
-        target = os.path.join(dest, os.path.basename(f))
-        if mode == "symlink":
-            os.symlink(os.path.abspath(f), target)
-            continue
-        if mode == "link":
-            try:
-                os.link(f, target)
-                continue
-            except OSError:
-                pass
-        shutil.copy2(f, target)
-    return dest

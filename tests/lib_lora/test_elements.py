@@ -176,3 +176,14 @@ def test_bake_lora_equals_multiplier_times_element_weight_times_delta(tmp_path):
         torch.testing.assert_close(got, want, rtol=0, atol=1e-6 * float(want.abs().max()))
         checked += 1
     assert len(src.modules) == 10 and checked == 9 and rules == {"range", "not", "base"}
+
+
+def test_elemental_export_has_its_own_header_and_imports_back(tmp_path):
+    el = PresetStore(user_path=tmp_path / "lora_studio_presets.txt").elemental
+    el.set("MINE", "IN05-OUT05:attn:1\nOUT03::0.5")
+    text = el.export_text(user_only=True)
+    assert text == "# LoRA Studio elemental presets\n\nMINE:IN05-OUT05:attn:1,OUT03::0.5\n\n"
+    assert PresetStore().export_text(names=["ALL"]).startswith("# LoRA Studio presets (LBW format NAME:w1,...,wN)\n")
+    fresh = PresetStore(user_path=tmp_path / "other_presets.txt").elemental
+    names, warnings = fresh.import_text(text)
+    assert names == ["MINE"] and warnings == [] and fresh.get("MINE") == el.get("MINE")

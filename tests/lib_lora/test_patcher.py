@@ -483,7 +483,7 @@ def _loha_f64(mod) -> torch.Tensor:
 @pytest.mark.parametrize("dtype,u", [(torch.float16, 2.0 ** -11), (torch.bfloat16, 2.0 ** -8)])
 def test_dense_deltas_of_half_models_are_cached_in_the_weight_dtype_within_the_stated_bound(nets, dtype, u):
     """fp16/bf16 model: LoHa's ΔW is cached in the weight dtype (half the bytes, one fused add per change).
-    Stated bound (patcher._Dense): |W − (W0 + m·ΔW)| ≤ ½ ulp(W) + 2·u·|m·ΔW| (+ |m|·½ the dtype's smallest
+    Stated bound (patch_terms.Dense): |W − (W0 + m·ΔW)| ≤ ½ ulp(W) + 2·u·|m·ΔW| (+ |m|·½ the dtype's smallest
     subnormal, where ΔW underflows) against float64; rescale from the cache equals a fresh apply bit for bit;
     restore is bit-exact."""
     tiny = float(torch.finfo(dtype).smallest_normal) * u  # ½ subnormal spacing: u = 2⁻ᵖ, spacing = 2^(emin−p+1)
@@ -519,7 +519,7 @@ def test_dense_deltas_of_half_models_are_cached_in_the_weight_dtype_within_the_s
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 def test_dense_lowrank_caches_what_the_budget_admits_writes_the_rest_from_factors_and_restores_exactly(nets, dtype):
     """Patcher(dense_lowrank=True): LoRA/LoCon deltas kept dense (weight dtype on fp16) up to the budget, the
-    rest written from factors; every weight within the stated bound of float64 (patcher._Dense); exact restore."""
+    rest written from factors; every weight within the stated bound of float64 (patch_terms.Dense); exact restore."""
     u = 2.0 ** -11 if dtype == torch.float16 else 2.0 ** -24
     tiny = float(torch.finfo(dtype).smallest_normal) * u
     net = nets["locon"]
@@ -563,7 +563,7 @@ def test_dense_lowrank_caches_what_the_budget_admits_writes_the_rest_from_factor
 def test_loha_at_budget_0_is_written_from_its_factors_within_float64_bounds_with_no_memory_beyond_backups(
         nets, dtype):
     """Delta cache 0 (overhead = the backups, as the built-in Lora's): LoHa is written from its four factors in
-    row blocks (patcher._Hada), no dense ΔW built or kept. Each weight is W0 + m·ΔW in fp32, cast once: within
+    row blocks (patch_terms.Hada), no dense ΔW built or kept. Each weight is W0 + m·ΔW in fp32, cast once: within
     ½ ulp(W) + the fp32 rounding of the products (bounded from float64 |factor| products). After a LoRA on the
     same layers (add_to) it matches the reference; a rescale equals a fresh apply bit for bit; restore is exact."""
     from lib_lora.algos._common import rank_scale
