@@ -60,6 +60,7 @@ class MergeResult:
     partial: list = field(default_factory=list)   # keys merged on A's leading input channels only
     vae_baked: int = 0       # keys taken from the VAE file
     recipe: dict = field(default_factory=dict)
+    hashes_cached: list = field(default_factory=list)   # roles whose recipe hash came from the hash cache
 
 
 # ---------------------------------------------------------------- inputs
@@ -454,16 +455,19 @@ def _producer(item: _Item, mode: str, a, b, c, scratch, vae=None):
 # ---------------------------------------------------------------- the merge
 
 class _Hashes(threading.Thread):
-    """Input hashes computed beside the merge (the pages it reads are shared through the page cache)."""
+    """Input hashes computed beside the merge (the pages it reads are shared through the page cache), or
+    taken from the hash cache (`fileio.cached_model_hash`); `cached` lists the roles that were."""
 
-    def __init__(self, paths: dict):
+    def __init__(self, paths: dict, cache="default"):
         super().__init__(daemon=True)
-        self.paths, self.result, self.error = paths, {}, None
+        self.paths, self.cache, self.result, self.cached, self.error = paths, cache, {}, [], None
 
     def run(self):
         try:
             for role, p in self.paths.items():
-                self.result[role] = fileio.model_hash(p)
+                self.result[role], hit = fileio.cached_model_hash(p, self.cache)
+                if hit:
+                    self.cached.append(role)
         except BaseException as exc:  # reported by wait() in the merging thread
             self.error = exc
 
@@ -477,13 +481,17 @@ class _Hashes(threading.Thread):
 
 def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=None, block_weights=None,
                       base_alpha: float | None = None, dtype: str | None = None, overwrite: bool = False,
-                      allow_pickle: bool = False, presets=None, progress=None, vae=None) -> MergeResult:
+                      allow_pickle: bool = False, presets=None, progress=None, vae=None,
+                      hash_cache="default") -> MergeResult:
     """Merge checkpoint files into `out` (.safetensors). `progress(done_bytes, total_bytes)` while writing.
 
     `vae`: None or "base" (the VAE is merged like every BASE key), or the path of a VAE file (ldm or
     diffusers names, .safetensors; a pickle only with `allow_pickle`) whose weights replace
     first_stage_model.* (cast to the output type); a VAE that does not fit A is refused before any tensor
     is read.
+
+    `hash_cache`: where the recipe's input hashes are remembered (`fileio.cached_model_hash`): "default",
+    None (always hash), or a cache file path.
 
     Everything that can be checked from the file headers is checked before any tensor is read; a failure,
     Ctrl-C or kill leaves no file at `out` (and an existing one untouched)."""
@@ -542,7 +550,7 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
                                                      "sha256": _HASH_PLACEHOLDER},
         }
         hashed = dict(paths, **({"VAE": vae_path} if vae_path is not None else {}))
-        hashes = _Hashes({role: os.fspath(p) for role, p in hashed.items()})
+        hashes = _Hashes({role: os.fspath(p) for role, p in hashed.items()}, hash_cache)
         hashes.start()
 
         def final_metadata():
@@ -564,6 +572,7 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
                                               overwrite=overwrite, progress=progress,
                                               final_metadata=final_metadata, workers=WORKERS)
         result.recipe = recipe
+        result.hashes_cached = list(hashes.cached)
         return result
     finally:
         for r in readers.values():
