@@ -17,11 +17,11 @@ from .hashing import cached_model_hash, default_hash_cache_path, legacy_hash, mo
 from .paths import display_path, resolve_inside
 from .reader import (PICKLE_SUFFIXES, MappedTensors, read_metadata, read_safetensors_header, read_small_text,
                      read_tensors)
-from .writer import FilePiece, atomic_save_safetensors, atomic_save_safetensors_stream, kohya_hashes
+from .writer import BufferPool, FilePiece, Pooled, atomic_save_safetensors, atomic_save_safetensors_stream, kohya_hashes
 
 __all__ = ["LOCK_SUFFIX", "TMP_SUFFIX", "USE_O_TMPFILE", "WriteFailed", "atomic_write", "atomic_write_text",
            "check_target", "locked", "remove_dead_temps", "cached_model_hash", "default_hash_cache_path",
            "legacy_hash", "model_hash", "display_path",
            "resolve_inside", "PICKLE_SUFFIXES", "MappedTensors", "read_metadata", "read_safetensors_header",
-           "read_small_text", "read_tensors", "FilePiece", "atomic_save_safetensors",
+           "read_small_text", "read_tensors", "BufferPool", "FilePiece", "Pooled", "atomic_save_safetensors",
            "atomic_save_safetensors_stream", "kohya_hashes"]

@@ -408,8 +408,9 @@ def _rows(t):
     return t.reshape(1) if t.dim() == 0 else t
 
 
-def _producer(item: _Item, mode: str, a, b, c, scratch, vae=None):
-    """produce() for the stream writer; `scratch()` returns the calling thread's _Scratch."""
+def _producer(item: _Item, mode: str, a, b, c, scratch, pool, vae=None):
+    """produce() for the stream writer; `scratch()` returns the calling thread's _Scratch, `pool` is the
+    writer's `fileio.BufferPool` for merged pieces."""
     def produce():
         import torch
 
@@ -426,8 +427,9 @@ def _producer(item: _Item, mode: str, a, b, c, scratch, vae=None):
             n = fa.numel()
 
             def piece(i, j):   # run by the writer's worker threads, each with its own scratch buffers
-                out = torch.empty(j - i, dtype=item.out_dtype)
-                scratch().combine_into(mode, fa[i:j], fb[i:j], fc[i:j] if fc is not None else None, item.m, out)
+                out = pool.take(j - i, item.out_dtype)
+                scratch().combine_into(mode, fa[i:j], fb[i:j], fc[i:j] if fc is not None else None, item.m,
+                                       out.tensor)
                 return out
 
             for i in range(0, n, _CHUNK_ELEMS):
@@ -565,8 +567,9 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
                 local.s = _Scratch()
             return local.s
 
+        pool = fileio.BufferPool(_CHUNK_ELEMS * 4)   # fp32 pieces at most; a float64 A gets fresh tensors
         specs = [(it.key, it.out_dtype, it.shape, _producer(it, mode, readers["A"], readers.get("B"),
-                                                            readers.get("C"), scratch, readers.get("VAE")))
+                                                            readers.get("C"), scratch, pool, readers.get("VAE")))
                  for it in items]
         fileio.atomic_save_safetensors_stream(specs, out, {RECIPE_KEY: json.dumps(recipe, ensure_ascii=False)},
                                               overwrite=overwrite, progress=progress,

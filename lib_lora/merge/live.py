@@ -283,11 +283,15 @@ class LiveMerge:
         pos = 0
         # the file merge's producer takes a per-thread scratch getter and may yield deferred pieces
         # (callables its writer's workers run); here one thread runs them in order
-        produce = ck._producer(item, mode, self._a, self._reader(id_b), self._reader(id_c), lambda: scratch)
+        pool = fileio.BufferPool(ck._CHUNK_ELEMS * 4)
+        produce = ck._producer(item, mode, self._a, self._reader(id_b), self._reader(id_c), lambda: scratch, pool)
         for chunk in produce():
-            flat = (chunk() if callable(chunk) else chunk).reshape(-1)
+            piece = chunk() if callable(chunk) else chunk
+            flat = (piece.tensor if isinstance(piece, fileio.Pooled) else piece).reshape(-1)
             out[pos:pos + flat.numel()].copy_(flat)
             pos += flat.numel()
+            if isinstance(piece, fileio.Pooled):
+                piece.release()
         return out
 
     def _put(self, key, value) -> None:
