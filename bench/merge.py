@@ -52,7 +52,9 @@ import torch
 torch.set_num_threads(1)
 """
 
-MERGE = PRELUDE + r"""
+# The merge runs with torch's default thread count, as `python -m lib_lora merge` does (the prelude's one thread
+# is for bench/bake.py, where both sides get it).
+MERGE = PRELUDE.replace("torch.set_num_threads(1)\n", "") + r"""
 from lib_lora.merge import checkpoint as mc
 from lib_lora.merge.checkpoint import merge_checkpoints
 if sys.argv[4] == "nohash":   # diagnostic only: what the recipe's input hashes cost

@@ -12,7 +12,10 @@ import time
 from lib_lora.errors import LoraStudioError
 from .atomic import atomic_write_text, locked
 from .paths import _name
-from .reader import PICKLE_SUFFIXES, _CHUNK, read_safetensors_header
+from .reader import PICKLE_SUFFIXES, read_safetensors_header
+
+
+_HASH_CHUNK = 4 << 20
 
 
 def model_hash(path, trust_metadata: bool = False) -> str:
@@ -31,10 +34,16 @@ def model_hash(path, trust_metadata: bool = False) -> str:
                 return str(h).lower()
         start = 8 + n
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=0) as f:
+        # into one reused buffer: f.read() allocated (and the kernel zero-filled) a fresh MiB per chunk
         f.seek(start)
-        for chunk in iter(lambda: f.read(_CHUNK), b""):
-            digest.update(chunk)
+        buf = bytearray(_HASH_CHUNK)
+        view = memoryview(buf)
+        while True:
+            n = f.readinto(buf)
+            if not n:
+                break
+            digest.update(view[:n])
     return digest.hexdigest()
 
 

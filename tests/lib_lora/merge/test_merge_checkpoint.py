@@ -426,3 +426,16 @@ def test_recipe_hashes_from_the_hash_cache_equal_fresh_ones_and_a_changed_input_
     recipe = json.loads(fileio.read_metadata(tmp_path / "new.safetensors")[RECIPE_KEY])
     assert res.hashes_cached == ["A"]
     assert recipe["inputs"]["B"]["sha256"] == fileio.model_hash(sd15["c"]) != fileio.model_hash(sd15["b"])
+
+
+@pytest.mark.parametrize("mode", mc.MODES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_chunked_kernel_equals_the_whole_tensor_float64_formula_bit_for_bit(mode, dtype):
+    # several scratch chunks and a ragged tail; pieces of B equal to C exercise train-diff's shortcut
+    n = 3 * mc._Scratch.SIZE + 1234
+    g = torch.Generator().manual_seed(7)
+    a, b, c = (torch.randn(n, generator=g).to(dtype) for _ in range(3))
+    c[: mc._Scratch.SIZE] = b[: mc._Scratch.SIZE]
+    out = torch.empty(n, dtype=dtype)
+    mc._Scratch().combine_into(mode, a, b, c, 0.37, out)
+    assert _same(out, mc._combine(mode, a, b, c, 0.37).to(dtype))
