@@ -1,6 +1,6 @@
 """Writing safetensors: the file layout (byte-identical to safetensors' own files), whole-dict and streamed writers
-(one producer per tensor, worker threads, kernel copies of unchanged pieces), and the trainer's precomputed
-hashes.
+(one producer per tensor, worker threads, reusable output buffers, kernel copies of unchanged pieces coalesced
+into runs, disk writeback started while writing), and the trainer's precomputed hashes.
 """
 
 from __future__ import annotations
