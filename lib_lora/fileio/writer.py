@@ -241,12 +241,15 @@ def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, ov
         if progress is not None:
             progress(total, total)
 
+    def write_then_stop(f):
+        try:
+            write(f)
+        finally:   # before atomic_write closes the descriptor the flusher syncs (an error, Ctrl-C)
+            if flusher is not None:
+                flusher.stop()
+
     flusher = None
-    try:
-        return atomic_write(path, write, overwrite)
-    finally:
-        if flusher is not None:
-            flusher.stop()
+    return atomic_write(path, write_then_stop, overwrite)
 
 
 _FLUSH_STEP = 256 << 20   # start the writeback of every this many bytes written
