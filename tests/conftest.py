@@ -1,5 +1,13 @@
+import os
+import tempfile
+
 import pytest
 import torch
+
+# Merges remember input hashes in a cache file: tests (and the CLIs they start) use a temporary one, never
+# the user's ~/.cache.
+os.environ.setdefault("LORA_STUDIO_HASH_CACHE",
+                      os.path.join(tempfile.mkdtemp(prefix="lora-studio-tests-"), "model-hashes.json"))
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ One package, one concern per module; callers use the names below (`from lib_lora
 - `reader`: safetensors headers and tensors, lazily memory-mapped (`MappedTensors`), gated pickles, small text;
 - `atomic`: temporary name → rename/link into place, existing-target refusals, locks, stale temporaries;
 - `writer`: the safetensors layout and the whole-dict / streamed writers, the trainer's precomputed hashes;
-- `hashing`: the model hashes AUTOMATIC1111 writes.
+- `hashing`: the model hashes AUTOMATIC1111 writes, and a persistent cache of them for merge recipes.
 Settings a test or a caller changes (`USE_O_TMPFILE`, the `os` used for renames) live in `atomic`.
 """
 
@@ -13,14 +13,15 @@ from __future__ import annotations
 
 from .atomic import (LOCK_SUFFIX, TMP_SUFFIX, USE_O_TMPFILE, WriteFailed, atomic_write, atomic_write_text,
                      check_target, locked, remove_dead_temps)
-from .hashing import legacy_hash, model_hash
+from .hashing import cached_model_hash, default_hash_cache_path, legacy_hash, model_hash
 from .paths import display_path, resolve_inside
 from .reader import (PICKLE_SUFFIXES, MappedTensors, read_metadata, read_safetensors_header, read_small_text,
                      read_tensors)
-from .writer import FilePiece, atomic_save_safetensors, atomic_save_safetensors_stream, kohya_hashes
+from .writer import BufferPool, FilePiece, Pooled, atomic_save_safetensors, atomic_save_safetensors_stream, kohya_hashes
 
 __all__ = ["LOCK_SUFFIX", "TMP_SUFFIX", "USE_O_TMPFILE", "WriteFailed", "atomic_write", "atomic_write_text",
-           "check_target", "locked", "remove_dead_temps", "legacy_hash", "model_hash", "display_path",
+           "check_target", "locked", "remove_dead_temps", "cached_model_hash", "default_hash_cache_path",
+           "legacy_hash", "model_hash", "display_path",
            "resolve_inside", "PICKLE_SUFFIXES", "MappedTensors", "read_metadata", "read_safetensors_header",
-           "read_small_text", "read_tensors", "FilePiece", "atomic_save_safetensors",
+           "read_small_text", "read_tensors", "BufferPool", "FilePiece", "Pooled", "atomic_save_safetensors",
            "atomic_save_safetensors_stream", "kohya_hashes"]

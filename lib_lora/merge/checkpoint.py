@@ -60,6 +60,7 @@ class MergeResult:
     partial: list = field(default_factory=list)   # keys merged on A's leading input channels only
     vae_baked: int = 0       # keys taken from the VAE file
     recipe: dict = field(default_factory=dict)
+    hashes_cached: list = field(default_factory=list)   # roles whose recipe hash came from the hash cache
 
 
 # ---------------------------------------------------------------- inputs
@@ -352,8 +353,11 @@ def _combine(mode: str, a, b, c, m: float):
 class _Scratch:
     """float64 buffers small enough to stay in the CPU cache: the arithmetic then costs about one read of
     the inputs and one write of the output (a 16 MB chunk at a time was 3-4x slower). Half-precision inputs
-    are widened through float32 (exact, and about twice as fast as torch's direct half → double copy)."""
-    SIZE = 1 << 16
+    are widened through float32 (exact, and about twice as fast as torch's direct half → double copy).
+    SIZE stays under torch's parallel grain (32768 elements): each op then runs on the calling thread only, so
+    the writer's worker threads do not also split every op over torch's thread pool (with torch's default
+    threads that made a full SD1.5 merge ≈ 1.5× slower), and nothing global (torch.set_num_threads) changes."""
+    SIZE = 30 << 10
 
     def __init__(self):
         import torch
@@ -407,8 +411,9 @@ def _rows(t):
     return t.reshape(1) if t.dim() == 0 else t
 
 
-def _producer(item: _Item, mode: str, a, b, c, scratch, vae=None):
-    """produce() for the stream writer; `scratch()` returns the calling thread's _Scratch."""
+def _producer(item: _Item, mode: str, a, b, c, scratch, pool, vae=None):
+    """produce() for the stream writer; `scratch()` returns the calling thread's _Scratch, `pool` is the
+    writer's `fileio.BufferPool` for merged pieces."""
     def produce():
         import torch
 
@@ -425,8 +430,9 @@ def _producer(item: _Item, mode: str, a, b, c, scratch, vae=None):
             n = fa.numel()
 
             def piece(i, j):   # run by the writer's worker threads, each with its own scratch buffers
-                out = torch.empty(j - i, dtype=item.out_dtype)
-                scratch().combine_into(mode, fa[i:j], fb[i:j], fc[i:j] if fc is not None else None, item.m, out)
+                out = pool.take(j - i, item.out_dtype)
+                scratch().combine_into(mode, fa[i:j], fb[i:j], fc[i:j] if fc is not None else None, item.m,
+                                       out.tensor)
                 return out
 
             for i in range(0, n, _CHUNK_ELEMS):
@@ -454,16 +460,19 @@ def _producer(item: _Item, mode: str, a, b, c, scratch, vae=None):
 # ---------------------------------------------------------------- the merge
 
 class _Hashes(threading.Thread):
-    """Input hashes computed beside the merge (the pages it reads are shared through the page cache)."""
+    """Input hashes computed beside the merge (the pages it reads are shared through the page cache), or
+    taken from the hash cache (`fileio.cached_model_hash`); `cached` lists the roles that were."""
 
-    def __init__(self, paths: dict):
+    def __init__(self, paths: dict, cache="default"):
         super().__init__(daemon=True)
-        self.paths, self.result, self.error = paths, {}, None
+        self.paths, self.cache, self.result, self.cached, self.error = paths, cache, {}, [], None
 
     def run(self):
         try:
             for role, p in self.paths.items():
-                self.result[role] = fileio.model_hash(p)
+                self.result[role], hit = fileio.cached_model_hash(p, self.cache)
+                if hit:
+                    self.cached.append(role)
         except BaseException as exc:  # reported by wait() in the merging thread
             self.error = exc
 
@@ -477,13 +486,17 @@ class _Hashes(threading.Thread):
 
 def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=None, block_weights=None,
                       base_alpha: float | None = None, dtype: str | None = None, overwrite: bool = False,
-                      allow_pickle: bool = False, presets=None, progress=None, vae=None) -> MergeResult:
+                      allow_pickle: bool = False, presets=None, progress=None, vae=None,
+                      hash_cache="default") -> MergeResult:
     """Merge checkpoint files into `out` (.safetensors). `progress(done_bytes, total_bytes)` while writing.
 
     `vae`: None or "base" (the VAE is merged like every BASE key), or the path of a VAE file (ldm or
     diffusers names, .safetensors; a pickle only with `allow_pickle`) whose weights replace
     first_stage_model.* (cast to the output type); a VAE that does not fit A is refused before any tensor
     is read.
+
+    `hash_cache`: where the recipe's input hashes are remembered (`fileio.cached_model_hash`): "default",
+    None (always hash), or a cache file path.
 
     Everything that can be checked from the file headers is checked before any tensor is read; a failure,
     Ctrl-C or kill leaves no file at `out` (and an existing one untouched)."""
@@ -542,7 +555,7 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
                                                      "sha256": _HASH_PLACEHOLDER},
         }
         hashed = dict(paths, **({"VAE": vae_path} if vae_path is not None else {}))
-        hashes = _Hashes({role: os.fspath(p) for role, p in hashed.items()})
+        hashes = _Hashes({role: os.fspath(p) for role, p in hashed.items()}, hash_cache)
         hashes.start()
 
         def final_metadata():
@@ -557,13 +570,15 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
                 local.s = _Scratch()
             return local.s
 
+        pool = fileio.BufferPool(_CHUNK_ELEMS * 4)   # fp32 pieces at most; a float64 A gets fresh tensors
         specs = [(it.key, it.out_dtype, it.shape, _producer(it, mode, readers["A"], readers.get("B"),
-                                                            readers.get("C"), scratch, readers.get("VAE")))
+                                                            readers.get("C"), scratch, pool, readers.get("VAE")))
                  for it in items]
         fileio.atomic_save_safetensors_stream(specs, out, {RECIPE_KEY: json.dumps(recipe, ensure_ascii=False)},
                                               overwrite=overwrite, progress=progress,
                                               final_metadata=final_metadata, workers=WORKERS)
         result.recipe = recipe
+        result.hashes_cached = list(hashes.cached)
         return result
     finally:
         for r in readers.values():

@@ -260,7 +260,7 @@ class LiveMerge:
             inputs = {"A": {"file": self.name}}
             for role, p in (("B", recipe.b), ("C", recipe.c)):
                 if p is not None:
-                    inputs[role] = {"file": os.path.basename(p), "sha256": fileio.model_hash(p)}
+                    inputs[role] = {"file": os.path.basename(p), "sha256": fileio.cached_model_hash(p)[0]}
             meta = {ck.RECIPE_KEY: json.dumps({
                 "mode": recipe.mode, "alpha": recipe.alpha, "base_alpha": recipe.base_alpha,
                 "block_weights": dict(zip(blocks.format_names(full), blocks.compress(list(recipe.weights), full))),
@@ -283,11 +283,15 @@ class LiveMerge:
         pos = 0
         # the file merge's producer takes a per-thread scratch getter and may yield deferred pieces
         # (callables its writer's workers run); here one thread runs them in order
-        produce = ck._producer(item, mode, self._a, self._reader(id_b), self._reader(id_c), lambda: scratch)
+        pool = fileio.BufferPool(ck._CHUNK_ELEMS * 4)
+        produce = ck._producer(item, mode, self._a, self._reader(id_b), self._reader(id_c), lambda: scratch, pool)
         for chunk in produce():
-            flat = (chunk() if callable(chunk) else chunk).reshape(-1)
+            piece = chunk() if callable(chunk) else chunk
+            flat = (piece.tensor if isinstance(piece, fileio.Pooled) else piece).reshape(-1)
             out[pos:pos + flat.numel()].copy_(flat)
             pos += flat.numel()
+            if isinstance(piece, fileio.Pooled):
+                piece.release()
         return out
 
     def _put(self, key, value) -> None:

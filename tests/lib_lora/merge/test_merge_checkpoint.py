@@ -407,3 +407,35 @@ def test_stream_writer_workers_and_file_pieces_are_byte_identical(tmp_path, monk
     fileio.atomic_save_safetensors_stream(specs, tmp_path / "y.safetensors", {"k": "v"}, workers=2)
     src.close()
     assert (tmp_path / "x.safetensors").read_bytes() == (tmp_path / "y.safetensors").read_bytes()
+
+
+def test_recipe_hashes_from_the_hash_cache_equal_fresh_ones_and_a_changed_input_is_rehashed(sd15, tmp_path):
+    import shutil
+
+    cache = str(tmp_path / "hashes.json")
+    a = shutil.copy(sd15["a"], tmp_path / "a.safetensors")
+    b = shutil.copy(sd15["b"], tmp_path / "b.safetensors")
+    cold = merge_checkpoints(a, b, tmp_path / "cold.safetensors", alpha=0.3, hash_cache=cache)
+    warm = merge_checkpoints(a, b, tmp_path / "warm.safetensors", alpha=0.3, hash_cache=cache)
+    assert cold.hashes_cached == [] and sorted(warm.hashes_cached) == ["A", "B"]
+    # same recipe, same bytes: the cache changes nothing in the file
+    assert (tmp_path / "cold.safetensors").read_bytes() == (tmp_path / "warm.safetensors").read_bytes()
+    # B replaced by other content of the same size: its hash is computed again, A's still comes from the cache
+    shutil.copy(sd15["c"], b)
+    res = merge_checkpoints(a, b, tmp_path / "new.safetensors", alpha=0.3, hash_cache=cache)
+    recipe = json.loads(fileio.read_metadata(tmp_path / "new.safetensors")[RECIPE_KEY])
+    assert res.hashes_cached == ["A"]
+    assert recipe["inputs"]["B"]["sha256"] == fileio.model_hash(sd15["c"]) != fileio.model_hash(sd15["b"])
+
+
+@pytest.mark.parametrize("mode", mc.MODES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_chunked_kernel_equals_the_whole_tensor_float64_formula_bit_for_bit(mode, dtype):
+    # several scratch chunks and a ragged tail; pieces of B equal to C exercise train-diff's shortcut
+    n = 3 * mc._Scratch.SIZE + 1234
+    g = torch.Generator().manual_seed(7)
+    a, b, c = (torch.randn(n, generator=g).to(dtype) for _ in range(3))
+    c[: mc._Scratch.SIZE] = b[: mc._Scratch.SIZE]
+    out = torch.empty(n, dtype=dtype)
+    mc._Scratch().combine_into(mode, a, b, c, 0.37, out)
+    assert _same(out, mc._combine(mode, a, b, c, 0.37).to(dtype))
