@@ -8,7 +8,7 @@ import html
 from pathlib import Path
 
 from lib_lora.errors import LoraStudioError
-from lib_lora.ui.merge_tab import checkpoint_path
+from lib_lora.ui.merge_tab import checkpoint_path, error_line
 from lib_lora.ui.train_params import _plain_name
 
 # ---- compare epochs ---------------------------------------------------------------------------------------
@@ -47,7 +47,6 @@ def compare_epochs(ctx, checkpoint, run_name, weights, prompt, negative="", seed
     """Standalone: an epoch × weight grid (rows: epochs, columns: a no-LoRA image then each weight) with one
     seed, rendered with lib_lora.sd; each LoRA goes on through the core patcher and is taken off exactly."""
     import torch
-    from PIL import Image, ImageDraw
 
     from lib_lora.host import Host
     from lib_lora.network import load_network
@@ -90,17 +89,24 @@ def compare_epochs(ctx, checkpoint, run_name, weights, prompt, negative="", seed
             finally:
                 patcher.restore()
         rows.append((f.stem, row))
+    return grid_image(base, rows, ws, size)
+
+
+def grid_image(base, rows, weights, size: int):
+    """The grid: a header row (no LoRA, then each weight), one row per epoch file with its name, the no-LoRA
+    image repeated in the first column of every row."""
+    from PIL import Image, ImageDraw
     label_w, head_h = 150, 24
-    grid = Image.new("RGB", (label_w + size * (1 + len(ws)), head_h + size * len(rows)), "white")
+    grid = Image.new("RGB", (label_w + size * (1 + len(weights)), head_h + size * len(rows)), "white")
     d = ImageDraw.Draw(grid)
-    for j, title in enumerate(["no LoRA", *[f"weight {w:g}" for w in ws]]):
+    for j, title in enumerate(["no LoRA", *[f"weight {w:g}" for w in weights]]):
         d.text((label_w + j * size + 4, 6), title, fill=(0, 0, 0))
     for i, (stem, row) in enumerate(rows):
         y = head_h + i * size
         d.text((4, y + size // 2), stem[-24:], fill=(0, 0, 0))
-        grid.paste(base, (label_w, y))
+        grid.paste(base.resize((size, size)), (label_w, y))
         for j, img in enumerate(row):
-            grid.paste(img, (label_w + (j + 1) * size, y))
+            grid.paste(img.resize((size, size)), (label_w + (j + 1) * size, y))
     return grid
 
 
@@ -114,3 +120,28 @@ def xyz_settings(run_name, files, weights) -> str:
             f"- X type **[LoRA Studio] LoRA epoch**, X values `{html.escape(epochs)}`\n"
             f"- Y type **[LoRA Studio] LoRA weight**, Y values `{ws}`\n\n"
             "Rows are weights, columns epochs; the \"no LoRA\" column is the base model with the same seed.")
+
+
+def compare_run(ctx, checkpoint, run_name, weights, prompt, seed=1, steps=20, size=512, negative="", cfg_scale=7.0,
+                progress=None):
+    """The "Render the grid" button → (status line, grid image or None). In the WebUI the host's
+    `render_grid` draws it with the WebUI's own txt2img under its queue lock; standalone `compare_epochs`."""
+    try:
+        render = getattr(ctx.train_host, "render_grid", None)
+        if render is not None:
+            files = epoch_files(ctx, run_name)
+            ws = parse_weights(weights)
+            if not str(prompt or "").strip():
+                raise LoraStudioError("Type a prompt for the grid (with the trigger word).")
+            grid, note = ctx.under_queue_lock(lambda: render(
+                files, ws, str(prompt), negative=str(negative or ""), seed=int(seed), steps=int(steps),
+                size=int(size), cfg_scale=float(cfg_scale), checkpoint=checkpoint, progress=progress),
+                "the epoch grid")
+        elif ctx.train_host is not None:    # a host that cannot render: the X/Y/Z settings to do it by hand
+            return xyz_settings(run_name, epoch_files(ctx, run_name), weights), None
+        else:
+            grid, note = compare_epochs(ctx, checkpoint, run_name, weights, prompt, negative=negative, seed=seed,
+                                        steps=steps, size=size, cfg_scale=cfg_scale, progress=progress), ""
+    except Exception as exc:  # noqa: BLE001 — shown as one line
+        return error_line(exc), None
+    return "✓ Rows: epochs; columns: no LoRA, then each weight (one seed)." + (f" {note}" if note else ""), grid

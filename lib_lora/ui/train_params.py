@@ -38,8 +38,10 @@ TAB_DEFAULTS = {
     "text_encoder_lr": 5e-5, "lr_scheduler": "cosine", "lr_warmup_steps": 0.05, "train_batch_size": 2,
     "enable_bucket": True, "caption_extension": ".txt", "shuffle_caption": True, "keep_tokens": 1,
     "cache_latents": True, "max_train_epochs": 10, "save_every_n_epochs": 1, "save_precision": "fp16",
-    "seed": 42, "mixed_precision": "fp16", "min_snr_gamma": 5.0, "max_token_length": 225,
+    "seed": 42, "min_snr_gamma": 5.0,
 }
+# mixed_precision and max_token_length depend on the device the run trains on: `host_defaults`.
+HOST_KEYS = ("mixed_precision", "max_token_length")
 # Keys the tab fills itself (pickers and the output name): not taken from a preset.
 PATH_KEYS = ("pretrained_model_name_or_path", "train_data_dir", "output_dir", "output_name", "dataset_config",
              "reg_data_dir", "logging_dir", "resume", "network_weights")
@@ -137,10 +139,36 @@ def _dataset_name(ctx, folder) -> str | None:
 # ---- parameters ↔ TrainConfig -------------------------------------------------------------------------
 
 
-def default_values() -> dict:
-    """The shown keys' starting values: sd-scripts defaults with the guides' recommendations over them."""
+def host_defaults(cuda: bool | None = None, bf16: bool | None = None) -> tuple[dict, dict]:
+    """(values, one-line reasons) for the keys whose good value depends on the device the trainer uses (the
+    WebUI's training subprocess sees the same devices as the WebUI). On a CUDA GPU the guides' choices: bf16
+    where the GPU computes it natively (compute capability 8+, RTX 30xx and later: no fp16 underflow), else
+    fp16; 225 tokens for long tag captions. On the CPU fp16 autocast does not exist and every 75-token chunk
+    is one more text-encoder pass, so: no mixed precision, 75 tokens (None, sd-scripts' default)."""
+    if cuda is None or bf16 is None:
+        import torch
+        cuda = torch.cuda.is_available() if cuda is None else cuda
+        bf16 = (cuda and torch.cuda.is_bf16_supported()) if bf16 is None else bf16
+    if not cuda:
+        why = "this host has no CUDA GPU"
+        return ({"mixed_precision": "no", "max_token_length": None},
+                {"mixed_precision": f"Default here: no ({why}: fp16 autocast does not run on the CPU).",
+                 "max_token_length": f"Default here: 75 ({why}: each 75 more tokens is one more text-encoder "
+                                     "pass; 225 is the guides' value for long tag captions on a GPU)."})
+    mp = "bf16" if bf16 else "fp16"
+    return ({"mixed_precision": mp, "max_token_length": 225},
+            {"mixed_precision": f"Default here: {mp} (CUDA GPU {'with' if bf16 else 'without'} native bf16; "
+                                "the guides: bf16 on RTX 30xx and later, else fp16).",
+             "max_token_length": "Default here: 225 (the guides' value for long tag captions)."})
+
+
+def default_values(cuda: bool | None = None, bf16: bool | None = None) -> dict:
+    """The shown keys' starting values: sd-scripts defaults with the guides' recommendations over them, and
+    the device-dependent ones for this host (`host_defaults`). Only a new run starts here: a loaded config or
+    a value the user set keeps its value."""
     base = {o.name: o.default for o in options.fields(TrainConfig) if o.name in SHOWN}
     base.update(TAB_DEFAULTS)
+    base.update(host_defaults(cuda, bf16)[0])
     return base
 
 

@@ -18,9 +18,14 @@ from lib_lora import options
 from lib_lora.train.config import TrainConfig
 from lib_lora.ui.merge_tab import error_line, checkpoint_choices
 # The tab's functions live in sibling modules; these names stay importable from here (tests, train_host).
-from lib_lora.ui.train_compare import compare_epochs, epoch_files, parse_weights, xyz_settings  # noqa: F401
+from lib_lora.ui.train_compare import (compare_epochs, compare_run, epoch_files, parse_weights,  # noqa: F401
+                                       xyz_settings)
+from lib_lora.ui.train_dataset import (PREPARE_MODES, preview_prepare, run_prepare, tag_dataset,  # noqa: F401
+                                       tagger_defaults)
 from lib_lora.ui.train_params import (GROUPS, SHOWN, TAB_DEFAULTS, build_config, config_names,  # noqa: F401
-                                      config_toml, control_value, dataset_path, default_values, list_datasets,
+                                      config_toml, control_value, dataset_path, dataset_roots, default_values,
+                                      host_defaults,
+                                      list_datasets,
                                       load_config_values, preset_names, preset_values, save_config, save_preset,
                                       train_folder, validate_run)
 from lib_lora.ui.train_runs import (Run, TrainQueue, _Stopped, host_problem, local_host, loss_plot,  # noqa: F401
@@ -41,6 +46,7 @@ def build(ctx) -> None:
     queue = TrainQueue(ctx)
     ckpts = list(checkpoint_choices(ctx)) if (ctx.checkpoint_list is not None or ctx.checkpoint_dirs) else []
     defaults = default_values()
+    host_notes = host_defaults()[1]
     gr.Markdown("Train a LoRA from a kohya folder (`<repeats>_<concept>` sub-folders with images and captions): "
                 "pick it, check the report, set the parameters (sd-scripts names), Start. Files go into "
                 f"the LoRA folder ({html.escape(', '.join(str(d) for d in ctx.lora_dirs))}) as "
@@ -48,6 +54,23 @@ def build(ctx) -> None:
     problem = host_problem(ctx)
     if problem:
         gr.Markdown(f"⚠ {html.escape(problem)}", elem_id=_elem("unavailable"))
+    with gr.Accordion("Prepare a folder (tagged images → <repeats>_<concept>)", open=False):
+        gr.Markdown("Copies or links a folder of tagged images into `<destination>/<repeats>_<concept>`, with the "
+                    "repeats that reach the target steps at the epochs, batch size and accumulation set below; "
+                    "then picks the destination as the dataset. Folders are typed inside: "
+                    + html.escape(", ".join(str(r) for r in dataset_roots(ctx))) + ".")
+        with gr.Row():
+            prep_src = gr.Textbox(label="Source folder (tagged images)", scale=3, elem_id=_elem("prep_src"))
+            prep_dest = gr.Textbox(label="Destination folder (the dataset)", scale=3, elem_id=_elem("prep_dest"))
+            prep_concept = gr.Textbox(label="Concept (trigger word)", scale=2, elem_id=_elem("prep_concept"))
+        with gr.Row():
+            prep_steps = gr.Number(1500, precision=0, label="Target steps", elem_id=_elem("prep_steps"))
+            prep_mode = gr.Radio(list(PREPARE_MODES), value="copy", label="Copy or link",
+                                 info="link: hard links (a copy across drives); symlink: links to the originals",
+                                 elem_id=_elem("prep_mode"))
+            prep_show = gr.Button("Show what it does", elem_id=_elem("prep_preview"))
+            prep_btn = gr.Button("Prepare", elem_id=_elem("prep_run"))
+        prep_status = gr.Markdown(elem_id=_elem("prep_status"))
     with gr.Row():
         dataset = gr.Dropdown(choices=list_datasets(ctx), label="Dataset folder", scale=3, elem_id=_elem("dataset"))
         checkpoint = gr.Dropdown(choices=ckpts, label="Base checkpoint", scale=3, elem_id=_elem("checkpoint"))
@@ -55,6 +78,7 @@ def build(ctx) -> None:
         refresh = gr.Button("Refresh", size="sm", scale=1, elem_id=_elem("refresh"))
     with gr.Row():
         validate_btn = gr.Button("Validate dataset", elem_id=_elem("validate"))
+        tag_btn = gr.Button("Tag this folder (Tagger tab's settings)", elem_id=_elem("tag"))
     report = gr.Markdown(elem_id=_elem("report"))
     with gr.Row():
         preset = gr.Dropdown(choices=preset_names(ctx), label="Preset", scale=2, elem_id=_elem("preset"))
@@ -67,8 +91,9 @@ def build(ctx) -> None:
             with gr.Row():
                 for n in names:
                     o = options.get(TrainConfig, n)
+                    info = " ".join(t for t in (o.spec.help, host_notes.get(n)) if t) or None
                     controls[n] = compat.option_control(TrainConfig, n, control_value(n, defaults[n]),
-                                                        info=o.spec.help or None, elem_id=_elem(n), min_width=160)
+                                                        info=info, elem_id=_elem(n), min_width=160)
     values = [controls[n] for n in SHOWN]
     extra = gr.State({})
     with gr.Accordion("Run config (sd-scripts TOML)", open=False):
@@ -97,8 +122,8 @@ def build(ctx) -> None:
         with gr.Row():
             cmp_steps = gr.Slider(1, 50, value=20, step=1, label="Steps", elem_id=_elem("cmp_steps"))
             cmp_size = gr.Slider(64, 1024, value=512, step=64, label="Size", elem_id=_elem("cmp_size"))
-            cmp_btn = gr.Button("Render the grid" if ctx.train_host is None else "Show the X/Y/Z settings",
-                                elem_id=_elem("cmp_run_btn"))
+            cmp_btn = gr.Button("Render the grid" if ctx.train_host is None or hasattr(ctx.train_host, "render_grid")
+                                else "Show the X/Y/Z settings", elem_id=_elem("cmp_run_btn"))
         cmp_status = gr.Markdown(elem_id=_elem("cmp_status"))
         cmp_grid = gr.Image(type="pil", label="Epoch × weight grid", interactive=False, elem_id=_elem("cmp_grid"))
 
@@ -115,6 +140,29 @@ def build(ctx) -> None:
         return validate_run(ctx, ds, ck, out, list(vals), ex)[0]
 
     validate_btn.click(do_validate, inputs=[dataset, checkpoint, output_name, extra, *values], outputs=[report])
+
+    prep_inputs = [prep_src, prep_dest, prep_concept, prep_steps, controls["max_train_epochs"],
+                   controls["train_batch_size"], controls["gradient_accumulation_steps"], prep_mode]
+    prep_show.click(lambda *a: preview_prepare(ctx, *a), inputs=prep_inputs, outputs=[prep_status])
+
+    def do_prepare(*a):
+        line, name = run_prepare(ctx, *a)
+        if name is None:
+            return line, compat.update()
+        return line, compat.update(choices=list_datasets(ctx), value=name)
+
+    prep_btn.click(do_prepare, inputs=prep_inputs, outputs=[prep_status, dataset])
+
+    # The tagger tab's components when it was built in this page (its current settings), else its defaults.
+    tagger_inputs = ctx.tagger_settings or [gr.State(v) for v in tagger_defaults(ctx)]
+    n_tag = len(tagger_inputs)
+
+    def do_tag(ds, cap_ext, ck, out, ex, *rest):
+        settings, vals = list(rest[:n_tag]), list(rest[n_tag:])
+        yield from tag_dataset(ctx, ds, cap_ext, settings, (ck, out, vals, ex))
+
+    tag_btn.click(do_tag, inputs=[dataset, controls["caption_extension"], checkpoint, output_name, extra,
+                                  *tagger_inputs, *values], outputs=[report])
 
     def use_preset(name):
         try:
@@ -162,17 +210,8 @@ def build(ctx) -> None:
     watch.click(stream, inputs=[], outputs=[status, plot, files])
 
     def do_compare(run_name, ws, seed, prompt, steps, size, ck, progress=None):
-        if ctx.train_host is not None:       # WebUI: its own sampler draws the grid through X/Y/Z
-            try:
-                return xyz_settings(run_name, epoch_files(ctx, run_name), ws), None
-            except Exception as exc:  # noqa: BLE001
-                return error_line(exc), None
-        try:
-            rep = (lambda d, t: progress(d / t, desc=f"image {d}/{t}")) if progress is not None else None
-            grid = compare_epochs(ctx, ck, run_name, ws, prompt, seed=seed, steps=steps, size=size, progress=rep)
-        except Exception as exc:  # noqa: BLE001
-            return error_line(exc), None
-        return "✓ Rows: epochs; columns: no LoRA, then each weight (one seed).", grid
+        rep = (lambda d, t: progress(d / t, desc=f"image {d}/{t}")) if progress is not None else None
+        return compare_run(ctx, ck, run_name, ws, prompt, seed=seed, steps=steps, size=size, progress=rep)
 
     cmp_inputs = [cmp_run, cmp_weights, cmp_seed, cmp_prompt, cmp_steps, cmp_size, checkpoint]
     cmp_btn.click(compat.with_progress(do_compare, len(cmp_inputs)), inputs=cmp_inputs, outputs=[cmp_status, cmp_grid])
