@@ -16,6 +16,7 @@ def render_grid(files, weights, prompt, negative="", seed=1, steps=20, size=512,
                 progress=None):
     """(grid image, note) for the epoch files × weights, with a no-LoRA column."""
     from modules import processing, shared
+    from PIL import Image
 
     from lib_lora.ui.train_compare import grid_image
     from . import xyz
@@ -52,10 +53,25 @@ def render_grid(files, weights, prompt, negative="", seed=1, steps=20, size=512,
             raise LoraStudioError(f"The WebUI returned no image for {stem} (see its console).")
         return res.images[0]
 
-    base = cell(xyz.NO_LORA, None)
-    rows = [(stem, [cell(stem, w) for w in weights]) for stem in stems]
+    failed: list[str] = []
+
+    def safe_cell(stem, weight):
+        """One cell; a cell the WebUI fails on (NaNs, …) is a grey square named in the note, not a lost grid."""
+        try:
+            return cell(stem, weight)
+        except LoraStudioError:
+            raise
+        except Exception as exc:  # noqa: BLE001 — listed in the note
+            failed.append(f"{stem}{'' if weight is None else f' at {weight:g}'}: {type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0][:160] if str(exc) else ''}")
+            return Image.new("RGB", (int(size), int(size)), (128, 128, 128))
+
+    base = safe_cell(xyz.NO_LORA, None)
+    rows = [(stem, [safe_cell(stem, w) for w in weights]) for stem in stems]
     note = ""
+    if failed:
+        note = f"{len(failed)} cell(s) failed (grey): " + "; ".join(failed[:3]) + (" …" if len(failed) > 3 else "")
     loaded = getattr(getattr(shared.sd_model, "sd_checkpoint_info", None), "name", None)
     if checkpoint and loaded and str(checkpoint) != loaded:
-        note = f"Rendered with the loaded model '{loaded}', not '{checkpoint}'; load that one to compare on it."
-    return grid_image(base, rows, list(weights), int(size)), note
+        note += f" Rendered with the loaded model '{loaded}', not '{checkpoint}'; load that one to compare on it."
+    return grid_image(base, rows, list(weights), int(size)), note.strip()
