@@ -151,7 +151,7 @@ def host_defaults(cuda: bool | None = None, bf16: bool | None = None) -> tuple[d
         bf16 = (cuda and torch.cuda.is_bf16_supported()) if bf16 is None else bf16
     if not cuda:
         why = "this host has no CUDA GPU"
-        return ({"mixed_precision": "no", "max_token_length": None},
+        return ({"mixed_precision": "no", "max_token_length": 75},
                 {"mixed_precision": f"Default here: no ({why}: fp16 autocast does not run on the CPU).",
                  "max_token_length": f"Default here: 75 ({why}: each 75 more tokens is one more text-encoder "
                                      "pass; 225 is the guides' value for long tag captions on a GPU)."})
@@ -182,6 +182,13 @@ def control_value(name: str, value):
     return value
 
 
+def from_controls(values: list, base: TrainConfig) -> TrainConfig:
+    """The shown controls' values → a TrainConfig over `base`. An empty choice list (a dropdown left without a
+    value, e.g. the token length of a config that did not set it) means None, sd-scripts' default."""
+    vals = [None if v == "" and options.get(TrainConfig, n).optional else v for n, v in zip(SHOWN, values)]
+    return options.from_ui(TrainConfig, SHOWN, vals, base=base)
+
+
 def build_config(ctx, dataset, checkpoint, output_name, values: list, extra: dict | None = None) -> TrainConfig:
     """The tab's values → a validated TrainConfig (paths resolved on the server: the dataset inside the
     dataset roots, the checkpoint from the list, the output into the first LoRA folder)."""
@@ -200,7 +207,7 @@ def build_config(ctx, dataset, checkpoint, output_name, values: list, extra: dic
                 output_name=name)
     from lib_lora.train.config import config_from_dict
     base_cfg = config_from_dict(base, "run")
-    cfg = options.from_ui(TrainConfig, SHOWN, list(values), base=base_cfg)
+    cfg = from_controls(values, base_cfg)
     bad = cfg.check()
     if bad:
         raise LoraStudioError(" ".join(bad))
@@ -312,8 +319,7 @@ def preset_values(ctx, name) -> list:
                               "them from the preset file.")
     vals = default_values()
     vals.update(data)
-    cfg = options.from_ui(TrainConfig, SHOWN, [control_value(n, vals[n]) for n in SHOWN],
-                          base=_placeholder())
+    cfg = from_controls([control_value(n, vals[n]) for n in SHOWN], _placeholder())
     return [control_value(n, getattr(cfg, n)) for n in SHOWN]
 
 
@@ -326,7 +332,7 @@ def save_preset(ctx, name, values: list) -> str:
         name = _plain_name(name, "preset")
         if name in SHIPPED_PRESETS:
             raise LoraStudioError(f"'{name}' is a shipped preset; choose another name.")
-        cfg = options.from_ui(TrainConfig, SHOWN, list(values), base=_placeholder())
+        cfg = from_controls(values, _placeholder())
         lines = [f"# LoRA Studio training preset '{name}' (sd-scripts keys)"]
         lines += [f"{n} = {_toml_value(getattr(cfg, n))}" for n in SHOWN if getattr(cfg, n) is not None]
         path = _presets_dir(ctx) / (name + CONFIG_SUFFIX)

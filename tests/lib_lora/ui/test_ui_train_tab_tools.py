@@ -46,12 +46,12 @@ def _component(demo, elem_id):
 
 def test_host_defaults_follow_the_device():
     vals, notes = T.host_defaults(cuda=False, bf16=False)
-    assert vals == {"mixed_precision": "no", "max_token_length": None}
+    assert vals == {"mixed_precision": "no", "max_token_length": 75}
     assert "no CUDA GPU" in notes["mixed_precision"] and "Default here: 75" in notes["max_token_length"]
     assert T.host_defaults(cuda=True, bf16=False)[0] == {"mixed_precision": "fp16", "max_token_length": 225}
     assert T.host_defaults(cuda=True, bf16=True)[0] == {"mixed_precision": "bf16", "max_token_length": 225}
     if not torch.cuda.is_available():          # this machine: a CPU
-        assert T.default_values()["mixed_precision"] == "no" and T.default_values()["max_token_length"] is None
+        assert T.default_values()["mixed_precision"] == "no" and T.default_values()["max_token_length"] == 75
     assert T.default_values(cuda=True, bf16=False)["mixed_precision"] == "fp16"
 
 
@@ -70,6 +70,9 @@ def test_built_tab_shows_the_host_defaults_and_a_loaded_config_keeps_its_value(c
     loaded = T.load_config_values(ctx, "fp")[4]
     assert loaded[T.SHOWN.index("mixed_precision")] == "fp16"
     assert loaded[T.SHOWN.index("max_token_length")] == 225
+    # a dropdown left empty (a config without the key) is sd-scripts' default, not an error
+    v[T.SHOWN.index("max_token_length")] = ""
+    assert T.build_config(ctx, "set1", "tiny.safetensors", "fp", v).max_token_length is None
 
 
 def _untagged(folder, n=3):
