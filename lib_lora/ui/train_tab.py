@@ -91,7 +91,7 @@ def build(ctx) -> None:
             with gr.Row():
                 for n in names:
                     o = options.get(TrainConfig, n)
-                    info = " ".join(t for t in (o.spec.help, host_notes.get(n)) if t) or None
+                    info = ". ".join(t.rstrip(".") for t in (o.spec.help, host_notes.get(n)) if t) or None
                     controls[n] = compat.option_control(TrainConfig, n, control_value(n, defaults[n]),
                                                         info=info, elem_id=_elem(n), min_width=160)
     values = [controls[n] for n in SHOWN]
