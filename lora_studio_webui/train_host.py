@@ -101,6 +101,11 @@ class SubprocessHost:
                  cancel_grace: float = CANCEL_GRACE_S):
         self.python, self.root, self.free_vram, self.cancel_grace = python, Path(root), free_vram, cancel_grace
 
+    def render_grid(self, *args, **kw):
+        """The Training tab's epoch × weight grid with the WebUI's own txt2img (lora_studio_webui.train_grid)."""
+        from .train_grid import render_grid
+        return render_grid(*args, **kw)
+
     def unavailable(self) -> str | None:
         """One line when the trainer cannot run in this Python (shown by the tab; Start refuses)."""
         return missing_packages(self.python)

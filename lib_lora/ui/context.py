@@ -53,6 +53,9 @@ class UiContext:
     # WebUI: a subprocess, lora_studio_webui.train_host).
     train_dir: Path | None = None
     train_host: Callable | None = None
+    # The tagger tab's setting components (model, model folder, provider, download, existing, batch size, then
+    # its tag options), set when it builds, so the Training tab's "Tag this folder" uses the current settings.
+    tagger_settings: list | None = None
 
     def check_writes(self) -> None:
         """Call first in every action that writes a file."""

@@ -384,6 +384,8 @@ def build(ctx) -> None:
             from lib_lora.ui import captions_tab
             captions_tab.build(ctx)
 
+    ctx.tagger_settings = [model, model_folder, provider, allow_dl, existing, batch, *opt_inputs]
+
     def do_load(m, f, p, dl):
         try:
             return status_text(load(ctx, m, p, dl, folder=f))
