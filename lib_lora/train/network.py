@@ -5,7 +5,9 @@ Which layers are trained and what each is called come from the core, so a saved 
 `lib_lora.network.load_network` exactly as the merge tools' files do: the target rule and the layer → kohya
 key map are `lib_lora.merge.extract`'s (kohya's choice of layers: transformer linears/1×1 projections of the
 U-Net and the text encoders' attention/MLP; with a conv rank also the ResNet, down- and upsampler layers).
-Ranks as sd-scripts: linear and 1×1 layers take network_dim/alpha, 3×3 convs conv_dim/conv_alpha.
+Ranks as sd-scripts: linear and 1×1 layers take network_dim/alpha, 3×3 convs conv_dim/conv_alpha; with
+networks.lora's per-block arguments (block_dims & co., down/mid/up_lr_weight) the U-Net's ranks and learning-rate
+weights go by sd-scripts' block index (`block_plan`, SD1 and SDXL).
 """
 
 from __future__ import annotations
