@@ -303,3 +303,12 @@ def test_scale_weight_norms_caps_every_module(tmp_path):
     with pytest.raises(LoraStudioError, match="scale_weight_norms works on LoRA/LoCon"):
         Trainer(config(tmp_path / "c", data, scale_weight_norms=1.0, network_module="lycoris.kohya",
                        network_args=["algo=loha"]), model=tiny_model(), log=lambda *_: None).run()
+
+
+def test_adaptive_optimizer_with_block_weights_is_refused(tmp_path):
+    """Prodigy / D-Adaptation raise on groups with different learning rates (sd-scripts stops at its first step);
+    flattening them would drop the block weights silently, so the run stops before it starts."""
+    data = make_images(tmp_path / "data")
+    c = config(tmp_path, data, optimizer_type="Prodigy", learning_rate=1.0, network_args=["mid_lr_weight=0.5"])
+    with pytest.raises(LoraStudioError, match="Prodigy takes one learning rate for all parameters"):
+        Trainer(c, model=tiny_model(), log=lambda *_: None).run()
