@@ -5,7 +5,9 @@ Which layers are trained and what each is called come from the core, so a saved 
 `lib_lora.network.load_network` exactly as the merge tools' files do: the target rule and the layer → kohya
 key map are `lib_lora.merge.extract`'s (kohya's choice of layers: transformer linears/1×1 projections of the
 U-Net and the text encoders' attention/MLP; with a conv rank also the ResNet, down- and upsampler layers).
-Ranks as sd-scripts: linear and 1×1 layers take network_dim/alpha, 3×3 convs conv_dim/conv_alpha.
+Ranks as sd-scripts: linear and 1×1 layers take network_dim/alpha, 3×3 convs conv_dim/conv_alpha; with
+networks.lora's per-block arguments (block_dims & co., down/mid/up_lr_weight) the U-Net's ranks and learning-rate
+weights go by sd-scripts' block index (`block_plan`, SD1 and SDXL).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ _BOOL_ARGS = ("use_tucker", "use_scalar", "rank_dropout_scale", "dora_wd", "wd_o
               "full_matrix", "unbalanced_factorization", "bypass_mode")
 _KNOWN_ARGS = {
     "networks.lora": {"conv_dim", "conv_alpha", "rank_dropout", "module_dropout", "down_lr_weight", "mid_lr_weight",
-                      "up_lr_weight", "block_lr_zero_threshold"},
+                      "up_lr_weight", "block_lr_zero_threshold", "block_dims", "block_alphas", "conv_block_dims",
+                      "conv_block_alphas"},
     "lycoris.kohya": {"algo", "conv_dim", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "preset",
                       "factor", "decompose_both", "block_size", *_BOOL_ARGS},
 }
@@ -45,7 +48,7 @@ class NetworkSpec:
     module_dropout: float
     extra: dict                # LyCORIS keyword arguments (factor, use_tucker, dora_wd, …)
     args: dict                 # network_args as given (for ss_network_args)
-    block_lr: tuple | None = None    # (down[12] | None, mid | None, up[12] | None): U-Net LR weights per block
+    conv_targets: bool = False       # networks.lora: conv_dim given (even 0) also trains ResNet linears/1×1
 
 
 def _str_bool(v: str) -> bool:
@@ -100,80 +103,171 @@ def network_spec(cfg: TrainConfig) -> NetworkSpec:
         module_dropout = float(args.get("module_dropout", 0.0))
     except ValueError as exc:
         raise LoraStudioError(f"network_args: a value is not a number ({exc}); write e.g. conv_dim=8.") from None
+    conv_targets = conv_dim > 0 or (cfg.network_module == "networks.lora" and "conv_dim" in args)
     return NetworkSpec(cfg.network_module, algo, dim, alpha, conv_dim, conv_alpha, dropout, rank_dropout,
-                       module_dropout, extra, args, block_lr_weights(args))
+                       module_dropout, extra, args, conv_targets)
 
 
-# ---- per-block learning rates (sd-scripts networks.lora: down_lr_weight / mid_lr_weight / up_lr_weight) ----
-NUM_BLOCKS = 12         # SD1: IN00-IN11, OUT00-OUT11; the middle block is one more
+# ---- per-block settings (sd-scripts networks.lora: down/mid/up_lr_weight, block_dims/alphas, conv_block_*) ----
+# sd-scripts numbers the U-Net's blocks per architecture (the index every per-block list is read by):
+#   SD1 (and SD2), 25 blocks: IN00-IN11 → 0-11 (IN00 is conv_in: no module), MID → 12, OUT00-OUT11 → 13-24;
+#       down/up LR weights have 12 entries each and mid 1, concatenated as they are.
+#   SDXL, 23 blocks: 0 time/label embedding, IN00-IN08 → 1-9, MID 0-2 → 10-12 (ResNet, transformer, ResNet),
+#       OUT00-OUT08 → 13-21, 22 out; down/up LR weights have 9 entries each and mid 3, and blocks 0 and 22 (no
+#       modules) take weight 1.
 LR_PRESETS = ("cosine", "sine", "linear", "reverse_linear", "zeros")
+BLOCK_ARGS = ("block_dims", "block_alphas", "conv_block_dims", "conv_block_alphas")
+_LR_ARGS = ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
 _BLOCK_RE = re.compile(r"(?:^|\.)(input_blocks|middle_block|output_blocks)\.(\d+)\.")
+_SDXL_EDGE_RE = re.compile(r"(?:^|\.)(time_embed|label_emb|out)\.")
 
 
-def _lr_curve(text: str, key: str) -> list[float]:
-    """"1,0.5,…" or a preset name with an optional "+base" (sd-scripts' curves over the 12 blocks)."""
-    name, _, base = text.partition("+")
-    n = NUM_BLOCKS
-    try:
-        if name.strip() in LR_PRESETS:
-            b = float(base) if base else 0.0
-            i_s = range(n)
-            return {"cosine": [math.sin(math.pi * (i / (n - 1)) / 2) + b for i in reversed(i_s)],
-                    "sine": [math.sin(math.pi * (i / (n - 1)) / 2) + b for i in i_s],
-                    "linear": [i / (n - 1) + b for i in i_s],
-                    "reverse_linear": [i / (n - 1) + b for i in reversed(i_s)],
-                    "zeros": [0.0 + b] * n}[name.strip()]
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise LoraStudioError(f"network_args {key}={text} is neither numbers nor a curve; write 12 comma-separated "
-                              f"weights or one of {', '.join(LR_PRESETS)} (optionally +base).") from None
+@dataclass(frozen=True)
+class BlockLayout:
+    updown: int         # entries of down_lr_weight / up_lr_weight
+    mid: int            # entries of mid_lr_weight
+    total: int          # entries of block_dims & co.
+    sdxl: bool
 
 
-def block_lr_weights(args: dict) -> tuple | None:
-    """sd-scripts' rules: lists are padded with 1 / cut to 12; weights at or below block_lr_zero_threshold
-    become 0 (and such blocks get no module)."""
-    keys = ("down_lr_weight", "mid_lr_weight", "up_lr_weight")
-    if not any(k in args for k in keys):
-        return None
-    try:
-        zero = float(args.get("block_lr_zero_threshold", 0.0))
-        mid = float(args["mid_lr_weight"]) if "mid_lr_weight" in args else None
-    except ValueError:
-        raise LoraStudioError("network_args mid_lr_weight and block_lr_zero_threshold take one number; write e.g. "
-                              "mid_lr_weight=0.5.") from None
-    out = []
-    for k in ("down_lr_weight", "up_lr_weight"):
-        if k not in args:
-            out.append(None)
-            continue
-        w = (_lr_curve(args[k], k) + [1.0] * NUM_BLOCKS)[:NUM_BLOCKS]
-        out.append([x if x > zero else 0.0 for x in w])
-    if mid is not None and mid <= zero:
-        mid = 0.0
-    return out[0], mid, out[1]
+def block_layout(arch: str) -> BlockLayout:
+    return BlockLayout(9, 3, 23, True) if arch == "sdxl" else BlockLayout(12, 1, 25, False)
 
 
-def block_index(layer: str) -> int:
-    """sd-scripts' block index of a U-Net layer: IN n → n, MID → 12, OUT n → 13 + n; other layers -1."""
+def block_index(layer: str, arch: str = "sd1") -> int:
+    """sd-scripts' block index of a U-Net layer (see the table above); -1 for layers outside the blocks."""
     m = _BLOCK_RE.search(layer)
+    if arch == "sdxl":
+        if m:
+            n = int(m.group(2))
+            return {"input_blocks": 1, "middle_block": 10, "output_blocks": 13}[m.group(1)] + n
+        e = _SDXL_EDGE_RE.search(layer)
+        if e and layer.startswith("model.diffusion_model."):
+            return 22 if e.group(1) == "out" else 0
+        return -1
     if not m:
         return -1
     kind, n = m.group(1), int(m.group(2))
-    return n if kind == "input_blocks" else NUM_BLOCKS if kind == "middle_block" else NUM_BLOCKS + 1 + n
+    return n if kind == "input_blocks" else 12 if kind == "middle_block" else 13 + n
 
 
-def lr_weight(block_lr: tuple | None, layer: str) -> float:
-    if block_lr is None:
-        return 1.0
-    down, mid, up = block_lr
-    i = block_index(layer)
-    if i < 0:
-        return 1.0
-    if i < NUM_BLOCKS:
-        return down[i] if down is not None else 1.0
-    if i == NUM_BLOCKS:
-        return mid if mid is not None else 1.0
-    return up[i - NUM_BLOCKS - 1] if up is not None else 1.0
+def _numbers(text: str, key: str, kind=float, empty=None) -> list:
+    """sd-scripts' comma lists (in LR weight lists an empty item counts as 0: `empty`)."""
+    try:
+        return [empty if empty is not None and not v.strip() else kind(v) for v in text.split(",")]
+    except ValueError:
+        what = "whole numbers (ranks)" if kind is int else "numbers"
+        raise LoraStudioError(f"network_args {key}={text} must be comma-separated {what}; write e.g. "
+                              f"{key}=" + ("4,4,8" if kind is int else "1,0.5,0.5") + ".") from None
+
+
+def _lr_curve(text: str, key: str, n: int) -> list[float]:
+    """A comma list, or a preset curve over the n down/up blocks with an optional "+base" (sd-scripts reads a
+    value without a comma as a curve name)."""
+    if "," in text:
+        return _numbers(text, key, empty=0.0)
+    name, plus, base = text.partition("+")
+    name = name.strip()
+    if name not in LR_PRESETS:
+        raise LoraStudioError(f"network_args {key}={text} is not a curve name (sd-scripts reads a value without a "
+                              "comma as one and ignores unknown names); write comma-separated weights such as "
+                              f"1,0.5,… or one of {', '.join(LR_PRESETS)} (optionally +base).")
+    try:
+        b = float(base) if plus else 0.0
+    except ValueError:
+        raise LoraStudioError(f"network_args {key}={text}: the part after + must be a number; write e.g. "
+                              f"{name}+0.5.") from None
+    steps = [i / (n - 1) for i in range(n)]
+    curve = {"sine": [math.sin(math.pi * t / 2) for t in steps], "linear": steps, "zeros": [0.0] * n}
+    curve["cosine"] = curve["sine"][::-1]
+    curve["reverse_linear"] = steps[::-1]
+    return [v + b for v in curve[name]]
+
+
+def block_lr_weights(args: dict, arch: str = "sd1") -> list[float] | None:
+    """The LR weight of every block (block_layout(arch).total entries), or None without down/mid/up_lr_weight.
+    sd-scripts' rules: down/up lists are cut or padded with 1 to `updown` entries, mid to `mid`; a weight at or
+    below block_lr_zero_threshold becomes 0 (and its block gets no module)."""
+    if not any(k in args for k in _LR_ARGS):
+        return None
+    lay = block_layout(arch)
+    try:
+        zero = float(args.get("block_lr_zero_threshold", 0.0))
+    except ValueError:
+        raise LoraStudioError("network_args block_lr_zero_threshold takes one number; write e.g. "
+                              "block_lr_zero_threshold=0.1.") from None
+
+    def part(key, n, curve):
+        if key not in args:
+            return [1.0] * n
+        w = (_lr_curve(args[key], key, lay.updown) if curve else _numbers(args[key], key, empty=0.0)) + [1.0] * n
+        return [x if x > zero else 0.0 for x in w[:n]]
+
+    out = part("down_lr_weight", lay.updown, True) + part("mid_lr_weight", lay.mid, False) + \
+        part("up_lr_weight", lay.updown, True)
+    return [1.0, *out, 1.0] if lay.sdxl else out
+
+
+@dataclass
+class BlockPlan:
+    """Per-block ranks and LR weights of the U-Net, indexed by block_index (sd-scripts' create_network)."""
+    arch: str
+    lr: list[float] | None              # None: one U-Net optimizer group
+    dims: list[int]
+    alphas: list[float]
+    conv_dims: list[int] | None         # None: 3×3 convs not trained
+    conv_alphas: list[float] | None
+
+    def rank(self, layer: str, conv3: bool) -> tuple[int, float]:
+        i = block_index(layer, self.arch)
+        if conv3:
+            return (0, 1.0) if self.conv_dims is None else (self.conv_dims[i], self.conv_alphas[i])
+        return self.dims[i], self.alphas[i]
+
+
+def _conv_alpha(args: dict) -> float:
+    try:
+        return float(args.get("conv_alpha", 1.0))
+    except ValueError:
+        raise LoraStudioError(f"network_args conv_alpha={args['conv_alpha']} is not a number; write e.g. "
+                              "conv_alpha=1.") from None
+
+
+def block_plan(spec: NetworkSpec, arch: str) -> BlockPlan | None:
+    """sd-scripts' rule: block mode is on when block_dims or an LR weight is given; then block_alphas default to
+    network_alpha, conv_block_dims to conv_dim (none: no 3×3 convs), conv_block_alphas to conv_alpha, and a block
+    with LR weight 0 gets rank 0. The block lists must have one entry per block."""
+    args = spec.args
+    lr = block_lr_weights(args, arch)
+    given = [k for k in BLOCK_ARGS if k in args]
+    if "block_dims" not in args and lr is None:
+        if given:
+            raise LoraStudioError(f"network_args {', '.join(given)} take effect only with block_dims or a "
+                                  "down/mid/up_lr_weight (sd-scripts ignores them otherwise); add block_dims=… or "
+                                  "remove them.")
+        return None
+    lay = block_layout(arch)
+    lists = {}
+    for k in given:
+        lists[k] = _numbers(args[k], k, int if k.endswith("dims") else float)
+        if len(lists[k]) != lay.total:
+            raise LoraStudioError(f"network_args {k} has {len(lists[k])} values; {'SDXL' if lay.sdxl else 'SD1'} "
+                                  f"takes {lay.total} (one per U-Net block); write {lay.total} comma-separated "
+                                  "values.")
+    dims = lists.get("block_dims", [spec.dim] * lay.total)
+    alphas = lists.get("block_alphas", [spec.alpha] * lay.total)
+    if "conv_block_dims" in lists:
+        conv_dims = lists["conv_block_dims"]
+        conv_alphas = lists.get("conv_block_alphas", [_conv_alpha(args)] * lay.total)
+    elif "conv_dim" in args:
+        conv_dims, conv_alphas = [spec.conv_dim] * lay.total, [spec.conv_alpha] * lay.total
+    else:
+        conv_dims = conv_alphas = None
+    if lr is not None:
+        dims = [0 if w == 0 else d for d, w in zip(dims, lr)]
+        if conv_dims is not None:
+            conv_dims = [0 if w == 0 else d for d, w in zip(conv_dims, lr)]
+    return BlockPlan(arch, lr, dims, alphas, conv_dims, conv_alphas)
 
 
 def _lycoris_class(algo: str):
@@ -185,18 +279,25 @@ def _lycoris_class(algo: str):
 class TrainNetwork(nn.Module):
     """LyCORIS modules keyed by kohya module key; `apply_to()` hooks them into the model's layers."""
 
-    def __init__(self, spec: NetworkSpec, arch: str):
+    def __init__(self, spec: NetworkSpec, arch: str, plan: BlockPlan | None = None):
         super().__init__()
         self.spec = spec
         self.arch = arch
+        self.plan = plan
         self.loras = nn.ModuleDict()       # kohya key with '.' never appears in kohya keys
         self.is_te: dict[str, bool] = {}
         self.layer_of: dict[str, str] = {}
 
-    def add(self, key: str, layer: str, module: nn.Module, is_te: bool) -> None:
+    def rank_of(self, layer: str, module: nn.Module, is_te: bool) -> tuple[int, float]:
+        """(rank, alpha) of a layer's module; rank 0: the layer gets none."""
         sp = self.spec
         conv3 = isinstance(module, nn.Conv2d) and module.kernel_size != (1, 1)
-        dim, alpha = (sp.conv_dim, sp.conv_alpha) if conv3 else (sp.dim, sp.alpha)
+        if self.plan is not None and not is_te and block_index(layer, self.arch) >= 0:
+            return self.plan.rank(layer, conv3)
+        return (sp.conv_dim, sp.conv_alpha) if conv3 else (sp.dim, sp.alpha)
+
+    def add(self, key: str, layer: str, module: nn.Module, is_te: bool, dim: int, alpha: float) -> None:
+        sp = self.spec
         kwargs = dict(sp.extra)
         if sp.algo == "lora" and not kwargs.get("weight_decompose"):
             kwargs.setdefault("bypass_mode", True)      # x → down → up: no dense ΔW per step
@@ -241,15 +342,14 @@ class TrainNetwork(nn.Module):
         lr = unet_lr × the block's weight), as sd-scripts builds them. A group with learning rate 0 is dropped
         (sd-scripts drops it too)."""
         groups = []
-        block_lr = self.spec.block_lr
+        block_lr = self.plan.lr if self.plan is not None else None
         for is_te, lr in ((False, unet_lr), (True, te_lr)):
             parts: dict = {}
             for k, m in self.loras.items():
                 if self.is_te[k] != is_te:
                     continue
-                layer = self.layer_of[k]
-                part = block_index(layer) if (block_lr is not None and not is_te) else None
-                entry = parts.setdefault(part, ([], lr_weight(block_lr, layer) if part is not None else 1.0))
+                part = block_index(self.layer_of[k], self.arch) if (block_lr is not None and not is_te) else None
+                entry = parts.setdefault(part, ([], block_lr[part] if part is not None else 1.0))
                 entry[0].extend(p for p in m.parameters() if p.requires_grad)
             for part, (params, weight) in parts.items():
                 if params and lr * weight:
@@ -340,11 +440,10 @@ def build_network(cfg: TrainConfig, arch: str, layers, seed: int) -> TrainNetwor
     """`layers`: (canonical layer name, nn.Module, is_te) of the model. The modules are created under a fixed
     seed, so a run's initial weights depend only on its seed."""
     spec = network_spec(cfg)
-    if spec.block_lr is not None and arch != "sd1":
-        raise LoraStudioError("down_lr_weight / mid_lr_weight / up_lr_weight are implemented for SD1 only; remove "
-                              "them from network_args for this model.")
+    plan = block_plan(spec, arch) if spec.module == "networks.lora" else None
+    conv = spec.conv_targets or (plan is not None and plan.conv_dims is not None)
     names = kohya_names(arch)
-    net = TrainNetwork(spec, arch)
+    net = TrainNetwork(spec, arch, plan)
     state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
@@ -353,7 +452,7 @@ def build_network(cfg: TrainConfig, arch: str, layers, seed: int) -> TrainNetwor
                 continue
             if not isinstance(module, (nn.Linear, nn.Conv2d)):
                 continue
-            if not is_target(layer, tuple(module.weight.shape), conv=spec.conv_dim > 0):
+            if not is_target(layer, tuple(module.weight.shape), conv=conv):
                 continue
             if spec.module == "lycoris.kohya" and spec.args.get("preset") == "attn-only" and \
                     (".ff." in layer or ".mlp." in layer):
@@ -361,9 +460,10 @@ def build_network(cfg: TrainConfig, arch: str, layers, seed: int) -> TrainNetwor
             key = names.get((layer, None))
             if key is None:
                 continue
-            if not is_te and lr_weight(spec.block_lr, layer) == 0:
-                continue        # sd-scripts: a block with LR weight 0 gets no module
-            net.add(key, layer, module, is_te)
+            dim, alpha = net.rank_of(layer, module, is_te)
+            if not dim:
+                continue        # sd-scripts: rank 0 (also every block with LR weight 0) gets no module
+            net.add(key, layer, module, is_te, dim, alpha)
     finally:
         torch.random.set_rng_state(state)
     if not len(net.loras):

@@ -272,6 +272,12 @@ class Trainer:
         groups = net.param_groups(unet_lr, te_lr)
         if not groups:
             raise LoraStudioError("nothing to train: both learning rates are 0 or no module was created.")
+        opt_name = O.optimizer_name(cfg.optimizer_type)
+        if opt_name in O.ADAPTIVE and len({g["lr"] for g in groups if g["name"].startswith("unet_block")}) > 1:
+            # Prodigy/D-Adaptation refuse groups with different learning rates (sd-scripts stops at the first
+            # step); the built-in trainer would otherwise give every block the same rate.
+            raise LoraStudioError(f"{opt_name} takes one learning rate for all parameters, so down/mid/up_lr_weight "
+                                  "cannot weight the blocks; remove them or choose AdamW, Lion or AdaFactor.")
         opt, opt_desc, _relative = O.build_optimizer(cfg.optimizer_type, groups, cfg.optimizer_args,
                                                      cfg.learning_rate)
 
