@@ -33,6 +33,12 @@ def model_hash(path, trust_metadata: bool = False) -> str:
             if h:
                 return str(h).lower()
         start = 8 + n
+    return file_sha256(path, start)
+
+
+def file_sha256(path, start: int = 0) -> str:
+    """sha256 (hex) of a file from byte `start` on (0: the whole file, sd-scripts' `ss_new_sd_model_hash` and
+    the latent cache's image hash)."""
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as f:
         # into one reused buffer: f.read() allocated (and the kernel zero-filled) a fresh MiB per chunk

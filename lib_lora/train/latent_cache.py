@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+from lib_lora import fileio
+
 if TYPE_CHECKING:
     from lib_lora.train.dataset import Dataset, ImageItem
 
@@ -41,13 +43,7 @@ def cache_path(item: ImageItem) -> str:
 
 
 def image_sha256(path: str) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return fileio.file_sha256(path)
 
 
 def read_latent_cache(item: ImageItem, sha: str, flips: bool) -> dict | None:

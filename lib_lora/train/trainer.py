@@ -171,11 +171,7 @@ def load_base_model(cfg: TrainConfig, device, dtype):
 def _model_hashes(path: str | None) -> dict:
     if not path or not os.path.isfile(path):
         return {}
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return {"ss_sd_model_hash": fileio.legacy_hash(path), "ss_new_sd_model_hash": digest.hexdigest()}
+    return {"ss_sd_model_hash": fileio.legacy_hash(path), "ss_new_sd_model_hash": fileio.file_sha256(path)}
 
 
 class Trainer:

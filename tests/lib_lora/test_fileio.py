@@ -188,3 +188,11 @@ def test_model_hash_trusts_trainer_metadata_only_when_asked(tmp_path):
     p = _write(tmp_path / "h.safetensors", metadata={"sshs_model_hash": "ABC123"})
     assert fileio.model_hash(p, trust_metadata=True) == "abc123"
     assert fileio.model_hash(p) != "abc123"
+
+
+def test_file_sha256_hashes_the_whole_file_or_its_tail(tmp_path):
+    data = os.urandom((9 << 20) + 123)        # more than two of the reader's chunks, not a multiple of one
+    p = tmp_path / "blob.bin"
+    p.write_bytes(data)
+    assert fileio.file_sha256(p) == hashlib.sha256(data).hexdigest()
+    assert fileio.file_sha256(p, 1000) == hashlib.sha256(data[1000:]).hexdigest()
