@@ -180,3 +180,28 @@ def test_tab_has_the_load_and_preview_controls_in_the_app(ctx):
                                                "live_save", "live_cancel", "pv_prompt", "pv_run", "pv_image")}
     assert need <= ids, need - ids
     assert "lora_studio_merge_live_unavailable" not in ids
+
+
+def test_an_fp16_model_a_is_merged_in_fp32_and_saved_as_the_fp16_file_merge(tmp_path):
+    """The app's model is fp32: the live merge of an fp16 A is the file merge with --dtype fp32, and Save with
+    fp16 writes the file merge with --dtype fp16 (what the guide tells users to pick)."""
+    from lib_lora.merge.checkpoint import merge_checkpoints
+    from lib_lora.sd.model import build_model, save_model
+    for sub in ("ckpt", "lora"):
+        (tmp_path / sub).mkdir()
+    for name, seed in (("a", 3), ("b", 4)):
+        save_model(build_model("sd1", "tiny", seed=seed, dtype=torch.float16), tmp_path / "ckpt" / f"{name}.safetensors")
+    ctx = app.build_context([tmp_path / "lora"], [tmp_path / "ckpt"], tmp_path / "tagger")
+    jobs = mt.Jobs()
+    assert ml.load_a(ctx, "a.safetensors").startswith("✓ Loaded")
+    assert mt.live_apply(ctx, jobs, "b.safetensors", "", "weighted", 0.3, False, "a.safetensors", *W).startswith("✓")
+    refs = {}
+    for dt in ("fp32", "fp16"):
+        refs[dt] = tmp_path / f"ref_{dt}.safetensors"
+        merge_checkpoints(tmp_path / "ckpt" / "a.safetensors", tmp_path / "ckpt" / "b.safetensors", refs[dt],
+                          alpha=0.3, dtype=dt)
+    assert _diff(checkpoint_tensors(ctx.loaded_model.model), load_file(str(refs["fp32"]))) == []
+    assert mt.live_save(ctx, jobs, "fp16", "saved16", False).startswith("✓ saved")
+    saved = load_file(str(tmp_path / "ckpt" / "saved16.safetensors"))
+    assert _diff(saved, load_file(str(refs["fp16"]))) == []
+    assert any(v.dtype == torch.float16 for v in saved.values())
