@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import io
 import re
-import time
 
 import pytest
 
@@ -36,32 +35,14 @@ def env(tmp_path_factory):
 
     from lib_lora.sd.model import build_model, save_model
 
-    B.DEADLINE = time.monotonic() + 240
     root = tmp_path_factory.mktemp("mergeliveapp")
     for sub in ("lora", "ckpt", "tag"):
         (root / sub).mkdir()
     for name, seed in (("alpha", 0), ("beta", 1)):
         save_model(build_model("sd1", "tiny", seed=seed, dtype=torch.float32), root / "ckpt" / f"{name}.safetensors")
-    app = B.start_app(root, ["--lora-dir", str(root / "lora"), "--checkpoint-dir", str(root / "ckpt"),
-                             "--tagger-models-dir", str(root / "tag")])
-    drv = None
-    try:
-        drv = B.start_browser(root)
-        app.wait_ready()
+    with B.session(root, ["--lora-dir", str(root / "lora"), "--checkpoint-dir", str(root / "ckpt"),
+                          "--tagger-models-dir", str(root / "tag")], 240) as (app, drv):
         yield {"root": root, "app": app, "drv": drv}
-    finally:
-        if drv is not None:
-            drv.quit()
-        app.stop()
-        B.DEADLINE = float("inf")
-
-
-def _set_number(drv, elem_id: str, value: str) -> None:
-    from selenium.webdriver.common.keys import Keys
-    box = B.css(drv, f"#{elem_id} input[type=number]")
-    drv.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
-    box.send_keys(Keys.CONTROL, "a")
-    box.send_keys(value, Keys.TAB)
 
 
 def _image(drv):
@@ -98,8 +79,8 @@ def test_load_apply_preview_restore_save(env):
     B.click(drv, "lora_studio_merge_live_load")
     B.wait_text(drv, "lora_studio_merge_live_loaded", "Loaded: alpha.safetensors (SD1, cpu, fp32)", timeout=60)
     B.set_textbox(drv, "lora_studio_merge_pv_prompt", "a toy, red")
-    _set_number(drv, "lora_studio_merge_pv_steps", "2")
-    _set_number(drv, "lora_studio_merge_pv_size", "64")
+    B.set_number(drv, "lora_studio_merge_pv_steps", "2")
+    B.set_number(drv, "lora_studio_merge_pv_size", "64")
     first = _generate(drv)
     assert first.shape == (64, 64, 3)
     B.choose(drv, "lora_studio_merge_b", "beta.safetensors")
@@ -109,7 +90,7 @@ def test_load_apply_preview_restore_save(env):
     B.wait_text(drv, "lora_studio_merge_live_loaded", "live merge: weighted", timeout=30)
     merged = _generate(drv)
     assert not np.array_equal(merged, first)
-    _set_number(drv, "lora_studio_merge_w_IN04", "0.9")         # ticks "Merge per block" by itself
+    B.set_number(drv, "lora_studio_merge_w_IN04", "0.9")         # ticks "Merge per block" by itself
     B.wait_for(lambda: B.css(drv, "#lora_studio_merge_per_block input").is_selected(), 10, "per block ticked")
     B.click(drv, "lora_studio_merge_live_apply")
     line = B.wait_text(drv, "lora_studio_merge_live_status", "blocks ", timeout=60)
