@@ -163,7 +163,7 @@ def test_cancel_and_bad_input_leave_the_model_as_it_was(ctx, folders):
     assert "not in the checkpoint list" in ml.load_a(ctx, "../ckpt/a.safetensors")
 
 
-def test_loading_another_model_drops_the_live_merge(ctx):
+def test_loading_another_model_drops_the_live_merge(ctx, folders):
     jobs = mt.Jobs()
     ml.load_a(ctx, "a.safetensors")
     _apply(ctx, jobs, W, mode="weighted", c="", alpha=0.5)
@@ -171,6 +171,13 @@ def test_loading_another_model_drops_the_live_merge(ctx):
     assert line.startswith("✓ Loaded: b.safetensors") and "live merge on a.safetensors was dropped" in line, line
     assert ctx.loaded_model.live.active is None
     assert mt.live_restore(ctx).startswith("✓ no live merge was applied")
+    from safetensors.torch import save_file
+    save_file({"x.weight": torch.zeros(2, 2)}, str(folders / "out" / "junk.safetensors"))
+    line = ml.load_a(ctx, "junk.safetensors")
+    assert line.startswith("⚠ ") and "not an SD1 or SDXL checkpoint" in line and "\n" not in line, line
+    assert mt.live_restore(ctx) == f"⚠ {ml.NO_MODEL}"        # the model before it was let go first
+    assert ctx.loaded_model.describe() == "No model is loaded."
+    (folders / "out" / "junk.safetensors").unlink()
 
 
 def test_tab_has_the_load_and_preview_controls_in_the_app(ctx):
