@@ -212,3 +212,25 @@ def test_an_fp16_model_a_is_merged_in_fp32_and_saved_as_the_fp16_file_merge(tmp_
     saved = load_file(str(tmp_path / "ckpt" / "saved16.safetensors"))
     assert _diff(saved, load_file(str(refs["fp16"]))) == []
     assert any(v.dtype == torch.float16 for v in saved.values())
+
+
+def test_sdxl_model_a(tmp_path):
+    """SDXL: 20 block weights, the live merge is the file merge, the preview renders with it."""
+    from lib_lora.merge.checkpoint import merge_checkpoints
+    from lib_lora.sd.model import build_model, save_model
+    for sub in ("ckpt", "lora"):
+        (tmp_path / sub).mkdir()
+    for name, seed in (("a", 5), ("b", 6)):
+        save_model(build_model("sdxl", "tiny", seed=seed, dtype=torch.float32), tmp_path / "ckpt" / f"{name}.safetensors")
+    ctx = app.build_context([tmp_path / "lora"], [tmp_path / "ckpt"], tmp_path / "tagger")
+    jobs = mt.Jobs()
+    assert ml.load_a(ctx, "a.safetensors").startswith("✓ Loaded: a.safetensors (SDXL, cpu, fp32)")
+    before = _preview(ctx, jobs)
+    assert mt.live_apply(ctx, jobs, "b.safetensors", "", "weighted", 0.5, True, "a.safetensors", *W).startswith("✓")
+    ref = tmp_path / "ref.safetensors"
+    merge_checkpoints(tmp_path / "ckpt" / "a.safetensors", tmp_path / "ckpt" / "b.safetensors", ref,
+                      block_weights=mt.block_text("sdxl", W))
+    assert _diff(checkpoint_tensors(ctx.loaded_model.model), load_file(str(ref))) == []
+    assert not np.array_equal(_preview(ctx, jobs), before)
+    assert mt.live_restore(ctx).startswith("✓ live merge removed")
+    assert np.array_equal(_preview(ctx, jobs), before)
