@@ -1,6 +1,6 @@
 """Live merge: re-merge after a block-weight change vs a full merge to a file and reloading it.
 
-    PYTHONPATH=. .venv/bin/python bench/live_merge.py [--scale 1] [--reps 2] [--dir DIR]
+    PYTHONPATH=. .venv/bin/python bench/live_merge.py [--scale 1] [--reps 2] [--dir DIR] [--standalone]
 
 Two random fp16 checkpoints with every key of tests/fixtures/sd15_checkpoint_compvis.json (`--scale N`
 divides the widths by N) are written to DIR (streamed, one tensor at a time). A "loaded model" holds A's
@@ -9,6 +9,10 @@ tensors in memory. Measured in one process, each the minimum over `--reps`:
 - baseline: `merge_checkpoints(A, B)` to a file (weighted, per-block weights), then loading that file into the
   model's tensors (what trying another block weight costs without a live merge);
 - live: `LiveMerge.apply` with the same weights except one block (OUT05) changed, after a first apply.
+
+`--standalone`: the loaded model is the standalone app's (`lib_lora.ui.merge_live.LoadedModel`: A loaded with
+lib_lora.sd in fp32, CUDA when present; full widths only, so `--scale` must be 1), and the baseline's reload is
+`lib_lora.sd.load_model` of the merged file, as the app would load it.
 
 Prints the ratio live / baseline (target ≤ 0.2), plus the first full live apply and the restore.
 """
@@ -56,7 +60,10 @@ def main() -> int:
     ap.add_argument("--scale", type=int, default=1)
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--dir", default=None)
+    ap.add_argument("--standalone", action="store_true", help="the standalone app's loaded model (lib_lora.sd)")
     args = ap.parse_args()
+    if args.standalone and args.scale != 1:
+        ap.error("--standalone loads the model with lib_lora.sd, which has full widths only: use --scale 1")
 
     import torch
 
@@ -71,8 +78,19 @@ def main() -> int:
     write_random(b, args.scale, 2)
     print(f"inputs written in {time.perf_counter() - t0:.1f} s ({os.path.getsize(a) / 2**30:.2f} GiB each)")
 
-    with fileio.MappedTensors(a) as m:
-        model = {k: m.get(k).clone() for k in m.keys()}        # the loaded model (in memory)
+    loaded = None
+    if args.standalone:
+        import gc
+
+        from lib_lora.sd import load_model
+        from lib_lora.ui.merge_live import LoadedModel
+        loaded = LoadedModel()
+        t = time.perf_counter()
+        print(loaded.load(a, "a.safetensors"))
+        model = None
+    else:
+        with fileio.MappedTensors(a) as m:
+            model = {k: m.get(k).clone() for k in m.keys()}    # the loaded model (in memory)
     w1 = [0.5] * 26
     w2 = list(w1)
     w2[20] = 0.9                                                # OUT05
@@ -80,12 +98,16 @@ def main() -> int:
     def baseline():
         t = time.perf_counter()
         merge_checkpoints(a, b, out, alpha=0.5, block_weights=w2, overwrite=True)
-        with torch.no_grad(), fileio.MappedTensors(out) as m:   # "load the merged checkpoint"
-            for k, v in model.items():
-                v.copy_(m.get(k))
+        if args.standalone:                                     # the app loads the merged file
+            reloaded = load_model(out)
+            del reloaded
+        else:
+            with torch.no_grad(), fileio.MappedTensors(out) as m:   # "load the merged checkpoint"
+                for k, v in model.items():
+                    v.copy_(m.get(k))
         return time.perf_counter() - t
 
-    live = LiveMerge(model)
+    live = loaded() if args.standalone else LiveMerge(model)
     t = time.perf_counter()
     live.apply(b=b, alpha=0.5, block_weights=w1)
     first = time.perf_counter() - t
@@ -98,6 +120,9 @@ def main() -> int:
     t = time.perf_counter()
     live.restore()
     restore = time.perf_counter() - t
+    if args.standalone:                                         # one model in memory at a time
+        live = loaded = None
+        gc.collect()
     for _ in range(args.reps):
         bases.append(baseline())
     os.remove(out)

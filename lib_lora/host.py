@@ -183,9 +183,15 @@ class Host:
 
 
 # -- names ----------------------------------------------------------------------------------------
+def checkpoint_name(name: str) -> str:
+    """A module or state_dict name of a loaded model → its checkpoint-file spelling (A1111's `.wrapped`
+    segments dropped, canonical text-encoder names); names that are already a checkpoint's stay as they are."""
+    return canonical_layer_name(".".join(p for p in name.split(".") if p != "wrapped"))
+
+
 def canonical_name(name: str) -> str | None:
     """A1111 module name → canonical layer name, or None when it is not a U-Net/TE layer."""
-    name = canonical_layer_name(".".join(p for p in name.split(".") if p != "wrapped"))
+    name = checkpoint_name(name)
     return name if name.startswith(LAYER_ROOTS) else None
 
 

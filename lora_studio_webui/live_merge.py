@@ -1,9 +1,9 @@
 """The loaded AUTOMATIC1111 model as a `lib_lora.merge.live.LiveMerge` (the merge tab's "apply to the loaded
 model", the X/Y/Z merge axes).
 
-- Tensors: `sd_model.state_dict(keep_vars=True)` (the Parameters themselves, so a later device move still
-  writes the model), keys as in a checkpoint file: A1111's `.wrapped` wrappers dropped, canonical text-encoder
-  spelling. The VAE is not merged: it stays what the WebUI's VAE setting loaded (a VAE reload would otherwise
+- Tensors: `lib_lora.merge.live.checkpoint_tensors(sd_model)` (the Parameters themselves, so a later device
+  move still writes the model), keys as in a checkpoint file: A1111's `.wrapped` wrappers dropped, canonical
+  text-encoder spelling. The VAE is not merged: it stays what the WebUI's VAE setting loaded (a VAE reload would otherwise
   replace half a merge); it is saved as loaded.
 - LoRA Studio's own LoRA patches: before a live merge writes, the engine takes its LoRAs off and drops their
   backups (the built-in Lora puts back what it merged and forgets its backups too), so the merge becomes the
@@ -16,7 +16,6 @@ model", the X/Y/Z merge axes).
 from __future__ import annotations
 
 import os
-import re
 
 from lib_lora.errors import LoraStudioError
 
@@ -25,22 +24,13 @@ from . import env
 NO_MODEL = "no model is loaded in the WebUI; load a checkpoint first, then apply the merge"
 FORGE = ("live merges need AUTOMATIC1111; on Forge, save the merge to a file and load that checkpoint")
 KEEP_AS_LOADED = ("first_stage_model.",)
-_WRAPPED = re.compile(r"\.wrapped(?=\.)")
 _TE_ROOTS = ("cond_stage_model.", "conditioner.")
 
 
-def checkpoint_key(name: str) -> str:
-    """A state_dict name of A1111's model → the key a checkpoint file uses."""
-    from lib_lora.arch import canonical_layer_name
-    return canonical_layer_name(_WRAPPED.sub("", name))
-
-
 def model_tensors(sd_model) -> dict:
-    """{checkpoint key: live tensor} of every tensor of the loaded model (first name wins on aliases)."""
-    out = {}
-    for name, t in sd_model.state_dict(keep_vars=True).items():
-        out.setdefault(checkpoint_key(name), t)
-    return out
+    """{checkpoint key: live tensor} of the loaded model (the core's mapping, imported when first needed)."""
+    from lib_lora.merge.live import checkpoint_tensors
+    return checkpoint_tensors(sd_model)
 
 
 def _checkpoint_file(sd_model):

@@ -9,6 +9,7 @@ Gradio 3.41 DOM helpers address components by elem_id.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -136,6 +137,25 @@ def start_app(workdir: Path, args: list[str], port: int | None = None, python: s
     return App(workdir, args, port, python)
 
 
+@contextlib.contextmanager
+def session(workdir: Path, args: list[str], seconds: float):
+    """`(app, driver)` for one test module: the standalone app on `args` and a browser, both stopped after;
+    the module's time budget (DEADLINE) is `seconds` from now."""
+    global DEADLINE
+    DEADLINE = time.monotonic() + seconds
+    app = start_app(workdir, args)
+    drv = None
+    try:
+        drv = start_browser(workdir)
+        app.wait_ready()
+        yield app, drv
+    finally:
+        if drv is not None:
+            drv.quit()
+        app.stop()
+        DEADLINE = float("inf")
+
+
 def start_browser(workdir: Path):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -205,6 +225,15 @@ def set_textbox(drv, elem_id: str, text: str) -> None:
     box = css(drv, f"#{elem_id} textarea, #{elem_id} input")
     box.clear()
     box.send_keys(text)
+
+
+def set_number(drv, elem_id: str, value: str) -> None:
+    """Type `value` into a gr.Slider's / gr.Number's number box and leave it (Tab), as a user does."""
+    from selenium.webdriver.common.keys import Keys
+    box = css(drv, f"#{elem_id} input[type=number]")
+    drv.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
+    box.send_keys(Keys.CONTROL, "a")
+    box.send_keys(value, Keys.TAB)
 
 
 def textbox_value(drv, elem_id: str) -> str:

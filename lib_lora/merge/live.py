@@ -96,6 +96,18 @@ class _LiveA:
         pass
 
 
+def checkpoint_tensors(model) -> dict:
+    """{checkpoint key: live tensor} of a loaded torch model (A1111's `sd_model`, `lib_lora.sd`'s SDModel), the
+    mapping `LiveMerge` takes. The Parameters themselves (`keep_vars`), so a later device move still writes
+    the model; keys spelt as in a checkpoint file (`host.checkpoint_name`); the first name wins on aliases."""
+    from lib_lora.host import checkpoint_name
+
+    out: dict = {}
+    for name, t in model.state_dict(keep_vars=True).items():
+        out.setdefault(checkpoint_name(name), t)
+    return out
+
+
 def _identity(path: str) -> tuple:
     """A file as the state remembers it: replacing B on disk is a different input."""
     st = os.stat(path)

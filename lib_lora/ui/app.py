@@ -88,10 +88,12 @@ def build_context(lora_dirs, checkpoint_dirs, tagger_models_dir, presets_file=No
     user_presets = Path(os.path.abspath(Path(presets_file).expanduser())) if presets_file \
         else default_user_path(loras[0])
     presets, problem = load_presets(user_presets)
+    from lib_lora.ui.merge_live import LoadedModel
+    loaded = LoadedModel()      # nothing is read until the Merge tab's "Load model A"
     return UiContext(lora_dirs=loras, checkpoint_dirs=ckpts, tagger_models_dir=tagger, image_dirs=images,
                      presets=presets, presets_path=user_presets, presets_problem=problem,
                      writes_allowed=(not listen) or allow_writes,
-                     writes_blocked_reason=STANDALONE_WRITES_BLOCKED)
+                     writes_blocked_reason=STANDALONE_WRITES_BLOCKED, live_merge=loaded, loaded_model=loaded)
 
 
 def describe(ctx: UiContext, listen: bool) -> str:

@@ -43,9 +43,12 @@ class UiContext:
     # (WebUI: sd_models.list_models() / the LoRA library rescan); None: nothing to refresh.
     refresh_checkpoints: Callable[[], None] | None = None
     refresh_loras: Callable[[], None] | None = None
-    # The loaded model's live merge (WebUI only): an object with apply(...), restore(), save(...), each
-    # returning a summary line; None: no model is loaded in this host (standalone app).
+    # The loaded model's live merge: an object with apply(...), restore(), save(...), each returning a summary
+    # line (WebUI: lora_studio_webui.live_merge; standalone: `loaded_model`); None: this host has no model.
     live_merge: Callable[[], object] | None = None
+    # Standalone only: the model the Merge tab loads itself (lib_lora.ui.merge_live.LoadedModel: "Load model
+    # A", "Generate preview"); None in the WebUI, whose loaded model is its own.
+    loaded_model: object | None = None
     # Checkpoint-merge presets (a PresetStore); None until the Merge tab builds it (merge_tab.merge_store).
     merge_presets: object | None = None
     # Training tab: the folder for run configs, user presets and run TOMLs (None: `lora_studio_train` beside

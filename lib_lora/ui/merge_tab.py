@@ -1,6 +1,6 @@
 """Merge tab: checkpoint merge (models A/B/C, mode, alpha, 26/20 block sliders with presets and a block
-diagram, output name/type/replace, progress with ETA and Cancel), the loaded model's live merge (WebUI only),
-and the LoRA tools (resize, merge-loras, extract, bake, bake-lora) with the options of their CLI verbs.
+diagram, output name/type/replace, progress with ETA and Cancel), the loaded model's live merge (the WebUI's
+model; standalone: model A loaded here, with a preview image: merge_live.py), and the LoRA tools (resize, merge-loras, extract, bake, bake-lora) with the options of their CLI verbs.
 
 Every callback is a plain function of (ctx, inputs) returning what the components show, so it is tested
 without a browser; `build` only wires them. Errors come back as one "⚠ …" line, never a traceback.
@@ -320,9 +320,9 @@ def run_merge(ctx, jobs: Jobs, a, b, c, mode, alpha, per_block, dtype, out_name,
     return "✓ " + line + _refresh(ctx.refresh_checkpoints, "checkpoint")
 
 
-# ---- live merge of the loaded model (WebUI) -----------------------------------------------------------
+# ---- live merge of the loaded model (the WebUI's, or the one the standalone app loads: merge_live) --------
 
-LIVE_UNAVAILABLE = "Apply to loaded model needs the WebUI: the standalone app has no loaded model."
+LIVE_UNAVAILABLE = "Apply to loaded model is unavailable here: this host has no loaded model to merge into."
 
 
 def _live(ctx):
@@ -653,18 +653,45 @@ def build(ctx) -> None:
                 merge_btn = gr.Button("Merge", variant="primary", elem_id=_elem("run"))
                 cancel_btn = gr.Button("Cancel", elem_id=_elem("cancel"))
             status = gr.Markdown(elem_id=_elem("status"))
+            loaded = ctx.loaded_model
             with gr.Accordion("Loaded model (live merge)", open=ctx.live_merge is not None):
                 if ctx.live_merge is None:
                     gr.Markdown(LIVE_UNAVAILABLE, elem_id=_elem("live_unavailable"))
                 else:
-                    gr.Markdown("Merge B (and C) into the model loaded in the WebUI without writing a file; "
-                                "**Restore** puts back its weights bit for bit; **Save what is applied** writes it "
-                                "under the output name above.")
+                    if loaded is not None:
+                        gr.Markdown("**Load model A** (the pick above), then merge B (and C) into it without "
+                                    "writing a file and **Generate preview** to see it; change a block weight and "
+                                    "apply again (only the changed blocks are rewritten). **Restore** puts back "
+                                    "A's weights bit for bit; **Save what is applied** writes them under the output "
+                                    "name above.")
+                        with gr.Row():
+                            live_load_btn = gr.Button("Load model A", elem_id=_elem("live_load"), scale=1)
+                            loaded_line = gr.Markdown(loaded.describe(), elem_id=_elem("live_loaded"))
+                    else:
+                        gr.Markdown("Merge B (and C) into the model loaded in the WebUI without writing a file; "
+                                    "**Restore** puts back its weights bit for bit; **Save what is applied** writes "
+                                    "it under the output name above.")
                     with gr.Row():
                         live_apply_btn = gr.Button("Apply to loaded model", elem_id=_elem("live_apply"))
                         live_restore_btn = gr.Button("Restore", elem_id=_elem("live_restore"))
                         live_save_btn = gr.Button("Save what is applied", elem_id=_elem("live_save"))
+                        live_cancel_btn = gr.Button("Cancel", elem_id=_elem("live_cancel"))
                     live_status = gr.Markdown(elem_id=_elem("live_status"))
+                    if loaded is not None:
+                        with gr.Row():
+                            pv_prompt = gr.Textbox(label="Preview prompt (LoRA tags allowed)", lines=2, scale=3,
+                                                   elem_id=_elem("pv_prompt"))
+                            pv_negative = gr.Textbox(label="Negative prompt", lines=2, scale=2,
+                                                     elem_id=_elem("pv_negative"))
+                        with gr.Row():
+                            pv_seed = gr.Number(value=1, precision=0, label="Seed", elem_id=_elem("pv_seed"))
+                            pv_steps = gr.Slider(1, 150, value=20, step=1, label="Steps", elem_id=_elem("pv_steps"))
+                            pv_size = gr.Slider(64, 2048, value=512, step=64, label="Size",
+                                                elem_id=_elem("pv_size"))
+                            pv_btn = gr.Button("Generate preview", variant="primary", elem_id=_elem("pv_run"))
+                        pv_status = gr.Markdown(elem_id=_elem("pv_status"))
+                        pv_image = gr.Image(label="Preview", type="pil", interactive=False,
+                                            elem_id=_elem("pv_image"))
         with gr.Tab("LoRA tools", elem_id=_elem("tab_lora_tools")):
             folders = ", ".join(str(d) for d in ctx.lora_dirs)
             gr.Markdown(f"LoRA outputs go into the LoRA folder ({html.escape(folders)}); baked checkpoints into the "
@@ -742,9 +769,24 @@ def build(ctx) -> None:
             return live_save(ctx, jobs, dtype_v, out_v, over_v, progress=progress), False
 
         apply_inputs = [b, c, mode, alpha, per_block, a, *sliders]
-        live_apply_btn.click(compat.with_progress(do_apply, len(apply_inputs)), inputs=apply_inputs,
-                             outputs=[live_status])
-        live_restore_btn.click(lambda: live_restore(ctx), inputs=[], outputs=[live_status])
+        applied = live_apply_btn.click(compat.with_progress(do_apply, len(apply_inputs)), inputs=apply_inputs,
+                                       outputs=[live_status])
+        restored = live_restore_btn.click(lambda: live_restore(ctx), inputs=[], outputs=[live_status])
         live_save_btn.click(compat.with_progress(do_save, 3), inputs=[dtype, out_name, overwrite],
                             outputs=[live_status, overwrite]) \
             .then(refreshed, inputs=[], outputs=refresh_outputs)
+        live_cancel_btn.click(jobs.cancel_all, inputs=[], outputs=[live_status], queue=False)
+        if loaded is not None:
+            from lib_lora.ui import merge_live
+
+            for ev in (applied, restored):
+                ev.then(loaded.describe, inputs=[], outputs=[loaded_line])
+            live_load_btn.click(lambda a_v: merge_live.load_a(ctx, a_v), inputs=[a], outputs=[live_status]) \
+                .then(loaded.describe, inputs=[], outputs=[loaded_line])
+
+            def do_preview(p_v, n_v, seed_v, steps_v, size_v, progress=None):
+                return merge_live.preview(ctx, jobs, p_v, n_v, seed_v, steps_v, size_v, progress=progress)
+
+            pv_inputs = [pv_prompt, pv_negative, pv_seed, pv_steps, pv_size]
+            pv_btn.click(compat.with_progress(do_preview, len(pv_inputs)), inputs=pv_inputs,
+                         outputs=[pv_status, pv_image])

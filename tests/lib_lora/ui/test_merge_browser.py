@@ -7,7 +7,6 @@ Screenshots are kept under artifacts/ (or $ARTIFACTS_DIR).
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 
@@ -20,32 +19,14 @@ pytestmark = B.pytestmarks()
 def env(tmp_path_factory):
     from tests.checkpoints import write_checkpoint
 
-    B.DEADLINE = time.monotonic() + 180
     root = tmp_path_factory.mktemp("mergeapp")
     for sub in ("lora", "ckpt", "tag"):
         (root / sub).mkdir()
     write_checkpoint(root / "ckpt" / "alpha.safetensors", seed=1)
     write_checkpoint(root / "ckpt" / "beta.safetensors", seed=2)
-    app = B.start_app(root, ["--lora-dir", str(root / "lora"), "--checkpoint-dir", str(root / "ckpt"),
-                             "--tagger-models-dir", str(root / "tag")])
-    drv = None
-    try:
-        drv = B.start_browser(root)
-        app.wait_ready()
+    with B.session(root, ["--lora-dir", str(root / "lora"), "--checkpoint-dir", str(root / "ckpt"),
+                          "--tagger-models-dir", str(root / "tag")], 180) as (app, drv):
         yield {"root": root, "app": app, "drv": drv}
-    finally:
-        if drv is not None:
-            drv.quit()
-        app.stop()
-        B.DEADLINE = float("inf")
-
-
-def _set_number(drv, elem_id: str, value: str) -> None:
-    from selenium.webdriver.common.keys import Keys
-    box = B.css(drv, f"#{elem_id} input[type=number]")
-    drv.execute_script("arguments[0].scrollIntoView({block: 'center'});", box)
-    box.send_keys(Keys.CONTROL, "a")
-    box.send_keys(value, Keys.TAB)
 
 
 def test_pick_two_models_move_a_slider_and_merge(env):
@@ -55,7 +36,7 @@ def test_pick_two_models_move_a_slider_and_merge(env):
     B.choose(drv, "lora_studio_merge_a", "alpha.safetensors")
     B.wait_text(drv, "lora_studio_merge_arch", "SD1: 26 block weights", timeout=30)
     B.choose(drv, "lora_studio_merge_b", "beta.safetensors")
-    _set_number(drv, "lora_studio_merge_w_OUT03", "0.9")      # ticks "Merge per block" by itself
+    B.set_number(drv, "lora_studio_merge_w_OUT03", "0.9")      # ticks "Merge per block" by itself
     B.wait_for(lambda: B.css(drv, "#lora_studio_merge_per_block input").is_selected(), 10, "per block ticked")
     B.set_textbox(drv, "lora_studio_merge_out", "merged")
     B.click(drv, "lora_studio_merge_run")

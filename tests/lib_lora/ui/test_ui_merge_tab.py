@@ -59,11 +59,16 @@ def test_tab_builds_in_the_app(ctx):
             "lora_studio_merge_alpha", "lora_studio_merge_preset", "lora_studio_merge_preset_apply",
             "lora_studio_merge_diagram", "lora_studio_merge_out", "lora_studio_merge_dtype",
             "lora_studio_merge_overwrite", "lora_studio_merge_run", "lora_studio_merge_cancel",
-            "lora_studio_merge_status", "lora_studio_merge_live_unavailable"}
+            "lora_studio_merge_status", "lora_studio_merge_live_load", "lora_studio_merge_live_apply",
+            "lora_studio_merge_pv_run"}
     need |= {f"lora_studio_merge_w_{n}" for n in BLOCK_NAMES}
     need |= {f"lora_studio_merge_{t.key}_run" for t in mt.TOOLS}
     assert need <= ids, need - ids
-    assert "lora_studio_merge_live_apply" not in ids          # no loaded model in the app: no live buttons
+    assert "lora_studio_merge_live_unavailable" not in ids    # the app loads model A itself (merge_live)
+    ctx.live_merge = ctx.loaded_model = None                  # a host without a model: no live buttons
+    demo = app.create_app(ctx, tabs=[("Merge", "lib_lora.ui.merge_tab", "lora_studio_tab_merge")])
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    assert "lora_studio_merge_live_unavailable" in ids and "lora_studio_merge_live_apply" not in ids
 
 
 def test_models_are_listed_from_the_checkpoint_folders_only(ctx, folders):
@@ -177,7 +182,11 @@ def test_diagram_shows_the_weights_per_block(ctx):
 
 
 def test_live_buttons_say_why_without_a_loaded_model(ctx):
+    from lib_lora.ui import merge_live
+    assert mt.live_restore(ctx) == f"⚠ {merge_live.NO_MODEL}"       # the app: model A not loaded yet
+    ctx.live_merge = ctx.loaded_model = None                          # a host without a model
     assert mt.live_restore(ctx) == f"⚠ {mt.LIVE_UNAVAILABLE}"
+    assert merge_live.load_a(ctx, "a.safetensors") == f"⚠ {mt.LIVE_UNAVAILABLE}"
 
 
 class _Recorder:

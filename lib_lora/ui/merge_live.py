@@ -1,0 +1,180 @@
+"""The standalone app's loaded model, for the Merge tab's live merge (the WebUI has its own:
+lora_studio_webui.live_merge).
+
+Model A is loaded with lib_lora.sd (CUDA when present, else the CPU; fp32, as the Training tab's epoch grid
+loads it); its tensors, named as in a checkpoint file (`merge.live.checkpoint_tensors`), are the `LiveMerge`
+that "Apply to loaded model" / "Restore" / "Save" act on (`UiContext.live_merge`). "Generate preview" renders
+one image with the epoch grid's generator (lib_lora.sd.sample.generate), so a block-weight change is seen
+seconds after it is applied. LoRA tags in the preview prompt go on through the core patcher for that image
+and come off exactly after it: the live merge is their base, as in the WebUI.
+
+One lock orders the actions: an apply, a restore, a save and a preview never overlap (the merge's own lock),
+and loading another model waits for them.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from lib_lora.errors import LoraStudioError
+
+NO_MODEL = "No model is loaded: pick model A above and press 'Load model A' first."
+PREVIEW_SIZES = (64, 2048)
+
+
+class LoadedModel:
+    """`load(path, name)` → one line; calling it gives the loaded model's LiveMerge (the provider of
+    `UiContext.live_merge`); `preview(...)` one image. `device`: None picks CUDA when present."""
+
+    def __init__(self, device: str | None = None):
+        self.device = device
+        self.lock = threading.RLock()
+        self.model = None
+        self.live = None
+        self.name: str | None = None
+
+    def __call__(self):
+        live = self.live
+        if live is None:
+            raise LoraStudioError(NO_MODEL)
+        return live
+
+    def describe(self) -> str:
+        live = self.live
+        if live is None:
+            return "No model is loaded."
+        from lib_lora.arch import label
+        merged = f"; live merge: {live.active.describe()}" if live.active is not None else ""
+        return f"Loaded: {self.name} ({label(self.model.arch)}, {self._device_name()}, fp32){merged}"
+
+    def _device_name(self) -> str:
+        return str(next(self.model.parameters()).device)
+
+    def load(self, path: str, name: str) -> str:
+        """Load `path` as the model merges are tried on; a live merge on the previous model is dropped (it
+        was never written anywhere). The previous model is let go first: two models need not fit at once."""
+        import torch
+
+        from lib_lora.merge.live import LiveMerge, checkpoint_tensors
+        from lib_lora.sd import load_model
+
+        t0 = time.perf_counter()
+        with self.lock:
+            old = self.live
+            note = ""
+            if old is not None:
+                with old.lock:
+                    if old.active is not None:
+                        note = f"; the live merge on {self.name} was dropped (nothing had been saved)"
+                    old.forget()
+            self.model = self.live = self.name = None
+            device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            model = load_model(path, dtype=torch.float32)
+            if device != "cpu":
+                model = model.to(device)
+            self.model, self.name = model, name
+            self.live = LiveMerge(checkpoint_tensors(model), name=name)
+        return f"{self.describe()} in {time.perf_counter() - t0:.1f} s{note}"
+
+    def preview(self, prompt: str, negative: str = "", *, seed: int = 1, steps: int = 20, size: int = 512,
+                cfg: float = 7.0, loras=None, progress=None):
+        """One image of the model as it is now (with its live merge). `loras(prompt, arch)` → (prompt without
+        its LoRA tags, [ActiveLora], [notes]) puts LoRA tags on for this image only."""
+        from lib_lora.sd.sample import generate
+
+        with self.lock:
+            live = self()
+            with live.lock:
+                model = self.model
+                text, actives, notes = (loras(prompt, model.arch) if loras is not None else (prompt, [], []))
+                patcher = None
+                if actives:
+                    from lib_lora.host import Host
+                    from lib_lora.patcher import Patcher
+                    from lib_lora.train.trainer import model_layers
+                    host = Host.from_named_modules([(layer, m) for layer, m, _ in model_layers(model)],
+                                                   arch=model.arch)
+                    patcher = Patcher(host)
+                try:
+                    if patcher is not None:
+                        patcher.apply(actives)
+                    image = generate(model, text, negative, seed=int(seed), steps=int(steps), cfg=float(cfg),
+                                     width=int(size), height=int(size), progress=progress)
+                finally:
+                    if patcher is not None:
+                        patcher.restore()
+        return image, notes
+
+
+# ---- the tab's callbacks (plain functions of ctx and the inputs; one ⚠ line on any problem) ---------------
+
+
+def load_a(ctx, a_name) -> str:
+    """'Load model A' → one line."""
+    from lib_lora.ui.merge_tab import checkpoint_path, error_line
+    try:
+        loaded = _loaded(ctx)
+        path = checkpoint_path(ctx, a_name, "A")
+        return "✓ " + ctx.under_queue_lock(lambda: loaded.load(path, str(a_name)), "loading model A")
+    except Exception as exc:  # noqa: BLE001 — shown as one line (error_line)
+        return error_line(exc)
+
+
+def lora_tags(ctx):
+    """`(prompt, arch)` → (the prompt without its LoRA tags, [ActiveLora], [notes]), the tags resolved in the
+    LoRA folders as the bake tool resolves them (same rules, same messages)."""
+    def resolve(prompt: str, arch: str):
+        from lib_lora.library import Library
+        from lib_lora.merge.bake import resolve_tag
+        from lib_lora.syntax import parse_prompt
+
+        tags = parse_prompt(prompt)
+        if not tags:
+            return prompt, [], []
+        library = Library(lambda: list(ctx.lora_dirs))
+        notes: list = []
+        actives = []
+        for tag in tags:
+            if tag.errors:
+                raise LoraStudioError(tag.errors[0])
+            path = str(library.lookup(tag.name, "check the name, or press Refresh on the LoRA tab").path)
+            actives.append(resolve_tag(tag, path, arch, ctx.presets, 0, notes).active)
+        text, end = [], 0
+        for tag in tags:
+            text.append(prompt[end:tag.span[0]])
+            end = tag.span[1]
+        text.append(prompt[end:])
+        notes = [n.replace("baked at full strength", "applied for the whole preview") for n in notes]
+        return "".join(text), actives, notes
+    return resolve
+
+
+def preview(ctx, jobs, prompt, negative, seed, steps, size, progress=None):
+    """'Generate preview' → (one line, image or None)."""
+    from lib_lora.ui.merge_tab import Reporter, error_line
+    try:
+        loaded = _loaded(ctx)
+        if not str(prompt or "").strip():
+            raise LoraStudioError("Type a prompt for the preview.")
+        size = int(size)
+        if not PREVIEW_SIZES[0] <= size <= PREVIEW_SIZES[1] or size % 8:
+            raise LoraStudioError(f"Preview size {size} must be a multiple of 8 from {PREVIEW_SIZES[0]} to "
+                                  f"{PREVIEW_SIZES[1]}, e.g. 512.")
+        with jobs.job() as cancel:
+            rep = Reporter(progress, cancel, {"preview": "steps"})
+            t0 = time.perf_counter()
+            image, notes = ctx.under_queue_lock(lambda: loaded.preview(
+                str(prompt), str(negative or ""), seed=int(seed), steps=int(steps), size=size,
+                loras=lora_tags(ctx), progress=rep.bytes("preview")), "the preview")
+    except Exception as exc:  # noqa: BLE001 — shown as one line (error_line)
+        return error_line(exc), None
+    warn = f" {len(notes)} note(s): {notes[0]}" if notes else ""
+    return f"✓ {loaded.describe()}; seed {int(seed)}, {time.perf_counter() - t0:.1f} s.{warn}", image
+
+
+def _loaded(ctx) -> LoadedModel:
+    if ctx.loaded_model is None:
+        from lib_lora.ui.merge_tab import LIVE_UNAVAILABLE
+        raise LoraStudioError(LIVE_UNAVAILABLE)
+    return ctx.loaded_model

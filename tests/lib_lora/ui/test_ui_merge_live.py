@@ -1,0 +1,236 @@
+"""The standalone app's live merge: model A loaded with lib_lora.sd (merge_live.LoadedModel) holds, after
+"Apply to loaded model", bit for bit what the streamed file merge writes; a block-weight change rewrites only
+that block's tensors; Restore is bit-exact; Save writes the CLI merge's tensors; the preview image changes
+with the merge and is the pre-merge image again after Restore; a LoRA tag in the preview prompt comes off
+after its image; Cancel and bad input are one line with the model unchanged."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+pytest.importorskip("gradio")
+
+from lib_lora import blocks  # noqa: E402
+from lib_lora.__main__ import main  # noqa: E402
+from lib_lora.merge.live import checkpoint_tensors  # noqa: E402
+from lib_lora.ui import app, merge_live as ml, merge_tab as mt  # noqa: E402
+from tests.models import bits  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+W = [round(0.03 * i + 0.1, 2) for i in range(26)]      # m per slot (26, slot order)
+W2 = list(W)
+W2[blocks.BLOCK_NAMES.index("IN04")] = 0.95             # one block moved
+PV = dict(prompt="a toy, red", negative="blurry", seed=7, steps=2, size=64)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    from lib_lora.sd.model import build_model, save_model
+    tmp = tmp_path_factory.mktemp("mergelive")
+    for sub in ("ckpt", "lora", "out"):
+        (tmp / sub).mkdir()
+    for name, seed in (("a", 0), ("b", 1), ("c", 2)):
+        save_model(build_model("sd1", "tiny", seed=seed, dtype=torch.float32), tmp / "ckpt" / f"{name}.safetensors")
+    return tmp
+
+
+@pytest.fixture
+def ctx(folders):
+    return app.build_context([folders / "lora"], [folders / "out", folders / "ckpt"], folders / "tagger")
+
+
+def _apply(ctx, jobs, weights, mode="add-diff", c="c.safetensors", alpha=0.6):
+    line = mt.live_apply(ctx, jobs, "b.safetensors", c, mode, alpha, True, "a.safetensors", *weights)
+    assert line.startswith("✓ live merge") and "\n" not in line, line
+    return line
+
+
+def _preview(ctx, jobs):
+    line, image = ml.preview(ctx, jobs, PV["prompt"], PV["negative"], PV["seed"], PV["steps"], PV["size"])
+    assert line.startswith("✓ ") and image is not None, line
+    return np.asarray(image)
+
+
+def _diff(x: dict, y: dict) -> list:
+    assert x.keys() == y.keys()
+    return [k for k in x if x[k].dtype != y[k].dtype or not torch.equal(bits(x[k].detach()), bits(y[k].detach()))]
+
+
+def _cli_merge(folders, name, *extra):
+    out = folders / "out" / name
+    if not out.exists():
+        assert main(["merge", "--a", str(folders / "ckpt" / "a.safetensors"), "--b",
+                     str(folders / "ckpt" / "b.safetensors"), "--out", str(out), "--quiet", *extra]) == 0
+    return load_file(str(out))
+
+
+def _weights_arg(w):
+    return ["--block-weights", mt.block_text("sd1", w)]
+
+
+def test_apply_holds_the_file_merge_restore_is_bit_exact_and_the_preview_follows(ctx, folders):
+    jobs = mt.Jobs()
+    assert mt.live_restore(ctx) == f"⚠ {ml.NO_MODEL}"            # nothing loaded yet: one line
+    assert ml.load_a(ctx, "a.safetensors").startswith("✓ Loaded: a.safetensors (SD1, cpu, fp32)")
+    live = checkpoint_tensors(ctx.loaded_model.model)
+    a = {k: v.detach().clone() for k, v in live.items()}
+    assert _diff(a, load_file(str(folders / "ckpt" / "a.safetensors"))) == []   # the model is A's file
+    before = _preview(ctx, jobs)
+    _apply(ctx, jobs, W)
+    ref = _cli_merge(folders, "ref_w.safetensors", "--mode", "add-diff", "--c", str(folders / "ckpt" / "c.safetensors"),
+                     "--alpha", "0.6", *_weights_arg(W))
+    assert _diff(live, ref) == []
+    assert "live merge: add-diff" in ctx.loaded_model.describe()
+    merged = _preview(ctx, jobs)
+    assert not np.array_equal(merged, before)
+    assert mt.live_restore(ctx).startswith("✓ live merge removed")
+    assert _diff(live, a) == []
+    assert np.array_equal(_preview(ctx, jobs), before)
+
+
+def test_a_block_weight_change_rewrites_only_that_block(ctx, folders):
+    jobs = mt.Jobs()
+    ml.load_a(ctx, "a.safetensors")
+    live = checkpoint_tensors(ctx.loaded_model.model)
+    _apply(ctx, jobs, W)
+    versions = {k: t._version for k, t in live.items()}
+    line = _apply(ctx, jobs, W2)
+    rewritten = {k for k, t in live.items() if t._version != versions[k]}
+    in04 = {k for k in live if blocks.checkpoint_key_slot(k, "sd1") == blocks.BLOCK_NAMES.index("IN04")}
+    assert rewritten == in04 and in04, (len(rewritten), len(in04))
+    assert f" {len(in04)} of " in line, line
+    ref = _cli_merge(folders, "ref_w2.safetensors", "--mode", "add-diff", "--c",
+                     str(folders / "ckpt" / "c.safetensors"), "--alpha", "0.6", *_weights_arg(W2))
+    assert _diff(live, ref) == []
+
+
+def test_save_writes_the_cli_merge_file(ctx, folders):
+    jobs = mt.Jobs()
+    ml.load_a(ctx, "a.safetensors")
+    _apply(ctx, jobs, W, mode="weighted", c="", alpha=0.4)
+    line = mt.live_save(ctx, jobs, mt.AS_INPUT, "live_w", False)
+    assert line.startswith("✓ saved the live merge"), line
+    saved = load_file(str(folders / "out" / "live_w.safetensors"))
+    ref = _cli_merge(folders, "ref_sum.safetensors", "--mode", "weighted", "--alpha", "0.4", *_weights_arg(W))
+    assert _diff(saved, ref) == []
+    assert "already exists" in mt.live_save(ctx, jobs, mt.AS_INPUT, "live_w", False)
+
+
+def test_a_lora_tag_in_the_preview_comes_off_after_its_image(ctx, folders):
+    from lib_lora.merge.extract import extract_lora
+    lora = folders / "lora" / "ext.safetensors"
+    if not lora.exists():
+        extract_lora(str(folders / "ckpt" / "a.safetensors"), str(folders / "ckpt" / "c.safetensors"), str(lora), 4, 4)
+    jobs = mt.Jobs()
+    ml.load_a(ctx, "a.safetensors")
+    _apply(ctx, jobs, W, mode="weighted", c="", alpha=0.5)
+    live = checkpoint_tensors(ctx.loaded_model.model)
+    held = {k: v.detach().clone() for k, v in live.items()}
+    plain = _preview(ctx, jobs)
+    line, tagged = ml.preview(ctx, jobs, PV["prompt"] + " <lora:ext:1>", PV["negative"], PV["seed"], PV["steps"],
+                              PV["size"])
+    assert line.startswith("✓ ") and not np.array_equal(np.asarray(tagged), plain), line
+    assert _diff(live, held) == []                        # the merge is the LoRA's base and is held again
+    line, same = ml.preview(ctx, jobs, PV["prompt"] + " <lora:ext:0>", PV["negative"], PV["seed"], PV["steps"],
+                            PV["size"])
+    assert np.array_equal(np.asarray(same), plain)       # the tag's text is not in the prompt
+    bad, image = ml.preview(ctx, jobs, "x <lora:nope:1>", "", 1, 2, 64)
+    assert bad.startswith("⚠ ") and "'nope' not found" in bad and image is None, bad
+
+
+def test_cancel_and_bad_input_leave_the_model_as_it_was(ctx, folders):
+    jobs = mt.Jobs()
+    ml.load_a(ctx, "a.safetensors")
+    live = checkpoint_tensors(ctx.loaded_model.model)
+    a = {k: v.detach().clone() for k, v in live.items()}
+
+    def stop(*_a, **_k):
+        jobs.cancel_all()
+    line = mt.live_apply(ctx, jobs, "b.safetensors", "", "weighted", 0.5, False, "a.safetensors", *W, progress=stop)
+    assert line.startswith("⚠ ") and "cancelled" in line.lower(), line
+    assert _diff(live, a) == [] and ctx.loaded_model.live.active is None
+    line, image = ml.preview(ctx, jobs, "a toy", "", 1, 3, 64, progress=stop)
+    assert line.startswith("⚠ Cancelled") and image is None, line
+    for args, needle in ((("", "", 1, 2, 64), "Type a prompt"), (("x", "", 1, 2, 60), "multiple of 8"),
+                         (("x", "", 1, 0, 64), "1 to 1000")):
+        line, image = ml.preview(ctx, jobs, *args)
+        assert line.startswith("⚠ ") and needle in line and "\n" not in line and image is None, line
+    assert ml.load_a(ctx, "").startswith("⚠ Pick model A")
+    assert "not in the checkpoint list" in ml.load_a(ctx, "../ckpt/a.safetensors")
+
+
+def test_loading_another_model_drops_the_live_merge(ctx, folders):
+    jobs = mt.Jobs()
+    ml.load_a(ctx, "a.safetensors")
+    _apply(ctx, jobs, W, mode="weighted", c="", alpha=0.5)
+    line = ml.load_a(ctx, "b.safetensors")
+    assert line.startswith("✓ Loaded: b.safetensors") and "live merge on a.safetensors was dropped" in line, line
+    assert ctx.loaded_model.live.active is None
+    assert mt.live_restore(ctx).startswith("✓ no live merge was applied")
+    from safetensors.torch import save_file
+    save_file({"x.weight": torch.zeros(2, 2)}, str(folders / "out" / "junk.safetensors"))
+    line = ml.load_a(ctx, "junk.safetensors")
+    assert line.startswith("⚠ ") and "not an SD1 or SDXL checkpoint" in line and "\n" not in line, line
+    assert mt.live_restore(ctx) == f"⚠ {ml.NO_MODEL}"        # the model before it was let go first
+    assert ctx.loaded_model.describe() == "No model is loaded."
+    (folders / "out" / "junk.safetensors").unlink()
+
+
+def test_tab_has_the_load_and_preview_controls_in_the_app(ctx):
+    demo = app.create_app(ctx, tabs=[("Merge", "lib_lora.ui.merge_tab", "lora_studio_tab_merge")])
+    ids = {getattr(b, "elem_id", None) for b in demo.blocks.values()}
+    need = {f"lora_studio_merge_{n}" for n in ("live_load", "live_loaded", "live_apply", "live_restore",
+                                               "live_save", "live_cancel", "pv_prompt", "pv_run", "pv_image")}
+    assert need <= ids, need - ids
+    assert "lora_studio_merge_live_unavailable" not in ids
+
+
+def test_an_fp16_model_a_is_merged_in_fp32_and_saved_as_the_fp16_file_merge(tmp_path):
+    """The app's model is fp32: the live merge of an fp16 A is the file merge with --dtype fp32, and Save with
+    fp16 writes the file merge with --dtype fp16 (what the guide tells users to pick)."""
+    from lib_lora.merge.checkpoint import merge_checkpoints
+    from lib_lora.sd.model import build_model, save_model
+    for sub in ("ckpt", "lora"):
+        (tmp_path / sub).mkdir()
+    for name, seed in (("a", 3), ("b", 4)):
+        save_model(build_model("sd1", "tiny", seed=seed, dtype=torch.float16), tmp_path / "ckpt" / f"{name}.safetensors")
+    ctx = app.build_context([tmp_path / "lora"], [tmp_path / "ckpt"], tmp_path / "tagger")
+    jobs = mt.Jobs()
+    assert ml.load_a(ctx, "a.safetensors").startswith("✓ Loaded")
+    assert mt.live_apply(ctx, jobs, "b.safetensors", "", "weighted", 0.3, False, "a.safetensors", *W).startswith("✓")
+    refs = {}
+    for dt in ("fp32", "fp16"):
+        refs[dt] = tmp_path / f"ref_{dt}.safetensors"
+        merge_checkpoints(tmp_path / "ckpt" / "a.safetensors", tmp_path / "ckpt" / "b.safetensors", refs[dt],
+                          alpha=0.3, dtype=dt)
+    assert _diff(checkpoint_tensors(ctx.loaded_model.model), load_file(str(refs["fp32"]))) == []
+    assert mt.live_save(ctx, jobs, "fp16", "saved16", False).startswith("✓ saved")
+    saved = load_file(str(tmp_path / "ckpt" / "saved16.safetensors"))
+    assert _diff(saved, load_file(str(refs["fp16"]))) == []
+    assert any(v.dtype == torch.float16 for v in saved.values())
+
+
+def test_sdxl_model_a(tmp_path):
+    """SDXL: 20 block weights, the live merge is the file merge, the preview renders with it."""
+    from lib_lora.merge.checkpoint import merge_checkpoints
+    from lib_lora.sd.model import build_model, save_model
+    for sub in ("ckpt", "lora"):
+        (tmp_path / sub).mkdir()
+    for name, seed in (("a", 5), ("b", 6)):
+        save_model(build_model("sdxl", "tiny", seed=seed, dtype=torch.float32), tmp_path / "ckpt" / f"{name}.safetensors")
+    ctx = app.build_context([tmp_path / "lora"], [tmp_path / "ckpt"], tmp_path / "tagger")
+    jobs = mt.Jobs()
+    assert ml.load_a(ctx, "a.safetensors").startswith("✓ Loaded: a.safetensors (SDXL, cpu, fp32)")
+    before = _preview(ctx, jobs)
+    assert mt.live_apply(ctx, jobs, "b.safetensors", "", "weighted", 0.5, True, "a.safetensors", *W).startswith("✓")
+    ref = tmp_path / "ref.safetensors"
+    merge_checkpoints(tmp_path / "ckpt" / "a.safetensors", tmp_path / "ckpt" / "b.safetensors", ref,
+                      block_weights=mt.block_text("sdxl", W))
+    assert _diff(checkpoint_tensors(ctx.loaded_model.model), load_file(str(ref))) == []
+    assert not np.array_equal(_preview(ctx, jobs), before)
+    assert mt.live_restore(ctx).startswith("✓ live merge removed")
+    assert np.array_equal(_preview(ctx, jobs), before)
