@@ -124,8 +124,11 @@ class LiveMerge:
     `keep`: key prefixes that are never merged (the host's VAE, when another setting owns it)."""
 
     def __init__(self, tensors: dict, *, name: str = "loaded model", presets=None, allow_pickle: bool = False,
-                 keep=(), before_write=None, before_read=None, after_write=None):
+                 keep=(), before_write=None, before_read=None, after_write=None, file_dtypes=None):
         self.tensors = dict(tensors)
+        # key → dtype of A's file, where the host runs the model in another dtype (the standalone app computes
+        # in fp32): "as input" saves write these, not the widened live dtype
+        self.file_dtypes = dict(file_dtypes or {})
         self.keep = tuple(keep)          # key prefixes never merged (kept as loaded), e.g. a host's VAE
         self.name = name
         self.presets = presets
@@ -248,7 +251,8 @@ class LiveMerge:
     def save(self, out, *, dtype: str | None = None, overwrite: bool = False, progress=None) -> str:
         """Write the merged weights as they are live (and every other key of A) as a .safetensors checkpoint:
         streamed, atomic, never over an existing file unless `overwrite`. `dtype` fp16/bf16/fp32 casts the
-        model's floating-point weights (a live merge is only as precise as the loaded model's dtype)."""
+        model's floating-point weights (a live merge is only as precise as the loaded model's dtype); None
+        writes each key as A's file holds it (`file_dtypes`) or, without one, as it is live."""
         import torch
 
         with self.lock:
@@ -265,8 +269,12 @@ class LiveMerge:
             specs = []
             for key, t in self.tensors.items():
                 slot = blocks.checkpoint_key_slot(key, recipe.arch)
-                out_dt = torch_dtype if (torch_dtype is not None and t.is_floating_point()
-                                         and slot is not None) else t.dtype
+                out_dt = t.dtype
+                if t.is_floating_point():
+                    if torch_dtype is not None:
+                        out_dt = torch_dtype if slot is not None else t.dtype
+                    else:
+                        out_dt = self.file_dtypes.get(key, t.dtype)
                 specs.append((key, out_dt, tuple(t.shape), _live_producer(t, out_dt)))
             full = 20 if recipe.arch == "sdxl" else 26
             inputs = {"A": {"file": self.name}}

@@ -23,6 +23,16 @@ NO_MODEL = "No model is loaded: pick model A above and press 'Load model A' firs
 PREVIEW_SIZES = (64, 2048)
 
 
+def _file_dtypes(path) -> dict:
+    """{key: dtype} of A's file (safetensors header; {} for a pickle): "as input" saves write A's dtypes,
+    not the fp32 the model is computed in here."""
+    from lib_lora import fileio
+    if not str(path).lower().endswith(".safetensors"):
+        return {}
+    with fileio.MappedTensors(path) as f:
+        return {k: f.dtype(k) for k in f.keys()}
+
+
 class LoadedModel:
     """`load(path, name)` → one line; calling it gives the loaded model's LiveMerge (the provider of
     `UiContext.live_merge`); `preview(...)` one image. `device`: None picks CUDA when present."""
@@ -74,7 +84,7 @@ class LoadedModel:
             if device != "cpu":
                 model = model.to(device)
             self.model, self.name = model, name
-            self.live = LiveMerge(checkpoint_tensors(model), name=name)
+            self.live = LiveMerge(checkpoint_tensors(model), name=name, file_dtypes=_file_dtypes(path))
         return f"{self.describe()} in {time.perf_counter() - t0:.1f} s{note}"
 
     def preview(self, prompt: str, negative: str = "", *, seed: int = 1, steps: int = 20, size: int = 512,

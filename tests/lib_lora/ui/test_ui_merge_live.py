@@ -212,6 +212,16 @@ def test_an_fp16_model_a_is_merged_in_fp32_and_saved_as_the_fp16_file_merge(tmp_
     saved = load_file(str(tmp_path / "ckpt" / "saved16.safetensors"))
     assert _diff(saved, load_file(str(refs["fp16"]))) == []
     assert any(v.dtype == torch.float16 for v in saved.values())
+    # "as input" is A's file's dtypes, not the fp32 the app computes in
+    refs["input"] = tmp_path / "ref_input.safetensors"
+    merge_checkpoints(tmp_path / "ckpt" / "a.safetensors", tmp_path / "ckpt" / "b.safetensors", refs["input"],
+                      alpha=0.3)
+    assert mt.live_save(ctx, jobs, mt.AS_INPUT, "saved_in", False).startswith("✓ saved")
+    saved = load_file(str(tmp_path / "ckpt" / "saved_in.safetensors"))
+    a_file = load_file(str(tmp_path / "ckpt" / "a.safetensors"))
+    assert {k: v.dtype for k, v in saved.items()} == {k: a_file[k].dtype for k in saved}
+    assert sum(v.dtype == torch.float16 for v in saved.values()) > len(saved) // 2
+    assert _diff(saved, load_file(str(refs["input"]))) == []
 
 
 def test_sdxl_model_a(tmp_path):
