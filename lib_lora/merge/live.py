@@ -135,6 +135,7 @@ class LiveMerge:
         self.allow_pickle = allow_pickle
         self.before_write, self.before_read, self.after_write = before_write, before_read, after_write
         self.lock = threading.RLock()
+        self.retired = False             # the host let this model go (`retire`): every later action refuses
         self._orig: dict = {}            # key → exact CPU clone of A (taken before the key's first write)
         self._sig: dict = {}             # key → what the key holds now: (mode, B id, C id, m, channels)
         self._readers: dict = {}         # file identity → open reader, for the inputs `_sig` refers to
@@ -155,6 +156,7 @@ class LiveMerge:
         `progress(done, total)` per tensor; `cancel()` returning True stops and leaves the model as before."""
         t0 = time.perf_counter()
         with self.lock:
+            self._check_current()
             if mode not in ck.MODES:
                 raise LoraStudioError(f"merge mode '{mode}' is not known; use one of {', '.join(ck.MODES)}")
             if needs_c(mode) and c is None:
@@ -222,6 +224,7 @@ class LiveMerge:
     def restore(self) -> str:
         """The loaded weights exactly as before the first live merge."""
         with self.lock:
+            self._check_current()
             keys = [k for k in self._sig]
             if keys and self.before_write is not None:
                 self.before_write()
@@ -248,6 +251,18 @@ class LiveMerge:
             self.active = None
             self._close_unused()
 
+    def retire(self) -> None:
+        """The host dropped this model (another one was loaded): forget it, and refuse whatever was waiting
+        for the lock meanwhile instead of merging into a model nobody uses."""
+        with self.lock:
+            self.forget()
+            self.retired = True
+
+    def _check_current(self) -> None:
+        if self.retired:
+            raise LoraStudioError(f"the {self.name} was unloaded while this waited; apply again to the model "
+                                  f"loaded now")
+
     def save(self, out, *, dtype: str | None = None, overwrite: bool = False, progress=None) -> str:
         """Write the merged weights as they are live (and every other key of A) as a .safetensors checkpoint:
         streamed, atomic, never over an existing file unless `overwrite`. `dtype` fp16/bf16/fp32 casts the
@@ -256,6 +271,7 @@ class LiveMerge:
         import torch
 
         with self.lock:
+            self._check_current()
             recipe = self.active
             if recipe is None:
                 raise LoraStudioError("there is no live merge to save; apply one to the loaded model first")

@@ -77,7 +77,7 @@ class LoadedModel:
                 with old.lock:
                     if old.active is not None:
                         note = f"; the live merge on {self.name} was dropped (nothing had been saved)"
-                    old.forget()
+                    old.retire()
             self.model = self.live = self.name = None
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
             model = load_model(path, dtype=torch.float32)

@@ -337,26 +337,30 @@ def live_apply(ctx, jobs: Jobs, b, c, mode, alpha, per_block, a, *values, progre
             raise LoraStudioError("Pick model B (the model merged into the loaded one).")
         b_path = checkpoint_path(ctx, b, "B")
         c_path = checkpoint_path(ctx, c, "C") if c else None
-        live = _live(ctx)
-        arch = None
-        if per_block:
-            arch = getattr(live, "arch", None)     # the loaded model is A here
-            if not isinstance(arch, str):
-                arch = model_arch(checkpoint_path(ctx, a, "A")) if a else None
+        _live(ctx)                                 # no loaded model: say so before waiting for the queue
+
+        def run():
+            live = _live(ctx)    # under the queue lock: a model loaded meanwhile is the one merged into
+            arch = None
+            if per_block:
+                arch = getattr(live, "arch", None)     # the loaded model is A here
+                if not isinstance(arch, str):
+                    arch = model_arch(checkpoint_path(ctx, a, "A")) if a else None
+            return live.apply(b=b_path, c=c_path, mode=mode, alpha=float(alpha),
+                              block_weights=block_text(arch, values) if per_block else None, base_alpha=None,
+                              presets=merge_store(ctx), progress=rep.bytes("apply"), cancel=rep.cancelled)
+
         with jobs.job() as cancel:
             rep = Reporter(progress, cancel, {"apply": "tensors"})
-            return "✓ " + ctx.under_queue_lock(lambda: live.apply(
-                b=b_path, c=c_path, mode=mode, alpha=float(alpha),
-                block_weights=block_text(arch, values) if per_block else None, base_alpha=None,
-                presets=merge_store(ctx), progress=rep.bytes("apply"), cancel=rep.cancelled))
+            return "✓ " + ctx.under_queue_lock(run)
     except Exception as exc:  # noqa: BLE001 — shown as one line (error_line)
         return error_line(exc)
 
 
 def live_restore(ctx) -> str:
     try:
-        live = _live(ctx)
-        return "✓ " + ctx.under_queue_lock(live.restore)
+        _live(ctx)
+        return "✓ " + ctx.under_queue_lock(lambda: _live(ctx).restore())
     except Exception as exc:  # noqa: BLE001 — shown as one line (error_line)
         return error_line(exc)
 
@@ -365,10 +369,10 @@ def live_save(ctx, jobs: Jobs, dtype, out_name, overwrite, progress=None) -> str
     try:
         ctx.check_writes()
         out = output_path(ctx, out_name, ctx.checkpoint_dirs, "checkpoint", bool(overwrite))
-        live = _live(ctx)
+        _live(ctx)
         with jobs.job() as cancel:
             rep = Reporter(progress, cancel, {"save": "bytes"})
-            line = ctx.under_queue_lock(lambda: live.save(out, dtype=None if dtype in (None, "", AS_INPUT) else dtype,
+            line = ctx.under_queue_lock(lambda: _live(ctx).save(out, dtype=None if dtype in (None, "", AS_INPUT) else dtype,
                                                            overwrite=bool(overwrite), progress=rep.bytes("save")))
     except Exception as exc:  # noqa: BLE001 — shown as one line (error_line)
         return error_line(exc)

@@ -15,6 +15,7 @@ pytest.importorskip("gradio")
 
 from lib_lora import blocks  # noqa: E402
 from lib_lora.__main__ import main  # noqa: E402
+from lib_lora.errors import LoraStudioError  # noqa: E402
 from lib_lora.merge.live import checkpoint_tensors  # noqa: E402
 from lib_lora.ui import app, merge_live as ml, merge_tab as mt  # noqa: E402
 from tests.models import bits  # noqa: E402
@@ -171,6 +172,14 @@ def test_loading_another_model_drops_the_live_merge(ctx, folders):
     assert line.startswith("✓ Loaded: b.safetensors") and "live merge on a.safetensors was dropped" in line, line
     assert ctx.loaded_model.live.active is None
     assert mt.live_restore(ctx).startswith("✓ no live merge was applied")
+    # an action that took the old model's LiveMerge and waited for its lock while B was loaded refuses
+    old = ctx.loaded_model.live
+    ml.load_a(ctx, "a.safetensors")
+    before = {k: t.clone() for k, t in old.tensors.items()}
+    with pytest.raises(LoraStudioError, match="unloaded while this waited"):
+        old.apply(b=str(folders / "ckpt" / "b.safetensors"), mode="weighted", alpha=0.5)
+    assert _diff(dict(old.tensors), before) == []
+    assert ctx.loaded_model.live is not old and ctx.loaded_model.live.active is None
     from safetensors.torch import save_file
     save_file({"x.weight": torch.zeros(2, 2)}, str(folders / "out" / "junk.safetensors"))
     line = ml.load_a(ctx, "junk.safetensors")
