@@ -119,8 +119,10 @@ def build(ctx) -> None:
             cmp_weights = gr.Textbox("0.5, 0.75, 1", label="Weights", elem_id=_elem("cmp_weights"))
             cmp_seed = gr.Number(1, precision=0, label="Seed", elem_id=_elem("cmp_seed"))
         cmp_prompt = gr.Textbox(label="Prompt (with the trigger word)", elem_id=_elem("cmp_prompt"))
+        cmp_negative = gr.Textbox(label="Negative prompt", elem_id=_elem("cmp_negative"))
         with gr.Row():
             cmp_steps = gr.Slider(1, 50, value=20, step=1, label="Steps", elem_id=_elem("cmp_steps"))
+            cmp_cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale", elem_id=_elem("cmp_cfg"))
             cmp_size = gr.Slider(64, 1024, value=512, step=64, label="Size", elem_id=_elem("cmp_size"))
             cmp_btn = gr.Button("Render the grid" if ctx.train_host is None or hasattr(ctx.train_host, "render_grid")
                                 else "Show the X/Y/Z settings", elem_id=_elem("cmp_run_btn"))
@@ -209,9 +211,10 @@ def build(ctx) -> None:
     cancel.click(lambda: queue.cancel(), inputs=[], outputs=[report], queue=False)
     watch.click(stream, inputs=[], outputs=[status, plot, files])
 
-    def do_compare(run_name, ws, seed, prompt, steps, size, ck, progress=None):
+    def do_compare(run_name, ws, seed, prompt, negative, steps, cfg, size, ck, progress=None):
         rep = (lambda d, t: progress(d / t, desc=f"image {d}/{t}")) if progress is not None else None
-        return compare_run(ctx, ck, run_name, ws, prompt, seed=seed, steps=steps, size=size, progress=rep)
+        return compare_run(ctx, ck, run_name, ws, prompt, seed=seed, steps=steps, size=size, negative=negative,
+                           cfg_scale=cfg, progress=rep)
 
-    cmp_inputs = [cmp_run, cmp_weights, cmp_seed, cmp_prompt, cmp_steps, cmp_size, checkpoint]
+    cmp_inputs = [cmp_run, cmp_weights, cmp_seed, cmp_prompt, cmp_negative, cmp_steps, cmp_cfg, cmp_size, checkpoint]
     cmp_btn.click(compat.with_progress(do_compare, len(cmp_inputs)), inputs=cmp_inputs, outputs=[cmp_status, cmp_grid])

@@ -164,3 +164,39 @@ def test_compare_goes_to_a_host_that_renders(ctx, tmp_path):
     assert line.startswith("✓") and line.endswith("note") and grid.size == (8, 8)
     assert calls == [(["run-000001.safetensors", "run.safetensors"], [0.5, 1.0], "toy", 7)]
     assert T.compare_run(ctx, "tiny.safetensors", "run", "0.5", "")[0].startswith("⚠")
+
+
+def test_compare_button_passes_the_negative_prompt_and_cfg_through_gradio(ctx, tmp_path):
+    """The built tab's "Compare epochs" inputs, run through Gradio's own request processing: the negative prompt
+    and the CFG scale reach the host's render_grid (and the standalone renderer takes the same names)."""
+    import asyncio
+
+    import gradio as gr
+    from PIL import Image
+    (tmp_path / "lora" / "run.safetensors").write_bytes(b"")
+    calls = []
+
+    class Host:
+        def __call__(self, run, cancel):
+            raise AssertionError
+
+        def render_grid(self, files, ws, prompt, **kw):
+            calls.append((prompt, kw["negative"], kw["cfg_scale"], kw["steps"], kw["size"], kw["checkpoint"]))
+            return Image.new("RGB", (8, 8)), ""
+
+    ctx.train_host = Host()
+    with gr.Blocks() as demo:
+        T.build(ctx)
+    demo.queue()            # the progress tracker lives on the queue, as in the app
+    btn = _component(demo, "lora_studio_train_cmp_run_btn")
+    (fn_index, dep), = [(i, d) for i, d in enumerate(demo.config["dependencies"]) if btn._id in
+                        [t[0] if isinstance(t, (list, tuple)) else t for t in d["targets"]]]
+    by_id = {_component(demo, f"lora_studio_train_{n}")._id: n for n in
+             ("cmp_run", "cmp_weights", "cmp_seed", "cmp_prompt", "cmp_negative", "cmp_steps", "cmp_cfg", "cmp_size",
+              "checkpoint")}
+    assert [by_id.get(i) for i in dep["inputs"]] == ["cmp_run", "cmp_weights", "cmp_seed", "cmp_prompt",
+                                                      "cmp_negative", "cmp_steps", "cmp_cfg", "cmp_size", "checkpoint"]
+    inputs = ["run", "0.5, 1", 7, "toy", "blurry, lowres", 3, 4.5, 64, "tiny.safetensors"]
+    out = asyncio.run(demo.process_api(fn_index, inputs, state={}))
+    assert out["data"][0].startswith("✓"), out["data"][0]
+    assert calls == [("toy", "blurry, lowres", 4.5, 3, 64, "tiny.safetensors")]
