@@ -20,8 +20,8 @@ from lib_lora.ui.merge_tab import error_line, checkpoint_choices
 # The tab's functions live in sibling modules; these names stay importable from here (tests, train_host).
 from lib_lora.ui.train_compare import (compare_epochs, compare_run, epoch_files, parse_weights,  # noqa: F401
                                        xyz_settings)
-from lib_lora.ui.train_dataset import (PREPARE_MODES, preview_prepare, run_prepare, tag_dataset,  # noqa: F401
-                                       tagger_defaults)
+from lib_lora.ui.train_dataset import (PREPARE_MODES, prepare_plan, preview_prepare, run_prepare,  # noqa: F401
+                                       tag_dataset, tagger_defaults)
 from lib_lora.ui.train_params import (GROUPS, SHOWN, TAB_DEFAULTS, build_config, config_names,  # noqa: F401
                                       config_toml, control_value, dataset_path, dataset_roots, default_values,
                                       host_defaults,
@@ -56,7 +56,8 @@ def build(ctx) -> None:
         gr.Markdown(f"⚠ {html.escape(problem)}", elem_id=_elem("unavailable"))
     with gr.Accordion("Prepare a folder (tagged images → <repeats>_<concept>)", open=False):
         gr.Markdown("Copies or links a folder of tagged images into `<destination>/<repeats>_<concept>`, with the "
-                    "repeats that reach the target steps at the epochs, batch size and accumulation set below; "
+                    "repeats that reach the target steps at the epochs, batch size, accumulation, resolution and "
+                    "buckets set below (each aspect-ratio bucket gives whole batches, as sd-scripts counts them); "
                     "then picks the destination as the dataset. Folders are typed inside: "
                     + html.escape(", ".join(str(r) for r in dataset_roots(ctx))) + ".")
         with gr.Row():
@@ -144,7 +145,8 @@ def build(ctx) -> None:
     validate_btn.click(do_validate, inputs=[dataset, checkpoint, output_name, extra, *values], outputs=[report])
 
     prep_inputs = [prep_src, prep_dest, prep_concept, prep_steps, controls["max_train_epochs"],
-                   controls["train_batch_size"], controls["gradient_accumulation_steps"], prep_mode]
+                   controls["train_batch_size"], controls["gradient_accumulation_steps"], prep_mode,
+                   controls["resolution"], controls["enable_bucket"], extra]
     prep_show.click(lambda *a: preview_prepare(ctx, *a), inputs=prep_inputs, outputs=[prep_status])
 
     def do_prepare(*a):
