@@ -88,6 +88,14 @@ class TrainConfig:
     network_alpha: float = option(1.0, group=G_NET, low=0.0, help="alpha; scale = alpha / dim (default 1)")
     network_dropout: float | None = option(None, group=G_NET, low=0.0, high=1.0, help="neuron dropout")
     network_args: list[str] = option([], group=G_NET, help='"key=value" network arguments (conv_dim, algo, …)')
+    loraplus_lr_ratio: float | None = option(None, group=G_NET, low=0.0,
+                                             help="LoRA+: the up (B) weights learn at lr × this (the paper: 16); "
+                                                  "also as network_args")
+    loraplus_unet_lr_ratio: float | None = option(None, group=G_NET, low=0.0,
+                                                  help="LoRA+ ratio for the U-Net only (else loraplus_lr_ratio)")
+    loraplus_text_encoder_lr_ratio: float | None = option(None, group=G_NET, low=0.0,
+                                                          help="LoRA+ ratio for the text encoder only (else "
+                                                               "loraplus_lr_ratio)")
     network_weights: str | None = option(None, group=G_NET, help="start from this LoRA's weights")
     scale_weight_norms: float | None = option(None, group=G_NET, low=0.0,
                                               help="cap each module's weight norm after every step (1.0)")
@@ -237,8 +245,7 @@ KNOWN_UNSUPPORTED = {
     "output_config": False, "config_file": None, "ddp_timeout": None,
     "ddp_gradient_as_bucket_view": False, "ddp_static_graph": False, "no_half_vae": False,
     "lr_scheduler_min_lr_ratio": None, "lr_scheduler_timescale": None, "lr_decay_steps": 0,
-    "fused_backward_pass": False, "loraplus_lr_ratio": None, "loraplus_unet_lr_ratio": None,
-    "loraplus_text_encoder_lr_ratio": None, "resize_interpolation": None, "log_tracker_name": None,
+    "fused_backward_pass": False, "resize_interpolation": None, "log_tracker_name": None,
     "log_tracker_config": None, "log_config": False, "metadata_title": None, "metadata_author": None,
     "metadata_description": None, "metadata_license": None, "metadata_tags": None, "mem_eff_save": False,
 }

@@ -26,12 +26,15 @@ from lib_lora.train.config import LYCORIS_ALGOS, TrainConfig, parse_kv_args
 
 _BOOL_ARGS = ("use_tucker", "use_scalar", "rank_dropout_scale", "dora_wd", "wd_on_output", "rs_lora",
               "full_matrix", "unbalanced_factorization", "bypass_mode")
+# LoRA+ (sd-scripts networks/lora.py and LyCORIS' kohya.py read the same three network_args; sd-scripts 0.8.x also
+# took them as top-level arguments, TrainConfig's fields of the same names)
+LORAPLUS_ARGS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
 _KNOWN_ARGS = {
     "networks.lora": {"conv_dim", "conv_alpha", "rank_dropout", "module_dropout", "down_lr_weight", "mid_lr_weight",
                       "up_lr_weight", "block_lr_zero_threshold", "block_dims", "block_alphas", "conv_block_dims",
-                      "conv_block_alphas"},
+                      "conv_block_alphas", *LORAPLUS_ARGS},
     "lycoris.kohya": {"algo", "conv_dim", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "preset",
-                      "factor", "decompose_both", "block_size", *_BOOL_ARGS},
+                      "factor", "decompose_both", "block_size", *_BOOL_ARGS, *LORAPLUS_ARGS},
 }
 
 
@@ -49,6 +52,14 @@ class NetworkSpec:
     extra: dict                # LyCORIS keyword arguments (factor, use_tucker, dora_wd, …)
     args: dict                 # network_args as given (for ss_network_args)
     conv_targets: bool = False       # networks.lora: conv_dim given (even 0) also trains ResNet linears/1×1
+    loraplus: dict | None = None     # LORAPLUS_ARGS name → ratio (those given), None without LoRA+
+
+    def loraplus_ratio(self, is_te: bool) -> float | None:
+        """The part's LoRA+ ratio as sd-scripts picks it: its own ratio, else the common one (Python `or`: a
+        ratio of 0 also falls back)."""
+        lp = self.loraplus or {}
+        own = lp.get("loraplus_text_encoder_lr_ratio" if is_te else "loraplus_unet_lr_ratio")
+        return own or lp.get("loraplus_lr_ratio")
 
 
 def _str_bool(v: str) -> bool:
@@ -105,7 +116,32 @@ def network_spec(cfg: TrainConfig) -> NetworkSpec:
         raise LoraStudioError(f"network_args: a value is not a number ({exc}); write e.g. conv_dim=8.") from None
     conv_targets = conv_dim > 0 or (cfg.network_module == "networks.lora" and "conv_dim" in args)
     return NetworkSpec(cfg.network_module, algo, dim, alpha, conv_dim, conv_alpha, dropout, rank_dropout,
-                       module_dropout, extra, args, conv_targets)
+                       module_dropout, extra, args, conv_targets, _loraplus(cfg, args))
+
+
+def _loraplus(cfg: TrainConfig, args: dict) -> dict | None:
+    """The LoRA+ ratios of network_args and of the top-level keys (one value per name: the two spellings must
+    agree when both are given)."""
+    out = {}
+    for k in LORAPLUS_ARGS:
+        top = getattr(cfg, k, None)
+        if k in args:
+            try:
+                v = float(args[k])
+            except ValueError:
+                raise LoraStudioError(f"network_args {k}={args[k]} is not a number; write e.g. {k}=16.") from None
+            if v < 0:
+                raise LoraStudioError(f"network_args {k}={args[k]} is negative; give a ratio ≥ 0 (16 in the paper).")
+            if top is not None and float(top) != v:
+                raise LoraStudioError(f"{k} is {top:g} but network_args says {k}={args[k]}; keep one of them.")
+            out[k] = v
+        elif top is not None:
+            if cfg.network_module == "lycoris.kohya":
+                # sd-scripts passed the top-level ratios to networks.lora only; LyCORIS reads network_args
+                raise LoraStudioError(f"lycoris.kohya takes LoRA+ from network_args only; write "
+                                      f"network_args = [\"{k}={top:g}\"] instead of {k} = {top:g}.")
+            out[k] = float(top)
+    return out or None
 
 
 # ---- per-block settings (sd-scripts networks.lora: down/mid/up_lr_weight, block_dims/alphas, conv_block_*) ----
@@ -338,23 +374,30 @@ class TrainNetwork(nn.Module):
                 m.restore()
 
     def param_groups(self, unet_lr, te_lr) -> list[dict]:
-        """U-Net, text encoder; with per-block LR weights one U-Net group per block (in module order,
-        lr = unet_lr × the block's weight), as sd-scripts builds them. A group with learning rate 0 is dropped
-        (sd-scripts drops it too)."""
+        """The optimizer's groups in sd-scripts' order (networks/lora.py prepare_optimizer_params, so a saved
+        optimizer state lines up): the text encoder, then the U-Net; with per-block LR weights one U-Net group
+        per block, by block index (sd-scripts' creation order), lr = unet_lr × the block's weight. With LoRA+
+        each of these splits into its down/other weights at lr and its up (B, `lora_up`) weights at lr × ratio,
+        named "<part> plus". A group with learning rate 0 is dropped, as sd-scripts drops it."""
         groups = []
         block_lr = self.plan.lr if self.plan is not None else None
-        for is_te, lr in ((False, unet_lr), (True, te_lr)):
+        for is_te, lr in ((True, te_lr), (False, unet_lr)):
+            ratio = self.spec.loraplus_ratio(is_te)
             parts: dict = {}
             for k, m in self.loras.items():
                 if self.is_te[k] != is_te:
                     continue
                 part = block_index(self.layer_of[k], self.arch) if (block_lr is not None and not is_te) else None
-                entry = parts.setdefault(part, ([], block_lr[part] if part is not None else 1.0))
-                entry[0].extend(p for p in m.parameters() if p.requires_grad)
-            for part, (params, weight) in parts.items():
-                if params and lr * weight:
-                    name = "textencoder" if is_te else ("unet" if part is None else f"unet_block{part}")
-                    groups.append({"params": params, "lr": lr * weight, "name": name})
+                plain, plus = parts.setdefault(part, ([], []))
+                for name, p in m.named_parameters():
+                    if p.requires_grad:
+                        (plus if ratio is not None and "lora_up" in name else plain).append(p)
+            for part in sorted(parts, key=lambda i: -1 if i is None else i):
+                weight = block_lr[part] if part is not None else 1.0
+                name = "textencoder" if is_te else ("unet" if part is None else f"unet_block{part}")
+                for params, scale, suffix in ((parts[part][0], 1.0, ""), (parts[part][1], ratio, " plus")):
+                    if params and lr * weight * (scale or 0.0):
+                        groups.append({"params": params, "lr": lr * weight * scale, "name": name + suffix})
         return groups
 
     def weights(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
