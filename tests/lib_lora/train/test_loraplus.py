@@ -117,3 +117,31 @@ def test_lycoris_network_args_and_refusals(tmp_path):
                network_args=["loraplus_lr_ratio=16"])
     with pytest.raises(LoraStudioError, match="LoRA\\+"):
         Trainer(c, model=tiny_model(), log=lambda *_: None).run()
+
+
+def test_a_state_saved_with_the_unet_first_resumes_into_the_new_order(tmp_path):
+    """Groups used to come U-Net first; such a saved state still gives each parameter its own moments."""
+    import torch
+
+    from lib_lora.train import state as S
+    from lib_lora.train.optim import Schedule
+
+    net = torch.nn.ModuleDict({"te": torch.nn.Linear(3, 2), "unet": torch.nn.Linear(4, 5)})
+
+    def optimizer(order):
+        groups = {"textencoder": {"params": list(net["te"].parameters()), "lr": 1e-3, "name": "textencoder"},
+                  "unet": {"params": list(net["unet"].parameters()), "lr": 2e-3, "name": "unet"}}
+        return torch.optim.AdamW([groups[n] for n in order])
+
+    old = optimizer(["unet", "textencoder"])
+    sched = Schedule(old, "constant", 10, 0)
+    sum(p.square().sum() for p in net.parameters()).backward()
+    old.step()
+    want = {id(p): old.state[p]["exp_avg"].clone() for p in net.parameters()}
+    S.save_state(str(tmp_path / "st"), net, old, {"schedule": sched.state_dict()})
+    info, tensors = S.load_state(str(tmp_path / "st"))
+    new = optimizer(["textencoder", "unet"])
+    S.restore(net, new, info, tensors)
+    for p in net.parameters():
+        assert torch.equal(new.state[p]["exp_avg"], want[id(p)])
+    assert info["schedule"]["base"] == [1e-3, 2e-3]                  # the base rates follow their groups
