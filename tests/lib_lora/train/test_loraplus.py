@@ -9,7 +9,7 @@ import pytest
 
 from lib_lora.errors import LoraStudioError
 from lib_lora.train.config import config_from_dict
-from lib_lora.train.network import block_index, build_network
+from lib_lora.train.network import block_index, build_network, sd_scripts_order
 from lib_lora.train.optim import build_optimizer
 from lib_lora.train.trainer import Trainer, model_layers
 from tests.lib_lora.train.helpers import config, make_images, tiny_model
@@ -51,7 +51,8 @@ def expected(net, te_ratio, unet_ratio, block_weights=None):
         downs, ups = split(unet)
         out += [("unet", UNET_LR, downs), ("unet plus", UNET_LR * unet_ratio, ups)]
     else:
-        for b in sorted(block_weights):
+        # sd-scripts' SD1 U-Net is walked down blocks, up blocks, then the mid block (12)
+        for b in [b for b in sorted(block_weights) if b != 12] + [12]:
             downs, ups = split([k for k in unet if block_index(net.layer_of[k]) == b])
             if downs:
                 lr = UNET_LR * block_weights[b]
@@ -145,3 +146,31 @@ def test_a_state_saved_with_the_unet_first_resumes_into_the_new_order(tmp_path):
     for p in net.parameters():
         assert torch.equal(new.state[p]["exp_avg"], want[id(p)])
     assert info["schedule"]["base"] == [1e-3, 2e-3]                  # the base rates follow their groups
+
+
+def test_module_order_is_sd_scripts_and_the_groups_follow_it():
+    """sd-scripts' creation order of its modules (recorded from its networks/lora.py by
+    tests/fixtures/make_sdscripts_lora_order.py) is what `sd_scripts_order` sorts into, from any order; the
+    optimizer groups list the parameters in it (down before up within a module, as sd-scripts registers them)."""
+    import json
+    import random
+
+    from tests.paths import FIXTURES
+    with open(f"{FIXTURES}/sdscripts_lora_order.json", encoding="utf-8") as f:
+        recorded = json.load(f)
+    for arch in ("sd1", "sdxl"):
+        for part in ("text_encoder", "unet"):
+            names = recorded[arch][part]
+            shuffled = random.Random(0).sample(names, len(names))
+            assert sorted(shuffled, key=sd_scripts_order) == names, (arch, part)
+    model = tiny_model()
+    net = build_network(cfg(network_args=["conv_dim=4"]), "sd1", model_layers(model), seed=0)
+    names = {id(p): (k, n) for k, m in net.loras.items() for n, p in m.named_parameters()}
+    groups = net.param_groups(UNET_LR, TE_LR)
+    assert [g["name"] for g in groups] == ["textencoder", "unet"]
+    for g, prefix in zip(groups, ("lora_te", "lora_unet")):
+        got = [names[id(p)] for p in g["params"]]
+        keys = list(dict.fromkeys(k for k, _ in got))
+        full = [k for k in recorded["sd1"]["text_encoder" if prefix == "lora_te" else "unet"] if k in set(keys)]
+        assert keys == full and len(keys) == len([k for k in net.loras if k.startswith(prefix)])
+        assert [n for _, n in got] == ["lora_down.weight", "lora_up.weight"] * len(keys)
