@@ -87,7 +87,7 @@ class TrainConfig:
     network_dim: int | None = option(None, group=G_NET, low=1, help="rank (default 4)")
     network_alpha: float = option(1.0, group=G_NET, low=0.0, help="alpha; scale = alpha / dim (default 1)")
     network_dropout: float | None = option(None, group=G_NET, low=0.0, high=1.0, help="neuron dropout")
-    network_args: list[str] = option([], group=G_NET, help='"key=value" network arguments (conv_dim, algo, …)')
+    network_args: list[str] = option([], group=G_NET, help='"key=value" network arguments (conv_dim, algo, loraplus_lr_ratio, …)')
     loraplus_lr_ratio: float | None = option(None, group=G_NET, low=0.0,
                                              help="LoRA+: the up (B) weights learn at lr × this (the paper: 16); "
                                                   "also as network_args")

@@ -2,7 +2,8 @@
 the sd-scripts parameters in groups with the guides' defaults, Load/Save of the run as the sd-scripts TOML
 `python -m lib_lora train --config` reads, presets (character / style / concept shipped, more saved by the
 user), a queue of runs with progress, ETA, loss and a live loss plot, the per-epoch files of each run, and
-"Compare epochs" (standalone: an epoch × weight grid rendered with lib_lora.sd; WebUI: the X/Y/Z settings).
+"Compare epochs" (an epoch × weight grid with a negative prompt and CFG scale: standalone rendered with
+lib_lora.sd; WebUI with its own txt2img on the run's base checkpoint, lora_studio_webui.train_grid).
 
 Runs go through a host function `(run, cancel_event) -> None` (ctx.train_host): standalone the trainer runs
 in this process in a worker thread (Cancel stops after the current step); the WebUI gives a subprocess host
@@ -120,10 +121,12 @@ def build(ctx) -> None:
             cmp_weights = gr.Textbox("0.5, 0.75, 1", label="Weights", elem_id=_elem("cmp_weights"))
             cmp_seed = gr.Number(1, precision=0, label="Seed", elem_id=_elem("cmp_seed"))
         cmp_prompt = gr.Textbox(label="Prompt (with the trigger word)", elem_id=_elem("cmp_prompt"))
-        cmp_negative = gr.Textbox(label="Negative prompt", elem_id=_elem("cmp_negative"))
+        cmp_negative = gr.Textbox(label="Negative prompt", info="the same for every cell, as in X/Y/Z plot",
+                                  elem_id=_elem("cmp_negative"))
         with gr.Row():
             cmp_steps = gr.Slider(1, 50, value=20, step=1, label="Steps", elem_id=_elem("cmp_steps"))
-            cmp_cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale", elem_id=_elem("cmp_cfg"))
+            cmp_cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale", info="how strongly the prompt steers",
+                                elem_id=_elem("cmp_cfg"))
             cmp_size = gr.Slider(64, 1024, value=512, step=64, label="Size", elem_id=_elem("cmp_size"))
             cmp_btn = gr.Button("Render the grid" if ctx.train_host is None or hasattr(ctx.train_host, "render_grid")
                                 else "Show the X/Y/Z settings", elem_id=_elem("cmp_run_btn"))
