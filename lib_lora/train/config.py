@@ -494,6 +494,11 @@ class TrainCliOptions:
     target_steps: int = option(1500, low=1, group="prepare a folder", help="steps the repeats aim at (1500)")
     epochs: int = option(10, low=1, group="prepare a folder", help="epochs the repeats are for (10)")
     batch_size: int = option(1, low=1, group="prepare a folder", help="batch size the repeats are for (1)")
+    resolution: str | None = option(None, group="prepare a folder",
+                                    help="training resolution (\"512\" or \"768,512\"): count the steps per "
+                                         "aspect-ratio bucket as sd-scripts does (else one bucket)")
+    enable_bucket: bool = option(False, group="prepare a folder",
+                                 help="with --resolution: the images go to aspect-ratio buckets (default range)")
     mode: str = option("copy", choices=("copy", "link", "symlink"), group="prepare a folder",
                        help="copy the files, hard-link them (copy across drives) or symlink them")
     quiet: bool = option(False, help="no progress line")
