@@ -108,7 +108,8 @@ def run_checkpoint(files, picked=None):
         return None, f"Rendered with the loaded model '{loaded_name}' (the run does not name its base model)."
     if not found:
         raise LoraStudioError(f"The run was trained on '{wanted}', which is not in the WebUI's checkpoint list "
-                              f"(loaded: '{loaded_name}'); put it in the models folder and refresh the list.")
+                              f"(loaded: '{loaded_name}'); put it in the models folder and refresh the list, or "
+                              "draw the grid on the loaded model with X/Y/Z plot.")
     info = found[0]
     if loaded is not None and os.path.abspath(str(loaded.filename)) == os.path.abspath(str(info.filename)):
         return None, f"Rendered with the loaded model '{info.name}', the run's base model."
