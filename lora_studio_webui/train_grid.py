@@ -1,7 +1,10 @@
-"""The Training tab's "Compare epochs" grid in the WebUI: each cell is one txt2img of the WebUI (its model,
-sampler and LoRA handling), with one fixed seed. The prompt carries the run's final file as a `<lora:…>` tag
-and each cell sets it with LoRA Studio's own X/Y/Z axes (the epoch axis swaps the file or, for "no LoRA",
-drops the tag; the weight axis sets the multiplier), so the grid is exactly what X/Y/Z plot would draw.
+"""The Training tab's "Compare epochs" grid in the WebUI: each cell is one txt2img of the WebUI (its sampler and
+LoRA handling), with one fixed seed. The prompt carries the run's final file as a `<lora:…>` tag and each cell
+sets it with LoRA Studio's own X/Y/Z axes (the epoch axis swaps the file or, for "no LoRA", drops the tag; the
+weight axis sets the multiplier), so the grid is exactly what X/Y/Z plot would draw.
+The model is the run's base checkpoint (the files' `ss_sd_model_name`, else the tab's pick): when another one is
+loaded, each cell overrides `sd_model_checkpoint` as the API does (`override_settings`, restored afterwards; the
+WebUI loads its own model again at its next job); a base model missing from the WebUI's list is refused.
 Called under the WebUI's queue lock (lib_lora.ui.train_compare.compare_run); Interrupt stops between cells.
 """
 
@@ -25,6 +28,8 @@ def render_grid(files, weights, prompt, negative="", seed=1, steps=20, size=512,
     if getattr(shared, "sd_model", None) is None:
         raise LoraStudioError("No checkpoint is loaded in the WebUI; load one in its checkpoint list first.")
     ENGINE.library.scan()     # files written since the last scan (a run that just finished)
+    base, note_model = run_checkpoint(files, checkpoint)
+    override = {"sd_model_checkpoint": base.title} if base is not None else {}
     stems = [Path(f).stem for f in files]
     epochs = [xyz.NO_LORA, *stems]
     head = f"{prompt} <lora:{stems[-1]}:1>"
@@ -37,7 +42,8 @@ def render_grid(files, weights, prompt, negative="", seed=1, steps=20, size=512,
         p = processing.StableDiffusionProcessingTxt2Img(
             sd_model=shared.sd_model, prompt=head, negative_prompt=negative, seed=int(seed), steps=int(steps),
             width=int(size), height=int(size), cfg_scale=float(cfg_scale), batch_size=1, n_iter=1,
-            do_not_save_samples=True, do_not_save_grid=True)
+            do_not_save_samples=True, do_not_save_grid=True, override_settings=dict(override),
+            override_settings_restore_afterwards=True)
         xyz.confirm_epoch(p, epochs)         # the axes' own checks: the files are in the LoRA library
         xyz.apply_epoch(p, stem, epochs)
         if weight is not None:
@@ -66,12 +72,46 @@ def render_grid(files, weights, prompt, negative="", seed=1, steps=20, size=512,
                           f"{str(exc).splitlines()[0][:160] if str(exc) else ''}")
             return Image.new("RGB", (int(size), int(size)), (128, 128, 128))
 
-    base = safe_cell(xyz.NO_LORA, None)
+    first = safe_cell(xyz.NO_LORA, None)
     rows = [(stem, [safe_cell(stem, w) for w in weights]) for stem in stems]
     note = ""
     if failed:
         note = f"{len(failed)} cell(s) failed (grey): " + "; ".join(failed[:3]) + (" …" if len(failed) > 3 else "")
-    loaded = getattr(getattr(shared.sd_model, "sd_checkpoint_info", None), "name", None)
-    if checkpoint and loaded and str(checkpoint) != loaded:
-        note += f" Rendered with the loaded model '{loaded}', not '{checkpoint}'; load that one to compare on it."
-    return grid_image(base, rows, list(weights), int(size)), note.strip()
+    return grid_image(first, rows, list(weights), int(size)), f"{note_model} {note}".strip()
+
+
+def run_checkpoint(files, picked=None):
+    """(the WebUI CheckpointInfo to override with, or None to keep the loaded model; the note naming the model).
+    The run's base model is the name its files record (`ss_sd_model_name`, the file's name), else the tab's
+    pick; a model the WebUI does not list is refused in one line naming both."""
+    import os
+
+    from modules import sd_models, shared
+
+    from lib_lora import fileio
+    loaded = getattr(shared.sd_model, "sd_checkpoint_info", None)
+    loaded_name = getattr(loaded, "name", None) or "the loaded model"
+    listed = list((getattr(sd_models, "checkpoints_list", None) or {}).values())
+    try:
+        recorded = (fileio.read_metadata(str(files[-1])) or {}).get("ss_sd_model_name") or ""
+    except Exception:  # noqa: BLE001 — an unreadable header: fall back to the tab's pick
+        recorded = ""
+    recorded = os.path.basename(recorded.replace("\\", "/")) if recorded not in ("", "None") else ""
+    if recorded:
+        found = [i for i in listed if os.path.basename(str(i.filename)) == recorded]
+        found.sort(key=lambda i: getattr(i, "name", None) != picked)       # the tab's pick first among same names
+        wanted = recorded
+    else:
+        found = [i for i in listed if picked and getattr(i, "name", None) == str(picked)]
+        wanted = str(picked or "")
+    if not wanted:
+        return None, f"Rendered with the loaded model '{loaded_name}' (the run does not name its base model)."
+    if not found:
+        raise LoraStudioError(f"The run was trained on '{wanted}', which is not in the WebUI's checkpoint list "
+                              f"(loaded: '{loaded_name}'); put it in the models folder and refresh the list, or "
+                              "draw the grid on the loaded model with X/Y/Z plot.")
+    info = found[0]
+    if loaded is not None and os.path.abspath(str(loaded.filename)) == os.path.abspath(str(info.filename)):
+        return None, f"Rendered with the loaded model '{info.name}', the run's base model."
+    return info, (f"Rendered with the run's base model '{info.name}' (loaded for the grid instead of "
+                  f"'{loaded_name}', which the WebUI loads again at its next job).")

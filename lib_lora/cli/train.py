@@ -32,8 +32,14 @@ def run(args) -> int:
 
         if not (o.into and o.concept):
             raise LoraStudioError("--prepare-from needs --into DIR and --concept NAME.")
+        buckets = None
+        if o.resolution:
+            from lib_lora.train.config import DatasetSpec, parse_resolution
+            from lib_lora.train.dataset import folder_buckets
+            buckets = folder_buckets(o.prepare_from, DatasetSpec(resolution=parse_resolution(o.resolution),
+                                                                 enable_bucket=o.enable_bucket))
         dest = prepare_folder(o.prepare_from, o.into, o.concept, o.target_steps, o.epochs, o.batch_size,
-                              mode=o.mode)
+                              mode=o.mode, buckets=buckets)
         print(f"prepared {dest}")
         return 0
     if not o.config:

@@ -87,7 +87,15 @@ class TrainConfig:
     network_dim: int | None = option(None, group=G_NET, low=1, help="rank (default 4)")
     network_alpha: float = option(1.0, group=G_NET, low=0.0, help="alpha; scale = alpha / dim (default 1)")
     network_dropout: float | None = option(None, group=G_NET, low=0.0, high=1.0, help="neuron dropout")
-    network_args: list[str] = option([], group=G_NET, help='"key=value" network arguments (conv_dim, algo, …)')
+    network_args: list[str] = option([], group=G_NET, help='"key=value" network arguments (conv_dim, algo, loraplus_lr_ratio, …)')
+    loraplus_lr_ratio: float | None = option(None, group=G_NET, low=0.0,
+                                             help="LoRA+: the up (B) weights learn at lr × this (the paper: 16); "
+                                                  "also as network_args")
+    loraplus_unet_lr_ratio: float | None = option(None, group=G_NET, low=0.0,
+                                                  help="LoRA+ ratio for the U-Net only (else loraplus_lr_ratio)")
+    loraplus_text_encoder_lr_ratio: float | None = option(None, group=G_NET, low=0.0,
+                                                          help="LoRA+ ratio for the text encoder only (else "
+                                                               "loraplus_lr_ratio)")
     network_weights: str | None = option(None, group=G_NET, help="start from this LoRA's weights")
     scale_weight_norms: float | None = option(None, group=G_NET, low=0.0,
                                               help="cap each module's weight norm after every step (1.0)")
@@ -237,8 +245,7 @@ KNOWN_UNSUPPORTED = {
     "output_config": False, "config_file": None, "ddp_timeout": None,
     "ddp_gradient_as_bucket_view": False, "ddp_static_graph": False, "no_half_vae": False,
     "lr_scheduler_min_lr_ratio": None, "lr_scheduler_timescale": None, "lr_decay_steps": 0,
-    "fused_backward_pass": False, "loraplus_lr_ratio": None, "loraplus_unet_lr_ratio": None,
-    "loraplus_text_encoder_lr_ratio": None, "resize_interpolation": None, "log_tracker_name": None,
+    "fused_backward_pass": False, "resize_interpolation": None, "log_tracker_name": None,
     "log_tracker_config": None, "log_config": False, "metadata_title": None, "metadata_author": None,
     "metadata_description": None, "metadata_license": None, "metadata_tags": None, "mem_eff_save": False,
 }
@@ -487,6 +494,11 @@ class TrainCliOptions:
     target_steps: int = option(1500, low=1, group="prepare a folder", help="steps the repeats aim at (1500)")
     epochs: int = option(10, low=1, group="prepare a folder", help="epochs the repeats are for (10)")
     batch_size: int = option(1, low=1, group="prepare a folder", help="batch size the repeats are for (1)")
+    resolution: str | None = option(None, group="prepare a folder",
+                                    help="training resolution (\"512\" or \"768,512\"): count the steps per "
+                                         "aspect-ratio bucket as sd-scripts does (else one bucket)")
+    enable_bucket: bool = option(False, group="prepare a folder",
+                                 help="with --resolution: the images go to aspect-ratio buckets (default range)")
     mode: str = option("copy", choices=("copy", "link", "symlink"), group="prepare a folder",
                        help="copy the files, hard-link them (copy across drives) or symlink them")
     quiet: bool = option(False, help="no progress line")

@@ -20,7 +20,7 @@ from lib_lora.train.buckets import Buckets, adjust_bucket_range, make_bucket_res
 from lib_lora.train.captions import Caption, process_caption, read_caption, tag_counts  # noqa: F401
 from lib_lora.train.config import DatasetSpec, SubsetSpec
 from lib_lora.train.folders import (IMAGE_EXTENSIONS, folder_subsets, glob_images,  # noqa: F401
-                                    parse_folder_name, prepare_folder, repeats_for)
+                                    parse_folder_name, prepare_folder, repeats_for, steps_for)
 from lib_lora.train.latent_cache import (CACHE_HASH_KEY, cache_path, cache_problems,  # noqa: F401
                                          image_sha256, read_latent_cache, write_latent_cache)
 
@@ -248,6 +248,16 @@ def scan_dataset(spec: DatasetSpec, report: Report) -> Dataset:
     ds.mean_ar_error = float(sum(errors) / len(errors)) if errors else 0.0
     ds.buckets = dict(sorted(ds.buckets.items()))
     return ds
+
+
+def folder_buckets(folder: str, spec: DatasetSpec, caption_extension: str = ".txt") -> list[int]:
+    """Images per bucket of a plain folder of images (repeats 1) at the spec's resolution and bucket settings,
+    formed by the same scan as training (unreadable and tiny images left out, as there)."""
+    import dataclasses
+    Buckets(spec)        # a bucket range that does not fit the resolution: its one-line error, here
+    one = dataclasses.replace(spec, subsets=[SubsetSpec(image_dir=folder, caption_extension=caption_extension)])
+    ds = scan_dataset(one, Report([]))
+    return [len(v) for v in ds.buckets.values()]
 
 
 def step_counts(datasets: list[Dataset], cfg, num_processes: int = 1) -> dict:

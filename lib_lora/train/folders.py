@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 
@@ -59,24 +60,44 @@ def glob_images(folder: str) -> list[str]:
 
 # ---- prepare a folder -----------------------------------------------------------------------------------------
 
-def repeats_for(target_steps: int, images: int, epochs: int = 1, batch_size: int = 1, grad_accum: int = 1) -> int:
-    """Repeats so that `epochs` epochs of `images` reach about `target_steps` optimizer steps."""
+def steps_for(repeats: int, buckets, epochs: int = 1, batch_size: int = 1, grad_accum: int = 1) -> int:
+    """Optimizer steps of `epochs` epochs with `repeats`, counted as sd-scripts counts them: each bucket gives
+    ⌈images in it × repeats / batch⌉ batches, one step per `grad_accum` batches (dataset.step_counts)."""
+    batches = sum(math.ceil(n * repeats / batch_size) for n in buckets if n)
+    return math.ceil(batches / grad_accum) * max(1, epochs)
+
+
+def repeats_for(target_steps: int, images: int, epochs: int = 1, batch_size: int = 1, grad_accum: int = 1,
+                buckets=None) -> int:
+    """Repeats so that `epochs` epochs of `images` reach about `target_steps` optimizer steps. `buckets`: the
+    images per aspect-ratio bucket (dataset.folder_buckets); without it all images are one bucket. The closest
+    count wins, the fewer repeats on a tie (steps only grow with repeats, so the search stops past the target)."""
     if images < 1:
         raise LoraStudioError("the folder holds no images; add images first.")
-    return max(1, round(target_steps * batch_size * grad_accum / (images * max(1, epochs))))
+    buckets = [images] if buckets is None else [n for n in buckets if n]
+    best, best_err = 1, None
+    for r in range(1, max(2, 2 * target_steps * batch_size * grad_accum // max(1, epochs) + 2)):
+        got = steps_for(r, buckets, epochs, batch_size, grad_accum)
+        err = abs(got - target_steps)
+        if best_err is None or err < best_err:
+            best, best_err = r, err
+        if got >= target_steps:
+            break
+    return best
 
 
 def prepare_folder(src: str, dest_root: str, concept: str, target_steps: int, epochs: int = 1,
                    batch_size: int = 1, grad_accum: int = 1, mode: str = "copy",
-                   caption_extensions=(".txt", ".caption")) -> str:
+                   caption_extensions=(".txt", ".caption"), buckets=None) -> str:
     """Copy (or hard-link, falling back to a copy across file systems; or symlink) the images of `src` and
-    their captions into `dest_root/<repeats>_<concept>`. Existing files are never replaced."""
+    their captions into `dest_root/<repeats>_<concept>`. Existing files are never replaced. `buckets`: the
+    images per bucket at the run's resolution (dataset.folder_buckets), for the repeats."""
     if mode not in ("copy", "link", "symlink"):
         raise LoraStudioError(f"mode '{mode}' is not copy, link or symlink.")
     if not concept.strip() or os.sep in concept or (os.altsep and os.altsep in concept):
         raise LoraStudioError(f"concept '{concept}' is not a folder name; give words without slashes.")
     images = glob_images(src)
-    repeats = repeats_for(target_steps, len(images), epochs, batch_size, grad_accum)
+    repeats = repeats_for(target_steps, len(images), epochs, batch_size, grad_accum, buckets)
     dest = os.path.join(dest_root, f"{repeats}_{concept.strip()}")
     files = []
     for img in images:

@@ -26,12 +26,15 @@ from lib_lora.train.config import LYCORIS_ALGOS, TrainConfig, parse_kv_args
 
 _BOOL_ARGS = ("use_tucker", "use_scalar", "rank_dropout_scale", "dora_wd", "wd_on_output", "rs_lora",
               "full_matrix", "unbalanced_factorization", "bypass_mode")
+# LoRA+ (sd-scripts networks/lora.py and LyCORIS' kohya.py read the same three network_args; sd-scripts 0.8.x also
+# took them as top-level arguments, TrainConfig's fields of the same names)
+LORAPLUS_ARGS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
 _KNOWN_ARGS = {
     "networks.lora": {"conv_dim", "conv_alpha", "rank_dropout", "module_dropout", "down_lr_weight", "mid_lr_weight",
                       "up_lr_weight", "block_lr_zero_threshold", "block_dims", "block_alphas", "conv_block_dims",
-                      "conv_block_alphas"},
+                      "conv_block_alphas", *LORAPLUS_ARGS},
     "lycoris.kohya": {"algo", "conv_dim", "conv_alpha", "dropout", "rank_dropout", "module_dropout", "preset",
-                      "factor", "decompose_both", "block_size", *_BOOL_ARGS},
+                      "factor", "decompose_both", "block_size", *_BOOL_ARGS, *LORAPLUS_ARGS},
 }
 
 
@@ -49,6 +52,14 @@ class NetworkSpec:
     extra: dict                # LyCORIS keyword arguments (factor, use_tucker, dora_wd, …)
     args: dict                 # network_args as given (for ss_network_args)
     conv_targets: bool = False       # networks.lora: conv_dim given (even 0) also trains ResNet linears/1×1
+    loraplus: dict | None = None     # LORAPLUS_ARGS name → ratio (those given), None without LoRA+
+
+    def loraplus_ratio(self, is_te: bool) -> float | None:
+        """The part's LoRA+ ratio as sd-scripts picks it: its own ratio, else the common one (Python `or`: a
+        ratio of 0 also falls back)."""
+        lp = self.loraplus or {}
+        own = lp.get("loraplus_text_encoder_lr_ratio" if is_te else "loraplus_unet_lr_ratio")
+        return own or lp.get("loraplus_lr_ratio")
 
 
 def _str_bool(v: str) -> bool:
@@ -105,7 +116,32 @@ def network_spec(cfg: TrainConfig) -> NetworkSpec:
         raise LoraStudioError(f"network_args: a value is not a number ({exc}); write e.g. conv_dim=8.") from None
     conv_targets = conv_dim > 0 or (cfg.network_module == "networks.lora" and "conv_dim" in args)
     return NetworkSpec(cfg.network_module, algo, dim, alpha, conv_dim, conv_alpha, dropout, rank_dropout,
-                       module_dropout, extra, args, conv_targets)
+                       module_dropout, extra, args, conv_targets, _loraplus(cfg, args))
+
+
+def _loraplus(cfg: TrainConfig, args: dict) -> dict | None:
+    """The LoRA+ ratios of network_args and of the top-level keys (one value per name: the two spellings must
+    agree when both are given)."""
+    out = {}
+    for k in LORAPLUS_ARGS:
+        top = getattr(cfg, k, None)
+        if k in args:
+            try:
+                v = float(args[k])
+            except ValueError:
+                raise LoraStudioError(f"network_args {k}={args[k]} is not a number; write e.g. {k}=16.") from None
+            if v < 0:
+                raise LoraStudioError(f"network_args {k}={args[k]} is negative; give a ratio ≥ 0 (16 in the paper).")
+            if top is not None and float(top) != v:
+                raise LoraStudioError(f"{k} is {top:g} but network_args says {k}={args[k]}; keep one of them.")
+            out[k] = v
+        elif top is not None:
+            if cfg.network_module == "lycoris.kohya":
+                # sd-scripts passed the top-level ratios to networks.lora only; LyCORIS reads network_args
+                raise LoraStudioError(f"lycoris.kohya takes LoRA+ from network_args only; write "
+                                      f"network_args = [\"{k}={top:g}\"] instead of {k} = {top:g}.")
+            out[k] = float(top)
+    return out or None
 
 
 # ---- per-block settings (sd-scripts networks.lora: down/mid/up_lr_weight, block_dims/alphas, conv_block_*) ----
@@ -270,6 +306,55 @@ def block_plan(spec: NetworkSpec, arch: str) -> BlockPlan | None:
     return BlockPlan(arch, lr, dims, alphas, conv_dims, conv_alphas)
 
 
+# ---- sd-scripts' module order (networks/lora.py creates modules walking its own models' module trees) ----------
+
+_TE_ORDER = ("self_attn_k_proj", "self_attn_v_proj", "self_attn_q_proj", "self_attn_out_proj", "mlp_fc1", "mlp_fc2")
+_TRANSFORMER_ORDER = ("attn1_to_q", "attn1_to_k", "attn1_to_v", "attn1_to_out_0", "ff_net_0_proj", "ff_net_2",
+                      "attn2_to_q", "attn2_to_k", "attn2_to_v", "attn2_to_out_0")
+_RESNET_ORDER = ("conv1", "time_emb_proj", "conv2", "conv_shortcut",                       # SD1 (diffusers names)
+                 "in_layers_2", "emb_layers_1", "out_layers_3", "skip_connection")         # SDXL (LDM names)
+# SD1: sd-scripts' U-Net registers up_blocks before it assigns mid_block, so its tree walk visits down, up, mid;
+# inside a block: every attention, then every ResNet, then the sampler. SDXL's is LDM order: input, middle, output.
+_SECTION = {"down_blocks": 0, "up_blocks": 1, "mid_block": 2, "input_blocks": 0, "middle_block": 1,
+            "output_blocks": 2}
+_PART = {"attentions": 0, "resnets": 1, "downsamplers": 2, "upsamplers": 2}
+_SD1_KEY = re.compile(r"lora_unet_(down_blocks|up_blocks|mid_block)_(?:(\d+)_)?(attentions|resnets|downsamplers|"
+                      r"upsamplers)_(\d+)_(.*)$")
+_SDXL_KEY = re.compile(r"lora_unet_(input_blocks|middle_block|output_blocks)_(?:(\d+)_)?(\d+)_(.*)$")
+
+
+def _inner(rest: str) -> tuple:
+    """Order inside one attention (proj_in, each transformer block, proj_out) or ResNet/sampler module."""
+    if rest == "proj_in":
+        return (0,)
+    if rest == "proj_out":
+        return (2,)
+    m = re.match(r"transformer_blocks_(\d+)_(.*)$", rest)
+    if m:
+        tail = m.group(2)
+        return (1, int(m.group(1)), _TRANSFORMER_ORDER.index(tail) if tail in _TRANSFORMER_ORDER else 99, tail)
+    return (3, _RESNET_ORDER.index(rest) if rest in _RESNET_ORDER else 99, rest)
+
+
+def sd_scripts_order(key: str) -> tuple:
+    """A sort key putting kohya module keys in the order sd-scripts' networks/lora.py creates the modules (text
+    encoder(s) layer by layer, k/v/q/out then the MLP; the U-Net as its tree walk visits it), which is the order
+    its optimizer groups list the parameters in (checked against tests/fixtures/sdscripts_lora_order.json)."""
+    m = re.match(r"lora_te(\d?)_text_model_encoder_layers_(\d+)_(.*)$", key)
+    if m:
+        tail = m.group(3)
+        return (0, int(m.group(1) or 1), int(m.group(2)), _TE_ORDER.index(tail) if tail in _TE_ORDER else 99, tail)
+    m = _SD1_KEY.match(key)
+    if m:
+        section, block, part, j, rest = m.groups()
+        return (1, _SECTION[section], int(block or 0), _PART[part], int(j), _inner(rest))
+    m = _SDXL_KEY.match(key)        # <section>_<n>_<m>_…, middle_block_<m>_…: m is the place inside LDM block n
+    if m:
+        section, n, place, rest = m.groups()
+        return (1, _SECTION[section], int(n or 0), 0, int(place), _inner(rest))
+    return (2, key)
+
+
 def _lycoris_class(algo: str):
     from lycoris.modules import LoConModule, LohaModule, LokrModule
 
@@ -338,23 +423,30 @@ class TrainNetwork(nn.Module):
                 m.restore()
 
     def param_groups(self, unet_lr, te_lr) -> list[dict]:
-        """U-Net, text encoder; with per-block LR weights one U-Net group per block (in module order,
-        lr = unet_lr × the block's weight), as sd-scripts builds them. A group with learning rate 0 is dropped
-        (sd-scripts drops it too)."""
+        """The optimizer's groups as sd-scripts' networks/lora.py prepare_optimizer_params builds them, so a saved
+        optimizer state lines up: the text encoder(s), then the U-Net, each module's parameters in the order
+        sd-scripts creates the modules (`sd_scripts_order`); with per-block LR weights one U-Net group per
+        block, in the order the blocks first appear there (SD1: down, up, then mid), lr = unet_lr × the block's
+        weight. With LoRA+ each group splits into its down/other weights at lr and its up (B, `lora_up`)
+        weights at lr × ratio, named "<part> plus". A group with learning rate 0 is dropped, as sd-scripts
+        drops it."""
         groups = []
         block_lr = self.plan.lr if self.plan is not None else None
-        for is_te, lr in ((False, unet_lr), (True, te_lr)):
-            parts: dict = {}
-            for k, m in self.loras.items():
-                if self.is_te[k] != is_te:
-                    continue
+        for is_te, lr in ((True, te_lr), (False, unet_lr)):
+            ratio = self.spec.loraplus_ratio(is_te)
+            parts: dict = {}            # filled in sd-scripts' module order, so parts come in its order too
+            for k in sorted((k for k in self.loras if self.is_te[k] == is_te), key=sd_scripts_order):
                 part = block_index(self.layer_of[k], self.arch) if (block_lr is not None and not is_te) else None
-                entry = parts.setdefault(part, ([], block_lr[part] if part is not None else 1.0))
-                entry[0].extend(p for p in m.parameters() if p.requires_grad)
-            for part, (params, weight) in parts.items():
-                if params and lr * weight:
-                    name = "textencoder" if is_te else ("unet" if part is None else f"unet_block{part}")
-                    groups.append({"params": params, "lr": lr * weight, "name": name})
+                plain, plus = parts.setdefault(part, ([], []))
+                for name, p in self.loras[k].named_parameters():
+                    if p.requires_grad:
+                        (plus if ratio is not None and "lora_up" in name else plain).append(p)
+            for part, (plain, plus) in parts.items():
+                weight = block_lr[part] if part is not None else 1.0
+                name = "textencoder" if is_te else ("unet" if part is None else f"unet_block{part}")
+                for params, scale, suffix in ((plain, 1.0, ""), (plus, ratio, " plus")):
+                    if params and lr * weight * (scale or 0.0):
+                        groups.append({"params": params, "lr": lr * weight * scale, "name": name + suffix})
         return groups
 
     def weights(self, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:

@@ -41,6 +41,8 @@ _DATASET_ONLY = {"train_data_dir", "reg_data_dir", "dataset_config", "dataset_re
                  "bucket_no_upscale"} | {f for f in SubsetSpec.__dataclass_fields__}
 _PATHS = ("pretrained_model_name_or_path", "output_dir", "logging_dir", "resume", "network_weights")
 _ATTENTION = ("xformers", "sdpa", "mem_eff_attn")
+# sd-scripts 0.8.x took these at the top level; today's reads them from network_args only
+_AS_NETWORK_ARGS = ("loraplus_lr_ratio", "loraplus_unet_lr_ratio", "loraplus_text_encoder_lr_ratio")
 
 
 @dataclass
@@ -86,7 +88,7 @@ def config_values(cfg: TrainConfig, arch: str, dataset_path: str | None) -> dict
     out = {}
     for o in option_fields(TrainConfig):
         name, value = o.name, getattr(cfg, o.name)
-        if name in _DATASET_ONLY or value is None:
+        if name in _DATASET_ONLY or name in _AS_NETWORK_ARGS or value is None:
             continue
         if o.kind is bool and value is False:
             continue                          # store_true: absent is false
@@ -107,6 +109,10 @@ def config_values(cfg: TrainConfig, arch: str, dataset_path: str | None) -> dict
         else:
             value = _number(value, o.kind)
         out[name] = value
+    given = {str(a).partition("=")[0].strip() for a in cfg.network_args or []}
+    moved = [f"{k}={getattr(cfg, k):g}" for k in _AS_NETWORK_ARGS if getattr(cfg, k) is not None and k not in given]
+    if moved:
+        out["network_args"] = [*out.get("network_args", []), *moved]
     out["output_name"] = cfg.name
     out["v2"] = arch == "sd2" or bool(cfg.v2)
     if not out["v2"]:

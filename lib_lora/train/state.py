@@ -86,8 +86,24 @@ def restore(network, optimizer, info: dict, tensors: dict) -> None:
                                       f"{tuple(t.shape)}; resume with the config it was made with.")
             t.copy_(src)
     sd = _join_optimizer(info["optimizer"], tensors)
+    _match_group_order(sd, optimizer, info)
     try:
         optimizer.load_state_dict(sd)
     except (ValueError, KeyError) as exc:
         raise LoraStudioError(f"the state's optimizer does not fit this run ({exc}); resume with the same "
                               "optimizer settings.") from None
+
+
+def _match_group_order(sd: dict, optimizer, info: dict) -> None:
+    """A state saved while the groups came U-Net first (before they followed sd-scripts' order, text encoder
+    first) holds the same named groups in another order: its groups, and the schedule's base rates with them,
+    are put in this run's order, so each parameter gets its own moments back (torch pairs groups by position)."""
+    saved = [g.get("name") for g in sd["param_groups"]]
+    now = [g.get("name") for g in optimizer.param_groups]
+    if saved == now or None in now or len(set(now)) != len(now) or sorted(saved) != sorted(now):
+        return
+    perm = [saved.index(n) for n in now]
+    sd["param_groups"] = [sd["param_groups"][i] for i in perm]
+    sched = info.get("schedule") or {}
+    if len(sched.get("base", [])) == len(perm):
+        sched["base"] = [sched["base"][i] for i in perm]

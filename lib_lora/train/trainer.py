@@ -274,6 +274,11 @@ class Trainer:
             # step); the built-in trainer would otherwise give every block the same rate.
             raise LoraStudioError(f"{opt_name} takes one learning rate for all parameters, so down/mid/up_lr_weight "
                                   "cannot weight the blocks; remove them or choose AdamW, Lion or AdaFactor.")
+        if opt_name in O.ADAPTIVE and any(g["name"].endswith(" plus") for g in groups):
+            # the same reason: one rate would erase LoRA+'s ratio (sd-scripts 0.8 refused the pair too)
+            raise LoraStudioError(f"{opt_name} takes one learning rate for all parameters, so LoRA+ "
+                                  "(loraplus_*_ratio) cannot raise the up weights' rate; remove it or choose AdamW, "
+                                  "Lion or AdaFactor.")
         opt, opt_desc, _relative = O.build_optimizer(cfg.optimizer_type, groups, cfg.optimizer_args,
                                                      cfg.learning_rate)
 

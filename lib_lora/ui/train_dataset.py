@@ -8,8 +8,8 @@ names must lie inside the dataset roots (the tagger's image folders), as the tag
 from __future__ import annotations
 
 import html
-import math
 
+from lib_lora import options
 from lib_lora.errors import LoraStudioError
 from lib_lora.ui.merge_tab import error_line
 from lib_lora.ui.train_params import _dataset_name, dataset_path, dataset_roots, validate_run
@@ -37,11 +37,24 @@ def _whole(value, what: str, low: int = 1) -> int:
     return int(n)
 
 
+def bucket_spec(resolution, enable_bucket, extra: dict | None = None):
+    """The tab's resolution and bucket settings (the bucket range keys of a loaded config ride in `extra`) as the
+    DatasetSpec the folder's images are bucketed with; None without a resolution (then one bucket)."""
+    from lib_lora.train.config import DatasetSpec, TrainConfig, parse_resolution
+    if resolution in (None, ""):
+        return None
+    keys = ("min_bucket_reso", "max_bucket_reso", "bucket_reso_steps", "bucket_no_upscale")
+    extra = extra or {}
+    return DatasetSpec(resolution=parse_resolution(resolution), enable_bucket=bool(enable_bucket),
+                       **{k: extra.get(k, options.get(TrainConfig, k).default) for k in keys})
+
+
 def prepare_plan(ctx, source, dest_root, concept, target_steps, epochs, batch_size, grad_accum=1,
-                 mode="copy") -> dict:
+                 mode="copy", resolution=None, enable_bucket=False, extra=None) -> dict:
     """The checked inputs of a prepare and what it will do: {src, dest_root, dest, images, repeats, steps,
-    text}. Nothing is written."""
-    from lib_lora.train.dataset import glob_images, repeats_for
+    buckets, text}. With the tab's resolution the images are bucketed as the run will bucket them, so the
+    steps are the validation report's. Nothing is written."""
+    from lib_lora.train.dataset import TINY_SIDE, folder_buckets, glob_images, repeats_for, steps_for
     src = _folder(ctx, source, "Source folder")
     if not src.is_dir():
         raise LoraStudioError(f"Source folder '{source}' does not exist; type a folder of tagged images.")
@@ -56,16 +69,24 @@ def prepare_plan(ctx, source, dest_root, concept, target_steps, epochs, batch_si
     images = len(glob_images(str(src)))
     if not images:
         raise LoraStudioError(f"Source folder '{src}' holds no images (.png, .jpg, .webp, …).")
-    repeats = repeats_for(steps, images, ep, bs, ga)
+    spec = bucket_spec(resolution, enable_bucket, extra)
+    buckets = folder_buckets(str(src), spec) if spec is not None else [images]
+    if not sum(buckets):
+        raise LoraStudioError(f"No image in '{src}' can be trained on (unreadable, or a side under {TINY_SIDE} px); "
+                              "validate the folder after preparing it to see which.")
+    repeats = repeats_for(steps, sum(buckets), ep, bs, ga, buckets)
     dest = dest_root / f"{repeats}_{name}"
-    # sd-scripts: each epoch is ceil(images × repeats / batch) batches, one optimizer step per `ga` batches.
-    got = math.ceil(math.ceil(images * repeats / bs) / ga) * ep
-    text = (f"{images} images × {repeats} repeats × {ep} epochs ÷ (batch {bs} × accumulation {ga}) ≈ **{got} steps** "
-            f"(target {steps}). Will {PREPARE_MODES[mode]} with their captions into `{html.escape(str(dest))}`.")
+    got = steps_for(repeats, buckets, ep, bs, ga)
+    where = f" in {len(buckets)} buckets (each gives whole batches)" if len(buckets) > 1 else ""
+    text = (f"{sum(buckets)} images{where} × {repeats} repeats × {ep} epochs ÷ (batch {bs} × accumulation {ga}) = "
+            f"**{got} steps** (target {steps}). Will {PREPARE_MODES[mode]} with their captions into "
+            f"`{html.escape(str(dest))}`.")
+    if images > sum(buckets):
+        text += f" {images - sum(buckets)} image(s) cannot be trained on (unreadable or too small)."
     if dest.exists():
         text += " That folder exists: files already there are kept, a name clash stops the prepare."
     return {"src": src, "dest_root": dest_root, "dest": dest, "images": images, "repeats": repeats,
-            "steps": got, "text": text}
+            "steps": got, "buckets": buckets, "text": text}
 
 
 def preview_prepare(ctx, *args) -> str:
@@ -75,16 +96,18 @@ def preview_prepare(ctx, *args) -> str:
         return error_line(exc)
 
 
-def run_prepare(ctx, source, dest_root, concept, target_steps, epochs, batch_size, grad_accum=1, mode="copy"):
+def run_prepare(ctx, source, dest_root, concept, target_steps, epochs, batch_size, grad_accum=1, mode="copy",
+                resolution=None, enable_bucket=False, extra=None):
     """Prepare button → (status markdown, the dataset name to pick or None). The dataset picker then points at
     the destination root (the folder holding `<repeats>_<concept>`)."""
     from lib_lora.train.dataset import prepare_folder
     try:
         ctx.check_writes()
-        plan = prepare_plan(ctx, source, dest_root, concept, target_steps, epochs, batch_size, grad_accum, mode)
+        plan = prepare_plan(ctx, source, dest_root, concept, target_steps, epochs, batch_size, grad_accum, mode,
+                            resolution, enable_bucket, extra)
         dest = prepare_folder(str(plan["src"]), str(plan["dest_root"]), str(concept).strip(), int(target_steps),
                               epochs=int(float(epochs)), batch_size=int(float(batch_size)),
-                              grad_accum=int(float(grad_accum or 1)), mode=mode)
+                              grad_accum=int(float(grad_accum or 1)), mode=mode, buckets=plan["buckets"])
     except Exception as exc:  # noqa: BLE001 — shown as one line
         return error_line(exc), None
     name = _dataset_name(ctx, plan["dest_root"])

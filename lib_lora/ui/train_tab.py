@@ -2,7 +2,8 @@
 the sd-scripts parameters in groups with the guides' defaults, Load/Save of the run as the sd-scripts TOML
 `python -m lib_lora train --config` reads, presets (character / style / concept shipped, more saved by the
 user), a queue of runs with progress, ETA, loss and a live loss plot, the per-epoch files of each run, and
-"Compare epochs" (standalone: an epoch × weight grid rendered with lib_lora.sd; WebUI: the X/Y/Z settings).
+"Compare epochs" (an epoch × weight grid with a negative prompt and CFG scale: standalone rendered with
+lib_lora.sd; WebUI with its own txt2img on the run's base checkpoint, lora_studio_webui.train_grid).
 
 Runs go through a host function `(run, cancel_event) -> None` (ctx.train_host): standalone the trainer runs
 in this process in a worker thread (Cancel stops after the current step); the WebUI gives a subprocess host
@@ -20,8 +21,8 @@ from lib_lora.ui.merge_tab import error_line, checkpoint_choices
 # The tab's functions live in sibling modules; these names stay importable from here (tests, train_host).
 from lib_lora.ui.train_compare import (compare_epochs, compare_run, epoch_files, parse_weights,  # noqa: F401
                                        xyz_settings)
-from lib_lora.ui.train_dataset import (PREPARE_MODES, preview_prepare, run_prepare, tag_dataset,  # noqa: F401
-                                       tagger_defaults)
+from lib_lora.ui.train_dataset import (PREPARE_MODES, prepare_plan, preview_prepare, run_prepare,  # noqa: F401
+                                       tag_dataset, tagger_defaults)
 from lib_lora.ui.train_params import (GROUPS, SHOWN, TAB_DEFAULTS, build_config, config_names,  # noqa: F401
                                       config_toml, control_value, dataset_path, dataset_roots, default_values,
                                       host_defaults,
@@ -56,7 +57,8 @@ def build(ctx) -> None:
         gr.Markdown(f"⚠ {html.escape(problem)}", elem_id=_elem("unavailable"))
     with gr.Accordion("Prepare a folder (tagged images → <repeats>_<concept>)", open=False):
         gr.Markdown("Copies or links a folder of tagged images into `<destination>/<repeats>_<concept>`, with the "
-                    "repeats that reach the target steps at the epochs, batch size and accumulation set below; "
+                    "repeats that reach the target steps at the epochs, batch size, accumulation, resolution and "
+                    "buckets set below (each aspect-ratio bucket gives whole batches, as sd-scripts counts them); "
                     "then picks the destination as the dataset. Folders are typed inside: "
                     + html.escape(", ".join(str(r) for r in dataset_roots(ctx))) + ".")
         with gr.Row():
@@ -119,8 +121,12 @@ def build(ctx) -> None:
             cmp_weights = gr.Textbox("0.5, 0.75, 1", label="Weights", elem_id=_elem("cmp_weights"))
             cmp_seed = gr.Number(1, precision=0, label="Seed", elem_id=_elem("cmp_seed"))
         cmp_prompt = gr.Textbox(label="Prompt (with the trigger word)", elem_id=_elem("cmp_prompt"))
+        cmp_negative = gr.Textbox(label="Negative prompt", info="the same for every cell, as in X/Y/Z plot",
+                                  elem_id=_elem("cmp_negative"))
         with gr.Row():
             cmp_steps = gr.Slider(1, 50, value=20, step=1, label="Steps", elem_id=_elem("cmp_steps"))
+            cmp_cfg = gr.Slider(1, 30, value=7, step=0.5, label="CFG scale", info="how strongly the prompt steers",
+                                elem_id=_elem("cmp_cfg"))
             cmp_size = gr.Slider(64, 1024, value=512, step=64, label="Size", elem_id=_elem("cmp_size"))
             cmp_btn = gr.Button("Render the grid" if ctx.train_host is None or hasattr(ctx.train_host, "render_grid")
                                 else "Show the X/Y/Z settings", elem_id=_elem("cmp_run_btn"))
@@ -142,7 +148,8 @@ def build(ctx) -> None:
     validate_btn.click(do_validate, inputs=[dataset, checkpoint, output_name, extra, *values], outputs=[report])
 
     prep_inputs = [prep_src, prep_dest, prep_concept, prep_steps, controls["max_train_epochs"],
-                   controls["train_batch_size"], controls["gradient_accumulation_steps"], prep_mode]
+                   controls["train_batch_size"], controls["gradient_accumulation_steps"], prep_mode,
+                   controls["resolution"], controls["enable_bucket"], extra]
     prep_show.click(lambda *a: preview_prepare(ctx, *a), inputs=prep_inputs, outputs=[prep_status])
 
     def do_prepare(*a):
@@ -209,9 +216,10 @@ def build(ctx) -> None:
     cancel.click(lambda: queue.cancel(), inputs=[], outputs=[report], queue=False)
     watch.click(stream, inputs=[], outputs=[status, plot, files])
 
-    def do_compare(run_name, ws, seed, prompt, steps, size, ck, progress=None):
+    def do_compare(run_name, ws, seed, prompt, negative, steps, cfg, size, ck, progress=None):
         rep = (lambda d, t: progress(d / t, desc=f"image {d}/{t}")) if progress is not None else None
-        return compare_run(ctx, ck, run_name, ws, prompt, seed=seed, steps=steps, size=size, progress=rep)
+        return compare_run(ctx, ck, run_name, ws, prompt, seed=seed, steps=steps, size=size, negative=negative,
+                           cfg_scale=cfg, progress=rep)
 
-    cmp_inputs = [cmp_run, cmp_weights, cmp_seed, cmp_prompt, cmp_steps, cmp_size, checkpoint]
+    cmp_inputs = [cmp_run, cmp_weights, cmp_seed, cmp_prompt, cmp_negative, cmp_steps, cmp_cfg, cmp_size, checkpoint]
     cmp_btn.click(compat.with_progress(do_compare, len(cmp_inputs)), inputs=cmp_inputs, outputs=[cmp_status, cmp_grid])

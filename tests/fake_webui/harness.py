@@ -113,6 +113,21 @@ class FakeWebui:
         p = self.processing(prompt, **kw)
         return p, processing.process_images(p)
 
+    def add_checkpoint(self, name: str, seed: int = 0, loaded: bool = False):
+        """A checkpoint in the WebUI's list (sd_models.checkpoints_list): the same layers with the weights of
+        `seed`, or, `loaded`, the weights of the model loaded now (which it then is)."""
+        from modules import sd_models, shared
+
+        from tests.models import build_model
+        src = self.model if loaded else build_model("sd15", include=self.include, a1111=True, seed=seed)
+        state = {k: v.detach().clone() for k, v in src.state_dict().items()}
+        info = sd_models.CheckpointInfo(str(self.lora_dir.parent / "Stable-diffusion" / name), state,
+                                        shorthash=f"{seed:08x}").register()
+        if loaded:
+            self.model.sd_checkpoint_info = info
+            shared.opts.data["sd_model_checkpoint"] = info.title
+        return info
+
     def weight(self, layer: str) -> torch.Tensor:
         return a1111_param(self.model, layer).detach().clone()
 

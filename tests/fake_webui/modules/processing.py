@@ -1,5 +1,8 @@
-"""Fake of the generation loop (process_images_inner order of A1111 v1.10.1, no real sampling)."""
-from modules import extra_networks, script_callbacks, shared
+"""Fake of the generation loop (process_images_inner order of A1111 v1.10.1, no real sampling), and
+process_images' override_settings (v1.10.1: a checkpoint override that is not a known alias is dropped; each
+setting is set, the checkpoint reloaded; with override_settings_restore_afterwards the settings go back after
+the job, while the overriding model stays loaded until the next job reloads the setting's one)."""
+from modules import extra_networks, script_callbacks, sd_models, shared
 from modules.infotext_utils import quote
 
 
@@ -32,9 +35,29 @@ class Processing:
         self.comments[text] = 1
 
 
+class StableDiffusionProcessingTxt2Img(Processing):
+    """The txt2img job the Training tab's grid builds (keyword arguments as v1.10.1's dataclass)."""
+
+    def __init__(self, sd_model=None, prompt="", negative_prompt="", seed=1, steps=3, width=64, height=64,
+                 cfg_scale=7.0, batch_size=1, n_iter=1, do_not_save_samples=False, do_not_save_grid=False,
+                 override_settings=None, override_settings_restore_afterwards=True, **kw):
+        super().__init__(prompt=prompt, negative_prompt=negative_prompt, seed=seed, n_iter=n_iter,
+                         batch_size=batch_size, steps=steps, **kw)
+        self.width, self.height, self.cfg_scale = width, height, cfg_scale
+        self.override_settings = dict(override_settings or {})
+        self.override_settings_restore_afterwards = override_settings_restore_afterwards
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
 class Processed:
-    def __init__(self, infotexts, trace):
-        self.infotexts, self.trace = infotexts, trace
+    def __init__(self, infotexts, trace, images=()):
+        self.infotexts, self.trace, self.images = infotexts, trace, list(images)
+
+
+rendered = []       # fake only: (prompt as sampled, negative prompt, loaded checkpoint title) per txt2img image
 
 
 def _sample(p, steps, pass_name, trace):
@@ -60,6 +83,26 @@ def create_infotext(p, index):
 
 
 def process_images(p):
+    override = getattr(p, "override_settings", None)
+    if override is None:
+        return _process_images_inner(p)
+    stored = {k: shared.opts.data[k] for k in override if k in shared.opts.data}
+    try:
+        if sd_models.checkpoint_aliases.get(override.get("sd_model_checkpoint")) is None:
+            override.pop("sd_model_checkpoint", None)
+            sd_models.reload_model_weights()
+        for k, v in override.items():
+            shared.opts.data[k] = v
+            if k == "sd_model_checkpoint":
+                sd_models.reload_model_weights()
+        res = _process_images_inner(p)
+    finally:
+        if p.override_settings_restore_afterwards:
+            shared.opts.data.update(stored)
+    return res
+
+
+def _process_images_inner(p):
     if p.scripts is not None:
         p.scripts.before_process(p)
     total = p.n_iter * p.batch_size
@@ -91,6 +134,13 @@ def process_images(p):
             p.is_hr_pass = False
         for i in range(p.batch_size):
             infotexts.append(create_infotext(p, n * p.batch_size + i))
+    images = []
+    if isinstance(p, StableDiffusionProcessingTxt2Img):
+        from PIL import Image
+        info = getattr(shared.sd_model, "sd_checkpoint_info", None)
+        for prompt in p.all_prompts:
+            rendered.append((prompt, p.negative_prompt, getattr(info, "title", None)))
+            images.append(Image.new("RGB", (p.width, p.height), (len(rendered) % 256, 0, 0)))
     if not p.disable_extra_networks and p.extra_network_data:
         extra_networks.deactivate(p, p.extra_network_data)
-    return Processed(infotexts, trace)
+    return Processed(infotexts, trace, images)

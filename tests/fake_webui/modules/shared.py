@@ -44,3 +44,4 @@ opts.data.update({"extra_networks_default_multiplier": 1.0, "samples_format": "p
 cmd_opts = types.SimpleNamespace(lora_dir="models/Lora", lyco_dir_backcompat="models/LyCORIS",
                                  disable_extension_access=False, api_auth=None, ckpt_dir=None)
 sd_model = None
+state = types.SimpleNamespace(interrupted=False, skipped=False)

@@ -133,7 +133,11 @@ def test_sd1_groups_per_block_and_no_module_for_zero_weight():
     assert lrs["unet_block24"] == pytest.approx(1e-3) and lrs["unet_block16"] == pytest.approx(3e-3 / 11)
     assert "unet_block13" not in lrs and 13 not in unet_blocks              # linear starts at 0: no module
     plain = build_network(cfg(), "sd1", model_layers(model), seed=0)
-    assert [g["name"] for g in plain.param_groups(1e-3, 5e-4)] == ["unet", "textencoder"]
+    assert [g["name"] for g in plain.param_groups(1e-3, 5e-4)] == ["textencoder", "unet"]   # sd-scripts' order
+    names = [g["name"] for g in net.param_groups(1e-3, 5e-4)]
+    blocks = [int(n[len("unet_block"):]) for n in names[1:]]
+    # sd-scripts walks its SD1 U-Net down blocks, up blocks, then the mid block: groups come in that order
+    assert names[0] == "textencoder" and blocks == sorted(unet_blocks - {12}) + [12]
 
 
 def test_sdxl_groups_per_block():
@@ -243,10 +247,10 @@ def test_block_lr_alone_keeps_ranks_and_conv_dim_zero_trains_resnet_linears():
 
 def test_unsupported_args_are_listed_in_one_error():
     with pytest.raises(LoraStudioError) as e:
-        build_network(cfg(network_args=["loraplus_lr_ratio=4", "block_dims=" + ",".join(["4"] * 25),
+        build_network(cfg(network_args=["loraplus_ratio=4", "block_dims=" + ",".join(["4"] * 25),
                                         "foo=1"]), "sd1", [], seed=0)
     msg = str(e.value)
-    assert "\n" not in msg and "foo, loraplus_lr_ratio are not supported with networks.lora" in msg
+    assert "\n" not in msg and "foo, loraplus_ratio are not supported with networks.lora" in msg
     with pytest.raises(LoraStudioError, match="block_dims, up_lr_weight are not supported with lycoris.kohya"):
         build_network(cfg(network_module="lycoris.kohya", network_args=["up_lr_weight=sine", "block_dims=1"]),
                       "sd1", [], seed=0)

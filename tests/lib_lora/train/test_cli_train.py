@@ -57,6 +57,19 @@ def test_prepare_folder(tmp_path):
             "--target-steps", "80", "--epochs", "2")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "train" / "5_toy" / "img3.txt").read_text() == "toy, color3, pattern0"
+    # one bucket: ⌈4r/4⌉ = r steps, so 3 repeats; two buckets of 2: 2·⌈2r/4⌉ = 2, 2, 4 steps for r = 1, 2, 3, so
+    # 3 is missed by 1 at best and the fewest repeats win
+    from PIL import Image
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    for i in range(2):
+        Image.new("RGB", (512, 512)).save(mixed / f"sq{i}.png")
+        Image.new("RGB", (1024, 512)).save(mixed / f"wide{i}.png")
+    for flags, folder in (([], "3_m"), (["--enable-bucket"], "1_m")):
+        r = cli("--prepare-from", str(mixed), "--into", str(tmp_path / f"t{len(flags)}"), "--concept", "m",
+                "--target-steps", "3", "--epochs", "1", "--batch-size", "4", "--resolution", "512", *flags)
+        assert r.returncode == 0, r.stderr
+        assert (tmp_path / f"t{len(flags)}" / folder).is_dir(), os.listdir(tmp_path / f"t{len(flags)}")
 
 
 @pytest.mark.slow

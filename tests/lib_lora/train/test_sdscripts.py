@@ -116,6 +116,12 @@ def test_export_writes_only_sd_scripts_arguments_with_their_types(tmp_path):
     assert {a.split("=")[0] for a in values["network_args"]} <= set(MANIFEST["networks_lora_args"])
     assert exp.argv == ["accelerate", "launch", "--num_cpu_threads_per_process", "1", "train_network.py",
                         "--config_file", exp.config_path]
+    # sd-scripts 0.8.x's top-level LoRA+ ratios go where today's sd-scripts reads them: network_args
+    cfg = rich_config(tmp_path, loraplus_lr_ratio=16, loraplus_unet_lr_ratio=8,
+                      network_args=["conv_dim=4", "loraplus_unet_lr_ratio=8"])
+    values = sdscripts.export(cfg, tmp_path / "exp2", arch="sd1").values
+    check_values(values)
+    assert values["network_args"] == ["conv_dim=4", "loraplus_unet_lr_ratio=8", "loraplus_lr_ratio=16"]
 
 
 def test_dataset_toml_keys_are_in_sd_scripts_schema_and_round_trip(tmp_path):
@@ -228,6 +234,9 @@ def test_every_config_key_has_its_sd_scripts_argument_of_the_same_kind():
     bad = []
     for o in fields(sdscripts.TrainConfig):
         if o.name in sdscripts._DATASET_ONLY:
+            continue
+        if o.name in sdscripts._AS_NETWORK_ARGS:           # written into network_args, which reads them today
+            assert o.name in MANIFEST["networks_lora_args"], o.name
             continue
         a = MANIFEST["arguments"].get(o.name)
         if a is None:

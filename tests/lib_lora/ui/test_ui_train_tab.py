@@ -162,3 +162,8 @@ def test_compare_epochs_grid(ctx, tmp_path):
     first = a[24:88, 150:214]
     assert not np.array_equal(first, a[24:88, 150 + 128:214 + 128])     # the LoRA changes the image
     assert "LoRA epoch" in T.xyz_settings("cmp", T.epoch_files(ctx, "cmp"), "0.5, 1")
+    # the tab's negative prompt and CFG scale reach the standalone renderer (the no-LoRA cell changes with them)
+    line, neg = T.compare_run(ctx, "tiny.safetensors", "cmp", "1", "toy, color1", seed=3, steps=2, size=64,
+                              negative="color2", cfg_scale=9)
+    assert line.startswith("✓") and neg.size == (150 + 64 * 2, 24 + 64 * 2)
+    assert not np.array_equal(np.asarray(neg)[24:88, 150:214], first)

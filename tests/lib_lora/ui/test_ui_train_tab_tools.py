@@ -164,3 +164,68 @@ def test_compare_goes_to_a_host_that_renders(ctx, tmp_path):
     assert line.startswith("✓") and line.endswith("note") and grid.size == (8, 8)
     assert calls == [(["run-000001.safetensors", "run.safetensors"], [0.5, 1.0], "toy", 7)]
     assert T.compare_run(ctx, "tiny.safetensors", "run", "0.5", "")[0].startswith("⚠")
+
+
+def test_compare_button_passes_the_negative_prompt_and_cfg_through_gradio(ctx, tmp_path):
+    """The built tab's "Compare epochs" inputs, run through Gradio's own request processing: the negative prompt
+    and the CFG scale reach the host's render_grid (and the standalone renderer takes the same names)."""
+    import asyncio
+
+    import gradio as gr
+    from PIL import Image
+    (tmp_path / "lora" / "run.safetensors").write_bytes(b"")
+    calls = []
+
+    class Host:
+        def __call__(self, run, cancel):
+            raise AssertionError
+
+        def render_grid(self, files, ws, prompt, **kw):
+            calls.append((prompt, kw["negative"], kw["cfg_scale"], kw["steps"], kw["size"], kw["checkpoint"]))
+            return Image.new("RGB", (8, 8)), ""
+
+    ctx.train_host = Host()
+    with gr.Blocks() as demo:
+        T.build(ctx)
+    demo.queue()            # the progress tracker lives on the queue, as in the app
+    btn = _component(demo, "lora_studio_train_cmp_run_btn")
+    (fn_index, dep), = [(i, d) for i, d in enumerate(demo.config["dependencies"]) if btn._id in
+                        [t[0] if isinstance(t, (list, tuple)) else t for t in d["targets"]]]
+    by_id = {_component(demo, f"lora_studio_train_{n}")._id: n for n in
+             ("cmp_run", "cmp_weights", "cmp_seed", "cmp_prompt", "cmp_negative", "cmp_steps", "cmp_cfg", "cmp_size",
+              "checkpoint")}
+    assert [by_id.get(i) for i in dep["inputs"]] == ["cmp_run", "cmp_weights", "cmp_seed", "cmp_prompt",
+                                                      "cmp_negative", "cmp_steps", "cmp_cfg", "cmp_size", "checkpoint"]
+    inputs = ["run", "0.5, 1", 7, "toy", "blurry, lowres", 3, 4.5, 64, "tiny.safetensors"]
+    out = asyncio.run(demo.process_api(fn_index, inputs, state={}))
+    assert out["data"][0].startswith("✓"), out["data"][0]
+    assert calls == [("toy", "blurry, lowres", 4.5, 3, 64, "tiny.safetensors")]
+
+
+def test_prepare_counts_batches_per_bucket_as_the_validation_report(ctx, tmp_path):
+    """3 square and 3 wide (3:1) images at 128 px with buckets on are two buckets; sd-scripts makes whole
+    batches per bucket, so 3 repeats at batch 2 are ⌈9/2⌉ + ⌈9/2⌉ = 10 steps, not 18/2 = 9 as one bucket."""
+    from PIL import Image
+    src = tmp_path / "images" / "mixed"
+    src.mkdir(parents=True)
+    for i in range(3):
+        Image.new("RGB", (64, 64), (0, 0, 255)).save(src / f"sq{i}.png")
+        Image.new("RGB", (192, 64), (255, 0, 0)).save(src / f"wide{i}.png")
+    extra = {"min_bucket_reso": 64, "max_bucket_reso": 256}
+    for bucket, dest, want in ((True, "mixb", 10), (False, "mix1", 9)):
+        args = (str(src), dest, "mix", 9, 1, 2, 1, "copy", "128", bucket, extra)
+        plan = T.prepare_plan(ctx, *args)
+        assert plan["repeats"] == 3 and plan["steps"] == want
+        assert sorted(plan["buckets"]) == ([3, 3] if bucket else [6])
+        assert f"**{want} steps**" in T.preview_prepare(ctx, *args)
+        line, name = T.run_prepare(ctx, *args)
+        assert line.startswith("✓") and name == dest, line
+        v = values(resolution="128", enable_bucket=bucket, train_batch_size=2, max_train_epochs=1)
+        md, ok = T.validate_run(ctx, name, "tiny.safetensors", "toy", v, extra)
+        assert ok and f"{want} steps in all" in md, md
+    # a target between counts: the closest reachable one (repeats 1 → 4 steps, 2 → 6 steps)
+    plan = T.prepare_plan(ctx, str(src), "x", "mix", 5, 1, 2, 1, "copy", "128", True, extra)
+    assert (plan["repeats"], plan["steps"]) == (1, 4)
+    # a bucket range that does not fit the resolution is its one-line error, not "no images"
+    line = T.preview_prepare(ctx, str(src), "x", "mix", 9, 1, 2, 1, "copy", "128", True, {})
+    assert line.startswith("⚠") and "min_bucket_reso 256" in line and "\n" not in line
