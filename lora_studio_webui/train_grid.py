@@ -4,7 +4,8 @@ sets it with LoRA Studio's own X/Y/Z axes (the epoch axis swaps the file or, for
 weight axis sets the multiplier), so the grid is exactly what X/Y/Z plot would draw.
 The model is the run's base checkpoint (the files' `ss_sd_model_name`, else the tab's pick): when another one is
 loaded, each cell overrides `sd_model_checkpoint` as the API does (`override_settings`, restored afterwards; the
-WebUI loads its own model again at its next job); a base model missing from the WebUI's list is refused.
+WebUI loads its own model again at its next job); a recorded model missing from the WebUI's list falls back to
+the tab's pick, else the loaded model, and the note under the grid says so.
 Called under the WebUI's queue lock (lib_lora.ui.train_compare.compare_run); Interrupt stops between cells.
 """
 
@@ -81,37 +82,23 @@ def render_grid(files, weights, prompt, negative="", seed=1, steps=20, size=512,
 
 
 def run_checkpoint(files, picked=None):
-    """(the WebUI CheckpointInfo to override with, or None to keep the loaded model; the note naming the model).
-    The run's base model is the name its files record (`ss_sd_model_name`, the file's name), else the tab's
-    pick; a model the WebUI does not list is refused in one line naming both."""
+    """(the WebUI CheckpointInfo to override with, or None to keep the loaded model; the note naming the model),
+    by the Training tab's one rule (`train_compare.choose_base`: the model the run records, else the tab's pick,
+    said in the note); no model named at all: the loaded one."""
     import os
 
     from modules import sd_models, shared
 
-    from lib_lora import fileio
+    from lib_lora.ui.train_compare import choose_base
     loaded = getattr(shared.sd_model, "sd_checkpoint_info", None)
     loaded_name = getattr(loaded, "name", None) or "the loaded model"
-    listed = list((getattr(sd_models, "checkpoints_list", None) or {}).values())
-    try:
-        recorded = (fileio.read_metadata(str(files[-1])) or {}).get("ss_sd_model_name") or ""
-    except Exception:  # noqa: BLE001 — an unreadable header: fall back to the tab's pick
-        recorded = ""
-    recorded = os.path.basename(recorded.replace("\\", "/")) if recorded not in ("", "None") else ""
-    if recorded:
-        found = [i for i in listed if os.path.basename(str(i.filename)) == recorded]
-        found.sort(key=lambda i: getattr(i, "name", None) != picked)       # the tab's pick first among same names
-        wanted = recorded
-    else:
-        found = [i for i in listed if picked and getattr(i, "name", None) == str(picked)]
-        wanted = str(picked or "")
-    if not wanted:
-        return None, f"Rendered with the loaded model '{loaded_name}' (the run does not name its base model)."
-    if not found:
-        raise LoraStudioError(f"The run was trained on '{wanted}', which is not in the WebUI's checkpoint list "
-                              f"(loaded: '{loaded_name}'); put it in the models folder and refresh the list, or "
-                              "draw the grid on the loaded model with X/Y/Z plot.")
-    info = found[0]
+    infos = {str(getattr(i, "name", "")): i for i in (getattr(sd_models, "checkpoints_list", None) or {}).values()}
+    name, note = choose_base(files, picked, {n: i.filename for n, i in infos.items()})
+    info = infos.get(name) if name is not None else None
+    if info is None:
+        if name is not None:
+            note = f"'{name}' is not in the WebUI's checkpoint list."
+        return None, f"{note} Rendered with the loaded model '{loaded_name}'."
     if loaded is not None and os.path.abspath(str(loaded.filename)) == os.path.abspath(str(info.filename)):
-        return None, f"Rendered with the loaded model '{info.name}', the run's base model."
-    return info, (f"Rendered with the run's base model '{info.name}' (loaded for the grid instead of "
-                  f"'{loaded_name}', which the WebUI loads again at its next job).")
+        return None, f"{note} It is the loaded model."
+    return info, f"{note} Loaded for the grid instead of '{loaded_name}', which the WebUI loads again at its next job."

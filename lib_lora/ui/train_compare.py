@@ -5,10 +5,11 @@ it with the WebUI's own txt2img and LoRA Studio's X/Y/Z axes (lora_studio_webui.
 from __future__ import annotations
 
 import html
+import os
 from pathlib import Path
 
 from lib_lora.errors import LoraStudioError
-from lib_lora.ui.merge_tab import checkpoint_path, error_line
+from lib_lora.ui.merge_tab import checkpoint_choices, checkpoint_path, error_line
 from lib_lora.ui.train_params import _plain_name
 
 # ---- compare epochs ---------------------------------------------------------------------------------------
@@ -42,6 +43,37 @@ def parse_weights(text) -> list[float]:
     return out
 
 
+def recorded_base(files) -> str:
+    """The file name of the checkpoint a run was trained on, as its last file records it (`ss_sd_model_name`;
+    sd-scripts may record a Hugging Face model id: its last part), or ''."""
+    from lib_lora import fileio
+    try:
+        name = (fileio.read_metadata(str(files[-1])) or {}).get("ss_sd_model_name") or ""
+    except Exception:  # noqa: BLE001 — an unreadable header records nothing
+        return ""
+    return os.path.basename(name.replace("\\", "/").rstrip("/")) if name not in ("", "None") else ""
+
+
+def choose_base(files, picked, names: dict):
+    """The grid's model, one rule for both hosts: (key of `names` ({shown name: file path}) or None for "no
+    choice"; the note that says which model drew the grid). The model the run records wins (the tab's pick
+    first among files of that name); a recorded model that is not in the list falls back to the pick, said in
+    the note, so a run trained elsewhere (another folder, a Hugging Face id) can still be compared."""
+    recorded = recorded_base(files)
+    picked = str(picked) if picked else None
+    if recorded:
+        found = sorted((n for n, p in names.items() if os.path.basename(str(p)) == recorded), key=lambda n: n != picked)
+        if found:
+            return found[0], f"Rendered with the run's base model '{found[0]}'."
+        if picked:
+            return picked, (f"The run was trained on '{recorded}', which is not in the checkpoint list: rendered "
+                            f"with '{picked}'.")
+        return None, f"The run was trained on '{recorded}', which is not in the checkpoint list."
+    if picked:
+        return picked, f"Rendered with '{picked}' (the run does not name its base model)."
+    return None, "The run does not name its base model."
+
+
 def compare_epochs(ctx, checkpoint, run_name, weights, prompt, negative="", seed=1, steps=20, size=512,
                    cfg_scale=7.0, model=None, progress=None):
     """Standalone: an epoch × weight grid (rows: epochs, columns: a no-LoRA image then each weight) with one
@@ -59,9 +91,14 @@ def compare_epochs(ctx, checkpoint, run_name, weights, prompt, negative="", seed
     if not str(prompt or "").strip():
         raise LoraStudioError("Type a prompt for the grid (with the trigger word).")
     size = int(size)
+    note = ""
     if model is None:
         from lib_lora.sd import load_model
-        model = load_model(checkpoint_path(ctx, checkpoint, "base"))
+        names = checkpoint_choices(ctx) if (ctx.checkpoint_list is not None or ctx.checkpoint_dirs) else {}
+        name, note = choose_base(files, checkpoint, names)
+        if name is None:
+            raise LoraStudioError(f"{note} Pick the base checkpoint above.")
+        model = load_model(checkpoint_path(ctx, name, "base"))
     host = Host.from_named_modules([(layer, m) for layer, m, _ in model_layers(model)], arch=model.arch)
     patcher = Patcher(host)
     total = 1 + len(files) * len(ws)
@@ -89,7 +126,7 @@ def compare_epochs(ctx, checkpoint, run_name, weights, prompt, negative="", seed
             finally:
                 patcher.restore()
         rows.append((f.stem, row))
-    return grid_image(base, rows, ws, size)
+    return grid_image(base, rows, ws, size), note
 
 
 def grid_image(base, rows, weights, size: int):
@@ -141,7 +178,7 @@ def compare_run(ctx, checkpoint, run_name, weights, prompt, seed=1, steps=20, si
             return xyz_settings(run_name, epoch_files(ctx, run_name), weights), None
         else:
             grid, note = compare_epochs(ctx, checkpoint, run_name, weights, prompt, negative=negative, seed=seed,
-                                        steps=steps, size=size, cfg_scale=cfg_scale, progress=progress), ""
+                                        steps=steps, size=size, cfg_scale=cfg_scale, progress=progress)
     except Exception as exc:  # noqa: BLE001 — shown as one line
         return error_line(exc), None
     return "✓ Rows: epochs; columns: no LoRA, then each weight (one seed)." + (f" {note}" if note else ""), grid

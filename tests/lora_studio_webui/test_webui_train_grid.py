@@ -1,13 +1,10 @@
 """The Training tab's epoch grid in the (fake) WebUI: every cell is a WebUI txt2img with the epoch and weight set
 by LoRA Studio's X/Y/Z axes, on the run's base checkpoint: kept when it is the loaded one, else overridden per
-job (override_settings, restored afterwards, as the WebUI's API does), refused in one line when the WebUI does
-not list it."""
+job (override_settings, restored afterwards, as the WebUI's API does); a recorded model the WebUI does not list
+falls back to the tab's pick (or the loaded model), said in the note."""
 
 from __future__ import annotations
 
-import pytest
-
-from lib_lora.errors import LoraStudioError
 from tests.fake_webui.harness import write_lora
 
 WEBUI_LORAS = ()
@@ -56,11 +53,14 @@ def test_grid_keeps_the_loaded_model_when_it_is_the_runs(webui):
     assert "does not name its base model" in note
 
 
-def test_a_base_model_the_webui_does_not_list_is_refused_in_one_line(webui):
-    from modules import processing
-    webui.add_checkpoint("base.safetensors", loaded=True)
-    with pytest.raises(LoraStudioError) as e:
-        _grid(_run(webui, "gone.safetensors"), checkpoint="base.safetensors")
-    msg = str(e.value)
-    assert "'gone.safetensors'" in msg and "'base.safetensors'" in msg and "\n" not in msg
-    assert processing.rendered == []
+def test_a_base_model_the_webui_does_not_list_falls_back_to_the_pick_and_says_so(webui):
+    from modules import processing, sd_models
+    base = webui.add_checkpoint("base.safetensors", loaded=True)
+    other = webui.add_checkpoint("other.safetensors", seed=5)
+    _, note = _grid(_run(webui, "gone.safetensors"))            # nothing picked: the loaded model
+    assert {c[2] for c in processing.rendered} == {base.title} and sd_models.loads == []
+    assert "'gone.safetensors'" in note and "loaded model 'base.safetensors'" in note
+    processing.rendered.clear()
+    _, note = _grid(_run(webui, "gone.safetensors"), checkpoint="other.safetensors")
+    assert {c[2] for c in processing.rendered} == {other.title} and sd_models.loads == [other.title]
+    assert "'gone.safetensors'" in note and "'other.safetensors'" in note and "\n" not in note

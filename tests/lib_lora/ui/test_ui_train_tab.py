@@ -155,7 +155,8 @@ def test_compare_epochs_grid(ctx, tmp_path):
     q = T.TrainQueue(ctx)
     assert T.start_run(ctx, q, "set1", "tiny.safetensors", "cmp", values()).startswith("✓")
     assert q.wait(300) and q.finished[-1].state == "done"
-    grid = T.compare_epochs(ctx, "tiny.safetensors", "cmp", "0.5, 1", "toy, color1", seed=3, steps=2, size=64)
+    grid, note = T.compare_epochs(ctx, None, "cmp", "0.5, 1", "toy, color1", seed=3, steps=2, size=64)
+    assert note == "Rendered with the run's base model 'tiny.safetensors'."   # recorded by the run, none picked
     assert grid.size == (150 + 64 * 3, 24 + 64 * 2)        # 2 epoch files × (no LoRA + 2 weights)
     import numpy as np
     a = np.asarray(grid)
@@ -167,3 +168,26 @@ def test_compare_epochs_grid(ctx, tmp_path):
                               negative="color2", cfg_scale=9)
     assert line.startswith("✓") and neg.size == (150 + 64 * 2, 24 + 64 * 2)
     assert not np.array_equal(np.asarray(neg)[24:88, 150:214], first)
+
+
+def test_the_grid_model_is_the_one_the_run_records_else_the_pick_said_in_the_note(tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    from lib_lora.ui import train_compare as TC
+    names = {"a.safetensors": tmp_path / "a.safetensors", "sub/b.safetensors": tmp_path / "sub" / "b.safetensors",
+             "b.safetensors": tmp_path / "b.safetensors"}
+
+    def run(recorded):
+        save_file({"x": torch.zeros(1)}, str(tmp_path / "run.safetensors"),
+                  metadata={"ss_sd_model_name": recorded} if recorded else {"ss_output_name": "run"})
+        return [tmp_path / "run.safetensors"]
+
+    assert TC.choose_base(run("b.safetensors"), "a.safetensors", names)[0] == "sub/b.safetensors"
+    assert TC.choose_base(run("C:\\models\\b.safetensors"), "b.safetensors", names)[0] == "b.safetensors"
+    name, note = TC.choose_base(run("runwayml/stable-diffusion-v1-5"), "a.safetensors", names)
+    assert name == "a.safetensors" and "'stable-diffusion-v1-5'" in note and "'a.safetensors'" in note
+    assert TC.choose_base(run("gone.safetensors"), None, names)[0] is None
+    assert TC.choose_base(run(None), "a.safetensors", names) == (
+        "a.safetensors", "Rendered with 'a.safetensors' (the run does not name its base model).")
+    assert TC.choose_base(run(None), None, names)[0] is None
