@@ -90,15 +90,19 @@ def run_checkpoint(files, picked=None):
     from modules import sd_models, shared
 
     from lib_lora.ui.train_compare import choose_base
-    loaded = getattr(shared.sd_model, "sd_checkpoint_info", None)
-    loaded_name = getattr(loaded, "name", None) or "the loaded model"
+    # A job without a checkpoint override loads the model of the WebUI's setting, whatever is loaded now (an
+    # earlier grid's model stays loaded until then): that setting's model is the one to compare with and name.
+    selected = sd_models.checkpoint_aliases.get(getattr(shared.opts, "sd_model_checkpoint", None))
+    if selected is None:
+        selected = getattr(shared.sd_model, "sd_checkpoint_info", None)
+    selected_name = getattr(selected, "name", None) or "the loaded model"
     infos = {str(getattr(i, "name", "")): i for i in (getattr(sd_models, "checkpoints_list", None) or {}).values()}
     name, note = choose_base(files, picked, {n: i.filename for n, i in infos.items()})
     info = infos.get(name) if name is not None else None
     if info is None:
         if name is not None:
             note = f"'{name}' is not in the WebUI's checkpoint list."
-        return None, f"{note} Rendered with the loaded model '{loaded_name}'."
-    if loaded is not None and os.path.abspath(str(loaded.filename)) == os.path.abspath(str(info.filename)):
-        return None, f"{note} It is the loaded model."
-    return info, f"{note} Loaded for the grid instead of '{loaded_name}', which the WebUI loads again at its next job."
+        return None, f"{note} Rendered with the WebUI's model '{selected_name}'."
+    if selected is not None and os.path.abspath(str(selected.filename)) == os.path.abspath(str(info.filename)):
+        return None, f"{note} It is the WebUI's model."
+    return info, f"{note} Loaded for the grid instead of '{selected_name}', which the WebUI loads again at its next job."

@@ -59,8 +59,26 @@ def test_a_base_model_the_webui_does_not_list_falls_back_to_the_pick_and_says_so
     other = webui.add_checkpoint("other.safetensors", seed=5)
     _, note = _grid(_run(webui, "gone.safetensors"))            # nothing picked: the loaded model
     assert {c[2] for c in processing.rendered} == {base.title} and sd_models.loads == []
-    assert "'gone.safetensors'" in note and "loaded model 'base.safetensors'" in note
+    assert "'gone.safetensors'" in note and "WebUI's model 'base.safetensors'" in note
     processing.rendered.clear()
     _, note = _grid(_run(webui, "gone.safetensors"), checkpoint="other.safetensors")
     assert {c[2] for c in processing.rendered} == {other.title} and sd_models.loads == [other.title]
     assert "'gone.safetensors'" in note and "'other.safetensors'" in note and "\n" not in note
+
+
+def test_a_second_grid_while_the_first_ones_model_is_still_loaded_renders_on_the_run_model_again(webui):
+    """After a grid the run's model stays loaded, but a job without an override loads the setting's model: the
+    second grid must ask for the run's model again, and a grid on the setting's model must name that one."""
+    from modules import processing, shared
+    base = webui.add_checkpoint("base.safetensors", loaded=True)
+    other = webui.add_checkpoint("other.safetensors", seed=5)
+    files = _run(webui, "other.safetensors")
+    _grid(files)
+    assert shared.sd_model.sd_checkpoint_info is other       # still loaded: the WebUI reloads at its next job
+    processing.rendered.clear()
+    _, note = _grid(files)
+    assert {c[2] for c in processing.rendered} == {other.title}
+    assert "instead of 'base.safetensors'" in note
+    processing.rendered.clear()
+    _, note = _grid(_run(webui, None))
+    assert {c[2] for c in processing.rendered} == {base.title} and "WebUI's model 'base.safetensors'" in note
