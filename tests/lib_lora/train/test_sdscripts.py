@@ -260,3 +260,17 @@ def test_unsupported_keys_are_accepted_at_sd_scripts_own_defaults(tmp_path):
     assert cfg.loss_type == "l2"
     with pytest.raises(LoraStudioError, match="huber_c"):
         config_from_dict({**base, "huber_c": 0.2})
+
+
+@pytest.mark.parametrize("args, says", [([], "no --sd-scripts DIR given"),
+                                        (["--sd-scripts", "{tmp}"], "has no train_network.py")])
+def test_sd_scripts_bench_says_skipped_without_a_checkout(tmp_path, args, says):
+    """The CI has no sd-scripts checkout: bench/train_sdscripts.py must say so in one line and exit 0."""
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[3] / "bench" / "train_sdscripts.py"
+    r = subprocess.run([sys.executable, str(bench), *[a.format(tmp=tmp_path) for a in args]],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.startswith("skipped: ") and says in r.stdout and len(r.stdout.strip().splitlines()) == 1
