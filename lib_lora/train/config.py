@@ -234,7 +234,7 @@ KNOWN_UNSUPPORTED = {
     "full_bf16": False, "fp8_base": False, "fp8_base_unet": False, "noise_offset_random_strength": False,
     "adaptive_noise_scale": None, "ip_noise_gamma": None, "ip_noise_gamma_random_strength": False,
     "zero_terminal_snr": False, "scale_v_pred_loss_like_noise_pred": False, "v_pred_like_loss": None,
-    "debiased_estimation_loss": False, "huber_c": None, "huber_schedule": None, "huber_scale": None,
+    "debiased_estimation_loss": False, "huber_c": 0.1, "huber_schedule": "snr", "huber_scale": 1.0,
     "wandb_api_key": None, "wandb_run_name": None, "huggingface_repo_id": None,
     "save_last_n_epochs": None, "save_last_n_steps": None, "save_last_n_epochs_state": None,
     "save_last_n_steps_state": None, "save_n_epoch_ratio": None, "enable_wildcard": False,

@@ -59,7 +59,10 @@ class Dataset:
         b = per_batch or self.spec.batch_size
         return sum(math.ceil(len(v) / b) for v in self.buckets.values())
 
-    def bucket_info(self) -> dict:
+    def bucket_info(self) -> dict | None:
+        """What sd-scripts records as `bucket_info`: None (JSON null) when buckets are off."""
+        if not self.spec.enable_bucket:
+            return None
         return {"buckets": {i: {"resolution": list(r), "count": len(self.buckets[r])}
                             for i, r in enumerate(sorted(self.buckets)) if self.buckets[r]},
                 "mean_img_ar_error": self.mean_ar_error}

@@ -93,5 +93,7 @@ def test_trains_from_a_checkpoint_file(tmp_path):
     md = fileio.read_metadata(str(out))
     assert md["ss_sd_model_name"] == "m.safetensors" and len(md["ss_new_sd_model_hash"]) == 64
     assert md["ss_steps"] == "8" and md["ss_base_model_version"] == "sd_v1"
+    # what sd-scripts writes for an l2 run: its Huber defaults, not "None" (bench/train_sdscripts.py compares)
+    assert (md["ss_huber_c"], md["ss_huber_scale"], md["ss_huber_schedule"]) == ("0.1", "1.0", "snr")
     r2 = cli("--config", str(tmp_path / "c.toml"), "--quiet")        # never overwrites a finished LoRA
     assert r2.returncode == 2 and "exists" in r2.stderr and "Traceback" not in r2.stderr

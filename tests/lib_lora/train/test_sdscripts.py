@@ -248,3 +248,38 @@ def test_every_config_key_has_its_sd_scripts_argument_of_the_same_kind():
         if have not in kinds.get(o.kind, ()):
             bad.append(f"{o.name}: ours {o.kind}, sd-scripts {have}")
     assert bad == []
+
+
+def test_unsupported_keys_are_accepted_at_sd_scripts_own_defaults(tmp_path):
+    """A config sd-scripts wrote itself (--output_config writes every argument) names the keys we do not
+    implement at sd-scripts' defaults, e.g. huber_c = 0.1 with loss_type l2: those must load."""
+    from lib_lora.train.config import KNOWN_UNSUPPORTED
+
+    bad = []
+    for key, ours in KNOWN_UNSUPPORTED.items():
+        a = MANIFEST["arguments"].get(key)
+        if a is None or a.get("action") == "store_true":
+            continue                              # SDXL/network-args only, or a flag whose default is False
+        if a.get("default") != ours:
+            bad.append(f"{key}: ours {ours!r}, sd-scripts {a.get('default')!r}")
+    assert bad == []
+    base = {"pretrained_model_name_or_path": "m.safetensors", "train_data_dir": str(make_images(tmp_path / "d")),
+            "output_dir": str(tmp_path / "out")}
+    cfg = config_from_dict({**base, "loss_type": "l2", "huber_c": 0.1, "huber_schedule": "snr", "huber_scale": 1.0})
+    assert cfg.loss_type == "l2"
+    with pytest.raises(LoraStudioError, match="huber_c"):
+        config_from_dict({**base, "huber_c": 0.2})
+
+
+@pytest.mark.parametrize("args, says", [([], "no --sd-scripts DIR given"),
+                                        (["--sd-scripts", "{tmp}"], "has no train_network.py")])
+def test_sd_scripts_bench_says_skipped_without_a_checkout(tmp_path, args, says):
+    """The CI has no sd-scripts checkout: bench/train_sdscripts.py must say so in one line and exit 0."""
+    import subprocess
+    import sys
+
+    bench = Path(__file__).resolve().parents[3] / "bench" / "train_sdscripts.py"
+    r = subprocess.run([sys.executable, str(bench), *[a.format(tmp=tmp_path) for a in args]],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stderr == ""
+    assert r.stdout.startswith("skipped: ") and says in r.stdout and len(r.stdout.strip().splitlines()) == 1

@@ -51,6 +51,7 @@ def test_epoch_files_names_keys_metadata_and_effect(tmp_path):
     assert md["ss_epoch"] == "3" and md["ss_steps"] == "12" and md["ss_num_train_images"] == "16"
     assert md["ss_output_name"] == "toy" and md["ss_seed"] == "1" and md["ss_max_train_steps"] == "12"
     assert json.loads(md["ss_dataset_dirs"]) == {"2_toy": {"n_repeats": 2, "img_count": 8}}
+    assert md["ss_bucket_info"] == "null"                # buckets off: sd-scripts writes None
     assert json.loads(md["ss_tag_frequency"])["2_toy"]["toy"] == 8
     assert md["sshs_model_hash"] == fileio.model_hash(str(out / "toy.safetensors"))
     # sd-scripts hashes the file as it would be with only the ss_* keys
@@ -134,3 +135,24 @@ def test_sdxl_files_name_both_text_encoders(tmp_path):
     assert prefixes == {"unet", "te1", "te2"}
     net = load_network(res.files[-1])
     assert net.arch == "sdxl" and not net.skipped
+
+
+def test_dataset_toml_metadata_has_sd_scripts_fields(tmp_path):
+    """From a dataset TOML (how an sd-scripts export runs), `ss_datasets` carries the dataset and subset fields
+    sd-scripts' train_network.py writes (read off a real run: bench/train_sdscripts.py), and `bucket_info` is
+    null when buckets are off, as there."""
+    data = make_images(tmp_path / "data")
+    (tmp_path / "ds.toml").write_text(
+        f'[[datasets]]\nresolution = 64\nbatch_size = 4\n[[datasets.subsets]]\nimage_dir = "{data / "2_toy"}"\n'
+        'num_repeats = 2\ncaption_extension = ".txt"\nkeep_tokens_separator = "|||"\n')
+    cfg = config(tmp_path, data, train_data_dir=None, dataset_config=str(tmp_path / "ds.toml"), max_train_epochs=1,
+                 save_every_n_epochs=None)
+    res = run(cfg, tiny_model())
+    md = fileio.read_metadata(res.files[-1])
+    ds = json.loads(md["ss_datasets"])[0]
+    assert ds["bucket_info"] is None and ds["resize_interpolation"] is None and ds["resolution"] == [64, 64]
+    sub = ds["subsets"][0]
+    assert {"keep_tokens_separator", "secondary_separator", "enable_wildcard", "caption_prefix", "caption_suffix",
+            "resize_interpolation", "img_count", "num_repeats", "class_tokens", "is_reg"} <= sub.keys()
+    assert sub["keep_tokens_separator"] == "|||" and sub["enable_wildcard"] is False
+    assert "ss_bucket_info" not in md and "ss_resolution" not in md     # the folder form's keys
