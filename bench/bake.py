@@ -4,7 +4,9 @@
 
 One random checkpoint with every key of tests/fixtures/sd15_checkpoint_compvis.json (2.1 GB fp16) and one
 random LoRA on every U-Net/text-encoder layer a kohya LoRA targets are written to DIR (kept when --dir is
-given). Each side runs in a fresh process (torch import included), alternating, best of --reps:
+given). Each side runs in a fresh process (torch import included), alternating, medians of --reps; before
+each run the previous output is deleted and the page cache synced, outside the timing (before session 7 each
+run started by deleting the last run's 2 GB output, still dirty after save_file, which skews both sides):
 
 - bake: `lib_lora.merge.bake.bake_checkpoint` (the checkpoint memory-mapped, only the changed layers copied
   and patched, the file streamed out from the maps);
@@ -12,7 +14,8 @@ given). Each side runs in a fresh process (torch import included), alternating, 
   module's delta in fp32 (W ← (W.float() + ΔW).to(W.dtype)), save_file.
 Ratio bake / naive: target ≤ 0.8 (medians over the reps). Peak RssAnon of each side is printed too. save_file
 does not fsync while bake does (every write of the project does); a diagnostic line compares bake with the
-naive reference plus an fsync of its output, without changing the headline ratio.
+naive reference plus an fsync of its output, without changing the headline ratio; another times both sides
+from after their imports (torch already loaded, as in the WebUI).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from bench.merge import PRELUDE  # noqa: E402  (the same child clock and RssAnon sampler)
+from bench.merge import PRELUDE, fresh  # noqa: E402  (the same child clock, RssAnon sampler, start state)
 
 DONE = r"""
 t1 = time.perf_counter()
@@ -75,6 +78,7 @@ if sys.argv[4] == "fsync":   # diagnostic: the same durability as bake (every wr
 
 
 def _run(code, *args) -> dict:
+    fresh(args[2])   # no previous output to delete, nothing dirty (save_file leaves 2 GB unsynced)
     env = dict(os.environ, PYTHONPATH=ROOT)
     r = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True, env=env,
                        cwd=ROOT)

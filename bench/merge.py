@@ -16,8 +16,9 @@ process (so the runtime, torch included, is counted as a user would see it):
   hashes go through the hash cache (`fileio.cached_model_hash`, a cache file in DIR): each rep runs the
   baseline, a merge with the cache emptied first (both inputs hashed: "cold"), a merge with it filled ("warm":
   what a user re-merging the same models sees), and a diagnostic merge without hashes. Medians over the reps
-  are printed; each ratio is against the baseline of the same rep. The files stay in the page cache between
-  runs (22 GB RAM here), so both sides read from memory.
+  are printed; each ratio is against the baseline of the same rep. The inputs stay in the page cache between
+  runs (22 GB RAM here), so both sides read from memory; before each run its output file is deleted and the
+  page cache synced, outside the timing, so no run pays for dropping the last one's output.
 """
 
 from __future__ import annotations
@@ -98,8 +99,19 @@ print(json.dumps({"seconds": time.perf_counter() - t0}))
 """
 
 
+def fresh(path) -> None:
+    """Every timed run starts alike: no output left by the run before (deleting a 2 GB file costs ~0.5 s, and
+    one written without fsync still has dirty pages) and nothing dirty in the page cache (os.sync)."""
+    if os.path.exists(path):
+        os.unlink(path)
+    os.sync()
+
+
 def _run(code, *args, env=None) -> dict:
+    """args[2] is the run's output file (cleared first, outside the timing)."""
     import resource
+
+    fresh(args[2])
 
     env = dict(env or os.environ, PYTHONPATH=ROOT)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
