@@ -11,11 +11,14 @@ process (so the runtime, torch included, is counted as a user would see it):
   input file's size (target ≤ 0.5).
 - merge time (python start-up excluded; the torch import and the recipe's input hashes included) against a
   process that reads both inputs and writes an output of the same size with fsync, nothing else (target
-  ≤ 1.5). The input hashes go through the hash cache (`fileio.cached_model_hash`, a cache file in DIR): each
-  rep runs the baseline, a merge with the cache emptied first (both inputs hashed: "cold"), a merge with it
-  filled ("warm": what a user re-merging the same models sees), and a diagnostic merge without hashes.
-  Medians over the reps are printed; each ratio is against the baseline of the same rep. The files stay in the page cache between runs (22 GB RAM here), so both sides
-  read from memory.
+  ≤ 1.5). The baseline imports nothing, so a line also gives the warm merge timed from after its imports
+  (≈ 1.2 s of torch import here): what a merge costs in a process that has torch loaded (the WebUI). The input
+  hashes go through the hash cache (`fileio.cached_model_hash`, a cache file in DIR): each rep runs the
+  baseline, a merge with the cache emptied first (both inputs hashed: "cold"), a merge with it filled ("warm":
+  what a user re-merging the same models sees), and a diagnostic merge without hashes. Medians over the reps
+  are printed; each ratio is against the baseline of the same rep. The inputs stay in the page cache between
+  runs (22 GB RAM here), so both sides read from memory; before each run its output file is deleted and the
+  page cache synced, outside the timing, so no run pays for dropping the last one's output.
 """
 
 from __future__ import annotations
@@ -63,12 +66,13 @@ if sys.argv[4] == "nohash":   # diagnostic only: what the recipe's input hashes 
             self.result = {role: "0" * 64 for role in self.paths}
     mc._Hashes = NoHash
 runtime = anon()
+t_ready = time.perf_counter()   # imports done: what a merge costs inside a process that has torch loaded (the WebUI)
 res = merge_checkpoints(sys.argv[1], sys.argv[2], sys.argv[3], mode="weighted", alpha=0.4, overwrite=True)
 t1 = time.perf_counter()
 stop.append(1)
 peak[0] = max(peak[0], anon())
-print(json.dumps({"seconds": t1 - t0, "peak_anon": peak[0], "runtime_anon": runtime,
-                  "hashes_cached": sorted(res.hashes_cached)}))
+print(json.dumps({"seconds": t1 - t0, "after_imports": t1 - t_ready, "peak_anon": peak[0],
+                  "runtime_anon": runtime, "hashes_cached": sorted(res.hashes_cached)}))
 """
 
 COPY = r"""
@@ -95,8 +99,19 @@ print(json.dumps({"seconds": time.perf_counter() - t0}))
 """
 
 
+def fresh(path) -> None:
+    """Every timed run starts alike: no output left by the run before (deleting a 2 GB file costs ~0.5 s, and
+    one written without fsync still has dirty pages) and nothing dirty in the page cache (os.sync)."""
+    if os.path.exists(path):
+        os.unlink(path)
+    os.sync()
+
+
 def _run(code, *args, env=None) -> dict:
+    """args[2] is the run's output file (cleared first, outside the timing)."""
     import resource
+
+    fresh(args[2])
 
     env = dict(env or os.environ, PYTHONPATH=ROOT)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -139,7 +154,7 @@ def main() -> None:
     cache = os.path.join(tmp, "model-hashes.json")
     env = dict(os.environ, LORA_STUDIO_HASH_CACHE=cache)
     cold, warm, copies, nohash = [], [], [], []
-    ratios = {"cold": [], "warm": [], "nohash": []}
+    ratios = {"cold": [], "warm": [], "nohash": [], "warm_loaded": []}
     try:
         for _ in range(args.reps):
             copies.append(_run(COPY, a, b, copy))
@@ -151,6 +166,7 @@ def main() -> None:
             assert cold[-1]["hashes_cached"] == [] and warm[-1]["hashes_cached"] == ["A", "B"], (cold, warm)
             for name, rs in (("cold", cold), ("warm", warm), ("nohash", nohash)):
                 ratios[name].append(rs[-1]["seconds"] / copies[-1]["seconds"])
+            ratios["warm_loaded"].append(warm[-1]["after_imports"] / copies[-1]["seconds"])
             print(f"  rep: read+write {copies[-1]['seconds']:.2f} s; merge cold {cold[-1]['seconds']:.2f} s, "
                   f"warm {warm[-1]['seconds']:.2f} s, no hashes {nohash[-1]['seconds']:.2f} s", flush=True)
     finally:
@@ -176,6 +192,9 @@ def main() -> None:
     print(f"merge, input hashes cached (warm): {tw:.1f} s vs read+write of the same bytes {c:.1f} s: "
           f"{med(ratios['warm']):.2f}x   (target <= 1.5)")
     print(f"merge, input hashes computed (cold cache): {tc:.1f} s: {med(ratios['cold']):.2f}x")
+    tl = med([r["after_imports"] for r in warm])
+    print(f"  warm, torch and lib_lora already imported (as in the WebUI; the read+write side imports nothing): "
+          f"{tl:.1f} s, {med(ratios['warm_loaded']):.2f}x")
     print(f"  without any recipe hashes (diagnostic): {tn:.1f} s, {med(ratios['nohash']):.2f}x")
     print(f"  process CPU time (user+sys, python start-up and imports included): merge cold {cpu_cold:.1f} s, "
           f"warm {cpu_warm:.1f} s, without hashes {cpu_n:.1f} s, read+write {cpu_c:.1f} s")

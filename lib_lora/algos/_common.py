@@ -114,8 +114,17 @@ def fro(t: torch.Tensor) -> float:
 
 
 def all_finite(t: torch.Tensor) -> bool:
-    """No NaN/Inf in t. A sum is NaN/Inf exactly when an element is, as long as finite values cannot overflow
-    the accumulator (fp16 in fp32, wider types in fp64); ~4x faster than isfinite().all() on CPU."""
+    """No NaN/Inf in t. The min and the max are both finite exactly when every element is (a NaN propagates to
+    both, an infinity is one of them): one read-only pass, ~15x faster on CPU than a float32/float64 sum or
+    isfinite().all() of the same tensor (bench/README.md, bake, session 7)."""
+    if t.numel() == 0:
+        return True
+    if t.element_size() > 1:
+        try:
+            lo, hi = torch.aminmax(t)
+            return math.isfinite(float(lo)) and math.isfinite(float(hi))
+        except RuntimeError:   # a dtype/device without an aminmax kernel: the accumulator test below
+            pass
     if t.dtype == torch.float16:
         return math.isfinite(float(torch.sum(t, dtype=torch.float32)))
     if t.dtype in (torch.bfloat16, torch.float32):

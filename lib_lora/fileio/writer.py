@@ -6,6 +6,7 @@ into runs, disk writeback started while writing), and the trainer's precomputed 
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -71,6 +72,7 @@ def _numel(shape) -> int:
     return n
 
 
+@functools.lru_cache(maxsize=None)   # called per tensor and per piece (thousands per checkpoint)
 def _itemsize(dtype) -> int:
     import torch
 

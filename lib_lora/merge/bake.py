@@ -150,13 +150,15 @@ def _overflow(host, touched: dict, sd: dict, base, dtype) -> tuple[list, int]:
     """([(layer, bad values, tags)], total) for merged layers holding ±Inf/NaN the base did not have."""
     import torch
 
+    from lib_lora.algos._common import all_finite
+
     key_of = {id(t): k for k, t in sd.items()}
     bad = []
     for layer, tags in touched.items():
         n, keys = 0, []
         for w, b in host[layer].part_tensors():
             for t in (w, b):
-                if t is not None:
+                if t is not None and not all_finite(t):   # counted only then (isfinite is slow on half)
                     k = int((~torch.isfinite(t)).sum())
                     if k:
                         n += k

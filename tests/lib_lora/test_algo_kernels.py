@@ -149,3 +149,21 @@ def test_dora_variant_wraps_any_base():
     assert a.name == "full+dora" and a.base is algos.get("full") and not a.linear and a.norm is None
     W = rnd(8, 6)
     close(algos.compute_delta(m, W).weight, dora.kernel(W, m.tensors["diff"].clone(), m.dora_scale, 0).double())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64,
+                                   torch.float8_e4m3fn])
+def test_all_finite_finds_one_nan_or_infinity_anywhere(dtype):
+    from lib_lora.algos._common import all_finite
+
+    g = torch.Generator().manual_seed(3)
+    scale = 1.0 if dtype == torch.float8_e4m3fn else 100.0   # e4m3fn tops out at 448
+    clean = (torch.randn(4099, generator=g) * scale).to(dtype)
+    assert all_finite(clean) and all_finite(clean[:0]) and all_finite(clean[::7])
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        for pos in (0, 1234, 4098):
+            t = clean.clone()
+            t[pos] = torch.tensor(bad).to(dtype)   # (e4m3fn has no infinity: the cast saturates)
+            assert all_finite(t) == bool(torch.isfinite(t.float()).all()), (bad, pos)
+            if not (dtype == torch.float8_e4m3fn and bad in (float("inf"), -float("inf"))):
+                assert not all_finite(t), (bad, pos)

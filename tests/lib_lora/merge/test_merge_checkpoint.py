@@ -439,3 +439,34 @@ def test_chunked_kernel_equals_the_whole_tensor_float64_formula_bit_for_bit(mode
     out = torch.empty(n, dtype=dtype)
     mc._Scratch().combine_into(mode, a, b, c, 0.37, out)
     assert _same(out, mc._combine(mode, a, b, c, 0.37).to(dtype))
+
+
+@pytest.mark.parametrize("mode", mc.MODES)
+@pytest.mark.parametrize("dtypes", [(torch.float16, torch.float16, torch.float16, torch.float16),
+                                    (torch.float32, torch.float16, torch.bfloat16, torch.float16),
+                                    (torch.bfloat16, torch.float32, torch.float16, torch.bfloat16),
+                                    (torch.float64, torch.float16, torch.float32, torch.float32)])
+def test_chunked_kernel_is_bit_identical_to_the_formula_for_mixed_dtypes_special_values_and_any_m(mode, dtypes):
+    # inputs of different dtypes (A float32 or float64 against half-precision B/C), infinities, NaN, signed
+    # zeros, half-precision subnormals and extremes, m outside [0, 1], a ragged tail: the kernel must write
+    # exactly the whole-tensor float64 formula cast once (what merges wrote before the kernel was restructured)
+    da, db, dc, dout = dtypes
+    size = mc._Scratch.SIZE
+    n = 2 * size + 321
+    special = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), 6e-8, -6e-8, 65504.0, -65504.0,
+                            1e-5, 3.1e-5, 1e30])
+    g = torch.Generator().manual_seed(11)
+    ts = []
+    for dt, shift in ((da, 0), (db, 5), (dc, 9)):
+        t = torch.randn(n, generator=g) * 0.05
+        t[shift:shift + len(special)] = special
+        t[-len(special):] = special.flip(0)
+        ts.append(t.to(dt))
+    a, b, c = ts
+    c[size: 2 * size] = b[size: 2 * size].to(dc)   # train-diff's B == C shortcut where B is exact in C's type
+    zeros = a[size: 2 * size] == 0   # there the shortcut keeps A's signed zeros, the formula gives +0 for -0
+    a[size: 2 * size][zeros] = 0.25
+    for m in (0.37, 0.4, 1 / 3, 0.0, 1.0, -0.5, 1.7):
+        out = torch.empty(n, dtype=dout)
+        mc._Scratch().combine_into(mode, a, b, c, m, out)
+        assert _same(out, mc._combine(mode, a, b, c, m).to(dout)), m
