@@ -84,6 +84,32 @@ def copy_bound(host, layers) -> float:
     return best
 
 
+def gemm_floor(net) -> float:
+    """The arithmetic floor of an exact from-factors change of a LoRA/LoCon: only the fp32 products up·down of
+    every low-rank module, into one reused buffer (no read of W0, no add, no cast, no Python bookkeeping beyond
+    the loop). NaN for a network with no low-rank module. Any exact rewrite from factors costs at least this."""
+    from lib_lora.algos import algorithm_of
+
+    pairs = []
+    for mod in net.modules.values():
+        algo = algorithm_of(mod)
+        if algo is None or algo.compact_kind != "lowrank":
+            continue
+        f = algo.compact(mod, None, "cpu")
+        if f is not None:
+            pairs.append((f[0].contiguous(), f[1].contiguous()))
+    if not pairs:
+        return float("nan")
+    buf = torch.empty(max(u.shape[0] * d.shape[1] for u, d in pairs), dtype=torch.float32)
+    best = float("inf")
+    for _ in range(2):
+        t = time.perf_counter()
+        for u, d in pairs:
+            torch.mm(u, d, out=buf[: u.shape[0] * d.shape[1]].view(u.shape[0], d.shape[1]))
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
 def builtin_change(host, net, m, blocks, backups):
     """AUTOMATIC1111's scheme for one change: every touched layer back from its backup, every module's delta
     recomputed in fp32 and added, cast to the weight dtype. `backups` (layer → (w, b) clones) persists across
@@ -153,6 +179,7 @@ def run_one(host, net, dtype_name, builtin: bool, dense_lowrank: bool = False, c
     t_first = time.perf_counter() - t
     touched = list(p.patched_layers)
     bound_all = copy_bound(host, touched)
+    floor = gemm_floor(net)
     vec, _ = expand(FACE)
     changes = [("weight 0.3", 0.3, None), ("weight 0.6", 0.6, None), ("weight 0.9", 0.9, None),
                ("preset face @0.9", 0.9, vec)]
@@ -188,7 +215,7 @@ def run_one(host, net, dtype_name, builtin: bool, dense_lowrank: bool = False, c
     summary = dict(name=net.name, dtype=dtype_name, copy=max(dt / bound for _, dt, bound, _ in rows[:3]),
                    builtin=max(dt / b for (_, dt, _, _), b in zip(rows[:3], b_rows)) if b_rows else float("nan"),
                    memory=ours_mem / b_mem if b_mem else float("nan"),
-                   hits=rows[1][3].cache_hits, factored=rows[1][3].factored)
+                   hits=rows[1][3].cache_hits, factored=rows[1][3].factored, floor=floor / bound_all)
     n_mod = len(net.modules)
     print(f"\n{net.name} ({n_mod} modules, {len(touched)} layers, {dtype_name}): first apply {t_first:.2f} s "
           f"({first.factored} from factors, {first.deltas_computed} deltas computed); budget "
@@ -199,6 +226,10 @@ def run_one(host, net, dtype_name, builtin: bool, dense_lowrank: bool = False, c
         b = f"{dt / b_rows[i]:9.3f}" if b_rows else f"{'-':>9}"
         print(f"  {label:<18} {dt:7.3f} {dt / t_first:7.3f} {dt / bound:7.3f} {b} {rep.cache_hits:5d} "
               f"{rep.deltas_computed:8d} {rep.factored:8d}")
+    if floor == floor:   # not NaN: a LoRA/LoCon
+        print(f"  GEMM floor (only the fp32 products up·down, no W0, no add): {floor:.3f} s = {floor / bound_all:.3f}× "
+              f"the copy bound: an exact change from factors costs ≥ copy + this, so /copy ≥ "
+              f"{1 + floor / bound_all:.2f} unless the two overlap perfectly (≥ {max(1.0, floor / bound_all):.2f})")
     if b_rows:
         print(f"  built-in scheme per change: {', '.join(f'{x:.2f}' for x in b_rows)} s")
         print(f"  memory overhead: LoRA Studio {ours_mem / 2**20:.0f} MiB (backups + cache + scratch) vs built-in "
@@ -254,10 +285,10 @@ def main(argv=None) -> int:
         gc.collect()
     print(f"\nper family (worst of the 0.3/0.6/0.9 changes; targets /copy ≤ 1.5, /built-in ≤ 0.2, memory ≤ 1):")
     print(f"  {'LoRA':<7} {'dtype':<5} {'mode':<8} {'/copy':>6} {'/built-in':>9} {'memory':>7} {'hits':>5} "
-          f"{'factored':>8}")
+          f"{'factored':>8} {'GEMM floor/copy':>15}")
     for r in summaries:
         print(f"  {r['name']:<7} {r['dtype']:<5} {r['mode']:<8} {r['copy']:6.2f} {r['builtin']:9.3f} "
-              f"{r['memory']:7.3f} {r['hits']:5d} {r['factored']:8d}")
+              f"{r['memory']:7.3f} {r['hits']:5d} {r['factored']:8d} {r['floor']:15.2f}")
     print(f"\nwhole run {time.perf_counter() - t0:.0f} s")
     return 0
 
