@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -174,7 +175,7 @@ def main() -> None:
             if os.path.exists(p):
                 os.unlink(p)
         if not args.dir:
-            os.rmdir(tmp)
+            shutil.rmtree(tmp, ignore_errors=True)   # with the hash cache's lock file
 
     def med(xs):
         return statistics.median(xs)
