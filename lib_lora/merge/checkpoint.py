@@ -65,12 +65,12 @@ class MergeResult:
 
 # ---------------------------------------------------------------- inputs
 
-class _Loaded:
-    """A pickle checkpoint (loaded whole: only with the pickle opt-in) behind MappedTensors' interface."""
+class TensorDict:
+    """{key: tensor} behind MappedTensors' reader interface (names, dtypes and shapes without reading data;
+    `get`), the model source the merge plans and produces from when the tensors are already in memory."""
 
-    def __init__(self, path, allow_pickle: bool):
-        self.path = os.fspath(path)
-        self._t, self.metadata = fileio.read_tensors(path, allow_pickle=allow_pickle)
+    def __init__(self, tensors: dict):
+        self._t = tensors
 
     def keys(self):
         return list(self._t)
@@ -86,6 +86,18 @@ class _Loaded:
 
     def get(self, key):
         return self._t[key]
+
+    def close(self):
+        pass
+
+
+class _Loaded(TensorDict):
+    """A pickle checkpoint (loaded whole: only with the pickle opt-in)."""
+
+    def __init__(self, path, allow_pickle: bool):
+        self.path = os.fspath(path)
+        tensors, self.metadata = fileio.read_tensors(path, allow_pickle=allow_pickle)
+        super().__init__(tensors)
 
     def close(self):
         self._t = {}

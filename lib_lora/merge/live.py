@@ -63,37 +63,17 @@ def ck_number(v) -> str:
     return format_number(float(v))
 
 
-def needs_c(mode: str) -> bool:
-    """Every mode but the weighted sum takes a difference B − C."""
-    return mode != "weighted"
-
-
-class _LiveA:
-    """A behind the reader interface the file merge plans and produces from: names, dtypes and shapes of
-    the live tensors; `get` gives A's clone when the tensor was rewritten, else the live tensor itself
-    (on the CPU; it still holds A)."""
+class _LiveA(ck.TensorDict):
+    """A as the file merge reads it: the live tensors' names, dtypes and shapes; `get` gives A's clone when
+    the tensor was rewritten, else the live tensor itself (on the CPU; it still holds A)."""
 
     def __init__(self, tensors: dict, originals: dict):
-        self._t, self._orig = tensors, originals
-
-    def keys(self):
-        return list(self._t)
-
-    def __contains__(self, key):
-        return key in self._t
-
-    def dtype(self, key):
-        return self._t[key].dtype
-
-    def shape(self, key):
-        return tuple(self._t[key].shape)
+        super().__init__(tensors)
+        self._orig = originals
 
     def get(self, key):
         t = self._orig.get(key)
         return t if t is not None else self._t[key].detach().cpu()
-
-    def close(self):
-        pass
 
 
 def checkpoint_tensors(model) -> dict:
@@ -159,9 +139,9 @@ class LiveMerge:
             self._check_current()
             if mode not in ck.MODES:
                 raise LoraStudioError(f"merge mode '{mode}' is not known; use one of {', '.join(ck.MODES)}")
-            if needs_c(mode) and c is None:
+            if mode in ck.NEEDS_C and c is None:
                 raise LoraStudioError(f"mode {mode} needs a third model C (the difference is B − C); pick one")
-            if not needs_c(mode) and c is not None:
+            if mode not in ck.NEEDS_C and c is not None:
                 raise LoraStudioError("model C is only used by the difference modes; clear it or pick add-diff")
             for what, v in (("alpha", alpha), ("base alpha", base_alpha)):
                 if v is not None and not math.isfinite(float(v)):
