@@ -20,9 +20,10 @@ from lib_lora.train.buckets import Buckets, adjust_bucket_range, make_bucket_res
 from lib_lora.train.captions import Caption, process_caption, read_caption, tag_counts  # noqa: F401
 from lib_lora.train.config import DatasetSpec, SubsetSpec
 from lib_lora.train.folders import (IMAGE_EXTENSIONS, folder_subsets, glob_images,  # noqa: F401
-                                    parse_folder_name, prepare_folder, repeats_for, steps_for)
+                                    parse_folder_name, prepare_folder, repeats_for, steps_for,
+                                    steps_per_epoch)
 from lib_lora.train.latent_cache import (CACHE_HASH_KEY, cache_path, cache_problems,  # noqa: F401
-                                         image_sha256, read_latent_cache, write_latent_cache)
+                                         read_latent_cache, write_latent_cache)
 
 TINY_SIDE = 64          # an image with a side below this is refused: it cannot fill even the smallest bucket
 
@@ -269,7 +270,7 @@ def step_counts(datasets: list[Dataset], cfg, num_processes: int = 1) -> dict:
     epochs = ⌈steps / ⌈B / GA⌉⌉ (GA = gradient_accumulation_steps)."""
     batches = sum(d.batches_per_epoch() for d in datasets)
     ga = cfg.gradient_accumulation_steps
-    per_epoch = math.ceil(batches / num_processes / ga) if batches else 0
+    per_epoch = steps_per_epoch(batches, ga, num_processes)
     if cfg.max_train_epochs is not None:
         steps = cfg.max_train_epochs * per_epoch
     else:

@@ -60,11 +60,16 @@ def glob_images(folder: str) -> list[str]:
 
 # ---- prepare a folder -----------------------------------------------------------------------------------------
 
+def steps_per_epoch(batches: int, grad_accum: int = 1, processes: int = 1) -> int:
+    """sd-scripts' optimizer steps in an epoch of `batches` batches: ⌈batches / processes / grad_accum⌉."""
+    return math.ceil(batches / processes / grad_accum) if batches else 0
+
+
 def steps_for(repeats: int, buckets, epochs: int = 1, batch_size: int = 1, grad_accum: int = 1) -> int:
     """Optimizer steps of `epochs` epochs with `repeats`, counted as sd-scripts counts them: each bucket gives
-    ⌈images in it × repeats / batch⌉ batches, one step per `grad_accum` batches (dataset.step_counts)."""
+    ⌈images in it × repeats / batch⌉ batches (as `dataset.step_counts`), then `steps_per_epoch`."""
     batches = sum(math.ceil(n * repeats / batch_size) for n in buckets if n)
-    return math.ceil(batches / grad_accum) * max(1, epochs)
+    return steps_per_epoch(batches, grad_accum) * max(1, epochs)
 
 
 def repeats_for(target_steps: int, images: int, epochs: int = 1, batch_size: int = 1, grad_accum: int = 1,

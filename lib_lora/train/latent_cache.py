@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from lib_lora import fileio
-
 if TYPE_CHECKING:
     from lib_lora.train.dataset import Dataset, ImageItem
 
@@ -40,10 +38,6 @@ def cache_problems(datasets: list[Dataset], cfg) -> list[str]:
 
 def cache_path(item: ImageItem) -> str:
     return os.path.splitext(item.path)[0] + ".npz"
-
-
-def image_sha256(path: str) -> str:
-    return fileio.file_sha256(path)
 
 
 def read_latent_cache(item: ImageItem, sha: str, flips: bool) -> dict | None:

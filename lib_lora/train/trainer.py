@@ -526,7 +526,7 @@ class Trainer:
             for it in ds.items:
                 if it.path in sha:
                     continue
-                sha[it.path] = D.image_sha256(it.path)
+                sha[it.path] = fileio.file_sha256(it.path)
                 if D.read_latent_cache(it, sha[it.path], it.subset.flip_aug) is None:
                     stale.append(it)
         if main and stale:
