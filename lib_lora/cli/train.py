@@ -32,6 +32,9 @@ def run(args) -> int:
 
         if not (o.into and o.concept):
             raise LoraStudioError("--prepare-from needs --into DIR and --concept NAME.")
+        if o.enable_bucket and not o.resolution:
+            raise LoraStudioError("--enable-bucket needs --resolution (the training resolution the buckets are "
+                                  "formed at), e.g. --resolution 512.")
         buckets = None
         if o.resolution:
             from lib_lora.train.config import DatasetSpec, parse_resolution

@@ -261,7 +261,11 @@ def folder_buckets(folder: str, spec: DatasetSpec, caption_extension: str = ".tx
     Buckets(spec)        # a bucket range that does not fit the resolution: its one-line error, here
     one = dataclasses.replace(spec, subsets=[SubsetSpec(image_dir=folder, caption_extension=caption_extension)])
     ds = scan_dataset(one, Report([]))
-    return [len(v) for v in ds.buckets.values()]
+    counts = [len(v) for v in ds.buckets.values()]
+    if not sum(counts) and glob_images(folder):
+        raise LoraStudioError(f"no image in '{folder}' can be trained on: each is unreadable or has a side under "
+                              f"{TINY_SIDE} px; replace them with larger images.")
+    return counts
 
 
 def step_counts(datasets: list[Dataset], cfg, num_processes: int = 1) -> dict:

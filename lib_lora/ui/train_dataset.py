@@ -54,7 +54,7 @@ def prepare_plan(ctx, source, dest_root, concept, target_steps, epochs, batch_si
     """The checked inputs of a prepare and what it will do: {src, dest_root, dest, images, repeats, steps,
     buckets, text}. With the tab's resolution the images are bucketed as the run will bucket them, so the
     steps are the validation report's. Nothing is written."""
-    from lib_lora.train.dataset import TINY_SIDE, folder_buckets, glob_images, repeats_for, steps_for
+    from lib_lora.train.dataset import folder_buckets, glob_images, repeats_for, steps_for
     src = _folder(ctx, source, "Source folder")
     if not src.is_dir():
         raise LoraStudioError(f"Source folder '{source}' does not exist; type a folder of tagged images.")
@@ -71,9 +71,6 @@ def prepare_plan(ctx, source, dest_root, concept, target_steps, epochs, batch_si
         raise LoraStudioError(f"Source folder '{src}' holds no images (.png, .jpg, .webp, …).")
     spec = bucket_spec(resolution, enable_bucket, extra)
     buckets = folder_buckets(str(src), spec) if spec is not None else [images]
-    if not sum(buckets):
-        raise LoraStudioError(f"No image in '{src}' can be trained on (unreadable, or a side under {TINY_SIDE} px); "
-                              "validate the folder after preparing it to see which.")
     repeats = repeats_for(steps, sum(buckets), ep, bs, ga, buckets)
     dest = dest_root / f"{repeats}_{name}"
     got = steps_for(repeats, buckets, ep, bs, ga)

@@ -72,6 +72,20 @@ def test_prepare_folder(tmp_path):
         assert (tmp_path / f"t{len(flags)}" / folder).is_dir(), os.listdir(tmp_path / f"t{len(flags)}")
 
 
+def test_prepare_folder_refusals_are_one_line(tmp_path):
+    from PIL import Image
+    tiny = tmp_path / "tiny"
+    tiny.mkdir()
+    Image.new("RGB", (32, 32)).save(tiny / "a.png")
+    base = ("--prepare-from", str(tiny), "--into", str(tmp_path / "t"), "--concept", "c")
+    for flags, words in ((["--enable-bucket"], "--enable-bucket needs --resolution"),
+                         (["--resolution", "512"], "has a side under 64 px")):
+        r = cli(*base, *flags)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert words in r.stderr and "\n" not in r.stderr.strip()
+    assert not (tmp_path / "t").exists()     # nothing prepared with a made-up repeat count
+
+
 @pytest.mark.slow
 def test_trains_from_a_checkpoint_file(tmp_path):
     """The whole CLI path: a single-file checkpoint loaded by lib_lora.sd, one epoch, the final file."""
