@@ -48,12 +48,13 @@ def lora_library(lora_dir) -> Library:
     return Library(lambda: [lora_dir])
 
 
-def find_lora(name: str, lora_dir, library: Library | None = None) -> str:
-    """Path of LoRA `name` (file stem, else unique alias) inside `lora_dir`; never outside it."""
+def find_lora(name: str, lora_dir, library: Library | None = None, fix: str = "check the name or --lora-dir") -> str:
+    """Path of LoRA `name` (file stem, else unique alias) inside `lora_dir` (or `library`'s folders); never
+    outside them. `fix` ends the not-found line."""
     if not name or any(c in name for c in "/\\") or name in (".", "..") or os.path.isabs(name):
         raise SyntaxProblem(f"LoRA name '{name}' is not a plain name; write the file name without folders")
     library = library or lora_library(lora_dir)
-    return str(library.lookup(name, "check the name or --lora-dir").path)
+    return str(library.lookup(name, fix).path)
 
 
 def load_presets(presets_path=None, lora_dir=None, messages: list | None = None):
@@ -69,25 +70,32 @@ def load_presets(presets_path=None, lora_dir=None, messages: list | None = None)
     return store
 
 
-def parse_tags(prompt: str, lora_dir) -> list:
-    """(tag, file path) of every LoRA tag; bad syntax and unknown names raise. Cheap: nothing is loaded."""
+def parse_tags(prompt: str, lora_dir, *, library: Library | None = None, fix: str = "check the name or --lora-dir",
+               required: bool = True) -> list:
+    """(tag, file path) of every LoRA tag; bad syntax and unknown names raise. Cheap: nothing is loaded.
+    `library`: look the names up there instead of `lora_dir` (a UI's LoRA folders), `fix` ending the not-found
+    line; `required=False`: a prompt without tags gives []."""
     from lib_lora.syntax import parse_prompt
 
     tags = parse_prompt(prompt)
     if not tags:
+        if not required:
+            return []
         raise SyntaxProblem("the prompt has no <lora:NAME:…> tag; nothing to bake")
-    library = lora_library(lora_dir)
+    library = library or lora_library(lora_dir)
     out = []
     for tag in tags:
         if tag.errors:
             raise SyntaxProblem(tag.errors[0])
-        out.append((tag, find_lora(tag.name, lora_dir, library)))
+        out.append((tag, find_lora(tag.name, lora_dir, library, fix)))
     return out
 
 
-def resolve_tag(tag, path, arch: str | None, presets, seed: int = 0, messages: list | None = None) -> Activated:
+def resolve_tag(tag, path, arch: str | None, presets, seed: int = 0, messages: list | None = None,
+                gated: str = "baked at full strength") -> Activated:
     """One tag → Activated (bake and bake-lora share it: same rules, same messages). Whatever would make the
-    result differ from what the tag asks for raises; caveats go to `messages`."""
+    result differ from what the tag asks for raises; caveats go to `messages` (`gated`: what happens to a
+    start=/stop= tag, which only a sampler can honour)."""
     from lib_lora.network import load_network
 
     messages = messages if messages is not None else []
@@ -100,7 +108,7 @@ def resolve_tag(tag, path, arch: str | None, presets, seed: int = 0, messages: l
         messages.append(net.damage_message)
     a = activate_tag(tag, net, presets, arch, seed, messages, strict=True, entry=path)
     if a.active.gated:
-        messages.append(f"`{tag.name}`: start=/stop= only apply while sampling; baked at full strength")
+        messages.append(f"`{tag.name}`: start=/stop= only apply while sampling; {gated}")
     return a
 
 

@@ -136,27 +136,17 @@ def lora_tags(ctx):
     LoRA folders as the bake tool resolves them (same rules, same messages)."""
     def resolve(prompt: str, arch: str):
         from lib_lora.library import Library
-        from lib_lora.merge.bake import resolve_tag
-        from lib_lora.syntax import parse_prompt
+        from lib_lora.merge.bake import parse_tags, resolve_tag
+        from lib_lora.syntax import rewrite_prompt
 
-        tags = parse_prompt(prompt)
-        if not tags:
+        found = parse_tags(prompt, None, library=Library(lambda: list(ctx.lora_dirs)), required=False,
+                           fix="check the name, or press Refresh on the LoRA tab")
+        if not found:
             return prompt, [], []
-        library = Library(lambda: list(ctx.lora_dirs))
         notes: list = []
-        actives = []
-        for tag in tags:
-            if tag.errors:
-                raise LoraStudioError(tag.errors[0])
-            path = str(library.lookup(tag.name, "check the name, or press Refresh on the LoRA tab").path)
-            actives.append(resolve_tag(tag, path, arch, ctx.presets, 0, notes).active)
-        text, end = [], 0
-        for tag in tags:
-            text.append(prompt[end:tag.span[0]])
-            end = tag.span[1]
-        text.append(prompt[end:])
-        notes = [n.replace("baked at full strength", "applied for the whole preview") for n in notes]
-        return "".join(text), actives, notes
+        actives = [resolve_tag(tag, path, arch, ctx.presets, 0, notes, gated="applied for the whole preview").active
+                   for tag, path in found]
+        return rewrite_prompt(prompt, lambda tag: ""), actives, notes
     return resolve
 
 

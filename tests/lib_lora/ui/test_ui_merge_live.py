@@ -140,7 +140,12 @@ def test_a_lora_tag_in_the_preview_comes_off_after_its_image(ctx, folders):
                             PV["size"])
     assert np.array_equal(np.asarray(same), plain)       # the tag's text is not in the prompt
     bad, image = ml.preview(ctx, jobs, "x <lora:nope:1>", "", 1, 2, 64)
-    assert bad.startswith("⚠ ") and "'nope' not found" in bad and image is None, bad
+    assert bad.startswith("⚠ ") and "'nope' not found" in bad and "press Refresh" in bad and image is None, bad
+    # the bake tool's tag rules: a path is not a LoRA name; start=/stop= cannot be honoured by the preview
+    bad, image = ml.preview(ctx, jobs, "x <lora:../ext:1>", "", 1, 2, 64)
+    assert bad.startswith("⚠ ") and "not a plain name" in bad and image is None, bad
+    line, _ = ml.preview(ctx, jobs, "x <lora:ext:1:stop=3>", "", 1, 2, 64)
+    assert line.startswith("✓ ") and "start=/stop= only apply while sampling; applied for the whole preview" in line
 
 
 def test_cancel_and_bad_input_leave_the_model_as_it_was(ctx, folders):
