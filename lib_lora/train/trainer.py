@@ -155,6 +155,14 @@ def model_layers(model) -> list:
     return out
 
 
+def model_host(model):
+    """The core's Host over a lib_lora.sd model's layers (`model_layers`): what a Patcher puts LoRAs on for
+    the epoch grid and the standalone merge preview."""
+    from lib_lora.host import Host
+
+    return Host.from_named_modules([(layer, m) for layer, m, _ in model_layers(model)], arch=model.arch)
+
+
 def load_base_model(cfg: TrainConfig, device, dtype):
     try:
         from lib_lora.sd import load_model

@@ -100,12 +100,9 @@ class LoadedModel:
                 text, actives, notes = (loras(prompt, model.arch) if loras is not None else (prompt, [], []))
                 patcher = None
                 if actives:
-                    from lib_lora.host import Host
                     from lib_lora.patcher import Patcher
-                    from lib_lora.train.trainer import model_layers
-                    host = Host.from_named_modules([(layer, m) for layer, m, _ in model_layers(model)],
-                                                   arch=model.arch)
-                    patcher = Patcher(host)
+                    from lib_lora.train.trainer import model_host
+                    patcher = Patcher(model_host(model))
                 try:
                     if patcher is not None:
                         patcher.apply(actives)

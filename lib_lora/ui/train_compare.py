@@ -80,11 +80,10 @@ def compare_epochs(ctx, checkpoint, run_name, weights, prompt, negative="", seed
     seed, rendered with lib_lora.sd; each LoRA goes on through the core patcher and is taken off exactly."""
     import torch
 
-    from lib_lora.host import Host
     from lib_lora.network import load_network
     from lib_lora.patcher import ActiveLora, Patcher
     from lib_lora.sd.sample import generate
-    from lib_lora.train.trainer import model_layers
+    from lib_lora.train.trainer import model_host
 
     files = epoch_files(ctx, run_name)
     ws = parse_weights(weights)
@@ -99,8 +98,7 @@ def compare_epochs(ctx, checkpoint, run_name, weights, prompt, negative="", seed
         if name is None:
             raise LoraStudioError(f"{note} Pick the base checkpoint above.")
         model = load_model(checkpoint_path(ctx, name, "base"))
-    host = Host.from_named_modules([(layer, m) for layer, m, _ in model_layers(model)], arch=model.arch)
-    patcher = Patcher(host)
+    patcher = Patcher(model_host(model))
     total = 1 + len(files) * len(ws)
     done = 0
 
