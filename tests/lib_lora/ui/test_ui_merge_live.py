@@ -50,6 +50,16 @@ def _apply(ctx, jobs, weights, mode="add-diff", c="c.safetensors", alpha=0.6):
     return line
 
 
+def _two_models(tmp_path, arch, dtype, seeds):
+    """An app context over a checkpoint folder holding tiny models a and b (`seeds`) of `arch` in `dtype`."""
+    from lib_lora.sd.model import build_model, save_model
+    for sub in ("ckpt", "lora"):
+        (tmp_path / sub).mkdir()
+    for name, seed in zip(("a", "b"), seeds):
+        save_model(build_model(arch, "tiny", seed=seed, dtype=dtype), tmp_path / "ckpt" / f"{name}.safetensors")
+    return app.build_context([tmp_path / "lora"], [tmp_path / "ckpt"], tmp_path / "tagger")
+
+
 def _preview(ctx, jobs):
     line, image = ml.preview(ctx, jobs, PV["prompt"], PV["negative"], PV["seed"], PV["steps"], PV["size"])
     assert line.startswith("✓ ") and image is not None, line
@@ -207,12 +217,7 @@ def test_an_fp16_model_a_is_merged_in_fp32_and_saved_as_the_fp16_file_merge(tmp_
     """The app's model is fp32: the live merge of an fp16 A is the file merge with --dtype fp32, and Save with
     fp16 writes the file merge with --dtype fp16 (what the guide tells users to pick)."""
     from lib_lora.merge.checkpoint import merge_checkpoints
-    from lib_lora.sd.model import build_model, save_model
-    for sub in ("ckpt", "lora"):
-        (tmp_path / sub).mkdir()
-    for name, seed in (("a", 3), ("b", 4)):
-        save_model(build_model("sd1", "tiny", seed=seed, dtype=torch.float16), tmp_path / "ckpt" / f"{name}.safetensors")
-    ctx = app.build_context([tmp_path / "lora"], [tmp_path / "ckpt"], tmp_path / "tagger")
+    ctx = _two_models(tmp_path, "sd1", torch.float16, (3, 4))
     jobs = mt.Jobs()
     assert ml.load_a(ctx, "a.safetensors").startswith("✓ Loaded")
     assert mt.live_apply(ctx, jobs, "b.safetensors", "", "weighted", 0.3, False, "a.safetensors", *W).startswith("✓")
@@ -241,12 +246,7 @@ def test_an_fp16_model_a_is_merged_in_fp32_and_saved_as_the_fp16_file_merge(tmp_
 def test_sdxl_model_a(tmp_path):
     """SDXL: 20 block weights, the live merge is the file merge, the preview renders with it."""
     from lib_lora.merge.checkpoint import merge_checkpoints
-    from lib_lora.sd.model import build_model, save_model
-    for sub in ("ckpt", "lora"):
-        (tmp_path / sub).mkdir()
-    for name, seed in (("a", 5), ("b", 6)):
-        save_model(build_model("sdxl", "tiny", seed=seed, dtype=torch.float32), tmp_path / "ckpt" / f"{name}.safetensors")
-    ctx = app.build_context([tmp_path / "lora"], [tmp_path / "ckpt"], tmp_path / "tagger")
+    ctx = _two_models(tmp_path, "sdxl", torch.float32, (5, 6))
     jobs = mt.Jobs()
     assert ml.load_a(ctx, "a.safetensors").startswith("✓ Loaded: a.safetensors (SDXL, cpu, fp32)")
     before = _preview(ctx, jobs)
