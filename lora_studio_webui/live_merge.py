@@ -27,12 +27,6 @@ KEEP_AS_LOADED = ("first_stage_model.",)
 _TE_ROOTS = ("cond_stage_model.", "conditioner.")
 
 
-def model_tensors(sd_model) -> dict:
-    """{checkpoint key: live tensor} of the loaded model (the core's mapping, imported when first needed)."""
-    from lib_lora.merge.live import checkpoint_tensors
-    return checkpoint_tensors(sd_model)
-
-
 def _checkpoint_file(sd_model):
     return getattr(sd_model, "sd_model_checkpoint", None) or \
         getattr(getattr(sd_model, "sd_checkpoint_info", None), "filename", None)
@@ -76,10 +70,10 @@ class LiveMergeHost:
         if self.live is not None and (sd_model is not self.model or _checkpoint_file(sd_model) != self.checkpoint):
             self.drop(sd_model)
         if self.live is None:
-            from lib_lora.merge.live import LiveMerge
+            from lib_lora.merge.live import LiveMerge, checkpoint_tensors
             ckpt = _checkpoint_file(sd_model)
             self.live = LiveMerge(
-                model_tensors(sd_model), name=os.path.basename(ckpt) if ckpt else "loaded model",
+                checkpoint_tensors(sd_model), name=os.path.basename(ckpt) if ckpt else "loaded model",
                 presets=ENGINE.presets(), allow_pickle=bool(env.opt(env.PREFIX + "allow_pickle", False)),
                 keep=KEEP_AS_LOADED, before_write=self._before_write, before_read=self._before_read,
                 after_write=self._after_write)

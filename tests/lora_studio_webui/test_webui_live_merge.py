@@ -22,9 +22,9 @@ def same(x: dict, y: dict) -> bool:
 
 def write_other(webui, tmp_path, name, seed):
     """A 'checkpoint' with the loaded model's keys and shapes and other weights."""
-    from lora_studio_webui.live_merge import model_tensors
+    from lib_lora.merge.live import checkpoint_tensors
     gen = torch.Generator().manual_seed(seed)
-    sd = {k: (torch.randn(t.shape, generator=gen) * 0.05).to(t.dtype) for k, t in model_tensors(webui.model).items()}
+    sd = {k: (torch.randn(t.shape, generator=gen) * 0.05).to(t.dtype) for k, t in checkpoint_tensors(webui.model).items()}
     path = tmp_path / f"{name}.safetensors"
     save_file(sd, str(path))
     return str(path)
@@ -40,15 +40,15 @@ def live(webui, tmp_path):
 def merged_reference(webui, b, **kw):
     """The same merge on a copy of the loaded weights, outside the WebUI."""
     from lib_lora.merge.live import LiveMerge
-    from lora_studio_webui.live_merge import model_tensors
-    copy = {k: v.detach().clone() for k, v in model_tensors(webui.model).items()}
+    from lib_lora.merge.live import checkpoint_tensors
+    copy = {k: v.detach().clone() for k, v in checkpoint_tensors(webui.model).items()}
     LiveMerge(copy, keep=("first_stage_model.",)).apply(b=b, **kw)
     return copy
 
 
 def test_provider_maps_checkpoint_keys(webui):
-    from lora_studio_webui.live_merge import model_tensors
-    keys = set(model_tensors(webui.model))
+    from lib_lora.merge.live import checkpoint_tensors
+    keys = set(checkpoint_tensors(webui.model))
     assert TE + ".weight" in keys and LAYERS[0] + ".weight" in keys
     assert not any(".wrapped." in k for k in keys)
 
