@@ -322,7 +322,8 @@ def run_merge(ctx, jobs: Jobs, a, b, c, mode, alpha, per_block, dtype, out_name,
 
 # ---- live merge of the loaded model (the WebUI's, or the one the standalone app loads: merge_live) --------
 
-LIVE_UNAVAILABLE = "Apply to loaded model is unavailable here: this host has no loaded model to merge into."
+LIVE_UNAVAILABLE = ("Apply to loaded model is unavailable here: this host has no loaded model to merge into; use "
+                    "the Merge button to write the merge to a file instead.")
 
 
 def _live(ctx):
