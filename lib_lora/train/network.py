@@ -512,16 +512,24 @@ class TrainNetwork(nn.Module):
 
 def _lean_forward(m, org_forward, kohya_dropout: bool):
     """org(x) + up(down(x))·alpha/dim·multiplier; dropout where each network type puts it (sd-scripts'
-    networks.lora on the rank activations, LyCORIS on the module output)."""
-    down, up = m.lora_down, m.lora_up
+    networks.lora on the rank activations, LyCORIS on the module output).
+
+    Per call this is on the hot path (every hooked layer, forward and backward, each step), so it skips what
+    cannot change a bit: down/up run their own `forward` (the module-call dispatch only serves hooks, and
+    nothing hooks these), and a factor of exactly 1 (alpha = dim, multiplier 1) is not multiplied in — x·1.0
+    is x in IEEE arithmetic, and so is the gradient's ·1.0 in the backward."""
+    down, up = m.lora_down.forward, m.lora_up.forward
     drop = nn.functional.dropout
+    p = m.dropout.p if isinstance(m.dropout, nn.Dropout) else 0.0
 
     def forward(x, *args, **kwargs):
-        p = m.dropout.p if isinstance(m.dropout, nn.Dropout) else 0.0
         h = down(x)
         if kohya_dropout and p and m.training:
             h = drop(h, p)
-        out = up(h) * (m.scale * m.multiplier)
+        out = up(h)
+        factor = m.scale * m.multiplier
+        if factor != 1.0:
+            out = out * factor
         if not kohya_dropout and p and m.training:
             out = drop(out, p)
         return org_forward(x, *args, **kwargs) + out
