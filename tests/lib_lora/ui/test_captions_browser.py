@@ -3,7 +3,6 @@ folder, pick a thumbnail and edit its caption, bulk replace with a preview, undo
 
 from __future__ import annotations
 
-import time
 
 import pytest
 from PIL import Image
@@ -15,7 +14,6 @@ pytestmark = B.pytestmarks()
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    B.DEADLINE = time.monotonic() + 150
     root = tmp_path_factory.mktemp("capapp")
     images = root / "images"
     ds = images / "set"
@@ -24,17 +22,8 @@ def env(tmp_path_factory):
         Image.new("RGB", (32, 24), (60 * i, 100, 200)).save(ds / f"{i}.png")
         (ds / f"{i}.txt").write_bytes(b"1girl, long_hair, smile" if i % 2 == 0 else b"solo, long hair\n")
     (root / "TM").mkdir()
-    app = B.start_app(root, ["--image-dir", str(images), "--tagger-models-dir", str(root / "TM")])
-    drv = None
-    try:
-        drv = B.start_browser(root)
-        app.wait_ready()
+    with B.session(root, ["--image-dir", str(images), "--tagger-models-dir", str(root / "TM")], 150) as (app, drv):
         yield {"ds": ds, "app": app, "drv": drv}
-    finally:
-        if drv is not None:
-            drv.quit()
-        app.stop()
-        B.DEADLINE = float("inf")
 
 
 def test_open_edit_bulk_replace_undo(env):

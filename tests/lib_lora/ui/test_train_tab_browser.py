@@ -4,7 +4,6 @@ tags it with a setting typed in the Tagger tab (an exclude regex) and shows the 
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import torch
@@ -19,25 +18,15 @@ pytestmark = B.pytestmarks()
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     from lib_lora.sd.model import build_model, save_model
-    B.DEADLINE = time.monotonic() + 180
     root = tmp_path_factory.mktemp("trainapp")
     lora, ckpt, images, models = root / "lora", root / "ckpt", root / "images", root / "TM"
     for d in (lora, ckpt, images):
         d.mkdir()
     save_model(build_model("sd1", "tiny", seed=0, dtype=torch.float32), ckpt / "tiny.safetensors")
     make_model_dir(models / "tiny", "v3")
-    app = B.start_app(root, ["--lora-dir", str(lora), "--checkpoint-dir", str(ckpt), "--image-dir", str(images),
-                             "--tagger-models-dir", str(models)])
-    drv = None
-    try:
-        drv = B.start_browser(root)
-        app.wait_ready()
+    with B.session(root, ["--lora-dir", str(lora), "--checkpoint-dir", str(ckpt), "--image-dir", str(images),
+                    "--tagger-models-dir", str(models)], 180) as (app, drv):
         yield {"root": root, "images": images, "app": app, "drv": drv}
-    finally:
-        if drv is not None:
-            drv.quit()
-        app.stop()
-        B.DEADLINE = float("inf")
 
 
 def test_prepare_then_tag_with_the_tagger_settings(env):

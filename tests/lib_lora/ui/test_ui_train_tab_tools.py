@@ -14,18 +14,10 @@ from lib_lora.tagger.model import unload_all
 from lib_lora.ui import train_tab as T
 from lib_lora.ui.context import UiContext
 from tests.lib_lora.train.helpers import make_images
-from tests.lib_lora.ui.test_ui_train_tab import values
+from tests.lib_lora.ui.test_ui_train_tab import ckpt_file, values  # noqa: F401  (ckpt_file: a fixture)
 from tests.tagger_models import make_model_dir
 
 pytest.importorskip("lycoris")
-
-
-@pytest.fixture(scope="module")
-def ckpt_file(tmp_path_factory):
-    from lib_lora.sd.model import build_model, save_model
-    d = tmp_path_factory.mktemp("ckpt")
-    save_model(build_model("sd1", "tiny", seed=0, dtype=torch.float32), d / "tiny.safetensors")
-    return d
 
 
 @pytest.fixture
