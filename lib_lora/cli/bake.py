@@ -28,11 +28,18 @@ def run(args) -> int:
     import sys
     import time
 
-    from lib_lora.merge.bake import bake_checkpoint
-    from lib_lora.cli.progress import PhaseProgress
+    from lib_lora.fileio.prefill import Prefill
 
     o = from_args(BakeOptions, args)
     t = time.perf_counter()
+    # The baked file is mostly the checkpoint byte for byte: its copy (and disk writeback) starts now and runs
+    # while torch is imported (~1 s); the writer then adds only the patched layers and the header. The header
+    # gets room for the recipe (the prompt, a few hundred bytes per LoRA). A --dtype cast changes every offset.
+    prefill = None if o.dtype else Prefill.start(o.base, o.out, o.overwrite,
+                                                 reserve=16384 + 8 * len(o.prompt) + 1024 * o.prompt.count("<"))
+
+    from lib_lora.merge.bake import bake_checkpoint
+    from lib_lora.cli.progress import PhaseProgress
     phases: dict = {}
 
     bar = PhaseProgress({"merge": "layers", "write": "bytes"},   # nothing is read up front: the base is mapped
@@ -45,9 +52,11 @@ def run(args) -> int:
     try:
         res = bake_checkpoint(o.base, o.prompt, o.lora_dir, o.out, dtype=o.dtype,
                               overwrite=o.overwrite, presets_path=o.presets, seed=o.seed,
-                              allow_overflow=o.allow_overflow, progress=progress)
+                              allow_overflow=o.allow_overflow, progress=progress, prefill=prefill)
     finally:
         bar.close()
+        if prefill is not None:
+            prefill.close()   # an error before the write: the copy stops, its nameless temporary goes
     for msg in res.messages:
         print(f"warning: {msg}", file=sys.stderr)
     for line in lora_lines(res.report):

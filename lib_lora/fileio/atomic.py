@@ -229,27 +229,50 @@ def _keep_mode(fd: int, path: str) -> None:
         pass
 
 
-def atomic_write(path, write, overwrite: bool = False) -> str:
+def open_temp(path) -> tuple[int, str | None]:
+    """(fd, name or None) of a new temporary file for `path`, in its folder: an O_TMPFILE (no name, so a killed
+    process leaves nothing) where the filesystem has them, else a hidden name carrying our PID (the next write in
+    that folder removes those of dead processes). `atomic_write(..., temp=...)` takes it over."""
+    d = os.path.dirname(os.path.abspath(path))
+    remove_dead_temps(d, force=False)
+    if USE_O_TMPFILE:
+        try:
+            return os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o666), None  # umask applies, as for a new file
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+                raise
+    tmp, fd = _named_temp(path)
+    return fd, tmp
+
+
+def drop_temp(temp) -> None:
+    """Close and remove a temporary of `open_temp` that will not be used."""
+    fd, tmp = temp
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+    if tmp is not None and os.path.lexists(tmp):
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+
+
+def atomic_write(path, write, overwrite: bool = False, temp=None) -> str:
     """`write(f)` fills a binary file object; `path` then appears complete in one step or not at all.
 
     Linux: the data go to an O_TMPFILE (no name, so a killed process leaves nothing) linked in when done.
     Elsewhere: a named hidden temporary carrying our PID, renamed into place; the next write in the same
     folder removes those of dead processes. Out of space and other OS errors become one LoraFileError line.
+    `temp`: an `open_temp(path)` result already partly written (the stream writer's head start); it is taken over
+    (closed and removed on any failure).
     """
     path = _name(path)
-    d = os.path.dirname(os.path.abspath(path))
-    remove_dead_temps(d, force=False)
-    fd, tmp = None, None
+    fd, tmp = temp if temp is not None else (None, None)
     try:
-        if USE_O_TMPFILE:
-            try:
-                fd = os.open(d, os.O_TMPFILE | os.O_WRONLY, 0o666)  # umask applies, as for a new file
-            except OSError as exc:
-                if exc.errno not in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
-                    raise
-                fd = None  # this filesystem has no O_TMPFILE
         if fd is None:
-            tmp, fd = _named_temp(path)
+            fd, tmp = open_temp(path)
         with os.fdopen(fd, "wb", closefd=False) as f:
             write(f)
             f.flush()

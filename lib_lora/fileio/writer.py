@@ -143,7 +143,7 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, o
 
 
 def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, overwrite: bool = False,
-                                   progress=None, final_metadata=None, workers: int = 0) -> str:
+                                   progress=None, final_metadata=None, workers: int = 0, prefill=None) -> str:
     """Write a .safetensors file whose tensors are produced one at a time (never all in memory).
 
     `specs` = [(key, torch dtype, shape, produce)]: the header is written first from the dtypes and shapes,
@@ -155,6 +155,8 @@ def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, ov
     `final_metadata()`, when given, is called after the data and its result replaces `metadata` in the header
     (it must render to the same header length: e.g. hashes computed meanwhile, written first as
     placeholders of the same length). `progress(done_bytes, total_bytes)` as in `atomic_save_safetensors`.
+    `prefill`: a `fileio.prefill.Prefill` of the source whose body this output mostly repeats; used when the layout
+    matches (then only pieces that are not those very source bytes are written), dropped otherwise.
     Through `atomic_write`: a failure, Ctrl-C or kill leaves no file at `path`."""
     path = _name(path)
     check_target(path, overwrite, ".safetensors")
@@ -167,6 +169,19 @@ def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, ov
             for t in produce[key]():
                 yield key, t
             yield key, None
+
+    if prefill is not None:
+        try:
+            rank, offs, layout = _st_rank(), 0, []
+            for key, dt, shape in order:
+                n = _numel(shape) * _itemsize(dt)
+                layout.append((key, rank[dt][1], shape, [offs, offs + n]))
+                offs += n
+            if prefill.usable(layout, len(head) - 8):
+                return _write_prefilled(path, prefill, layout, order, pieces(), metadata, final_metadata, overwrite,
+                                        progress, workers)
+        finally:
+            prefill.close()   # unused: its copy stops and its temporary goes; used: a no-op
 
     run = None   # FilePiece bytes not copied yet (a run of adjacent unchanged tensors)
 
@@ -252,6 +267,74 @@ def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, ov
 
     flusher = None
     return atomic_write(path, write_then_stop, overwrite)
+
+
+def _write_prefilled(path, prefill, layout, order, pieces, metadata, final_metadata, overwrite, progress,
+                     workers) -> str:
+    """The stream writer's path over a `Prefill` whose body matches `layout`: pieces other than the source's own
+    bytes in place are written at their offsets, then the header, padded with spaces to the space kept for it."""
+    body = layout[-1][3][1] if layout else 0
+    start = prefill.start_at
+    total = start + body
+    where = {key: offs[0] for key, _, _, offs in layout}
+    wants = {key: offs[1] - offs[0] for key, _, _, offs in layout}
+    dtypes = {key: dt for key, dt, _ in order}
+
+    def write(f):
+        prefill.wait()   # nothing is written over the copy while it still runs
+        fd = f.fileno()
+        flusher = _Flusher(f) if body >= _FLUSH_STEP else None
+        done, written, got = start + prefill.copied, 0, 0
+        try:
+            for key, t in _ahead(pieces, workers):
+                if t is None:
+                    if got != wants[key]:
+                        raise LoraStudioError(f"internal error: '{key}' produced {got} bytes, expected {wants[key]}")
+                    got = 0
+                    continue
+                if t.dtype != dtypes[key]:
+                    raise LoraStudioError(f"internal error: '{key}' produced {t.dtype}, expected {dtypes[key]}")
+                buf = None
+                if isinstance(t, Pooled):
+                    buf, t = t, t.tensor
+                at = where[key] + got
+                if isinstance(t, FilePiece):
+                    n = t.nbytes
+                    if not prefill.is_source_bytes(t.fd, t.offset, at):
+                        t.copy_to(fd, start + at)
+                        written += n
+                else:
+                    mv = _tensor_bytes(t)
+                    n = len(mv)
+                    if got + n <= wants[key]:
+                        _pwrite_all(fd, mv, start + at)
+                    written += n
+                    del mv, t
+                    if buf is not None:
+                        buf.release()
+                got += n
+                if got > wants[key]:
+                    raise LoraStudioError(f"internal error: '{key}' produced more than {wants[key]} bytes")
+                if flusher is not None:
+                    flusher.written(written)
+                if progress is not None:
+                    progress(min(done + written, total), total)
+            if flusher is not None:
+                flusher.finish()
+        finally:
+            if flusher is not None:
+                flusher.stop()
+        meta = final_metadata() if final_metadata is not None else metadata
+        head, _ = _st_header([(k, dt, shape) for k, dt, shape in order], meta)
+        raw = head[8:]
+        if len(raw) > prefill.reserve:
+            raise LoraStudioError("internal error: the final header does not fit the space kept for it")
+        _pwrite_all(fd, struct.pack("<Q", prefill.reserve) + raw + b" " * (prefill.reserve - len(raw)), 0)
+        os.ftruncate(fd, total)
+        if progress is not None:
+            progress(total, total)
+
+    return atomic_write(path, write, overwrite, temp=prefill.detach())
 
 
 _FLUSH_STEP = 256 << 20   # start the writeback of every this many bytes written
@@ -389,14 +472,15 @@ class FilePiece:
     def __init__(self, fd: int, offset: int, nbytes: int, dtype):
         self.fd, self.offset, self.nbytes, self.dtype = fd, offset, nbytes, dtype
 
-    def copy_to(self, out_fd: int) -> None:
+    def copy_to(self, out_fd: int, out_offset: int | None = None) -> None:
+        """At `out_fd`'s position, or at `out_offset` (the position is then left alone)."""
         off, left = self.offset, self.nbytes
         fast = hasattr(os, "copy_file_range")
         while left:
             n = 0
             if fast:
                 try:
-                    n = os.copy_file_range(self.fd, out_fd, min(left, 1 << 30), off)
+                    n = os.copy_file_range(self.fd, out_fd, min(left, 1 << 30), off, out_offset)
                 except OSError as exc:
                     if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
                         raise
@@ -404,11 +488,23 @@ class FilePiece:
             if not fast:
                 data = os.pread(self.fd, min(left, _WRITE_CHUNK), off)
                 n = len(data)
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(out_fd, view):]
+                if out_offset is None:
+                    view = memoryview(data)
+                    while view:
+                        view = view[os.write(out_fd, view):]
+                else:
+                    _pwrite_all(out_fd, data, out_offset)
             if n <= 0:
                 raise LoraFileError("an input file got shorter while it was being copied; is another program "
                                     "writing it?")
             off += n
             left -= n
+            if out_offset is not None:
+                out_offset += n
+
+
+def _pwrite_all(fd: int, data, offset: int) -> None:
+    view = memoryview(data).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n

@@ -194,12 +194,15 @@ def _base_nonfinite(base, keys, dtype) -> int:
 
 
 def bake_checkpoint(base, prompt: str, lora_dir, out, dtype: str | None = None, overwrite: bool = False,
-                    presets_path=None, seed: int = 0, allow_overflow: bool = False, progress=None) -> BakeResult:
-    """`progress(phase, done, total)`: phase "write" in bytes, "merge" in layers."""
+                    presets_path=None, seed: int = 0, allow_overflow: bool = False, progress=None,
+                    prefill=None) -> BakeResult:
+    """`progress(phase, done, total)`: phase "write" in bytes, "merge" in layers. `prefill`: a
+    `fileio.prefill.Prefill` of `base` for `out` started by the caller (the writer uses it when the layout allows;
+    the caller closes it)."""
     from lib_lora.host import Host
     from lib_lora.patcher import Patcher
 
-    out = os.fspath(out)
+    base, out = os.fspath(base), os.fspath(out)
     # Everything that can be checked without loading the checkpoint is checked first.
     fileio.check_target(out, overwrite, ".safetensors")
     if dtype is not None and dtype not in DTYPES:
@@ -278,7 +281,8 @@ def bake_checkpoint(base, prompt: str, lora_dir, out, dtype: str | None = None, 
     specs = [(k, want if (want is not None and t.is_floating_point()) else t.dtype, tuple(t.shape),
               _pieces(t, want, reader if t is mapped[k] else None, k)) for k, t in sd.items()]
     try:
-        fileio.atomic_save_safetensors_stream(specs, out, meta, overwrite=overwrite, progress=tick("write"))
+        fileio.atomic_save_safetensors_stream(specs, out, meta, overwrite=overwrite, progress=tick("write"),
+                                              prefill=prefill)
     finally:
         sd.clear()
         host = None
