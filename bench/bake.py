@@ -11,8 +11,9 @@ run started by deleting the last run's 2 GB output, still dirty after save_file,
 - bake: `python -m lib_lora bake` as a user runs it (its `main()` called in the child, timed from before any
   import): the checkpoint's body is copied to the output's temporary (file to file, with its disk writeback) while
   torch is imported, then only the patched layers and the header are written (`fileio.prefill`);
-- bake, library: `lib_lora.merge.bake.bake_checkpoint` in a process that has torch loaded (the WebUI's case; no
-  import to overlap, so no head start), timed from after its imports against the naive reference's same span;
+- bake, library: `lib_lora.merge.bake.bake_checkpoint` in a process that has torch loaded (the WebUI's case: its
+  own head start overlaps only the loading and merging of the LoRAs), timed from after its imports against the
+  naive reference's same span;
 - naive: what the issue calls the reference: load the whole checkpoint (safetensors load_file), add every
   module's delta in fp32 (W ← (W.float() + ΔW).to(W.dtype)), save_file.
 Ratio bake / naive: target ≤ 0.8 (medians over the reps). Peak RssAnon of each side is printed too. save_file
@@ -153,8 +154,8 @@ def main() -> None:
     print(f"  diagnostic: vs the naive reference followed by an fsync of its output (bake's durability) {ns:.1f} s: "
           f"{statistics.median(ratios_synced):.2f}x")
     bl, nl = (statistics.median(r["after_imports"] for r in rs) for rs in (libs, naives))
-    print(f"  diagnostic: the library call timed from after the imports (torch loaded, as in the WebUI; no head "
-          f"start) {bl:.1f} s vs naive {nl:.1f} s: {statistics.median(ratios_loaded):.2f}x")
+    print(f"  diagnostic: the library call timed from after the imports (torch loaded, as in the WebUI) "
+          f"{bl:.1f} s vs naive {nl:.1f} s: {statistics.median(ratios_loaded):.2f}x")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def run(args) -> int:
     import sys
     import time
 
-    from lib_lora.fileio.prefill import Prefill
+    from lib_lora.fileio.prefill import Prefill, room_for
 
     o = from_args(BakeOptions, args)
     t = time.perf_counter()
@@ -36,7 +36,7 @@ def run(args) -> int:
     # while torch is imported (~1 s); the writer then adds only the patched layers and the header. The header
     # gets room for the recipe (the prompt, a few hundred bytes per LoRA). A --dtype cast changes every offset.
     prefill = None if o.dtype else Prefill.start(o.base, o.out, o.overwrite,
-                                                 reserve=16384 + 8 * len(o.prompt) + 1024 * o.prompt.count("<"))
+                                                 reserve=room_for(o.prompt, o.prompt.count("<")))
 
     from lib_lora.merge.bake import bake_checkpoint
     from lib_lora.cli.progress import PhaseProgress

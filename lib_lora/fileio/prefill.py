@@ -24,6 +24,12 @@ from .reader import read_safetensors_header
 _STEP = 64 << 20   # bytes per copy call: the stop flag is checked between calls
 
 
+def room_for(text: str, records: int = 0) -> int:
+    """Header bytes to keep for metadata that quotes `text` (escaped twice when JSON sits inside a JSON value: at
+    most 8 bytes a character) and `records` entries of a few hundred bytes each (e.g. a bake's per-LoRA recipe)."""
+    return 16384 + 8 * len(text) + 1024 * records
+
+
 def _identity(st) -> tuple:
     return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 

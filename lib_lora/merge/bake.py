@@ -198,7 +198,23 @@ def bake_checkpoint(base, prompt: str, lora_dir, out, dtype: str | None = None, 
                     prefill=None) -> BakeResult:
     """`progress(phase, done, total)`: phase "write" in bytes, "merge" in layers. `prefill`: a
     `fileio.prefill.Prefill` of `base` for `out` started by the caller (the writer uses it when the layout allows;
-    the caller closes it)."""
+    the caller closes it); without one (None), a bake that keeps the base's dtypes starts its own, so the copy runs
+    while the LoRAs are loaded and merged; `False`: none, the file is written in full."""
+    own = None
+    try:
+        if prefill is None and dtype is None:
+            from lib_lora.fileio.prefill import Prefill, room_for
+
+            own = prefill = Prefill.start(base, out, overwrite, reserve=room_for(prompt, prompt.count("<")))
+        return _bake(base, prompt, lora_dir, out, dtype, overwrite, presets_path, seed, allow_overflow, progress,
+                     prefill or None)
+    finally:
+        if own is not None:
+            own.close()
+
+
+def _bake(base, prompt, lora_dir, out, dtype, overwrite, presets_path, seed, allow_overflow, progress,
+          prefill) -> BakeResult:
     from lib_lora.host import Host
     from lib_lora.patcher import Patcher
 

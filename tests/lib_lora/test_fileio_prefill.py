@@ -60,7 +60,7 @@ PROMPT = "<lora:style:0.8>"
 
 def _reference(env, tmp_path):
     ref = tmp_path / "ref.safetensors"
-    bake_checkpoint(env["ckpt"], PROMPT, env["loras"], ref)   # no head start
+    bake_checkpoint(env["ckpt"], PROMPT, env["loras"], ref, prefill=False)   # no head start
     return ref
 
 
@@ -91,7 +91,7 @@ def test_a_dtype_cast_writes_the_file_in_full(env, tmp_path):
     assert main(["bake", "--base", env["ckpt"], "--prompt", PROMPT, "--lora-dir", env["loras"], "--out", str(out),
                  "--dtype", "fp32", "--quiet"]) == 0
     ref = tmp_path / "ref32.safetensors"
-    bake_checkpoint(env["ckpt"], PROMPT, env["loras"], ref, dtype="fp32")
+    bake_checkpoint(env["ckpt"], PROMPT, env["loras"], ref, dtype="fp32", prefill=False)
     assert _header(out) == _header(ref)
     assert open(out, "rb").read() == open(ref, "rb").read()
 
@@ -146,7 +146,7 @@ def test_a_checkpoint_replaced_after_the_copy_started_is_not_mixed_in(env, tmp_p
     finally:
         p.close()
     ref = tmp_path / "ref_other.safetensors"
-    bake_checkpoint(base, PROMPT, env["loras"], ref)
+    bake_checkpoint(base, PROMPT, env["loras"], ref, prefill=False)
     _same_file_content(out, ref)
 
 
@@ -194,3 +194,12 @@ def test_the_writer_waits_for_a_copy_still_running(tmp_path, monkeypatch):
     reader.close()
     got = load_file(out)
     assert all(torch.equal(got[f"t{i}"], tensors[f"t{i}"]) for i in range(7)) and not got["t7"].any()
+
+
+def test_the_library_bake_starts_its_own_head_start(env, tmp_path):
+    ref = _reference(env, tmp_path)
+    out = tmp_path / "lib.safetensors"
+    bake_checkpoint(env["ckpt"], PROMPT, env["loras"], out)
+    _same_file_content(out, ref)
+    assert _header(out)[0] > _header(ref)[0]   # the header's room: the head start was used
+    assert sorted(os.listdir(tmp_path)) == ["lib.safetensors", "ref.safetensors"]
