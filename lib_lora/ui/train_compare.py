@@ -95,9 +95,9 @@ def compare_epochs(ctx, checkpoint, run_name, weights, prompt, negative="", seed
         raise LoraStudioError(f"{note} Pick the base checkpoint above.")
     path = checkpoint_path(ctx, name, "base")
     shared = ctx.loaded_model
-    # With a live merge on model A the grid gets its own copy, as before the model was shared: a grid must show
-    # the plain base, and refusing would make the user throw away the merge being tried (or make the button
-    # fail where it worked); the note says how to avoid the second copy. Merge-tab actions wait while it is lent.
+    # A live merge on model A: the grid loads its own copy, as it always did. It must show the plain base, and
+    # refusing would make the user throw away the merge being tried to get a grid (a button failing where it
+    # worked); the note says how to avoid the second copy. Merge-tab actions wait while the model is lent.
     with (shared.lend(path) if shared is not None else contextlib.nullcontext((None, ""))) as (model, why):
         if model is not None:
             return _render_grid(model, *args), f"{note} Reused model A loaded in the Merge tab."
