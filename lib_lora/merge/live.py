@@ -88,10 +88,11 @@ def checkpoint_tensors(model) -> dict:
     return out
 
 
-def _identity(path: str) -> tuple:
-    """A file as the state remembers it: replacing B on disk is a different input."""
-    st = os.stat(path)
-    return (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+def file_identity(path) -> tuple:
+    """A file as the state remembers it: replacing B on disk is a different input (the standalone app also
+    asks it whether the model it loaded is still a given checkpoint file)."""
+    st = os.stat(path)   # the inode too: a file replaced within the clock's tick keeps size and mtime
+    return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class LiveMerge:
@@ -156,7 +157,7 @@ class LiveMerge:
                 ids = {}
                 for role, p in paths.items():
                     reader = ck._open(p, role, self.allow_pickle)
-                    ident = _identity(p)
+                    ident = file_identity(p)
                     if ident in self._readers:
                         reader.close()
                         reader = self._readers[ident]

@@ -9,11 +9,13 @@ seconds after it is applied. LoRA tags in the preview prompt go on through the c
 and come off exactly after it: the live merge is their base, as in the WebUI.
 
 One lock orders the actions: an apply, a restore, a save and a preview never overlap (the merge's own lock),
-and loading another model waits for them.
+and loading another model waits for them. The Training tab's "Compare epochs" borrows the model (`lend`) when
+it needs the same checkpoint file without a live merge, under both locks, instead of loading a second copy.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 
@@ -43,6 +45,7 @@ class LoadedModel:
         self.model = None
         self.live = None
         self.name: str | None = None
+        self.file: tuple | None = None     # merge.live.file_identity of the loaded checkpoint
 
     def __call__(self):
         live = self.live
@@ -66,7 +69,7 @@ class LoadedModel:
         was never written anywhere). The previous model is let go first: two models need not fit at once."""
         import torch
 
-        from lib_lora.merge.live import LiveMerge, checkpoint_tensors
+        from lib_lora.merge.live import LiveMerge, checkpoint_tensors, file_identity
         from lib_lora.sd import load_model
 
         t0 = time.perf_counter()
@@ -78,14 +81,39 @@ class LoadedModel:
                     if old.active is not None:
                         note = f"; the live merge on {self.name} was dropped (nothing had been saved)"
                     old.retire()
-            self.model = self.live = self.name = None
+            self.model = self.live = self.name = self.file = None
             device = self.device or ("cuda" if torch.cuda.is_available() else "cpu")
+            ident = file_identity(path)   # before reading: a file replaced meanwhile is not taken for this one
             model = load_model(path, dtype=torch.float32)
             if device != "cpu":
                 model = model.to(device)
-            self.model, self.name = model, name
+            self.model, self.name, self.file = model, name, ident
             self.live = LiveMerge(checkpoint_tensors(model), name=name, file_dtypes=_file_dtypes(path))
         return f"{self.describe()} in {time.perf_counter() - t0:.1f} s{note}"
+
+    @contextlib.contextmanager
+    def lend(self, path):
+        """`with loaded.lend(path) as (model, note):` the loaded model, when it is the checkpoint file `path`
+        (`merge.live.file_identity`: the same file, unchanged since it was loaded) and holds no live merge,
+        with both locks held for the whole block so no Merge-tab action (apply, restore, save, preview, load)
+        changes its weights meanwhile; the borrower must leave them as it found them. Else (None, note):
+        `note` says why it cannot be lent ('' when it is simply another file); no lock is kept then."""
+        from lib_lora.merge.live import file_identity
+
+        with contextlib.ExitStack() as held:
+            held.enter_context(self.lock)
+            live = self.live
+            if live is None or self.file != file_identity(path):
+                held.close()
+                yield None, ""
+                return
+            held.enter_context(live.lock)
+            if live.active is not None:
+                held.close()
+                yield None, (f"Model A in the Merge tab ({self.name}) holds a live merge, so the base model was "
+                             f"loaded separately; Restore it there to have the grid reuse the loaded model.")
+                return
+            yield self.model, ""
 
     def preview(self, prompt: str, negative: str = "", *, seed: int = 1, steps: int = 20, size: int = 512,
                 cfg: float = 7.0, loras=None, progress=None):
@@ -166,7 +194,8 @@ def preview(ctx, jobs, prompt, negative, seed, steps, size, progress=None):
                 loras=lora_tags(ctx), progress=rep.bytes("preview")), "the preview")
     except Exception as exc:  # noqa: BLE001 — shown as one line (error_line)
         return error_line(exc), None
-    warn = f" {len(notes)} note(s): {notes[0]}" if notes else ""
+    # every note, not the first: a start=/stop= tag's note must not hide behind another tag's
+    warn = f" {len(notes)} note(s): " + "; ".join(notes) if notes else ""
     return f"✓ {loaded.describe()}; seed {int(seed)}, {time.perf_counter() - t0:.1f} s.{warn}", image
 
 

@@ -4,6 +4,7 @@ it with the WebUI's own txt2img and LoRA Studio's X/Y/Z axes (lora_studio_webui.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import os
 from pathlib import Path
@@ -77,7 +78,35 @@ def choose_base(files, picked, names: dict):
 def compare_epochs(ctx, checkpoint, run_name, weights, prompt, negative="", seed=1, steps=20, size=512,
                    cfg_scale=7.0, model=None, progress=None):
     """Standalone: an epoch × weight grid (rows: epochs, columns: a no-LoRA image then each weight) with one
-    seed, rendered with lib_lora.sd; each LoRA goes on through the core patcher and is taken off exactly."""
+    seed, rendered with lib_lora.sd; each LoRA goes on through the core patcher and is taken off exactly.
+    `model`: render on it (a host's own model); else the run's base checkpoint (`choose_base`), which is the
+    Merge tab's loaded model A when that is the same file without a live merge (`LoadedModel.lend`), so the
+    app does not hold two copies of one checkpoint; another checkpoint is loaded for this grid only."""
+    files = epoch_files(ctx, run_name)
+    ws = parse_weights(weights)
+    if not str(prompt or "").strip():
+        raise LoraStudioError("Type a prompt for the grid (with the trigger word).")
+    args = (files, ws, str(prompt), str(negative or ""), int(seed), int(steps), int(size), float(cfg_scale), progress)
+    if model is not None:
+        return _render_grid(model, *args), ""
+    names = checkpoint_choices(ctx) if (ctx.checkpoint_list is not None or ctx.checkpoint_dirs) else {}
+    name, note = choose_base(files, checkpoint, names)
+    if name is None:
+        raise LoraStudioError(f"{note} Pick the base checkpoint above.")
+    path = checkpoint_path(ctx, name, "base")
+    shared = ctx.loaded_model
+    # A live merge on model A: the grid loads its own copy, as it always did. It must show the plain base, and
+    # refusing would make the user throw away the merge being tried to get a grid (a button failing where it
+    # worked); the note says how to avoid the second copy. Merge-tab actions wait while the model is lent.
+    with (shared.lend(path) if shared is not None else contextlib.nullcontext((None, ""))) as (model, why):
+        if model is not None:
+            return _render_grid(model, *args), f"{note} Reused model A loaded in the Merge tab."
+    from lib_lora.sd import load_model
+    model = load_model(path)
+    return _render_grid(model, *args), f"{note} {why}".rstrip()
+
+
+def _render_grid(model, files, ws, prompt, negative, seed, steps, size, cfg_scale, progress):
     import torch
 
     from lib_lora.network import load_network
@@ -85,19 +114,6 @@ def compare_epochs(ctx, checkpoint, run_name, weights, prompt, negative="", seed
     from lib_lora.sd.sample import generate
     from lib_lora.train.trainer import model_host
 
-    files = epoch_files(ctx, run_name)
-    ws = parse_weights(weights)
-    if not str(prompt or "").strip():
-        raise LoraStudioError("Type a prompt for the grid (with the trigger word).")
-    size = int(size)
-    note = ""
-    if model is None:
-        from lib_lora.sd import load_model
-        names = checkpoint_choices(ctx) if (ctx.checkpoint_list is not None or ctx.checkpoint_dirs) else {}
-        name, note = choose_base(files, checkpoint, names)
-        if name is None:
-            raise LoraStudioError(f"{note} Pick the base checkpoint above.")
-        model = load_model(checkpoint_path(ctx, name, "base"))
     patcher = Patcher(model_host(model))
     total = 1 + len(files) * len(ws)
     done = 0
@@ -105,8 +121,7 @@ def compare_epochs(ctx, checkpoint, run_name, weights, prompt, negative="", seed
     def render():
         nonlocal done
         with torch.no_grad():
-            img = generate(model, str(prompt), str(negative or ""), seed=int(seed), steps=int(steps),
-                           cfg=float(cfg_scale), width=size, height=size)
+            img = generate(model, prompt, negative, seed=seed, steps=steps, cfg=cfg_scale, width=size, height=size)
         done += 1
         if progress is not None:
             progress(done, total)
@@ -118,13 +133,13 @@ def compare_epochs(ctx, checkpoint, run_name, weights, prompt, negative="", seed
         net = load_network(str(f))
         row = []
         for w in ws:
-            patcher.apply([ActiveLora(net, te=w, unet=w)])
-            try:
+            try:    # apply inside: a LoRA that fails half-way is taken off too (the model may be the Merge tab's)
+                patcher.apply([ActiveLora(net, te=w, unet=w)])
                 row.append(render())
             finally:
                 patcher.restore()
         rows.append((f.stem, row))
-    return grid_image(base, rows, ws, size), note
+    return grid_image(base, rows, ws, size)
 
 
 def grid_image(base, rows, weights, size: int):

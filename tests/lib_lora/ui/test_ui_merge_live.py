@@ -2,9 +2,14 @@
 "Apply to loaded model", bit for bit what the streamed file merge writes; a block-weight change rewrites only
 that block's tensors; Restore is bit-exact; Save writes the CLI merge's tensors; the preview image changes
 with the merge and is the pre-merge image again after Restore; a LoRA tag in the preview prompt comes off
-after its image; Cancel and bad input are one line with the model unchanged."""
+after its image; Cancel and bad input are one line with the model unchanged. The Training tab's epoch grid
+renders on model A (locked, given back bit for bit) when it is the same file without a live merge."""
 
 from __future__ import annotations
+
+import os
+import shutil
+import threading
 
 import numpy as np
 import pytest
@@ -17,7 +22,7 @@ from lib_lora import blocks  # noqa: E402
 from lib_lora.__main__ import main  # noqa: E402
 from lib_lora.errors import LoraStudioError  # noqa: E402
 from lib_lora.merge.live import checkpoint_tensors  # noqa: E402
-from lib_lora.ui import app, merge_live as ml, merge_tab as mt  # noqa: E402
+from lib_lora.ui import app, merge_live as ml, merge_tab as mt, train_compare as tc  # noqa: E402
 from tests.models import bits  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -156,6 +161,11 @@ def test_a_lora_tag_in_the_preview_comes_off_after_its_image(ctx, folders):
     assert bad.startswith("⚠ ") and "not a plain name" in bad and image is None, bad
     line, _ = ml.preview(ctx, jobs, "x <lora:ext:1:stop=3>", "", 1, 2, 64)
     assert line.startswith("✓ ") and "start=/stop= only apply while sampling; applied for the whole preview" in line
+    # every tag's note is on the line, not only the first one's
+    shutil.copyfile(lora, folders / "lora" / "ext2.safetensors")
+    line, _ = ml.preview(ctx, jobs, "x <lora:ext:1:stop=3> <lora:ext2:0.5:start=2>", "", 1, 2, 64)
+    assert "2 note(s)" in line and "`ext2`: start=/stop= only apply while sampling" in line, line
+    (folders / "lora" / "ext2.safetensors").unlink()
 
 
 def test_cancel_and_bad_input_leave_the_model_as_it_was(ctx, folders):
@@ -258,3 +268,113 @@ def test_sdxl_model_a(tmp_path):
     assert not np.array_equal(_preview(ctx, jobs), before)
     assert mt.live_restore(ctx).startswith("✓ live merge removed")
     assert np.array_equal(_preview(ctx, jobs), before)
+
+
+# ---- the Training tab's epoch grid on the loaded model ----------------------------------------------------
+
+GRID = dict(seed=3, steps=2, size=64)
+
+
+@pytest.fixture
+def run(folders):
+    """Run 'ep' in the LoRA folder: an epoch file and a final file (LoRAs extracted from A to C and to B)."""
+    from lib_lora.merge.extract import extract_lora
+    ck = folders / "ckpt"
+    for stem, tuned in (("ep-000001", "c"), ("ep", "b")):
+        out = folders / "lora" / f"{stem}.safetensors"
+        if not out.exists():
+            extract_lora(str(ck / "a.safetensors"), str(ck / f"{tuned}.safetensors"), str(out), 4, 4)
+    return "ep"
+
+
+@pytest.fixture
+def loads(monkeypatch):
+    """The file names lib_lora.sd.load_model was called with (the real loader runs)."""
+    import lib_lora.sd as sd
+    real, calls = sd.load_model, []
+
+    def counting(path, **kw):
+        calls.append(os.path.basename(path))
+        return real(path, **kw)
+    monkeypatch.setattr(sd, "load_model", counting)
+    return calls
+
+
+def _grid(ctx, run, ckpt="a.safetensors", progress=None):
+    line, grid = tc.compare_run(ctx, ckpt, run, "0.5, 1", "a toy, red", progress=progress, **GRID)
+    assert line.startswith("✓ ") and grid is not None and "\n" not in line, line
+    return line, np.asarray(grid)
+
+
+def _held(ctx) -> dict:
+    return {k: v.detach().clone() for k, v in checkpoint_tensors(ctx.loaded_model.model).items()}
+
+
+def test_the_epoch_grid_renders_on_model_a_locked_and_gives_its_weights_back_bit_for_bit(ctx, run, loads):
+    line, own = _grid(ctx, run)                          # nothing loaded in the Merge tab: the grid loads A
+    assert loads == ["a.safetensors"] and "Merge tab" not in line, line
+    assert ml.load_a(ctx, "a.safetensors").startswith("✓ Loaded")
+    loaded = ctx.loaded_model
+    model, before = loaded.model, _held(ctx)
+    locked = []
+
+    def probe(done, total):   # from another thread, as a Merge-tab action would: both locks are taken
+        def try_locks():
+            for lock in (loaded.lock, loaded.live.lock):
+                got = lock.acquire(blocking=False)
+                locked.append(not got)
+                if got:
+                    lock.release()
+        t = threading.Thread(target=try_locks)
+        t.start()
+        t.join()
+
+    line, shared = _grid(ctx, run, progress=probe)
+    assert loads == ["a.safetensors", "a.safetensors"]    # only load_a's: no second copy of A
+    assert "Reused model A loaded in the Merge tab." in line, line
+    assert np.array_equal(shared, own)                    # the same grid as on a model of its own
+    assert locked and all(locked), locked                 # 5 images × 2 locks, each held
+    assert loaded.model is model and _diff(checkpoint_tensors(model), before) == []   # bit for bit
+    # a name that resolves to the same file is the same checkpoint
+    alias = ctx.checkpoint_dirs[0] / "alias.safetensors"
+    alias.symlink_to(ctx.checkpoint_dirs[1] / "a.safetensors")
+    try:
+        line, again = _grid(ctx, run, "alias.safetensors")
+        assert len(loads) == 2 and "Reused" in line and np.array_equal(again, own), line
+    finally:
+        alias.unlink()
+    assert loaded.lock.acquire(blocking=False) and loaded.live.lock.acquire(blocking=False)   # given back
+    loaded.live.lock.release()
+    loaded.lock.release()
+
+
+def test_another_checkpoint_a_live_merge_or_a_replaced_file_load_the_grid_its_own_model(ctx, folders, run, loads):
+    jobs = mt.Jobs()
+    ml.load_a(ctx, "a.safetensors")
+    loaded = ctx.loaded_model
+    _, plain = _grid(ctx, run)
+    line, _ = _grid(ctx, run, "b.safetensors")
+    assert loads == ["a.safetensors", "b.safetensors"] and "Reused" not in line, line
+    assert loaded.name == "a.safetensors" and loaded.live.active is None     # A was not evicted
+    # a live merge on A: the grid is the plain base from a copy of its own; the merge stays as applied
+    _apply(ctx, jobs, W, mode="weighted", c="", alpha=0.5)
+    merged = _held(ctx)
+    line, g = _grid(ctx, run)
+    assert loads[-1] == "a.safetensors" and len(loads) == 3
+    assert "holds a live merge" in line and "Restore it there" in line, line
+    assert np.array_equal(g, plain)
+    assert loaded.live.active is not None and _diff(checkpoint_tensors(loaded.model), merged) == []
+    assert mt.live_restore(ctx).startswith("✓ live merge removed")
+    assert "Reused" in _grid(ctx, run)[0] and len(loads) == 3
+    # the file A was loaded from is replaced on disk: the loaded model is no longer that checkpoint
+    other = ctx.checkpoint_dirs[0] / "swap.safetensors"
+    shutil.copyfile(folders / "ckpt" / "a.safetensors", other)
+    try:
+        ml.load_a(ctx, "swap.safetensors")
+        shutil.copyfile(folders / "ckpt" / "c.safetensors", str(other) + ".new")
+        os.replace(str(other) + ".new", other)
+        line, g = _grid(ctx, run, "swap.safetensors")
+        assert loads[-1] == "swap.safetensors" and "Reused" not in line, line
+        assert not np.array_equal(g, plain)                # C's weights, not the loaded A's
+    finally:
+        other.unlink()
