@@ -388,7 +388,7 @@ def element_load(ctx, name: str):
 def validate_element(name: str, text: str) -> tuple[str, list[str]]:
     """(name, entries) from the editor, or LoraStudioError: one line naming the entry and the fix."""
     from lib_lora.presets import ELEMENT_BAD_NAME_CHARS, name_problem, normalise_entries
-    from lib_lora.syntax import parse_element_entries
+    from lib_lora.tag_weights import parse_element_entries
     name = str(name or "").strip()
     problem = name_problem(name, ELEMENT_BAD_NAME_CHARS)
     if problem:
