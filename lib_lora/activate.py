@@ -17,7 +17,8 @@ from typing import NamedTuple
 from lib_lora.blocks import element_weights
 from lib_lora.errors import ArchitectureMismatch, SyntaxProblem
 from lib_lora.patcher import ActiveLora, LoraReport, effective_multiplier
-from lib_lora.syntax import LoraTag, ResolvedBlocks, resolve_blocks
+from lib_lora.syntax import LoraTag
+from lib_lora.tag_weights import ResolvedBlocks, resolve_blocks
 
 KNOWN_ARCHS = ("sd1", "sd2", "sdxl")
 

@@ -13,7 +13,7 @@ import torch
 
 from lib_lora.arch import (CONTEXT_WIDTH, HF_TO_OPENCLIP, LAYER_ROOTS, TE_COMPONENTS, TE_WIDTH, UNET, arch_of_layers,
                            canonical_layer_name)
-from lib_lora.keys import diffusers_to_compvis
+from lib_lora.unet_names import diffusers_to_compvis
 
 _LEAF_TYPES = (torch.nn.Linear, torch.nn.Conv2d, torch.nn.GroupNorm, torch.nn.LayerNorm)
 @dataclass

@@ -35,7 +35,8 @@ from typing import Iterable, Sequence
 from .blocks import ACCEPTED_COUNTS, FORMATS, weight_token_problem
 from .errors import LoraStudioError
 from .fileio import atomic_write_text, locked, read_small_text
-from .syntax import format_number, parse_element_entries  # the one number format / elemental entry grammar
+from .syntax import format_number  # the one number format
+from .tag_weights import parse_element_entries  # the elemental entry grammar
 
 DEFAULT_BUILTIN = Path(__file__).resolve().parent / "data" / "presets.txt"
 DEFAULT_ELEMENTAL = Path(__file__).resolve().parent / "data" / "elempresets.txt"

@@ -43,7 +43,7 @@ def preview_html(request: str, library=None) -> str:
     it): lora_tab.render_bars, the one chart of per-block norms, with the sliders' values overlaid."""
     from lib_lora.errors import LoraStudioError
     from lib_lora.ui.lora_tab import render_bars
-    from lib_lora.ui.presets_tab import token_weights
+    from lib_lora.ui.presets_lora import token_weights
     try:
         req = json.loads(request or "{}")
         name = str(req.get("name") or "").strip()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-from lib_lora import syntax
+from lib_lora import syntax, tag_weights
 
 from . import env
 from .engine import FIELD_BLOCKS, FIELD_HASHES
@@ -135,7 +135,7 @@ def restore_prompt(prompt: str, records: list[tuple[str, list[float]]]) -> str:
         if tag.blocks is None or not queues.get(key):
             return None
         values = queues[key].pop(0)
-        return syntax.write_tag(tag, syntax.ResolvedBlocks(values=values, count=len(values)))
+        return syntax.write_tag(tag, tag_weights.ResolvedBlocks(values=values, count=len(values)))
 
     return syntax.rewrite_prompt(prompt, fn)
 
@@ -147,7 +147,7 @@ def parse_elements_field(text: str) -> list[tuple[str, str]]:
     for part in (text or "").split(_SEP.strip()):
         name, eq, entries = part.partition("=")
         entries = entries.strip()
-        if eq and entries and syntax.parse_element_entries(entries, syntax.INLINE_FIELD_SEP)[2] is None:
+        if eq and entries and tag_weights.parse_element_entries(entries, syntax.INLINE_FIELD_SEP)[2] is None:
             out.append((name.strip(), entries))
     return out
 

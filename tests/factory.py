@@ -64,7 +64,7 @@ def fixture_layers(model: str) -> dict:
 @functools.lru_cache(maxsize=None)
 def compvis_to_diffusers(model: str) -> dict:
     """canonical U-Net layer → diffusers module path, inverted from the diffusers fixture key list."""
-    from lib_lora.keys import diffusers_to_compvis
+    from lib_lora.unet_names import diffusers_to_compvis
 
     with open(os.path.join(FIXTURES, f"{model}_unet_diffusers.json")) as f:
         keys = json.load(f)["keys"]

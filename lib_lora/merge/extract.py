@@ -53,7 +53,8 @@ def kohya_names(arch: str) -> dict:
     (`lora_unet_down_blocks_0_attentions_0_proj_in`), from the original (SGM) U-Net on SDXL
     (`lora_unet_input_blocks_4_1_proj_in`)."""
     from lib_lora.arch import UNET
-    from lib_lora.keys import _flat, _index, compvis_to_diffusers
+    from lib_lora.keys import _flat, _index
+    from lib_lora.unet_names import compvis_to_diffusers
 
     unet, te = _index(arch)
     out = {}

@@ -49,7 +49,7 @@ class UiContext:
     # Standalone only: the model the Merge tab loads itself (lib_lora.ui.merge_live.LoadedModel: "Load model
     # A", "Generate preview"); None in the WebUI, whose loaded model is its own.
     loaded_model: object | None = None
-    # Checkpoint-merge presets (a PresetStore); None until the Merge tab builds it (merge_tab.merge_store).
+    # Checkpoint-merge presets (a PresetStore); None until the Merge tab builds it (merge_blocks.merge_store).
     merge_presets: object | None = None
     # Training tab: the folder for run configs, user presets and run TOMLs (None: `lora_studio_train` beside
     # the first LoRA folder), and how a run trains: `train_host(run, cancel_event)` (None: in this process;

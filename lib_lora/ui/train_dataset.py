@@ -11,7 +11,7 @@ import html
 
 from lib_lora import options
 from lib_lora.errors import LoraStudioError
-from lib_lora.ui.merge_tab import error_line
+from lib_lora.ui.jobs import error_line
 from lib_lora.ui.train_params import _dataset_name, dataset_path, dataset_roots, validate_run
 
 PREPARE_MODES = {"copy": "copy the files", "link": "hard-link them (a copy across file systems)",

@@ -12,7 +12,8 @@ from pathlib import Path
 from lib_lora import options
 from lib_lora.errors import LoraStudioError
 from lib_lora.train.config import TrainConfig
-from lib_lora.ui.merge_tab import error_line, checkpoint_choices, checkpoint_path
+from lib_lora.ui.files import checkpoint_choices, checkpoint_path
+from lib_lora.ui.jobs import error_line
 
 # The groups the tab shows, in order (sd-scripts key names; every other key keeps its value from a loaded
 # config, or its sd-scripts default).

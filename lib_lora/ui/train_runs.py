@@ -16,7 +16,7 @@ from pathlib import Path
 
 from lib_lora.errors import LoraStudioError
 from lib_lora.train.config import TrainConfig
-from lib_lora.ui.merge_tab import error_line
+from lib_lora.ui.jobs import error_line
 from lib_lora.ui.train_params import (CONFIG_SUFFIX, build_config, config_toml, report_markdown,
                                       train_folder)
 

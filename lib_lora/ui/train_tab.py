@@ -17,7 +17,8 @@ import time
 
 from lib_lora import options
 from lib_lora.train.config import TrainConfig
-from lib_lora.ui.merge_tab import error_line, checkpoint_choices
+from lib_lora.ui.files import checkpoint_choices
+from lib_lora.ui.jobs import error_line
 # The tab's functions live in sibling modules; these names stay importable from here (tests, train_host).
 from lib_lora.ui.train_compare import (compare_epochs, compare_run, epoch_files, parse_weights,  # noqa: F401
                                        xyz_settings)

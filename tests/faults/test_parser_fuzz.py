@@ -10,7 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from lib_lora.presets import PresetStore
-from lib_lora.syntax import MAX_NUMBER_CHARS, parse_prompt, resolve_blocks, write_tag
+from lib_lora.syntax import MAX_NUMBER_CHARS, parse_prompt, write_tag
+from lib_lora.tag_weights import resolve_blocks
 
 HUGE = "1" * 5000
 BLOCKS12 = ",".join(["1"] * 12)

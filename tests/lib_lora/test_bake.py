@@ -69,7 +69,8 @@ def test_bake_equals_patcher_and_keeps_other_keys_bit_exact(env, capsys):
     style, loco = load_network(os.path.join(env["loras"], "style.safetensors")), \
         load_network(os.path.join(env["loras"], "sub", "loco_v2.safetensors"))
     from lib_lora.presets import PresetStore
-    from lib_lora.syntax import parse_prompt, resolve_blocks
+    from lib_lora.syntax import parse_prompt
+    from lib_lora.tag_weights import resolve_blocks
 
     tags = parse_prompt(prompt)
     vec = [resolve_blocks(t, PresetStore(), "sd1").vector for t in tags]
@@ -127,7 +128,8 @@ def test_bake_lora_reproduces_block_weighted_delta(env, tag, dyn):
     assert main(["bake-lora", "--prompt", tag, "--lora-dir", env["loras"], "--out", str(out)]) == 0
     from lib_lora.merge.bake import find_lora
     from lib_lora.presets import PresetStore
-    from lib_lora.syntax import parse_prompt, resolve_blocks
+    from lib_lora.syntax import parse_prompt
+    from lib_lora.tag_weights import resolve_blocks
 
     t = parse_prompt(tag)[0]
     src = load_network(find_lora(t.name, env["loras"]))

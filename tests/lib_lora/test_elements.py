@@ -7,7 +7,8 @@ import torch
 
 from lib_lora.blocks import SLOT, element_weight, element_weights, slot_of_layer
 from lib_lora.presets import PresetStore
-from lib_lora.syntax import parse_element_entries, parse_prompt, resolve_blocks, write_tag
+from lib_lora.syntax import parse_prompt, write_tag
+from lib_lora.tag_weights import parse_element_entries, resolve_blocks
 
 U = "model.diffusion_model."
 

@@ -8,7 +8,8 @@ import torch
 
 from lib_lora import arch
 from lib_lora.blocks import slot_of_layer
-from lib_lora.keys import diffusers_to_compvis, group_modules, split_key
+from lib_lora.keys import group_modules, split_key
+from lib_lora.unet_names import diffusers_to_compvis
 from tests.factory import FIXTURES, compvis_to_diffusers, fixture_layers, make_lora_with_targets
 
 MODEL_ARCH = {"sd15": "sd1", "sdxl": "sdxl"}
@@ -48,7 +49,7 @@ def test_diffusers_to_compvis_is_a_shape_preserving_bijection(model):
 
 @pytest.mark.parametrize("model", ["sd15", "sdxl"])
 def test_compvis_to_diffusers_inverts_the_real_diffusers_key_list(model):
-    from lib_lora.keys import compvis_to_diffusers as inverse
+    from lib_lora.unet_names import compvis_to_diffusers as inverse
 
     want = compvis_to_diffusers(model)  # from the diffusers fixture, independent of the inverse rules
     for rel in arch.unet_layers(MODEL_ARCH[model]):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from lib_lora import syntax
+from lib_lora import syntax, tag_weights
 from lib_lora.presets import PresetStore
 
 
@@ -13,7 +13,7 @@ def store(tmp_path):
 
 
 def resolved(prompt, presets, arch=None):
-    return [syntax.resolve_blocks(t, presets, arch) for t in syntax.parse_prompt(prompt)]
+    return [tag_weights.resolve_blocks(t, presets, arch) for t in syntax.parse_prompt(prompt)]
 
 
 def test_zyx_is_one_minus_the_first_tags_list_letters_kept(tmp_path):
@@ -48,8 +48,8 @@ def test_zyx_alone_or_against_an_unknown_preset_is_one_clear_error(tmp_path):
 def test_webui_item_lists_are_linked_like_a_prompt(tmp_path):
     tags = syntax.parse_item_lists([["a", "1", "INS"], ["b", "0.5", "ZYX"]])
     assert tags[1].complement_of == ("a", "INS")
-    assert syntax.resolve_blocks(tags[1], store(tmp_path)).values[:3] == [0, 0, 0]
+    assert tag_weights.resolve_blocks(tags[1], store(tmp_path)).values[:3] == [0, 0, 0]
 
 
 def test_xyz_complement_write_number_noise_away():
-    assert syntax.complement_tokens(["0.7", "0.1", "X", "1", "-0.5"]) == ["0.3", "0.9", "X", "0", "1.5"]
+    assert tag_weights.complement_tokens(["0.7", "0.1", "X", "1", "-0.5"]) == ["0.3", "0.9", "X", "0", "1.5"]

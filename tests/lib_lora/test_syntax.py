@@ -10,8 +10,8 @@ from hypothesis import strategies as st
 from lib_lora import blocks as B
 from lib_lora.presets import PresetStore
 from lib_lora.syntax import (LoraTag, edit_blocks, edit_key, edit_name, edit_weight, format_number, parse_items,
-                             parse_params, parse_prompt, resolve_blocks, rewrite_prompt, short_tag, split_items,
-                             write_tag)
+                             parse_params, parse_prompt, rewrite_prompt, short_tag, split_items, write_tag)
+from lib_lora.tag_weights import resolve_blocks
 from tests.paths import REPO
 
 PRESETS = PresetStore()

@@ -42,7 +42,8 @@ def test_status_reports_last_activation():
     from lora_studio_webui import api
     from lib_lora.activate import Activated
     from lib_lora.patcher import ActiveLora, LoraReport
-    from lib_lora.syntax import ResolvedBlocks, parse_items
+    from lib_lora.syntax import parse_items
+    from lib_lora.tag_weights import ResolvedBlocks
     from lora_studio_webui.engine import ENGINE, Activation
     active = ActiveLora(None, 1.0, 0.5, [1.0] * 26)
     ENGINE.last = Activation(loras=[Activated(parse_items(["foo"]), ResolvedBlocks(source="preset face"), active,

@@ -334,7 +334,7 @@ ELEM_FILE = "user_elempresets.txt"   # beside user_presets.txt (presets.elementa
 
 
 def test_elemental_editor_saves_loads_and_prompts_use_it_at_once(ctx, tmp_path):
-    from lib_lora import syntax
+    from lib_lora import syntax, tag_weights
     assert "ATTNDEEPON" in pt.element_names(ctx)
     name, text, status = pt.element_load(ctx, "ATTNDEEPON")
     assert (name, text) == ("ATTNDEEPON", "IN05-OUT05:attn:1") and "shipped" in status
@@ -342,7 +342,7 @@ def test_elemental_editor_saves_loads_and_prompts_use_it_at_once(ctx, tmp_path):
     assert not msg.startswith("⚠") and "lbwe=deep attn" in msg and "deep attn" in upd["choices"]
     body = (tmp_path / ELEM_FILE).read_text()
     assert "deep attn:IN05-OUT05:attn:0.5,NOT M00:ff:0\n" in body
-    res = syntax.resolve_elements(syntax.parse_params(["n", "1"], {"lbwe": "deep attn"}), ctx.presets)
+    res = tag_weights.resolve_elements(syntax.parse_params(["n", "1"], {"lbwe": "deep attn"}), ctx.presets)
     assert res.problem is None and [e.ratio for e in res.entries] == [0.5, 0.0]
     assert pt.element_load(ctx, "deep attn")[1] == "IN05-OUT05:attn:0.5\nNOT M00:ff:0"
 
