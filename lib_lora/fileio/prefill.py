@@ -79,7 +79,7 @@ class Prefill:
         return self
 
     def _run(self) -> None:
-        from .writer import _Flusher
+        from .writer import _Flusher, _pwrite_all
 
         fd, src_fd = self.temp[0], self.src_fd   # both stay open until close(), which first stops this thread
         try:
@@ -101,9 +101,7 @@ class Prefill:
                         if not fast:
                             data = os.pread(src_fd, min(left, 8 << 20), src_off)
                             n = len(data)
-                            view = memoryview(data)
-                            while view:
-                                view = view[os.pwrite(fd, view, dst_off + n - len(view)):]
+                            _pwrite_all(fd, data, dst_off)
                         if n <= 0:
                             raise OSError(errno.EIO, "the checkpoint got shorter while it was being copied")
                         self.copied += n
@@ -113,16 +111,14 @@ class Prefill:
         except BaseException as exc:   # noqa: BLE001 — raised again by wait(), in the caller's thread
             self.error = exc
 
-    def usable(self, order: list, header_len: int, reader_fd: int | None = None) -> bool:
+    def usable(self, order: list, header_len: int) -> bool:
         """True when the output laid out as `order` = [(key, safetensors dtype, shape, [begin, end])] with a
-        header of `header_len` bytes (without its 8-byte length) matches the copied body, and the source is
-        still the file that was copied (`reader_fd`: the caller's open descriptor of it)."""
+        header of `header_len` bytes (without its 8-byte length) matches the copied body and the source is unchanged
+        since (pieces read from another file are written anyway: `is_source_bytes`)."""
         if header_len > self.reserve or len(order) != len(self.entries):
             return False
         try:
             if _identity(os.fstat(self.src_fd)) != self.identity:
-                return False
-            if reader_fd is not None and _identity(os.fstat(reader_fd)) != self.identity:
                 return False
         except OSError:
             return False

@@ -298,23 +298,21 @@ def _write_prefilled(path, prefill, layout, order, pieces, metadata, final_metad
                 if isinstance(t, Pooled):
                     buf, t = t, t.tensor
                 at = where[key] + got
-                if isinstance(t, FilePiece):
-                    n = t.nbytes
-                    if not prefill.is_source_bytes(t.fd, t.offset, at):
+                mv = None if isinstance(t, FilePiece) else _tensor_bytes(t)
+                n = t.nbytes if mv is None else len(mv)
+                got += n
+                if got > wants[key]:
+                    raise LoraStudioError(f"internal error: '{key}' produced more than {wants[key]} bytes")
+                if mv is None:
+                    if not prefill.is_source_bytes(t.fd, t.offset, at):   # not the bytes already in place
                         t.copy_to(fd, start + at)
                         written += n
                 else:
-                    mv = _tensor_bytes(t)
-                    n = len(mv)
-                    if got + n <= wants[key]:
-                        _pwrite_all(fd, mv, start + at)
+                    _pwrite_all(fd, mv, start + at)
                     written += n
                     del mv, t
                     if buf is not None:
                         buf.release()
-                got += n
-                if got > wants[key]:
-                    raise LoraStudioError(f"internal error: '{key}' produced more than {wants[key]} bytes")
                 if flusher is not None:
                     flusher.written(written)
                 if progress is not None:
