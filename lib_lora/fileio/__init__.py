@@ -14,14 +14,14 @@ from __future__ import annotations
 from .atomic import (LOCK_SUFFIX, TMP_SUFFIX, USE_O_TMPFILE, WriteFailed, atomic_write, atomic_write_text,
                      check_target, locked, remove_dead_temps)
 from .hashing import cached_model_hash, default_hash_cache_path, file_sha256, legacy_hash, model_hash
-from .paths import display_path, resolve_inside
+from .paths import display_path, file_stamp, resolve_inside
 from .reader import (PICKLE_SUFFIXES, MappedTensors, read_metadata, read_safetensors_header, read_small_text,
                      read_tensors)
 from .writer import BufferPool, FilePiece, Pooled, atomic_save_safetensors, atomic_save_safetensors_stream, kohya_hashes
 
 __all__ = ["LOCK_SUFFIX", "TMP_SUFFIX", "USE_O_TMPFILE", "WriteFailed", "atomic_write", "atomic_write_text",
            "check_target", "locked", "remove_dead_temps", "cached_model_hash", "default_hash_cache_path",
-           "legacy_hash", "model_hash", "display_path",
+           "legacy_hash", "model_hash", "display_path", "file_stamp",
            "resolve_inside", "PICKLE_SUFFIXES", "MappedTensors", "read_metadata", "read_safetensors_header",
            "read_small_text", "read_tensors", "BufferPool", "FilePiece", "Pooled", "atomic_save_safetensors",
            "atomic_save_safetensors_stream", "kohya_hashes"]

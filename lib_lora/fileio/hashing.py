@@ -11,7 +11,7 @@ import time
 
 from lib_lora.errors import LoraStudioError
 from .atomic import atomic_write_text, locked
-from .paths import _name
+from .paths import _name, file_stamp
 from .reader import PICKLE_SUFFIXES, read_safetensors_header
 
 
@@ -81,8 +81,7 @@ def default_hash_cache_path() -> str | None:
 
 
 def _stamp(path) -> tuple[str, list]:
-    st = os.stat(path)
-    return os.path.realpath(path), [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+    return os.path.realpath(path), list(file_stamp(os.stat(path)))
 
 
 def _load_cache(cache_path: str) -> dict:

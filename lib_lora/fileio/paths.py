@@ -9,6 +9,13 @@ from typing import Iterable
 from lib_lora.errors import LoraStudioError
 
 
+def file_stamp(st) -> tuple:
+    """What tells one version of a file from another, from an `os.stat` result (of a path or an open descriptor):
+    device, inode (a file replaced within the clock's tick keeps its size and mtime), size, mtime and ctime in ns.
+    The hash cache, the live merge's inputs, the standalone app's loaded model and bake's head start all ask it."""
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
 def _name(path) -> str:
     return os.fspath(path)
 

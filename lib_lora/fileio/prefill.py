@@ -19,6 +19,7 @@ import os
 import threading
 
 from .atomic import check_target, drop_temp, open_temp
+from .paths import file_stamp
 from .reader import read_safetensors_header
 
 _STEP = 64 << 20   # bytes per copy call: the stop flag is checked between calls
@@ -28,10 +29,6 @@ def room_for(text: str, records: int = 0) -> int:
     """Header bytes to keep for metadata that quotes `text` (escaped twice when JSON sits inside a JSON value: at
     most 8 bytes a character) and `records` entries of a few hundred bytes each (e.g. a bake's per-LoRA recipe)."""
     return 16384 + 8 * len(text) + 1024 * records
-
-
-def _identity(st) -> tuple:
-    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
 
 
 class Prefill:
@@ -47,7 +44,7 @@ class Prefill:
         self.reserve = (max(n, 0) + reserve + 7) // 8 * 8
         self.start_at = 8 + self.reserve            # where the body goes in the output
         self.src_fd = os.open(src, os.O_RDONLY)
-        self.identity = _identity(os.fstat(self.src_fd))
+        self.identity = file_stamp(os.fstat(self.src_fd))
         self.temp = None
         self.error: BaseException | None = None
         self.copied = 0
@@ -118,7 +115,7 @@ class Prefill:
         if header_len > self.reserve or len(order) != len(self.entries):
             return False
         try:
-            if _identity(os.fstat(self.src_fd)) != self.identity:
+            if file_stamp(os.fstat(self.src_fd)) != self.identity:
                 return False
         except OSError:
             return False
@@ -132,7 +129,7 @@ class Prefill:
         """Whether bytes at `offset` of the open file `fd` are the ones the head start put at body offset
         `out_offset` of the output."""
         try:
-            same = _identity(os.fstat(fd)) == self.identity
+            same = file_stamp(os.fstat(fd)) == self.identity
         except OSError:
             return False
         return same and offset - self.src_start == out_offset

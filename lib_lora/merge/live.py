@@ -91,8 +91,7 @@ def checkpoint_tensors(model) -> dict:
 def file_identity(path) -> tuple:
     """A file as the state remembers it: replacing B on disk is a different input (the standalone app also
     asks it whether the model it loaded is still a given checkpoint file)."""
-    st = os.stat(path)   # the inode too: a file replaced within the clock's tick keeps size and mtime
-    return (os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+    return (os.path.realpath(path),) + fileio.file_stamp(os.stat(path))
 
 
 class LiveMerge:
