@@ -1,7 +1,9 @@
 """Checkpoint + prompt → checkpoint with every `<lora:…>` of the prompt merged in (`python -m lib_lora bake`).
 
 The merge is the inference patcher run once on the checkpoint's own tensors, so a baked model equals what
-the WebUI computes for the same prompt; keys no LoRA touches are written back bit-exact.
+the WebUI computes for the same prompt when it runs in the file's dtype; a WebUI in fp32 (`--no-half`, CPU) adds the
+LoRA in fp32, which an fp16 file rounds (≈ 0.1 % of the LoRA's change in a real A1111): `--dtype fp32` matches it
+exactly. Keys no LoRA touches are written back bit-exact.
 """
 
 from __future__ import annotations
