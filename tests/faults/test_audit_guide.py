@@ -14,7 +14,7 @@ GUIDE = (ROOT / "docs" / "guide.md").read_text(encoding="utf-8")
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 # AUTOMATIC1111's own command-line options the guide talks about (not ours to define)
 WEBUI_FLAGS = {"--listen", "--share", "--server-name", "--enable-insecure-extension-access", "--api-auth",
-               "--lora-dir", "--lyco-dir-backcompat"}
+               "--lora-dir", "--lyco-dir-backcompat", "--no-half"}
 
 
 def _verbs() -> dict[str, set[str]]:
