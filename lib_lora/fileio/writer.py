@@ -143,7 +143,8 @@ def atomic_save_safetensors(tensors: dict, path, metadata: dict | None = None, o
 
 
 def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, overwrite: bool = False,
-                                   progress=None, final_metadata=None, workers: int = 0, prefill=None) -> str:
+                                   progress=None, final_metadata=None, workers: int = 0, prefill=None,
+                                   processes: int = 0) -> str:
     """Write a .safetensors file whose tensors are produced one at a time (never all in memory).
 
     `specs` = [(key, torch dtype, shape, produce)]: the header is written first from the dtypes and shapes,
@@ -157,6 +158,9 @@ def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, ov
     placeholders of the same length). `progress(done_bytes, total_bytes)` as in `atomic_save_safetensors`.
     `prefill`: a `fileio.prefill.Prefill` of the source whose body this output mostly repeats; used when the layout
     matches (then only pieces that are not those very source bytes are written), dropped otherwise.
+    `processes` > 1 (POSIX only, for a process that owns its runtime: the CLI): the tensors are split into that many
+    runs of about equal bytes, each produced and written at its offsets by a forked child (`_write_forked`);
+    Python threads do not scale small torch operations (each hands the GIL over), processes do.
     Through `atomic_write`: a failure, Ctrl-C or kill leaves no file at `path`."""
     path = _name(path)
     check_target(path, overwrite, ".safetensors")
@@ -205,25 +209,13 @@ def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, ov
         done = len(head)
         if total >= _FLUSH_STEP:
             flusher = _Flusher(f)
-        wants = {key: _numel(shape) * _itemsize(dt) for key, dt, shape in order}
-        dtypes = {key: dt for key, dt, _ in order}
-        got = 0
+        check = _Pieces(order)
         for key, t in _ahead(pieces(), workers):
             if t is None:
-                if got != wants[key]:
-                    raise LoraStudioError(f"internal error: '{key}' produced {got} bytes, expected {wants[key]}")
-                got = 0
+                check.end(key)
                 continue
-            if t.dtype != dtypes[key]:
-                raise LoraStudioError(f"internal error: '{key}' produced {t.dtype}, expected {dtypes[key]}")
-            if isinstance(t, Pooled):
-                buf, t = t, t.tensor
-            else:
-                buf = None
-            if isinstance(t, FilePiece):
-                got += t.nbytes
-                if got > wants[key]:
-                    raise LoraStudioError(f"internal error: '{key}' produced more than {wants[key]} bytes")
+            buf, t, mv, n = check.take(key, t)
+            if mv is None:
                 # unchanged tensors that follow each other in the input are copied as one range: one
                 # copy_file_range per tensor (about a thousand) was 2-3x slower than a few big ones
                 if run is not None and run.fd == t.fd and run.offset + run.nbytes == t.offset \
@@ -234,10 +226,6 @@ def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, ov
                     run = t
                 continue
             done = copy_run(f, done)
-            mv = _tensor_bytes(t)
-            got += len(mv)
-            if got > wants[key]:
-                raise LoraStudioError(f"internal error: '{key}' produced more than {wants[key]} bytes")
             done = _write_chunks(f, mv, done, total, progress)
             del mv, t
             if buf is not None:
@@ -260,6 +248,9 @@ def atomic_save_safetensors_stream(specs, path, metadata: dict | None = None, ov
 
     def write_then_stop(f):
         try:
+            if processes > 1 and hasattr(os, "fork"):   # else (no fork): the threads below
+                _write_forked(f, head, order, produce, total, progress, final_metadata, processes)
+                return
             write(f)
         finally:   # before atomic_write closes the descriptor the flusher syncs (an error, Ctrl-C)
             if flusher is not None:
@@ -277,32 +268,20 @@ def _write_prefilled(path, prefill, layout, order, pieces, metadata, final_metad
     start = prefill.start_at
     total = start + body
     where = {key: offs[0] for key, _, _, offs in layout}
-    wants = {key: offs[1] - offs[0] for key, _, _, offs in layout}
-    dtypes = {key: dt for key, dt, _ in order}
+    check = _Pieces(order)
 
     def write(f):
         prefill.wait()   # nothing is written over the copy while it still runs
         fd = f.fileno()
         flusher = _Flusher(f) if body >= _FLUSH_STEP else None
-        done, written, got = start + prefill.copied, 0, 0
+        done, written = start + prefill.copied, 0
         try:
             for key, t in _ahead(pieces, workers):
                 if t is None:
-                    if got != wants[key]:
-                        raise LoraStudioError(f"internal error: '{key}' produced {got} bytes, expected {wants[key]}")
-                    got = 0
+                    check.end(key)
                     continue
-                if t.dtype != dtypes[key]:
-                    raise LoraStudioError(f"internal error: '{key}' produced {t.dtype}, expected {dtypes[key]}")
-                buf = None
-                if isinstance(t, Pooled):
-                    buf, t = t, t.tensor
-                at = where[key] + got
-                mv = None if isinstance(t, FilePiece) else _tensor_bytes(t)
-                n = t.nbytes if mv is None else len(mv)
-                got += n
-                if got > wants[key]:
-                    raise LoraStudioError(f"internal error: '{key}' produced more than {wants[key]} bytes")
+                at = where[key] + check.got
+                buf, t, mv, n = check.take(key, t)
                 if mv is None:
                     if not prefill.is_source_bytes(t.fd, t.offset, at):   # not the bytes already in place
                         t.copy_to(fd, start + at)
@@ -333,6 +312,181 @@ def _write_prefilled(path, prefill, layout, order, pieces, metadata, final_metad
             progress(total, total)
 
     return atomic_write(path, write, overwrite, temp=prefill.detach())
+
+
+def fork_processes() -> int:
+    """How many forked writer processes a command-line merge uses: one per core up to 4, on Linux only (fork
+    is the only cheap way to hand children the open inputs; macOS's fork is unsafe with the frameworks torch
+    loads; Windows has none); 0 (threads) on one core."""
+    import sys
+
+    cores = os.cpu_count() or 1
+    return min(4, cores) if sys.platform.startswith("linux") and cores >= 2 else 0
+
+
+def _write_forked(f, head, order, produce, total, progress, final_metadata, processes: int) -> None:
+    """The stream writer's body with `processes` forked children, each writing a run of whole tensors at their
+    offsets (the header goes first, its final version last). Children report bytes written and their error (one
+    line, with the errno of an OS error) through a pipe; any failure, Ctrl-C included, kills them all."""
+    import select
+    import signal
+
+    f.write(head)
+    f.flush()
+    fd = f.fileno()
+    sizes = [(key, _numel(shape) * _itemsize(dt)) for key, dt, shape in order]
+    body = sum(n for _, n in sizes)
+    runs, at, cut = [[] for _ in range(processes)], len(head), 0
+    for key, n in sizes:   # contiguous runs of about body/processes bytes: each child writes sequentially
+        k = min(processes - 1, cut * processes // max(body, 1))
+        runs[k].append((key, at))
+        at += n
+        cut += n
+    children = {}   # read end of its pipe -> pid
+    try:
+        for run in runs:
+            if not run:
+                continue
+            r, w = os.pipe()
+            pid = os.fork()
+            if pid == 0:   # the child: never returns
+                os.close(r)
+                _forked_child(fd, run, order, produce, w)
+            os.close(w)
+            children[r] = pid
+        flusher = _Flusher(f) if total >= _FLUSH_STEP else None
+        done, errors, pending, partial = len(head), [], dict(children), {}
+        try:
+            while pending:
+                ready, _, _ = select.select(list(pending), [], [], 0.2)
+                for r in ready:
+                    data = os.read(r, 1 << 16)
+                    if not data:
+                        del pending[r]
+                        continue
+                    buf = partial.get(r, b"") + data
+                    while len(buf) >= 9:
+                        kind, n = buf[:1], struct.unpack("<Q", buf[1:9])[0]
+                        if kind == b"P":
+                            done += n
+                            buf = buf[9:]
+                            continue
+                        if len(buf) < 9 + n:
+                            break
+                        errors.append(buf[9:9 + n].decode("utf-8", "replace"))
+                        buf = buf[9 + n:]
+                    partial[r] = buf
+                if progress is not None:
+                    progress(min(done, total), total)
+                if flusher is not None:
+                    flusher.written(done)
+            for r, pid in children.items():
+                _, status = os.waitpid(pid, 0)
+                if status and not errors:
+                    errors.append(f"0:a writer process ended with status {status}")
+            if flusher is not None:
+                flusher.finish()
+        finally:
+            if flusher is not None:
+                flusher.stop()
+        if errors:
+            code, _, msg = errors[0].partition(":")
+            if int(code or 0):
+                raise OSError(int(code), msg)
+            raise LoraStudioError(msg)
+    except BaseException:
+        for pid in children.values():   # an error or Ctrl-C: nothing keeps writing into the temporary
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (OSError, ChildProcessError):
+                pass
+        raise
+    finally:
+        for r in children:
+            os.close(r)
+    if final_metadata is not None:
+        head2, _ = _st_header([(k, dt, shape) for k, dt, shape in order], final_metadata())
+        if len(head2) != len(head):
+            raise LoraStudioError("internal error: the final header does not fit the space written for it")
+        _pwrite_all(fd, head2, 0)
+    os.lseek(fd, 0, os.SEEK_END)
+    if progress is not None:
+        progress(total, total)
+
+
+def _forked_child(fd: int, run: list, order, produce: dict, w: int) -> None:
+    """Write `run` = [(key, offset)] (`order`: the header's (key, dtype, shape)) into `fd`; report through pipe `w`; exit without returning (no
+    atexit handlers, no flushing of the parent's buffers: os._exit)."""
+    code = 0
+    try:
+        import sys
+
+        if "torch" in sys.modules:   # the children are the parallelism: one thread each, no intra-op pool
+            sys.modules["torch"].set_num_threads(1)
+        unreported, check = 0, _Pieces(order)
+        for key, at in run:
+            for t in produce[key]():
+                if callable(t):
+                    t = t()
+                here = at + check.got
+                buf, t, mv, n = check.take(key, t)
+                if mv is None:
+                    t.copy_to(fd, here)
+                else:
+                    _pwrite_all(fd, mv, here)
+                    del mv
+                if buf is not None:
+                    buf.release()
+                unreported += n
+                if unreported >= 8 << 20:
+                    os.write(w, b"P" + struct.pack("<Q", unreported))
+                    unreported = 0
+            check.end(key)
+        if unreported:
+            os.write(w, b"P" + struct.pack("<Q", unreported))
+    except BaseException as exc:   # noqa: BLE001 — reported to the parent as one line
+        code = 1
+        try:
+            if isinstance(exc, OSError) and exc.errno:
+                msg = f"{exc.errno}:{exc.strerror or exc}"
+            else:
+                msg = f"0:{exc}" if str(exc) else f"0:{type(exc).__name__}"
+            data = msg.encode("utf-8", "replace")
+            os.write(w, b"E" + struct.pack("<Q", len(data)) + data)
+        except BaseException:   # noqa: BLE001
+            pass
+    finally:
+        os._exit(code)
+
+
+class _Pieces:
+    """Checks each piece a producer yields against the header already written for its tensor (dtype, bytes):
+    the stream writer's three paths (in order, over a prefill, forked) share it. `take` returns
+    (pooled buffer or None, the piece, its bytes as a memoryview or None for a FilePiece, byte count)."""
+
+    def __init__(self, order):
+        self.want = {key: _numel(shape) * _itemsize(dt) for key, dt, shape in order}
+        self.dtype = {key: dt for key, dt, _ in order}
+        self.got = 0
+
+    def take(self, key, t):
+        if t.dtype != self.dtype[key]:
+            raise LoraStudioError(f"internal error: '{key}' produced {t.dtype}, expected {self.dtype[key]}")
+        buf = None
+        if isinstance(t, Pooled):
+            buf, t = t, t.tensor
+        mv = None if isinstance(t, FilePiece) else _tensor_bytes(t)
+        n = t.nbytes if mv is None else len(mv)
+        self.got += n
+        if self.got > self.want[key]:
+            raise LoraStudioError(f"internal error: '{key}' produced more than {self.want[key]} bytes")
+        return buf, t, mv, n
+
+    def end(self, key) -> None:
+        if self.got != self.want[key]:
+            raise LoraStudioError(f"internal error: '{key}' produced {self.got} bytes, expected {self.want[key]}")
+        self.got = 0
 
 
 _FLUSH_STEP = 256 << 20   # start the writeback of every this many bytes written

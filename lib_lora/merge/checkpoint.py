@@ -504,7 +504,7 @@ class _Hashes(threading.Thread):
 def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=None, block_weights=None,
                       base_alpha: float | None = None, dtype: str | None = None, overwrite: bool = False,
                       allow_pickle: bool = False, presets=None, progress=None, vae=None,
-                      hash_cache="default") -> MergeResult:
+                      hash_cache="default", processes: int = 0) -> MergeResult:
     """Merge checkpoint files into `out` (.safetensors). `progress(done_bytes, total_bytes)` while writing.
 
     `vae`: None or "base" (the VAE is merged like every BASE key), or the path of a VAE file (ldm or
@@ -514,6 +514,9 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
 
     `hash_cache`: where the recipe's input hashes are remembered (`fileio.cached_model_hash`): "default",
     None (always hash), or a cache file path.
+
+    `processes` > 1: the tensors are computed and written by that many forked processes (POSIX; for a process that
+    owns its runtime, the CLI: not a WebUI); otherwise by `WORKERS` threads.
 
     Everything that can be checked from the file headers is checked before any tensor is read; a failure,
     Ctrl-C or kill leaves no file at `out` (and an existing one untouched)."""
@@ -593,7 +596,8 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
                  for it in items]
         fileio.atomic_save_safetensors_stream(specs, out, {RECIPE_KEY: json.dumps(recipe, ensure_ascii=False)},
                                               overwrite=overwrite, progress=progress,
-                                              final_metadata=final_metadata, workers=WORKERS)
+                                              final_metadata=final_metadata, workers=WORKERS,
+                                              processes=processes)
         result.recipe = recipe
         result.hashes_cached = list(hashes.cached)
         return result

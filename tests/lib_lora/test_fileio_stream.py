@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from lib_lora import fileio
-from lib_lora.errors import LoraFileError
+from lib_lora.errors import LoraFileError, LoraStudioError
 from lib_lora.fileio import writer
 
 
@@ -68,3 +68,88 @@ def test_an_error_of_the_background_writeback_fails_the_write(tmp_path, monkeypa
             fileio.atomic_save_safetensors_stream(_specs(ts, src, fileio.BufferPool(256)),
                                                   tmp_path / "y.safetensors")
     assert not (tmp_path / "y.safetensors").exists()
+
+
+def _no_children_left():
+    try:
+        os.waitpid(-1, os.WNOHANG)
+    except ChildProcessError:
+        return True
+    return False
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forked writers are POSIX only")
+@pytest.mark.parametrize("processes", [2, 3])
+def test_forked_writers_write_the_same_bytes_with_the_final_header_and_report_progress(tmp_path, monkeypatch,
+                                                                                        processes):
+    ts = _tensors()
+    fileio.atomic_save_safetensors(ts, tmp_path / "x.safetensors", {"k": "v"})
+    monkeypatch.setattr(writer, "_FLUSH_STEP", 4096)   # the parent's background writeback runs too
+    seen = []
+    pool = fileio.BufferPool(64 * 4)
+    with fileio.MappedTensors(tmp_path / "x.safetensors") as src:
+        fileio.atomic_save_safetensors_stream(_specs(ts, src, pool), tmp_path / "y.safetensors", {"k": "0"},
+                                              final_metadata=lambda: {"k": "v"}, processes=processes,
+                                              progress=lambda d, t: seen.append((d, t)))
+    assert (tmp_path / "x.safetensors").read_bytes() == (tmp_path / "y.safetensors").read_bytes()
+    total = (tmp_path / "y.safetensors").stat().st_size
+    assert seen[-1] == (total, total) and [d for d, _ in seen] == sorted(d for d, _ in seen)
+    assert _no_children_left()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forked writers are POSIX only")
+@pytest.mark.parametrize("where", ["first", "last"])
+def test_a_forked_writers_error_is_one_line_and_leaves_no_file_and_no_process(tmp_path, where):
+    ts = _tensors()
+    fileio.atomic_save_safetensors(ts, tmp_path / "x.safetensors")
+    bad = "k00" if where == "first" else "ids"
+
+    def boom():
+        raise LoraStudioError(f"'{bad}' could not be computed: try again")
+    with fileio.MappedTensors(tmp_path / "x.safetensors") as src:
+        specs = [(k, dt, shape, (lambda: iter([boom])) if k == bad else fn)
+                 for k, dt, shape, fn in _specs(ts, src, fileio.BufferPool(256))]
+        with pytest.raises(LoraStudioError, match=f"^'{bad}' could not be computed: try again$"):
+            fileio.atomic_save_safetensors_stream(specs, tmp_path / "y.safetensors", processes=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]   # no output, no temporary
+    assert _no_children_left()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forked writers are POSIX only")
+def test_a_full_disk_in_a_forked_writer_is_the_disk_full_line(tmp_path):
+    ts = _tensors()
+    fileio.atomic_save_safetensors(ts, tmp_path / "x.safetensors")
+
+    def full():
+        raise OSError(errno.ENOSPC, "No space left on device")
+    with fileio.MappedTensors(tmp_path / "x.safetensors") as src:
+        specs = [(k, dt, shape, (lambda: iter([full])) if k == "k15" else fn)
+                 for k, dt, shape, fn in _specs(ts, src, fileio.BufferPool(256))]
+        with pytest.raises(LoraFileError) as e:
+            fileio.atomic_save_safetensors_stream(specs, tmp_path / "y.safetensors", processes=2)
+    assert "\n" not in str(e.value) and "space" in str(e.value).lower()
+    assert not (tmp_path / "y.safetensors").exists()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forked writers are POSIX only")
+def test_ctrl_c_while_forked_writers_run_kills_them_and_leaves_no_file(tmp_path):
+    ts = _tensors()
+    fileio.atomic_save_safetensors(ts, tmp_path / "x.safetensors")
+    import time
+
+    def slow():   # children that would write for a minute
+        time.sleep(60)
+        return ts["ids"]
+
+    def interrupt(done, total):
+        raise KeyboardInterrupt
+    t = time.monotonic()
+    with fileio.MappedTensors(tmp_path / "x.safetensors") as src:
+        specs = [(k, dt, shape, (lambda: iter([slow])) if k in ("k00", "ids") else fn)
+                 for k, dt, shape, fn in _specs(ts, src, fileio.BufferPool(256))]
+        with pytest.raises(KeyboardInterrupt):
+            fileio.atomic_save_safetensors_stream(specs, tmp_path / "y.safetensors", processes=2,
+                                                  progress=interrupt)
+    assert time.monotonic() - t < 30
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"]
+    assert _no_children_left()

@@ -470,3 +470,14 @@ def test_chunked_kernel_is_bit_identical_to_the_formula_for_mixed_dtypes_special
         out = torch.empty(n, dtype=dout)
         mc._Scratch().combine_into(mode, a, b, c, m, out)
         assert _same(out, mc._combine(mode, a, b, c, m).to(dout)), m
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forked writers are POSIX only")
+@pytest.mark.parametrize("mode,dtype", [("weighted", None), ("add-diff", "fp32"), ("train-diff", "bf16")])
+def test_forked_writer_processes_write_the_threads_bytes_in_every_mode(sd15, tmp_path, mode, dtype):
+    kw = dict(mode=mode, alpha=0.7, block_weights=SLOT_W, dtype=dtype, vae="base", hash_cache=None,
+              c=sd15["c"] if mode in mc.NEEDS_C else None)
+    merge_checkpoints(sd15["a"], sd15["b"], tmp_path / "threads.safetensors", **kw)
+    res = merge_checkpoints(sd15["a"], sd15["b"], tmp_path / "forked.safetensors", processes=2, **kw)
+    assert (tmp_path / "threads.safetensors").read_bytes() == (tmp_path / "forked.safetensors").read_bytes()
+    assert json.loads(fileio.read_metadata(tmp_path / "forked.safetensors")[RECIPE_KEY]) == res.recipe
