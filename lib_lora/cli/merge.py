@@ -30,9 +30,10 @@ def summary(res, o: MergeOptions, seconds: float) -> str:
             + (f"; {'; '.join(notes)}" if notes else "") + f"; {seconds:.1f} s)")
 
 
-def merge(o: MergeOptions, progress=None, presets=None):
+def merge(o: MergeOptions, progress=None, presets=None, processes: int = 0):
     """Run the merge an options object describes (CLI and Merge tab). `progress(done_bytes, total_bytes)`;
-    `presets`: a PresetStore for preset names (the tab's, shared with generation) instead of o.presets."""
+    `presets`: a PresetStore for preset names (the tab's, shared with generation) instead of o.presets;
+    `processes`: forked writer processes (the CLI's own process only: never inside a WebUI or the app's server)."""
     import os
 
     from lib_lora import fileio
@@ -53,19 +54,22 @@ def merge(o: MergeOptions, progress=None, presets=None):
     return merge_checkpoints(o.a, o.b, o.out, mode=o.mode, alpha=o.alpha, c=o.c, block_weights=o.block_weights,
                              base_alpha=o.base_alpha, dtype=o.dtype, overwrite=o.overwrite,
                              allow_pickle=o.allow_pickle, presets=presets, progress=progress,
-                             vae=o.vae)
+                             vae=o.vae, processes=processes)
 
 
 def run(args) -> int:
     import time
 
     from lib_lora.cli.progress import PhaseProgress
+    from lib_lora.fileio.writer import fork_processes
 
     o = from_args(MergeOptions, args)
     bar = PhaseProgress({"merge": "bytes"}, enabled=False if o.quiet else None)
     t = time.perf_counter()
     try:
-        res = merge(o, progress=lambda done, total: bar("merge", done, total))
+        # this process is the CLI's own: the merge's tensors are computed by forked processes (threads do not
+        # scale torch's many small operations: each hands the GIL over; bench/README.md, session 8)
+        res = merge(o, progress=lambda done, total: bar("merge", done, total), processes=fork_processes())
     finally:
         bar.close()
     print(summary(res, o, time.perf_counter() - t))
