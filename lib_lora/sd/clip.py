@@ -86,29 +86,48 @@ class CLIPTextTransformer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(cfg["width"])
 
 
-class CLIPTextModel(nn.Module):
-    """`transformer.text_model.*` of SD1's `cond_stage_model` and SDXL's `conditioner.embedders.0`."""
-
-    kind = "clip"
+class _TextTower(nn.Module):
+    """What both text towers share: `width` and the per-layer states `SDModel` picks a layer from.
+    Subclasses give their embedding and their layers, named as in their checkpoints."""
 
     def __init__(self, cfg: dict):
         super().__init__()
         self.cfg = dict(cfg)
-        self.text_model = CLIPTextTransformer(cfg)
 
     @property
     def width(self) -> int:
         return self.cfg["width"]
 
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def layers(self) -> nn.ModuleList:
+        raise NotImplementedError
+
     def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
         """Embedding output followed by every layer's output (transformers' `hidden_states`)."""
-        tm = self.text_model
-        x = tm.embeddings(ids)
+        x = self.embed(ids)
         out = [x]
-        for layer in tm.encoder.layers:
+        for layer in self.layers():
             x = layer(x)
             out.append(x)
         return out
+
+
+class CLIPTextModel(_TextTower):
+    """`transformer.text_model.*` of SD1's `cond_stage_model` and SDXL's `conditioner.embedders.0`."""
+
+    kind = "clip"
+
+    def __init__(self, cfg: dict):
+        super().__init__(cfg)
+        self.text_model = CLIPTextTransformer(cfg)
+
+    def embed(self, ids):
+        return self.text_model.embeddings(ids)
+
+    def layers(self):
+        return self.text_model.encoder.layers
 
     def final_norm(self, x):
         return self.text_model.final_layer_norm(x)
@@ -154,14 +173,13 @@ class OpenCLIPTransformer(nn.Module):
         self.resblocks = nn.ModuleList(ResidualAttentionBlock(dim, heads, inner) for _ in range(layers))
 
 
-class OpenCLIPText(nn.Module):
+class OpenCLIPText(_TextTower):
     """`conditioner.embedders.1.model.*` of SDXL (the visual tower is not part of a checkpoint)."""
 
     kind = "openclip"
 
     def __init__(self, cfg: dict):
-        super().__init__()
-        self.cfg = dict(cfg)
+        super().__init__(cfg)
         w = cfg["width"]
         self.positional_embedding = nn.Parameter(torch.empty(cfg["positions"], w))
         self.text_projection = nn.Parameter(torch.empty(w, cfg["proj"]))
@@ -172,17 +190,11 @@ class OpenCLIPText(nn.Module):
         nn.init.normal_(self.positional_embedding, std=0.01)
         nn.init.normal_(self.text_projection, std=w ** -0.5)
 
-    @property
-    def width(self) -> int:
-        return self.cfg["width"]
+    def embed(self, ids):
+        return self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]].unsqueeze(0)
 
-    def hidden_states(self, ids: torch.Tensor) -> list[torch.Tensor]:
-        x = self.token_embedding(ids) + self.positional_embedding[: ids.shape[1]].unsqueeze(0)
-        out = [x]
-        for block in self.transformer.resblocks:
-            x = block(x)
-            out.append(x)
-        return out
+    def layers(self):
+        return self.transformer.resblocks
 
     def final_norm(self, x):
         return self.ln_final(x)

@@ -6,6 +6,7 @@ DeepDanbooru `tags.txt` (one tag per line; `rating:*` tags are ratings; characte
 from __future__ import annotations
 
 import csv
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,18 +50,33 @@ def _lines(path: Path) -> list[str]:
         return [ln.strip() for ln in fh if ln.strip()]
 
 
+@contextmanager
+def _reading(path: Path):
+    """The one wording of a tag file that cannot be read (both loaders): the problem and the fix, one line."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise TagFileError(f"{path} is missing; put the model's {path.name} next to its .onnx file.") from None
+    except UnicodeDecodeError:
+        raise TagFileError(f"{path} is not UTF-8 text; re-download {path.name}.") from None
+
+
+def _check_not_empty(path: Path, names: list[str]) -> None:
+    if not names:
+        raise TagFileError(f"{path} has no tags; re-download {path.name}.")
+
+
 def load_tag_lines(path) -> TagSet:
     """DeepDanbooru: one tag per line, in output order."""
     path = Path(path)
-    try:
+    with _reading(path):
         names = _lines(path)
-        chars = set(_lines(path.with_name(CHARACTER_LIST))) if path.with_name(CHARACTER_LIST).is_file() else set()
-    except FileNotFoundError:
-        raise TagFileError(f"{path} is missing; put the model's tag list next to the .onnx file.") from None
-    except UnicodeDecodeError:
-        raise TagFileError(f"{path} (or its {CHARACTER_LIST}) is not UTF-8 text; re-download it.") from None
-    if not names:
-        raise TagFileError(f"{path} has no tags; re-download the model's tags.txt.")
+    char_path = path.with_name(CHARACTER_LIST)
+    chars = set()
+    if char_path.is_file():
+        with _reading(char_path):  # its own message names the file that is actually bad
+            chars = set(_lines(char_path))
+    _check_not_empty(path, names)
     cats = [RATING if n.startswith("rating:") else CHARACTER if n in chars else GENERAL for n in names]
     return TagSet(names, np.array(cats))
 
@@ -72,7 +88,7 @@ def load_tags(path, require_category: bool = True) -> TagSet:
     path = Path(path)
     if path.suffix.lower() == ".txt":
         return load_tag_lines(path)
-    try:
+    with _reading(path):
         with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             header = [h.strip() for h in (reader.fieldnames or [])]
@@ -92,10 +108,5 @@ def load_tags(path, require_category: bool = True) -> TagSet:
                     raise TagFileError(f"{path}:{line_no}: category '{cat}' is not a number; "
                                        f"re-download {path.name}.") from None
                 names.append(name)
-    except FileNotFoundError:
-        raise TagFileError(f"{path} is missing; put the model's {path.name} next to its .onnx file.") from None
-    except UnicodeDecodeError:
-        raise TagFileError(f"{path} is not UTF-8 text; re-download {path.name}.") from None
-    if not names:
-        raise TagFileError(f"{path} has no tag rows; re-download {path.name}.")
+    _check_not_empty(path, names)
     return TagSet(names, np.array(cats))
