@@ -27,6 +27,15 @@ def stop(self, phase, done, total):
         print("merging", flush=True)
         sys.stdin.readline()
 progress.PhaseProgress.__call__ = stop
+# forked writer processes (the CLI's way on Linux) are slowed down so that they still run when the parent is killed
+import os, time
+from lib_lora.fileio import writer
+first, pwrite = os.getpid(), writer._pwrite_all
+def slow(*a):
+    if os.getpid() != first:
+        time.sleep(0.2)
+    return pwrite(*a)
+writer._pwrite_all = slow
 from lib_lora.__main__ import main
 sys.exit(main(sys.argv[2:]))
 """
@@ -53,6 +62,26 @@ def _start(models, out, o_tmpfile: bool):
     return p
 
 
+def _no_process_left_writing(out) -> None:
+    """The CLI's forked merge processes die with their parent (nothing computes on for nobody)."""
+    import time
+
+    def left():
+        pids = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if str(out).encode() in f.read():
+                        pids.append(pid)
+            except OSError:
+                pass
+        return pids
+    deadline = time.monotonic() + 10
+    while left() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left() == []
+
+
 @pytest.mark.parametrize("o_tmpfile", [True, False], ids=["o_tmpfile", "named_temp"])
 def test_sigkill_mid_merge_leaves_no_file_at_the_output(models, tmp_path, o_tmpfile):
     if o_tmpfile and not fileio.atomic.USE_O_TMPFILE:
@@ -68,6 +97,7 @@ def test_sigkill_mid_merge_leaves_no_file_at_the_output(models, tmp_path, o_tmpf
             if p.poll() is None:
                 p.kill()
         assert p.returncode == -9
+        _no_process_left_writing(out)
     assert not fresh.exists() and old.read_bytes() == b"the user's model"
     fileio.atomic_write_text(tmp_path / "later.txt", "x")     # the next write removes a dead process' temporaries
     assert sorted(os.listdir(tmp_path)) == ["later.txt", "old.safetensors"]
