@@ -61,7 +61,7 @@ def run(args) -> int:
     import time
 
     from lib_lora.cli.progress import PhaseProgress
-    from lib_lora.fileio.writer import fork_processes
+    from lib_lora.fileio.forked import fork_processes
 
     o = from_args(MergeOptions, args)
     bar = PhaseProgress({"merge": "bytes"}, enabled=False if o.quiet else None)

@@ -29,13 +29,13 @@ def stop(self, phase, done, total):
 progress.PhaseProgress.__call__ = stop
 # forked writer processes (the CLI's way on Linux) are slowed down so that they still run when the parent is killed
 import os, time
-from lib_lora.fileio import writer
-first, pwrite = os.getpid(), writer._pwrite_all
+from lib_lora.fileio import forked
+first, pwrite = os.getpid(), forked._pwrite_all
 def slow(*a):
     if os.getpid() != first:
         time.sleep(0.2)
     return pwrite(*a)
-writer._pwrite_all = slow
+forked._pwrite_all = slow
 from lib_lora.__main__ import main
 sys.exit(main(sys.argv[2:]))
 """

@@ -127,10 +127,10 @@ def test_vae_flag_bakes_a_vae_file_and_names_it(env, tmp_path, capsys):
 def test_the_cli_merges_in_forked_processes_and_writes_what_the_library_writes(env, tmp_path, monkeypatch, capsys):
     import os
 
-    from lib_lora.fileio import writer
+    from lib_lora.fileio import forked
     from lib_lora.merge.checkpoint import merge_checkpoints
 
-    if not writer.fork_processes():
+    if not forked.fork_processes():
         pytest.skip("one core or not Linux: the CLI merges with threads")
     forks, real = [], os.fork
 
@@ -141,7 +141,7 @@ def test_the_cli_merges_in_forked_processes_and_writes_what_the_library_writes(e
         return pid
     monkeypatch.setattr(os, "fork", counting)
     assert _merge(env, tmp_path / "cli.safetensors", "--mode", "weighted", "--alpha", "0.3") == 0
-    assert len(forks) == writer.fork_processes()
+    assert len(forks) == forked.fork_processes()
     monkeypatch.setattr(os, "fork", real)
     merge_checkpoints(env / "a.safetensors", env / "b.safetensors", tmp_path / "lib.safetensors", alpha=0.3)
     assert (tmp_path / "cli.safetensors").read_bytes() == (tmp_path / "lib.safetensors").read_bytes()
