@@ -7,7 +7,7 @@ schedule; `--scale N` divides the widths by N) are written to DIR, then each mea
 process (so the runtime, torch included, is counted as a user would see it):
 
 - peak RssAnon: /proc/self/status sampled every 10 ms by a thread in the merging process; while its forked
-  writer processes run (the CLI's way, `fileio.writer.fork_processes()`; `--processes 0` for threads), the
+  writer processes run (the CLI's way, `fileio.forked.fork_processes()`; `--processes 0` for threads), the
   RssAnon of it and its children summed (an upper bound: each child also counts the pages it shares
   copy-on-write with its parent). Pages of the
   memory-mapped inputs and the page cache of the output are file-backed and do not count. Ratio against one
@@ -42,29 +42,17 @@ sys.path.insert(0, ROOT)
 
 # The child process's clock and RssAnon sampler (every 10 ms), shared with bench/bake.py.
 PRELUDE = r"""
-import json, sys, threading, time
-def anon():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("RssAnon:"):
-                return int(line.split()[1]) * 1024
-peak = [anon()]
-stop = []
-def sample():
-    while not stop:
-        peak[0] = max(peak[0], anon())
-        time.sleep(0.01)
-t0 = time.perf_counter()
-threading.Thread(target=sample, daemon=True).start()
-import torch
-torch.set_num_threads(1)
-"""
-
-# The merge runs with torch's default thread count, as `python -m lib_lora merge` does (the prelude's one thread
-# is for bench/bake.py, where both sides get it).
-MERGE = PRELUDE.replace("torch.set_num_threads(1)\n", "") + r"""
-import os
-# The CLI's forked writer processes (fileio.writer.fork_processes): while they live, their RssAnon is added to
+import json, os, sys, threading, time
+def anon(pid="self"):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:   # a child that has ended
+        pass
+    return 0
+# Forked children (the merge CLI's writer processes, fileio.forked): while they live, their RssAnon is added to
 # this process's. A child's RssAnon also counts the pages it still shares copy-on-write with this process (the
 # runtime, ~150 MB), so the sum is an upper bound. (Pss_Anon from smaps_rollup would count them once, but reading
 # it walks the page tables of 4 GB of mapped inputs and holds the children's page faults up: +1 s per merge.)
@@ -76,21 +64,21 @@ def fork():
         kids.append(pid)
     return pid
 os.fork = fork
-def anon_of(pid):
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return 0
-    return 0
-def sample_all():
+peak = [anon()]
+stop = []
+def sample():
     while not stop:
-        if kids:
-            peak[0] = max(peak[0], anon() + sum(anon_of(pid) for pid in kids))
+        peak[0] = max(peak[0], anon() + sum(anon(pid) for pid in kids))
         time.sleep(0.01)
-threading.Thread(target=sample_all, daemon=True).start()
+t0 = time.perf_counter()
+threading.Thread(target=sample, daemon=True).start()
+import torch
+torch.set_num_threads(1)
+"""
+
+# The merge runs with torch's default thread count, as `python -m lib_lora merge` does (the prelude's one thread
+# is for bench/bake.py, where both sides get it).
+MERGE = PRELUDE.replace("torch.set_num_threads(1)\n", "") + r"""
 from lib_lora.merge import checkpoint as mc
 from lib_lora.merge.checkpoint import merge_checkpoints
 if sys.argv[4] == "nohash":   # diagnostic only: what the recipe's input hashes cost
@@ -168,7 +156,7 @@ def main() -> None:
     ap.add_argument("--processes", type=int, default=None,
                     help="forked writer processes of the timed merges (default: what the CLI uses here)")
     args = ap.parse_args()
-    from lib_lora.fileio.writer import fork_processes
+    from lib_lora.fileio.forked import fork_processes
 
     procs = fork_processes() if args.processes is None else args.processes
 
