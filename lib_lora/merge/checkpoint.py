@@ -103,12 +103,17 @@ class _Loaded(TensorDict):
         self._t = {}
 
 
-def _open(path, role: str, allow_pickle: bool):
+def _check_input(path, role: str) -> str:
     name = os.fspath(path)
     if not os.path.exists(name):
         raise LoraFileError(f"model {role} '{name}' not found; check --{role.lower()}")
     if os.path.isdir(name):
         raise LoraFileError(f"model {role} '{name}' is a folder; pass the .safetensors file with --{role.lower()}")
+    return name
+
+
+def _open(path, role: str, allow_pickle: bool):
+    name = _check_input(path, role)
     if name.lower().endswith(fileio.PICKLE_SUFFIXES):
         return _Loaded(name, allow_pickle)
     return fileio.MappedTensors(name)
@@ -520,8 +525,6 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
 
     Everything that can be checked from the file headers is checked before any tensor is read; a failure,
     Ctrl-C or kill leaves no file at `out` (and an existing one untouched)."""
-    import torch
-
     out = os.fspath(out)
     fileio.check_target(out, overwrite, ".safetensors")
     if mode not in MODES:
@@ -535,9 +538,19 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
     for what, v in (("--alpha", alpha), ("--base-alpha", base_alpha)):
         if v is not None and not math.isfinite(float(v)):
             raise LoraStudioError(f"{what} must be a finite number such as 0.5")
-    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype)
     vae_path = None if vae is None or (isinstance(vae, str) and vae == "base") else vae
     paths = {"A": a, "B": b, **({"C": c} if c is not None else {})}
+    hashed = dict(paths, **({"VAE": vae_path} if vae_path is not None else {}))
+    for role, p in hashed.items():
+        _check_input(p, role)
+    # The recipe's input hashes start before torch is imported: in a fresh process (the CLI) the import costs
+    # over a second of one core, and hashing (which releases the GIL) uses the other meanwhile. A merge refused
+    # below leaves the thread to finish into the hash cache, which the corrected merge then reads.
+    hashes = _Hashes({role: os.fspath(p) for role, p in hashed.items()}, hash_cache)
+    hashes.start()
+    import torch
+
+    torch_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}.get(dtype)
     readers = {}
     try:
         for role, p in paths.items():
@@ -574,10 +587,6 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
             "vae": "base" if vae_path is None else {"file": os.path.basename(os.fspath(vae_path)),
                                                      "sha256": _HASH_PLACEHOLDER},
         }
-        hashed = dict(paths, **({"VAE": vae_path} if vae_path is not None else {}))
-        hashes = _Hashes({role: os.fspath(p) for role, p in hashed.items()}, hash_cache)
-        hashes.start()
-
         def final_metadata():
             for role, h in hashes.wait().items():
                 (recipe["vae"] if role == "VAE" else recipe["inputs"][role])["sha256"] = h

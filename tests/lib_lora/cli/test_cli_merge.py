@@ -145,3 +145,37 @@ def test_the_cli_merges_in_forked_processes_and_writes_what_the_library_writes(e
     monkeypatch.setattr(os, "fork", real)
     merge_checkpoints(env / "a.safetensors", env / "b.safetensors", tmp_path / "lib.safetensors", alpha=0.3)
     assert (tmp_path / "cli.safetensors").read_bytes() == (tmp_path / "lib.safetensors").read_bytes()
+
+
+def test_input_hashes_start_before_torch_is_imported(env, tmp_path):
+    """A fresh `merge` process hashes its inputs (for the recipe) on one core while it imports torch on the other:
+    the first hash starts before torch is in sys.modules."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.paths import REPO
+
+    code = (
+        "import sys, json\n"
+        "from lib_lora.fileio import hashing\n"
+        "seen = []\n"
+        "real = hashing.model_hash\n"
+        "def spy(path, *a, **k):\n"
+        "    seen.append('torch' in sys.modules)\n"
+        "    return real(path, *a, **k)\n"
+        "hashing.model_hash = spy\n"
+        "from lib_lora.__main__ import main\n"
+        "rc = main(sys.argv[1:])\n"
+        "print(json.dumps({'rc': rc, 'torch_loaded_at_hash': seen}))\n")
+    out = tmp_path / "m.safetensors"
+    args = ["merge", "--a", str(env / "a.safetensors"), "--b", str(env / "b.safetensors"), "--mode", "weighted",
+            "--alpha", "0.5", "--out", str(out), "--quiet"]
+    r = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, LORA_STUDIO_HASH_CACHE="off"))
+    assert r.stdout.strip(), r.stderr
+    res = json.loads(r.stdout.strip().splitlines()[-1])
+    assert res["rc"] == 0 and out.exists(), r.stderr
+    assert len(res["torch_loaded_at_hash"]) == 2 and res["torch_loaded_at_hash"][0] is False, res
+    recipe = json.loads(fileio.read_metadata(out)["lora_studio_merge"])
+    assert recipe["inputs"]["A"]["sha256"] == fileio.model_hash(env / "a.safetensors")
