@@ -22,7 +22,7 @@ GROUPS = [
                  "network_train_unet_only"]),
     ("Optimizer and learning rate", ["optimizer_type", "learning_rate", "unet_lr", "text_encoder_lr",
                                      "lr_scheduler", "lr_warmup_steps", "lr_scheduler_num_cycles",
-                                     "optimizer_args"]),
+                                     "optimizer_args", "loraplus_lr_ratio"]),
     ("Dataset and captions", ["resolution", "train_batch_size", "enable_bucket", "caption_extension",
                               "shuffle_caption", "keep_tokens", "caption_dropout_rate", "caption_tag_dropout_rate",
                               "flip_aug", "cache_latents"]),

@@ -84,7 +84,7 @@ def test_bad_values_are_one_line(ctx):
 
 def test_config_toml_round_trip_reads_in_the_cli(ctx, tmp_path):
     from lib_lora.train.config import load_config
-    vals = values(network_args="conv_dim=4, conv_alpha=2", noise_offset=0.05, keep_tokens=2)
+    vals = values(network_args="conv_dim=4, conv_alpha=2", noise_offset=0.05, keep_tokens=2, loraplus_lr_ratio=16.0)
     line, text = T.save_config(ctx, "run1", "set1", "tiny.safetensors", "toy", vals, {"random_crop": True,
                                                                                       "prior_loss_weight": 0.5})
     assert line.startswith("✓"), line
@@ -92,6 +92,7 @@ def test_config_toml_round_trip_reads_in_the_cli(ctx, tmp_path):
     assert "accelerate launch --num_processes 2 -m lib_lora train --config" in text and str(path) in text
     cfg = load_config(path)        # the CLI's reader
     assert cfg.network_args == ["conv_dim=4", "conv_alpha=2"] and cfg.noise_offset == 0.05
+    assert cfg.loraplus_lr_ratio == 16.0 and "loraplus_lr_ratio = 16" in text   # LoRA+ from its own field
     assert cfg.train_data_dir == str(tmp_path / "images" / "set1") and cfg.output_name == "toy"
     status, ds, ck, out, got, extra = T.load_config_values(ctx, "run1")
     assert status.startswith("✓ Loaded") and "Note" not in status
