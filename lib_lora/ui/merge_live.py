@@ -46,6 +46,7 @@ class LoadedModel:
         self.live = None
         self.name: str | None = None
         self.file: tuple | None = None     # merge.live.file_identity of the loaded checkpoint
+        self.lent_to: str | None = None    # who borrows the model now (`lend`): Merge-tab actions say they wait
 
     def __call__(self):
         live = self.live
@@ -92,12 +93,13 @@ class LoadedModel:
         return f"{self.describe()} in {time.perf_counter() - t0:.1f} s{note}"
 
     @contextlib.contextmanager
-    def lend(self, path):
+    def lend(self, path, by: str = "another action"):
         """`with loaded.lend(path) as (model, note):` the loaded model, when it is the checkpoint file `path`
         (`merge.live.file_identity`: the same file, unchanged since it was loaded) and holds no live merge,
         with both locks held for the whole block so no Merge-tab action (apply, restore, save, preview, load)
         changes its weights meanwhile; the borrower must leave them as it found them. Else (None, note):
-        `note` says why it cannot be lent ('' when it is simply another file); no lock is kept then."""
+        `note` says why it cannot be lent ('' when it is simply another file); no lock is kept then. `by` names
+        the borrower in the line a Merge-tab action shows while it waits (`wait_note`)."""
         from lib_lora.merge.live import file_identity
 
         with contextlib.ExitStack() as held:
@@ -113,7 +115,11 @@ class LoadedModel:
                 yield None, (f"Model A in the Merge tab ({self.name}) holds a live merge, so the base model was "
                              f"loaded separately; Restore it there to have the grid reuse the loaded model.")
                 return
-            yield self.model, ""
+            self.lent_to = by
+            try:
+                yield self.model, ""
+            finally:
+                self.lent_to = None
 
     def preview(self, prompt: str, negative: str = "", *, seed: int = 1, steps: int = 20, size: int = 512,
                 cfg: float = 7.0, loras=None, progress=None):
@@ -145,12 +151,26 @@ class LoadedModel:
 # ---- the tab's callbacks (plain functions of ctx and the inputs; one ⚠ line on any problem) ---------------
 
 
-def load_a(ctx, a_name) -> str:
+def wait_note(ctx, progress=None) -> str:
+    """The line a Merge-tab action shows before it waits for model A ('' when it is not lent): while the epoch
+    grid borrows it, an apply/restore/save/preview/load starts only after the grid (`LoadedModel.lend`), and
+    would otherwise look stuck. Given to `progress(0, desc=…)` when there is one."""
+    by = getattr(ctx.loaded_model, "lent_to", None)
+    if not by:
+        return ""
+    note = f"Waiting: model A is in use by {by}; this starts when it is done."
+    if progress is not None:
+        progress(0.0, desc=note)
+    return note
+
+
+def load_a(ctx, a_name, progress=None) -> str:
     """'Load model A' → one line."""
     from lib_lora.ui.merge_tab import checkpoint_path, error_line
     try:
         loaded = _loaded(ctx)
         path = checkpoint_path(ctx, a_name, "A")
+        wait_note(ctx, progress)
         return "✓ " + ctx.under_queue_lock(lambda: loaded.load(path, str(a_name)), "loading model A")
     except Exception as exc:  # noqa: BLE001 — shown as one line (error_line)
         return error_line(exc)
@@ -188,6 +208,7 @@ def preview(ctx, jobs, prompt, negative, seed, steps, size, progress=None):
                                   f"{PREVIEW_SIZES[1]}, e.g. 512.")
         with jobs.job() as cancel:
             rep = Reporter(progress, cancel, {"preview": "steps"})
+            wait_note(ctx, progress)
             t0 = time.perf_counter()
             image, notes = ctx.under_queue_lock(lambda: loaded.preview(
                 str(prompt), str(negative or ""), seed=int(seed), steps=int(steps), size=size,

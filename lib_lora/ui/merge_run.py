@@ -13,6 +13,7 @@ from lib_lora.options import MergeOptions
 from lib_lora.ui.files import checkpoint_path, model_arch, output_dtype, output_path, refresh_note
 from lib_lora.ui.jobs import Jobs, Reporter, error_line
 from lib_lora.ui.merge_blocks import block_text, merge_store
+from lib_lora.ui.merge_live import wait_note
 
 
 def merge_options(ctx, a, b, c, mode, alpha, per_block, dtype, out_name, overwrite, values) -> MergeOptions:
@@ -80,14 +81,16 @@ def live_apply(ctx, jobs: Jobs, b, c, mode, alpha, per_block, a, *values, progre
 
         with jobs.job() as cancel:
             rep = Reporter(progress, cancel, {"apply": "tensors"})
+            wait_note(ctx, progress)
             return "✓ " + ctx.under_queue_lock(run)
     except Exception as exc:  # noqa: BLE001 — shown as one line (error_line)
         return error_line(exc)
 
 
-def live_restore(ctx) -> str:
+def live_restore(ctx, progress=None) -> str:
     try:
         _live(ctx)
+        wait_note(ctx, progress)
         return "✓ " + ctx.under_queue_lock(lambda: _live(ctx).restore())
     except Exception as exc:  # noqa: BLE001 — shown as one line (error_line)
         return error_line(exc)
@@ -100,6 +103,7 @@ def live_save(ctx, jobs: Jobs, dtype, out_name, overwrite, progress=None) -> str
         _live(ctx)
         with jobs.job() as cancel:
             rep = Reporter(progress, cancel, {"save": "bytes"})
+            wait_note(ctx, progress)
             line = ctx.under_queue_lock(lambda: _live(ctx).save(out, dtype=output_dtype(dtype),
                                                            overwrite=bool(overwrite), progress=rep.bytes("save")))
     except Exception as exc:  # noqa: BLE001 — shown as one line (error_line)

@@ -219,7 +219,8 @@ def build(ctx) -> None:
         apply_inputs = [b, c, mode, alpha, per_block, a, *sliders]
         applied = live_apply_btn.click(compat.with_progress(do_apply, len(apply_inputs)), inputs=apply_inputs,
                                        outputs=[live_status])
-        restored = live_restore_btn.click(lambda: live_restore(ctx), inputs=[], outputs=[live_status])
+        restored = live_restore_btn.click(compat.with_progress(lambda progress=None: live_restore(ctx, progress), 0),
+                                          inputs=[], outputs=[live_status])
         live_save_btn.click(compat.with_progress(do_save, 3), inputs=[dtype, out_name, overwrite],
                             outputs=[live_status, overwrite]) \
             .then(refreshed, inputs=[], outputs=refresh_outputs)
@@ -229,7 +230,8 @@ def build(ctx) -> None:
 
             for ev in (applied, restored):
                 ev.then(loaded.describe, inputs=[], outputs=[loaded_line])
-            live_load_btn.click(lambda a_v: merge_live.load_a(ctx, a_v), inputs=[a], outputs=[live_status]) \
+            live_load_btn.click(compat.with_progress(lambda a_v, progress=None: merge_live.load_a(ctx, a_v, progress),
+                                                     1), inputs=[a], outputs=[live_status]) \
                 .then(loaded.describe, inputs=[], outputs=[loaded_line])
 
             def do_preview(p_v, n_v, seed_v, steps_v, size_v, progress=None):

@@ -97,8 +97,9 @@ def compare_epochs(ctx, checkpoint, run_name, weights, prompt, negative="", seed
     shared = ctx.loaded_model
     # A live merge on model A: the grid loads its own copy, as it always did. It must show the plain base, and
     # refusing would make the user throw away the merge being tried to get a grid (a button failing where it
-    # worked); the note says how to avoid the second copy. Merge-tab actions wait while the model is lent.
-    with (shared.lend(path) if shared is not None else contextlib.nullcontext((None, ""))) as (model, why):
+    # worked); the note says how to avoid the second copy. Merge-tab actions wait while the model is lent (and say so).
+    lent = shared.lend(path, "the Training tab's epoch grid") if shared is not None else None
+    with (lent or contextlib.nullcontext((None, ""))) as (model, why):
         if model is not None:
             return _render_grid(model, *args), f"{note} Reused model A loaded in the Merge tab."
     from lib_lora.sd import load_model

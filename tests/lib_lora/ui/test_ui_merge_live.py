@@ -348,6 +348,37 @@ def test_the_epoch_grid_renders_on_model_a_locked_and_gives_its_weights_back_bit
     loaded.lock.release()
 
 
+def test_a_merge_tab_action_during_the_grid_says_it_waits_then_runs(ctx, run):
+    """While the epoch grid borrows model A, Restore (from another thread, as the tab would run it) shows why it
+    waits instead of hanging silently, and runs once the grid has given the model back."""
+    import time
+
+    from lib_lora.ui import merge_run as mr
+
+    assert ml.load_a(ctx, "a.safetensors").startswith("✓ Loaded")
+    seen, result, started = [], [], []
+
+    def rec(frac, desc=""):
+        seen.append(desc)
+
+    def probe(done, total):   # the grid's progress, with the model lent: the action starts now
+        if started:
+            return
+        t = threading.Thread(target=lambda: result.append(mr.live_restore(ctx, progress=rec)))
+        started.append(t)
+        t.start()
+        deadline = time.monotonic() + 20
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not result     # it waits for the grid, it does not run beside it
+
+    _grid(ctx, run, progress=probe)
+    started[0].join(30)
+    assert seen and "model A is in use by the Training tab's epoch grid" in seen[0], seen
+    assert len(result) == 1 and result[0].startswith("✓"), result
+    assert ctx.loaded_model.lent_to is None and ml.wait_note(ctx) == ""   # nothing to wait for afterwards
+
+
 def test_another_checkpoint_a_live_merge_or_a_replaced_file_load_the_grid_its_own_model(ctx, folders, run, loads):
     jobs = mt.Jobs()
     ml.load_a(ctx, "a.safetensors")
