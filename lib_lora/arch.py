@@ -15,6 +15,7 @@ ARCH_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "unknown": "unknown"}
 # Roots of canonical layer names: the U-Net, and the text encoders (SD1/SD2 cond_stage_model, SDXL's two
 # embedders of the conditioner; the conditioner's other children are not text encoders).
 UNET = "model.diffusion_model."
+VAE = "first_stage_model."   # the autoencoder's root in a checkpoint
 TE_PREFIXES = ("cond_stage_model.", "conditioner.embedders.")
 LAYER_ROOTS = (UNET,) + TE_PREFIXES
 
@@ -258,7 +259,7 @@ def guess_non_lora(keys) -> str | None:
     marks = _lora_marks()
     if any("lora_" in k or k.startswith(("lycoris_", "oft_")) or k.endswith(marks) for k in keys):
         return None
-    if any(k.startswith((UNET, "first_stage_model.", "cond_stage_model.", "conditioner.")) for k in keys):
+    if any(k.startswith((UNET, VAE, "cond_stage_model.", "conditioner.")) for k in keys):
         return f"a model checkpoint ({n} tensors), not a LoRA"
     if any(k.startswith(("down_blocks.", "mid_block.", "up_blocks.", "conv_in.")) for k in keys):
         return f"a diffusers model ({n} tensors), not a LoRA"

@@ -8,12 +8,12 @@ produced, so memory stays far below one model whatever its size. The rules:
 - A key is merged when it has a block slot (`blocks.checkpoint_key_slot`), is floating point in every
   input and present in B (and C). Otherwise A's tensor is copied unchanged: integer/bool buffers (never
   averaged), keys without "model" (the noise schedule: betas, alphas_cumprod…), keys B or C lacks.
-- The VAE (`first_stage_model.`) follows the BASE slot, as the text encoders do.
+- The VAE (`first_stage_model.`) follows the BASE slot, as the text encoders do, or comes from a VAE file (`vae.py`).
 - Shapes must be equal, except that A may have more input channels (dim 1) than B/C with every other
   dimension equal (an inpainting model's 9-channel conv_in against a normal model's 4): the leading channels
   are merged and A's extra channels kept, so an inpainting model must be A. Any other difference is refused
   before any tensor is read.
-- Arithmetic is float64, cast once to the output type: `dtype` (fp16/bf16/fp32) for merged and VAE/U-Net/
+- Arithmetic (`kernel.py`) is float64, cast once to the output type: `dtype` (fp16/bf16/fp32) for merged and VAE/U-Net/
   text-encoder tensors, else A's type of that tensor; the noise schedule and integer buffers keep A's type.
 - Models of different architectures are refused from their headers alone.
 """
@@ -30,6 +30,8 @@ from types import SimpleNamespace
 
 from lib_lora import blocks, fileio
 from lib_lora.errors import LoraFileError, LoraStudioError
+from lib_lora.merge.kernel import _combine, _Scratch
+from lib_lora.merge.vae import _vae_plan
 
 # The one list of checkpoint merge modes (the CLI and the merge tab build their choices from it).
 MODES = ("weighted", "add-diff", "train-diff")
@@ -198,67 +200,6 @@ def _preset_values(name: str, arch: str, presets, full: int, label: str) -> list
     return nums
 
 
-# ---------------------------------------------------------------- VAE files
-
-VAE_PREFIX = "first_stage_model."
-_VAE_IGNORED = ("loss.", "model_ema.")   # training leftovers in some VAE files (A1111 drops them too)
-_ATTN_RENAME = {"group_norm": "norm", "to_q": "q", "query": "q", "to_k": "k", "key": "k", "to_v": "v",
-                "value": "v", "to_out.0": "proj_out", "proj_attn": "proj_out"}
-
-
-def vae_key_to_ldm(key: str, up_blocks: int = 4) -> str | None:
-    """A standalone VAE file's key → its name under `first_stage_model.` (the original/ldm naming);
-    diffusers names (down_blocks/up_blocks/mid_block…) are translated; None for keys to ignore."""
-    import re
-
-    if key.startswith(VAE_PREFIX):
-        key = key[len(VAE_PREFIX):]
-    if key.startswith(_VAE_IGNORED):
-        return None
-    if ".down_blocks." not in key and ".up_blocks." not in key and ".mid_block." not in key \
-            and "conv_norm_out" not in key:
-        return key   # already ldm-named
-    key = key.replace("conv_norm_out", "norm_out").replace("conv_shortcut", "nin_shortcut")
-    key = re.sub(r"\.down_blocks\.(\d+)\.resnets\.(\d+)\.", r".down.\1.block.\2.", key)
-    key = re.sub(r"\.down_blocks\.(\d+)\.downsamplers\.0\.", r".down.\1.downsample.", key)
-    key = re.sub(r"\.up_blocks\.(\d+)\.resnets\.(\d+)\.",
-                 lambda mo: f".up.{up_blocks - 1 - int(mo[1])}.block.{mo[2]}.", key)
-    key = re.sub(r"\.up_blocks\.(\d+)\.upsamplers\.0\.", lambda mo: f".up.{up_blocks - 1 - int(mo[1])}.upsample.", key)
-    key = re.sub(r"\.mid_block\.resnets\.(\d+)\.", lambda mo: f".mid.block_{int(mo[1]) + 1}.", key)
-    mo = re.match(r"(encoder|decoder)\.mid_block\.attentions\.0\.(.+)\.(weight|bias)$", key)
-    if mo:
-        part = _ATTN_RENAME.get(mo[2], mo[2])
-        key = f"{mo[1]}.mid.attn_1.{part}.{mo[3]}"
-    return key
-
-
-def _vae_plan(vae, a, path) -> dict:
-    """A's key → the VAE file's key that replaces it. Checked from the headers alone: every VAE tensor must
-    land on a first_stage_model key of A with the same shape (a diffusers Linear [C, C] may fill an ldm
-    1×1 conv [C, C, 1, 1])."""
-    name = os.path.basename(os.fspath(path))
-    ups = {int(k.split(".")[2]) for k in vae.keys() if ".up_blocks." in k}
-    out = {}
-    for key in vae.keys():
-        ldm = vae_key_to_ldm(key, (max(ups) + 1) if ups else 4)
-        if ldm is None:
-            continue
-        target = VAE_PREFIX + ldm
-        if target not in a:
-            raise LoraStudioError(f"VAE '{name}' has '{key}', which model A has no place for (no '{target}'); "
-                                  f"pick a Stable Diffusion VAE (.safetensors)")
-        sv, sa = tuple(vae.shape(key)), tuple(a.shape(target))
-        if sv != sa and not (len(sv) == 2 and sa == sv + (1, 1)):
-            raise LoraStudioError(f"VAE '{name}' does not fit model A: '{key}' has shape {list(sv)} but "
-                                  f"'{target}' is {list(sa)}; pick a VAE made for this model")
-        if not vae.dtype(key).is_floating_point:
-            continue
-        out[target] = key
-    if not out:
-        raise LoraStudioError(f"'{name}' holds no VAE weights (no encoder./decoder. keys); pick a VAE file")
-    return out
-
-
 # ---------------------------------------------------------------- planning (headers only)
 
 @dataclass
@@ -316,117 +257,6 @@ def _plan(a, others: dict, arch: str, vec: list, dtype, vae_map: dict | None = N
     a_keys = set(a.keys())
     res.left_out = len({k for o in others.values() for k in o.keys()} - a_keys)
     return items, res
-
-
-# ---------------------------------------------------------------- arithmetic
-# Every path evaluates the same float64 expressions, operation by operation (no fused multiply-add), and
-# casts the result once to the output type:
-#   weighted:   a·(1−m) + b·m
-#   add-diff:   (b − c)·m + a
-#   train-diff: a + (q·(b − c))·(1.8·m), q = |b − a| / (|b − c| + |b − a|), q = 0 where that sum is 0
-# train-diff is supermerger's "trainDifference" (it computes in float32; here float64). Its published form
-# sign(b−c)·q·|b−c| equals q·(b − c) bit for bit (q ≥ 0, rounding is symmetric). Where B equals C the
-# difference is 0 and A's value is kept exactly (supermerger keeps A for a key whose B and C are equal).
-TRAIN_DIFF_GAIN = 1.8
-
-
-def _train_diff_into(x, y, a, m: float, s=None):
-    """x = b − c, y = b − a on entry (float64 pieces); x ← a + q·(b − c)·(1.8·m). y (and `s`, a buffer of
-    the same length) are clobbered."""
-    import torch
-
-    y.abs_()
-    s = torch.abs(x, out=s) if s is not None else torch.abs(x)
-    s.add_(y)
-    y.div_(s)
-    y.masked_fill_(s == 0, 0.0)
-    x.mul_(y)
-    x.mul_(TRAIN_DIFF_GAIN * m)
-    x.add_(a)
-    return x
-
-
-def _combine(mode: str, a, b, c, m: float):
-    """float64 result of one chunk of any shape (used for the partial-channel case)."""
-    import torch
-
-    f64 = torch.float64
-    if mode == "weighted":
-        out = a.to(f64, copy=True)
-        out.mul_(1.0 - m)
-        out.add_(b.to(f64, copy=True).mul_(m))
-        return out
-    d = b.to(f64, copy=True)
-    d.sub_(c.to(f64))
-    if mode == "train-diff":
-        y = b.to(f64, copy=True)
-        y.sub_(a.to(f64))
-        return _train_diff_into(d, y, a.to(f64), m)
-    d.mul_(m)
-    d.add_(a.to(f64))
-    return d
-
-
-class _Scratch:
-    """float64 buffers small enough to stay in the CPU cache: the arithmetic then costs about one read of
-    the inputs and one write of the output (a 16 MB chunk at a time was 3-4x slower). Half-precision inputs
-    are widened through float32 (exact, and about twice as fast as torch's direct half → double copy).
-    SIZE stays under torch's parallel grain (32768 elements): each op then runs on the calling thread only, so
-    the writer's worker threads do not also split every op over torch's thread pool (with torch's default
-    threads that made a full SD1.5 merge ≈ 1.5× slower), and nothing global (torch.set_num_threads) changes."""
-    SIZE = 30 << 10
-
-    def __init__(self):
-        import torch
-
-        self.x = torch.empty(self.SIZE, dtype=torch.float64)
-        self.y = torch.empty(self.SIZE, dtype=torch.float64)
-        self.z = torch.empty(self.SIZE, dtype=torch.float64)
-        self.s = torch.empty(self.SIZE, dtype=torch.float64)
-        self.w = torch.empty(self.SIZE, dtype=torch.float32)
-
-    def combine_into(self, mode: str, a, b, c, m: float, out) -> None:
-        """out[:] = formula(a, b, c) for 1-D tensors of one length, in float64 pieces.
-
-        Written flat on purpose: the pieces come from one `split` per operand and the loads are inline; per-piece
-        slices and helper calls made the old loop ~20 % slower for the same operations (bench/README.md, merge,
-        session 7)."""
-        import itertools
-
-        import torch
-
-        S = self.SIZE
-        half = (torch.float16, torch.bfloat16)
-        ha, hb = a.dtype in half, b.dtype in half   # half precision: widened through the float32 buffer
-        hc = c is not None and c.dtype in half
-        cs = c.split(S) if c is not None else itertools.repeat(None)
-        c1 = 1.0 - m
-        x, y, z, s, w = self.x, self.y, self.z, self.s, self.w
-        for ai, bi, ci, oi in zip(a.split(S), b.split(S), cs, out.split(S)):
-            k = oi.numel()
-            if k != S:   # the last, shorter piece
-                x, y, z, s, w = x[:k], y[:k], z[:k], s[:k], w[:k]
-            if mode == "weighted":
-                x.copy_(w.copy_(ai) if ha else ai)
-                x.mul_(c1)
-                y.copy_(w.copy_(bi) if hb else bi)
-                y.mul_(m)
-                x.add_(y)
-            elif mode == "add-diff":
-                x.copy_(w.copy_(bi)) if hb else x.copy_(bi)
-                x.sub_(y.copy_(w.copy_(ci)) if hc else y.copy_(ci))
-                x.mul_(m)
-                x.add_(y.copy_(w.copy_(ai)) if ha else y.copy_(ai))
-            else:
-                if torch.equal(bi, ci):   # no difference: A exactly (also its signed zeros)
-                    oi.copy_(ai)
-                    continue
-                x.copy_(w.copy_(bi)) if hb else x.copy_(bi)
-                x.sub_(y.copy_(w.copy_(ci)) if hc else y.copy_(ci))    # x = b − c
-                y.copy_(w.copy_(bi)) if hb else y.copy_(bi)
-                y.sub_(z.copy_(w.copy_(ai)) if ha else z.copy_(ai))    # y = b − a, z = a
-                _train_diff_into(x, y, z, m, s)
-            oi.copy_(x)
 
 
 def _rows(t):

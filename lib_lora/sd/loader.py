@@ -26,7 +26,7 @@ def _part_of(key: str) -> str | None:
         return "unet"
     if key.startswith(("cond_stage_model.", "conditioner.")):
         return "te"
-    if key.startswith("first_stage_model."):
+    if key.startswith(archs.VAE):
         return "vae"
     if key in _SCHEDULE_KEYS:
         return "unet"

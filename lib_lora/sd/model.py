@@ -20,8 +20,6 @@ from .vae import AutoencoderKL
 PARTS = ("unet", "te", "vae")
 SCALE_FACTOR = {"sd1": 0.18215, "sdxl": 0.13025}
 SIZE_EMBED_DIM = 256  # SDXL: each of the six size/crop numbers as a 256-d sinusoidal embedding
-UNET_PREFIX = "model.diffusion_model."
-VAE_PREFIX = "first_stage_model."
 TE_ROOT = {"sd1": "cond_stage_model.", "sdxl": "conditioner."}
 
 
