@@ -11,6 +11,9 @@ import re
 
 ARCHS = ("sd1", "sd2", "sdxl")
 ARCH_LABELS = {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "unknown": "unknown"}
+# kohya's `ss_base_model_version` of a LoRA for each family (sd-scripts' train_network.py; a v-prediction
+# SD1/SD2 run adds "_v")
+SS_BASE_MODEL_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 
 # Roots of canonical layer names: the U-Net, and the text encoders (SD1/SD2 cond_stage_model, SDXL's two
 # embedders of the conditioner; the conditioner's other children are not text encoders).

@@ -15,13 +15,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Optional
 
 from lib_lora import fileio
+from lib_lora.arch import SS_BASE_MODEL_VERSION
 from lib_lora.errors import LoraFileError, LoraStudioError
 
 _UNET_TARGETS = (".attn1.to_q", ".attn1.to_k", ".attn1.to_v", ".attn1.to_out.0", ".attn2.to_q", ".attn2.to_k",
                  ".attn2.to_v", ".attn2.to_out.0", ".ff.net.0.proj", ".ff.net.2", ".proj_in", ".proj_out")
 _TE_TARGETS = (".self_attn.q_proj", ".self_attn.k_proj", ".self_attn.v_proj", ".self_attn.out_proj", ".mlp.fc1",
                ".mlp.fc2", ".attn", ".attn.out_proj", ".mlp.c_fc", ".mlp.c_proj")
-_BASE_VERSION = {"sd1": "sd_v1", "sd2": "sd_v2", "sdxl": "sdxl_base_v1-0"}
 _PREFIX = {"unet": "lora_unet_", "te": "lora_te_", "te1": "lora_te1_", "te2": "lora_te2_"}
 
 
@@ -132,7 +132,7 @@ def extract_lora(base, tuned, out, rank: int, conv_rank: Optional[int] = None, o
         raise LoraStudioError(f"the base model is {label(archs['base'])}, the tuned model is "
                               f"{label(archs['tuned'])}: extraction needs models of the same architecture")
     arch = archs["base"]
-    if arch not in _BASE_VERSION:
+    if arch not in SS_BASE_MODEL_VERSION:
         raise LoraStudioError(f"cannot tell the architecture of '{os.fspath(base)}' (SD1/SD2/SDXL checkpoint expected)")
     names = kohya_names(arch)
     hb, ht = heads["base"], heads["tuned"]
@@ -206,7 +206,7 @@ def extract_lora(base, tuned, out, rank: int, conv_rank: Optional[int] = None, o
     result.blocks = {b: (math.sqrt(err_sq[b] / norm_sq[b]) if norm_sq[b] > 0 else 0.0)
                      for b in sorted(norm_sq, key=order.get)}
     meta = {"ss_network_module": "networks.lora", "ss_network_dim": str(rank), "ss_network_alpha": str(float(rank)),
-            "ss_base_model_version": _BASE_VERSION[arch],
+            "ss_base_model_version": SS_BASE_MODEL_VERSION[arch],
             "lora_studio_extracted": json.dumps({"base": os.path.basename(os.fspath(base)),
                                                  "tuned": os.path.basename(os.fspath(tuned)), "rank": rank,
                                                  "conv_rank": conv_rank, "clamp_quantile": clamp_quantile})}
