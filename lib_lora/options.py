@@ -83,6 +83,9 @@ class MergeOptions:
     vae: str | None = option(None, metavar="FILE", label="VAE to bake in",
                              help="VAE file (ldm or diffusers keys) written into the output instead of the merged "
                                   "VAE (default: the VAE is merged with BASE)")
+    discard: str | None = option(None, metavar="REGEX", label="Discard weights matching",
+                                 help="leave out every key of A this regular expression finds, e.g. model_ema "
+                                      "(A's EMA copy, which the WebUI never uses), as the WebUI's merger does")
     allow_pickle: bool = option(False, help="accept .ckpt/.pt inputs (weights only; loaded whole into memory)")
     overwrite: bool = option(False, help="replace --out if it exists", label="Replace the output file")
     out: str = option(help="output file, ending in .safetensors", label="Output file")

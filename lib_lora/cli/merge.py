@@ -22,6 +22,8 @@ def summary(res, o: MergeOptions, seconds: float) -> str:
         notes.append(f"{res.missing_in_others} taken from A because {others} lacks them")
     if res.left_out:
         notes.append(f"{res.left_out} keys only in {others} left out")
+    if res.discarded:
+        notes.append(f"{res.discarded} keys discarded (matching {o.discard})")
     if getattr(res, "vae_baked", 0):
         notes.append(f"VAE from {os.path.basename(str(o.vae))} ({res.vae_baked} tensors)")
     if res.partial:
@@ -54,7 +56,7 @@ def merge(o: MergeOptions, progress=None, presets=None, processes: int = 0):
     return merge_checkpoints(o.a, o.b, o.out, mode=o.mode, alpha=o.alpha, c=o.c, block_weights=o.block_weights,
                              base_alpha=o.base_alpha, dtype=o.dtype, overwrite=o.overwrite,
                              allow_pickle=o.allow_pickle, presets=presets, progress=progress,
-                             vae=o.vae, processes=processes)
+                             vae=o.vae, processes=processes, discard=o.discard)
 
 
 def run(args) -> int:

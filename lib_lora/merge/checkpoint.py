@@ -61,6 +61,7 @@ class MergeResult:
     left_out: int = 0        # keys only in B or C
     partial: list = field(default_factory=list)   # keys merged on A's leading input channels only
     vae_baked: int = 0       # keys taken from the VAE file
+    discarded: int = 0       # keys of A left out because `discard` matched them
     recipe: dict = field(default_factory=dict)
     hashes_cached: list = field(default_factory=list)   # roles whose recipe hash came from the hash cache
 
@@ -225,10 +226,14 @@ def _shape_rule(key: str, sa: tuple, so: tuple, role: str) -> int | None:
                           f"merged{hint}")
 
 
-def _plan(a, others: dict, arch: str, vec: list, dtype, vae_map: dict | None = None) -> tuple[list, MergeResult]:
+def _plan(a, others: dict, arch: str, vec: list, dtype, vae_map: dict | None = None,
+          discard=None) -> tuple[list, MergeResult]:
     res = MergeResult(out="", arch=arch, weights=vec)
     items = []
     for key in a.keys():
+        if discard is not None and discard.search(key):
+            res.discarded += 1
+            continue
         dt = a.dtype(key)
         shape = tuple(a.shape(key))
         slot = blocks.checkpoint_key_slot(key, arch)
@@ -311,6 +316,19 @@ def _producer(item: _Item, mode: str, a, b, c, scratch, pool, vae=None):
 
 # ---------------------------------------------------------------- the merge
 
+def _discard_pattern(text):
+    """The compiled `discard` expression (None for none/blank), or one line naming the mistake."""
+    import re
+
+    if text is None or not str(text).strip():
+        return None
+    try:
+        return re.compile(str(text).strip())
+    except re.error as exc:
+        raise LoraStudioError(f"--discard '{text}' is not a regular expression ({exc}); give e.g. model_ema") \
+            from None
+
+
 class _Hashes(threading.Thread):
     """Input hashes computed beside the merge (the pages it reads are shared through the page cache), or
     taken from the hash cache (`fileio.cached_model_hash`); `cached` lists the roles that were."""
@@ -339,13 +357,17 @@ class _Hashes(threading.Thread):
 def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=None, block_weights=None,
                       base_alpha: float | None = None, dtype: str | None = None, overwrite: bool = False,
                       allow_pickle: bool = False, presets=None, progress=None, vae=None,
-                      hash_cache="default", processes: int = 0) -> MergeResult:
+                      hash_cache="default", processes: int = 0, discard: str | None = None) -> MergeResult:
     """Merge checkpoint files into `out` (.safetensors). `progress(done_bytes, total_bytes)` while writing.
 
     `vae`: None or "base" (the VAE is merged like every BASE key), or the path of a VAE file (ldm or
     diffusers names, .safetensors; a pickle only with `allow_pickle`) whose weights replace
     first_stage_model.* (cast to the output type); a VAE that does not fit A is refused before any tensor
     is read.
+
+    `discard`: a regular expression; every key of A it finds (`re.search`) is left out of the output, as the
+    WebUI's checkpoint merger's "discard weights" field does (e.g. `model_ema` for A's EMA copy, which A1111
+    never uses and which would otherwise be copied unmerged).
 
     `hash_cache`: where the recipe's input hashes are remembered (`fileio.cached_model_hash`): "default",
     None (always hash), or a cache file path.
@@ -368,6 +390,7 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
     for what, v in (("--alpha", alpha), ("--base-alpha", base_alpha)):
         if v is not None and not math.isfinite(float(v)):
             raise LoraStudioError(f"{what} must be a finite number such as 0.5")
+    discard_re = _discard_pattern(discard)
     vae_path = None if vae is None or (isinstance(vae, str) and vae == "base") else vae
     paths = {"A": a, "B": b, **({"C": c} if c is not None else {})}
     hashed = dict(paths, **({"VAE": vae_path} if vae_path is not None else {}))
@@ -403,7 +426,10 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
             readers["VAE"] = _open(vae_path, "VAE", allow_pickle)
             vae_map = _vae_plan(readers["VAE"], readers["A"], vae_path)
         others = {role: r for role, r in readers.items() if role not in ("A", "VAE")}
-        items, result = _plan(readers["A"], others, arch, vec, torch_dtype, vae_map)
+        items, result = _plan(readers["A"], others, arch, vec, torch_dtype, vae_map, discard_re)
+        if not items:
+            raise LoraStudioError(f"--discard '{discard}' matches every key of model A, so nothing would be "
+                                  f"written; narrow it (e.g. model_ema)")
         result.out = out
         full = 20 if arch == "sdxl" else 26
         recipe = {
@@ -416,6 +442,7 @@ def merge_checkpoints(a, b, out, mode: str = "weighted", alpha: float = 0.5, c=N
             "partial_channels": result.partial,
             "vae": "base" if vae_path is None else {"file": os.path.basename(os.fspath(vae_path)),
                                                      "sha256": _HASH_PLACEHOLDER},
+            **({"discard": discard, "discarded": result.discarded} if discard_re is not None else {}),
         }
         def final_metadata():
             for role, h in hashes.wait().items():

@@ -16,7 +16,8 @@ from lib_lora.ui.merge_blocks import block_text, merge_store
 from lib_lora.ui.merge_live import wait_note
 
 
-def merge_options(ctx, a, b, c, mode, alpha, per_block, dtype, out_name, overwrite, values) -> MergeOptions:
+def merge_options(ctx, a, b, c, mode, alpha, per_block, dtype, out_name, overwrite, values,
+                  discard=None) -> MergeOptions:
     """The tab's values → MergeOptions (the same declaration and core call as `python -m lib_lora merge`)."""
     if not b:
         raise LoraStudioError("Pick model B (the model merged into A).")
@@ -27,17 +28,17 @@ def merge_options(ctx, a, b, c, mode, alpha, per_block, dtype, out_name, overwri
                      block_weights=block_text(arch, values) if per_block else None,
                      dtype=output_dtype(dtype),
                      out=output_path(ctx, out_name, ctx.checkpoint_dirs, "checkpoint", bool(overwrite)),
-                     overwrite=bool(overwrite), quiet=True)
+                     overwrite=bool(overwrite), quiet=True, discard=str(discard or "").strip() or None)
     return options.validate(o, "label")
 
 
 def run_merge(ctx, jobs: Jobs, a, b, c, mode, alpha, per_block, dtype, out_name, overwrite, *values,
-              progress=None) -> str:
+              progress=None, discard=None) -> str:
     """Merge button → the summary line (or one ⚠ line)."""
     from lib_lora.cli import merge as cli_merge
     try:
         ctx.check_writes()
-        o = merge_options(ctx, a, b, c, mode, alpha, per_block, dtype, out_name, overwrite, values)
+        o = merge_options(ctx, a, b, c, mode, alpha, per_block, dtype, out_name, overwrite, values, discard)
         with jobs.job() as cancel:
             rep = Reporter(progress, cancel, {"merge": "bytes"})
             t = time.perf_counter()

@@ -97,6 +97,8 @@ def build(ctx) -> None:
                 dtype = gr.Dropdown(choices=DTYPE_CHOICES, value=AS_INPUT,
                                     label=options.get(MergeOptions, "dtype").label, scale=1, elem_id=_elem("dtype"))
                 overwrite = compat.option_control(MergeOptions, "overwrite", elem_id=_elem("overwrite"))
+                discard = gr.Textbox(label=options.get(MergeOptions, "discard").label, placeholder="e.g. model_ema",
+                                     scale=2, elem_id=_elem("discard"))
             with gr.Row():
                 merge_btn = gr.Button("Merge", variant="primary", elem_id=_elem("run"))
                 cancel_btn = gr.Button("Cancel", elem_id=_elem("cancel"))
@@ -199,12 +201,12 @@ def build(ctx) -> None:
 
     to_sliders.click(write_preset, inputs=[arch, preset, alpha], outputs=[status, per_block, chart, *sliders])
 
-    def do_merge(a_v, b_v, c_v, mode_v, alpha_v, per, dtype_v, out_v, over_v, *vals, progress=None):
+    def do_merge(a_v, b_v, c_v, mode_v, alpha_v, per, dtype_v, out_v, over_v, discard_v, *vals, progress=None):
         line = run_merge(ctx, jobs, a_v, b_v, c_v, mode_v, alpha_v, per, dtype_v, out_v, over_v, *vals,
-                         progress=progress)
+                         progress=progress, discard=discard_v)
         return line, False
 
-    merge_inputs = [a, b, c, mode, alpha, per_block, dtype, out_name, overwrite, *sliders]
+    merge_inputs = [a, b, c, mode, alpha, per_block, dtype, out_name, overwrite, discard, *sliders]
     merge_btn.click(compat.with_progress(do_merge, len(merge_inputs)), inputs=merge_inputs,
                     outputs=[status, overwrite]).then(refreshed, inputs=[], outputs=refresh_outputs)
     cancel_btn.click(jobs.cancel_all, inputs=[], outputs=[status], queue=False)

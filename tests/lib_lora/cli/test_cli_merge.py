@@ -65,6 +65,8 @@ def test_add_diff_with_every_flag(env, tmp_path, capsys):
     (["--mode", "add-diff", "--alpha", "0.5"], {}, "needs a third model"),
     (["--mode", "weighted", "--alpha", "nan"], {}, "finite"),
     (["--mode", "weighted", "--alpha", "0.5"], {"b": "missing"}, "not found"),
+    (["--mode", "weighted", "--alpha", "0.5", "--discard", "model_ema("], {}, "not a regular expression"),
+    (["--mode", "weighted", "--alpha", "0.5", "--discard", "."], {}, "matches every key of model A"),
 ])
 def test_bad_input_is_one_line_nonzero_and_writes_nothing(env, tmp_path, capsys, extra, kw, match):
     out = tmp_path / "m.safetensors"

@@ -185,6 +185,27 @@ def test_keys_only_in_one_model(sd15, tmp_path):
     assert res.missing_in_others == 1 and res.left_out == 1
 
 
+def test_discard_leaves_out_the_matching_keys_of_a_and_records_it(sd15, tmp_path):
+    """A full-EMA checkpoint as A: without --discard its model_ema.* copy is written unmerged; with
+    discard='model_ema' it is left out, every other key is what the plain merge writes, and the recipe says so."""
+    a = dict(sd15["a_sd"])
+    ema = {"model_ema.decay": torch.tensor(0.9999), "model_ema.num_updates": torch.tensor(1000, dtype=torch.int32)}
+    for k in list(a)[:3]:
+        if k.startswith("model.diffusion_model."):
+            ema["model_ema." + k[len("model."):].replace(".", "")] = a[k].clone()
+    save_file({**a, **ema}, str(tmp_path / "a.safetensors"))
+    kept = merge_checkpoints(tmp_path / "a.safetensors", sd15["b"], tmp_path / "kept.safetensors", alpha=0.3)
+    res = merge_checkpoints(tmp_path / "a.safetensors", sd15["b"], tmp_path / "o.safetensors", alpha=0.3,
+                            discard="model_ema")
+    got, full = load_file(str(tmp_path / "o.safetensors")), load_file(str(tmp_path / "kept.safetensors"))
+    assert set(full) == set(a) | set(ema) and kept.discarded == 0
+    assert set(got) == set(a) and res.discarded == len(ema)
+    assert all(_same(got[k], full[k]) for k in got)
+    recipe = json.loads(fileio.read_metadata(tmp_path / "o.safetensors")[RECIPE_KEY])
+    assert recipe["discard"] == "model_ema" and recipe["discarded"] == len(ema)
+    assert "discard" not in json.loads(fileio.read_metadata(tmp_path / "kept.safetensors")[RECIPE_KEY])
+
+
 def test_shape_mismatch_and_different_architectures_refused_from_headers_alone(sd15, sdxl, tmp_path, monkeypatch):
     reads = []
     real_get = fileio.MappedTensors.get

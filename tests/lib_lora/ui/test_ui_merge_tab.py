@@ -41,10 +41,10 @@ def ctx(folders, tmp_path):
 
 
 def _run(ctx, a="a.safetensors", b="b.safetensors", c="", mode="weighted", alpha=0.3, per_block=False,
-         dtype=mt.AS_INPUT, out="m", overwrite=False, values=None, progress=None, jobs=None):
+         dtype=mt.AS_INPUT, out="m", overwrite=False, values=None, progress=None, jobs=None, discard=""):
     values = values if values is not None else [0.5] * 26
     return mt.run_merge(ctx, jobs or mt.Jobs(), a, b, c, mode, alpha, per_block, dtype, out, overwrite, *values,
-                        progress=progress)
+                        progress=progress, discard=discard)
 
 
 def _one_line(msg: str) -> str:
@@ -101,6 +101,18 @@ def test_alpha_only_is_the_cli_without_block_weights(ctx, tmp_path):
     assert (tmp_path / "out" / "m.safetensors").read_bytes() == cli_file.read_bytes()
 
 
+def test_discard_field_is_the_cli_flag(ctx, tmp_path):
+    line = _run(ctx, alpha=0.25, out="d", discard=" first_stage_model\\.decoder ")
+    assert line.startswith("✓ ") and "keys discarded (matching first_stage_model\\.decoder)" in line, line
+    cli_file = tmp_path / "cli.safetensors"
+    ck = ctx.checkpoint_dirs[1]
+    assert main(["merge", "--a", str(ck / "a.safetensors"), "--b", str(ck / "b.safetensors"), "--mode", "weighted",
+                 "--alpha", "0.25", "--discard", "first_stage_model\\.decoder", "--out", str(cli_file),
+                 "--quiet"]) == 0
+    assert (tmp_path / "out" / "d.safetensors").read_bytes() == cli_file.read_bytes()
+    assert not any(k.startswith("first_stage_model.decoder") for k in fileio.read_safetensors_header(cli_file)[1])
+
+
 @pytest.mark.parametrize("kw,match", [
     ({"b": ""}, "Pick model B"),
     ({"a": ""}, "Pick model A"),
@@ -109,6 +121,7 @@ def test_alpha_only_is_the_cli_without_block_weights(ctx, tmp_path):
     ({"out": ""}, "Type a name for the output"),
     ({"out": "../escape"}, "contains '..'"),
     ({"per_block": True, "values": [float("nan")] * 26}, "not a finite number"),
+    ({"discard": "[ema"}, "not a regular expression"),
 ])
 def test_bad_input_is_one_line_and_writes_nothing(ctx, tmp_path, kw, match):
     msg = _one_line(_run(ctx, **kw))
