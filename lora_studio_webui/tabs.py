@@ -33,6 +33,7 @@ def build_context():
         writes_blocked_reason=WEBUI_WRITES_BLOCKED,
         wrap_gpu_call=wrap,
         checkpoint_list=webui_checkpoints,
+        vae_list=webui_vaes,
         refresh_checkpoints=refresh_webui_checkpoints,
         refresh_loras=ENGINE.library.scan,
         live_merge=_live_merge_provider(),
@@ -56,6 +57,19 @@ def webui_checkpoints() -> dict:
     listed = getattr(sd_models, "checkpoints_list", None) or {}
     return {info.name: info.filename for info in list(listed.values())
             if getattr(info, "name", None) and getattr(info, "filename", None)}
+
+
+def webui_vaes() -> dict:
+    """The WebUI's VAE list (modules.sd_vae, rescanned: what its own VAE dropdown shows after Refresh) as
+    {name: file}."""
+    try:
+        from modules import sd_vae
+    except ImportError:   # a host without A1111's VAE module: only the merged VAE is offered
+        return {}
+    refresh = getattr(sd_vae, "refresh_vae_list", None)
+    if refresh is not None:
+        refresh()
+    return dict(getattr(sd_vae, "vae_dict", None) or {})
 
 
 def _live_merge_provider():

@@ -39,6 +39,9 @@ class UiContext:
     # The checkpoints the Merge tab offers, {shown name: file path}. WebUI: its own checkpoint list
     # (modules.sd_models); None: the .safetensors files in checkpoint_dirs.
     checkpoint_list: Callable[[], dict] | None = None
+    # The VAE files the Merge tab can bake in, {shown name: file path}. WebUI: its VAE list (modules.sd_vae);
+    # None: the .safetensors files of a `VAE` folder beside the checkpoint folders (ui.files.vae_dirs).
+    vae_list: Callable[[], dict] | None = None
     # Called after a checkpoint / LoRA file was written, so the host lists it without a restart
     # (WebUI: sd_models.list_models() / the LoRA library rescan); None: nothing to refresh.
     refresh_checkpoints: Callable[[], None] | None = None

@@ -19,17 +19,54 @@ NO_CHECKPOINT_DIR = "No checkpoint folder is configured; start the app with --ch
 def checkpoint_choices(ctx) -> dict[str, Path]:
     """{shown name: path} of the .safetensors checkpoints: the WebUI's own list when it gives one
     (ctx.checkpoint_list), else the files found in ctx.checkpoint_dirs (names relative to their folder)."""
-    if ctx.checkpoint_list is not None:
-        listed = ctx.checkpoint_list() or {}
+    return _choices(ctx.checkpoint_list, ctx.checkpoint_dirs, "checkpoint")
+
+
+def _choices(host_list, dirs, what: str) -> dict[str, Path]:
+    if host_list is not None:
+        listed = host_list() or {}
         return {str(k): Path(v) for k, v in listed.items() if str(v).lower().endswith(SUFFIX)}
     from lib_lora.library import Library
 
-    lib = Library(lambda: ctx.checkpoint_dirs, (SUFFIX,), "checkpoint", headers=False)
+    lib = Library(lambda: dirs, (SUFFIX,), what, headers=False)
     lib.scan()
     found: dict = {}
     for f in lib.files:
         found.setdefault(f.relative, f.path)
     return dict(sorted(found.items(), key=lambda kv: kv[0].lower()))
+
+
+MERGED_VAE = "merged (BASE)"   # the VAE picker's first choice: the VAE is merged with the BASE weight
+
+
+def vae_dirs(ctx) -> list[Path]:
+    """Standalone: the `VAE` folder beside each checkpoint folder that has one (the WebUI's models/VAE next to
+    models/Stable-diffusion)."""
+    return [d.parent / "VAE" for d in ctx.checkpoint_dirs if d.is_dir() and (d.parent / "VAE").is_dir()]
+
+
+def vae_choices(ctx) -> dict[str, Path]:
+    """{shown name: path} of the .safetensors VAE files: the WebUI's VAE list (ctx.vae_list), else `vae_dirs`."""
+    return _choices(ctx.vae_list, vae_dirs(ctx), "VAE")
+
+
+def vae_names(ctx) -> list[str]:
+    """The VAE picker's choices: MERGED_VAE first."""
+    try:
+        return [MERGED_VAE, *vae_choices(ctx)]
+    except LoraStudioError:
+        return [MERGED_VAE]
+
+
+def vae_path(ctx, name) -> str | None:
+    """A picked VAE name → its file (None: merged with BASE); only names of the current list are accepted."""
+    if name in (None, "", MERGED_VAE):
+        return None
+    found = vae_choices(ctx).get(str(name))
+    if found is None:
+        raise LoraStudioError(f"VAE '{name}' is not in the VAE list (only .safetensors files are offered); press "
+                              f"Refresh and pick it again.")
+    return str(found)
 
 
 def checkpoint_names(ctx) -> list[str]:

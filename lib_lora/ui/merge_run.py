@@ -10,14 +10,14 @@ import time
 from lib_lora import options
 from lib_lora.errors import LoraStudioError
 from lib_lora.options import MergeOptions
-from lib_lora.ui.files import checkpoint_path, model_arch, output_dtype, output_path, refresh_note
+from lib_lora.ui.files import checkpoint_path, model_arch, output_dtype, output_path, refresh_note, vae_path
 from lib_lora.ui.jobs import Jobs, Reporter, error_line
 from lib_lora.ui.merge_blocks import block_text, merge_store
 from lib_lora.ui.merge_live import wait_note
 
 
 def merge_options(ctx, a, b, c, mode, alpha, per_block, dtype, out_name, overwrite, values,
-                  discard=None) -> MergeOptions:
+                  discard=None, vae=None) -> MergeOptions:
     """The tab's values → MergeOptions (the same declaration and core call as `python -m lib_lora merge`)."""
     if not b:
         raise LoraStudioError("Pick model B (the model merged into A).")
@@ -28,17 +28,18 @@ def merge_options(ctx, a, b, c, mode, alpha, per_block, dtype, out_name, overwri
                      block_weights=block_text(arch, values) if per_block else None,
                      dtype=output_dtype(dtype),
                      out=output_path(ctx, out_name, ctx.checkpoint_dirs, "checkpoint", bool(overwrite)),
-                     overwrite=bool(overwrite), quiet=True, discard=str(discard or "").strip() or None)
+                     overwrite=bool(overwrite), quiet=True, discard=str(discard or "").strip() or None,
+                     vae=vae_path(ctx, vae))
     return options.validate(o, "label")
 
 
 def run_merge(ctx, jobs: Jobs, a, b, c, mode, alpha, per_block, dtype, out_name, overwrite, *values,
-              progress=None, discard=None) -> str:
+              progress=None, discard=None, vae=None) -> str:
     """Merge button → the summary line (or one ⚠ line)."""
     from lib_lora.cli import merge as cli_merge
     try:
         ctx.check_writes()
-        o = merge_options(ctx, a, b, c, mode, alpha, per_block, dtype, out_name, overwrite, values, discard)
+        o = merge_options(ctx, a, b, c, mode, alpha, per_block, dtype, out_name, overwrite, values, discard, vae)
         with jobs.job() as cancel:
             rep = Reporter(progress, cancel, {"merge": "bytes"})
             t = time.perf_counter()

@@ -25,7 +25,7 @@ from lib_lora.options import MergeOptions
 from lib_lora.ui import lora_tab
 # The tab's functions, importable from here as before (merge_live, train_compare, tests).
 from lib_lora.ui.files import (AS_INPUT, DTYPE_CHOICES, NO_CHECKPOINT_DIR, SUFFIX, checkpoint_choices,  # noqa: F401
-                               checkpoint_names, checkpoint_path, model_arch, output_path)
+                               MERGED_VAE, checkpoint_names, checkpoint_path, model_arch, output_path, vae_names)
 from lib_lora.ui.jobs import Cancelled, Jobs, Reporter, error_line  # noqa: F401
 from lib_lora.ui.lora_tools import TOOLS, TOOLS_BY_KEY, Tool, build_tool, run_tool, tool_options  # noqa: F401
 from lib_lora.ui.merge_blocks import (arch_of_a, block_text, diagram, full_count, merge_presets,  # noqa: F401
@@ -99,6 +99,8 @@ def build(ctx) -> None:
                 overwrite = compat.option_control(MergeOptions, "overwrite", elem_id=_elem("overwrite"))
                 discard = gr.Textbox(label=options.get(MergeOptions, "discard").label, placeholder="e.g. model_ema",
                                      scale=2, elem_id=_elem("discard"))
+                vae = gr.Dropdown(choices=vae_names(ctx), value=MERGED_VAE, scale=2, elem_id=_elem("vae"),
+                                  label=options.get(MergeOptions, "vae").label + " (instead of the merged one)")
             with gr.Row():
                 merge_btn = gr.Button("Merge", variant="primary", elem_id=_elem("run"))
                 cancel_btn = gr.Button("Cancel", elem_id=_elem("cancel"))
@@ -163,10 +165,11 @@ def build(ctx) -> None:
         names = checkpoint_names(ctx)
         loras = lora_tab.list_loras(ctx)
         return (compat.update(choices=names), compat.update(choices=names), compat.update(choices=[""] + names),
+                compat.update(choices=vae_names(ctx)),
                 *[compat.update(choices=names) for _ in ckpt_pickers],
                 *[compat.update(choices=loras) for _ in lora_pickers])
 
-    refresh_outputs = [*model_pickers, *ckpt_pickers, *lora_pickers]
+    refresh_outputs = [*model_pickers, vae, *ckpt_pickers, *lora_pickers]
     refresh.click(refreshed, inputs=[], outputs=refresh_outputs)
     compat.on_page_load(refreshed, outputs=refresh_outputs)
 
@@ -201,12 +204,13 @@ def build(ctx) -> None:
 
     to_sliders.click(write_preset, inputs=[arch, preset, alpha], outputs=[status, per_block, chart, *sliders])
 
-    def do_merge(a_v, b_v, c_v, mode_v, alpha_v, per, dtype_v, out_v, over_v, discard_v, *vals, progress=None):
+    def do_merge(a_v, b_v, c_v, mode_v, alpha_v, per, dtype_v, out_v, over_v, discard_v, vae_v, *vals,
+                 progress=None):
         line = run_merge(ctx, jobs, a_v, b_v, c_v, mode_v, alpha_v, per, dtype_v, out_v, over_v, *vals,
-                         progress=progress, discard=discard_v)
+                         progress=progress, discard=discard_v, vae=vae_v)
         return line, False
 
-    merge_inputs = [a, b, c, mode, alpha, per_block, dtype, out_name, overwrite, discard, *sliders]
+    merge_inputs = [a, b, c, mode, alpha, per_block, dtype, out_name, overwrite, discard, vae, *sliders]
     merge_btn.click(compat.with_progress(do_merge, len(merge_inputs)), inputs=merge_inputs,
                     outputs=[status, overwrite]).then(refreshed, inputs=[], outputs=refresh_outputs)
     cancel_btn.click(jobs.cancel_all, inputs=[], outputs=[status], queue=False)

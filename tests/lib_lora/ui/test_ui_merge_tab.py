@@ -5,6 +5,7 @@ LoRA tools run through their options, and the live-merge buttons follow UiContex
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -41,10 +42,10 @@ def ctx(folders, tmp_path):
 
 
 def _run(ctx, a="a.safetensors", b="b.safetensors", c="", mode="weighted", alpha=0.3, per_block=False,
-         dtype=mt.AS_INPUT, out="m", overwrite=False, values=None, progress=None, jobs=None, discard=""):
+         dtype=mt.AS_INPUT, out="m", overwrite=False, values=None, progress=None, jobs=None, discard="", vae=None):
     values = values if values is not None else [0.5] * 26
     return mt.run_merge(ctx, jobs or mt.Jobs(), a, b, c, mode, alpha, per_block, dtype, out, overwrite, *values,
-                        progress=progress, discard=discard)
+                        progress=progress, discard=discard, vae=vae)
 
 
 def _one_line(msg: str) -> str:
@@ -362,6 +363,16 @@ def test_webui_hands_its_checkpoint_list_and_refresh_to_the_tab(tmp_path, folder
         assert mt.checkpoint_path(ctx, "sub/b.safetensors", "B").endswith("b.safetensors")
         ctx.refresh_checkpoints()
         assert refreshed == [True]
+        # the VAE picker: the WebUI's VAE list, rescanned each time it is read (a file added shows on Refresh)
+        from modules import paths, sd_vae
+        vae_dir = Path(paths.data_path) / "models" / "VAE"
+        vae_dir.mkdir(parents=True, exist_ok=True)
+        (vae_dir / "kl-f8.safetensors").write_bytes(b"")
+        (vae_dir / "old.pt").write_bytes(b"")
+        assert mt.vae_names(ctx) == [mt.MERGED_VAE, "kl-f8.safetensors"] and sd_vae.refreshes
+        from lib_lora.ui.merge_run import vae_path
+        assert vae_path(ctx, "kl-f8.safetensors") == str(vae_dir / "kl-f8.safetensors")
+        assert vae_path(ctx, mt.MERGED_VAE) is None
     finally:
         for attr in ("checkpoints_list", "list_models"):
             sd_models.__dict__.pop(attr, None)
@@ -433,3 +444,25 @@ def test_bake_into_a_checkpoint_through_the_tools_equals_the_cli(ctx, tmp_path):
                  "a photo <lora:extracted:0.5>", "--lora-dir", str(lora_dir), "--out", str(cli_file),
                  "--quiet"]) == 0
     assert ui_file.read_bytes() == cli_file.read_bytes()
+
+
+def test_a_vae_from_the_vae_folder_is_baked_as_the_cli_bakes_it(ctx, tmp_path):
+    """Standalone: the VAE picker lists the `VAE` folder beside the checkpoint folder; the pick is --vae."""
+    from safetensors.torch import load_file, save_file
+
+    ck = ctx.checkpoint_dirs[1]
+    vae_dir = ck.parent / "VAE"
+    vae_dir.mkdir(exist_ok=True)
+    b = load_file(str(ck / "b.safetensors"))
+    vae = {k[len("first_stage_model."):]: v for k, v in b.items() if k.startswith("first_stage_model.")}
+    save_file(vae, str(vae_dir / "my.vae.safetensors"))
+    assert mt.vae_names(ctx) == [mt.MERGED_VAE, "my.vae.safetensors"]
+    line = _run(ctx, alpha=0.25, out="v", vae="my.vae.safetensors")
+    assert line.startswith("✓ ") and "VAE from my.vae.safetensors" in line, line
+    cli_file = tmp_path / "cli.safetensors"
+    assert main(["merge", "--a", str(ck / "a.safetensors"), "--b", str(ck / "b.safetensors"), "--mode", "weighted",
+                 "--alpha", "0.25", "--vae", str(vae_dir / "my.vae.safetensors"), "--out", str(cli_file),
+                 "--quiet"]) == 0
+    assert (tmp_path / "out" / "v.safetensors").read_bytes() == cli_file.read_bytes()
+    assert "not in the VAE list" in _one_line(_run(ctx, out="w", vae="../b.safetensors"))
+    assert _run(ctx, out="x", vae=mt.MERGED_VAE).startswith("✓ ")     # the default: merged with BASE
