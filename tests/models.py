@@ -137,5 +137,14 @@ def bits(t: torch.Tensor) -> torch.Tensor:
     return t.view(_INT[t.element_size()]) if t.is_floating_point() else t
 
 
+def half_ulp_above(t: torch.Tensor) -> torch.Tensor:
+    """Half the gap from |t| to the next representable value of its dtype, in float64 (the rounding bound of a
+    value stored as t). By the bit pattern: |t|'s pattern + 1 is the next value up for any finite float; torch 2.1
+    (A1111's) has no CPU nextafter for Half."""
+    a = t.abs()
+    up = (bits(a) + 1).view(t.dtype)
+    return (up.double() - a.double()) / 2
+
+
 def same_state(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(bits(a[k]), bits(b[k])) for k in a)

@@ -179,8 +179,8 @@ def shrink(img: Image.Image, target: int) -> Image.Image:
     k = max(img.size) // (2 * target)
     if k < 2:
         return img
-    if img.mode.startswith("I;16"):                       # PIL cannot reduce these: go to 8 bits first
-        img = _to_8bit(img)
+    if img.mode in _WIDE_MODES:   # PIL cannot reduce I;16; and Pillow 9.5 (A1111's) opens a 16-bit PNG as "I":
+        img = _to_8bit(img)       # 8 bits first either way, so every Pillow gives the same pixels
     elif img.mode in ("P", "1") or "transparency" in img.info:   # a palette or key colour does not average
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
     if img.mode not in _REDUCIBLE:

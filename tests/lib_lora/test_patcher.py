@@ -10,7 +10,7 @@ import torch
 from lib_lora.host import Host
 from lib_lora.patcher import ActiveLora, Patcher
 from tests.engine_helpers import SD15_LAYERS, make_net, reference_weights, snapshot, tol
-from tests.models import bits, build_model, model_state, same_state
+from tests.models import bits, build_model, half_ulp_above, model_state, same_state
 
 ALGO_SPECS = [  # (name, factory kwargs)
     ("lora", dict(algo="lora", rank=8)),
@@ -504,8 +504,7 @@ def test_dense_deltas_of_half_models_are_cached_in_the_weight_dtype_within_the_s
             w = host[mod.layer].weight
             md = m * _loha_f64(mod).reshape(w.shape)
             want = originals[mod.layer][0].double() + md
-            half_ulp = (torch.nextafter(w.abs(), torch.tensor(float("inf"), dtype=dtype)).double()
-                        - w.abs().double()) / 2
+            half_ulp = half_ulp_above(w)
             err = (w.double() - want).abs()
             bound = half_ulp + 2 * u * md.abs() + abs(m) * tiny + 1e-6 * u * want.abs()
             assert bool((err <= bound).all()), (mod.layer, m, float((err - bound).max()))
@@ -551,8 +550,7 @@ def test_dense_lowrank_caches_what_the_budget_admits_writes_the_rest_from_factor
             # the fp32 GEMM's own error (rank-r sums): (r+2)·2⁻²⁴·|m·s|·(|up| @ |down|)
             gemm = (down.shape[0] + 2) * 2.0 ** -24 * abs(m * scale) * (up.abs() @ down.abs()).reshape(w.shape)
             want = originals[mod.layer][0].double() + md
-            half_ulp = (torch.nextafter(w.abs(), torch.tensor(float("inf"), dtype=dtype)).double()
-                        - w.abs().double()) / 2
+            half_ulp = half_ulp_above(w)
             bound = half_ulp + 2 * u * md.abs() + abs(m) * tiny + gemm
             assert bool(((w.double() - want).abs() <= bound).all()), (mod.layer, m)
     p.restore()
@@ -587,8 +585,7 @@ def test_loha_at_budget_0_is_written_from_its_factors_within_float64_bounds_with
             mag = abs(rank_scale(mod, int(t["hada_w1_b"].shape[0])) * m) * \
                 ((t["hada_w1_a"].abs() @ t["hada_w1_b"].abs()) * (t["hada_w2_a"].abs() @ t["hada_w2_b"].abs()))
             ref = originals[mod.layer][0].double().flatten(1) + m * _loha_f64(mod)
-            half_ulp = (torch.nextafter(w.abs(), torch.tensor(float("inf"), dtype=dtype)).double()
-                        - w.abs().double()).flatten(1) / 2
+            half_ulp = half_ulp_above(w).flatten(1)
             r = int(t["hada_w1_b"].shape[0])
             bound = half_ulp + (2 * r + 8) * eps * (mag + ref.abs())
             err = (w.double().flatten(1) - ref).abs()
