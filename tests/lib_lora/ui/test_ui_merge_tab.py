@@ -297,6 +297,27 @@ def test_merge_loras_and_bake_lora_through_the_tools(ctx):
     assert "not a configured LoRA folder" in msg
 
 
+
+def test_tools_read_zero_as_unset_for_optional_numbers(ctx):
+    """What Gradio 3 sends for the untouched Conv rank / Clamp quantile / Parameter (its Number and Slider show
+    None as 0): the tools run as if they were not set, as the CLI does without the flags."""
+    jobs = mt.Jobs()
+    lora_dir = ctx.lora_dirs[0]
+    msg = mt.run_tool(ctx, jobs, "extract", {"base": "a.safetensors", "tuned": "b.safetensors"}, {},
+                      [8, 0, 0, 0.01], "zeros", False)
+    assert msg.startswith("✓ wrote "), msg
+    recipe = json.loads(fileio.read_metadata(lora_dir / "zeros.safetensors")["lora_studio_extracted"])
+    assert recipe["conv_rank"] is None and recipe["clamp_quantile"] is None, recipe
+    msg = mt.run_tool(ctx, jobs, "resize", {"src": "zeros.safetensors"}, {}, [2, 0, "none", 0], "zeros2", False)
+    assert msg.startswith("✓ wrote ") and "ss_network_dim 2" in msg, msg
+    msg = mt.run_tool(ctx, jobs, "merge_loras", {"lora_dir": str(lora_dir)}, {"tags": "<lora:zeros:0.5>"},
+                      ["concat", 0, 0, 0, 0], "zeros3", False)
+    assert msg.startswith("✓ wrote "), msg
+    msg = _one_line(mt.run_tool(ctx, jobs, "resize", {"src": "zeros.safetensors"}, {}, [2, 0, "sv_fro", 0],
+                                "zeros4", False))
+    assert "needs --param" in msg                        # unset, not "0 is out of range"
+
+
 # ---- the other Gradio and the WebUI ---------------------------------------------------------------------
 
 
