@@ -181,6 +181,11 @@ def run_tool(ctx, jobs: Jobs, key: str, picks: dict, texts: dict, shown_values: 
     return "✓ " + line + refresh_note(refresh, "checkpoint" if tool.out_kind == "checkpoint" else "LoRA")
 
 
+def untick() -> bool:
+    """The value a "Replace the output file" box gets back after each run."""
+    return False
+
+
 def build_tool(ctx, jobs: Jobs, tool: Tool, elem, ckpt_pickers: list, lora_pickers: list):
     """One tool's sub-panel (element ids from the hosting tab's `elem`); its pickers are added to
     `ckpt_pickers` / `lora_pickers`, which the tab's Refresh updates."""
@@ -226,8 +231,10 @@ def build_tool(ctx, jobs: Jobs, tool: Tool, elem, ckpt_pickers: list, lora_picke
         p = dict(zip(pick_controls, args[:n_p]))
         t = dict(zip(text_controls, args[n_p:n_p + n_t]))
         rest = args[n_p + n_t:]
-        return run_tool(ctx, jobs, tool.key, p, t, list(rest[:-2]), rest[-2], rest[-1], progress=progress), False
+        return run_tool(ctx, jobs, tool.key, p, t, list(rest[:-2]), rest[-2], rest[-1], progress=progress)
 
     inputs = [*picks, *texts, *shown_list, out, overwrite]
-    run.click(compat.with_progress(go, len(inputs)), inputs=inputs, outputs=[status, overwrite])
+    # the progress bar goes to the outputs: the status line only; "Replace" is cleared by the next step
+    run.click(compat.with_progress(go, len(inputs)), inputs=inputs, outputs=[status]) \
+        .then(untick, inputs=[], outputs=[overwrite], queue=False, show_progress="hidden")
     cancel.click(jobs.cancel_all, inputs=[], outputs=[status], queue=False)

@@ -249,6 +249,25 @@ def test_refresh_callbacks_run_after_a_write(ctx):
     assert msg.startswith("✓ ") and "could not be refreshed" in msg
 
 
+
+def test_run_buttons_show_progress_in_their_status_line_only(ctx):
+    """Gradio draws an event's progress over each of its outputs: the buttons that write output the status line
+    alone (the bar drawn over the "Replace the output file" box hid its label), and a step after the run
+    clears that box."""
+    demo = app.create_app(ctx, tabs=[("Merge", "lib_lora.ui.merge_tab", "lora_studio_tab_merge")])
+    ids = {getattr(b, "elem_id", None): i for i, b in demo.blocks.items()}
+    deps = demo.get_config_file()["dependencies"]
+    runs = [("run", "status", "overwrite"), ("live_save", "live_status", "overwrite")]
+    runs += [(f"{t.key}_run", f"{t.key}_status", f"{t.key}_overwrite") for t in mt.TOOLS]
+    for button, status, box in runs:
+        button, status, box = (ids[f"lora_studio_merge_{n}"] for n in (button, status, box))
+        index, run = next((i, d) for i, d in enumerate(deps) if d["targets"] == [button] and d["trigger"] == "click")
+        assert run["outputs"] == [status], run["outputs"]
+        after = [d for d in deps if d["trigger_after"] == index]
+        assert any(d["outputs"] == [box] and d["show_progress"] == "hidden" for d in after), after
+    assert mt.untick() is False
+
+
 # ---- LoRA tools -----------------------------------------------------------------------------------------
 
 
