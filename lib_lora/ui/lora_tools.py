@@ -110,6 +110,17 @@ TOOLS_BY_KEY = {t.key: t for t in TOOLS}
 _TAG_RE = re.compile(r"<[^<>]+>")
 
 
+UNSET_HINT = "0: not set (the default)"
+
+
+def unset_as_zero(cls, name: str) -> bool:
+    """An optional number of a tool (default None): Gradio 3 shows None in a Number or Slider as 0 and sends 0
+    back. 0 is no usable value of any of them (ranks are at least 1, the quantile and the parameter above 0),
+    so the tools read 0 as not set."""
+    o = options.get(cls, name)
+    return o.kind in (int, float) and o.optional and o.default is None
+
+
 def tool_options(ctx, tool: Tool, picks: dict, texts: dict, shown_values: list, out_name, overwrite):
     """The tab's values of one tool → its validated options object (paths resolved on the server)."""
     cls = tool.cls
@@ -146,6 +157,9 @@ def tool_options(ctx, tool: Tool, picks: dict, texts: dict, shown_values: list, 
     if "quiet" in names:
         values["quiet"] = True
     shown = dict(zip(tool.shown, shown_values))
+    for name, v in shown.items():
+        if unset_as_zero(cls, name) and isinstance(v, (int, float)) and v == 0:
+            shown[name] = None
     if "dtype" in shown and shown["dtype"] == AS_INPUT:
         shown["dtype"] = None
     return options.from_ui(cls, [*values, *shown], [*values.values(), *shown.values()])
@@ -165,6 +179,11 @@ def run_tool(ctx, jobs: Jobs, key: str, picks: dict, texts: dict, shown_values: 
         return error_line(exc)
     refresh = ctx.refresh_checkpoints if tool.out_kind == "checkpoint" else ctx.refresh_loras
     return "✓ " + line + refresh_note(refresh, "checkpoint" if tool.out_kind == "checkpoint" else "LoRA")
+
+
+def untick() -> bool:
+    """The value a "Replace the output file" box gets back after each run."""
+    return False
 
 
 def build_tool(ctx, jobs: Jobs, tool: Tool, elem, ckpt_pickers: list, lora_pickers: list):
@@ -191,7 +210,8 @@ def build_tool(ctx, jobs: Jobs, tool: Tool, elem, ckpt_pickers: list, lora_picke
                 ckpt_pickers.append(pick_controls[name])
     for name, label in tool.text.items():
         text_controls[name] = gr.Textbox(label=label, lines=2, elem_id=elem(f"{tool.key}_{name}"))
-    per = {n: {"elem_id": elem(f"{tool.key}_{n}")} for n in tool.shown}
+    per = {n: {"elem_id": elem(f"{tool.key}_{n}"), **({"info": UNSET_HINT} if unset_as_zero(cls, n) else {})}
+           for n in tool.shown}
     if "dtype" in per:
         per["dtype"]["choices"] = DTYPE_CHOICES
     with gr.Row():
@@ -211,8 +231,10 @@ def build_tool(ctx, jobs: Jobs, tool: Tool, elem, ckpt_pickers: list, lora_picke
         p = dict(zip(pick_controls, args[:n_p]))
         t = dict(zip(text_controls, args[n_p:n_p + n_t]))
         rest = args[n_p + n_t:]
-        return run_tool(ctx, jobs, tool.key, p, t, list(rest[:-2]), rest[-2], rest[-1], progress=progress), False
+        return run_tool(ctx, jobs, tool.key, p, t, list(rest[:-2]), rest[-2], rest[-1], progress=progress)
 
     inputs = [*picks, *texts, *shown_list, out, overwrite]
-    run.click(compat.with_progress(go, len(inputs)), inputs=inputs, outputs=[status, overwrite])
+    # the progress bar goes to the outputs: the status line only; "Replace" is cleared by the next step
+    run.click(compat.with_progress(go, len(inputs)), inputs=inputs, outputs=[status]) \
+        .then(untick, inputs=[], outputs=[overwrite], queue=False, show_progress="hidden")
     cancel.click(jobs.cancel_all, inputs=[], outputs=[status], queue=False)

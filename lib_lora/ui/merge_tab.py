@@ -27,7 +27,7 @@ from lib_lora.ui import lora_tab
 from lib_lora.ui.files import (AS_INPUT, DTYPE_CHOICES, NO_CHECKPOINT_DIR, SUFFIX, checkpoint_choices,  # noqa: F401
                                MERGED_VAE, checkpoint_names, checkpoint_path, model_arch, output_path, vae_names)
 from lib_lora.ui.jobs import Cancelled, Jobs, Reporter, error_line  # noqa: F401
-from lib_lora.ui.lora_tools import TOOLS, TOOLS_BY_KEY, Tool, build_tool, run_tool, tool_options  # noqa: F401
+from lib_lora.ui.lora_tools import TOOLS, TOOLS_BY_KEY, Tool, build_tool, run_tool, tool_options, untick  # noqa: F401
 from lib_lora.ui.merge_blocks import (arch_of_a, block_text, diagram, full_count, merge_presets,  # noqa: F401
                                       merge_store, preset_vector, slider_visibility, weights_vector)
 from lib_lora.ui.merge_run import (LIVE_UNAVAILABLE, live_apply, live_restore, live_save, merge_options,  # noqa: F401
@@ -206,13 +206,14 @@ def build(ctx) -> None:
 
     def do_merge(a_v, b_v, c_v, mode_v, alpha_v, per, dtype_v, out_v, over_v, discard_v, vae_v, *vals,
                  progress=None):
-        line = run_merge(ctx, jobs, a_v, b_v, c_v, mode_v, alpha_v, per, dtype_v, out_v, over_v, *vals,
+        return run_merge(ctx, jobs, a_v, b_v, c_v, mode_v, alpha_v, per, dtype_v, out_v, over_v, *vals,
                          progress=progress, discard=discard_v, vae=vae_v)
-        return line, False
 
     merge_inputs = [a, b, c, mode, alpha, per_block, dtype, out_name, overwrite, discard, vae, *sliders]
-    merge_btn.click(compat.with_progress(do_merge, len(merge_inputs)), inputs=merge_inputs,
-                    outputs=[status, overwrite]).then(refreshed, inputs=[], outputs=refresh_outputs)
+    # the progress bar goes to the outputs: the status line only; "Replace" is cleared by the next step
+    merge_btn.click(compat.with_progress(do_merge, len(merge_inputs)), inputs=merge_inputs, outputs=[status]) \
+        .then(untick, inputs=[], outputs=[overwrite], queue=False, show_progress="hidden") \
+        .then(refreshed, inputs=[], outputs=refresh_outputs)
     cancel_btn.click(jobs.cancel_all, inputs=[], outputs=[status], queue=False)
 
     if ctx.live_merge is not None:
@@ -220,7 +221,7 @@ def build(ctx) -> None:
             return live_apply(ctx, jobs, b_v, c_v, mode_v, alpha_v, per, a_v, *vals, progress=progress)
 
         def do_save(dtype_v, out_v, over_v, progress=None):
-            return live_save(ctx, jobs, dtype_v, out_v, over_v, progress=progress), False
+            return live_save(ctx, jobs, dtype_v, out_v, over_v, progress=progress)
 
         apply_inputs = [b, c, mode, alpha, per_block, a, *sliders]
         applied = live_apply_btn.click(compat.with_progress(do_apply, len(apply_inputs)), inputs=apply_inputs,
@@ -228,7 +229,8 @@ def build(ctx) -> None:
         restored = live_restore_btn.click(compat.with_progress(lambda progress=None: live_restore(ctx, progress), 0),
                                           inputs=[], outputs=[live_status])
         live_save_btn.click(compat.with_progress(do_save, 3), inputs=[dtype, out_name, overwrite],
-                            outputs=[live_status, overwrite]) \
+                            outputs=[live_status]) \
+            .then(untick, inputs=[], outputs=[overwrite], queue=False, show_progress="hidden") \
             .then(refreshed, inputs=[], outputs=refresh_outputs)
         live_cancel_btn.click(jobs.cancel_all, inputs=[], outputs=[live_status], queue=False)
         if loaded is not None:

@@ -136,3 +136,32 @@ def test_no_model_loaded_is_one_line(webui):
     sd_models.model_data.sd_model = None
     with pytest.raises(LoraStudioError, match="^no model is loaded in the WebUI"):
         live_merge.provider()
+
+
+def test_save_as_input_writes_the_checkpoint_files_types(webui, tmp_path):
+    """The WebUI runs an fp16 checkpoint in fp32 (--no-half, CPU): "Save what is applied" with the output type
+    "as input" writes the types of A's file, as the Merge button does, not the loaded model's fp32."""
+    from safetensors import safe_open
+
+    from lib_lora.merge.live import checkpoint_tensors
+    from lora_studio_webui import live_merge
+    from modules import sd_models
+    loaded = checkpoint_tensors(webui.model)
+    a = {k: v.detach().to(torch.float16) if v.is_floating_point() else v.detach().clone() for k, v in loaded.items()}
+    path = tmp_path / "Stable-diffusion" / "a.safetensors"
+    path.parent.mkdir()
+    save_file(a, str(path))
+    with torch.no_grad():                                # the model holds the fp16 file's values in fp32
+        for k, v in loaded.items():
+            v.copy_(a[k])
+    webui.model.sd_checkpoint_info = sd_models.CheckpointInfo(str(path))
+    lm = live_merge.provider()
+    lm.apply(b=write_other(webui, tmp_path, "b", 11), alpha=0.5)
+    out = tmp_path / "saved.safetensors"
+    lm.save(out)
+    with safe_open(str(out), "pt") as f:
+        assert set(f.keys()) == set(a)
+        for k, v in checkpoint_tensors(webui.model).items():
+            t = f.get_tensor(k)
+            assert t.dtype == a[k].dtype, k
+            assert torch.equal(bits(t), bits(v.detach().to(t.dtype))), k

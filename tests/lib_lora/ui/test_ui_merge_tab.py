@@ -263,6 +263,25 @@ def test_refresh_callbacks_run_after_a_write(ctx):
     assert msg.startswith("✓ ") and "could not be refreshed" in msg
 
 
+
+def test_run_buttons_show_progress_in_their_status_line_only(ctx):
+    """Gradio draws an event's progress over each of its outputs: the buttons that write output the status line
+    alone (the bar drawn over the "Replace the output file" box hid its label), and a step after the run
+    clears that box."""
+    demo = app.create_app(ctx, tabs=[("Merge", "lib_lora.ui.merge_tab", "lora_studio_tab_merge")])
+    ids = {getattr(b, "elem_id", None): i for i, b in demo.blocks.items()}
+    deps = demo.get_config_file()["dependencies"]
+    runs = [("run", "status", "overwrite"), ("live_save", "live_status", "overwrite")]
+    runs += [(f"{t.key}_run", f"{t.key}_status", f"{t.key}_overwrite") for t in mt.TOOLS]
+    for button, status, box in runs:
+        button, status, box = (ids[f"lora_studio_merge_{n}"] for n in (button, status, box))
+        index, run = next((i, d) for i, d in enumerate(deps) if d["targets"] == [button] and d["trigger"] == "click")
+        assert run["outputs"] == [status], run["outputs"]
+        after = [d for d in deps if d["trigger_after"] == index]
+        assert any(d["outputs"] == [box] and d["show_progress"] == "hidden" for d in after), after
+    assert mt.untick() is False
+
+
 # ---- LoRA tools -----------------------------------------------------------------------------------------
 
 
@@ -309,6 +328,27 @@ def test_merge_loras_and_bake_lora_through_the_tools(ctx):
     msg = _one_line(mt.run_tool(ctx, jobs, "bake_lora", {"lora_dir": "/etc"}, {"prompt": "<lora:x:1>"}, [0],
                                 "x", False))
     assert "not a configured LoRA folder" in msg
+
+
+
+def test_tools_read_zero_as_unset_for_optional_numbers(ctx):
+    """What Gradio 3 sends for the untouched Conv rank / Clamp quantile / Parameter (its Number and Slider show
+    None as 0): the tools run as if they were not set, as the CLI does without the flags."""
+    jobs = mt.Jobs()
+    lora_dir = ctx.lora_dirs[0]
+    msg = mt.run_tool(ctx, jobs, "extract", {"base": "a.safetensors", "tuned": "b.safetensors"}, {},
+                      [8, 0, 0, 0.01], "zeros", False)
+    assert msg.startswith("✓ wrote "), msg
+    recipe = json.loads(fileio.read_metadata(lora_dir / "zeros.safetensors")["lora_studio_extracted"])
+    assert recipe["conv_rank"] is None and recipe["clamp_quantile"] is None, recipe
+    msg = mt.run_tool(ctx, jobs, "resize", {"src": "zeros.safetensors"}, {}, [2, 0, "none", 0], "zeros2", False)
+    assert msg.startswith("✓ wrote ") and "ss_network_dim 2" in msg, msg
+    msg = mt.run_tool(ctx, jobs, "merge_loras", {"lora_dir": str(lora_dir)}, {"tags": "<lora:zeros:0.5>"},
+                      ["concat", 0, 0, 0, 0], "zeros3", False)
+    assert msg.startswith("✓ wrote "), msg
+    msg = _one_line(mt.run_tool(ctx, jobs, "resize", {"src": "zeros.safetensors"}, {}, [2, 0, "sv_fro", 0],
+                                "zeros4", False))
+    assert "needs --param" in msg                        # unset, not "0 is out of range"
 
 
 # ---- the other Gradio and the WebUI ---------------------------------------------------------------------
