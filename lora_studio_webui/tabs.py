@@ -109,4 +109,42 @@ def on_ui_tabs():
                         traceback.print_exc()
                         FAILED[label] = f"{type(e).__name__}: {e}"
                         gr.Markdown(f"**{label} is unavailable:** {type(e).__name__}: {e}")
+    shared_config_keys(block)
     return [(block, "LoRA Studio", "lora_studio")]
+
+
+def _config_key(x):
+    """What A1111's ui-config.json (modules.ui_loadsave) files a component of our tab under: its label, or a
+    button's text; None for what it does not track."""
+    import gradio as gr
+
+    if getattr(x, "label", None) is not None:
+        return x.label
+    if isinstance(x, gr.Button) and getattr(x, "value", None) is not None:
+        return x.value
+    return None
+
+
+def shared_config_keys(block) -> list:
+    """A1111 keys ui-config.json by the tab and a component's label only: the first component with a label stores
+    its default there and every later one with that label gets that value (the LoRA tools' optional "Rank" showed
+    the Training tab's 32). Components whose label another one of ours also has are left out of ui-config
+    (`do_not_save_to_config`); the others keep A1111's saved defaults. Returns the shared labels."""
+    by_key: dict = {}
+
+    def walk(x):
+        children = getattr(x, "children", None)
+        if children is not None:
+            for c in children:
+                walk(c)
+            return
+        key = _config_key(x)
+        if key is not None:
+            by_key.setdefault(key, []).append(x)
+
+    walk(block)
+    shared = sorted(str(k) for k, xs in by_key.items() if len(xs) > 1)
+    for k in shared:
+        for x in by_key[k]:
+            x.do_not_save_to_config = True
+    return shared

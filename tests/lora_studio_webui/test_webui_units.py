@@ -71,6 +71,45 @@ def test_ui_tabs_build_inside_webui(tmp_path):
         w.close()
 
 
+def test_ui_config_gives_no_component_another_ones_default(tmp_path):
+    """A1111's ui-config.json keys a component by the tab and its label (or a button's text): the first one stores
+    its default and every later one with that key gets it. Replaying that rule over our tab changes no value,
+    and the LoRA tools' optional ranks stay unset (the Training tab's Rank 32 once leaked into them)."""
+    import gradio as gr
+
+    from tests.fake_webui.harness import FakeWebui
+    w = FakeWebui(tmp_path).start()
+    try:
+        from modules import script_callbacks
+        block = script_callbacks.ui_tabs_callback()[0][0]
+        from lora_studio_webui.tabs import _config_key
+        saved, comps = {}, []
+
+        def walk(x):
+            if getattr(x, "children", None) is not None:
+                for c in x.children:
+                    walk(c)
+            elif _config_key(x) is not None:
+                comps.append(x)
+        walk(block)
+        before = [getattr(x, "value", None) for x in comps]
+        for x in comps:   # A1111 1.10.1 ui_loadsave.add_component's rule for 'value', tab id "lora_studio"
+            if getattr(x, "do_not_save_to_config", False) or isinstance(x, gr.Button):
+                continue
+            key = f"lora_studio/{_config_key(x)}/value"
+            if key in saved:
+                x.value = saved[key]
+            else:
+                saved[key] = x.value
+        assert [getattr(x, "value", None) for x in comps] == before
+        ranks = [x for x in comps if _config_key(x) == "Rank"]
+        assert len(ranks) > 1 and all(x.do_not_save_to_config for x in ranks)
+        kept = [_config_key(x) for x in comps if not getattr(x, "do_not_save_to_config", False)]
+        assert len(kept) == len(set(kept)) and kept     # the rest keeps A1111's saved defaults
+    finally:
+        w.close()
+
+
 def test_status_route_on_a_real_fastapi_app(monkeypatch):
     import asyncio
 
