@@ -16,9 +16,9 @@ if [ ! -x "$VENV/bin/python" ]; then
   # lycoris-lora 3.4 is the last release that imports on torch 2.1 (4.x uses torch.library.custom_op);
   # onnx<1.18 and huggingface_hub<0.26 keep numpy 1.26 and gradio 3.41 working; transformers 4.30.2, accelerate
   # 0.21.0, fastapi 0.94.0 and httpx 0.24.1 are A1111's pins (gradio 3.41 cannot start its server with newer
-  # fastapi/httpx: every app test fails on "localhost is not accessible").
+  # fastapi/httpx: every app test fails on "localhost is not accessible"); ftfy comes with its open-clip-torch.
   "$VENV/bin/pip" install torch==2.1.2 numpy==1.26.2 safetensors==0.4.2 Pillow==9.5.0 gradio==3.41.2 \
-      fastapi==0.94.0 httpx==0.24.1 accelerate==0.21.0 \
+      fastapi==0.94.0 httpx==0.24.1 accelerate==0.21.0 ftfy \
       "huggingface_hub<0.26" onnxruntime "onnx<1.18" pytest hypothesis selenium "lycoris-lora<4" \
       transformers==4.30.2 diffusers==0.30.3
 fi

@@ -1,8 +1,12 @@
 """CLIP's byte-level BPE tokenizer in plain Python, reading the vocabulary shipped in lib_lora/data/.
 
-Matches transformers' CLIPTokenizer as the WebUI's environment runs it without ftfy: text cleaned like its
-BasicTokenizer (control characters dropped, CJK characters split, NFC, lower case, whitespace collapsed), then
-CLIP's split pattern (contractions, runs of letters, single digits, runs of other symbols) and BPE merges."""
+Matches transformers' CLIPTokenizer in the same environment, as the WebUI and sd-scripts tokenize: with ftfy
+importable (AUTOMATIC1111's environment has it through open-clip-torch, sd-scripts pins it, our `ui`/`train`
+extras install it) the text goes through `ftfy.fix_text`, whitespace is collapsed and it is lower-cased; without
+ftfy it is cleaned like transformers' BasicTokenizer fallback (control characters dropped, CJK characters split,
+NFC, lower case, whitespace collapsed). Then CLIP's split pattern (contractions, runs of letters, single digits,
+runs of other symbols) and BPE merges. The two cleanings differ on non-ASCII text (CJK, full-width forms,
+ligatures, curly quotes, HTML entities), never on plain ASCII captions."""
 
 from __future__ import annotations
 
@@ -54,8 +58,23 @@ def _is_ws(ch: str) -> bool:
     return ch in " \t\n\r" or unicodedata.category(ch) == "Zs"
 
 
-def clean(text: str) -> str:
-    """transformers' BasicTokenizer(strip_accents=False, do_split_on_punc=False), joined with spaces."""
+@functools.lru_cache(maxsize=1)
+def _fix_text():
+    """ftfy.fix_text when ftfy is installed (transformers' CLIPTokenizer uses it then), else None."""
+    try:
+        import ftfy
+    except ImportError:
+        return None
+    return ftfy.fix_text
+
+
+def clean(text: str, fix_text="auto") -> str:
+    """The text as transformers' CLIPTokenizer cleans it before splitting: `fix_text(text)` with whitespace
+    collapsed, lower case ("auto": ftfy's when installed); with `fix_text` None its BasicTokenizer fallback
+    (strip_accents=False, do_split_on_punc=False), joined with spaces."""
+    fix = _fix_text() if fix_text == "auto" else fix_text
+    if fix is not None:
+        return " ".join(fix(text).split()).lower()
     out = []
     for ch in text:
         cp = ord(ch)
@@ -111,7 +130,10 @@ def _pieces(text: str) -> list[str]:
 
 
 class CLIPTokenizer:
-    def __init__(self, vocab_path: str | None = None, merges_path: str | None = None):
+    """`fix_text`: "auto" (ftfy's when installed), a function, or None (the BasicTokenizer cleaning): see `clean`."""
+
+    def __init__(self, vocab_path: str | None = None, merges_path: str | None = None, fix_text="auto"):
+        self.fix_text = fix_text
         with open(vocab_path or os.path.join(DATA, "clip_vocab.json"), encoding="utf-8") as f:
             self.encoder: dict[str, int] = json.load(f)
         with open(merges_path or os.path.join(DATA, "clip_merges.txt"), encoding="utf-8") as f:
@@ -149,7 +171,7 @@ class CLIPTokenizer:
         """Token ids without BOS/EOS."""
         bu = _byte_unicode()
         ids = []
-        for piece in _pieces(clean(text)):
+        for piece in _pieces(clean(text, self.fix_text)):
             if piece in (BOS, EOS):
                 ids.append(self.encoder[piece])
                 continue

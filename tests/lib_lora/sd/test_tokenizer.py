@@ -51,6 +51,32 @@ def test_ids_equal_transformers_clip_tokenizer():
     assert not mismatches, mismatches[:3]
 
 
+def test_without_ftfy_ids_equal_transformers_basic_tokenizer_fallback():
+    """The other cleaning (no ftfy installed): transformers' CLIPTokenizer then splits with its BasicTokenizer."""
+    transformers = pytest.importorskip("transformers")
+    from transformers.models.bert.tokenization_bert import BasicTokenizer
+    import inspect
+    if "do_split_on_punc" not in inspect.signature(BasicTokenizer).parameters:
+        pytest.skip("this transformers' fallback is an older BasicTokenizer")
+    ref = transformers.CLIPTokenizer(os.path.join(FIXTURE, "vocab.json"), os.path.join(FIXTURE, "merges.txt"))
+    ref.fix_text, ref.nlp = None, BasicTokenizer(strip_accents=False, do_split_on_punc=False)
+    ours = CLIPTokenizer(fix_text=None)
+    texts = FIXED + _random_strings()
+    bad = [t for t in texts if ref(t, padding="max_length", truncation=True, max_length=77)["input_ids"] != ours(t, 77)]
+    assert not bad, bad[:3]
+
+
+def test_ftfy_cleaning_when_installed():
+    """With ftfy (A1111's and sd-scripts' environments) curly quotes, full-width forms and CJK runs are cleaned as
+    the WebUI's tokenizer cleans them; plain ASCII captions give the same ids either way."""
+    pytest.importorskip("ftfy")
+    with_ftfy, without = CLIPTokenizer(), CLIPTokenizer(fix_text=None)
+    assert with_ftfy("don\u2019t") == with_ftfy("don't") != without("don\u2019t")
+    assert with_ftfy("ＡＢＣ") == with_ftfy("abc")
+    ascii_caption = "masterpiece, best quality, 1girl, solo, (long hair:1.2), [blue eyes], don't"
+    assert with_ftfy(ascii_caption) == without(ascii_caption)
+
+
 def test_shipped_files_are_the_fixture_files():
     data = os.path.join(REPO, "lib_lora", "data")
     for ours, theirs in (("clip_vocab.json", "vocab.json"), ("clip_merges.txt", "merges.txt")):
