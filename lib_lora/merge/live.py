@@ -148,7 +148,7 @@ class LiveMerge:
                     raise LoraStudioError(f"{what} must be a finite number such as 0.5")
             arch = self.arch
             if arch == "unknown":
-                raise LoraStudioError(f"the {self.name} is not an SD1/SD2/SDXL model (no U-Net or text-encoder "
+                raise LoraStudioError(f"{self._called()} is not an SD1/SD2/SDXL model (no U-Net or text-encoder "
                                       f"weights found); a live merge needs a Stable Diffusion checkpoint loaded")
             paths = {"B": os.fspath(b), **({"C": os.fspath(c)} if c is not None else {})}
             opened = {}          # role → (identity, reader), readers opened by this call
@@ -168,8 +168,8 @@ class LiveMerge:
                     other = ck.model_arch(reader)
                     if other != arch:
                         what = ARCH_LABELS.get(other, "not an SD1/SD2/SDXL model")
-                        raise LoraStudioError(f"model {role} '{os.path.basename(paths[role])}' is {what} but the "
-                                              f"{self.name} is {ARCH_LABELS.get(arch, arch)}; merge models of one "
+                        raise LoraStudioError(f"model {role} '{os.path.basename(paths[role])}' is {what} but "
+                                              f"{self._called()} is {ARCH_LABELS.get(arch, arch)}; merge models of one "
                                               f"architecture")
                 vec = ck.resolve_weights(arch, alpha, block_weights, base_alpha,
                                          presets if presets is not None else self.presets)
@@ -220,8 +220,13 @@ class LiveMerge:
             if keys and self.after_write is not None:
                 self.after_write(keys)
         if was is None:
-            return f"no live merge was applied; the {self.name} is unchanged"
+            return f"no live merge was applied; {self._called()} is unchanged"
         return f"live merge removed: {len(keys)} tensors restored to the weights of {self.name}"
+
+    def _called(self) -> str:
+        """The loaded model in a message: "the loaded model", or "the loaded model (a.safetensors)" when the host
+        named its file."""
+        return "the loaded model" if self.name == "loaded model" else f"the loaded model ({self.name})"
 
     def forget(self) -> None:
         """The host reloaded its weights: drop every clone and state without writing anything."""
@@ -240,7 +245,7 @@ class LiveMerge:
 
     def _check_current(self) -> None:
         if self.retired:
-            raise LoraStudioError(f"the {self.name} was unloaded while this waited; apply again to the model "
+            raise LoraStudioError(f"{self._called()} was unloaded while this waited; apply again to the model "
                                   f"loaded now")
 
     def save(self, out, *, dtype: str | None = None, overwrite: bool = False, progress=None) -> str:
