@@ -93,25 +93,34 @@ def _load_cache(cache_path: str) -> dict:
     return data if isinstance(data, dict) else {}
 
 
-def cached_model_hash(path, cache_path: str | None = "default") -> tuple[str, bool]:
+def cached_model_hash(path, cache_path: str | None = "default", whole_file: bool = False) -> tuple[str, bool]:
     """(model_hash(path), True when it came from the cache). `cache_path`: "default" (see
-    `default_hash_cache_path`), None (no cache), or a file."""
+    `default_hash_cache_path`), None (no cache), or a file. `whole_file`: the sha256 of the whole file instead, the
+    hash AUTOMATIC1111 (and Civitai) give a checkpoint (its short hash is the first 10 hex digits); the body hash is
+    the one it gives a LoRA."""
+    def compute():
+        return file_sha256(path) if whole_file else model_hash(path)
+
+    field_name = "file_sha256" if whole_file else "sha256"
     if cache_path == "default":
         cache_path = default_hash_cache_path()
     if cache_path is None:
-        return model_hash(path), False
+        return compute(), False
     key, stamp = _stamp(path)
     entry = _load_cache(cache_path).get(key)
-    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get("sha256"), str):
-        return entry["sha256"], True
-    digest = model_hash(path)
+    if isinstance(entry, dict) and entry.get("stamp") == stamp and isinstance(entry.get(field_name), str):
+        return entry[field_name], True
+    digest = compute()
     if _stamp(path)[1] != stamp:   # the file changed while it was read: nothing to remember
         return digest, False
     try:
         os.makedirs(os.path.dirname(os.path.abspath(cache_path)), exist_ok=True)
         with locked(cache_path):
             data = _load_cache(cache_path)
-            data[key] = {"stamp": stamp, "sha256": digest, "stored": time.time()}
+            old = data.get(key)
+            kept = {k: v for k, v in old.items() if k in ("sha256", "file_sha256")} \
+                if isinstance(old, dict) and old.get("stamp") == stamp else {}   # the other hash of the same file
+            data[key] = {**kept, "stamp": stamp, field_name: digest, "stored": time.time()}
             if len(data) > HASH_CACHE_MAX:
                 def stored(k):
                     v = data[k]

@@ -340,7 +340,8 @@ class _Hashes(threading.Thread):
     def run(self):
         try:
             for role, p in self.paths.items():
-                self.result[role], hit = fileio.cached_model_hash(p, self.cache)
+                # the whole file's sha256: the hash the WebUI shows for a checkpoint (its first 10 hex digits)
+                self.result[role], hit = fileio.cached_model_hash(p, self.cache, whole_file=True)
                 if hit:
                     self.cached.append(role)
         except BaseException as exc:  # reported by wait() in the merging thread

@@ -281,7 +281,8 @@ class LiveMerge:
             inputs = {"A": {"file": self.name}}
             for role, p in (("B", recipe.b), ("C", recipe.c)):
                 if p is not None:
-                    inputs[role] = {"file": os.path.basename(p), "sha256": fileio.cached_model_hash(p)[0]}
+                    inputs[role] = {"file": os.path.basename(p),
+                                    "sha256": fileio.cached_model_hash(p, whole_file=True)[0]}
             meta = {ck.RECIPE_KEY: json.dumps({
                 "mode": recipe.mode, "alpha": recipe.alpha, "base_alpha": recipe.base_alpha,
                 "block_weights": dict(zip(blocks.format_names(full), blocks.compress(list(recipe.weights), full))),

@@ -25,6 +25,21 @@ def test_second_call_is_a_cache_hit_with_the_same_hash(tmp_path):
     assert os.path.realpath(p) in json.load(open(cache))
 
 
+def test_whole_file_hash_is_cached_beside_the_body_hash(tmp_path):
+    """The WebUI's checkpoint hash (the whole file) and its LoRA hash (the body after the header) of one file are two
+    entries of one record: neither evicts the other, and each is a hit the second time."""
+    import hashlib
+
+    cache = str(tmp_path / "hashes.json")
+    p = _write(tmp_path / "m.safetensors")
+    whole = hashlib.sha256(open(p, "rb").read()).hexdigest()
+    assert fileio.cached_model_hash(p, cache, whole_file=True) == (whole, False)
+    assert fileio.cached_model_hash(p, cache) == (fileio.model_hash(p), False)
+    assert fileio.cached_model_hash(p, cache, whole_file=True) == (whole, True)
+    assert fileio.cached_model_hash(p, cache) == (fileio.model_hash(p), True)
+    assert whole != fileio.model_hash(p)
+
+
 def test_size_change_invalidates(tmp_path):
     cache = str(tmp_path / "hashes.json")
     p = _write(tmp_path / "m.safetensors", n=64)

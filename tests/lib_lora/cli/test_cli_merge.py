@@ -162,11 +162,11 @@ def test_input_hashes_start_before_torch_is_imported(env, tmp_path):
         "import sys, json\n"
         "from lib_lora.fileio import hashing\n"
         "seen = []\n"
-        "real = hashing.model_hash\n"
+        "real = hashing.file_sha256\n"
         "def spy(path, *a, **k):\n"
         "    seen.append('torch' in sys.modules)\n"
         "    return real(path, *a, **k)\n"
-        "hashing.model_hash = spy\n"
+        "hashing.file_sha256 = spy\n"
         "from lib_lora.__main__ import main\n"
         "rc = main(sys.argv[1:])\n"
         "print(json.dumps({'rc': rc, 'torch_loaded_at_hash': seen}))\n")
@@ -180,4 +180,4 @@ def test_input_hashes_start_before_torch_is_imported(env, tmp_path):
     assert res["rc"] == 0 and out.exists(), r.stderr
     assert len(res["torch_loaded_at_hash"]) == 2 and res["torch_loaded_at_hash"][0] is False, res
     recipe = json.loads(fileio.read_metadata(out)["lora_studio_merge"])
-    assert recipe["inputs"]["A"]["sha256"] == fileio.model_hash(env / "a.safetensors")
+    assert recipe["inputs"]["A"]["sha256"] == fileio.file_sha256(env / "a.safetensors")   # the WebUI's checkpoint hash
