@@ -26,7 +26,6 @@ def write_forked(f, head, order, produce, total, progress, final_metadata, proce
     offsets (the header goes first, its final version last). Children report bytes written and their error (one
     line, with the errno of an OS error) through a pipe; any failure, Ctrl-C included, kills them all."""
     import select
-    import signal
 
     f.write(head)
     f.flush()
@@ -40,6 +39,7 @@ def write_forked(f, head, order, produce, total, progress, final_metadata, proce
         at += n
         cut += n
     children = {}   # read end of its pipe -> pid
+    alive = set()   # pids not reaped yet (a reaped pid may be reused: never signalled again)
     parent = os.getpid()
     try:
         for run in runs:
@@ -53,10 +53,11 @@ def write_forked(f, head, order, produce, total, progress, final_metadata, proce
                 _forked_child(fd, run, order, produce, w)
             os.close(w)
             children[r] = pid
+            alive.add(pid)
         flusher = _Flusher(f) if total >= _FLUSH_STEP else None
         done, errors, pending, partial = len(head), [], dict(children), {}
         try:
-            while pending:
+            while pending and not errors:
                 ready, _, _ = select.select(list(pending), [], [], 0.2)
                 for r in ready:
                     data = os.read(r, 1 << 16)
@@ -79,12 +80,18 @@ def write_forked(f, head, order, produce, total, progress, final_metadata, proce
                     progress(min(done, total), total)
                 if flusher is not None:
                     flusher.written(done)
-            for r, pid in children.items():
+            if errors:
+                _kill(alive)   # one child failed: the others stop now instead of finishing their runs
+            for pid in sorted(alive):
                 _, status = os.waitpid(pid, 0)
+                alive.discard(pid)
                 if status and not errors:
                     errors.append(f"0:a writer process ended with status {status}")
             if flusher is not None:
                 flusher.finish()
+        except BaseException:
+            _kill(alive)   # before waiting for the writeback below: nothing keeps writing meanwhile (a busy disk
+            raise          # made Ctrl-C wait for a sync of data still being written)
         finally:
             if flusher is not None:
                 flusher.stop()
@@ -94,12 +101,7 @@ def write_forked(f, head, order, produce, total, progress, final_metadata, proce
                 raise OSError(int(code), msg)
             raise LoraStudioError(msg)
     except BaseException:
-        for pid in children.values():   # an error or Ctrl-C: nothing keeps writing into the temporary
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (OSError, ChildProcessError):
-                pass
+        _kill(alive)   # an error or Ctrl-C: nothing keeps writing into the temporary
         raise
     finally:
         for r in children:
@@ -109,6 +111,19 @@ def write_forked(f, head, order, produce, total, progress, final_metadata, proce
     os.lseek(fd, 0, os.SEEK_END)
     if progress is not None:
         progress(total, total)
+
+
+def _kill(alive: set) -> None:
+    """SIGKILL and reap every child in `alive` (emptied)."""
+    import signal
+
+    while alive:
+        pid = alive.pop()
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (OSError, ChildProcessError):
+            pass
 
 
 def _die_with(parent: int) -> None:

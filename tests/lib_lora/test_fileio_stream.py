@@ -116,6 +116,38 @@ def test_a_forked_writers_error_is_one_line_and_leaves_no_file_and_no_process(tm
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="forked writers are POSIX only")
+def test_one_forked_writers_error_stops_the_others_at_once(tmp_path):
+    """The first child fails on its first tensor while the second has a minute of work: the error comes back in
+    seconds (the second is killed, not waited for) and nothing is left."""
+    import time
+
+    ts = _tensors()
+    fileio.atomic_save_safetensors(ts, tmp_path / "x.safetensors")
+
+    def boom():
+        raise LoraStudioError("'k00' could not be computed")
+
+    def slow(piece):
+        def run():
+            time.sleep(60)
+            return piece
+        return run
+    with fileio.MappedTensors(tmp_path / "x.safetensors") as src:
+        specs = []
+        for k, dt, shape, fn in _specs(ts, src, fileio.BufferPool(256)):
+            if k == "k00":
+                fn = (lambda: iter([boom]))
+            elif k == "k19":
+                fn = (lambda k=k: iter([slow(src.piece(k))]))
+            specs.append((k, dt, shape, fn))
+        t0 = time.monotonic()
+        with pytest.raises(LoraStudioError, match="^'k00' could not be computed$"):
+            fileio.atomic_save_safetensors_stream(specs, tmp_path / "y.safetensors", processes=2)
+    assert time.monotonic() - t0 < 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.safetensors"] and _no_children_left()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="forked writers are POSIX only")
 def test_a_full_disk_in_a_forked_writer_is_the_disk_full_line(tmp_path):
     ts = _tensors()
     fileio.atomic_save_safetensors(ts, tmp_path / "x.safetensors")

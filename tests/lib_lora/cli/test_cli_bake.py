@@ -200,7 +200,18 @@ def test_ctrl_c_cancels_and_leaves_nothing(env, tmp_path):
     outdir = tmp_path / "out"
     outdir.mkdir()
     master, slave = pty.openpty()
-    p = subprocess.Popen([sys.executable, "-m", "lib_lora", "bake", "--base", str(base), "--prompt", "<lora:style:1>",
+    # the kernel copies 400 MB in well under a second: each copy is slowed down, so that on a busy machine the
+    # signal still arrives while the output is being written (it once finished first and exited 0)
+    slow = ("import sys, time\n"
+            "from lib_lora.fileio import writer\n"
+            "copy = writer.FilePiece.copy_to\n"
+            "def slow(self, *a, **k):\n"
+            "    time.sleep(0.5)\n"
+            "    return copy(self, *a, **k)\n"
+            "writer.FilePiece.copy_to = slow\n"
+            "from lib_lora.__main__ import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    p = subprocess.Popen([sys.executable, "-c", slow, "bake", "--base", str(base), "--prompt", "<lora:style:1>",
                           "--lora-dir", env["loras"], "--out", str(outdir / "o.safetensors")],
                          cwd=ROOT, stdout=subprocess.PIPE, stderr=slave, text=True)
     os.close(slave)
