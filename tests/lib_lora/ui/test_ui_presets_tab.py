@@ -34,7 +34,8 @@ def ctx(tmp_path):
 @pytest.fixture
 def upload(tmp_path, monkeypatch):
     """uploaded(name, text) → the value a File input sends after a real upload: a file in Gradio's upload
-    folder (GRADIO_TEMP_DIR/<random>/name), as {"name": path, "is_file": True} with preprocess=False."""
+    folder (GRADIO_TEMP_DIR/<random>/name), as {"name": path, "is_file": True} with preprocess=False (Gradio 4
+    (Forge): its FileData, {"path": path, …})."""
     import secrets
     gradio_tmp = tmp_path / "gradio_uploads"
     monkeypatch.setenv("GRADIO_TEMP_DIR", str(gradio_tmp))
@@ -43,6 +44,10 @@ def upload(tmp_path, monkeypatch):
         d = gradio_tmp / secrets.token_hex(20)
         d.mkdir(parents=True)
         (d / name).write_text(text, encoding="utf-8")
+        from lib_lora.ui.compat import IS_GRADIO_4
+        if IS_GRADIO_4:
+            return {"path": str(d / name), "orig_name": name, "size": len(text.encode()), "url": None,
+                    "mime_type": None, "is_stream": False, "meta": {"_type": "gradio.FileData"}}
         return {"name": str(d / name), "is_file": True, "orig_name": name, "data": None}
     return uploaded
 
