@@ -47,5 +47,6 @@ if [ "${2:-}" = "--gradio4" ]; then
   fi
   PYTHONPATH="$REPO" "$G4/bin/python" -m pytest -q -p no:cacheprovider tests/lib_lora/ui/test_ui_app.py \
       tests/lib_lora/ui/test_ui_presets_tab.py tests/lib_lora/ui/test_tagger_ui.py tests/lora_studio_webui/test_webui_infotext_xyz.py \
-      tests/lora_studio_webui/test_webui_integration.py tests/lora_studio_webui/test_webui_units.py
+      tests/lora_studio_webui/test_webui_integration.py tests/lora_studio_webui/test_webui_units.py \
+      tests/lib_lora/ui/test_ui_merge_tab.py tests/lib_lora/ui/test_ui_merge_live.py
 fi

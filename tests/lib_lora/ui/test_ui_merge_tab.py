@@ -264,6 +264,14 @@ def test_refresh_callbacks_run_after_a_write(ctx):
 
 
 
+def _clicked(dep, button) -> bool:
+    """Whether a config dependency is `button`'s click: Gradio 3 lists targets and the trigger apart, Gradio 4
+    (Forge) as (target, trigger) pairs."""
+    if dep.get("trigger") == "click" and dep["targets"] == [button]:
+        return True
+    return [tuple(t) for t in dep["targets"] if isinstance(t, (list, tuple))] == [(button, "click")]
+
+
 def test_run_buttons_show_progress_in_their_status_line_only(ctx):
     """Gradio draws an event's progress over each of its outputs: the buttons that write output the status line
     alone (the bar drawn over the "Replace the output file" box hid its label), and a step after the run
@@ -275,7 +283,7 @@ def test_run_buttons_show_progress_in_their_status_line_only(ctx):
     runs += [(f"{t.key}_run", f"{t.key}_status", f"{t.key}_overwrite") for t in mt.TOOLS]
     for button, status, box in runs:
         button, status, box = (ids[f"lora_studio_merge_{n}"] for n in (button, status, box))
-        index, run = next((i, d) for i, d in enumerate(deps) if d["targets"] == [button] and d["trigger"] == "click")
+        index, run = next((i, d) for i, d in enumerate(deps) if _clicked(d, button))
         assert run["outputs"] == [status], run["outputs"]
         after = [d for d in deps if d["trigger_after"] == index]
         assert any(d["outputs"] == [box] and d["show_progress"] == "hidden" for d in after), after
