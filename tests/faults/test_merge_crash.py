@@ -16,7 +16,9 @@ from tests.paths import REPO
 
 # Blocks in the first progress call (data already being written), so the parent can kill or interrupt it.
 MERGER = r"""
-import sys
+import signal, sys
+# SIGINT as in a terminal: a shell's background job (nohup … &) starts with it ignored, and children inherit that
+signal.signal(signal.SIGINT, signal.default_int_handler)
 from lib_lora import fileio
 from lib_lora.cli import progress
 fileio.atomic.USE_O_TMPFILE = sys.argv[1] == "1"

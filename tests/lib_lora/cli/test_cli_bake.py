@@ -200,15 +200,21 @@ def test_ctrl_c_cancels_and_leaves_nothing(env, tmp_path):
     outdir = tmp_path / "out"
     outdir.mkdir()
     master, slave = pty.openpty()
-    # the kernel copies 400 MB in well under a second: each copy is slowed down, so that on a busy machine the
-    # signal still arrives while the output is being written (it once finished first and exited 0)
-    slow = ("import sys, time\n"
+    # the kernel copies 400 MB in well under a second: each copy and piece is slowed down, so that on a busy machine
+    # the signal still arrives while the output is being written
+    # SIGINT as in a terminal: a shell's background job (nohup … &) starts with it ignored, and children inherit that
+    slow = ("import signal, sys, time\n"
+            "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
             "from lib_lora.fileio import writer\n"
-            "copy = writer.FilePiece.copy_to\n"
+            "copy, pwrite = writer.FilePiece.copy_to, writer._pwrite_all\n"
             "def slow(self, *a, **k):\n"
             "    time.sleep(0.5)\n"
             "    return copy(self, *a, **k)\n"
+            "def slow_pwrite(*a):\n"   # the prefilled path (a copy of the base made ahead) writes pieces so
+            "    time.sleep(0.2)\n"    # the write phase starts at 100 %: its pieces are slowed too
+            "    return pwrite(*a)\n"
             "writer.FilePiece.copy_to = slow\n"
+            "writer._pwrite_all = slow_pwrite\n"
             "from lib_lora.__main__ import main\n"
             "sys.exit(main(sys.argv[1:]))\n")
     p = subprocess.Popen([sys.executable, "-c", slow, "bake", "--base", str(base), "--prompt", "<lora:style:1>",
