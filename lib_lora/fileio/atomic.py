@@ -18,6 +18,23 @@ from lib_lora.errors import LoraFileError, LoraStudioError
 from .paths import _name
 
 LOCK_SUFFIX = ".lock"
+# Descriptors of the flock()s `locked` holds now. A forked child (the merge CLI's writer processes) shares each
+# one's open file description, so the lock would stay held until the child ended even after the parent released
+# it: children close them at once.
+_HELD_LOCK_FDS: set = set()
+
+
+def _close_inherited_locks() -> None:
+    for fd in list(_HELD_LOCK_FDS):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    _HELD_LOCK_FDS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_close_inherited_locks)
 
 
 @contextmanager
@@ -49,8 +66,10 @@ def locked(path, timeout: float = 30.0):
                         raise LoraStudioError(f"'{path}' is locked by another LoRA Studio process for over "
                                               f"{timeout:.0f} s; try again") from None
                     time.sleep(0.05)
+            _HELD_LOCK_FDS.add(fd)
             yield
         finally:
+            _HELD_LOCK_FDS.discard(fd)
             os.close(fd)    # releases the lock
         return
     while True:

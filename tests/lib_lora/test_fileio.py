@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 
 from lib_lora import fileio
 from lib_lora.errors import LoraFileError
+from tests.paths import REPO
 
 
 def _write(path, tensors=None, metadata=None):
@@ -196,3 +197,29 @@ def test_file_sha256_hashes_the_whole_file_or_its_tail(tmp_path):
     p.write_bytes(data)
     assert fileio.file_sha256(p) == hashlib.sha256(data).hexdigest()
     assert fileio.file_sha256(p, 1000) == hashlib.sha256(data[1000:]).hexdigest()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="POSIX fork")
+def test_a_lock_released_by_the_parent_is_free_while_a_forked_child_still_runs(tmp_path):
+    """flock() is shared with forked children (the merge CLI forks while its hash thread may hold the hash cache's
+    lock): they drop it at once, so the parent's release frees it for everyone."""
+    import subprocess
+    import sys
+    import time
+
+    from lib_lora.fileio import locked
+
+    target = tmp_path / "cache.json"
+    with locked(target):
+        pid = os.fork()
+        if pid == 0:   # the child outlives the parent's lock
+            time.sleep(3)
+            os._exit(0)
+    try:
+        code = ("import sys; from lib_lora.fileio import locked\n"
+                "with locked(sys.argv[1], timeout=0.5):\n    print('got it')\n")
+        r = subprocess.run([sys.executable, "-c", code, str(target)], capture_output=True, text=True, timeout=60,
+                           cwd=str(REPO))
+        assert r.stdout.strip() == "got it", r.stderr
+    finally:
+        os.waitpid(pid, 0)
