@@ -90,8 +90,8 @@ def write_forked(f, head, order, produce, total, progress, final_metadata, proce
             if flusher is not None:
                 flusher.finish()
         except BaseException:
-            _kill(alive)   # before waiting for the writeback below: nothing keeps writing meanwhile (a busy disk
-            raise          # made Ctrl-C wait for a sync of data still being written)
+            _kill(alive)   # before waiting for the writeback below, so that wait does not also cover data the
+            raise          # children would still be writing
         finally:
             if flusher is not None:
                 flusher.stop()
