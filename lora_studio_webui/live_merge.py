@@ -46,22 +46,6 @@ def drop_conds() -> None:
             drop_cached_conds(cls)
 
 
-def _file_dtypes(ckpt) -> dict:
-    """{checkpoint key: dtype} of the loaded checkpoint's file (its safetensors header), so "Save what is
-    applied" with the output type "as input" writes A's types as the Merge button does, not the dtype the
-    WebUI runs the model in (fp32 under --no-half, fp16 from an fp32 file). {} (saved as loaded) for a pickle
-    or a file that cannot be read now."""
-    if not ckpt or not str(ckpt).lower().endswith(".safetensors"):
-        return {}
-    from lib_lora import fileio
-    from lib_lora.host import checkpoint_name
-    try:
-        with fileio.MappedTensors(ckpt) as f:
-            return {checkpoint_name(k): f.dtype(k) for k in f.keys()}
-    except (OSError, ValueError, LoraStudioError):
-        return {}
-
-
 def _stamps(live) -> tuple:
     """Identity and in-place version of every tensor the merge wrote: a reload in place changes them."""
     return tuple((k, id(t), t._version) for k, t in live.tensors.items() if k in live._orig)
@@ -86,13 +70,13 @@ class LiveMergeHost:
         if self.live is not None and (sd_model is not self.model or _checkpoint_file(sd_model) != self.checkpoint):
             self.drop(sd_model)
         if self.live is None:
-            from lib_lora.merge.live import LiveMerge, checkpoint_tensors
+            from lib_lora.merge.live import LiveMerge, checkpoint_tensors, file_dtypes
             ckpt = _checkpoint_file(sd_model)
             self.live = LiveMerge(
                 checkpoint_tensors(sd_model), name=os.path.basename(ckpt) if ckpt else "loaded model",
                 presets=ENGINE.presets(), allow_pickle=bool(env.opt(env.PREFIX + "allow_pickle", False)),
                 keep=KEEP_AS_LOADED, before_write=self._before_write, before_read=self._before_read,
-                after_write=self._after_write, file_dtypes=_file_dtypes(ckpt))
+                after_write=self._after_write, file_dtypes=file_dtypes(ckpt))
             self.model, self.checkpoint, self.stamps = sd_model, ckpt, None
         return self.live
 

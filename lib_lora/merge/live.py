@@ -88,6 +88,22 @@ def checkpoint_tensors(model) -> dict:
     return out
 
 
+def file_dtypes(path) -> dict:
+    """{checkpoint key: dtype} of a loaded model's file (its safetensors header, keys spelt as `checkpoint_tensors`
+    spells them): `LiveMerge(file_dtypes=)`, so a save "as input" writes A's types rather than the dtype the host
+    computes in (fp32 in the standalone app and under A1111's --no-half). {} (saved as loaded) for a pickle or a
+    file that cannot be read now."""
+    from lib_lora.host import checkpoint_name
+
+    if not path or not str(path).lower().endswith(".safetensors"):
+        return {}
+    try:
+        with fileio.MappedTensors(path) as f:
+            return {checkpoint_name(k): f.dtype(k) for k in f.keys()}
+    except (OSError, ValueError, LoraStudioError):
+        return {}
+
+
 def file_identity(path) -> tuple:
     """A file as the state remembers it: replacing B on disk is a different input (the standalone app also
     asks it whether the model it loaded is still a given checkpoint file)."""

@@ -25,16 +25,6 @@ NO_MODEL = "No model is loaded: pick model A above and press 'Load model A' firs
 PREVIEW_SIZES = (64, 2048)
 
 
-def _file_dtypes(path) -> dict:
-    """{key: dtype} of A's file (safetensors header; {} for a pickle): "as input" saves write A's dtypes,
-    not the fp32 the model is computed in here."""
-    from lib_lora import fileio
-    if not str(path).lower().endswith(".safetensors"):
-        return {}
-    with fileio.MappedTensors(path) as f:
-        return {k: f.dtype(k) for k in f.keys()}
-
-
 class LoadedModel:
     """`load(path, name)` → one line; calling it gives the loaded model's LiveMerge (the provider of
     `UiContext.live_merge`); `preview(...)` one image. `device`: None picks CUDA when present."""
@@ -70,7 +60,7 @@ class LoadedModel:
         was never written anywhere). The previous model is let go first: two models need not fit at once."""
         import torch
 
-        from lib_lora.merge.live import LiveMerge, checkpoint_tensors, file_identity
+        from lib_lora.merge.live import LiveMerge, checkpoint_tensors, file_dtypes, file_identity
         from lib_lora.sd import load_model
 
         t0 = time.perf_counter()
@@ -89,7 +79,7 @@ class LoadedModel:
             if device != "cpu":
                 model = model.to(device)
             self.model, self.name, self.file = model, name, ident
-            self.live = LiveMerge(checkpoint_tensors(model), name=name, file_dtypes=_file_dtypes(path))
+            self.live = LiveMerge(checkpoint_tensors(model), name=name, file_dtypes=file_dtypes(path))
         return f"{self.describe()} in {time.perf_counter() - t0:.1f} s{note}"
 
     @contextlib.contextmanager
