@@ -10,7 +10,9 @@ import struct
 import sys
 
 from lib_lora.errors import LoraStudioError
-from .writer import _FLUSH_STEP, _final_header, _Flusher, _numel, _itemsize, _Pieces, _pwrite_all
+from .layout import _itemsize, _numel
+from .pieces import _Pieces, _pwrite_all
+from .writer import _FLUSH_STEP, _final_header, _Flusher
 
 
 def fork_processes() -> int:

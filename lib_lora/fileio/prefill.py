@@ -76,7 +76,8 @@ class Prefill:
         return self
 
     def _run(self) -> None:
-        from .writer import _Flusher, _pwrite_all
+        from .pieces import _pwrite_all
+        from .writer import _Flusher
 
         fd, src_fd = self.temp[0], self.src_fd   # both stay open until close(), which first stops this thread
         try:

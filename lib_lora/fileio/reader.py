@@ -12,7 +12,8 @@ import struct
 
 from lib_lora.errors import LoraFileError, LoraStudioError
 from .paths import _name
-from .writer import FilePiece, _ST_DTYPES, _itemsize, _numel
+from .layout import _ST_DTYPES, _itemsize, _numel
+from .pieces import FilePiece
 
 PICKLE_SUFFIXES = (".pt", ".ckpt", ".bin", ".pth")
 _MAX_HEADER = 100 * 1024 * 1024  # safetensors' own limit on the JSON header
